@@ -1,0 +1,237 @@
+//! The training configuration: one TOML file, keys named as in insightface's `arcface_torch`
+//! configs where one exists. Unknown keys are rejected and every error names the file and the key.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::device::DeviceSpec;
+use crate::model::Network;
+
+/// Everything a run needs. Absent keys take the seed recipe's value (LResNet100E-IR, ArcFace).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    // --- backbone ---
+    /// Backbone: r18, r34, r50, r100 or tiny.
+    pub network: Network,
+    /// Width of the embedding (the zoo model: 512).
+    pub embedding_size: usize,
+    /// Dropout before the embedding FC layer (seed: 0.4; arcface_torch: 0).
+    pub dropout: f64,
+    /// Whether γ of the last BatchNorm is trained. The seed fixes it at 1.
+    pub embedding_gamma_trainable: bool,
+
+    // --- margin-softmax head ---
+    /// Combined margin (m1, m2, m3): target logit s·(cos(m1·θ + m2) − m3).
+    /// ArcFace [1.0, 0.5, 0.0]; CosFace [1.0, 0.0, 0.35].
+    pub margin_list: [f64; 3],
+    /// Logit scale s.
+    pub scale: f64,
+    /// insightface's `easy_margin`: apply the margin only where cos θ > 0.
+    pub easy_margin: bool,
+    /// Fraction of class centres sampled per step (arcface_torch's partial FC).
+    pub sample_rate: f64,
+    /// Number of identities; by default read from the dataset's `property` file.
+    pub num_classes: Option<usize>,
+
+    // --- optimisation ---
+    /// Images per device and step.
+    pub batch_size: usize,
+    pub lr: f64,
+    pub momentum: f64,
+    pub weight_decay: f64,
+    /// "steps" (seed: lr ÷ 10 at each of `lr_steps`) or "poly" (arcface_torch).
+    pub lr_schedule: LrSchedule,
+    /// Global steps at which the "steps" schedule divides the learning rate by 10.
+    pub lr_steps: Vec<usize>,
+    pub num_epoch: usize,
+    pub warmup_epoch: usize,
+    /// Clip gradients to this global L2 norm (none when absent).
+    pub clip_grad_norm: Option<f64>,
+
+    // --- data ---
+    /// Folder with train.rec, train.idx, property and the validation .bin files.
+    pub rec: PathBuf,
+    /// Validation sets, each `<rec>/<name>.bin`.
+    pub val_targets: Vec<String>,
+    /// Decoding threads of the data loader.
+    pub num_workers: usize,
+
+    // --- run ---
+    /// Folder for checkpoints, logs and TensorBoard files.
+    pub output: PathBuf,
+    pub seed: u64,
+    /// Log every `frequent` steps.
+    pub frequent: usize,
+    /// Validate every `verbose` steps (and at every epoch end).
+    pub verbose: usize,
+    /// Checkpoint every `save_every` steps (and at every epoch end).
+    pub save_every: usize,
+    /// "cpu", "cuda", "cuda:0" or "cuda:0,1,2,3" (see `device.rs`).
+    pub device: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LrSchedule {
+    Steps,
+    Poly,
+}
+
+impl Default for Config {
+    /// The seed recipe: LResNet100E-IR, 512-d, ArcFace (1, 0.5, 0), s = 64, SGD 0.1/0.9/5e-4.
+    fn default() -> Self {
+        Config {
+            network: Network::R100,
+            embedding_size: 512,
+            dropout: 0.4,
+            embedding_gamma_trainable: false,
+            margin_list: [1.0, 0.5, 0.0],
+            scale: 64.0,
+            easy_margin: false,
+            sample_rate: 1.0,
+            num_classes: None,
+            batch_size: 128,
+            lr: 0.1,
+            momentum: 0.9,
+            weight_decay: 5e-4,
+            lr_schedule: LrSchedule::Steps,
+            lr_steps: vec![100_000, 160_000, 220_000],
+            num_epoch: 20,
+            warmup_epoch: 0,
+            clip_grad_norm: None,
+            rec: PathBuf::from("data/faces_emore"),
+            val_targets: ["lfw", "cfp_fp", "cfp_ff", "agedb_30"].map(String::from).to_vec(),
+            num_workers: 2,
+            output: PathBuf::from("checkpoints/r100"),
+            seed: 2048,
+            frequent: 10,
+            verbose: 2000,
+            save_every: 2000,
+            device: "cpu".to_string(),
+        }
+    }
+}
+
+/// A configuration problem, located by file and key.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    /// Dotted key path, empty when the problem is not tied to one key.
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}: {}", self.file.display(), self.message)
+        } else {
+            write!(f, "{}: key `{}`: {}", self.file.display(), self.key, self.message)
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a TOML file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_path_buf(),
+            key: String::new(),
+            message: format!("cannot read the config file: {e}"),
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates TOML text; `origin` only names the source in errors.
+    pub fn parse(text: &str, origin: &Path) -> Result<Config, ConfigError> {
+        let located = |key: String, message: String| ConfigError {
+            file: origin.to_path_buf(),
+            key,
+            message,
+        };
+        let deserializer = toml::Deserializer::parse(text)
+            .map_err(|e| located(String::new(), toml_message(&e, text)))?;
+        let config: Config = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+            let key = e.path().to_string();
+            let key = if key == "." { String::new() } else { key };
+            located(key, toml_message(e.inner(), text))
+        })?;
+        config
+            .validate()
+            .map_err(|(key, message)| located(key.to_string(), message))?;
+        Ok(config)
+    }
+
+    /// Checks values that parse but make no sense; returns the offending key and why.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        let [m1, m2, m3] = self.margin_list;
+        let checks: [(&'static str, bool, String); 17] = [
+            ("embedding_size", self.embedding_size > 0, "must be > 0".into()),
+            ("dropout", (0.0..1.0).contains(&self.dropout), "must be in [0, 1)".into()),
+            (
+                "margin_list",
+                m1 > 0.0 && (0.0..std::f64::consts::PI).contains(&m2) && m3 >= 0.0,
+                format!("[m1, m2, m3] = {:?}: need m1 > 0, 0 <= m2 < pi, m3 >= 0", self.margin_list),
+            ),
+            ("scale", self.scale > 0.0 && self.scale.is_finite(), "must be > 0".into()),
+            (
+                "sample_rate",
+                (0.0..=1.0).contains(&self.sample_rate) && self.sample_rate > 0.0,
+                "must be in (0, 1]".into(),
+            ),
+            (
+                "sample_rate",
+                self.sample_rate == 1.0,
+                "partial FC sampling (sample_rate < 1) is not implemented yet; use 1.0".into(),
+            ),
+            ("num_classes", self.num_classes != Some(0), "must be > 0".into()),
+            ("batch_size", self.batch_size > 0, "must be > 0".into()),
+            ("lr", self.lr > 0.0 && self.lr.is_finite(), "must be > 0".into()),
+            ("momentum", (0.0..1.0).contains(&self.momentum), "must be in [0, 1)".into()),
+            ("weight_decay", self.weight_decay >= 0.0, "must be >= 0".into()),
+            (
+                "lr_steps",
+                self.lr_steps.windows(2).all(|w| w[0] < w[1]),
+                "must be strictly increasing".into(),
+            ),
+            ("num_epoch", self.num_epoch > 0, "must be > 0".into()),
+            (
+                "warmup_epoch",
+                self.warmup_epoch < self.num_epoch,
+                "must be smaller than num_epoch".into(),
+            ),
+            (
+                "clip_grad_norm",
+                self.clip_grad_norm.is_none_or(|c| c > 0.0),
+                "must be > 0".into(),
+            ),
+            ("frequent", self.frequent > 0 && self.verbose > 0, "frequent and verbose must be > 0".into()),
+            ("save_every", self.save_every > 0, "must be > 0".into()),
+        ];
+        if let Some((key, _, message)) = checks.into_iter().find(|(_, ok, _)| !ok) {
+            return Err((key, message));
+        }
+        if let Err(e) = self.device.parse::<DeviceSpec>() {
+            return Err(("device", e.to_string()));
+        }
+        Ok(())
+    }
+}
+
+/// toml's message with the line and column of its span (its own Display prints a multi-line
+/// snippet, which reads badly after our "file: key:" prefix).
+fn toml_message(error: &toml::de::Error, text: &str) -> String {
+    let message = error.message().trim_end().to_string();
+    match error.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("{message} (line {line}, column {column})")
+        }
+        None => message,
+    }
+}

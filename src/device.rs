@@ -1,0 +1,166 @@
+//! The one place where a backend and device are chosen. Everything else takes a `burn::Device`.
+//!
+//! "cpu" is burn's pure-Rust flex backend (always built). With the cargo feature `tch`,
+//! "cuda", "cuda:N" and "cuda:N,M,..." select LibTorch CUDA devices and "libtorch-cpu" LibTorch's
+//! CPU backend. burn-tch is deprecated upstream: keeping it behind this module keeps a later move
+//! to burn-cuda small.
+
+use std::fmt;
+use std::str::FromStr;
+
+use burn::tensor::Device;
+
+/// A parsed `device` value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeviceSpec {
+    /// burn's flex backend (pure Rust).
+    Cpu,
+    /// LibTorch on the CPU (feature `tch`).
+    LibTorchCpu,
+    /// LibTorch CUDA devices by index, one replica each (feature `tch`).
+    Cuda(Vec<usize>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeviceError {
+    #[error(
+        "unknown device `{0}`: expected \"cpu\", \"libtorch-cpu\", \"cuda\", \"cuda:N\" or \"cuda:N,M,...\""
+    )]
+    Unknown(String),
+    #[error("device `{0}` lists a GPU twice")]
+    Duplicate(String),
+    #[error(
+        "device `{0}` needs the LibTorch backend, but this binary was built without it. \
+         Rebuild with the GPU set-up of the README: `eval \"$(scripts/setup-libtorch.sh)\"` then \
+         `cargo build --release --features tch`; or use --device cpu"
+    )]
+    NotBuilt(String),
+    #[error(
+        "device `{spec}` asks for CUDA device {index}, but LibTorch sees {available} CUDA device(s). \
+         Check `nvidia-smi`, CUDA_VISIBLE_DEVICES and that LD_LIBRARY_PATH points at a CUDA build \
+         of torch (scripts/setup-libtorch.sh); or use --device cpu"
+    )]
+    Missing {
+        spec: String,
+        index: usize,
+        available: usize,
+    },
+}
+
+impl FromStr for DeviceSpec {
+    type Err = DeviceError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let trimmed = text.trim().to_ascii_lowercase();
+        let unknown = || DeviceError::Unknown(text.to_string());
+        match trimmed.as_str() {
+            "cpu" => return Ok(DeviceSpec::Cpu),
+            "libtorch-cpu" => return Ok(DeviceSpec::LibTorchCpu),
+            "cuda" => return Ok(DeviceSpec::Cuda(vec![0])),
+            _ => {}
+        }
+        let list = trimmed.strip_prefix("cuda:").ok_or_else(unknown)?;
+        let mut indices = Vec::new();
+        for part in list.split(',') {
+            let index: usize = part.trim().parse().map_err(|_| unknown())?;
+            if indices.contains(&index) {
+                return Err(DeviceError::Duplicate(text.to_string()));
+            }
+            indices.push(index);
+        }
+        Ok(DeviceSpec::Cuda(indices))
+    }
+}
+
+impl fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DeviceSpec::Cpu => write!(f, "cpu"),
+            DeviceSpec::LibTorchCpu => write!(f, "libtorch-cpu"),
+            DeviceSpec::Cuda(indices) => {
+                let list: Vec<String> = indices.iter().map(|i| i.to_string()).collect();
+                write!(f, "cuda:{}", list.join(","))
+            }
+        }
+    }
+}
+
+impl DeviceSpec {
+    /// The burn devices (one per replica), checked to exist. Without autodiff; training wraps
+    /// them with `.autodiff()`.
+    pub fn resolve(&self) -> Result<Vec<Device>, DeviceError> {
+        match self {
+            DeviceSpec::Cpu => Ok(vec![Device::flex()]),
+            DeviceSpec::LibTorchCpu | DeviceSpec::Cuda(_) => self.resolve_libtorch(),
+        }
+    }
+
+    #[cfg(not(feature = "tch"))]
+    fn resolve_libtorch(&self) -> Result<Vec<Device>, DeviceError> {
+        Err(DeviceError::NotBuilt(self.to_string()))
+    }
+
+    #[cfg(feature = "tch")]
+    #[allow(deprecated)] // burn-tch is deprecated upstream; see the module comment.
+    fn resolve_libtorch(&self) -> Result<Vec<Device>, DeviceError> {
+        match self {
+            DeviceSpec::Cuda(indices) => {
+                let available = tch::Cuda::device_count().max(0) as usize;
+                if let Some(&index) = indices.iter().find(|&&i| i >= available) {
+                    return Err(DeviceError::Missing {
+                        spec: self.to_string(),
+                        index,
+                        available,
+                    });
+                }
+                Ok(indices.iter().map(|&i| Device::libtorch_cuda(i)).collect())
+            }
+            _ => Ok(vec![Device::libtorch()]),
+        }
+    }
+}
+
+/// Parses and resolves in one go: what a command does with `--device` or the config's `device`.
+pub fn select(text: &str) -> anyhow::Result<Vec<Device>> {
+    Ok(text.parse::<DeviceSpec>()?.resolve()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_form() {
+        assert_eq!("cpu".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cpu);
+        assert_eq!("CUDA".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cuda(vec![0]));
+        assert_eq!("cuda:1".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cuda(vec![1]));
+        assert_eq!(
+            "cuda:0, 1,2,3".parse::<DeviceSpec>().unwrap(),
+            DeviceSpec::Cuda(vec![0, 1, 2, 3])
+        );
+        assert_eq!(
+            "libtorch-cpu".parse::<DeviceSpec>().unwrap(),
+            DeviceSpec::LibTorchCpu
+        );
+        assert_eq!(DeviceSpec::Cuda(vec![0, 2]).to_string(), "cuda:0,2");
+    }
+
+    #[test]
+    fn rejects_nonsense() {
+        for bad in ["gpu", "cuda:", "cuda:x", "cuda:-1", ""] {
+            assert!(matches!(bad.parse::<DeviceSpec>(), Err(DeviceError::Unknown(_))), "{bad}");
+        }
+        assert!(matches!(
+            "cuda:0,0".parse::<DeviceSpec>(),
+            Err(DeviceError::Duplicate(_))
+        ));
+    }
+
+    #[cfg(not(feature = "tch"))]
+    #[test]
+    fn cuda_without_tch_says_how_to_fix_it() {
+        let err = DeviceSpec::Cuda(vec![0]).resolve().unwrap_err().to_string();
+        assert!(err.contains("--features tch"), "{err}");
+        assert!(err.contains("setup-libtorch.sh"), "{err}");
+    }
+}

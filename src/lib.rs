@@ -1,0 +1,10 @@
+//! arcface: train face-recognition embedders with the ArcFace loss on burn.
+//!
+//! Data flows one way: data → model → head/loss → train loop → eval → checkpoint → export/infer.
+//! Model code is backend-neutral; the backend and device are chosen only in [`device`].
+
+pub mod config;
+pub mod device;
+pub mod model;
+
+pub use config::Config;

@@ -1,0 +1,120 @@
+//! Combined margin softmax (insightface): logits s·cos θ_j between the normalised embedding and
+//! the normalised class centres; the target class gets s·(cos(m1·θ + m2) − m3).
+//! ArcFace is (1, 0.5, 0), CosFace (1, 0, 0.35), SphereFace-like (m1 > 1, 0, 0).
+
+use burn::config::Config;
+use burn::module::{Module, Param};
+use burn::nn::Initializer;
+use burn::tensor::activation::log_softmax;
+use burn::tensor::{Device, Int, Tensor};
+
+/// Keeps divisions by a norm finite for an all-zero vector.
+const NORM_EPS: f32 = 1e-12;
+/// Lower bound of sin²θ: at cos θ = ±1 the derivative of √(1 − cos²θ) is infinite; clamping
+/// below makes that branch's gradient exactly 0 there instead of NaN.
+const SIN2_EPS: f32 = 1e-12;
+/// arccos is only evaluated inside [−1 + δ, 1 − δ] (SphereFace-style m1 ≠ 1) for the same reason.
+const ACOS_EDGE: f32 = 1e-6;
+
+#[derive(Config, Debug)]
+pub struct MarginSoftmaxConfig {
+    pub num_classes: usize,
+    pub embedding_size: usize,
+    /// (m1, m2, m3).
+    #[config(default = "[1.0, 0.5, 0.0]")]
+    pub margins: [f64; 3],
+    #[config(default = 64.0)]
+    pub scale: f64,
+    #[config(default = false)]
+    pub easy_margin: bool,
+}
+
+/// The class-centre matrix [num_classes, embedding_size] (row per identity, as insightface's
+/// fc7 / partial_fc weight) and the margin parameters.
+#[derive(Module, Debug)]
+pub struct MarginSoftmax {
+    pub weight: Param<Tensor<2>>,
+    pub m1: f64,
+    pub m2: f64,
+    pub m3: f64,
+    pub scale: f64,
+    pub easy_margin: bool,
+}
+
+impl MarginSoftmaxConfig {
+    pub fn init(&self, device: &Device) -> MarginSoftmax {
+        let [m1, m2, m3] = self.margins;
+        // insightface initialises fc7 / partial_fc with N(0, 0.01).
+        let weight = Initializer::Normal { mean: 0.0, std: 0.01 }
+            .init([self.num_classes, self.embedding_size], device);
+        MarginSoftmax {
+            weight,
+            m1,
+            m2,
+            m3,
+            scale: self.scale,
+            easy_margin: self.easy_margin,
+        }
+    }
+}
+
+/// Rows divided by their L2 norm.
+pub fn l2_normalize(x: Tensor<2>) -> Tensor<2> {
+    let norm = x.clone().square().sum_dim(1).sqrt().clamp_min(NORM_EPS);
+    x / norm
+}
+
+impl MarginSoftmax {
+    /// cos θ between every embedding and every class centre: [B, E] → [B, C].
+    pub fn cosine(&self, embeddings: Tensor<2>) -> Tensor<2> {
+        let e = l2_normalize(embeddings);
+        let w = l2_normalize(self.weight.val());
+        e.matmul(w.transpose()).clamp(-1.0, 1.0)
+    }
+
+    /// The target's margin-adjusted cosine from its plain cosine (any shape).
+    pub fn target_cosine<const D: usize>(&self, cos: Tensor<D>) -> Tensor<D> {
+        let (m1, m2, m3) = (self.m1, self.m2, self.m3);
+        let adjusted = if m1 == 1.0 && m2 == 0.0 {
+            cos
+        } else if m1 == 1.0 {
+            // cos(θ + m) = cos θ·cos m − sin θ·sin m: exact, and no arccos to blow up at ±1.
+            let sin = (cos.clone().square().neg() + 1.0).clamp_min(SIN2_EPS).sqrt();
+            let phi = cos.clone() * m2.cos() - sin * m2.sin();
+            if self.easy_margin {
+                // insightface: margin only where cos θ > 0.
+                phi.mask_where(cos.clone().lower_equal_elem(0.0), cos)
+            } else {
+                // The seed: where θ + m > π, cos(θ + m) would rise again with θ; use the
+                // monotone cos θ − m·sin(m) instead (th = cos(π − m), mm = sin(π − m)·m).
+                let th = (std::f64::consts::PI - m2).cos();
+                let mm = (std::f64::consts::PI - m2).sin() * m2;
+                phi.mask_where(cos.clone().lower_equal_elem(th), cos - mm)
+            }
+        } else {
+            // General m1: θ from arccos, the angle capped at π so the logit stays monotone.
+            let theta = cos.clamp(-1.0 + ACOS_EDGE, 1.0 - ACOS_EDGE).acos();
+            (theta * m1 + m2).clamp_max(std::f64::consts::PI).cos()
+        };
+        if m3 != 0.0 { adjusted - m3 } else { adjusted }
+    }
+
+    /// Scaled logits with the margin on each row's target class: [B, E], [B] → [B, C].
+    pub fn logits(&self, embeddings: Tensor<2>, labels: Tensor<1, Int>) -> Tensor<2> {
+        let cos = self.cosine(embeddings);
+        let index = labels.unsqueeze_dim::<2>(1);
+        let cos_target = cos.clone().gather(1, index.clone());
+        let delta = self.target_cosine(cos_target.clone()) - cos_target;
+        // Add (target' − target) at the label: one scatter instead of a [B, C] mask.
+        let with_margin = cos.scatter(1, index, delta, burn::tensor::IndexingUpdateOp::Add);
+        with_margin * self.scale
+    }
+
+    /// Mean softmax cross-entropy over the margin logits: [B, E], [B] → scalar [1].
+    pub fn forward(&self, embeddings: Tensor<2>, labels: Tensor<1, Int>) -> Tensor<1> {
+        let logits = self.logits(embeddings, labels.clone());
+        let log_probs = log_softmax(logits, 1);
+        let picked = log_probs.gather(1, labels.unsqueeze_dim::<2>(1));
+        picked.mean().neg()
+    }
+}

@@ -1,0 +1,203 @@
+//! LResNet-E-IR ("iresnet"): insightface's fresnet with version_unit 3, input block 1 and output
+//! block E. Field names follow arcface_torch's `iresnet.py` (conv1, bn1, prelu, layer1..4, bn2,
+//! dropout, fc, features) so that weight names line up with insightface checkpoints.
+//!
+//! Initialisation: convolutions Kaiming-normal over fan-out (the seed's MXNet
+//! `Xavier(rnd_type="gaussian", factor_type="out", magnitude=2)`), the FC layer as PyTorch's
+//! default (as arcface_torch), BatchNorm γ = 1 and β = 0, PReLU slopes 0.25.
+
+use burn::config::Config;
+use burn::module::Module;
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::{
+    BatchNorm, BatchNormConfig, Dropout, DropoutConfig, Initializer, Linear, LinearConfig,
+    PaddingConfig2d, PRelu, PReluConfig,
+};
+use burn::tensor::{Device, Tensor};
+
+/// BatchNorm epsilon of the seed (MXNet `bn_eps`).
+pub const BN_EPS: f64 = 2e-5;
+/// PyTorch/burn convention for MXNet's momentum 0.9.
+pub const BN_MOMENTUM: f64 = 0.1;
+/// The model takes raw 0–255 RGB and normalises inside, like the zoo's ONNX file.
+pub const INPUT_MEAN: f32 = 127.5;
+pub const INPUT_SCALE: f32 = 0.0078125;
+/// Input height and width.
+pub const INPUT_SIZE: usize = 112;
+
+#[derive(Config, Debug)]
+pub struct IResNetConfig {
+    /// Units per stage, e.g. [3, 13, 30, 3] for r100.
+    pub units: [usize; 4],
+    /// Output channels per stage; the stem has `widths[0]`.
+    pub widths: [usize; 4],
+    #[config(default = 512)]
+    pub embedding_size: usize,
+    #[config(default = 0.4)]
+    pub dropout: f64,
+    /// The seed fixes γ of the last BatchNorm at 1; `true` trains it.
+    #[config(default = false)]
+    pub embedding_gamma_trainable: bool,
+}
+
+#[derive(Module, Debug)]
+pub struct Downsample {
+    pub conv: Conv2d,
+    pub bn: BatchNorm,
+}
+
+/// BN → conv3×3 → BN → PReLU → conv3×3 (stride s) → BN, plus the shortcut; no activation after
+/// the sum.
+#[derive(Module, Debug)]
+pub struct IBasicBlock {
+    pub bn1: BatchNorm,
+    pub conv1: Conv2d,
+    pub bn2: BatchNorm,
+    pub prelu: PRelu,
+    pub conv2: Conv2d,
+    pub bn3: BatchNorm,
+    pub downsample: Option<Downsample>,
+}
+
+#[derive(Module, Debug)]
+pub struct IResNet {
+    pub conv1: Conv2d,
+    pub bn1: BatchNorm,
+    pub prelu: PRelu,
+    pub layer1: Vec<IBasicBlock>,
+    pub layer2: Vec<IBasicBlock>,
+    pub layer3: Vec<IBasicBlock>,
+    pub layer4: Vec<IBasicBlock>,
+    pub bn2: BatchNorm,
+    pub dropout: Dropout,
+    pub fc: Linear,
+    pub features: BatchNorm,
+}
+
+fn conv(in_channels: usize, out_channels: usize, kernel: usize, stride: usize, device: &Device) -> Conv2d {
+    let pad = kernel / 2;
+    Conv2dConfig::new([in_channels, out_channels], [kernel, kernel])
+        .with_stride([stride, stride])
+        .with_padding(PaddingConfig2d::Explicit(pad, pad, pad, pad))
+        .with_bias(false)
+        .with_initializer(Initializer::KaimingNormal {
+            gain: std::f64::consts::SQRT_2,
+            fan_out_only: true,
+        })
+        .init(device)
+}
+
+pub(crate) fn bn(channels: usize, device: &Device) -> BatchNorm {
+    BatchNormConfig::new(channels)
+        .with_epsilon(BN_EPS)
+        .with_momentum(BN_MOMENTUM)
+        .init(device)
+}
+
+fn prelu(channels: usize, device: &Device) -> PRelu {
+    PReluConfig::new().with_num_parameters(channels).init(device)
+}
+
+impl IBasicBlock {
+    fn new(in_channels: usize, out_channels: usize, stride: usize, device: &Device) -> Self {
+        let downsample = (stride != 1 || in_channels != out_channels).then(|| Downsample {
+            conv: conv(in_channels, out_channels, 1, stride, device),
+            bn: bn(out_channels, device),
+        });
+        IBasicBlock {
+            bn1: bn(in_channels, device),
+            conv1: conv(in_channels, out_channels, 3, 1, device),
+            bn2: bn(out_channels, device),
+            prelu: prelu(out_channels, device),
+            conv2: conv(out_channels, out_channels, 3, stride, device),
+            bn3: bn(out_channels, device),
+            downsample,
+        }
+    }
+
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let shortcut = match &self.downsample {
+            Some(down) => down.bn.forward(down.conv.forward(x.clone())),
+            None => x.clone(),
+        };
+        let y = self.conv1.forward(self.bn1.forward(x));
+        let y = self.prelu.forward(self.bn2.forward(y));
+        let y = self.bn3.forward(self.conv2.forward(y));
+        y + shortcut
+    }
+}
+
+impl IResNetConfig {
+    /// Output side of the last stage: 112 → 56 → 28 → 14 → 7.
+    pub fn final_side(&self) -> usize {
+        INPUT_SIZE >> self.units.len()
+    }
+
+    pub fn init(&self, device: &Device) -> IResNet {
+        let stem = self.widths[0];
+        let mut in_channels = stem;
+        let mut layers: Vec<Vec<IBasicBlock>> = Vec::with_capacity(4);
+        for (&units, &width) in self.units.iter().zip(&self.widths) {
+            let stage = (0..units)
+                .map(|i| {
+                    let (cin, stride) = if i == 0 { (in_channels, 2) } else { (width, 1) };
+                    IBasicBlock::new(cin, width, stride, device)
+                })
+                .collect();
+            layers.push(stage);
+            in_channels = width;
+        }
+        let last = self.widths[3];
+        let side = self.final_side();
+        let mut features = bn(self.embedding_size, device);
+        if !self.embedding_gamma_trainable {
+            features.gamma = features.gamma.set_require_grad(false);
+        }
+        let [layer1, layer2, layer3, layer4]: [Vec<IBasicBlock>; 4] =
+            layers.try_into().expect("four stages");
+        IResNet {
+            conv1: conv(3, stem, 3, 1, device),
+            bn1: bn(stem, device),
+            prelu: prelu(stem, device),
+            layer1,
+            layer2,
+            layer3,
+            layer4,
+            bn2: bn(last, device),
+            dropout: DropoutConfig::new(self.dropout).init(),
+            fc: LinearConfig::new(last * side * side, self.embedding_size).init(device),
+            features,
+        }
+    }
+}
+
+impl IResNet {
+    /// The four stages in order.
+    pub fn stages(&self) -> [&Vec<IBasicBlock>; 4] {
+        [&self.layer1, &self.layer2, &self.layer3, &self.layer4]
+    }
+
+    /// Raw RGB 0–255, [N, 3, 112, 112] → the stem's output [N, C, 112, 112].
+    pub fn forward_stem(&self, images: Tensor<4>) -> Tensor<4> {
+        let x = (images - INPUT_MEAN) * INPUT_SCALE;
+        self.prelu.forward(self.bn1.forward(self.conv1.forward(x)))
+    }
+
+    /// The last stage's feature map [N, C, 7, 7] → the embedding [N, E] (not normalised).
+    pub fn forward_output(&self, x: Tensor<4>) -> Tensor<2> {
+        let x = self.dropout.forward(self.bn2.forward(x));
+        let x: Tensor<2> = x.flatten(1, 3);
+        self.features.forward(self.fc.forward(x))
+    }
+
+    /// Raw RGB 0–255, [N, 3, 112, 112] → embedding [N, E] (not L2-normalised, as the zoo's `fc1`).
+    pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
+        let mut x = self.forward_stem(images);
+        for stage in self.stages() {
+            for unit in stage {
+                x = unit.forward(x);
+            }
+        }
+        self.forward_output(x)
+    }
+}

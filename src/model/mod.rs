@@ -1,0 +1,77 @@
+//! The embedder (LResNet-E-IR backbone) and the margin-softmax head.
+
+pub mod head;
+pub mod iresnet;
+pub mod summary;
+
+use serde::{Deserialize, Serialize};
+
+pub use head::{MarginSoftmax, MarginSoftmaxConfig};
+pub use iresnet::{IResNet, IResNetConfig};
+
+use crate::config::Config;
+
+/// The backbones of insightface's model zoo, plus a tiny one for CPU demos and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Network {
+    R18,
+    R34,
+    R50,
+    R100,
+    /// Widths 16/32/64/128, one unit per stage: 0.22 GFLOP, trains on a laptop CPU.
+    Tiny,
+}
+
+impl Network {
+    /// Units per stage.
+    pub fn units(self) -> [usize; 4] {
+        match self {
+            Network::R18 => [2, 2, 2, 2],
+            Network::R34 => [3, 4, 6, 3],
+            Network::R50 => [3, 4, 14, 3],
+            Network::R100 => [3, 13, 30, 3],
+            Network::Tiny => [1, 1, 1, 1],
+        }
+    }
+
+    /// Output channels per stage.
+    pub fn widths(self) -> [usize; 4] {
+        match self {
+            Network::Tiny => [16, 32, 64, 128],
+            _ => [64, 128, 256, 512],
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Network::R18 => "r18",
+            Network::R34 => "r34",
+            Network::R50 => "r50",
+            Network::R100 => "r100",
+            Network::Tiny => "tiny",
+        }
+    }
+}
+
+impl std::fmt::Display for Network {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The backbone a config describes.
+pub fn backbone_config(config: &Config) -> IResNetConfig {
+    IResNetConfig::new(config.network.units(), config.network.widths())
+        .with_embedding_size(config.embedding_size)
+        .with_dropout(config.dropout)
+        .with_embedding_gamma_trainable(config.embedding_gamma_trainable)
+}
+
+/// The head a config describes, for `num_classes` identities.
+pub fn head_config(config: &Config, num_classes: usize) -> MarginSoftmaxConfig {
+    MarginSoftmaxConfig::new(num_classes, config.embedding_size)
+        .with_margins(config.margin_list)
+        .with_scale(config.scale)
+        .with_easy_margin(config.easy_margin)
+}
