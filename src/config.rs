@@ -103,7 +103,9 @@ impl Default for Config {
             warmup_epoch: 0,
             clip_grad_norm: None,
             rec: PathBuf::from("data/faces_emore"),
-            val_targets: ["lfw", "cfp_fp", "cfp_ff", "agedb_30"].map(String::from).to_vec(),
+            val_targets: ["lfw", "cfp_fp", "cfp_ff", "agedb_30"]
+                .map(String::from)
+                .to_vec(),
             num_workers: 2,
             output: PathBuf::from("checkpoints/r100"),
             seed: 2048,
@@ -129,7 +131,13 @@ impl fmt::Display for ConfigError {
         if self.key.is_empty() {
             write!(f, "{}: {}", self.file.display(), self.message)
         } else {
-            write!(f, "{}: key `{}`: {}", self.file.display(), self.key, self.message)
+            write!(
+                f,
+                "{}: key `{}`: {}",
+                self.file.display(),
+                self.key,
+                self.message
+            )
         }
     }
 }
@@ -169,14 +177,29 @@ impl Config {
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
         let [m1, m2, m3] = self.margin_list;
         let checks: [(&'static str, bool, String); 17] = [
-            ("embedding_size", self.embedding_size > 0, "must be > 0".into()),
-            ("dropout", (0.0..1.0).contains(&self.dropout), "must be in [0, 1)".into()),
+            (
+                "embedding_size",
+                self.embedding_size > 0,
+                "must be > 0".into(),
+            ),
+            (
+                "dropout",
+                (0.0..1.0).contains(&self.dropout),
+                "must be in [0, 1)".into(),
+            ),
             (
                 "margin_list",
                 m1 > 0.0 && (0.0..std::f64::consts::PI).contains(&m2) && m3 >= 0.0,
-                format!("[m1, m2, m3] = {:?}: need m1 > 0, 0 <= m2 < pi, m3 >= 0", self.margin_list),
+                format!(
+                    "[m1, m2, m3] = {:?}: need m1 > 0, 0 <= m2 < pi, m3 >= 0",
+                    self.margin_list
+                ),
             ),
-            ("scale", self.scale > 0.0 && self.scale.is_finite(), "must be > 0".into()),
+            (
+                "scale",
+                self.scale > 0.0 && self.scale.is_finite(),
+                "must be > 0".into(),
+            ),
             (
                 "sample_rate",
                 (0.0..=1.0).contains(&self.sample_rate) && self.sample_rate > 0.0,
@@ -187,11 +210,27 @@ impl Config {
                 self.sample_rate == 1.0,
                 "partial FC sampling (sample_rate < 1) is not implemented yet; use 1.0".into(),
             ),
-            ("num_classes", self.num_classes != Some(0), "must be > 0".into()),
+            (
+                "num_classes",
+                self.num_classes != Some(0),
+                "must be > 0".into(),
+            ),
             ("batch_size", self.batch_size > 0, "must be > 0".into()),
-            ("lr", self.lr > 0.0 && self.lr.is_finite(), "must be > 0".into()),
-            ("momentum", (0.0..1.0).contains(&self.momentum), "must be in [0, 1)".into()),
-            ("weight_decay", self.weight_decay >= 0.0, "must be >= 0".into()),
+            (
+                "lr",
+                self.lr > 0.0 && self.lr.is_finite(),
+                "must be > 0".into(),
+            ),
+            (
+                "momentum",
+                (0.0..1.0).contains(&self.momentum),
+                "must be in [0, 1)".into(),
+            ),
+            (
+                "weight_decay",
+                self.weight_decay >= 0.0,
+                "must be >= 0".into(),
+            ),
             (
                 "lr_steps",
                 self.lr_steps.windows(2).all(|w| w[0] < w[1]),
@@ -208,7 +247,11 @@ impl Config {
                 self.clip_grad_norm.is_none_or(|c| c > 0.0),
                 "must be > 0".into(),
             ),
-            ("frequent", self.frequent > 0 && self.verbose > 0, "frequent and verbose must be > 0".into()),
+            (
+                "frequent",
+                self.frequent > 0 && self.verbose > 0,
+                "frequent and verbose must be > 0".into(),
+            ),
             ("save_every", self.save_every > 0, "must be > 0".into()),
         ];
         if let Some((key, _, message)) = checks.into_iter().find(|(_, ok, _)| !ok) {

@@ -132,8 +132,14 @@ mod tests {
     #[test]
     fn parses_every_form() {
         assert_eq!("cpu".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cpu);
-        assert_eq!("CUDA".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cuda(vec![0]));
-        assert_eq!("cuda:1".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cuda(vec![1]));
+        assert_eq!(
+            "CUDA".parse::<DeviceSpec>().unwrap(),
+            DeviceSpec::Cuda(vec![0])
+        );
+        assert_eq!(
+            "cuda:1".parse::<DeviceSpec>().unwrap(),
+            DeviceSpec::Cuda(vec![1])
+        );
         assert_eq!(
             "cuda:0, 1,2,3".parse::<DeviceSpec>().unwrap(),
             DeviceSpec::Cuda(vec![0, 1, 2, 3])
@@ -148,7 +154,10 @@ mod tests {
     #[test]
     fn rejects_nonsense() {
         for bad in ["gpu", "cuda:", "cuda:x", "cuda:-1", ""] {
-            assert!(matches!(bad.parse::<DeviceSpec>(), Err(DeviceError::Unknown(_))), "{bad}");
+            assert!(
+                matches!(bad.parse::<DeviceSpec>(), Err(DeviceError::Unknown(_))),
+                "{bad}"
+            );
         }
         assert!(matches!(
             "cuda:0,0".parse::<DeviceSpec>(),

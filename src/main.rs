@@ -12,7 +12,11 @@ use arcface::device;
 use arcface::model::{backbone_config, summary};
 
 #[derive(Parser)]
-#[command(name = "arcface", version, about = "Train and run ArcFace face-recognition embedders")]
+#[command(
+    name = "arcface",
+    version,
+    about = "Train and run ArcFace face-recognition embedders"
+)]
 struct Cli {
     /// Device override for any command: cpu, cuda, cuda:N, cuda:N,M,... or libtorch-cpu
     /// (the config's `device` otherwise).

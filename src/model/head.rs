@@ -45,8 +45,11 @@ impl MarginSoftmaxConfig {
     pub fn init(&self, device: &Device) -> MarginSoftmax {
         let [m1, m2, m3] = self.margins;
         // insightface initialises fc7 / partial_fc with N(0, 0.01).
-        let weight = Initializer::Normal { mean: 0.0, std: 0.01 }
-            .init([self.num_classes, self.embedding_size], device);
+        let weight = Initializer::Normal {
+            mean: 0.0,
+            std: 0.01,
+        }
+        .init([self.num_classes, self.embedding_size], device);
         MarginSoftmax {
             weight,
             m1,
@@ -79,7 +82,9 @@ impl MarginSoftmax {
             cos
         } else if m1 == 1.0 {
             // cos(θ + m) = cos θ·cos m − sin θ·sin m: exact, and no arccos to blow up at ±1.
-            let sin = (cos.clone().square().neg() + 1.0).clamp_min(SIN2_EPS).sqrt();
+            let sin = (cos.clone().square().neg() + 1.0)
+                .clamp_min(SIN2_EPS)
+                .sqrt();
             let phi = cos.clone() * m2.cos() - sin * m2.sin();
             if self.easy_margin {
                 // insightface: margin only where cos θ > 0.

@@ -10,8 +10,8 @@ use burn::config::Config;
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{
-    BatchNorm, BatchNormConfig, Dropout, DropoutConfig, Initializer, Linear, LinearConfig,
-    PaddingConfig2d, PRelu, PReluConfig,
+    BatchNorm, BatchNormConfig, Dropout, DropoutConfig, Initializer, Linear, LinearConfig, PRelu,
+    PReluConfig, PaddingConfig2d,
 };
 use burn::tensor::{Device, Tensor};
 
@@ -74,7 +74,13 @@ pub struct IResNet {
     pub features: BatchNorm,
 }
 
-fn conv(in_channels: usize, out_channels: usize, kernel: usize, stride: usize, device: &Device) -> Conv2d {
+fn conv(
+    in_channels: usize,
+    out_channels: usize,
+    kernel: usize,
+    stride: usize,
+    device: &Device,
+) -> Conv2d {
     let pad = kernel / 2;
     Conv2dConfig::new([in_channels, out_channels], [kernel, kernel])
         .with_stride([stride, stride])
@@ -95,7 +101,9 @@ pub(crate) fn bn(channels: usize, device: &Device) -> BatchNorm {
 }
 
 fn prelu(channels: usize, device: &Device) -> PRelu {
-    PReluConfig::new().with_num_parameters(channels).init(device)
+    PReluConfig::new()
+        .with_num_parameters(channels)
+        .init(device)
 }
 
 impl IBasicBlock {

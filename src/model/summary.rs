@@ -7,7 +7,7 @@ use burn::nn::conv::Conv2d;
 use burn::tensor::Tensor;
 use serde::Serialize;
 
-use super::iresnet::{IBasicBlock, IResNet, INPUT_SIZE};
+use super::iresnet::{IBasicBlock, INPUT_SIZE, IResNet};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct StageSummary {
@@ -48,7 +48,10 @@ fn conv_macs(conv: &Conv2d, side: usize) -> (u64, usize) {
 fn unit_macs(unit: &IBasicBlock, side: usize) -> (u64, usize) {
     let (a, side1) = conv_macs(&unit.conv1, side);
     let (b, out) = conv_macs(&unit.conv2, side1);
-    let c = unit.downsample.as_ref().map_or(0, |d| conv_macs(&d.conv, side).0);
+    let c = unit
+        .downsample
+        .as_ref()
+        .map_or(0, |d| conv_macs(&d.conv, side).0);
     (a + b + c, out)
 }
 
@@ -101,7 +104,8 @@ pub fn summarize(model: &IResNet, network: &str) -> Summary {
     let mut stages = Vec::new();
 
     let (stem_macs, mut side) = conv_macs(&model.conv1, INPUT_SIZE);
-    let stem_params = count_params(&model.conv1).0 + count_params(&model.bn1).0 + count_params(&model.prelu).0;
+    let stem_params =
+        count_params(&model.conv1).0 + count_params(&model.bn1).0 + count_params(&model.prelu).0;
     let mut channels = model.conv1.weight.lazy_shape().dims::<4>()[0];
     stages.push(StageSummary {
         name: "stem".into(),
@@ -130,7 +134,9 @@ pub fn summarize(model: &IResNet, network: &str) -> Summary {
     stages.push(StageSummary {
         name: "output".into(),
         output_shape: [embedding_size, 1, 1],
-        params: count_params(&model.bn2).0 + count_params(&model.fc).0 + count_params(&model.features).0,
+        params: count_params(&model.bn2).0
+            + count_params(&model.fc).0
+            + count_params(&model.features).0,
         gflops: gflops((fc_in * embedding_size) as u64),
     });
 
@@ -150,7 +156,7 @@ fn thousands(n: usize) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -161,8 +167,16 @@ fn thousands(n: usize) -> String {
 impl std::fmt::Display for Summary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let [c, h, w] = self.input_shape;
-        writeln!(f, "network {}   input {c}×{h}×{w} RGB 0–255   embedding {}", self.network, self.embedding_size)?;
-        writeln!(f, "{:<8} {:>14} {:>14} {:>9}", "stage", "output", "params", "GFLOPs")?;
+        writeln!(
+            f,
+            "network {}   input {c}×{h}×{w} RGB 0–255   embedding {}",
+            self.network, self.embedding_size
+        )?;
+        writeln!(
+            f,
+            "{:<8} {:>14} {:>14} {:>9}",
+            "stage", "output", "params", "GFLOPs"
+        )?;
         for s in &self.stages {
             let [c, h, w] = s.output_shape;
             writeln!(

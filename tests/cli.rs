@@ -1,0 +1,170 @@
+//! The command line as a user meets it: summary output, config errors, device errors.
+
+mod common;
+
+use std::path::Path;
+use std::process::Output;
+
+use common::{arcface, root};
+
+fn run(args: &[&str]) -> Output {
+    arcface().args(args).current_dir(root()).output().unwrap()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Writes `text` as a config in a temp dir and runs `summary` on it.
+fn summary_of(text: &str) -> (Output, std::path::PathBuf, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, text).unwrap();
+    let out = run(&["summary", "--config", path.to_str().unwrap()]);
+    (out, path, dir)
+}
+
+#[test]
+fn summary_json_for_r100() {
+    let out = run(&[
+        "summary",
+        "--config",
+        "configs/r100.toml",
+        "--device",
+        "cpu",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["network"], "r100");
+    assert_eq!(v["params"], 65_156_160);
+    assert_eq!(v["trainable_params"], 65_155_648);
+    assert_eq!(v["embedding_size"], 512);
+    assert!((v["gflops"].as_f64().unwrap() - 24.18).abs() < 0.05);
+    let stages = v["stages"].as_array().unwrap();
+    let shapes: Vec<_> = stages.iter().map(|s| s["output_shape"].clone()).collect();
+    assert_eq!(
+        serde_json::Value::Array(shapes),
+        serde_json::json!([
+            [64, 112, 112],
+            [64, 56, 56],
+            [128, 28, 28],
+            [256, 14, 14],
+            [512, 7, 7],
+            [512, 1, 1]
+        ])
+    );
+}
+
+#[test]
+fn summary_table_for_every_shipped_config() {
+    for config in ["configs/r100.toml", "configs/r50.toml", "configs/tiny.toml"] {
+        let out = run(&["summary", "--config", config, "--device", "cpu"]);
+        assert!(out.status.success(), "{config}: {}", stderr(&out));
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("GFLOPs per image"), "{config}: {text}");
+    }
+}
+
+#[test]
+fn unknown_key_names_file_and_key() {
+    let (out, path, _dir) = summary_of("network = \"r50\"\nlearning_rate = 0.1\n");
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains(&path.display().to_string()), "{err}");
+    assert!(err.contains("unknown field `learning_rate`"), "{err}");
+    assert!(err.contains("line 2"), "{err}");
+}
+
+#[test]
+fn wrong_type_names_file_and_key() {
+    let (out, path, _dir) = summary_of("network = \"r50\"\nlr = \"fast\"\n");
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains(&path.display().to_string()), "{err}");
+    assert!(err.contains("key `lr`"), "{err}");
+    assert!(err.contains("invalid type"), "{err}");
+}
+
+#[test]
+fn unknown_network_is_named() {
+    let (out, _path, _dir) = summary_of("network = \"r101\"\n");
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("key `network`") && err.contains("r101"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_values_name_the_key() {
+    for (text, key) in [
+        ("margin_list = [1.0, 0.5]\n", "margin_list"),
+        ("margin_list = [1.0, 4.0, 0.0]\n", "margin_list"),
+        ("batch_size = 0\n", "batch_size"),
+        ("lr_steps = [10, 5]\n", "lr_steps"),
+        ("device = \"gpu\"\n", "device"),
+        ("dropout = 1.5\n", "dropout"),
+        ("sample_rate = 0.3\n", "sample_rate"),
+    ] {
+        let (out, path, _dir) = summary_of(text);
+        assert!(!out.status.success(), "{text}");
+        let err = stderr(&out);
+        assert!(err.contains(&format!("key `{key}`")), "{text}: {err}");
+        assert!(err.contains(&path.display().to_string()), "{text}: {err}");
+    }
+}
+
+#[test]
+fn malformed_toml_says_where() {
+    let (out, path, _dir) = summary_of("network = \"r50\"\nlr = \n");
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains(&path.display().to_string()) && err.contains("line 2"),
+        "{err}"
+    );
+}
+
+#[test]
+fn missing_config_file() {
+    let out = run(&["summary", "--config", "configs/does-not-exist.toml"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("configs/does-not-exist.toml") && err.contains("cannot read"),
+        "{err}"
+    );
+    assert!(!Path::new("configs/does-not-exist.toml").exists());
+}
+
+#[test]
+fn device_override_is_checked() {
+    let out = run(&[
+        "summary",
+        "--config",
+        "configs/tiny.toml",
+        "--device",
+        "tpu",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("unknown device `tpu`"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[cfg(not(feature = "tch"))]
+#[test]
+fn cuda_without_tch_explains_the_fix() {
+    // configs/r100.toml asks for "cuda": without the tch feature that is a clear error.
+    let out = run(&["summary", "--config", "configs/r100.toml"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("--features tch") && err.contains("--device cpu"),
+        "{err}"
+    );
+}

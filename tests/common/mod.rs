@@ -1,0 +1,62 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The Python that runs reference implementations: $ARCFACE_PYTHON, else the repo's .venv
+/// (made by `.ci/run`), else `python3`.
+pub fn python() -> PathBuf {
+    if let Some(p) = std::env::var_os("ARCFACE_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let venv = root().join(".venv/bin/python");
+    if venv.exists() {
+        venv
+    } else {
+        PathBuf::from("python3")
+    }
+}
+
+/// Runs a reference script with JSON on stdin and parses its JSON stdout. Panics with a hint
+/// when Python or numpy is missing: these references are part of the proof, not optional.
+pub fn run_reference(script: &str, input: &serde_json::Value) -> serde_json::Value {
+    let path = root().join("tests/reference").join(script);
+    let mut child = Command::new(python())
+        .arg(&path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot start {:?} ({e}); run `bash .ci/run` once or set ARCFACE_PYTHON",
+                python()
+            )
+        });
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{} failed (numpy installed? `bash .ci/run` makes .venv with it):\n{}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("reference output is JSON")
+}
+
+/// The `arcface` binary built for these tests.
+pub fn arcface() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_arcface"))
+}
