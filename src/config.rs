@@ -173,6 +173,15 @@ impl Config {
         Ok(config)
     }
 
+    /// Identities for the class-centre matrix: `num_classes` if set, else the dataset's
+    /// `property` file.
+    pub fn resolve_num_classes(&self) -> anyhow::Result<usize> {
+        match self.num_classes {
+            Some(n) => Ok(n),
+            None => Ok(crate::data::property::Property::read(&self.rec)?.num_classes),
+        }
+    }
+
     /// Checks values that parse but make no sense; returns the offending key and why.
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
         let [m1, m2, m3] = self.margin_list;

@@ -55,6 +55,17 @@ fn devices(cli_device: &Option<String>, config: &Config) -> Result<Vec<Device>> 
     device::select(text).with_context(|| format!("selecting device `{text}`"))
 }
 
+/// What insightface calls a margin triple.
+fn margin_name([m1, m2, m3]: [f64; 3]) -> &'static str {
+    match (m1 == 1.0, m2 > 0.0, m3 > 0.0) {
+        (true, true, false) => "ArcFace",
+        (true, false, true) => "CosFace",
+        (true, false, false) => "plain",
+        (false, false, false) => "SphereFace-style",
+        _ => "combined",
+    }
+}
+
 fn run(cli: Cli) -> Result<()> {
     match &cli.command {
         Command::Summary { config, json } => {
@@ -64,10 +75,29 @@ fn run(cli: Cli) -> Result<()> {
             // autodiff device is what knows which parameters are trainable.
             let model = backbone_config(&config).init(&device.autodiff());
             let summary = summary::summarize(&model, config.network.name());
+            // The head is sized by the dataset, which may not be here yet: report it if known.
+            let num_classes = config.resolve_num_classes().ok();
+            let head_params = num_classes.map(|n| n * config.embedding_size);
             if *json {
-                println!("{}", serde_json::to_string_pretty(&summary)?);
+                let mut value = serde_json::to_value(&summary)?;
+                value["num_classes"] = serde_json::json!(num_classes);
+                value["head_params"] = serde_json::json!(head_params);
+                println!("{}", serde_json::to_string_pretty(&value)?);
             } else {
                 println!("{summary}");
+                match num_classes {
+                    Some(n) => println!(
+                        "head: {} classes × {} = {} parameters ({} margin softmax)",
+                        summary::thousands(n),
+                        config.embedding_size,
+                        summary::thousands(n * config.embedding_size),
+                        margin_name(config.margin_list)
+                    ),
+                    None => println!(
+                        "head: sized from {} (not found; or set num_classes)",
+                        config.rec.join("property").display()
+                    ),
+                }
             }
         }
     }

@@ -168,3 +168,20 @@ fn cuda_without_tch_explains_the_fix() {
         "{err}"
     );
 }
+
+#[test]
+fn head_is_sized_from_the_property_file() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("property"), "85742,112,112\n").unwrap();
+    let config = dir.path().join("c.toml");
+    std::fs::write(
+        &config,
+        format!("rec = {:?}\ndevice = \"cpu\"\n", dir.path()),
+    )
+    .unwrap();
+    let out = run(&["summary", "--config", config.to_str().unwrap(), "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["num_classes"], 85742);
+    assert_eq!(v["head_params"], 85742 * 512);
+}

@@ -152,7 +152,7 @@ pub fn summarize(model: &IResNet, network: &str) -> Summary {
     }
 }
 
-fn thousands(n: usize) -> String {
+pub fn thousands(n: usize) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {

@@ -1,0 +1,3 @@
+//! Datasets in insightface's on-disk formats.
+
+pub mod property;
