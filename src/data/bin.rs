@@ -1,0 +1,270 @@
+//! Validation `.bin` files: a pickle of `(bins, issame_list)`, `bins` holding 2N encoded images
+//! (pair i is images 2i and 2i+1). Three styles exist in the wild: Python 2 protocol 2 (`str`
+//! as BINSTRING / SHORT_BINSTRING: insightface's MS1M files), Python 3 bytes, and numpy uint8
+//! arrays of the encoded image. serde-pickle reads all three (without `decode_strings`, which
+//! fails on image bytes); numpy arrays come back as the BUILD state tuple whose item 4 holds the
+//! raw bytes.
+//!
+//! The writer is ours: serde-pickle writes byte strings as protocol-3 BINBYTES, and the MS1M
+//! style is protocol 2 with BINSTRING, which Python 2 and 3 (`encoding="bytes"`) both read.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde_pickle::{DeOptions, Value};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BinError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: not a readable pickle: {message}")]
+    Pickle { path: PathBuf, message: String },
+    #[error("{path}: {message}")]
+    Shape { path: PathBuf, message: String },
+}
+
+/// A verification set: `images[2i]` and `images[2i + 1]` are pair i, `issame[i]` its truth.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PairSet {
+    pub images: Vec<Vec<u8>>,
+    pub issame: Vec<bool>,
+}
+
+impl PairSet {
+    pub fn pairs(&self) -> usize {
+        self.issame.len()
+    }
+
+    pub fn same(&self) -> usize {
+        self.issame.iter().filter(|&&s| s).count()
+    }
+
+    /// Reads a .bin of any of the three styles.
+    pub fn read(path: &Path) -> Result<PairSet, BinError> {
+        let bytes = std::fs::read(path).map_err(|source| BinError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_pickle(&bytes, path)
+    }
+
+    /// Parses pickle bytes; `path` only names the source in errors.
+    pub fn from_pickle(bytes: &[u8], path: &Path) -> Result<PairSet, BinError> {
+        let value =
+            serde_pickle::value_from_slice(bytes, DeOptions::new().replace_unresolved_globals())
+                .map_err(|e| BinError::Pickle {
+                    path: path.to_path_buf(),
+                    message: e.to_string(),
+                })?;
+        let shape = |message: String| BinError::Shape {
+            path: path.to_path_buf(),
+            message,
+        };
+        let (bins, issame) = match value {
+            Value::Tuple(items) | Value::List(items) if items.len() == 2 => {
+                let mut items = items.into_iter();
+                (items.next().unwrap(), items.next().unwrap())
+            }
+            other => {
+                return Err(shape(format!(
+                    "expected a pickled (bins, issame_list) pair, found {}",
+                    describe(&other)
+                )));
+            }
+        };
+        let Value::List(bins) = bins else {
+            return Err(shape(format!(
+                "bins: expected a list of encoded images, found {}",
+                describe(&bins)
+            )));
+        };
+        let images = bins
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| {
+                image_bytes(v).map_err(|found| {
+                    shape(format!(
+                        "bins[{i}] (pair {}): expected encoded image bytes, found {found}",
+                        i / 2
+                    ))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let issame = flags(issame).map_err(|m| shape(format!("issame_list: {m}")))?;
+        if images.len() % 2 != 0 {
+            return Err(shape(format!(
+                "bins holds {} images, an odd number: images come in pairs",
+                images.len()
+            )));
+        }
+        if images.len() / 2 != issame.len() {
+            return Err(shape(format!(
+                "bins holds {} pairs but issame_list has {} entries",
+                images.len() / 2,
+                issame.len()
+            )));
+        }
+        Ok(PairSet { images, issame })
+    }
+
+    /// Writes the MS1M style (Python 2 protocol 2, BINSTRING, a list of bools), atomically.
+    pub fn write(&self, path: &Path) -> Result<(), BinError> {
+        let io = |source| BinError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let tmp = path.with_extension("bin.tmp");
+        let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(io)?);
+        write_protocol2(&mut out, &self.images, &self.issame).map_err(io)?;
+        let file = out.into_inner().map_err(|e| io(e.into_error()))?;
+        file.sync_all().map_err(io)?;
+        std::fs::rename(&tmp, path).map_err(io)
+    }
+}
+
+fn describe(v: &Value) -> String {
+    match v {
+        Value::None => "None".into(),
+        Value::Bool(_) => "a bool".into(),
+        Value::I64(_) | Value::Int(_) => "an integer".into(),
+        Value::F64(_) => "a float".into(),
+        Value::Bytes(b) => format!("{} bytes", b.len()),
+        Value::String(_) => "a text string".into(),
+        Value::List(l) => format!("a list of {}", l.len()),
+        Value::Tuple(t) => format!("a tuple of {}", t.len()),
+        Value::Set(_) | Value::FrozenSet(_) => "a set".into(),
+        Value::Dict(_) => "a dict".into(),
+    }
+}
+
+/// The raw bytes of a numpy array after serde-pickle's BUILD: (version, shape, dtype,
+/// is_fortran, data).
+fn numpy_data(v: &Value) -> Option<&[u8]> {
+    match v {
+        Value::Tuple(t) if t.len() == 5 => match &t[4] {
+            Value::Bytes(b) => Some(b),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+fn image_bytes(v: Value) -> Result<Vec<u8>, String> {
+    if let Some(data) = numpy_data(&v) {
+        return Ok(data.to_vec());
+    }
+    match v {
+        Value::Bytes(b) => Ok(b),
+        other => Err(describe(&other)),
+    }
+}
+
+fn flags(v: Value) -> Result<Vec<bool>, String> {
+    if let Some(data) = numpy_data(&v) {
+        // A numpy bool array: one byte per entry.
+        return data
+            .iter()
+            .map(|&b| match b {
+                0 | 1 => Ok(b == 1),
+                _ => Err(format!("numpy array byte {b} is not a bool")),
+            })
+            .collect();
+    }
+    let Value::List(items) = v else {
+        return Err(format!("expected a list of bools, found {}", describe(&v)));
+    };
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(i, item)| match item {
+            Value::Bool(b) => Ok(b),
+            Value::I64(0) => Ok(false),
+            Value::I64(1) => Ok(true),
+            other => Err(format!(
+                "entry {i}: expected a bool, found {}",
+                describe(&other)
+            )),
+        })
+        .collect()
+}
+
+/// `pickle.dump((bins, issame), f, protocol=2)` as Python 2 writes it for `str` images.
+fn write_protocol2(
+    out: &mut impl Write,
+    images: &[Vec<u8>],
+    issame: &[bool],
+) -> std::io::Result<()> {
+    const PROTO: u8 = 0x80;
+    const EMPTY_LIST: u8 = b']';
+    const MARK: u8 = b'(';
+    const APPENDS: u8 = b'e';
+    const SHORT_BINSTRING: u8 = b'U';
+    const BINSTRING: u8 = b'T';
+    const NEWTRUE: u8 = 0x88;
+    const NEWFALSE: u8 = 0x89;
+    const TUPLE2: u8 = 0x86;
+    const STOP: u8 = b'.';
+    // Python batches appends by 1000 items.
+    const BATCH: usize = 1000;
+
+    out.write_all(&[PROTO, 2, EMPTY_LIST])?;
+    for chunk in images.chunks(BATCH) {
+        out.write_all(&[MARK])?;
+        for image in chunk {
+            if image.len() < 256 {
+                out.write_all(&[SHORT_BINSTRING, image.len() as u8])?;
+            } else {
+                let len = u32::try_from(image.len())
+                    .map_err(|_| std::io::Error::other("an image over 4 GiB cannot be pickled"))?;
+                out.write_all(&[BINSTRING])?;
+                out.write_all(&len.to_le_bytes())?;
+            }
+            out.write_all(image)?;
+        }
+        out.write_all(&[APPENDS])?;
+    }
+    out.write_all(&[EMPTY_LIST])?;
+    for chunk in issame.chunks(BATCH) {
+        out.write_all(&[MARK])?;
+        out.write_all(
+            &chunk
+                .iter()
+                .map(|&s| if s { NEWTRUE } else { NEWFALSE })
+                .collect::<Vec<_>>(),
+        )?;
+        out.write_all(&[APPENDS])?;
+    }
+    out.write_all(&[TUPLE2, STOP])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writer_round_trips_through_the_reader() {
+        let set = PairSet {
+            images: vec![vec![1, 2, 3], vec![0xff; 300], vec![], vec![9; 255]],
+            issame: vec![true, false],
+        };
+        let mut bytes = Vec::new();
+        write_protocol2(&mut bytes, &set.images, &set.issame).unwrap();
+        assert_eq!(
+            PairSet::from_pickle(&bytes, Path::new("x.bin")).unwrap(),
+            set
+        );
+    }
+
+    #[test]
+    fn odd_image_count_is_an_error() {
+        let mut bytes = Vec::new();
+        write_protocol2(&mut bytes, &[vec![1], vec![2], vec![3]], &[true]).unwrap();
+        let err = PairSet::from_pickle(&bytes, Path::new("x.bin"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("x.bin") && err.contains("odd"), "{err}");
+    }
+}
