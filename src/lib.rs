@@ -3,9 +3,12 @@
 //! Data flows one way: data → model → head/loss → train loop → eval → checkpoint → export/infer.
 //! Model code is backend-neutral; the backend and device are chosen only in [`device`].
 
+pub mod bench;
 pub mod config;
 pub mod data;
 pub mod device;
+pub mod eval;
 pub mod model;
+pub mod progress;
 
 pub use config::Config;

@@ -2,6 +2,11 @@
 
 pub mod bin;
 pub mod dataset;
+pub mod image;
+pub mod inspect;
 pub mod irheader;
+pub mod loader;
+pub mod pack;
 pub mod property;
 pub mod recordio;
+pub mod synth;

@@ -1,0 +1,54 @@
+//! Image decoding and encoding shared by the loader, the packers and the evaluators.
+
+use image::codecs::jpeg::JpegEncoder;
+use image::imageops::FilterType;
+use image::{ImageFormat, RgbImage};
+
+/// Side of the aligned face crops everything here works on.
+pub const FACE_SIZE: u32 = 112;
+
+/// Decodes JPEG or PNG bytes to RGB; errors say what the bytes are not.
+pub fn decode_rgb(bytes: &[u8]) -> Result<RgbImage, String> {
+    let format = image::guess_format(bytes).map_err(|_| {
+        let head: Vec<String> = bytes.iter().take(4).map(|b| format!("{b:02x}")).collect();
+        format!(
+            "not an image ({} bytes starting {})",
+            bytes.len(),
+            head.join(" ")
+        )
+    })?;
+    let decoded = image::load_from_memory_with_format(bytes, format)
+        .map_err(|e| format!("cannot decode {format:?} image: {e}"))?;
+    Ok(decoded.into_rgb8())
+}
+
+/// Decodes and brings to 112×112 (bilinear resize only when the size differs).
+pub fn decode_face(bytes: &[u8]) -> Result<RgbImage, String> {
+    let rgb = decode_rgb(bytes)?;
+    Ok(to_face_size(rgb))
+}
+
+pub fn to_face_size(rgb: RgbImage) -> RgbImage {
+    if rgb.dimensions() == (FACE_SIZE, FACE_SIZE) {
+        rgb
+    } else {
+        image::imageops::resize(&rgb, FACE_SIZE, FACE_SIZE, FilterType::Triangle)
+    }
+}
+
+/// JPEG at `quality` (insightface packs at 95).
+pub fn encode_jpeg(rgb: &RgbImage, quality: u8) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 * 1024);
+    JpegEncoder::new_with_quality(&mut out, quality)
+        .encode_image(rgb)
+        .expect("encoding an in-memory RGB image to a Vec cannot fail");
+    out
+}
+
+/// Is this a format we decode (by content, not by name)?
+pub fn is_image(bytes: &[u8]) -> bool {
+    matches!(
+        image::guess_format(bytes),
+        Ok(ImageFormat::Jpeg | ImageFormat::Png)
+    )
+}

@@ -1,0 +1,3 @@
+//! Evaluation: insightface's verification protocol.
+
+pub mod verify;
