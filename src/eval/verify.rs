@@ -132,31 +132,6 @@ pub fn squared_distance(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn folds_are_sklearn_kfold() {
-        let f = folds(23, 10);
-        assert_eq!(f[0], 0..3);
-        assert_eq!(f[2], 6..9);
-        assert_eq!(f[3], 9..11);
-        assert_eq!(f[9], 21..23);
-    }
-
-    #[test]
-    fn separable_pairs_score_one() {
-        let issame: Vec<bool> = (0..100).map(|i| i % 2 == 0).collect();
-        let dist: Vec<f32> = issame.iter().map(|&s| if s { 0.5 } else { 2.5 }).collect();
-        let v = verify(&dist, &issame, 10);
-        assert_eq!(v.accuracy, 1.0);
-        assert_eq!(v.std, 0.0);
-        // The first threshold that separates: 0.51.
-        assert!((v.threshold - 0.51).abs() < 1e-6, "{}", v.threshold);
-    }
-}
-
 /// insightface's test-time embedding: l2norm(e(image) + e(flipped image)).
 pub fn flip_sum_embedding(
     image: &image::RgbImage,
@@ -194,4 +169,29 @@ pub fn raw_pixel_verification(set: &crate::data::bin::PairSet) -> Result<Verific
         .map(|p| squared_distance(&p[0], &p[1]))
         .collect();
     Ok(verify(&dist, &set.issame, 10))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn folds_are_sklearn_kfold() {
+        let f = folds(23, 10);
+        assert_eq!(f[0], 0..3);
+        assert_eq!(f[2], 6..9);
+        assert_eq!(f[3], 9..11);
+        assert_eq!(f[9], 21..23);
+    }
+
+    #[test]
+    fn separable_pairs_score_one() {
+        let issame: Vec<bool> = (0..100).map(|i| i % 2 == 0).collect();
+        let dist: Vec<f32> = issame.iter().map(|&s| if s { 0.5 } else { 2.5 }).collect();
+        let v = verify(&dist, &issame, 10);
+        assert_eq!(v.accuracy, 1.0);
+        assert_eq!(v.std, 0.0);
+        // The first threshold that separates: 0.51.
+        assert!((v.threshold - 0.51).abs() < 1e-6, "{}", v.threshold);
+    }
 }
