@@ -50,6 +50,8 @@ pub struct Config {
     pub warmup_epoch: usize,
     /// Clip gradients to this global L2 norm (none when absent).
     pub clip_grad_norm: Option<f64>,
+    /// Weight decay on BatchNorm γ/β and PReLU slopes too (the seed and arcface_torch: yes).
+    pub decay_norm_and_prelu: bool,
 
     // --- data ---
     /// Folder with train.rec, train.idx, property and the validation .bin files.
@@ -58,6 +60,8 @@ pub struct Config {
     pub val_targets: Vec<String>,
     /// Decoding threads of the data loader.
     pub num_workers: usize,
+    /// Generate synthetic identities into `rec` when it does not exist (CPU demos).
+    pub synthetic: Option<SyntheticSpec>,
 
     // --- run ---
     /// Folder for checkpoints, logs and TensorBoard files.
@@ -69,8 +73,20 @@ pub struct Config {
     pub verbose: usize,
     /// Checkpoint every `save_every` steps (and at every epoch end).
     pub save_every: usize,
+    /// Step checkpoints kept besides `best.ckpt`.
+    pub keep_checkpoints: usize,
     /// "cpu", "cuda", "cuda:0" or "cuda:0,1,2,3" (see `device.rs`).
     pub device: String,
+}
+
+/// What `arcface synth` makes, for a config whose data folder may not exist yet.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyntheticSpec {
+    pub identities: usize,
+    pub images_per_identity: usize,
+    pub val_pairs: usize,
+    pub seed: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -102,16 +118,19 @@ impl Default for Config {
             num_epoch: 20,
             warmup_epoch: 0,
             clip_grad_norm: None,
+            decay_norm_and_prelu: true,
             rec: PathBuf::from("data/faces_emore"),
             val_targets: ["lfw", "cfp_fp", "cfp_ff", "agedb_30"]
                 .map(String::from)
                 .to_vec(),
             num_workers: 2,
+            synthetic: None,
             output: PathBuf::from("checkpoints/r100"),
             seed: 2048,
             frequent: 10,
             verbose: 2000,
             save_every: 2000,
+            keep_checkpoints: 3,
             device: "cpu".to_string(),
         }
     }
@@ -185,7 +204,7 @@ impl Config {
     /// Checks values that parse but make no sense; returns the offending key and why.
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
         let [m1, m2, m3] = self.margin_list;
-        let checks: [(&'static str, bool, String); 17] = [
+        let checks: [(&'static str, bool, String); 19] = [
             (
                 "embedding_size",
                 self.embedding_size > 0,
@@ -262,6 +281,18 @@ impl Config {
                 "frequent and verbose must be > 0".into(),
             ),
             ("save_every", self.save_every > 0, "must be > 0".into()),
+            (
+                "keep_checkpoints",
+                self.keep_checkpoints > 0,
+                "must be > 0".into(),
+            ),
+            (
+                "synthetic",
+                self.synthetic.as_ref().is_none_or(|s| {
+                    s.identities >= 2 && s.images_per_identity >= 1 && s.val_pairs >= 20
+                }),
+                "needs identities >= 2, images_per_identity >= 1, val_pairs >= 20".into(),
+            ),
         ];
         if let Some((key, _, message)) = checks.into_iter().find(|(_, ok, _)| !ok) {
             return Err((key, message));

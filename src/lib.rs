@@ -10,5 +10,6 @@ pub mod device;
 pub mod eval;
 pub mod model;
 pub mod progress;
+pub mod train;
 
 pub use config::Config;

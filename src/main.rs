@@ -16,6 +16,7 @@ use arcface::device;
 use arcface::eval::verify;
 use arcface::model::{backbone_config, summary};
 use arcface::progress;
+use arcface::train;
 
 #[derive(Parser)]
 #[command(
@@ -41,6 +42,36 @@ enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// Train a backbone and margin head as the config says (validates and checkpoints as it goes).
+    Train {
+        #[arg(long)]
+        config: PathBuf,
+        /// Continue from the newest checkpoint in the output folder, or from the given file.
+        #[arg(long, num_args = 0..=1, default_missing_value = "latest")]
+        resume: Option<String>,
+        /// Stop after this many steps (smoke tests); the config's epochs otherwise.
+        #[arg(long)]
+        max_steps: Option<usize>,
+    },
+    /// Verification accuracy of a model on validation .bin files (insightface's 10-fold protocol).
+    Eval {
+        /// A checkpoint (.ckpt) written by `arcface train`.
+        #[arg(long)]
+        model: PathBuf,
+        /// Evaluate every .bin in this folder.
+        #[arg(long, conflicts_with = "bin")]
+        data: Option<PathBuf>,
+        /// Evaluate these .bin files.
+        #[arg(long, num_args = 1..)]
+        bin: Vec<PathBuf>,
+        #[arg(long)]
+        json: bool,
+        /// Write the ROC curves to this PNG.
+        #[arg(long)]
+        roc: Option<PathBuf>,
+        #[arg(long, default_value_t = 64)]
+        batch_size: usize,
     },
     /// Synthetic face-like identities in insightface's formats (train.rec/.idx/property and
     /// synth_val.bin with pairs of identities not in training), deterministic by seed.
@@ -168,6 +199,103 @@ fn run(cli: Cli) -> Result<()> {
                         "head: sized from {} (not found; or set num_classes)",
                         config.rec.join("property").display()
                     ),
+                }
+            }
+        }
+        Command::Train {
+            config,
+            resume,
+            max_steps,
+        } => {
+            let config = Config::load(config)?;
+            let devices = devices(&cli.device, &config)?;
+            anyhow::ensure!(
+                devices.len() == 1,
+                "multi-GPU data parallel training is not implemented yet: use one device (e.g. --device cuda:0)"
+            );
+            let resume = resume.as_ref().map(|r| match r.as_str() {
+                "latest" => train::Resume::Latest,
+                path => train::Resume::Path(PathBuf::from(path)),
+            });
+            let options = train::TrainOptions {
+                resume,
+                max_steps: *max_steps,
+            };
+            let report = train::train(&config, &devices[0], &options)?;
+            if let Some((step, results)) = report.validations.last() {
+                for r in results {
+                    println!(
+                        "{} at step {step}: accuracy {:.4} ± {:.4}",
+                        r.name, r.accuracy, r.std
+                    );
+                }
+            }
+        }
+        Command::Eval {
+            model,
+            data,
+            bin,
+            json,
+            roc,
+            batch_size,
+        } => {
+            anyhow::ensure!(
+                model.extension().is_none_or(|e| e != "onnx"),
+                "{}: ONNX models are not supported yet; evaluate the checkpoint (.ckpt)",
+                model.display()
+            );
+            let files = match data {
+                Some(dir) => {
+                    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+                        .with_context(|| format!("cannot list {}", dir.display()))?
+                        .flatten()
+                        .map(|e| e.path())
+                        .filter(|p| p.extension().is_some_and(|e| e == "bin"))
+                        .collect();
+                    found.sort();
+                    anyhow::ensure!(!found.is_empty(), "{}: no .bin files", dir.display());
+                    found
+                }
+                None => bin.clone(),
+            };
+            anyhow::ensure!(!files.is_empty(), "give --data DIR or --bin FILE...");
+            let text = cli.device.clone().unwrap_or_else(|| "cpu".into());
+            let device = device::select(&text)?.remove(0);
+            let (backbone, _) = arcface::train::checkpoint::load_backbone(model, &device)?;
+            let mut results = Vec::new();
+            for file in &files {
+                let name = file
+                    .file_stem()
+                    .map_or("?".into(), |s| s.to_string_lossy().into_owned());
+                let set = PairSet::read(file)?;
+                let result =
+                    arcface::eval::embed::evaluate(&backbone, &set, &name, *batch_size, &device)
+                        .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+                results.push(result);
+            }
+            if *json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({ "targets": results }))?
+                );
+            } else {
+                println!(
+                    "{:<12} {:>6} {:>18} {:>10} {:>10} {:>14}",
+                    "target", "pairs", "accuracy", "threshold", "XNorm", "TAR@FAR=1e-3"
+                );
+                for r in &results {
+                    println!(
+                        "{:<12} {:>6} {:>9.5} ± {:.5} {:>10.3} {:>10.4} {:>14.5}",
+                        r.name, r.pairs, r.accuracy, r.std, r.threshold, r.xnorm, r.tar_at_far_1e3
+                    );
+                }
+            }
+            if let Some(path) = roc {
+                arcface::eval::roc::plot(&results)
+                    .save(path)
+                    .with_context(|| format!("writing {}", path.display()))?;
+                if !*json {
+                    println!("ROC curves: {}", path.display());
                 }
             }
         }

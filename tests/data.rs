@@ -16,23 +16,45 @@ use image::{Rgb, RgbImage};
 use serde_json::Value;
 
 fn synth(dir: &Path, identities: usize, per: usize, pairs: usize, seed: u64) {
-    generate(dir, &SynthConfig::new(identities, per, pairs, seed), &indicatif::ProgressBar::hidden()).unwrap();
+    generate(
+        dir,
+        &SynthConfig::new(identities, per, pairs, seed),
+        &indicatif::ProgressBar::hidden(),
+    )
+    .unwrap();
 }
 
 fn inspect_json(args: &[&str]) -> (bool, Value) {
-    let out = arcface().arg("inspect").args(args).arg("--json").current_dir(root()).output().unwrap();
-    (out.status.success(), serde_json::from_slice(&out.stdout).unwrap_or(Value::Null))
+    let out = arcface()
+        .arg("inspect")
+        .args(args)
+        .arg("--json")
+        .current_dir(root())
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null),
+    )
 }
 
 #[test]
 fn synth_is_deterministic_by_seed() {
-    let (a, b, c) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b, c) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
     synth(a.path(), 6, 3, 10, 5);
     synth(b.path(), 6, 3, 10, 5);
     synth(c.path(), 6, 3, 10, 6);
     for file in ["train.rec", "train.idx", "property", "synth_val.bin"] {
         let read = |d: &tempfile::TempDir| std::fs::read(d.path().join(file)).unwrap();
-        assert_eq!(read(&a), read(&b), "{file} differs between two runs with one seed");
+        assert_eq!(
+            read(&a),
+            read(&b),
+            "{file} differs between two runs with one seed"
+        );
         if file != "property" && file != "train.idx" {
             assert_ne!(read(&a), read(&c), "{file} is the same for two seeds");
         }
@@ -50,11 +72,22 @@ fn synth_writes_insightface_layout() {
     assert_eq!(v["identities"], 7);
     assert_eq!(v["image_size"], serde_json::json!([112, 112]));
     assert_eq!(v["decoded"], 28);
-    let labels: Vec<u64> = v["labels"].as_array().unwrap().iter().map(|l| l.as_u64().unwrap()).collect();
+    let labels: Vec<u64> = v["labels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_u64().unwrap())
+        .collect();
     assert_eq!(labels, (0..28).map(|i| i / 4).collect::<Vec<u64>>());
-    let (ok, v) = inspect_json(&[dir.path().join("synth_val.bin").to_str().unwrap(), "--verify"]);
+    let (ok, v) = inspect_json(&[
+        dir.path().join("synth_val.bin").to_str().unwrap(),
+        "--verify",
+    ]);
     assert!(ok, "{v}");
-    assert_eq!(v, serde_json::json!({"kind": "bin", "pairs": 20, "same": 10, "decoded": 40, "errors": []}));
+    assert_eq!(
+        v,
+        serde_json::json!({"kind": "bin", "pairs": 20, "same": 10, "decoded": 40, "errors": []})
+    );
 }
 
 #[test]
@@ -63,8 +96,15 @@ fn raw_pixels_verify_poorly_on_synth() {
     synth(dir.path(), 2, 1, 600, 2048);
     let set = PairSet::read(&dir.path().join("synth_val.bin")).unwrap();
     let v = raw_pixel_verification(&set).unwrap();
-    println!("raw-pixel baseline on 600 synthetic pairs: {:.4} ± {:.4} (threshold {:.2})", v.accuracy, v.std, v.threshold);
-    assert!(v.accuracy <= 0.75, "raw pixels verify too well: {}", v.accuracy);
+    println!(
+        "raw-pixel baseline on 600 synthetic pairs: {:.4} ± {:.4} (threshold {:.2})",
+        v.accuracy, v.std, v.threshold
+    );
+    assert!(
+        v.accuracy <= 0.75,
+        "raw pixels verify too well: {}",
+        v.accuracy
+    );
 }
 
 /// DIR/<identity>/<images>: a 112×112 JPEG (kept byte for byte), a 150×120 PNG (resized and
@@ -74,7 +114,9 @@ fn identity_folders(root: &Path, identities: usize) -> Vec<Vec<u8>> {
     for id in 0..identities {
         let folder = root.join(format!("person_{id:02}"));
         std::fs::create_dir_all(&folder).unwrap();
-        let img = RgbImage::from_fn(112, 112, |x, y| Rgb([(x * 2) as u8, (y * 2) as u8, (id * 40) as u8]));
+        let img = RgbImage::from_fn(112, 112, |x, y| {
+            Rgb([(x * 2) as u8, (y * 2) as u8, (id * 40) as u8])
+        });
         let jpeg = arcface::data::image::encode_jpeg(&img, 90);
         std::fs::write(folder.join("a.jpg"), &jpeg).unwrap();
         jpegs.push(jpeg);
@@ -89,7 +131,13 @@ fn pack_then_inspect() {
     let (src, out) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let jpegs = identity_folders(src.path(), 3);
     let status = arcface()
-        .args(["pack", "--images", src.path().to_str().unwrap(), "--out", out.path().to_str().unwrap()])
+        .args([
+            "pack",
+            "--images",
+            src.path().to_str().unwrap(),
+            "--out",
+            out.path().to_str().unwrap(),
+        ])
         .status()
         .unwrap();
     assert!(status.success());
@@ -99,7 +147,11 @@ fn pack_then_inspect() {
     assert_eq!(v["identities"], 3);
     assert_eq!(v["labels"], serde_json::json!([0, 0, 1, 1, 2, 2]));
     let ds = RecDataset::open(out.path()).unwrap();
-    assert_eq!(ds.sample(0).unwrap().image, jpegs[0], "a 112×112 JPEG is stored as it is");
+    assert_eq!(
+        ds.sample(0).unwrap().image,
+        jpegs[0],
+        "a 112×112 JPEG is stored as it is"
+    );
     let resized = decode_face(&ds.sample(1).unwrap().image).unwrap();
     assert_eq!(resized.dimensions(), (112, 112));
     assert!(!out.path().join("train.rec.tmp").exists());
@@ -109,15 +161,31 @@ fn pack_then_inspect() {
 fn pack_names_an_unreadable_image() {
     let (src, out) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     identity_folders(src.path(), 2);
-    std::fs::write(src.path().join("person_01/broken.jpg"), b"not a jpeg at all").unwrap();
+    std::fs::write(
+        src.path().join("person_01/broken.jpg"),
+        b"not a jpeg at all",
+    )
+    .unwrap();
     let o = arcface()
-        .args(["pack", "--images", src.path().to_str().unwrap(), "--out", out.path().to_str().unwrap()])
+        .args([
+            "pack",
+            "--images",
+            src.path().to_str().unwrap(),
+            "--out",
+            out.path().to_str().unwrap(),
+        ])
         .output()
         .unwrap();
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("broken.jpg") && err.contains("not an image"), "{err}");
-    assert!(!out.path().join("train.rec").exists(), "no half-written dataset");
+    assert!(
+        err.contains("broken.jpg") && err.contains("not an image"),
+        "{err}"
+    );
+    assert!(
+        !out.path().join("train.rec").exists(),
+        "no half-written dataset"
+    );
 }
 
 #[test]
@@ -125,23 +193,40 @@ fn pack_pairs_then_inspect_and_python_reads_it() {
     let (src, out) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     identity_folders(src.path(), 2);
     let pairs = out.path().join("pairs.txt");
-    std::fs::write(&pairs, "person_00/a.jpg\tperson_00/b.png\t1\nperson_00/a.jpg\tperson_01/a.jpg\t0\n").unwrap();
+    std::fs::write(
+        &pairs,
+        "person_00/a.jpg\tperson_00/b.png\t1\nperson_00/a.jpg\tperson_01/a.jpg\t0\n",
+    )
+    .unwrap();
     let bin = out.path().join("mine.bin");
     let status = arcface()
-        .args(["pack-pairs", "--pairs", pairs.to_str().unwrap(), "--images", src.path().to_str().unwrap()])
+        .args([
+            "pack-pairs",
+            "--pairs",
+            pairs.to_str().unwrap(),
+            "--images",
+            src.path().to_str().unwrap(),
+        ])
         .args(["--out", bin.to_str().unwrap()])
         .status()
         .unwrap();
     assert!(status.success());
     let (ok, v) = inspect_json(&[bin.to_str().unwrap(), "--verify"]);
     assert!(ok, "{v}");
-    assert_eq!(v, serde_json::json!({"kind": "bin", "pairs": 2, "same": 1, "decoded": 4, "errors": []}));
+    assert_eq!(
+        v,
+        serde_json::json!({"kind": "bin", "pairs": 2, "same": 1, "decoded": 4, "errors": []})
+    );
     let py = std::process::Command::new(common::python())
         .arg(root().join("tests/reference/formats.py"))
         .args(["read-bin", bin.to_str().unwrap()])
         .output()
         .unwrap();
-    assert!(py.status.success(), "{}", String::from_utf8_lossy(&py.stderr));
+    assert!(
+        py.status.success(),
+        "{}",
+        String::from_utf8_lossy(&py.stderr)
+    );
     let read: Value = serde_json::from_slice(&py.stdout).unwrap();
     assert_eq!(read["issame"], serde_json::json!([true, false]));
 }
@@ -152,13 +237,22 @@ fn pack_pairs_rejects_a_bad_line() {
     let pairs = dir.path().join("pairs.txt");
     std::fs::write(&pairs, "a.jpg\tb.jpg\tyes\n").unwrap();
     let o = arcface()
-        .args(["pack-pairs", "--pairs", pairs.to_str().unwrap(), "--images", "."])
+        .args([
+            "pack-pairs",
+            "--pairs",
+            pairs.to_str().unwrap(),
+            "--images",
+            ".",
+        ])
         .args(["--out", dir.path().join("x.bin").to_str().unwrap()])
         .output()
         .unwrap();
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("pairs.txt: line 1") && err.contains("\"yes\""), "{err}");
+    assert!(
+        err.contains("pairs.txt: line 1") && err.contains("\"yes\""),
+        "{err}"
+    );
 }
 
 #[test]
@@ -175,7 +269,10 @@ fn inspect_reports_a_record_that_is_not_an_image() {
     assert!(!ok);
     assert_eq!(v["decoded"], 5);
     let errors = v["errors"].to_string();
-    assert!(errors.contains("key 3") && errors.contains("not an image"), "{errors}");
+    assert!(
+        errors.contains("key 3") && errors.contains("not an image"),
+        "{errors}"
+    );
     // Without --verify the headers are fine.
     assert!(inspect_json(&[dir.path().to_str().unwrap()]).0);
 }
@@ -192,14 +289,27 @@ fn inspect_fails_on_a_missing_property_and_an_odd_bin() {
     let odd = dir.path().join("odd.bin");
     let set = PairSet::read(&dir.path().join("synth_val.bin")).unwrap();
     // Three images for one pair, in the Python 2 style our writer produces.
-    PairSet { images: set.images[..3].to_vec(), issame: vec![true] }.write(&odd).unwrap();
+    PairSet {
+        images: set.images[..3].to_vec(),
+        issame: vec![true],
+    }
+    .write(&odd)
+    .unwrap();
     let (ok, v) = inspect_json(&[odd.to_str().unwrap()]);
     assert!(!ok);
     assert!(v["errors"].to_string().contains("odd number"), "{v}");
 }
 
 fn loader(ds: &Arc<RecDataset>, rank: usize, world: usize, start: Cursor) -> Loader {
-    let config = LoaderConfig { batch_size: 4, seed: 9, num_workers: 2, prefetch: 2, rank, world, flip: true };
+    let config = LoaderConfig {
+        batch_size: 4,
+        seed: 9,
+        num_workers: 2,
+        prefetch: 2,
+        rank,
+        world,
+        flip: true,
+    };
     Loader::new(ds.clone(), config, start).unwrap()
 }
 
@@ -212,7 +322,11 @@ fn loader_resumes_at_the_cursor_and_shards_disjointly() {
     let run = loader(&ds, 0, 1, Cursor::default());
     let straight: Vec<_> = (0..9).map(|_| run.next_batch().unwrap()).collect();
     assert_eq!(straight[5].next, Cursor { epoch: 0, batch: 6 });
-    assert_eq!(straight[6].next, Cursor { epoch: 1, batch: 1 }, "epoch rolls over after 6 batches");
+    assert_eq!(
+        straight[6].next,
+        Cursor { epoch: 1, batch: 1 },
+        "epoch rolls over after 6 batches"
+    );
     // The first epoch sees 24 distinct images; the next epoch is a different order.
     let mut seen: Vec<u64> = straight[..6].iter().flat_map(|b| b.keys.clone()).collect();
     seen.sort();
@@ -230,8 +344,14 @@ fn loader_resumes_at_the_cursor_and_shards_disjointly() {
     }
 
     // Two replicas split each global batch of 8 without overlap.
-    let (r0, r1) = (loader(&ds, 0, 2, Cursor::default()), loader(&ds, 1, 2, Cursor::default()));
-    let plan = Plan { images: 25, config: r0.plan.config.clone() };
+    let (r0, r1) = (
+        loader(&ds, 0, 2, Cursor::default()),
+        loader(&ds, 1, 2, Cursor::default()),
+    );
+    let plan = Plan {
+        images: 25,
+        config: r0.plan.config.clone(),
+    };
     assert_eq!(plan.batches_per_epoch(), 3);
     for _ in 0..3 {
         let (a, b) = (r0.next_batch().unwrap(), r1.next_batch().unwrap());
@@ -253,9 +373,14 @@ fn loader_batches_are_the_decoded_images_maybe_flipped() {
         let rgb = decode_face(&sample.image).unwrap();
         let chw = &batch.images[i * 3 * 112 * 112..(i + 1) * 3 * 112 * 112];
         let at = |x: u32, y: u32, c: usize| chw[c * 112 * 112 + (y * 112 + x) as usize];
-        let plain = (0..112).all(|y| (0..112).all(|x| (0..3).all(|c| at(x, y, c) == rgb.get_pixel(x, y)[c])));
-        let flipped = (0..112).all(|y| (0..112).all(|x| (0..3).all(|c| at(111 - x, y, c) == rgb.get_pixel(x, y)[c])));
-        assert!(plain || flipped, "image {i} is neither the decoded image nor its mirror");
+        let plain = (0..112)
+            .all(|y| (0..112).all(|x| (0..3).all(|c| at(x, y, c) == rgb.get_pixel(x, y)[c])));
+        let flipped = (0..112)
+            .all(|y| (0..112).all(|x| (0..3).all(|c| at(111 - x, y, c) == rgb.get_pixel(x, y)[c])));
+        assert!(
+            plain || flipped,
+            "image {i} is neither the decoded image nor its mirror"
+        );
         flips += usize::from(flipped && !plain);
     }
     println!("{flips} of {} flipped", batch.len());

@@ -91,59 +91,7 @@ impl RecFile {
 
     /// The record starting at `offset`, and the offset just past it.
     pub fn read_at(&self, offset: u64) -> Result<(Vec<u8>, u64), RecordIoError> {
-        let data: &[u8] = &self.map;
-        let mut pos = usize::try_from(offset).unwrap_or(usize::MAX);
-        let mut record = Vec::new();
-        let mut expect_continuation = false;
-        loop {
-            let part_start = pos as u64;
-            let header = pos
-                .checked_add(8)
-                .and_then(|end| data.get(pos..end))
-                .ok_or_else(|| {
-                    self.corrupt(
-                        part_start,
-                        "truncated: no record header here (file ends or offset points past it)",
-                    )
-                })?;
-            let magic = u32::from_le_bytes(header[0..4].try_into().unwrap());
-            if magic != MAGIC {
-                return Err(self.corrupt(
-                    part_start,
-                    format!("wrong magic {magic:#010x} (expected {MAGIC:#010x}): not the start of a record"),
-                ));
-            }
-            let lrec = u32::from_le_bytes(header[4..8].try_into().unwrap());
-            let (cflag, len) = (lrec >> 29, (lrec & ((1 << 29) - 1)) as usize);
-            let padded = len.div_ceil(4) * 4;
-            let body = data.get(pos + 8..pos + 8 + len).ok_or_else(|| {
-                self.corrupt(
-                    part_start,
-                    format!(
-                        "record length {len} runs past the end of the file ({} bytes)",
-                        data.len()
-                    ),
-                )
-            })?;
-            match (expect_continuation, cflag) {
-                (false, 0 | 1) | (true, 2 | 3) => {}
-                _ => {
-                    return Err(self.corrupt(
-                        part_start,
-                        format!("unexpected part flag {cflag} (a split record must go 1, 2…, 3)"),
-                    ));
-                }
-            }
-            record.extend_from_slice(body);
-            pos = (pos + 8 + padded).min(data.len());
-            match cflag {
-                0 | 3 => return Ok((record, pos as u64)),
-                _ => {
-                    record.extend_from_slice(&MAGIC_BYTES);
-                    expect_continuation = true;
-                }
-            }
-        }
+        read_record(&self.map, offset).map_err(|(at, message)| self.corrupt(at, message))
     }
 
     /// Every record in file order with its offset, without an index.
@@ -166,6 +114,63 @@ impl RecFile {
                 }
             }
         })
+    }
+}
+
+/// Reads the record starting at `offset` of `data`: its payload (split parts joined, magic
+/// restored) and the offset just past it; on damage, the offset of the bad part and why.
+pub fn read_record(data: &[u8], offset: u64) -> Result<(Vec<u8>, u64), (u64, String)> {
+    let mut pos = usize::try_from(offset).unwrap_or(usize::MAX);
+    let mut record = Vec::new();
+    let mut expect_continuation = false;
+    loop {
+        let part_start = pos as u64;
+        let header = pos
+            .checked_add(8)
+            .and_then(|end| data.get(pos..end))
+            .ok_or((
+                part_start,
+                "truncated: no record header here (the file ends or the offset points past it)"
+                    .to_string(),
+            ))?;
+        let magic = u32::from_le_bytes(header[0..4].try_into().unwrap());
+        if magic != MAGIC {
+            return Err((
+                part_start,
+                format!(
+                    "wrong magic {magic:#010x} (expected {MAGIC:#010x}): not the start of a record"
+                ),
+            ));
+        }
+        let lrec = u32::from_le_bytes(header[4..8].try_into().unwrap());
+        let (cflag, len) = (lrec >> 29, (lrec & ((1 << 29) - 1)) as usize);
+        let body = data.get(pos + 8..pos + 8 + len).ok_or_else(|| {
+            (
+                part_start,
+                format!(
+                    "record length {len} runs past the end of the file ({} bytes)",
+                    data.len()
+                ),
+            )
+        })?;
+        match (expect_continuation, cflag) {
+            (false, 0 | 1) | (true, 2 | 3) => {}
+            _ => {
+                return Err((
+                    part_start,
+                    format!("unexpected part flag {cflag} (a split record must go 1, 2…, 3)"),
+                ));
+            }
+        }
+        record.extend_from_slice(body);
+        pos = (pos + 8 + len.div_ceil(4) * 4).min(data.len());
+        match cflag {
+            0 | 3 => return Ok((record, pos as u64)),
+            _ => {
+                record.extend_from_slice(&MAGIC_BYTES);
+                expect_continuation = true;
+            }
+        }
     }
 }
 
@@ -251,6 +256,11 @@ impl RecordWriter {
 /// Parses an `.idx` file into (key, offset) pairs in file order; duplicate keys are an error.
 pub fn read_index(path: &Path) -> Result<Vec<(u64, u64)>, RecordIoError> {
     let text = std::fs::read_to_string(path).map_err(RecordIoError::io(path))?;
+    parse_index(&text, path)
+}
+
+/// Parses `.idx` text; `path` only names the source in errors.
+pub fn parse_index(text: &str, path: &Path) -> Result<Vec<(u64, u64)>, RecordIoError> {
     let mut entries = Vec::new();
     let mut seen = std::collections::HashSet::new();
     for (i, line) in text.lines().enumerate() {

@@ -1,3 +1,5 @@
-//! Evaluation: insightface's verification protocol.
+//! Evaluation: insightface's verification protocol on embeddings of a model.
 
+pub mod embed;
+pub mod roc;
 pub mod verify;

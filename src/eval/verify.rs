@@ -4,8 +4,9 @@
 //! threshold that maximises accuracy on the other nine scores the held-out fold.
 
 /// Thresholds on the squared distance, as insightface: `np.arange(0, 4, 0.01)`.
-pub fn thresholds() -> Vec<f32> {
-    (0..400).map(|i| i as f32 * 0.01).collect()
+/// Compared in f64 like numpy's float64 `arange` against the float32 distances.
+pub fn thresholds() -> Vec<f64> {
+    (0..400).map(|i| i as f64 * 0.01).collect()
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -38,14 +39,14 @@ pub fn folds(n: usize, n_folds: usize) -> Vec<std::ops::Range<usize>> {
 
 /// (true positives, false positives, true negatives, false negatives) at `threshold`.
 fn confusion(
-    threshold: f32,
+    threshold: f64,
     dist: &[f32],
     issame: &[bool],
     idx: impl Iterator<Item = usize>,
 ) -> [usize; 4] {
     let mut c = [0; 4];
     for i in idx {
-        let predict = dist[i] < threshold;
+        let predict = (dist[i] as f64) < threshold;
         c[match (predict, issame[i]) {
             (true, true) => 0,
             (true, false) => 1,
@@ -98,7 +99,7 @@ pub fn verify(dist: &[f32], issame: &[bool], n_folds: usize) -> Verification {
         }
         let c = confusion(ths[best_index], dist, issame, test.clone());
         fold_accuracies.push(accuracy(c, test.len()));
-        best.push(ths[best_index] as f64);
+        best.push(ths[best_index]);
     }
     let k = folds.len() as f64;
     tpr.iter_mut().chain(fpr.iter_mut()).for_each(|v| *v /= k);

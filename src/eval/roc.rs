@@ -1,0 +1,134 @@
+//! ROC curves as a PNG: TPR against FPR (log scale, 1e-4 … 1), one colour per target, with a
+//! legend. Drawn with `image` and an 8×8 bitmap font: plotting crates need a font file for any
+//! text, which a fresh machine does not have.
+
+use image::{Rgb, RgbImage};
+
+use super::embed::TargetResult;
+
+const W: u32 = 720;
+const H: u32 = 540;
+const LEFT: u32 = 70;
+const RIGHT: u32 = 20;
+const TOP: u32 = 30;
+const BOTTOM: u32 = 60;
+const FPR_DECADES: f64 = 4.0;
+const COLOURS: [[u8; 3]; 6] = [
+    [31, 119, 180],
+    [255, 127, 14],
+    [44, 160, 44],
+    [214, 39, 40],
+    [148, 103, 189],
+    [140, 86, 75],
+];
+
+fn text(img: &mut RgbImage, x: u32, y: u32, s: &str, colour: [u8; 3]) {
+    for (i, ch) in s.chars().enumerate() {
+        let glyph = font8x8::legacy::BASIC_LEGACY[(ch as usize).min(127)];
+        for (row, bits) in glyph.iter().enumerate() {
+            for col in 0..8 {
+                if bits >> col & 1 == 1 {
+                    let (px, py) = (x + i as u32 * 8 + col, y + row as u32);
+                    if px < W && py < H {
+                        img.put_pixel(px, py, Rgb(colour));
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn line(img: &mut RgbImage, (x0, y0): (f64, f64), (x1, y1): (f64, f64), colour: [u8; 3]) {
+    let steps = ((x1 - x0).abs().max((y1 - y0).abs()) * 2.0).ceil().max(1.0) as usize;
+    for s in 0..=steps {
+        let t = s as f64 / steps as f64;
+        let (x, y) = (x0 + (x1 - x0) * t, y0 + (y1 - y0) * t);
+        for (dx, dy) in [(0.0, 0.0), (0.5, 0.0), (0.0, 0.5)] {
+            let (px, py) = ((x + dx) as u32, (y + dy) as u32);
+            if px < W && py < H {
+                img.put_pixel(px, py, Rgb(colour));
+            }
+        }
+    }
+}
+
+/// Plot coordinates of (fpr, tpr).
+fn to_px(fpr: f64, tpr: f64) -> (f64, f64) {
+    let (pw, ph) = ((W - LEFT - RIGHT) as f64, (H - TOP - BOTTOM) as f64);
+    let x = (fpr.max(10f64.powf(-FPR_DECADES)).log10() + FPR_DECADES) / FPR_DECADES;
+    (LEFT as f64 + x * pw, TOP as f64 + (1.0 - tpr) * ph)
+}
+
+/// The ROC picture of `results`.
+pub fn plot(results: &[TargetResult]) -> RgbImage {
+    let mut img = RgbImage::from_pixel(W, H, Rgb([255, 255, 255]));
+    let grey = [200, 200, 200];
+    let black = [0, 0, 0];
+    for d in 0..=FPR_DECADES as i32 {
+        let fpr = 10f64.powi(d - FPR_DECADES as i32);
+        let (x, _) = to_px(fpr, 0.0);
+        line(&mut img, (x, TOP as f64), (x, (H - BOTTOM) as f64), grey);
+        text(
+            &mut img,
+            x as u32 - 16,
+            H - BOTTOM + 8,
+            &format!("1e{}", d - FPR_DECADES as i32),
+            black,
+        );
+    }
+    for t in 0..=5 {
+        let tpr = t as f64 / 5.0;
+        let (_, y) = to_px(1.0, tpr);
+        line(&mut img, (LEFT as f64, y), ((W - RIGHT) as f64, y), grey);
+        text(&mut img, 30, y as u32 - 4, &format!("{tpr:.1}"), black);
+    }
+    line(
+        &mut img,
+        (LEFT as f64, TOP as f64),
+        (LEFT as f64, (H - BOTTOM) as f64),
+        black,
+    );
+    line(
+        &mut img,
+        (LEFT as f64, (H - BOTTOM) as f64),
+        ((W - RIGHT) as f64, (H - BOTTOM) as f64),
+        black,
+    );
+    text(
+        &mut img,
+        W / 2 - 100,
+        H - 24,
+        "false positive rate (log)",
+        black,
+    );
+    text(&mut img, 4, 12, "TPR", black);
+    for (k, r) in results.iter().enumerate() {
+        let colour = COLOURS[k % COLOURS.len()];
+        let mut points: Vec<(f64, f64)> = r
+            .verification
+            .fpr
+            .iter()
+            .copied()
+            .zip(r.verification.tpr.iter().copied())
+            .collect();
+        points.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+        for pair in points.windows(2) {
+            line(
+                &mut img,
+                to_px(pair[0].0, pair[0].1),
+                to_px(pair[1].0, pair[1].1),
+                colour,
+            );
+        }
+        let label = format!("{} acc {:.4}", r.name, r.accuracy);
+        let y = H - BOTTOM - 20 - 14 * (results.len() - k) as u32;
+        line(
+            &mut img,
+            ((W - 260) as f64, y as f64 + 4.0),
+            ((W - 235) as f64, y as f64 + 4.0),
+            colour,
+        );
+        text(&mut img, W - 228, y, &label, black);
+    }
+    img
+}

@@ -1,0 +1,315 @@
+//! Checkpoints: one self-describing file per checkpoint holding the backbone, the head, the
+//! optimizer's momentum buffers, the step, epoch and loader cursor, and the config used.
+//!
+//! Layout: `ARCFCKPT`, u32 LE version, u64 LE length of a JSON header, the header, the tensors
+//! (f32 LE, in header order), and a CRC-32 of everything before it. Written to a temporary file,
+//! fsynced and renamed, so a kill at any moment leaves the previous checkpoint intact; the
+//! CRC detects a damaged file. Every random draw of training is counter-based on (seed, step),
+//! so (seed, step, cursor) is the whole random state.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
+use burn::tensor::{Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+
+use crate::config::Config;
+use crate::data::loader::Cursor;
+
+const MAGIC: &[u8; 8] = b"ARCFCKPT";
+const VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TensorEntry {
+    pub name: String,
+    pub shape: Vec<usize>,
+}
+
+/// Everything but the tensor bytes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Meta {
+    pub config: Config,
+    pub num_classes: usize,
+    /// Optimizer steps done.
+    pub step: usize,
+    /// The loader position to continue from.
+    pub cursor: Cursor,
+    /// Mean validation accuracy at this checkpoint, if validated.
+    pub accuracy: Option<f64>,
+    pub tensors: Vec<TensorEntry>,
+}
+
+pub struct Checkpoint {
+    pub meta: Meta,
+    pub tensors: BTreeMap<String, TensorData>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Damaged { path: PathBuf, message: String },
+    #[error("{path}: {message}")]
+    Mismatch { path: PathBuf, message: String },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
+    move |source| CheckpointError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// All float tensors of a module (parameters and BatchNorm statistics) by path.
+pub fn named_tensors<M: Module>(module: &M, prefix: &str) -> BTreeMap<String, TensorData> {
+    struct Collect<'a> {
+        prefix: &'a str,
+        path: Vec<String>,
+        out: BTreeMap<String, TensorData>,
+    }
+    impl ModuleVisitor for Collect<'_> {
+        fn enter_module(&mut self, name: &str, _: &str) {
+            self.path.push(name.to_string());
+        }
+        fn exit_module(&mut self, _: &str, _: &str) {
+            self.path.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let name = format!("{}{}", self.prefix, self.path.join("."));
+            self.out
+                .insert(name, param.val().to_data().convert::<f32>());
+        }
+    }
+    let mut c = Collect {
+        prefix,
+        path: Vec::new(),
+        out: BTreeMap::new(),
+    };
+    module.visit(&mut c);
+    c.out
+}
+
+/// Replaces every float tensor of `module` by the one stored under its path; a missing name
+/// or a shape that differs is an error naming the tensor.
+pub fn load_named<M: Module>(
+    module: M,
+    prefix: &str,
+    tensors: &BTreeMap<String, TensorData>,
+) -> Result<M, String> {
+    struct Load<'a> {
+        prefix: &'a str,
+        path: Vec<String>,
+        tensors: &'a BTreeMap<String, TensorData>,
+        errors: Vec<String>,
+    }
+    impl ModuleMapper for Load<'_> {
+        fn enter_module(&mut self, name: &str, _: &str) {
+            self.path.push(name.to_string());
+        }
+        fn exit_module(&mut self, _: &str, _: &str) {
+            self.path.pop();
+        }
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            let name = format!("{}{}", self.prefix, self.path.join("."));
+            let (id, tensor, mapper) = param.consume();
+            let Some(data) = self.tensors.get(&name) else {
+                self.errors.push(format!("tensor `{name}` is missing"));
+                return Param::from_mapped_value(id, tensor, mapper);
+            };
+            if data.shape().as_slice() != tensor.shape().as_slice() {
+                self.errors.push(format!(
+                    "tensor `{name}` has shape {:?}, the model needs {:?}",
+                    data.shape().as_slice(),
+                    tensor.shape().as_slice()
+                ));
+                return Param::from_mapped_value(id, tensor, mapper);
+            }
+            let require_grad = tensor.is_require_grad();
+            let mut loaded = Tensor::<D>::from_data(data.clone(), &tensor.device());
+            if require_grad {
+                loaded = loaded.require_grad();
+            }
+            Param::from_mapped_value(id, loaded, mapper)
+        }
+    }
+    let mut l = Load {
+        prefix,
+        path: Vec::new(),
+        tensors,
+        errors: Vec::new(),
+    };
+    let module = module.map(&mut l);
+    if l.errors.is_empty() {
+        Ok(module)
+    } else {
+        Err(l.errors.join("; "))
+    }
+}
+
+impl Checkpoint {
+    /// Writes atomically: `<path>.tmp`, fsync, rename, fsync of the folder.
+    pub fn save(&self, path: &Path) -> Result<(), CheckpointError> {
+        let tmp = path.with_extension("ckpt.tmp");
+        let result = self.write_file(&tmp).and_then(|()| {
+            std::fs::rename(&tmp, path).map_err(io_err(path))?;
+            if let Some(dir) = path.parent() {
+                // Make the rename itself durable.
+                std::fs::File::open(dir)
+                    .and_then(|d| d.sync_all())
+                    .map_err(io_err(dir))?;
+            }
+            Ok(())
+        });
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result
+    }
+
+    fn write_file(&self, path: &Path) -> Result<(), CheckpointError> {
+        let mut meta = self.meta.clone();
+        meta.tensors = self
+            .tensors
+            .iter()
+            .map(|(name, data)| TensorEntry {
+                name: name.clone(),
+                shape: data.shape().to_vec(),
+            })
+            .collect();
+        let header = serde_json::to_vec(&meta).expect("checkpoint metadata serialises");
+        let mut hasher = crc32fast::Hasher::new();
+        let file = std::fs::File::create(path).map_err(io_err(path))?;
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+        let mut put = |bytes: &[u8]| -> std::io::Result<()> {
+            hasher.update(bytes);
+            out.write_all(bytes)
+        };
+        let write = (|| -> std::io::Result<()> {
+            put(MAGIC)?;
+            put(&VERSION.to_le_bytes())?;
+            put(&(header.len() as u64).to_le_bytes())?;
+            put(&header)?;
+            for data in self.tensors.values() {
+                let values = data
+                    .as_slice::<f32>()
+                    .map_err(|e| std::io::Error::other(format!("{e:?}")))?;
+                let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+                put(&bytes)?;
+            }
+            Ok(())
+        })();
+        write.map_err(io_err(path))?;
+        let crc = hasher.finalize();
+        out.write_all(&crc.to_le_bytes()).map_err(io_err(path))?;
+        let file = out.into_inner().map_err(|e| io_err(path)(e.into_error()))?;
+        file.sync_all().map_err(io_err(path))
+    }
+
+    pub fn load(path: &Path) -> Result<Checkpoint, CheckpointError> {
+        let bytes = std::fs::read(path).map_err(io_err(path))?;
+        let damaged = |message: String| CheckpointError::Damaged {
+            path: path.to_path_buf(),
+            message,
+        };
+        if bytes.len() < 24 || &bytes[..8] != MAGIC {
+            return Err(damaged("not an arcface checkpoint (wrong magic)".into()));
+        }
+        let (body, crc) = bytes.split_at(bytes.len() - 4);
+        if crc32fast::hash(body) != u32::from_le_bytes(crc.try_into().unwrap()) {
+            return Err(damaged(
+                "checksum mismatch: the file is damaged or truncated; use an earlier checkpoint"
+                    .into(),
+            ));
+        }
+        let version = u32::from_le_bytes(body[8..12].try_into().unwrap());
+        if version != VERSION {
+            return Err(damaged(format!(
+                "checkpoint format version {version}, this build reads {VERSION}"
+            )));
+        }
+        let header_len = u64::from_le_bytes(body[12..20].try_into().unwrap()) as usize;
+        let header = body
+            .get(20..20 + header_len)
+            .ok_or_else(|| damaged("header runs past the end".into()))?;
+        let meta: Meta =
+            serde_json::from_slice(header).map_err(|e| damaged(format!("bad header: {e}")))?;
+        let mut pos = 20 + header_len;
+        let mut tensors = BTreeMap::new();
+        for entry in &meta.tensors {
+            let n: usize = entry.shape.iter().product();
+            let raw = body
+                .get(pos..pos + 4 * n)
+                .ok_or_else(|| damaged(format!("tensor `{}` runs past the end", entry.name)))?;
+            let values: Vec<f32> = raw
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect();
+            tensors.insert(
+                entry.name.clone(),
+                TensorData::new(values, entry.shape.clone()),
+            );
+            pos += 4 * n;
+        }
+        Ok(Checkpoint { meta, tensors })
+    }
+
+    /// Tensors under `prefix` (e.g. "backbone.") with the prefix kept.
+    pub fn with_prefix(&self, prefix: &str) -> BTreeMap<String, TensorData> {
+        self.tensors
+            .iter()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+}
+
+/// `<dir>/step-<step>.ckpt`, zero-padded so names sort by step.
+pub fn step_path(dir: &Path, step: usize) -> PathBuf {
+    dir.join(format!("step-{step:09}.ckpt"))
+}
+
+/// Step checkpoints in `dir`, oldest first.
+pub fn list(dir: &Path) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            let name = p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            name.starts_with("step-") && name.ends_with(".ckpt")
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+/// Keeps the newest `keep` step checkpoints.
+pub fn prune(dir: &Path, keep: usize) -> Result<(), CheckpointError> {
+    let all = list(dir);
+    for old in &all[..all.len().saturating_sub(keep)] {
+        std::fs::remove_file(old).map_err(io_err(old))?;
+    }
+    Ok(())
+}
+
+/// The backbone stored in a checkpoint, in inference mode on `device`, with its metadata.
+pub fn load_backbone(
+    path: &Path,
+    device: &burn::tensor::Device,
+) -> anyhow::Result<(crate::model::IResNet, Meta)> {
+    let ckpt = Checkpoint::load(path)?;
+    let model = crate::model::backbone_config(&ckpt.meta.config).init(device);
+    let model = load_named(model, "backbone.", &ckpt.tensors)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    Ok((model.valid(), ckpt.meta))
+}

@@ -1,0 +1,379 @@
+//! The training loop (arcface_torch's `train.py`, in Rust): SGD on backbone + margin head,
+//! validation every `verbose` steps and each epoch end, checkpoints every `save_every` steps and
+//! each epoch end, exact resume.
+
+pub mod checkpoint;
+pub mod monitor;
+pub mod schedule;
+pub mod sgd;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use burn::module::Module;
+use burn::optim::GradientsParams;
+use burn::tensor::Device;
+
+use crate::config::Config;
+use crate::data::bin::PairSet;
+use crate::data::dataset::RecDataset;
+use crate::data::loader::{Cursor, Loader, LoaderConfig};
+use crate::data::synth::{SynthConfig, generate};
+use crate::eval::embed::{TargetResult, evaluate};
+use crate::model::{IResNet, MarginSoftmax, backbone_config, head_config};
+use checkpoint::{Checkpoint, Meta, load_named, named_tensors};
+use monitor::Monitor;
+use schedule::Schedule;
+use sgd::{Sgd, SgdSettings, global_grad_norm};
+
+/// Where to resume from.
+#[derive(Debug, Clone)]
+pub enum Resume {
+    /// The newest step checkpoint in the config's output folder.
+    Latest,
+    Path(PathBuf),
+}
+
+#[derive(Debug, Default)]
+pub struct TrainReport {
+    /// (step, loss) of every step this run did.
+    pub losses: Vec<(usize, f64)>,
+    /// (step, results) of every validation.
+    pub validations: Vec<(usize, Vec<TargetResult>)>,
+    pub last_checkpoint: Option<PathBuf>,
+}
+
+/// Stops after this many steps of this run (tests, smoke checks); None runs the config's epochs.
+#[derive(Debug, Clone, Default)]
+pub struct TrainOptions {
+    pub resume: Option<Resume>,
+    pub max_steps: Option<usize>,
+}
+
+/// Counter-based seed for step-level randomness (dropout), so a resumed run draws the same.
+fn step_seed(seed: u64, step: usize) -> u64 {
+    seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (step as u64).wrapping_mul(0xBF58_476D_1CE4_E5B9)
+}
+
+/// The validation sets of `val_targets` present in `dir` (missing ones are reported and skipped).
+fn load_targets(config: &Config, log: &mut Vec<String>) -> Result<Vec<(String, PairSet)>> {
+    let mut targets = Vec::new();
+    for name in &config.val_targets {
+        let path = config.rec.join(format!("{name}.bin"));
+        if path.exists() {
+            targets.push((name.clone(), PairSet::read(&path)?));
+        } else {
+            log.push(format!(
+                "validation target {name}: {} not found, skipped",
+                path.display()
+            ));
+        }
+    }
+    Ok(targets)
+}
+
+/// Runs validation on every target with an inference copy of the backbone.
+pub fn validate(
+    backbone: &IResNet,
+    targets: &[(String, PairSet)],
+    batch: usize,
+    device: &Device,
+) -> Result<Vec<TargetResult>> {
+    let model = backbone.valid();
+    targets
+        .iter()
+        .map(|(name, set)| {
+            evaluate(&model, set, name, batch, device)
+                .map_err(|e| anyhow::anyhow!("validation {name}: {e}"))
+        })
+        .collect()
+}
+
+fn mean_accuracy(results: &[TargetResult]) -> Option<f64> {
+    (!results.is_empty())
+        .then(|| results.iter().map(|r| r.accuracy).sum::<f64>() / results.len() as f64)
+}
+
+struct State {
+    backbone: IResNet,
+    head: MarginSoftmax,
+    sgd: Sgd,
+    step: usize,
+    cursor: Cursor,
+    best: Option<f64>,
+}
+
+fn save(
+    config: &Config,
+    num_classes: usize,
+    state: &State,
+    path: &Path,
+    accuracy: Option<f64>,
+) -> Result<()> {
+    let mut tensors = named_tensors(&state.backbone, "backbone.");
+    tensors.extend(named_tensors(&state.head, "head."));
+    tensors.extend(
+        state
+            .sgd
+            .state()
+            .into_iter()
+            .map(|(k, v)| (format!("momentum.{k}"), v)),
+    );
+    let meta = Meta {
+        config: config.clone(),
+        num_classes,
+        step: state.step,
+        cursor: state.cursor,
+        accuracy,
+        tensors: Vec::new(),
+    };
+    Checkpoint { meta, tensors }.save(path).with_context(|| {
+        format!(
+            "writing checkpoint {} (the previous checkpoints are intact)",
+            path.display()
+        )
+    })
+}
+
+/// The checkpoint to resume from, if any.
+fn resume_path(config: &Config, resume: &Option<Resume>) -> Result<Option<PathBuf>> {
+    Ok(match resume {
+        None => None,
+        Some(Resume::Path(p)) => Some(p.clone()),
+        Some(Resume::Latest) => match checkpoint::list(&config.output).pop() {
+            Some(p) => Some(p),
+            None => bail!("--resume: no step-*.ckpt in {}", config.output.display()),
+        },
+    })
+}
+
+/// Trains as `config` says on `device` (the first of the config's devices).
+pub fn train(config: &Config, device: &Device, options: &TrainOptions) -> Result<TrainReport> {
+    if !config.rec.exists() {
+        match &config.synthetic {
+            Some(spec) => {
+                println!(
+                    "{} does not exist: generating synthetic identities there",
+                    config.rec.display()
+                );
+                let synth = SynthConfig::new(
+                    spec.identities,
+                    spec.images_per_identity,
+                    spec.val_pairs,
+                    spec.seed,
+                );
+                let bar = crate::progress::bar(0, "synth");
+                generate(&config.rec, &synth, &bar)?;
+                bar.finish_and_clear();
+            }
+            None => bail!(
+                "data folder {} does not exist (set `rec` in the config)",
+                config.rec.display()
+            ),
+        }
+    }
+    let dataset = Arc::new(RecDataset::open(&config.rec)?);
+    let num_classes = match config.num_classes {
+        Some(n) if n < dataset.num_classes() => {
+            bail!(
+                "config `num_classes` = {n} but {} has {} identities",
+                config.rec.display(),
+                dataset.num_classes()
+            )
+        }
+        Some(n) => n,
+        None => dataset.num_classes(),
+    };
+    std::fs::create_dir_all(&config.output)
+        .with_context(|| format!("creating {}", config.output.display()))?;
+    let mut notes = Vec::new();
+    let targets = load_targets(config, &mut notes)?;
+
+    let train_device = device.clone().autodiff();
+    // Seeded initialisation: two runs of one config start from the same weights.
+    device.seed(config.seed);
+    let mut state = State {
+        backbone: backbone_config(config).init(&train_device),
+        head: head_config(config, num_classes).init(&train_device),
+        sgd: Sgd::new(SgdSettings {
+            momentum: config.momentum,
+            weight_decay: config.weight_decay,
+            no_decay_on_norm_and_prelu: !config.decay_norm_and_prelu,
+        }),
+        step: 0,
+        cursor: Cursor::default(),
+        best: None,
+    };
+    if let Some(path) = resume_path(config, &options.resume)? {
+        let ckpt = Checkpoint::load(&path)?;
+        let mismatch = |what: &str| anyhow::anyhow!("{}: {what}", path.display());
+        if ckpt.meta.num_classes != num_classes {
+            return Err(mismatch(&format!(
+                "checkpoint has {} classes, the data {num_classes}",
+                ckpt.meta.num_classes
+            )));
+        }
+        state.backbone =
+            load_named(state.backbone, "backbone.", &ckpt.tensors).map_err(|e| mismatch(&e))?;
+        state.head = load_named(state.head, "head.", &ckpt.tensors).map_err(|e| mismatch(&e))?;
+        let momentum = ckpt
+            .tensors
+            .iter()
+            .filter_map(|(k, v)| {
+                k.strip_prefix("momentum.")
+                    .map(|k| (k.to_string(), v.clone()))
+            })
+            .collect();
+        state.sgd.load_state(momentum, device);
+        state.step = ckpt.meta.step;
+        state.cursor = ckpt.meta.cursor;
+        notes.push(format!(
+            "resumed from {} at step {} (epoch {}, batch {})",
+            path.display(),
+            state.step,
+            state.cursor.epoch,
+            state.cursor.batch
+        ));
+    }
+
+    let loader_config = LoaderConfig {
+        batch_size: config.batch_size,
+        seed: config.seed,
+        num_workers: config.num_workers,
+        prefetch: 4,
+        rank: 0,
+        world: 1,
+        flip: true,
+    };
+    let loader =
+        Loader::new(dataset.clone(), loader_config, state.cursor).map_err(anyhow::Error::msg)?;
+    let per_epoch = loader.plan.batches_per_epoch();
+    let total_steps = per_epoch * config.num_epoch;
+    let schedule = Schedule {
+        kind: config.lr_schedule,
+        base_lr: config.lr,
+        warmup_steps: per_epoch * config.warmup_epoch,
+        total_steps,
+        lr_steps: config.lr_steps.clone(),
+    };
+    let last_step = options
+        .max_steps
+        .map_or(total_steps, |m| (state.step + m).min(total_steps));
+
+    let mut monitor = Monitor::new(&config.output, total_steps, state.step)?;
+    monitor.line(&format!(
+        "{} images of {num_classes} identities, {per_epoch} steps per epoch of {} images, {total_steps} steps in {} epochs",
+        dataset.len(),
+        config.batch_size,
+        config.num_epoch
+    ));
+    for n in &notes {
+        monitor.line(n);
+    }
+    let mut report = TrainReport::default();
+    let mut window = (Instant::now(), 0usize);
+    while state.step < last_step {
+        device.seed(step_seed(config.seed, state.step));
+        let batch = loader.next_batch()?;
+        let images = batch.images_tensor(&train_device);
+        let labels = batch.labels_tensor(&train_device);
+        let loss = state.head.forward(state.backbone.forward(images), labels);
+        let loss_value = loss.clone().into_scalar::<f32>() as f64;
+        let epoch = state.cursor.epoch;
+        if !loss_value.is_finite() {
+            monitor.flush();
+            bail!(
+                "loss is {loss_value} at step {} (epoch {epoch}): training stopped; the last good checkpoint is {}. \
+                 Try a lower lr, warmup_epoch >= 1, clip_grad_norm = 5, or check the data with `arcface inspect --verify`",
+                state.step,
+                report
+                    .last_checkpoint
+                    .as_ref()
+                    .map_or("none yet".into(), |p| p.display().to_string())
+            );
+        }
+        let mut grads = loss.backward();
+        let mut backbone_grads = GradientsParams::from_module(&mut grads, &state.backbone);
+        let mut head_grads = GradientsParams::from_module(&mut grads, &state.head);
+        let grad_norm = global_grad_norm(&state.backbone, &backbone_grads)
+            .hypot(global_grad_norm(&state.head, &head_grads));
+        if !grad_norm.is_finite() {
+            bail!(
+                "gradient norm is {grad_norm} at step {} (epoch {epoch}): training stopped; the last good checkpoint is {}. \
+                 Try a lower lr or clip_grad_norm = 5",
+                state.step,
+                report
+                    .last_checkpoint
+                    .as_ref()
+                    .map_or("none yet".into(), |p| p.display().to_string())
+            );
+        }
+        let scale = config
+            .clip_grad_norm
+            .map_or(1.0, |c| (c / (grad_norm + 1e-6)).min(1.0));
+        let lr = schedule.lr(state.step);
+        state.backbone =
+            state
+                .sgd
+                .step(state.backbone, &mut backbone_grads, lr, scale, "backbone.");
+        state.head = state
+            .sgd
+            .step(state.head, &mut head_grads, lr, scale, "head.");
+        state.step += 1;
+        state.cursor = batch.next;
+        report.losses.push((state.step, loss_value));
+
+        window.1 += batch.len();
+        let img_per_s = window.1 as f64 / window.0.elapsed().as_secs_f64();
+        monitor.step(state.step, epoch, loss_value, img_per_s);
+        if state.step % config.frequent == 0 {
+            monitor.scalar("train/loss", loss_value, state.step);
+            monitor.scalar("train/lr", lr, state.step);
+            monitor.scalar("train/img_per_s", img_per_s, state.step);
+            monitor.scalar("train/grad_norm", grad_norm, state.step);
+            monitor.line(&format!(
+                "step {}/{total_steps} epoch {epoch} loss {loss_value:.4} lr {lr:.5} grad_norm {grad_norm:.3} {img_per_s:.1} img/s",
+                state.step
+            ));
+            window = (Instant::now(), 0);
+        }
+        let epoch_end = state.cursor.batch == per_epoch;
+        let mut accuracy = None;
+        if epoch_end || state.step % config.verbose == 0 || state.step == last_step {
+            if !targets.is_empty() {
+                let results = validate(&state.backbone, &targets, config.batch_size, device)?;
+                monitor.validation(state.step, &results);
+                accuracy = mean_accuracy(&results);
+                report.validations.push((state.step, results));
+            }
+            window = (Instant::now(), 0);
+        }
+        if epoch_end || state.step % config.save_every == 0 || state.step == last_step {
+            let path = checkpoint::step_path(&config.output, state.step);
+            save(config, num_classes, &state, &path, accuracy)?;
+            checkpoint::prune(&config.output, config.keep_checkpoints)?;
+            report.last_checkpoint = Some(path);
+            if let Some(acc) = accuracy.filter(|&a| state.best.is_none_or(|b| a > b)) {
+                state.best = Some(acc);
+                save(
+                    config,
+                    num_classes,
+                    &state,
+                    &config.output.join("best.ckpt"),
+                    accuracy,
+                )?;
+                monitor.line(&format!(
+                    "new best mean accuracy {acc:.5}: {}",
+                    config.output.join("best.ckpt").display()
+                ));
+            }
+            monitor.flush();
+        }
+    }
+    monitor.bar.finish_and_clear();
+    monitor.line(&format!("done at step {}", state.step));
+    monitor.flush();
+    Ok(report)
+}

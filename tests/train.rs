@@ -1,0 +1,273 @@
+//! Training: exact resume, damaged checkpoints, NaN handling, TensorBoard files read back by
+//! TensorBoard's own reader, and the verification protocol against numpy.
+
+mod common;
+
+use std::path::Path;
+
+use arcface::config::Config;
+use arcface::data::synth::{SynthConfig, generate};
+use arcface::eval::embed::tar_at_far;
+use arcface::eval::verify::{l2_normalize, squared_distance, verify};
+use arcface::train::{Resume, TrainOptions, train};
+use burn::tensor::Device;
+
+/// burn's CPU backend has one random generator per process: training tests in this binary
+/// take turns, or their seeded initialisations and dropout masks would interleave.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A tiny run on 20 synthetic identities × 6 images, batch 8 (15 steps per epoch).
+fn small_config(data: &Path, output: &Path, extra: &str) -> Config {
+    if !data.join("train.rec").exists() {
+        generate(
+            data,
+            &SynthConfig::new(20, 6, 40, 11),
+            &indicatif::ProgressBar::hidden(),
+        )
+        .unwrap();
+    }
+    let text = format!(
+        "network = \"tiny\"\nembedding_size = 32\ndropout = 0.2\nscale = 16.0\nbatch_size = 8\nlr = 0.05\n\
+         num_epoch = 2\nlr_steps = [20]\nrec = {data:?}\nval_targets = [\"synth_val\"]\noutput = {output:?}\n\
+         frequent = 2\nverbose = 1000\nsave_every = 3\nnum_workers = 2\nkeep_checkpoints = 10\n{extra}"
+    );
+    Config::parse(&text, Path::new("test.toml")).unwrap()
+}
+
+#[test]
+fn resume_continues_with_identical_losses() {
+    let _turn = serial();
+    let (data, a, b) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let device = Device::flex();
+    // Straight through 8 steps (crossing no epoch end: 15 per epoch).
+    let straight = train(
+        &small_config(data.path(), a.path(), ""),
+        &device,
+        &TrainOptions {
+            resume: None,
+            max_steps: Some(8),
+        },
+    )
+    .unwrap();
+    // 3 steps, stop; resume from the latest checkpoint for 5 more.
+    let config = small_config(data.path(), b.path(), "");
+    let first = train(
+        &config,
+        &device,
+        &TrainOptions {
+            resume: None,
+            max_steps: Some(3),
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        &straight.losses[..3],
+        &first.losses[..],
+        "one seed, one config: the same first steps"
+    );
+    let resumed = train(
+        &config,
+        &device,
+        &TrainOptions {
+            resume: Some(Resume::Latest),
+            max_steps: Some(5),
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        resumed.losses.first().unwrap().0,
+        4,
+        "the resumed run starts at step 4"
+    );
+    assert_eq!(
+        &straight.losses[3..],
+        &resumed.losses[..],
+        "losses after a resume differ from the straight run"
+    );
+    // Training did something.
+    assert!(straight.losses.iter().all(|(_, l)| l.is_finite()));
+}
+
+#[test]
+fn a_damaged_checkpoint_is_rejected() {
+    let _turn = serial();
+    let (data, out) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let config = small_config(data.path(), out.path(), "");
+    let report = train(
+        &config,
+        &Device::flex(),
+        &TrainOptions {
+            resume: None,
+            max_steps: Some(3),
+        },
+    )
+    .unwrap();
+    let path = report.last_checkpoint.unwrap();
+    let mut bytes = std::fs::read(&path).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x40;
+    std::fs::write(&path, bytes).unwrap();
+    let err = train(
+        &config,
+        &Device::flex(),
+        &TrainOptions {
+            resume: Some(Resume::Path(path.clone())),
+            max_steps: Some(1),
+        },
+    )
+    .err()
+    .expect("a damaged checkpoint must not load")
+    .to_string();
+    assert!(
+        err.contains(&path.display().to_string()) && err.contains("checksum mismatch"),
+        "{err}"
+    );
+}
+
+#[test]
+fn nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint() {
+    let _turn = serial();
+    let (data, out) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    // An absurd learning rate blows the weights up within a few steps.
+    let mut config = small_config(data.path(), out.path(), "");
+    config.save_every = 1;
+    config.lr = 1e30;
+    let err = train(
+        &config,
+        &Device::flex(),
+        &TrainOptions {
+            resume: None,
+            max_steps: Some(15),
+        },
+    )
+    .err()
+    .expect("training must stop")
+    .to_string();
+    println!("{err}");
+    assert!(
+        err.contains("at step") && err.contains("last good checkpoint is"),
+        "{err}"
+    );
+    assert!(err.contains("lower lr"), "{err}");
+    // The checkpoints that were written still load.
+    let last = arcface::train::checkpoint::list(out.path())
+        .pop()
+        .expect("a checkpoint before the NaN");
+    arcface::train::checkpoint::Checkpoint::load(&last).unwrap();
+}
+
+#[test]
+fn tensorboard_files_read_back_with_tensorboard() {
+    let _turn = serial();
+    let (data, out) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let config = small_config(data.path(), out.path(), "");
+    train(
+        &config,
+        &Device::flex(),
+        &TrainOptions {
+            resume: None,
+            max_steps: Some(4),
+        },
+    )
+    .unwrap();
+    let reader = std::process::Command::new(common::python())
+        .arg(common::root().join("tests/reference/tensorboard_tags.py"))
+        .arg(out.path().join("tensorboard"))
+        .output()
+        .unwrap();
+    assert!(
+        reader.status.success(),
+        "{}",
+        String::from_utf8_lossy(&reader.stderr)
+    );
+    let tags: serde_json::Value = serde_json::from_slice(&reader.stdout).unwrap();
+    for tag in [
+        "train/loss",
+        "train/lr",
+        "train/img_per_s",
+        "train/grad_norm",
+        "val/synth_val/accuracy",
+        "val/synth_val/std",
+        "val/synth_val/xnorm",
+        "val/synth_val/tar_at_far_1e-3",
+    ] {
+        assert!(tags[tag].is_array(), "tag {tag} missing from {tags}");
+    }
+    // Logged every 2 steps: steps 2 and 4.
+    assert_eq!(tags["train/lr"].as_array().unwrap().len(), 2);
+}
+
+/// Pseudo-random embeddings with some signal: same pairs closer than different ones.
+fn embeddings(n: usize, dim: usize) -> (Vec<Vec<f32>>, Vec<Vec<f32>>, Vec<bool>) {
+    let mut state = 12345u64;
+    let mut next = || {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    };
+    let (mut e1, mut e2, mut same) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..n {
+        let s = i % 3 != 0;
+        let a: Vec<f32> = (0..dim).map(|_| next()).collect();
+        let noise = if s { 0.9 } else { 3.0 };
+        let mut b: Vec<f32> = a.iter().map(|x| x + noise * next()).collect();
+        let mut a = a;
+        l2_normalize(&mut a);
+        l2_normalize(&mut b);
+        e1.push(a);
+        e2.push(b);
+        same.push(s);
+    }
+    (e1, e2, same)
+}
+
+#[test]
+fn ten_fold_protocol_equals_numpy() {
+    for n in [600, 1003] {
+        let (e1, e2, same) = embeddings(n, 16);
+        let dist: Vec<f32> = e1
+            .iter()
+            .zip(&e2)
+            .map(|(a, b)| squared_distance(a, b))
+            .collect();
+        let ours = verify(&dist, &same, 10);
+        let tar = tar_at_far(&dist, &same, 1e-3, 10);
+        let reference = common::run_reference(
+            "verification.py",
+            &serde_json::json!({"embeddings1": e1, "embeddings2": e2, "issame": same}),
+        );
+        println!(
+            "n {n}: ours {} ± {} tar {tar}; numpy {reference}",
+            ours.accuracy, ours.std
+        );
+        assert!((ours.accuracy - reference["accuracy"].as_f64().unwrap()).abs() < 1e-12);
+        assert!((ours.std - reference["std"].as_f64().unwrap()).abs() < 1e-12);
+        let best: Vec<f64> = reference["best_thresholds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        assert!((ours.threshold - best.iter().sum::<f64>() / 10.0).abs() < 1e-9);
+        assert!(
+            (tar - reference["tar"].as_f64().unwrap()).abs() < 1e-12,
+            "TAR {tar} vs {}",
+            reference["tar"]
+        );
+        assert!(
+            ours.accuracy > 0.6 && ours.accuracy < 1.0,
+            "the case should be neither trivial nor hopeless"
+        );
+    }
+}
