@@ -8,6 +8,7 @@ pub mod config;
 pub mod data;
 pub mod device;
 pub mod eval;
+pub mod export;
 pub mod model;
 pub mod progress;
 pub mod train;

@@ -73,6 +73,14 @@ enum Command {
         #[arg(long, default_value_t = 64)]
         batch_size: usize,
     },
+    /// Export a checkpoint's backbone for other tools.
+    Export {
+        #[arg(long)]
+        model: PathBuf,
+        /// Write the backbone as safetensors with arcface_torch's iresnet names and layouts.
+        #[arg(long)]
+        safetensors: PathBuf,
+    },
     /// Synthetic face-like identities in insightface's formats (train.rec/.idx/property and
     /// synth_val.bin with pairs of identities not in training), deterministic by seed.
     Synth {
@@ -127,6 +135,21 @@ enum Command {
 
 #[derive(Subcommand)]
 enum BenchCommand {
+    /// Training steps on random tensors: forward, backward and optimizer ms, img/s.
+    Train {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long, default_value_t = 5)]
+        steps: usize,
+        /// Batch size per device (the config's otherwise).
+        #[arg(long)]
+        batch_size: Option<usize>,
+        /// Classes of the head (the dataset's otherwise, else 1000).
+        #[arg(long)]
+        num_classes: Option<usize>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Decoded + augmented images per second through the loader, per thread and in total.
     Data {
         #[arg(long)]
@@ -299,6 +322,16 @@ fn run(cli: Cli) -> Result<()> {
                 }
             }
         }
+        Command::Export { model, safetensors } => {
+            let ckpt = arcface::train::checkpoint::Checkpoint::load(model)?;
+            arcface::export::safetensors::write(&ckpt.with_prefix("backbone."), safetensors)?;
+            println!(
+                "wrote {} ({} backbone) to {}",
+                model.display(),
+                ckpt.meta.config.network,
+                safetensors.display()
+            );
+        }
         Command::Synth {
             out,
             identities,
@@ -365,6 +398,41 @@ fn run(cli: Cli) -> Result<()> {
             }
             let n = report.errors().len();
             anyhow::ensure!(n == 0, "{}: {n} problem(s) found", path.display());
+        }
+        Command::Bench {
+            what:
+                BenchCommand::Train {
+                    config,
+                    steps,
+                    batch_size,
+                    num_classes,
+                    json,
+                },
+        } => {
+            let mut config = Config::load(config)?;
+            if let Some(b) = batch_size {
+                config.batch_size = *b;
+            }
+            let classes = num_classes
+                .or_else(|| config.resolve_num_classes().ok())
+                .unwrap_or(1000);
+            let device = devices(&cli.device, &config)?.remove(0);
+            let r = bench::train(&config, classes, *steps, &device)?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                println!(
+                    "{} batch {} classes {}: forward {:.1} ms, backward {:.1} ms, optimizer {:.1} ms, step {:.1} ms, {:.1} img/s",
+                    r.network,
+                    r.batch_size,
+                    r.num_classes,
+                    r.forward_ms,
+                    r.backward_ms,
+                    r.optimizer_ms,
+                    r.step_ms,
+                    r.images_per_second
+                );
+            }
         }
         Command::Bench {
             what:

@@ -271,3 +271,128 @@ fn ten_fold_protocol_equals_numpy() {
         );
     }
 }
+
+#[test]
+fn eval_cli_reports_every_target_as_json_and_draws_the_roc() {
+    let _turn = serial();
+    let (data, out) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let config = small_config(data.path(), out.path(), "");
+    let report = train(
+        &config,
+        &Device::flex(),
+        &TrainOptions {
+            resume: None,
+            max_steps: Some(2),
+        },
+    )
+    .unwrap();
+    let ckpt = report.last_checkpoint.unwrap();
+    let roc = out.path().join("roc.png");
+    let o = common::arcface()
+        .args([
+            "eval",
+            "--model",
+            ckpt.to_str().unwrap(),
+            "--data",
+            data.path().to_str().unwrap(),
+            "--json",
+        ])
+        .args(["--roc", roc.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let t = &v["targets"][0];
+    assert_eq!(t["name"], "synth_val");
+    assert_eq!(t["pairs"], 40);
+    for key in ["accuracy", "std", "threshold", "xnorm", "tar_at_far_1e-3"] {
+        assert!(t[key].is_f64(), "{key} missing in {v}");
+    }
+    // The same numbers as the validation at the end of training.
+    let (_, results) = report.validations.last().unwrap();
+    assert!((t["accuracy"].as_f64().unwrap() - results[0].accuracy).abs() < 1e-9);
+    let picture = image::open(&roc).unwrap();
+    assert_eq!((picture.width(), picture.height()), (720, 540));
+
+    let o = common::arcface()
+        .args(["eval", "--model", "x.onnx", "--bin", "a.bin"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("ONNX"));
+}
+
+#[test]
+fn resume_without_a_checkpoint_says_so() {
+    let (data, out) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let config = small_config(data.path(), out.path(), "");
+    let err = train(
+        &config,
+        &Device::flex(),
+        &TrainOptions {
+            resume: Some(Resume::Latest),
+            max_steps: Some(1),
+        },
+    )
+    .expect_err("nothing to resume from")
+    .to_string();
+    assert!(err.contains("no step-*.ckpt"), "{err}");
+}
+
+#[test]
+fn safetensors_export_has_arcface_torch_names_and_layouts() {
+    let _turn = serial();
+    let (data, out) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let config = small_config(data.path(), out.path(), "");
+    let ckpt = train(
+        &config,
+        &Device::flex(),
+        &TrainOptions {
+            resume: None,
+            max_steps: Some(1),
+        },
+    )
+    .unwrap()
+    .last_checkpoint
+    .unwrap();
+    let file = out.path().join("backbone.safetensors");
+    let o = common::arcface()
+        .args([
+            "export",
+            "--model",
+            ckpt.to_str().unwrap(),
+            "--safetensors",
+            file.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let widths: Vec<String> = arcface::model::Network::Tiny
+        .widths()
+        .iter()
+        .map(|w| w.to_string())
+        .collect();
+    let check = std::process::Command::new(common::python())
+        .arg(common::root().join("tests/reference/iresnet_names.py"))
+        .args([file.to_str().unwrap(), "1,1,1,1", &widths.join(","), "32"])
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&check.stdout).unwrap();
+    assert_eq!(v["missing"], serde_json::json!([]), "{v}");
+    assert_eq!(v["unexpected"], serde_json::json!([]), "{v}");
+    assert_eq!(v["wrong_shape"], serde_json::json!([]), "{v}");
+    // PyTorch's fc.weight[o][i] is our [i][o].
+    let ours = arcface::train::checkpoint::Checkpoint::load(&ckpt).unwrap();
+    let fc = &ours.tensors["backbone.fc.weight"];
+    let cols = fc.shape()[1];
+    let values = fc.try_to_vec::<f32>().unwrap();
+    for i in 0..3 {
+        let torch = v["fc_weight"][0][i].as_f64().unwrap() as f32;
+        assert_eq!(torch, values[i * cols], "fc.weight[0][{i}]");
+    }
+}

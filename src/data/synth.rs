@@ -98,12 +98,12 @@ impl Face {
             60.0 + 130.0 * tone,
             40.0 + 120.0 * tone,
         ];
-        let marks = (0..rng.random_range(2..5))
+        let marks = (0..rng.random_range(3..6))
             .map(|_| {
                 (
                     rng.random_range(-0.5..0.5),
                     rng.random_range(-0.45..0.65),
-                    rng.random_range(0.05..0.11),
+                    rng.random_range(0.07..0.13),
                     colour(rng, 0.0, 255.0),
                 )
             })
@@ -158,8 +158,8 @@ struct Take {
 impl Take {
     fn draw(rng: &mut ChaCha8Rng) -> Take {
         let side = FACE_SIZE as f32;
-        let occluder = rng.random_bool(0.3).then(|| {
-            let (w, h) = (rng.random_range(16.0..45.0), rng.random_range(10.0..32.0));
+        let occluder = rng.random_bool(0.2).then(|| {
+            let (w, h) = (rng.random_range(14.0..36.0), rng.random_range(10.0..26.0));
             (
                 rng.random_range(0.0..side - w),
                 rng.random_range(0.0..side - h),
@@ -169,21 +169,21 @@ impl Take {
             )
         });
         Take {
-            angle: rng.random_range(-0.15..0.15),
-            scale: rng.random_range(0.92..1.08),
-            shift: (rng.random_range(-5.0..5.0), rng.random_range(-5.0..5.0)),
+            angle: rng.random_range(-0.12..0.12),
+            scale: rng.random_range(0.94..1.06),
+            shift: (rng.random_range(-4.0..4.0), rng.random_range(-4.0..4.0)),
             mouth_open: rng.random_range(0.6..1.7),
             eye_open: rng.random_range(0.4..1.2),
             background: colour(rng, 0.0, 255.0),
             gradient: (
                 rng.random_range(-1.0..1.0),
                 rng.random_range(-1.0..1.0),
-                rng.random_range(0.0..0.3),
+                rng.random_range(0.0..0.2),
             ),
-            gains: colour(rng, 0.85, 1.15),
-            light: rng.random_range(0.7..1.2),
-            blur: [0, 0, 1, 1, 2][rng.random_range(0..5)],
-            noise: rng.random_range(0.0..10.0),
+            gains: colour(rng, 0.9, 1.1),
+            light: rng.random_range(0.8..1.15),
+            blur: [0, 0, 1][rng.random_range(0..3)],
+            noise: rng.random_range(0.0..6.0),
             occluder,
         }
     }

@@ -27,13 +27,16 @@ pub struct TargetResult {
     pub verification: Verification,
 }
 
-/// Raw embeddings (rows) of `images` (encoded) and of their mirror images.
+/// One embedding per row.
+pub type Embeddings = Vec<Vec<f32>>;
+
+/// Raw embeddings of `images` (encoded) and of their mirror images.
 pub fn embed_images(
     model: &IResNet,
     images: &[Vec<u8>],
     batch: usize,
     device: &Device,
-) -> Result<(Vec<Vec<f32>>, Vec<Vec<f32>>), String> {
+) -> Result<(Embeddings, Embeddings), String> {
     let mut plain = Vec::with_capacity(images.len());
     let mut flipped = Vec::with_capacity(images.len());
     for (chunk_index, chunk) in images.chunks(batch.max(1)).enumerate() {

@@ -38,7 +38,7 @@ impl Network {
     /// Output channels per stage.
     pub fn widths(self) -> [usize; 4] {
         match self {
-            Network::Tiny => [16, 32, 64, 128],
+            Network::Tiny => [8, 16, 32, 64],
             _ => [64, 128, 256, 512],
         }
     }

@@ -229,6 +229,9 @@ pub fn train(config: &Config, device: &Device, options: &TrainOptions) -> Result
         state.sgd.load_state(momentum, device);
         state.step = ckpt.meta.step;
         state.cursor = ckpt.meta.cursor;
+        // The best so far, so a resumed run only replaces best.ckpt with a better one.
+        let best = config.output.join("best.ckpt");
+        state.best = Checkpoint::load(&best).ok().and_then(|b| b.meta.accuracy);
         notes.push(format!(
             "resumed from {} at step {} (epoch {}, batch {})",
             path.display(),
@@ -328,7 +331,7 @@ pub fn train(config: &Config, device: &Device, options: &TrainOptions) -> Result
         window.1 += batch.len();
         let img_per_s = window.1 as f64 / window.0.elapsed().as_secs_f64();
         monitor.step(state.step, epoch, loss_value, img_per_s);
-        if state.step % config.frequent == 0 {
+        if state.step.is_multiple_of(config.frequent) {
             monitor.scalar("train/loss", loss_value, state.step);
             monitor.scalar("train/lr", lr, state.step);
             monitor.scalar("train/img_per_s", img_per_s, state.step);
@@ -341,7 +344,7 @@ pub fn train(config: &Config, device: &Device, options: &TrainOptions) -> Result
         }
         let epoch_end = state.cursor.batch == per_epoch;
         let mut accuracy = None;
-        if epoch_end || state.step % config.verbose == 0 || state.step == last_step {
+        if epoch_end || state.step.is_multiple_of(config.verbose) || state.step == last_step {
             if !targets.is_empty() {
                 let results = validate(&state.backbone, &targets, config.batch_size, device)?;
                 monitor.validation(state.step, &results);
@@ -350,7 +353,7 @@ pub fn train(config: &Config, device: &Device, options: &TrainOptions) -> Result
             }
             window = (Instant::now(), 0);
         }
-        if epoch_end || state.step % config.save_every == 0 || state.step == last_step {
+        if epoch_end || state.step.is_multiple_of(config.save_every) || state.step == last_step {
             let path = checkpoint::step_path(&config.output, state.step);
             save(config, num_classes, &state, &path, accuracy)?;
             checkpoint::prune(&config.output, config.keep_checkpoints)?;

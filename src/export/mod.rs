@@ -1,0 +1,3 @@
+//! Exporting trained weights for other tools.
+
+pub mod safetensors;
