@@ -11,6 +11,7 @@ pub mod eval;
 pub mod export;
 pub mod model;
 pub mod progress;
+pub mod seed;
 pub mod train;
 
 pub use config::Config;

@@ -16,9 +16,15 @@ use burn::tensor::Device;
 #[test]
 fn a_few_minutes_of_training_beat_the_untrained_network_by_far() {
     let (data, out) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    generate(data.path(), &SynthConfig::new(150, 24, 400, 5), &indicatif::ProgressBar::hidden()).unwrap();
+    generate(
+        data.path(),
+        &SynthConfig::new(150, 24, 400, 5),
+        &indicatif::ProgressBar::hidden(),
+    )
+    .unwrap();
     // configs/tiny.toml, shortened: one epoch of 3,600 images, lr / 10 for its last fifth.
-    let mut config = Config::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/tiny.toml")).unwrap();
+    let mut config =
+        Config::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/tiny.toml")).unwrap();
     config.rec = data.path().to_path_buf();
     config.output = out.path().to_path_buf();
     config.synthetic = None;
@@ -30,16 +36,31 @@ fn a_few_minutes_of_training_beat_the_untrained_network_by_far() {
     let set = PairSet::read(&data.path().join("synth_val.bin")).unwrap();
     device.seed(config.seed);
     let untrained = backbone_config(&config).init(&device).valid();
-    let before = evaluate(&untrained, &set, "synth_val", 64, &device).unwrap().accuracy;
+    let before = evaluate(&untrained, &set, "synth_val", 64, &device)
+        .unwrap()
+        .accuracy;
     let pixels = raw_pixel_verification(&set).unwrap().accuracy;
 
     let report = train(&config, &device, &TrainOptions::default()).unwrap();
     let (_, results) = report.validations.last().unwrap();
     let after = results[0].accuracy;
-    println!("raw pixels {pixels:.4}, untrained {before:.4}, trained {after:.4} ({} steps)", report.losses.len());
-    assert!(after >= before + 0.15, "trained {after:.4} vs untrained {before:.4}");
-    assert!(after >= pixels + 0.15, "trained {after:.4} vs raw pixels {pixels:.4}");
+    println!(
+        "raw pixels {pixels:.4}, untrained {before:.4}, trained {after:.4} ({} steps)",
+        report.losses.len()
+    );
+    assert!(
+        after >= before + 0.15,
+        "trained {after:.4} vs untrained {before:.4}"
+    );
+    assert!(
+        after >= pixels + 0.15,
+        "trained {after:.4} vs raw pixels {pixels:.4}"
+    );
     let first: f64 = report.losses[..20].iter().map(|l| l.1).sum::<f64>() / 20.0;
-    let last: f64 = report.losses[report.losses.len() - 20..].iter().map(|l| l.1).sum::<f64>() / 20.0;
+    let last: f64 = report.losses[report.losses.len() - 20..]
+        .iter()
+        .map(|l| l.1)
+        .sum::<f64>()
+        / 20.0;
     assert!(last < first * 0.8, "loss {first:.3} -> {last:.3}");
 }

@@ -324,6 +324,7 @@ fn eval_cli_reports_every_target_as_json_and_draws_the_roc() {
 
 #[test]
 fn resume_without_a_checkpoint_says_so() {
+    let _turn = serial();
     let (data, out) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let config = small_config(data.path(), out.path(), "");
     let err = train(

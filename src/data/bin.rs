@@ -1,17 +1,16 @@
 //! Validation `.bin` files: a pickle of `(bins, issame_list)`, `bins` holding 2N encoded images
 //! (pair i is images 2i and 2i+1). Three styles exist in the wild: Python 2 protocol 2 (`str`
 //! as BINSTRING / SHORT_BINSTRING: insightface's MS1M files), Python 3 bytes, and numpy uint8
-//! arrays of the encoded image. serde-pickle reads all three (without `decode_strings`, which
-//! fails on image bytes); numpy arrays come back as the BUILD state tuple whose item 4 holds the
-//! raw bytes.
+//! arrays of the encoded image. Read by our own pickle machine (`pickle.rs` says why not
+//! serde-pickle).
 //!
-//! The writer is ours: serde-pickle writes byte strings as protocol-3 BINBYTES, and the MS1M
-//! style is protocol 2 with BINSTRING, which Python 2 and 3 (`encoding="bytes"`) both read.
+//! The writer is ours too: the MS1M style is protocol 2 with BINSTRING, which Python 2 and 3
+//! (`encoding="bytes"`) both read, and which no maintained Rust pickle crate writes.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use serde_pickle::{DeOptions, Value};
+use super::pickle::{self, Value};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BinError {
@@ -53,47 +52,54 @@ impl PairSet {
 
     /// Parses pickle bytes; `path` only names the source in errors.
     pub fn from_pickle(bytes: &[u8], path: &Path) -> Result<PairSet, BinError> {
-        let value =
-            serde_pickle::value_from_slice(bytes, DeOptions::new().replace_unresolved_globals())
-                .map_err(|e| BinError::Pickle {
-                    path: path.to_path_buf(),
-                    message: e.to_string(),
-                })?;
         let shape = |message: String| BinError::Shape {
             path: path.to_path_buf(),
             message,
         };
-        let (bins, issame) = match value {
-            Value::Tuple(items) | Value::List(items) if items.len() == 2 => {
-                let mut items = items.into_iter();
-                (items.next().unwrap(), items.next().unwrap())
+        let document = pickle::load(bytes).map_err(|message| BinError::Pickle {
+            path: path.to_path_buf(),
+            message,
+        })?;
+        let (bins, issame) = match &document.root {
+            Value::Tuple(items) if items.len() == 2 => (items[0].clone(), items[1].clone()),
+            Value::List(items) if items.borrow().len() == 2 => {
+                let items = items.borrow();
+                (items[0].clone(), items[1].clone())
             }
             other => {
                 return Err(shape(format!(
                     "expected a pickled (bins, issame_list) pair, found {}",
-                    describe(&other)
+                    other.describe()
                 )));
             }
         };
-        let Value::List(bins) = bins else {
+        let Value::List(bins) = &bins else {
             return Err(shape(format!(
                 "bins: expected a list of encoded images, found {}",
-                describe(&bins)
+                bins.describe()
             )));
         };
-        let images = bins
-            .into_iter()
-            .enumerate()
-            .map(|(i, v)| {
-                image_bytes(v).map_err(|found| {
-                    shape(format!(
-                        "bins[{i}] (pair {}): expected encoded image bytes, found {found}",
-                        i / 2
-                    ))
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let issame = flags(issame).map_err(|m| shape(format!("issame_list: {m}")))?;
+        let mut images = Vec::with_capacity(bins.borrow().len());
+        let mut total = 0usize;
+        for (i, v) in bins.borrow().iter().enumerate() {
+            let Some(data) = v.array_bytes() else {
+                return Err(shape(format!(
+                    "bins[{i}] (pair {}): expected encoded image bytes, found {}",
+                    i / 2,
+                    v.describe()
+                )));
+            };
+            total += data.len();
+            // Images stored once each never add up to more than the file; more means the
+            // pickle repeats references to expand itself.
+            if total > bytes.len() {
+                return Err(shape(format!(
+                    "bins[{i}]: the images add up to more bytes than the file holds (repeated references)"
+                )));
+            }
+            images.push(data.to_vec());
+        }
+        let issame = flags(&issame).map_err(|m| shape(format!("issame_list: {m}")))?;
         if images.len() % 2 != 0 {
             return Err(shape(format!(
                 "bins holds {} images, an odd number: images come in pairs",
@@ -125,46 +131,10 @@ impl PairSet {
     }
 }
 
-fn describe(v: &Value) -> String {
-    match v {
-        Value::None => "None".into(),
-        Value::Bool(_) => "a bool".into(),
-        Value::I64(_) | Value::Int(_) => "an integer".into(),
-        Value::F64(_) => "a float".into(),
-        Value::Bytes(b) => format!("{} bytes", b.len()),
-        Value::String(_) => "a text string".into(),
-        Value::List(l) => format!("a list of {}", l.len()),
-        Value::Tuple(t) => format!("a tuple of {}", t.len()),
-        Value::Set(_) | Value::FrozenSet(_) => "a set".into(),
-        Value::Dict(_) => "a dict".into(),
-    }
-}
-
-/// The raw bytes of a numpy array after serde-pickle's BUILD: (version, shape, dtype,
-/// is_fortran, data).
-fn numpy_data(v: &Value) -> Option<&[u8]> {
-    match v {
-        Value::Tuple(t) if t.len() == 5 => match &t[4] {
-            Value::Bytes(b) => Some(b),
-            _ => None,
-        },
-        _ => None,
-    }
-}
-
-fn image_bytes(v: Value) -> Result<Vec<u8>, String> {
-    if let Some(data) = numpy_data(&v) {
-        return Ok(data.to_vec());
-    }
-    match v {
-        Value::Bytes(b) => Ok(b),
-        other => Err(describe(&other)),
-    }
-}
-
-fn flags(v: Value) -> Result<Vec<bool>, String> {
-    if let Some(data) = numpy_data(&v) {
+fn flags(v: &Value) -> Result<Vec<bool>, String> {
+    if let Value::Object(_) = v {
         // A numpy bool array: one byte per entry.
+        let data = v.array_bytes().ok_or("a numpy array without data")?;
         return data
             .iter()
             .map(|&b| match b {
@@ -174,18 +144,19 @@ fn flags(v: Value) -> Result<Vec<bool>, String> {
             .collect();
     }
     let Value::List(items) = v else {
-        return Err(format!("expected a list of bools, found {}", describe(&v)));
+        return Err(format!("expected a list of bools, found {}", v.describe()));
     };
     items
-        .into_iter()
+        .borrow()
+        .iter()
         .enumerate()
         .map(|(i, item)| match item {
-            Value::Bool(b) => Ok(b),
-            Value::I64(0) => Ok(false),
-            Value::I64(1) => Ok(true),
+            Value::Bool(b) => Ok(*b),
+            Value::Int(0) => Ok(false),
+            Value::Int(1) => Ok(true),
             other => Err(format!(
                 "entry {i}: expected a bool, found {}",
-                describe(&other)
+                other.describe()
             )),
         })
         .collect()

@@ -10,9 +10,8 @@ use std::sync::Arc;
 use std::sync::mpsc::{Receiver, sync_channel};
 use std::thread::JoinHandle;
 
+use rand::Rng;
 use rand::seq::SliceRandom;
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -20,6 +19,9 @@ use super::dataset::{DatasetError, RecDataset};
 use super::image::{FACE_SIZE, decode_face};
 
 const SIDE: usize = FACE_SIZE as usize;
+/// Seed paths of the epoch shuffles and the flips.
+const SHUFFLE: u64 = 1;
+const FLIP: u64 = 2;
 /// Bytes of one image in a batch.
 pub const IMAGE_BYTES: usize = 3 * SIDE * SIDE;
 
@@ -100,11 +102,10 @@ impl Plan {
     /// The epoch's permutation of image indices.
     pub fn permutation(&self, epoch: usize) -> Vec<usize> {
         let mut order: Vec<usize> = (0..self.images).collect();
-        order.shuffle(&mut ChaCha8Rng::seed_from_u64(mix(
+        order.shuffle(&mut crate::seed::rng(
             self.config.seed,
-            epoch as u64,
-            u64::MAX,
-        )));
+            &[SHUFFLE, epoch as u64],
+        ));
         order
     }
 
@@ -115,20 +116,11 @@ impl Plan {
         (start..start + c.batch_size)
             .map(|pos| {
                 let flip = c.flip
-                    && ChaCha8Rng::seed_from_u64(mix(c.seed, epoch as u64, pos as u64))
-                        .random_bool(0.5);
+                    && crate::seed::rng(c.seed, &[FLIP, epoch as u64, pos as u64]).random_bool(0.5);
                 (order[pos], flip)
             })
             .collect()
     }
-}
-
-fn mix(seed: u64, a: u64, b: u64) -> u64 {
-    let mut h =
-        seed ^ a.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ b.wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
-    h = (h ^ (h >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    h = (h ^ (h >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    h ^ (h >> 31)
 }
 
 /// Decodes one sample into `out` (3×112×112, CHW), flipped if asked.

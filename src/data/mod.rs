@@ -7,6 +7,7 @@ pub mod inspect;
 pub mod irheader;
 pub mod loader;
 pub mod pack;
+pub mod pickle;
 pub mod property;
 pub mod recordio;
 pub mod synth;

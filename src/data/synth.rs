@@ -11,8 +11,10 @@
 use std::path::Path;
 
 use image::{Rgb, RgbImage};
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 use rand_chacha::ChaCha8Rng;
+
+use crate::seed::rng as rng_for;
 use rayon::prelude::*;
 
 use super::bin::PairSet;
@@ -41,18 +43,6 @@ impl SynthConfig {
             seed,
         }
     }
-}
-
-/// splitmix64 over the seed and a path of counters: independent streams without state.
-fn stream(seed: u64, path: &[u64]) -> ChaCha8Rng {
-    let mut h = seed ^ 0x9E37_79B9_7F4A_7C15;
-    for &p in path {
-        h = h.wrapping_add(p.wrapping_add(0x9E37_79B9_7F4A_7C15));
-        h = (h ^ (h >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        h = (h ^ (h >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        h ^= h >> 31;
-    }
-    ChaCha8Rng::seed_from_u64(h)
 }
 
 const TRAIN: u64 = 1;
@@ -312,8 +302,8 @@ fn gaussian(rng: &mut ChaCha8Rng) -> f32 {
 
 /// Image `index` of identity `identity` from the split `split` (TRAIN or VAL), as JPEG q95.
 fn image_of(seed: u64, split: u64, identity: usize, index: usize) -> Vec<u8> {
-    let face = Face::draw(&mut stream(seed, &[split, identity as u64]));
-    let mut rng = stream(seed, &[split, identity as u64, 1 + index as u64]);
+    let face = Face::draw(&mut rng_for(seed, &[split, identity as u64]));
+    let mut rng = rng_for(seed, &[split, identity as u64, 1 + index as u64]);
     let take = Take::draw(&mut rng);
     encode_jpeg(&render(&face, &take, &mut rng), 95)
 }
@@ -324,7 +314,7 @@ pub fn val_pairs(config: &SynthConfig) -> PairSet {
     let drawn: Vec<(Vec<u8>, Vec<u8>, bool)> = (0..config.val_pairs)
         .into_par_iter()
         .map(|i| {
-            let mut rng = stream(config.seed, &[PAIRS, i as u64]);
+            let mut rng = rng_for(config.seed, &[PAIRS, i as u64]);
             let ids = config.val_identities;
             let a = rng.random_range(0..ids);
             let same = i % 2 == 0;

@@ -28,6 +28,9 @@ use monitor::Monitor;
 use schedule::Schedule;
 use sgd::{Sgd, SgdSettings, global_grad_norm};
 
+/// Seed path of the per-step backend seed (dropout).
+const STEP_SEED: u64 = 3;
+
 /// Where to resume from.
 #[derive(Debug, Clone)]
 pub enum Resume {
@@ -50,11 +53,6 @@ pub struct TrainReport {
 pub struct TrainOptions {
     pub resume: Option<Resume>,
     pub max_steps: Option<usize>,
-}
-
-/// Counter-based seed for step-level randomness (dropout), so a resumed run draws the same.
-fn step_seed(seed: u64, step: usize) -> u64 {
-    seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (step as u64).wrapping_mul(0xBF58_476D_1CE4_E5B9)
 }
 
 /// The validation sets of `val_targets` present in `dir` (missing ones are reported and skipped).
@@ -191,6 +189,7 @@ pub fn train(config: &Config, device: &Device, options: &TrainOptions) -> Result
     let mut notes = Vec::new();
     let targets = load_targets(config, &mut notes)?;
 
+    let resume_from = resume_path(config, &options.resume)?;
     let train_device = device.clone().autodiff();
     // Seeded initialisation: two runs of one config start from the same weights.
     device.seed(config.seed);
@@ -206,7 +205,7 @@ pub fn train(config: &Config, device: &Device, options: &TrainOptions) -> Result
         cursor: Cursor::default(),
         best: None,
     };
-    if let Some(path) = resume_path(config, &options.resume)? {
+    if let Some(path) = resume_from {
         let ckpt = Checkpoint::load(&path)?;
         let mismatch = |what: &str| anyhow::anyhow!("{}: {what}", path.display());
         if ckpt.meta.num_classes != num_classes {
@@ -278,7 +277,11 @@ pub fn train(config: &Config, device: &Device, options: &TrainOptions) -> Result
     let mut report = TrainReport::default();
     let mut window = (Instant::now(), 0usize);
     while state.step < last_step {
-        device.seed(step_seed(config.seed, state.step));
+        // Dropout masks from (seed, step): a resumed run draws the same ones.
+        device.seed(crate::seed::mix(
+            config.seed,
+            &[STEP_SEED, state.step as u64],
+        ));
         let batch = loader.next_batch()?;
         let images = batch.images_tensor(&train_device);
         let labels = batch.labels_tensor(&train_device);
