@@ -397,3 +397,34 @@ fn safetensors_export_has_arcface_torch_names_and_layouts() {
         assert_eq!(torch, values[i * cols], "fc.weight[0][{i}]");
     }
 }
+
+#[test]
+fn keeps_the_last_k_step_checkpoints_and_the_best() {
+    let _turn = serial();
+    let (data, out) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut config = small_config(data.path(), out.path(), "");
+    config.save_every = 1;
+    config.keep_checkpoints = 2;
+    train(
+        &config,
+        &Device::flex(),
+        &TrainOptions {
+            resume: None,
+            max_steps: Some(5),
+        },
+    )
+    .unwrap();
+    let names: Vec<String> = arcface::train::checkpoint::list(out.path())
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["step-000000004.ckpt", "step-000000005.ckpt"]);
+    assert!(out.path().join("best.ckpt").exists());
+    assert!(
+        std::fs::read_dir(out.path()).unwrap().all(|e| !e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .ends_with(".tmp"))
+    );
+}
