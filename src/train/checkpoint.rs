@@ -269,6 +269,19 @@ impl Checkpoint {
     }
 }
 
+/// Copies a written checkpoint to `to` with the same temporary-file, fsync and rename steps.
+pub fn copy_atomic(from: &Path, to: &Path) -> Result<(), CheckpointError> {
+    let tmp = to.with_extension("ckpt.tmp");
+    let result = std::fs::copy(from, &tmp)
+        .and_then(|_| std::fs::File::open(&tmp)?.sync_all())
+        .and_then(|()| std::fs::rename(&tmp, to))
+        .map_err(io_err(to));
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
 /// `<dir>/step-<step>.ckpt`, zero-padded so names sort by step.
 pub fn step_path(dir: &Path, step: usize) -> PathBuf {
     dir.join(format!("step-{step:09}.ckpt"))

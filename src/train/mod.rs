@@ -360,19 +360,14 @@ pub fn train(config: &Config, device: &Device, options: &TrainOptions) -> Result
             let path = checkpoint::step_path(&config.output, state.step);
             save(config, num_classes, &state, &path, accuracy)?;
             checkpoint::prune(&config.output, config.keep_checkpoints)?;
-            report.last_checkpoint = Some(path);
+            report.last_checkpoint = Some(path.clone());
             if let Some(acc) = accuracy.filter(|&a| state.best.is_none_or(|b| a > b)) {
                 state.best = Some(acc);
-                save(
-                    config,
-                    num_classes,
-                    &state,
-                    &config.output.join("best.ckpt"),
-                    accuracy,
-                )?;
+                let best = config.output.join("best.ckpt");
+                checkpoint::copy_atomic(&path, &best)?;
                 monitor.line(&format!(
                     "new best mean accuracy {acc:.5}: {}",
-                    config.output.join("best.ckpt").display()
+                    best.display()
                 ));
             }
             monitor.flush();
