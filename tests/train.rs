@@ -125,8 +125,7 @@ fn a_damaged_checkpoint_is_rejected() {
             max_steps: Some(1),
         },
     )
-    .err()
-    .expect("a damaged checkpoint must not load")
+    .expect_err("a damaged checkpoint must not load")
     .to_string();
     assert!(
         err.contains(&path.display().to_string()) && err.contains("checksum mismatch"),
@@ -150,8 +149,7 @@ fn nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint() {
             max_steps: Some(15),
         },
     )
-    .err()
-    .expect("training must stop")
+    .expect_err("training must stop")
     .to_string();
     println!("{err}");
     assert!(

@@ -100,7 +100,7 @@ impl PairSet {
             images.push(data.to_vec());
         }
         let issame = flags(&issame).map_err(|m| shape(format!("issame_list: {m}")))?;
-        if images.len() % 2 != 0 {
+        if !images.len().is_multiple_of(2) {
             return Err(shape(format!(
                 "bins holds {} images, an odd number: images come in pairs",
                 images.len()

@@ -168,7 +168,7 @@ impl<'a> Machine<'a> {
     }
 
     fn set_items(&mut self, items: Vec<Value>) -> Result<(), String> {
-        if items.len() % 2 != 0 {
+        if !items.len().is_multiple_of(2) {
             return err(self.pos, "SETITEMS with an odd number of values");
         }
         match self.top()? {

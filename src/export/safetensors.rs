@@ -21,11 +21,12 @@ pub fn torch_name(path: &str) -> String {
     }
 }
 
+/// A tensor as PyTorch sees it: name, shape, values.
+pub type TorchTensor = (String, Vec<usize>, Vec<f32>);
+
 /// (torch name, shape, f32 values) of every backbone tensor; burn's Linear weight [in, out]
 /// is transposed to PyTorch's [out, in].
-pub fn torch_tensors(
-    backbone: &BTreeMap<String, TensorData>,
-) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+pub fn torch_tensors(backbone: &BTreeMap<String, TensorData>) -> Result<Vec<TorchTensor>> {
     let mut out = Vec::new();
     for (path, data) in backbone {
         let path = path.strip_prefix("backbone.").unwrap_or(path);
