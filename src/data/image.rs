@@ -45,6 +45,28 @@ pub fn encode_jpeg(rgb: &RgbImage, quality: u8) -> Vec<u8> {
     out
 }
 
+/// Writes a 112×112 RGB image into `out` as 3 planes (CHW), mirrored left–right if `flip`:
+/// the layout the model takes, from the layout images decode to.
+pub fn to_chw<T: From<u8> + Copy>(rgb: &RgbImage, flip: bool, out: &mut [T]) {
+    let side = FACE_SIZE as usize;
+    let plane = side * side;
+    let raw = rgb.as_raw();
+    assert!(
+        raw.len() == 3 * plane && out.len() == 3 * plane,
+        "to_chw takes 112×112 RGB"
+    );
+    for y in 0..side {
+        for x in 0..side {
+            let sx = if flip { side - 1 - x } else { x };
+            let src = (y * side + sx) * 3;
+            let dst = y * side + x;
+            out[dst] = T::from(raw[src]);
+            out[plane + dst] = T::from(raw[src + 1]);
+            out[2 * plane + dst] = T::from(raw[src + 2]);
+        }
+    }
+}
+
 /// Is this a format we decode (by content, not by name)?
 pub fn is_image(bytes: &[u8]) -> bool {
     matches!(

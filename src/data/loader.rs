@@ -16,7 +16,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::dataset::{DatasetError, RecDataset};
-use super::image::{FACE_SIZE, decode_face};
+use super::image::{FACE_SIZE, decode_face, to_chw};
 
 const SIDE: usize = FACE_SIZE as usize;
 /// Seed paths of the epoch shuffles and the flips.
@@ -136,18 +136,7 @@ fn decode_into(
         key: sample.key,
         message,
     })?;
-    let raw = rgb.as_raw();
-    let plane = SIDE * SIDE;
-    for y in 0..SIDE {
-        for x in 0..SIDE {
-            let sx = if flip { SIDE - 1 - x } else { x };
-            let src = (y * SIDE + sx) * 3;
-            let dst = y * SIDE + x;
-            out[dst] = raw[src];
-            out[plane + dst] = raw[src + 1];
-            out[2 * plane + dst] = raw[src + 2];
-        }
-    }
+    to_chw(&rgb, flip, out);
     Ok((sample.label, sample.key))
 }
 

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::verify::{Verification, folds, l2_normalize, squared_distance, verify};
 use crate::data::bin::PairSet;
-use crate::data::image::decode_face;
+use crate::data::image::{decode_face, to_chw};
 use crate::model::IResNet;
 
 const SIDE: usize = 112;
@@ -52,15 +52,7 @@ pub fn embed_images(
             let mut data = vec![0f32; chunk.len() * 3 * SIDE * SIDE];
             data.par_chunks_mut(3 * SIDE * SIDE)
                 .zip(&decoded)
-                .for_each(|(out, rgb)| {
-                    for (i, p) in rgb.pixels().enumerate() {
-                        let (y, x) = (i / SIDE, i % SIDE);
-                        let x = if flip { SIDE - 1 - x } else { x };
-                        for c in 0..3 {
-                            out[c * SIDE * SIDE + y * SIDE + x] = p[c] as f32;
-                        }
-                    }
-                });
+                .for_each(|(out, rgb)| to_chw(rgb, flip, out));
             let input =
                 Tensor::<4>::from_data(TensorData::new(data, [chunk.len(), 3, SIDE, SIDE]), device);
             let out = model.forward(input);
