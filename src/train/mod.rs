@@ -147,6 +147,22 @@ fn resume_path(config: &Config, resume: &Option<Resume>) -> Result<Option<PathBu
     })
 }
 
+/// The error that ends a run on a non-finite loss or gradient.
+fn stopped(
+    what: &str,
+    step: usize,
+    epoch: usize,
+    last: &Option<PathBuf>,
+    advice: &str,
+) -> anyhow::Error {
+    let last = last
+        .as_ref()
+        .map_or("none yet".into(), |p| p.display().to_string());
+    anyhow::anyhow!(
+        "{what} at step {step} (epoch {epoch}): training stopped; the last good checkpoint is {last}. Try {advice}"
+    )
+}
+
 /// Trains as `config` says on `device` (the first of the config's devices).
 pub fn train(config: &Config, device: &Device, options: &TrainOptions) -> Result<TrainReport> {
     if !config.rec.exists() {
@@ -290,15 +306,13 @@ pub fn train(config: &Config, device: &Device, options: &TrainOptions) -> Result
         let epoch = state.cursor.epoch;
         if !loss_value.is_finite() {
             monitor.flush();
-            bail!(
-                "loss is {loss_value} at step {} (epoch {epoch}): training stopped; the last good checkpoint is {}. \
-                 Try a lower lr, warmup_epoch >= 1, clip_grad_norm = 5, or check the data with `arcface inspect --verify`",
+            return Err(stopped(
+                &format!("loss is {loss_value}"),
                 state.step,
-                report
-                    .last_checkpoint
-                    .as_ref()
-                    .map_or("none yet".into(), |p| p.display().to_string())
-            );
+                epoch,
+                &report.last_checkpoint,
+                "a lower lr, warmup_epoch >= 1, clip_grad_norm = 5, or check the data with `arcface inspect --verify`",
+            ));
         }
         let mut grads = loss.backward();
         let mut backbone_grads = GradientsParams::from_module(&mut grads, &state.backbone);
@@ -306,15 +320,14 @@ pub fn train(config: &Config, device: &Device, options: &TrainOptions) -> Result
         let grad_norm = global_grad_norm(&state.backbone, &backbone_grads)
             .hypot(global_grad_norm(&state.head, &head_grads));
         if !grad_norm.is_finite() {
-            bail!(
-                "gradient norm is {grad_norm} at step {} (epoch {epoch}): training stopped; the last good checkpoint is {}. \
-                 Try a lower lr or clip_grad_norm = 5",
+            monitor.flush();
+            return Err(stopped(
+                &format!("gradient norm is {grad_norm}"),
                 state.step,
-                report
-                    .last_checkpoint
-                    .as_ref()
-                    .map_or("none yet".into(), |p| p.display().to_string())
-            );
+                epoch,
+                &report.last_checkpoint,
+                "a lower lr or clip_grad_norm = 5",
+            ));
         }
         let scale = config
             .clip_grad_norm
