@@ -142,3 +142,42 @@ pub fn train(
         images_per_second: b as f64 / step_ms * 1e3,
     })
 }
+
+#[derive(Debug, Serialize, serde::Deserialize)]
+pub struct InferThroughput {
+    /// What ran the model: "burn (flex)", "tract", "onnxruntime".
+    pub engine: String,
+    pub batch: usize,
+    pub images: usize,
+    pub seconds: f64,
+    pub images_per_second: f64,
+}
+
+/// Embeddings per second of `embedder` on batches of `batch` synthetic images, after one
+/// warm-up batch, over at least `min_seconds` and two batches.
+pub fn infer(
+    engine: &str,
+    embedder: &crate::embedder::Embedder,
+    batch: usize,
+    min_seconds: f64,
+) -> Result<InferThroughput> {
+    use crate::embedder::IMAGE_VALUES;
+    let images: Vec<f32> = (0..batch * IMAGE_VALUES)
+        .map(|i| ((i * 7919) % 256) as f32)
+        .collect();
+    embedder.embed(&images)?;
+    let start = Instant::now();
+    let mut done = 0;
+    while done < 2 * batch || start.elapsed().as_secs_f64() < min_seconds {
+        embedder.embed(&images)?;
+        done += batch;
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    Ok(InferThroughput {
+        engine: engine.to_string(),
+        batch,
+        images: done,
+        seconds,
+        images_per_second: done as f64 / seconds,
+    })
+}

@@ -6,6 +6,7 @@ use std::path::Path;
 use arcface::config::Config;
 use arcface::data::bin::PairSet;
 use arcface::data::synth::{SynthConfig, generate};
+use arcface::embedder::Embedder;
 use arcface::eval::embed::evaluate;
 use arcface::eval::verify::raw_pixel_verification;
 use arcface::model::backbone_config;
@@ -35,8 +36,11 @@ fn a_few_minutes_of_training_beat_the_untrained_network_by_far() {
 
     let set = PairSet::read(&data.path().join("synth_val.bin")).unwrap();
     device.seed(config.seed);
-    let untrained = backbone_config(&config).init(&device).valid();
-    let before = evaluate(&untrained, &set, "synth_val", 64, &device)
+    let untrained = Embedder::Burn {
+        model: backbone_config(&config).init(&device).valid(),
+        device: device.clone(),
+    };
+    let before = evaluate(&untrained, &set, "synth_val", 64)
         .unwrap()
         .accuracy;
     let pixels = raw_pixel_verification(&set).unwrap().accuracy;

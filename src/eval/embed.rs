@@ -2,16 +2,13 @@
 //! embedding = l2norm(e(image) + e(flipped image)), XNorm = mean L2 norm of the unflipped raw
 //! embeddings, the 10-fold accuracy, and TAR at FAR = 1e-3 (`calculate_val`).
 
-use burn::tensor::{Device, Tensor, TensorData};
 use rayon::prelude::*;
 use serde::Serialize;
 
 use super::verify::{Verification, folds, l2_normalize, squared_distance, verify};
 use crate::data::bin::PairSet;
 use crate::data::image::{decode_face, to_chw};
-use crate::model::IResNet;
-
-const SIDE: usize = 112;
+use crate::embedder::{Embedder, IMAGE_VALUES};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct TargetResult {
@@ -30,16 +27,17 @@ pub struct TargetResult {
 /// One embedding per row.
 pub type Embeddings = Vec<Vec<f32>>;
 
-/// Raw embeddings of `images` (encoded) and of their mirror images.
+/// Raw embeddings of `images` (encoded) and of their mirror images, `batch` images at a time.
 pub fn embed_images(
-    model: &IResNet,
+    embedder: &Embedder,
     images: &[Vec<u8>],
     batch: usize,
-    device: &Device,
 ) -> Result<(Embeddings, Embeddings), String> {
+    let batch = batch.max(1);
     let mut plain = Vec::with_capacity(images.len());
     let mut flipped = Vec::with_capacity(images.len());
-    for (chunk_index, chunk) in images.chunks(batch.max(1)).enumerate() {
+    let e = embedder.embedding_size();
+    for (chunk_index, chunk) in images.chunks(batch).enumerate() {
         let decoded = chunk
             .par_iter()
             .enumerate()
@@ -49,20 +47,12 @@ pub fn embed_images(
             })
             .collect::<Result<Vec<_>, String>>()?;
         for flip in [false, true] {
-            let mut data = vec![0f32; chunk.len() * 3 * SIDE * SIDE];
-            data.par_chunks_mut(3 * SIDE * SIDE)
+            let mut data = vec![0f32; chunk.len() * IMAGE_VALUES];
+            data.par_chunks_mut(IMAGE_VALUES)
                 .zip(&decoded)
                 .for_each(|(out, rgb)| to_chw(rgb, flip, out));
-            let input =
-                Tensor::<4>::from_data(TensorData::new(data, [chunk.len(), 3, SIDE, SIDE]), device);
-            let out = model.forward(input);
-            let [n, e] = out.dims();
-            let values = out
-                .into_data()
-                .convert::<f32>()
-                .try_into_vec::<f32>()
-                .map_err(|e| format!("{e:?}"))?;
-            let rows = (0..n).map(|r| values[r * e..(r + 1) * e].to_vec());
+            let values = embedder.embed(&data).map_err(|e| format!("{e:#}"))?;
+            let rows = values.chunks_exact(e).map(<[f32]>::to_vec);
             if flip {
                 flipped.extend(rows)
             } else {
@@ -73,15 +63,14 @@ pub fn embed_images(
     Ok((plain, flipped))
 }
 
-/// Scores `set` under `name` with `model` (in inference mode) on `device`.
+/// Scores `set` under `name` with `embedder`.
 pub fn evaluate(
-    model: &IResNet,
+    embedder: &Embedder,
     set: &PairSet,
     name: &str,
     batch: usize,
-    device: &Device,
 ) -> Result<TargetResult, String> {
-    let (plain, flipped) = embed_images(model, &set.images, batch, device)?;
+    let (plain, flipped) = embed_images(embedder, &set.images, batch)?;
     let xnorm = plain
         .iter()
         .map(|e| e.iter().map(|v| v * v).sum::<f32>().sqrt() as f64)

@@ -21,6 +21,7 @@ use crate::data::bin::PairSet;
 use crate::data::dataset::RecDataset;
 use crate::data::loader::{Cursor, Loader, LoaderConfig};
 use crate::data::synth::{SynthConfig, generate};
+use crate::embedder::Embedder;
 use crate::eval::embed::{TargetResult, evaluate};
 use crate::model::{IResNet, MarginSoftmax, backbone_config, head_config};
 use checkpoint::{Checkpoint, Meta, load_named, named_tensors};
@@ -79,11 +80,14 @@ pub fn validate(
     batch: usize,
     device: &Device,
 ) -> Result<Vec<TargetResult>> {
-    let model = backbone.valid();
+    let embedder = Embedder::Burn {
+        model: backbone.valid(),
+        device: device.clone(),
+    };
     targets
         .iter()
         .map(|(name, set)| {
-            evaluate(&model, set, name, batch, device)
+            evaluate(&embedder, set, name, batch)
                 .map_err(|e| anyhow::anyhow!("validation {name}: {e}"))
         })
         .collect()

@@ -1,0 +1,231 @@
+//! `arcface bench train|data|infer`: throughput, never timed tests.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::Subcommand;
+
+use arcface::bench::{self, InferThroughput};
+use arcface::config::Config;
+use arcface::embedder::{Embedder, is_onnx};
+use arcface::onnx::{self, Batch, OnnxEmbedder};
+use arcface::train::checkpoint::load_backbone;
+
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// Training steps on random tensors: forward, backward and optimizer ms, img/s.
+    Train {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long, default_value_t = 5)]
+        steps: usize,
+        /// Batch size per device (the config's otherwise).
+        #[arg(long)]
+        batch_size: Option<usize>,
+        /// Classes of the head (the dataset's otherwise, else 1000).
+        #[arg(long)]
+        num_classes: Option<usize>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Decoded + augmented images per second through the loader, per thread and in total.
+    Data {
+        #[arg(long)]
+        rec: PathBuf,
+        #[arg(long, default_value_t = std::thread::available_parallelism().map_or(1, |n| n.get()))]
+        threads: usize,
+        #[arg(long, default_value_t = 40)]
+        batches: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Embeddings per second of one model through burn and through tract (the same weights:
+    /// a checkpoint is exported, an ONNX file imported, in memory), optionally onnxruntime.
+    Infer {
+        /// A checkpoint (.ckpt) or an LResNet-E-IR ONNX file.
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long, default_value_t = 8)]
+        batch: usize,
+        /// Time each engine at least this long.
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        /// Also time onnxruntime on the same ONNX file with scripts/bench_onnxruntime.py
+        /// (Python: $ARCFACE_PYTHON, else python3; needs numpy and onnxruntime).
+        #[arg(long)]
+        onnxruntime: bool,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn run(what: &BenchCommand, cli_device: &Option<String>) -> Result<()> {
+    match what {
+        BenchCommand::Train {
+            config,
+            steps,
+            batch_size,
+            num_classes,
+            json,
+        } => {
+            let mut config = Config::load(config)?;
+            if let Some(b) = batch_size {
+                config.batch_size = *b;
+            }
+            let classes = num_classes
+                .or_else(|| config.resolve_num_classes().ok())
+                .unwrap_or(1000);
+            let device = super::devices(cli_device, &config)?.remove(0);
+            let r = bench::train(&config, classes, *steps, &device)?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                println!(
+                    "{} batch {} classes {}: forward {:.1} ms, backward {:.1} ms, optimizer {:.1} ms, step {:.1} ms, {:.1} img/s",
+                    r.network,
+                    r.batch_size,
+                    r.num_classes,
+                    r.forward_ms,
+                    r.backward_ms,
+                    r.optimizer_ms,
+                    r.step_ms,
+                    r.images_per_second
+                );
+            }
+        }
+        BenchCommand::Data {
+            rec,
+            threads,
+            batches,
+            json,
+        } => {
+            let results = bench::data(rec, *threads, *batches)?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&results)?);
+            } else {
+                println!(
+                    "{:>8} {:>10} {:>12} {:>18}",
+                    "threads", "images", "img/s", "img/s per thread"
+                );
+                for r in &results {
+                    println!(
+                        "{:>8} {:>10} {:>12.0} {:>18.0}",
+                        r.threads, r.images, r.images_per_second, r.images_per_second_per_thread
+                    );
+                }
+            }
+        }
+        BenchCommand::Infer {
+            model,
+            batch,
+            seconds,
+            onnxruntime,
+            json,
+        } => infer(model, *batch, *seconds, *onnxruntime, *json, cli_device)?,
+    }
+    Ok(())
+}
+
+fn infer(
+    model: &Path,
+    batch: usize,
+    seconds: f64,
+    with_onnxruntime: bool,
+    json: bool,
+    cli_device: &Option<String>,
+) -> Result<()> {
+    let device = super::device_or_cpu(cli_device)?;
+    // Both engines get the same weights; onnxruntime gets a file.
+    let tmp = tempfile_path(model);
+    let (backbone, onnx_file) = if is_onnx(model) {
+        let mut proto = onnx::load::read_model(model)?;
+        onnx::load::repair_zoo_defects(&mut proto)?;
+        let imported = onnx::import::import(&proto)
+            .with_context(|| format!("{}: importing into burn", model.display()))?;
+        (imported.backbone(&device)?, model.to_path_buf())
+    } else {
+        let (backbone, _) = load_backbone(model, &device)?;
+        let proto = onnx::backbone_to_onnx(&backbone, Batch::Dynamic)?;
+        onnx::export::write(&proto, &tmp)?;
+        (backbone, tmp.clone())
+    };
+    let tract = OnnxEmbedder::load(&onnx_file)?;
+    let burn_name = format!("burn ({})", cli_device.as_deref().unwrap_or("cpu"));
+    let burn = Embedder::Burn {
+        model: backbone,
+        device,
+    };
+    let mut results = vec![
+        bench::infer(&burn_name, &burn, batch, seconds)?,
+        bench::infer("tract", &Embedder::Onnx(tract), batch, seconds)?,
+    ];
+    if with_onnxruntime {
+        let result = onnxruntime(&onnx_file, batch, seconds);
+        let _ = std::fs::remove_file(&tmp);
+        results.push(result?);
+    }
+    let _ = std::fs::remove_file(&tmp);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&results)?);
+        return Ok(());
+    }
+    let reference = results.last().map_or(1.0, |r| r.images_per_second);
+    let reference_name = results.last().map_or("", |r| r.engine.as_str()).to_string();
+    println!(
+        "{:<24} {:>6} {:>8} {:>10} {:>12}",
+        "engine",
+        "batch",
+        "images",
+        "img/s",
+        format!("× {}", short(&reference_name))
+    );
+    for r in &results {
+        println!(
+            "{:<24} {:>6} {:>8} {:>10.2} {:>12.2}",
+            r.engine,
+            r.batch,
+            r.images,
+            r.images_per_second,
+            r.images_per_second / reference
+        );
+    }
+    Ok(())
+}
+
+fn short(engine: &str) -> &str {
+    engine.split_whitespace().next().unwrap_or(engine)
+}
+
+/// A scratch ONNX path next to the system's temporary files, unique to this process.
+fn tempfile_path(model: &Path) -> PathBuf {
+    let stem = model
+        .file_stem()
+        .map_or("model".into(), |s| s.to_string_lossy().into_owned());
+    std::env::temp_dir().join(format!("arcface-bench-{stem}-{}.onnx", std::process::id()))
+}
+
+fn onnxruntime(file: &Path, batch: usize, seconds: f64) -> Result<InferThroughput> {
+    let python = std::env::var("ARCFACE_PYTHON").unwrap_or_else(|_| "python3".into());
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/bench_onnxruntime.py");
+    let output = std::process::Command::new(&python)
+        .arg(&script)
+        .arg(file)
+        .args([
+            "--batch",
+            &batch.to_string(),
+            "--seconds",
+            &seconds.to_string(),
+        ])
+        .output()
+        .with_context(|| format!("running {python} {}", script.display()))?;
+    if !output.status.success() {
+        bail!(
+            "{} failed (is onnxruntime installed for {python}? set ARCFACE_PYTHON): {}",
+            script.display(),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    let line = String::from_utf8_lossy(&output.stdout);
+    serde_json::from_str(line.trim())
+        .with_context(|| format!("{}: unexpected output `{}`", script.display(), line.trim()))
+}

@@ -1,0 +1,95 @@
+//! `arcface eval`: insightface's verification protocol on .bin files, for a checkpoint or an
+//! ONNX file.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+
+use arcface::data::bin::PairSet;
+use arcface::embedder::Embedder;
+use arcface::eval::embed::evaluate;
+
+#[derive(clap::Args)]
+pub struct EvalArgs {
+    /// A checkpoint (.ckpt) written by `arcface train` or `arcface import`, or an ONNX
+    /// embedder (.onnx; the model zoo's file too).
+    #[arg(long)]
+    model: PathBuf,
+    /// Evaluate every .bin in this folder.
+    #[arg(long, conflicts_with = "bin")]
+    data: Option<PathBuf>,
+    /// Evaluate these .bin files.
+    #[arg(long, num_args = 1..)]
+    bin: Vec<PathBuf>,
+    #[arg(long)]
+    json: bool,
+    /// Write the ROC curves to this PNG.
+    #[arg(long)]
+    roc: Option<PathBuf>,
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+}
+
+fn bin_files(args: &EvalArgs) -> Result<Vec<PathBuf>> {
+    let files = match &args.data {
+        Some(dir) => {
+            let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+                .with_context(|| format!("cannot list {}", dir.display()))?
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|e| e == "bin"))
+                .collect();
+            found.sort();
+            anyhow::ensure!(!found.is_empty(), "{}: no .bin files", dir.display());
+            found
+        }
+        None => args.bin.clone(),
+    };
+    anyhow::ensure!(!files.is_empty(), "give --data DIR or --bin FILE...");
+    Ok(files)
+}
+
+pub fn run(args: &EvalArgs, cli_device: &Option<String>) -> Result<()> {
+    let files = bin_files(args)?;
+    let device = super::device_or_cpu(cli_device)?;
+    let embedder = Embedder::load(&args.model, &device)?;
+    for note in embedder.notes() {
+        eprintln!("{}: {note}", args.model.display());
+    }
+    let mut results = Vec::new();
+    for file in &files {
+        let name = file
+            .file_stem()
+            .map_or("?".into(), |s| s.to_string_lossy().into_owned());
+        let set = PairSet::read(file)?;
+        let result = evaluate(&embedder, &set, &name, args.batch_size)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+        results.push(result);
+    }
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "targets": results }))?
+        );
+    } else {
+        println!(
+            "{:<12} {:>6} {:>18} {:>10} {:>10} {:>14}",
+            "target", "pairs", "accuracy", "threshold", "XNorm", "TAR@FAR=1e-3"
+        );
+        for r in &results {
+            println!(
+                "{:<12} {:>6} {:>9.5} ± {:.5} {:>10.3} {:>10.4} {:>14.5}",
+                r.name, r.pairs, r.accuracy, r.std, r.threshold, r.xnorm, r.tar_at_far_1e3
+            );
+        }
+    }
+    if let Some(path) = &args.roc {
+        arcface::eval::roc::plot(&results)
+            .save(path)
+            .with_context(|| format!("writing {}", path.display()))?;
+        if !args.json {
+            println!("ROC curves: {}", path.display());
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,115 @@
+//! `arcface export` (safetensors, opset-8 ONNX) and `arcface import` (an LResNet-E-IR ONNX
+//! file's weights into our checkpoint).
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+
+use burn::module::Module;
+
+use arcface::config::Config;
+use arcface::model::backbone_config;
+use arcface::model::summary::thousands;
+use arcface::onnx::{self, Batch};
+use arcface::train::checkpoint::{load_backbone, named_tensors};
+
+#[derive(clap::Args)]
+pub struct ExportArgs {
+    /// A checkpoint (.ckpt) written by `arcface train` or `arcface import`.
+    #[arg(long, required_unless_present = "config", conflicts_with = "config")]
+    model: Option<PathBuf>,
+    /// Export freshly initialised weights of this config's backbone (smoke tests).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Initialisation seed with --config (the config's `seed` otherwise).
+    #[arg(long, requires = "config")]
+    seed: Option<u64>,
+    /// Write the backbone as safetensors with arcface_torch's iresnet names and layouts.
+    #[arg(long, required_unless_present = "onnx")]
+    safetensors: Option<PathBuf>,
+    /// Write an opset-8 ONNX embedder (input `data` RGB 0–255, output `fc1`), as the zoo's.
+    #[arg(long)]
+    onnx: Option<PathBuf>,
+    /// The ONNX file's batch dimension: a number, or `dynamic`.
+    #[arg(long, default_value = "dynamic")]
+    batch: Batch,
+}
+
+#[derive(clap::Args)]
+pub struct ImportArgs {
+    /// An LResNet-E-IR ONNX file (the zoo's arcfaceresnet100-8.onnx, or one of ours).
+    #[arg(long)]
+    onnx: PathBuf,
+    /// The checkpoint to write.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+pub fn export(args: &ExportArgs, cli_device: &Option<String>) -> Result<()> {
+    let (model, source) = match (&args.model, &args.config) {
+        (Some(path), _) => {
+            let device = super::device_or_cpu(cli_device)?;
+            let (model, meta) = load_backbone(path, &device)?;
+            (
+                model,
+                format!("{} ({})", path.display(), meta.config.network),
+            )
+        }
+        (None, Some(path)) => {
+            let config = Config::load(path)?;
+            let device = super::devices(cli_device, &config)?.remove(0);
+            let seed = args.seed.unwrap_or(config.seed);
+            device.seed(seed);
+            let model = backbone_config(&config).init(&device).valid();
+            (
+                model,
+                format!(
+                    "{} ({}, initialised with seed {seed})",
+                    path.display(),
+                    config.network
+                ),
+            )
+        }
+        (None, None) => bail!("give --model CKPT or --config FILE"),
+    };
+    if let Some(out) = &args.safetensors {
+        arcface::export::safetensors::write(&named_tensors(&model, "backbone."), out)?;
+        println!("wrote {source} to {}", out.display());
+    }
+    if let Some(out) = &args.onnx {
+        let proto = onnx::backbone_to_onnx(&model, args.batch)?;
+        onnx::export::write(&proto, out)?;
+        println!(
+            "wrote {source} to {} (opset 8, batch {:?})",
+            out.display(),
+            args.batch
+        );
+    }
+    Ok(())
+}
+
+pub fn import(args: &ImportArgs, cli_device: &Option<String>) -> Result<()> {
+    let path = &args.onnx;
+    let mut proto = onnx::load::read_model(path)?;
+    let context = || path.display().to_string();
+    let repairs = onnx::load::repair_zoo_defects(&mut proto).with_context(context)?;
+    let imported = onnx::import::import(&proto).with_context(context)?;
+    let device = super::device_or_cpu(cli_device)?;
+    let model = imported.backbone(&device).with_context(context)?;
+    // The file, run by tract, and our model with its weights must agree.
+    let difference = onnx::import::compare_outputs(proto, &model, &device).with_context(context)?;
+    imported.checkpoint().save(&args.out)?;
+    for note in repairs.iter().chain(&imported.notes) {
+        println!("note: {note}");
+    }
+    let values: usize = imported.tensors.values().map(|t| t.num_elements()).sum();
+    println!(
+        "imported {} as {}, {}-d embeddings ({} values), into {}; outputs agree within {difference:.2e} (relative)",
+        path.display(),
+        imported.network,
+        imported.embedding_size,
+        thousands(values),
+        args.out.display()
+    );
+    Ok(())
+}

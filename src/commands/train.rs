@@ -1,0 +1,47 @@
+//! `arcface train`: the main job.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+
+use arcface::config::Config;
+use arcface::train;
+
+#[derive(clap::Args)]
+pub struct TrainArgs {
+    #[arg(long)]
+    config: PathBuf,
+    /// Continue from the newest checkpoint in the output folder, or from the given file.
+    #[arg(long, num_args = 0..=1, default_missing_value = "latest")]
+    resume: Option<String>,
+    /// Stop after this many steps (smoke tests); the config's epochs otherwise.
+    #[arg(long)]
+    max_steps: Option<usize>,
+}
+
+pub fn run(args: &TrainArgs, cli_device: &Option<String>) -> Result<()> {
+    let config = Config::load(&args.config)?;
+    let devices = super::devices(cli_device, &config)?;
+    anyhow::ensure!(
+        devices.len() == 1,
+        "multi-GPU data parallel training is not implemented yet: use one device (e.g. --device cuda:0)"
+    );
+    let resume = args.resume.as_ref().map(|r| match r.as_str() {
+        "latest" => train::Resume::Latest,
+        path => train::Resume::Path(PathBuf::from(path)),
+    });
+    let options = train::TrainOptions {
+        resume,
+        max_steps: args.max_steps,
+    };
+    let report = train::train(&config, &devices[0], &options)?;
+    if let Some((step, results)) = report.validations.last() {
+        for r in results {
+            println!(
+                "{} at step {step}: accuracy {:.4} ± {:.4}",
+                r.name, r.accuracy, r.std
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,83 @@
+//! What turns aligned 112×112 faces into embeddings: our burn backbone (a checkpoint) or an
+//! ONNX file run by tract. `eval`, `infer` and `bench` take either through `--model`.
+
+use std::path::Path;
+
+use anyhow::{Result, bail};
+use burn::tensor::{Device, Tensor, TensorData};
+
+use crate::model::IResNet;
+use crate::model::iresnet::INPUT_SIZE;
+use crate::onnx::OnnxEmbedder;
+use crate::train::checkpoint::load_backbone;
+
+/// Values in one [3,112,112] image.
+pub const IMAGE_VALUES: usize = 3 * INPUT_SIZE * INPUT_SIZE;
+
+// A handful exist per process; the size difference between the variants costs nothing.
+#[allow(clippy::large_enum_variant)]
+pub enum Embedder {
+    /// A backbone in inference mode on a burn device.
+    Burn {
+        model: IResNet,
+        device: Device,
+    },
+    Onnx(OnnxEmbedder),
+}
+
+impl Embedder {
+    /// `X.onnx` runs with tract; anything else is read as an `arcface train` checkpoint.
+    pub fn load(path: &Path, device: &Device) -> Result<Embedder> {
+        if is_onnx(path) {
+            return Ok(Embedder::Onnx(OnnxEmbedder::load(path)?));
+        }
+        let (model, _) = load_backbone(path, device)?;
+        Ok(Embedder::Burn {
+            model,
+            device: device.clone(),
+        })
+    }
+
+    pub fn embedding_size(&self) -> usize {
+        match self {
+            Embedder::Burn { model, .. } => model.features.gamma.dims()[0],
+            Embedder::Onnx(onnx) => onnx.embedding_size(),
+        }
+    }
+
+    /// Messages about the loaded model a user should see (the zoo repairs).
+    pub fn notes(&self) -> &[String] {
+        match self {
+            Embedder::Burn { .. } => &[],
+            Embedder::Onnx(onnx) => &onnx.repairs,
+        }
+    }
+
+    /// Whole raw-RGB [3,112,112] images back to back → their embeddings (not normalised),
+    /// row-major [n, E].
+    pub fn embed(&self, images: &[f32]) -> Result<Vec<f32>> {
+        if !images.len().is_multiple_of(IMAGE_VALUES) {
+            bail!(
+                "{} values is not a whole number of 3×112×112 images",
+                images.len()
+            );
+        }
+        match self {
+            Embedder::Burn { model, device } => {
+                let n = images.len() / IMAGE_VALUES;
+                let data = TensorData::new(images.to_vec(), [n, 3, INPUT_SIZE, INPUT_SIZE]);
+                let out = model.forward(Tensor::<4>::from_data(data, device));
+                out.into_data()
+                    .convert::<f32>()
+                    .try_into_vec::<f32>()
+                    .map_err(|e| anyhow::anyhow!("{e:?}"))
+            }
+            Embedder::Onnx(onnx) => onnx.embed(images),
+        }
+    }
+}
+
+pub fn is_onnx(path: &Path) -> bool {
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("onnx"))
+}

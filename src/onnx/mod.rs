@@ -1,0 +1,14 @@
+//! ONNX: our opset-8 embedder writer, the zoo-tolerant reader, tract inference, and import of
+//! an LResNet-E-IR file's weights into our model.
+//!
+//! burn-onnx cannot write the file users expect (opset 18 only, no PRelu, automatic names), so
+//! the writer is ours, over tract-onnx's protobuf types; tract runs the files.
+
+pub mod export;
+pub mod import;
+pub mod load;
+pub mod proto;
+pub mod run;
+
+pub use export::{Batch, backbone_to_onnx};
+pub use run::OnnxEmbedder;

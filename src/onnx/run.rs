@@ -1,0 +1,118 @@
+//! Running an ONNX embedder with tract (pure Rust). The plan is specialised to one image
+//! [1,3,112,112] and images run on rayon's threads side by side: on a few cores that beats one
+//! batched plan, whose im2col is a separate pass (measured; docs/PERFORMANCE.md).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use rayon::prelude::*;
+use tract_onnx::pb;
+use tract_onnx::prelude::*;
+
+use super::load::{data_input, graph, read_model, repair_zoo_defects};
+use crate::model::iresnet::INPUT_SIZE;
+
+const IMAGE: usize = 3 * INPUT_SIZE * INPUT_SIZE;
+
+pub struct OnnxEmbedder {
+    plan: Arc<TypedSimplePlan>,
+    embedding_size: usize,
+    /// What was repaired on load (the zoo's defects), for the user to see.
+    pub repairs: Vec<String>,
+}
+
+impl OnnxEmbedder {
+    /// Loads an embedder file: one input [N,3,112,112] (raw RGB 0–255, as the zoo's), one
+    /// output [N,E]. The errors name the file.
+    pub fn load(path: &Path) -> Result<OnnxEmbedder> {
+        let model = read_model(path)?;
+        Self::from_proto(model).with_context(|| format!("{}", path.display()))
+    }
+
+    pub fn from_proto(mut model: pb::ModelProto) -> Result<OnnxEmbedder> {
+        let repairs = repair_zoo_defects(&mut model)?;
+        let (input, dims) = data_input(graph(&model))?;
+        let expected = [3, INPUT_SIZE as i64, INPUT_SIZE as i64];
+        if dims.len() != 4
+            || dims[1..]
+                .iter()
+                .zip(expected)
+                .any(|(d, e)| d.is_some_and(|d| d != e))
+        {
+            let shown: Vec<String> = dims
+                .iter()
+                .map(|d| d.map_or("?".to_string(), |d| d.to_string()))
+                .collect();
+            bail!(
+                "input `{input}` has shape [{}]; a face embedder takes [N,3,112,112]",
+                shown.join(",")
+            );
+        }
+        if graph(&model).output.len() != 1 {
+            bail!(
+                "the graph has {} outputs; an embedder has one",
+                graph(&model).output.len()
+            );
+        }
+        let inference = tract_onnx::onnx()
+            .model_for_proto_model(&model)
+            .map_err(|e| anyhow::anyhow!("tract cannot read the graph: {e:#}"))?
+            .with_input_fact(0, f32::fact([1, 3, INPUT_SIZE, INPUT_SIZE]).into())
+            .map_err(|e| anyhow::anyhow!("{e:#}"))?;
+        let typed = inference
+            .into_optimized()
+            .map_err(|e| anyhow::anyhow!("tract cannot optimise the graph: {e:#}"))?;
+        let out = typed
+            .output_fact(0)
+            .map_err(|e| anyhow::anyhow!("{e:#}"))?
+            .shape
+            .as_concrete()
+            .map(|s| s.to_vec());
+        let embedding_size = match out.as_deref() {
+            Some([1, e]) => *e,
+            other => bail!("output has shape {other:?} for one image; an embedder gives [1,E]"),
+        };
+        let plan = typed
+            .into_runnable()
+            .map_err(|e| anyhow::anyhow!("{e:#}"))?;
+        Ok(OnnxEmbedder {
+            plan,
+            embedding_size,
+            repairs,
+        })
+    }
+
+    pub fn embedding_size(&self) -> usize {
+        self.embedding_size
+    }
+
+    /// `images`: whole [3,112,112] raw RGB images back to back → their embeddings, row-major.
+    pub fn embed(&self, images: &[f32]) -> Result<Vec<f32>> {
+        if !images.len().is_multiple_of(IMAGE) {
+            bail!(
+                "{} values is not a whole number of 3×112×112 images",
+                images.len()
+            );
+        }
+        let rows = images
+            .par_chunks(IMAGE)
+            .map(|image| self.embed_one(image))
+            .collect::<Result<Vec<Vec<f32>>>>()?;
+        Ok(rows.concat())
+    }
+
+    fn embed_one(&self, image: &[f32]) -> Result<Vec<f32>> {
+        let input =
+            tract_ndarray::Array4::from_shape_vec((1, 3, INPUT_SIZE, INPUT_SIZE), image.to_vec())?
+                .into_tensor();
+        let outputs = self
+            .plan
+            .run(tvec!(input.into()))
+            .map_err(|e| anyhow::anyhow!("tract: {e:#}"))?;
+        let view = outputs[0]
+            .to_plain_array_view::<f32>()
+            .map_err(|e| anyhow::anyhow!("{e:#}"))?;
+        Ok(view.iter().copied().collect())
+    }
+}

@@ -1,0 +1,516 @@
+//! ONNX: our opset-8 export against the `onnx` checker and onnxruntime, tract against both,
+//! the zoo's defects reproduced by an independent graph builder (tests/reference/onnx_models.py),
+//! import from MXNet- and PyTorch-style files, the round trip, and bad files.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use burn::module::Module;
+use burn::tensor::{Device, TensorData};
+use serde_json::json;
+
+use arcface::config::Config;
+use arcface::embedder::{Embedder, IMAGE_VALUES};
+use arcface::model::summary::count_params;
+use arcface::model::{IResNet, Network, backbone_config};
+use arcface::onnx::{self, Batch, OnnxEmbedder};
+use arcface::train::checkpoint::{load_named, named_tensors};
+use common::{arcface, run_reference};
+
+fn write_f32(path: &Path, values: &[f32]) {
+    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    std::fs::write(path, bytes).unwrap();
+}
+
+fn read_f32(path: &Path) -> Vec<f32> {
+    std::fs::read(path)
+        .unwrap()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect()
+}
+
+/// A deterministic stream in [0, 1).
+fn uniform(seed: u64) -> impl FnMut() -> f32 {
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    move || {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (state >> 40) as f32 / (1u64 << 24) as f32
+    }
+}
+
+fn random_images(n: usize, seed: u64) -> Vec<f32> {
+    let mut u = uniform(seed);
+    (0..n * IMAGE_VALUES)
+        .map(|_| (u() * 255.0).floor())
+        .collect()
+}
+
+/// A freshly initialised backbone with random BatchNorm statistics and affine parameters and
+/// PReLU slopes, so that a swapped or misplaced parameter changes the output.
+fn randomized(network: Network, embedding_size: usize, seed: u64) -> IResNet {
+    let config = Config {
+        network,
+        embedding_size,
+        ..Config::default()
+    };
+    let device = Device::flex();
+    device.seed(seed);
+    let model = backbone_config(&config).init(&device);
+    let mut u = uniform(seed);
+    let tensors: BTreeMap<String, TensorData> = named_tensors(&model, "")
+        .into_iter()
+        .map(|(name, data)| {
+            let (lo, hi) = match name.rsplit('.').next().unwrap() {
+                "gamma" => (0.5, 1.5),
+                "beta" | "running_mean" => (-0.1, 0.1),
+                "running_var" => (0.5, 2.0),
+                "alpha" => (0.1, 0.4),
+                _ => return (name, data),
+            };
+            let shape = data.shape().to_vec();
+            let n = data.num_elements();
+            let values: Vec<f32> = (0..n).map(|_| lo + (hi - lo) * u()).collect();
+            (name, TensorData::new(values, shape))
+        })
+        .collect();
+    load_named(model, "", &tensors).unwrap().valid()
+}
+
+fn burn_embed(model: &IResNet, images: &[f32]) -> Vec<f32> {
+    Embedder::Burn {
+        model: model.clone(),
+        device: Device::flex(),
+    }
+    .embed(images)
+    .unwrap()
+}
+
+/// Largest over rows of ‖a − b‖ / ‖b‖.
+fn relative(a: &[f32], b: &[f32], e: usize) -> f64 {
+    assert_eq!(a.len(), b.len());
+    a.chunks(e)
+        .zip(b.chunks(e))
+        .map(|(x, y)| {
+            let d: f64 = x.iter().zip(y).map(|(p, q)| ((p - q) as f64).powi(2)).sum();
+            let n: f64 = y.iter().map(|q| (*q as f64).powi(2)).sum();
+            (d / n).sqrt()
+        })
+        .fold(0.0, f64::max)
+}
+
+/// onnxruntime's `fc1` for `images` and the checker's facts about `model`.
+fn onnxruntime(model: &Path, images: &[f32], dir: &Path) -> (Vec<f32>, serde_json::Value) {
+    let (input, output) = (dir.join("in.f32"), dir.join("out.f32"));
+    write_f32(&input, images);
+    let facts = run_reference(
+        "onnx_models.py",
+        &json!({"op": "check", "model": model, "input": input, "n": images.len() / IMAGE_VALUES,
+                "output": output}),
+    );
+    (read_f32(&output), facts)
+}
+
+fn check_export(network: Network, embedding_size: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let model = randomized(network, embedding_size, 7);
+    let file = dir.path().join("model.onnx");
+    onnx::export::write(
+        &onnx::backbone_to_onnx(&model, Batch::Dynamic).unwrap(),
+        &file,
+    )
+    .unwrap();
+
+    let images = random_images(4, 11);
+    let (reference, facts) = onnxruntime(&file, &images, dir.path());
+    assert_eq!(facts["ir_version"], 3);
+    assert_eq!(facts["opsets"], json!([["", 8]]));
+    assert_eq!(facts["input"], "data");
+    assert_eq!(facts["input_dims"], json!(["N", 3, 112, 112]));
+    assert_eq!(facts["outputs"], json!(["fc1"]));
+    assert_eq!(facts["output_dims"], json!(["N", embedding_size]));
+    assert_eq!(
+        facts["ops"],
+        json!([
+            "Add",
+            "BatchNormalization",
+            "Constant",
+            "Conv",
+            "Flatten",
+            "Gemm",
+            "Mul",
+            "PRelu",
+            "Sub"
+        ])
+    );
+    assert_eq!(facts["initializers_in_inputs"], true);
+    assert_eq!(
+        facts["prelu_slope_shapes"],
+        json!([[64, 1, 1], [128, 1, 1], [256, 1, 1], [512, 1, 1]])
+    );
+    assert_eq!(facts["bn_attributes"], json!(["epsilon", "momentum"]));
+    let (params, _) = count_params(&model);
+    assert_eq!(
+        facts["parameters"], params,
+        "every backbone parameter, nothing else"
+    );
+    let stats: usize = named_tensors(&model, "")
+        .iter()
+        .filter(|(k, _)| k.contains("running_"))
+        .map(|(_, v)| v.num_elements())
+        .sum();
+    assert_eq!(facts["values"], params + stats);
+    let names: Vec<String> = serde_json::from_value(facts["names"].clone()).unwrap();
+    for name in [
+        "conv1.weight",
+        "bn1.running_var",
+        "prelu.weight",
+        "layer1.0.downsample.0.weight",
+        "layer4.1.conv2.weight",
+        "fc.weight",
+        "fc.bias",
+        "features.weight",
+    ] {
+        assert!(names.contains(&name.to_string()), "{name} in {names:?}");
+    }
+
+    let tract = OnnxEmbedder::load(&file).unwrap();
+    for n in [1, 4] {
+        let batch = &images[..n * IMAGE_VALUES];
+        let ours = burn_embed(&model, batch);
+        let via_tract = tract.embed(batch).unwrap();
+        let want = &reference[..n * embedding_size];
+        let (b, t) = (
+            relative(&ours, want, embedding_size),
+            relative(&via_tract, want, embedding_size),
+        );
+        println!("{network} batch {n}: burn vs onnxruntime {b:.2e}, tract vs onnxruntime {t:.2e}");
+        assert!(b < 1e-4, "burn vs onnxruntime: {b}");
+        assert!(t < 1e-4, "tract vs onnxruntime: {t}");
+    }
+}
+
+#[test]
+fn r18_export_passes_the_checker_and_runs_equal_in_onnxruntime_tract_and_burn() {
+    check_export(Network::R18, 512);
+}
+
+#[test]
+fn r100_export_passes_the_checker_and_runs_equal_in_onnxruntime_tract_and_burn() {
+    check_export(Network::R100, 512);
+}
+
+/// A zoo-style or torch-style file from the independent builder; returns (defective, fixed).
+fn reference_file(
+    dir: &Path,
+    style: &str,
+    units: [usize; 4],
+    widths: [usize; 4],
+    e: usize,
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (defective, fixed) = (
+        dir.join(format!("{style}.onnx")),
+        dir.join(format!("{style}-fixed.onnx")),
+    );
+    let out = run_reference(
+        "onnx_models.py",
+        &json!({"op": "zoo", "defective": defective, "fixed": fixed, "units": units,
+                "widths": widths, "embedding": e, "style": style, "seed": 5}),
+    );
+    if style == "mxnet" {
+        assert_eq!(
+            out["onnxruntime_refuses_defective"], true,
+            "the defects are reproduced"
+        );
+    }
+    (defective, fixed)
+}
+
+#[test]
+fn zoo_style_file_runs_in_tract_and_imports_after_repair() {
+    let dir = tempfile::tempdir().unwrap();
+    let (zoo, fixed) = reference_file(dir.path(), "mxnet", [2, 2, 2, 2], [64, 128, 256, 512], 512);
+    let images = random_images(2, 3);
+    let (reference, _) = onnxruntime(&fixed, &images, dir.path());
+
+    // tract loads the defective file itself.
+    let tract = OnnxEmbedder::load(&zoo).unwrap();
+    assert!(
+        tract.repairs.iter().any(|r| r.contains("spatial=0")),
+        "{:?}",
+        tract.repairs
+    );
+    assert!(
+        tract
+            .repairs
+            .iter()
+            .any(|r| r.contains("reshaped to [64, 1, 1]")),
+        "{:?}",
+        tract.repairs
+    );
+    let t = relative(&tract.embed(&images).unwrap(), &reference, 512);
+    assert!(
+        t < 1e-4,
+        "tract on the zoo-style file vs onnxruntime on the fixed one: {t}"
+    );
+
+    // Import finds an r18 by its structure (MXNet names) and gives the same embeddings.
+    let mut proto = onnx::load::read_model(&zoo).unwrap();
+    onnx::load::repair_zoo_defects(&mut proto).unwrap();
+    let imported = onnx::import::import(&proto).unwrap();
+    assert_eq!(imported.network, Network::R18);
+    assert_eq!(imported.embedding_size, 512);
+    let model = imported.backbone(&Device::flex()).unwrap();
+    let b = relative(&burn_embed(&model, &images), &reference, 512);
+    assert!(b < 1e-4, "imported burn model vs onnxruntime: {b}");
+
+    // And the CLI does the same, reporting the repairs.
+    let ckpt = dir.path().join("zoo.ckpt");
+    let out = arcface()
+        .args(["import", "--onnx"])
+        .arg(&zoo)
+        .arg("--out")
+        .arg(&ckpt)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("as r18, 512-d"), "{stdout}");
+    assert!(stdout.contains("spatial=0"), "{stdout}");
+}
+
+#[test]
+fn torch_style_file_imports_with_its_epsilon_and_without_inner_normalisation() {
+    let dir = tempfile::tempdir().unwrap();
+    let (file, _) = reference_file(dir.path(), "torch", [1, 1, 1, 1], [8, 16, 32, 64], 128);
+    let images = random_images(2, 9);
+    // The file expects normalised input; our imported model takes raw RGB.
+    let normalised: Vec<f32> = images.iter().map(|x| (x - 127.5) * 0.0078125).collect();
+    let (reference, facts) = onnxruntime(&file, &normalised, dir.path());
+    assert_eq!(facts["ir_version"], 4);
+    let mut proto = onnx::load::read_model(&file).unwrap();
+    assert!(
+        onnx::load::repair_zoo_defects(&mut proto)
+            .unwrap()
+            .is_empty()
+    );
+    let imported = onnx::import::import(&proto).unwrap();
+    assert_eq!(imported.network, Network::Tiny);
+    assert!(
+        imported.notes.iter().any(|n| n.contains("epsilon 0.00001")),
+        "{:?}",
+        imported.notes
+    );
+    assert!(
+        imported
+            .notes
+            .iter()
+            .any(|n| n.contains("does not normalise")),
+        "{:?}",
+        imported.notes
+    );
+    let model = imported.backbone(&Device::flex()).unwrap();
+    let b = relative(&burn_embed(&model, &images), &reference, 128);
+    assert!(b < 1e-4, "imported vs onnxruntime: {b}");
+}
+
+#[test]
+fn import_export_import_round_trip_is_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = randomized(Network::Tiny, 128, 3);
+    let first = onnx::backbone_to_onnx(&model, Batch::Fixed(2)).unwrap();
+    let imported = onnx::import::import(&first).unwrap();
+    assert_eq!(imported.network, Network::Tiny);
+    assert_eq!(
+        imported.tensors,
+        named_tensors(&model, ""),
+        "import gives back every tensor bit for bit"
+    );
+    assert!(imported.notes.is_empty(), "{:?}", imported.notes);
+
+    // Through the CLI: checkpoint → ONNX → checkpoint → ONNX, files equal.
+    let ckpt = dir.path().join("a.ckpt");
+    imported.checkpoint().save(&ckpt).unwrap();
+    let run = |args: &[&str]| {
+        let out = arcface().args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let p = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
+    run(&["export", "--model", &p("a.ckpt"), "--onnx", &p("a.onnx")]);
+    let stdout = run(&["import", "--onnx", &p("a.onnx"), "--out", &p("b.ckpt")]);
+    assert!(stdout.contains("as tiny, 128-d"), "{stdout}");
+    run(&["export", "--model", &p("b.ckpt"), "--onnx", &p("b.onnx")]);
+    assert_eq!(
+        std::fs::read(p("a.onnx")).unwrap(),
+        std::fs::read(p("b.onnx")).unwrap()
+    );
+}
+
+#[test]
+fn bad_onnx_files_give_errors_that_name_the_file_or_tensor() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name);
+    let fails = |args: &[&std::ffi::OsStr]| {
+        let out = arcface().args(args).output().unwrap();
+        assert!(!out.status.success(), "{args:?} succeeded");
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        stderr
+    };
+    let model = randomized(Network::Tiny, 64, 1);
+    let proto = onnx::backbone_to_onnx(&model, Batch::Dynamic).unwrap();
+    let good = prost_bytes(&proto);
+
+    // Not protobuf at all, and a truncated file.
+    std::fs::write(p("junk.onnx"), b"this is not a model").unwrap();
+    std::fs::write(p("cut.onnx"), &good[..good.len() / 2]).unwrap();
+    for name in ["junk.onnx", "cut.onnx"] {
+        let e = fails(&[
+            "import".as_ref(),
+            "--onnx".as_ref(),
+            p(name).as_os_str(),
+            "--out".as_ref(),
+            p("x.ckpt").as_os_str(),
+        ]);
+        assert!(e.contains(name) && e.contains("not an ONNX model"), "{e}");
+        assert!(!p("x.ckpt").exists());
+    }
+
+    // A weight with the wrong shape: the error names the tensor.
+    let mut bad = proto.clone();
+    let t = bad
+        .graph
+        .as_mut()
+        .unwrap()
+        .initializer
+        .iter_mut()
+        .find(|t| t.name == "layer2.0.conv1.weight")
+        .unwrap();
+    t.dims = vec![16, 8, 3];
+    std::fs::write(p("shape.onnx"), prost_bytes(&bad)).unwrap();
+    let e = fails(&[
+        "import".as_ref(),
+        "--onnx".as_ref(),
+        p("shape.onnx").as_os_str(),
+        "--out".as_ref(),
+        p("x.ckpt").as_os_str(),
+    ]);
+    assert!(e.contains("layer2.0.conv1.weight"), "{e}");
+
+    // Raw bytes that do not fill the dims.
+    let mut bad = proto.clone();
+    let t = bad
+        .graph
+        .as_mut()
+        .unwrap()
+        .initializer
+        .iter_mut()
+        .find(|t| t.name == "bn1.running_var")
+        .unwrap();
+    t.raw_data.truncate(6);
+    std::fs::write(p("bytes.onnx"), prost_bytes(&bad)).unwrap();
+    let e = fails(&[
+        "import".as_ref(),
+        "--onnx".as_ref(),
+        p("bytes.onnx").as_os_str(),
+        "--out".as_ref(),
+        p("x.ckpt").as_os_str(),
+    ]);
+    assert!(e.contains("bn1.running_var"), "{e}");
+
+    // A graph that is not an embedder (wrong input size) in eval.
+    let mut small = proto.clone();
+    if let Some(tract_onnx::pb::type_proto::Value::TensorType(t)) =
+        small.graph.as_mut().unwrap().input[0]
+            .r#type
+            .as_mut()
+            .unwrap()
+            .value
+            .as_mut()
+    {
+        let dims = &mut t.shape.as_mut().unwrap().dim;
+        dims[2].value = Some(tract_onnx::pb::tensor_shape_proto::dimension::Value::DimValue(12));
+    }
+    std::fs::write(p("small.onnx"), prost_bytes(&small)).unwrap();
+    let e = fails(&[
+        "eval".as_ref(),
+        "--model".as_ref(),
+        p("small.onnx").as_os_str(),
+        "--bin".as_ref(),
+        p("none.bin").as_os_str(),
+    ]);
+    assert!(
+        e.contains("small.onnx") && e.contains("[N,3,112,112]"),
+        "{e}"
+    );
+}
+
+fn prost_bytes(model: &tract_onnx::pb::ModelProto) -> Vec<u8> {
+    use prost::Message;
+    model.encode_to_vec()
+}
+
+#[test]
+fn eval_scores_an_onnx_file_as_its_imported_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
+    let config = arcface::data::synth::SynthConfig::new(10, 2, 60, 4);
+    arcface::data::synth::val_pairs(&config)
+        .write(Path::new(&p("val.bin")))
+        .unwrap();
+    let run = |args: &[&str]| {
+        let out = arcface().args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap_or(json!(null))
+    };
+    run(&[
+        "export",
+        "--config",
+        &format!("{}/configs/tiny.toml", env!("CARGO_MANIFEST_DIR")),
+        "--seed",
+        "3",
+        "--onnx",
+        &p("m.onnx"),
+    ]);
+    run(&["import", "--onnx", &p("m.onnx"), "--out", &p("m.ckpt")]);
+    let a = run(&[
+        "eval",
+        "--model",
+        &p("m.onnx"),
+        "--bin",
+        &p("val.bin"),
+        "--json",
+    ]);
+    let b = run(&[
+        "eval",
+        "--model",
+        &p("m.ckpt"),
+        "--bin",
+        &p("val.bin"),
+        "--json",
+    ]);
+    let (a, b) = (&a["targets"][0], &b["targets"][0]);
+    assert_eq!(a["pairs"], 60);
+    assert_eq!(a["accuracy"], b["accuracy"]);
+    let (xa, xb) = (a["xnorm"].as_f64().unwrap(), b["xnorm"].as_f64().unwrap());
+    assert!((xa - xb).abs() <= 1e-4 * xb, "XNorm {xa} vs {xb}");
+}
