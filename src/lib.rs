@@ -10,6 +10,7 @@ pub mod device;
 pub mod embedder;
 pub mod eval;
 pub mod export;
+pub mod infer;
 pub mod model;
 pub mod onnx;
 pub mod progress;

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
-use commands::{bench, data, eval, export, summary, train};
+use commands::{bench, data, eval, export, infer, summary, train};
 
 #[derive(Parser)]
 #[command(
@@ -35,6 +35,8 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Export a backbone for other tools: safetensors (arcface_torch names) or opset-8 ONNX.
     Export(export::ExportArgs),
+    /// Faces in photos: detect (MTCNN), align, embed, compare.
+    Infer(infer::InferArgs),
     /// Read an LResNet-E-IR ONNX file's weights (e.g. the model zoo's) into a checkpoint.
     Import(export::ImportArgs),
     /// Synthetic face-like identities in insightface's formats (train.rec/.idx/property and
@@ -72,6 +74,7 @@ fn run(cli: &Cli) -> Result<()> {
         Command::Eval(args) => eval::run(args, device),
         Command::Export(args) => export::export(args, device),
         Command::Import(args) => export::import(args, device),
+        Command::Infer(args) => infer::run(args, device),
         Command::Synth(args) => data::synth(args),
         Command::Pack(args) => data::pack(args),
         Command::PackPairs(args) => data::pack_pairs(args),

@@ -50,6 +50,12 @@ pub enum BenchCommand {
         /// Time each engine at least this long.
         #[arg(long, default_value_t = 5.0)]
         seconds: f64,
+        /// Also time MTCNN detection + alignment of every face on this photo (ms per photo).
+        #[arg(long)]
+        photo: Option<PathBuf>,
+        /// MTCNN weights for --photo (scripts/fetch-models.sh).
+        #[arg(long, default_value = "models/mtcnn")]
+        mtcnn: PathBuf,
         /// Also time onnxruntime on the same ONNX file with scripts/bench_onnxruntime.py
         /// (Python: $ARCFACE_PYTHON, else python3; needs numpy and onnxruntime).
         #[arg(long)]
@@ -119,9 +125,16 @@ pub fn run(what: &BenchCommand, cli_device: &Option<String>) -> Result<()> {
             model,
             batch,
             seconds,
+            photo,
+            mtcnn,
             onnxruntime,
             json,
-        } => infer(model, *batch, *seconds, *onnxruntime, *json, cli_device)?,
+        } => {
+            infer(model, *batch, *seconds, *onnxruntime, *json, cli_device)?;
+            if let Some(photo) = photo {
+                detection(photo, mtcnn, *seconds, *json)?;
+            }
+        }
     }
     Ok(())
 }
@@ -228,4 +241,41 @@ fn onnxruntime(file: &Path, batch: usize, seconds: f64) -> Result<InferThroughpu
     let line = String::from_utf8_lossy(&output.stdout);
     serde_json::from_str(line.trim())
         .with_context(|| format!("{}: unexpected output `{}`", script.display(), line.trim()))
+}
+
+/// Detection + alignment of every face of `photo`, repeated for at least `seconds`.
+fn detection(photo: &Path, mtcnn: &Path, seconds: f64, json: bool) -> Result<()> {
+    use arcface::infer::{Mtcnn, MtcnnConfig, align_face, read_image};
+    let image = read_image(photo)?;
+    let detector = Mtcnn::load(mtcnn, MtcnnConfig::default())?;
+    let once = || -> Result<usize> {
+        let faces = detector.detect(&image)?;
+        Ok(faces
+            .iter()
+            .filter_map(|f| align_face(&image, &f.landmarks))
+            .count())
+    };
+    let faces = once()?;
+    let start = std::time::Instant::now();
+    let mut runs = 0;
+    while runs < 2 || start.elapsed().as_secs_f64() < seconds {
+        once()?;
+        runs += 1;
+    }
+    let ms = start.elapsed().as_secs_f64() * 1e3 / runs as f64;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"photo": photo, "width": image.width(), "height": image.height(),
+                               "faces": faces, "runs": runs, "ms_per_photo": ms})
+        );
+    } else {
+        println!(
+            "detect + align: {} ({}×{}, {faces} faces): {ms:.1} ms per photo over {runs} runs",
+            photo.display(),
+            image.width(),
+            image.height()
+        );
+    }
+    Ok(())
 }

@@ -5,6 +5,7 @@ pub mod bench;
 pub mod data;
 pub mod eval;
 pub mod export;
+pub mod infer;
 pub mod summary;
 pub mod train;
 

@@ -1,12 +1,14 @@
 //! Running an ONNX embedder with tract (pure Rust). The plan is specialised to one image
-//! [1,3,112,112] and images run on rayon's threads side by side: on a few cores that beats one
-//! batched plan, whose im2col is a separate pass (measured; docs/PERFORMANCE.md).
+//! [1,3,112,112]; a batch runs its images on rayon's threads side by side, which on a few cores
+//! beats one batched plan (whose im2col is a separate pass), and a lone image spreads its matrix
+//! products over the threads instead (measured; docs/PERFORMANCE.md).
 
 use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use rayon::prelude::*;
+use tract_linalg::multithread::{Executor, multithread_tract_scope};
 use tract_onnx::pb;
 use tract_onnx::prelude::*;
 
@@ -88,6 +90,8 @@ impl OnnxEmbedder {
     }
 
     /// `images`: whole [3,112,112] raw RGB images back to back → their embeddings, row-major.
+    /// With at least as many images as threads, images run side by side on one thread each;
+    /// with fewer, one after the other, each spreading its matrix products over all threads.
     pub fn embed(&self, images: &[f32]) -> Result<Vec<f32>> {
         if !images.len().is_multiple_of(IMAGE) {
             bail!(
@@ -95,10 +99,20 @@ impl OnnxEmbedder {
                 images.len()
             );
         }
-        let rows = images
-            .par_chunks(IMAGE)
-            .map(|image| self.embed_one(image))
-            .collect::<Result<Vec<Vec<f32>>>>()?;
+        let n = images.len() / IMAGE;
+        let rows = if n >= rayon::current_num_threads() {
+            images
+                .par_chunks(IMAGE)
+                .map(|image| self.embed_one(image))
+                .collect::<Result<Vec<Vec<f32>>>>()?
+        } else {
+            multithread_tract_scope(Executor::RayonGlobal, || {
+                images
+                    .chunks(IMAGE)
+                    .map(|image| self.embed_one(image))
+                    .collect::<Result<Vec<Vec<f32>>>>()
+            })?
+        };
         Ok(rows.concat())
     }
 
