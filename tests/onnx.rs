@@ -329,6 +329,12 @@ fn import_export_import_round_trip_is_exact() {
     let dir = tempfile::tempdir().unwrap();
     let model = randomized(Network::Tiny, 128, 3);
     let first = onnx::backbone_to_onnx(&model, Batch::Fixed(2)).unwrap();
+    let (_, dims) = onnx::load::data_input(first.graph.as_ref().unwrap()).unwrap();
+    assert_eq!(
+        dims,
+        [Some(2), Some(3), Some(112), Some(112)],
+        "--batch 2 fixes the batch"
+    );
     let imported = onnx::import::import(&first).unwrap();
     assert_eq!(imported.network, Network::Tiny);
     assert_eq!(

@@ -38,6 +38,12 @@ pub struct InferArgs {
     /// Smallest face side, in pixels, that detection looks for.
     #[arg(long, default_value_t = 20.0)]
     min_face: f64,
+    /// Ratio between the sizes of consecutive pyramid levels.
+    #[arg(long, default_value_t = 0.709)]
+    scale_factor: f64,
+    /// Score thresholds of P-Net, R-Net and O-Net.
+    #[arg(long, value_delimiter = ',', num_args = 3, default_values_t = [0.6, 0.7, 0.7])]
+    thresholds: Vec<f64>,
     /// With a folder: the JSON-lines file the embeddings go to (one line per face).
     #[arg(long, default_value = "embeddings.jsonl")]
     out: PathBuf,
@@ -52,9 +58,13 @@ fn pipeline(args: &InferArgs, cli_device: &Option<String>) -> Result<Pipeline> {
     let detector = if args.no_detect {
         None
     } else {
+        if !(args.min_face > 0.0 && args.scale_factor > 0.1 && args.scale_factor < 1.0) {
+            bail!("--min-face must be positive and --scale-factor within (0.1, 1)");
+        }
         let config = MtcnnConfig {
             min_face_size: args.min_face,
-            ..MtcnnConfig::default()
+            thresholds: [args.thresholds[0], args.thresholds[1], args.thresholds[2]],
+            scale_factor: args.scale_factor,
         };
         Some(Mtcnn::load(&args.mtcnn, config)?)
     };
