@@ -56,6 +56,7 @@ fn resume_continues_with_identical_losses() {
         &TrainOptions {
             resume: None,
             max_steps: Some(8),
+            init: None,
         },
     )
     .unwrap();
@@ -67,6 +68,7 @@ fn resume_continues_with_identical_losses() {
         &TrainOptions {
             resume: None,
             max_steps: Some(3),
+            init: None,
         },
     )
     .unwrap();
@@ -81,6 +83,7 @@ fn resume_continues_with_identical_losses() {
         &TrainOptions {
             resume: Some(Resume::Latest),
             max_steps: Some(5),
+            init: None,
         },
     )
     .unwrap();
@@ -109,6 +112,7 @@ fn a_damaged_checkpoint_is_rejected() {
         &TrainOptions {
             resume: None,
             max_steps: Some(3),
+            init: None,
         },
     )
     .unwrap();
@@ -123,6 +127,7 @@ fn a_damaged_checkpoint_is_rejected() {
         &TrainOptions {
             resume: Some(Resume::Path(path.clone())),
             max_steps: Some(1),
+            init: None,
         },
     )
     .expect_err("a damaged checkpoint must not load")
@@ -147,6 +152,7 @@ fn nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint() {
         &TrainOptions {
             resume: None,
             max_steps: Some(15),
+            init: None,
         },
     )
     .expect_err("training must stop")
@@ -175,6 +181,7 @@ fn tensorboard_files_read_back_with_tensorboard() {
         &TrainOptions {
             resume: None,
             max_steps: Some(4),
+            init: None,
         },
     )
     .unwrap();
@@ -281,6 +288,7 @@ fn eval_cli_reports_every_target_as_json_and_draws_the_roc() {
         &TrainOptions {
             resume: None,
             max_steps: Some(2),
+            init: None,
         },
     )
     .unwrap();
@@ -332,6 +340,7 @@ fn resume_without_a_checkpoint_says_so() {
         &TrainOptions {
             resume: Some(Resume::Latest),
             max_steps: Some(1),
+            init: None,
         },
     )
     .expect_err("nothing to resume from")
@@ -350,6 +359,7 @@ fn safetensors_export_has_arcface_torch_names_and_layouts() {
         &TrainOptions {
             resume: None,
             max_steps: Some(1),
+            init: None,
         },
     )
     .unwrap()
@@ -410,6 +420,7 @@ fn keeps_the_last_k_step_checkpoints_and_the_best() {
         &TrainOptions {
             resume: None,
             max_steps: Some(5),
+            init: None,
         },
     )
     .unwrap();
@@ -426,4 +437,73 @@ fn keeps_the_last_k_step_checkpoints_and_the_best() {
             .to_string_lossy()
             .ends_with(".tmp"))
     );
+}
+
+#[test]
+fn init_starts_the_backbone_from_a_checkpoint() {
+    use arcface::train::checkpoint::Checkpoint;
+    let _turn = serial();
+    let (data, a, b, c) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let device = Device::flex();
+    let mut config = small_config(data.path(), a.path(), "");
+    config.seed = 5;
+    let first = train(
+        &config,
+        &device,
+        &TrainOptions {
+            max_steps: Some(3),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let from = first.last_checkpoint.unwrap();
+    // A different seed and an lr too small to move the weights: one step with --init keeps
+    // the checkpoint's convolutions, one step without starts elsewhere.
+    let step = |output: &Path, init: Option<std::path::PathBuf>| {
+        let mut config = small_config(data.path(), output, "");
+        config.seed = 6;
+        config.lr = 1e-12;
+        let report = train(
+            &config,
+            &device,
+            &TrainOptions {
+                max_steps: Some(1),
+                init,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        Checkpoint::load(&report.last_checkpoint.unwrap()).unwrap()
+    };
+    let (with, without) = (step(b.path(), Some(from.clone())), step(c.path(), None));
+    let source = Checkpoint::load(&from).unwrap();
+    let name = "backbone.layer2.0.conv1.weight";
+    let values = |c: &Checkpoint| c.tensors[name].try_to_vec::<f32>().unwrap();
+    let diff = |x: &[f32], y: &[f32]| {
+        x.iter()
+            .zip(y)
+            .map(|(p, q)| (p - q).abs())
+            .fold(0.0, f32::max)
+    };
+    assert!(diff(&values(&with), &values(&source)) < 1e-6);
+    assert!(diff(&values(&without), &values(&source)) > 1e-2);
+    assert_eq!(with.meta.step, 1, "a new run: the step starts at 0");
+
+    // --init and --resume together are refused.
+    let err = train(
+        &small_config(data.path(), a.path(), ""),
+        &device,
+        &TrainOptions {
+            resume: Some(Resume::Latest),
+            init: Some(from),
+            max_steps: Some(1),
+        },
+    )
+    .unwrap_err();
+    assert!(format!("{err:#}").contains("--init"), "{err:#}");
 }

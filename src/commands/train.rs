@@ -14,6 +14,10 @@ pub struct TrainArgs {
     /// Continue from the newest checkpoint in the output folder, or from the given file.
     #[arg(long, num_args = 0..=1, default_missing_value = "latest")]
     resume: Option<String>,
+    /// Start the backbone from this checkpoint (fine-tuning, e.g. a model zoo file brought in
+    /// with `arcface import`); head and optimizer start fresh.
+    #[arg(long, conflicts_with = "resume")]
+    init: Option<PathBuf>,
     /// Stop after this many steps (smoke tests); the config's epochs otherwise.
     #[arg(long)]
     max_steps: Option<usize>,
@@ -33,6 +37,7 @@ pub fn run(args: &TrainArgs, cli_device: &Option<String>) -> Result<()> {
     let options = train::TrainOptions {
         resume,
         max_steps: args.max_steps,
+        init: args.init.clone(),
     };
     let report = train::train(&config, &devices[0], &options)?;
     if let Some((step, results)) = report.validations.last() {

@@ -54,6 +54,9 @@ pub struct TrainReport {
 pub struct TrainOptions {
     pub resume: Option<Resume>,
     pub max_steps: Option<usize>,
+    /// Start the backbone from this checkpoint's (fine-tuning; e.g. one made by `arcface
+    /// import`); the head, optimizer and step start fresh.
+    pub init: Option<PathBuf>,
 }
 
 /// The validation sets of `val_targets` present in `dir` (missing ones are reported and skipped).
@@ -225,6 +228,20 @@ pub fn train(config: &Config, device: &Device, options: &TrainOptions) -> Result
         cursor: Cursor::default(),
         best: None,
     };
+    if let Some(path) = &options.init {
+        if resume_from.is_some() {
+            bail!("--init starts a new run and --resume continues one: give one of them");
+        }
+        let ckpt = Checkpoint::load(path)?;
+        state.backbone = load_named(state.backbone, "backbone.", &ckpt.tensors)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        notes.push(format!(
+            "backbone initialised from {} ({}, step {})",
+            path.display(),
+            ckpt.meta.config.network,
+            ckpt.meta.step
+        ));
+    }
     if let Some(path) = resume_from {
         let ckpt = Checkpoint::load(&path)?;
         let mismatch = |what: &str| anyhow::anyhow!("{}: {what}", path.display());
