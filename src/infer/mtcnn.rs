@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use image::RgbImage;
+use rayon::prelude::*;
 use tract_onnx::prelude::*;
 
 use super::resize::{FloatImage, resize_area};
@@ -214,52 +215,59 @@ impl Mtcnn {
         scales
     }
 
-    fn stage1(&self, image: &FloatImage) -> Result<Vec<Candidate>> {
-        let mut total = Vec::new();
-        for scale in self.scales(image.width, image.height) {
-            let ws = (image.width as f64 * scale).ceil() as usize;
-            let hs = (image.height as f64 * scale).ceil() as usize;
-            // cv2.resize of the uint8 image gives uint8: rounded.
-            let scaled = resize_area(image, ws, hs);
-            let mut data = Vec::with_capacity(ws * hs * 3);
-            for x in 0..ws {
-                for y in 0..hs {
-                    for c in 0..3 {
-                        let v = scaled.at(x, y, c).round_ties_even().clamp(0.0, 255.0);
-                        data.push((v - 127.5) * 0.0078125);
-                    }
+    /// P-Net on one pyramid level: its candidates after the level's own suppression.
+    fn pnet_level(&self, image: &FloatImage, scale: f64) -> Result<Vec<Candidate>> {
+        let ws = (image.width as f64 * scale).ceil() as usize;
+        let hs = (image.height as f64 * scale).ceil() as usize;
+        // cv2.resize of the uint8 image gives uint8: rounded.
+        let scaled = resize_area(image, ws, hs);
+        let mut data = Vec::with_capacity(ws * hs * 3);
+        for x in 0..ws {
+            for y in 0..hs {
+                for c in 0..3 {
+                    let v = scaled.at(x, y, c).round_ties_even().clamp(0.0, 255.0);
+                    data.push((v - 127.5) * 0.0078125);
                 }
             }
-            let out = run(&self.pnet, [1, ws, hs, 3], data)?;
-            let (reg, prob) = (view(&out[0])?, view(&out[1])?);
-            let (wo, ho) = (prob.shape()[1], prob.shape()[2]);
-            let t = self.config.thresholds[0];
-            let hits: Vec<(usize, usize)> = (0..wo)
-                .flat_map(|x| (0..ho).map(move |y| (x, y)))
-                .filter(|&(x, y)| prob[[0, x, y, 1]] as f64 >= t)
-                .collect();
-            // The reference flips the regression maps when exactly one cell passes.
-            let flip = hits.len() == 1;
-            let boxes: Vec<Candidate> = hits
-                .iter()
-                .map(|&(x, y)| {
-                    let rx = if flip { wo - 1 - x } else { x };
-                    Candidate {
-                        x1: ((2 * x + 1) as f64 / scale).trunc(),
-                        y1: ((2 * y + 1) as f64 / scale).trunc(),
-                        x2: ((2 * x + 12) as f64 / scale).trunc(),
-                        y2: ((2 * y + 12) as f64 / scale).trunc(),
-                        score: prob[[0, x, y, 1]] as f64,
-                        reg: [0, 1, 2, 3].map(|k| reg[[0, rx, y, k]] as f64),
-                    }
-                })
-                .collect();
-            total.extend(
-                nms(&boxes, 0.5, Overlap::Union)
-                    .into_iter()
-                    .map(|i| boxes[i]),
-            );
         }
+        let out = run(&self.pnet, [1, ws, hs, 3], data)?;
+        let (reg, prob) = (view(&out[0])?, view(&out[1])?);
+        let (wo, ho) = (prob.shape()[1], prob.shape()[2]);
+        let t = self.config.thresholds[0];
+        let hits: Vec<(usize, usize)> = (0..wo)
+            .flat_map(|x| (0..ho).map(move |y| (x, y)))
+            .filter(|&(x, y)| prob[[0, x, y, 1]] as f64 >= t)
+            .collect();
+        // The reference flips the regression maps when exactly one cell passes.
+        let flip = hits.len() == 1;
+        let boxes: Vec<Candidate> = hits
+            .iter()
+            .map(|&(x, y)| {
+                let rx = if flip { wo - 1 - x } else { x };
+                Candidate {
+                    x1: ((2 * x + 1) as f64 / scale).trunc(),
+                    y1: ((2 * y + 1) as f64 / scale).trunc(),
+                    x2: ((2 * x + 12) as f64 / scale).trunc(),
+                    y2: ((2 * y + 12) as f64 / scale).trunc(),
+                    score: prob[[0, x, y, 1]] as f64,
+                    reg: [0, 1, 2, 3].map(|k| reg[[0, rx, y, k]] as f64),
+                }
+            })
+            .collect();
+        Ok(nms(&boxes, 0.5, Overlap::Union)
+            .into_iter()
+            .map(|i| boxes[i])
+            .collect())
+    }
+
+    fn stage1(&self, image: &FloatImage) -> Result<Vec<Candidate>> {
+        // Pyramid levels are independent: side by side on rayon's threads, kept in order.
+        let levels = self
+            .scales(image.width, image.height)
+            .into_par_iter()
+            .map(|scale| self.pnet_level(image, scale))
+            .collect::<Result<Vec<Vec<Candidate>>>>()?;
+        let total: Vec<Candidate> = levels.into_iter().flatten().collect();
         if total.is_empty() {
             return Ok(total);
         }
