@@ -9,6 +9,7 @@ pub mod import;
 pub mod load;
 pub mod proto;
 pub mod run;
+mod walk;
 
 pub use export::{Batch, backbone_to_onnx};
 pub use run::OnnxEmbedder;

@@ -1,0 +1,363 @@
+//! Following an ONNX graph's data flow from value to value and reading the LResNet-E-IR layers
+//! (Conv, BatchNormalization, PRelu, and a unit of them) out of it, as our backbone's tensors.
+
+use std::collections::{BTreeMap, HashMap};
+
+use anyhow::{Context, Result, bail};
+use burn::tensor::TensorData;
+use tract_onnx::pb;
+
+use super::proto::{attribute, float_values};
+use crate::model::iresnet::{BN_EPS, INPUT_MEAN, INPUT_SCALE};
+
+/// Ops that carry a value through unchanged at inference.
+pub(super) const PASS_THROUGH: [&str; 2] = ["Identity", "Dropout"];
+
+pub(super) struct Walk<'a> {
+    nodes: &'a [pb::NodeProto],
+    constants: HashMap<&'a str, &'a pb::TensorProto>,
+    consumers: HashMap<&'a str, Vec<usize>>,
+    producer: HashMap<&'a str, usize>,
+    pub tensors: BTreeMap<String, TensorData>,
+    pub notes: Vec<String>,
+}
+
+impl<'a> Walk<'a> {
+    pub fn new(graph: &'a pb::GraphProto) -> Self {
+        let mut constants: HashMap<&str, &pb::TensorProto> = graph
+            .initializer
+            .iter()
+            .map(|t| (t.name.as_str(), t))
+            .collect();
+        let mut consumers: HashMap<&str, Vec<usize>> = HashMap::new();
+        let mut producer = HashMap::new();
+        for (i, node) in graph.node.iter().enumerate() {
+            if node.op_type == "Constant"
+                && let (Some(out), Some(t)) = (
+                    node.output.first(),
+                    attribute(node, "value").and_then(|a| a.t.as_ref()),
+                )
+            {
+                constants.insert(out.as_str(), t);
+            }
+            for input in &node.input {
+                consumers.entry(input.as_str()).or_default().push(i);
+            }
+            for output in &node.output {
+                producer.insert(output.as_str(), i);
+            }
+        }
+        Walk {
+            nodes: &graph.node,
+            constants,
+            consumers,
+            producer,
+            tensors: BTreeMap::new(),
+            notes: Vec::new(),
+        }
+    }
+
+    pub fn output(node: &pb::NodeProto) -> Result<&str> {
+        node.output
+            .first()
+            .map(String::as_str)
+            .with_context(|| format!("{} `{}` has no output", node.op_type, node.name))
+    }
+
+    /// The nodes reading `value`, past pass-through ops.
+    pub fn next_nodes(&self, value: &str) -> Vec<&'a pb::NodeProto> {
+        let mut out = Vec::new();
+        for &i in self.consumers.get(value).into_iter().flatten() {
+            let node = &self.nodes[i];
+            if PASS_THROUGH.contains(&node.op_type.as_str()) {
+                if let Some(o) = node.output.first() {
+                    out.extend(self.next_nodes(o));
+                }
+            } else {
+                out.push(node);
+            }
+        }
+        out
+    }
+
+    /// The single node reading `value`, which must be one of `ops`.
+    pub fn next(&self, value: &str, ops: &[&str]) -> Result<&'a pb::NodeProto> {
+        let next = self.next_nodes(value);
+        match next.as_slice() {
+            [node] if ops.contains(&node.op_type.as_str()) => Ok(node),
+            [node] => bail!(
+                "value `{value}` goes into {} `{}`, expected {} (not an LResNet-E-IR graph, or \
+                 BatchNorm folded into the convolutions)",
+                node.op_type,
+                node.name,
+                ops.join(" or ")
+            ),
+            _ => bail!(
+                "value `{value}` goes into {} nodes, expected one {}",
+                next.len(),
+                ops.join(" or ")
+            ),
+        }
+    }
+
+    pub fn constant(
+        &self,
+        node: &pb::NodeProto,
+        index: usize,
+    ) -> Result<(&'a pb::TensorProto, Vec<f32>)> {
+        let name = node
+            .input
+            .get(index)
+            .filter(|n| !n.is_empty())
+            .with_context(|| format!("{} `{}` lacks input {index}", node.op_type, node.name))?;
+        let tensor = self.constants.get(name.as_str()).with_context(|| {
+            format!(
+                "{} `{}`: input `{name}` is not a constant (weights must be initializers)",
+                node.op_type, node.name
+            )
+        })?;
+        let values = float_values(tensor).map_err(anyhow::Error::msg)?;
+        Ok((tensor, values))
+    }
+
+    pub fn put(&mut self, path: String, shape: Vec<usize>, values: Vec<f32>) {
+        self.tensors.insert(path, TensorData::new(values, shape));
+    }
+
+    /// A bias-free, ungrouped Conv with symmetric "same" padding → (output, out channels, in
+    /// channels, kernel, stride).
+    pub fn conv(&mut self, node: &'a pb::NodeProto, path: &str) -> Result<(&'a str, [usize; 4])> {
+        let (tensor, values) = self.constant(node, 1)?;
+        let dims: Vec<usize> = tensor.dims.iter().map(|&d| d as usize).collect();
+        let [out, inp, kh, kw] = dims[..] else {
+            bail!(
+                "Conv `{}`: weight `{}` has shape {dims:?}, expected 4-D",
+                node.name,
+                tensor.name
+            );
+        };
+        if node.input.get(2).is_some_and(|b| !b.is_empty()) {
+            let (_, bias) = self.constant(node, 2)?;
+            if bias.iter().any(|&b| b != 0.0) {
+                bail!(
+                    "Conv `{}` has a bias; LResNet-E-IR convolutions have none (BatchNorm folded \
+                     into the convolutions? export with BatchNorm kept)",
+                    node.name
+                );
+            }
+        }
+        let ints = |name: &str| attribute(node, name).map(|a| a.ints.clone());
+        let strides = ints("strides").unwrap_or(vec![1, 1]);
+        let pads = ints("pads").unwrap_or(vec![0; 4]);
+        let group = attribute(node, "group").map_or(1, |a| a.i);
+        let (ph, pw) = ((kh / 2) as i64, (kw / 2) as i64);
+        if kh != kw
+            || strides.len() != 2
+            || strides[0] != strides[1]
+            || group != 1
+            || pads != [ph, pw, ph, pw]
+        {
+            bail!(
+                "Conv `{}`: kernel {kh}×{kw}, strides {strides:?}, pads {pads:?}, group {group}: \
+                 not an LResNet-E-IR convolution",
+                node.name
+            );
+        }
+        self.put(format!("{path}.weight"), dims.clone(), values);
+        Ok((Self::output(node)?, [out, inp, kh, strides[0] as usize]))
+    }
+
+    /// BatchNormalization → (output, channels).
+    pub fn batch_norm(&mut self, node: &'a pb::NodeProto, path: &str) -> Result<(&'a str, usize)> {
+        let mut parts = Vec::new();
+        for i in 1..=4 {
+            let (tensor, values) = self.constant(node, i)?;
+            if tensor.dims.len() != 1 {
+                bail!(
+                    "BatchNormalization `{}`: `{}` has shape {:?}, expected (C,)",
+                    node.name,
+                    tensor.name,
+                    tensor.dims
+                );
+            }
+            parts.push(values);
+        }
+        let channels = parts[0].len();
+        if parts.iter().any(|p| p.len() != channels) {
+            bail!(
+                "BatchNormalization `{}`: parameters of different lengths",
+                node.name
+            );
+        }
+        let stored = attribute(node, "epsilon").map_or(1e-5, |a| a.f);
+        let epsilon = stored as f64;
+        if (epsilon - BN_EPS).abs() > 1e-9 {
+            // sqrt(var' + ours) = sqrt(var + theirs).
+            for v in parts[3].iter_mut() {
+                *v = (*v as f64 + epsilon - BN_EPS) as f32;
+                if *v < 0.0 {
+                    bail!(
+                        "BatchNormalization `{}`: epsilon {stored} with a running variance below \
+                         {BN_EPS} cannot be expressed with our epsilon",
+                        node.name
+                    );
+                }
+            }
+            if !self.notes.iter().any(|n| n.contains("epsilon")) {
+                self.notes.push(format!(
+                    "BatchNorm epsilon {stored} in the file; folded into the running variances \
+                     (ours is {BN_EPS})"
+                ));
+            }
+        }
+        let [gamma, beta, mean, var]: [Vec<f32>; 4] = parts.try_into().expect("four parts");
+        for (name, values) in [
+            ("gamma", gamma),
+            ("beta", beta),
+            ("running_mean", mean),
+            ("running_var", var),
+        ] {
+            self.put(format!("{path}.{name}"), vec![channels], values);
+        }
+        Ok((Self::output(node)?, channels))
+    }
+
+    pub fn prelu(
+        &mut self,
+        node: &'a pb::NodeProto,
+        path: &str,
+        channels: usize,
+    ) -> Result<&'a str> {
+        let (tensor, values) = self.constant(node, 1)?;
+        if values.len() != channels {
+            bail!(
+                "PRelu `{}`: slope `{}` has {} values for {channels} channels",
+                node.name,
+                tensor.name,
+                values.len()
+            );
+        }
+        self.put(format!("{path}.alpha"), vec![channels], values);
+        Self::output(node)
+    }
+
+    /// Sub/Mul by constants between the input and the first Conv: must be the zoo's
+    /// normalisation, which our model does itself.
+    pub fn skip_preprocess(&mut self, mut value: &'a str) -> Result<&'a str> {
+        let mut found = Vec::new();
+        loop {
+            let next = self.next(value, &["Sub", "Mul", "Conv"])?;
+            if next.op_type == "Conv" {
+                break;
+            }
+            let (_, c) = self.constant(next, 1)?;
+            let [c] = c[..] else {
+                bail!(
+                    "{} `{}`: a per-channel normalisation is not supported",
+                    next.op_type,
+                    next.name
+                );
+            };
+            found.push((next.op_type.clone(), c));
+            value = Self::output(next)?;
+        }
+        let ours = [
+            ("Sub".to_string(), INPUT_MEAN),
+            ("Mul".to_string(), INPUT_SCALE),
+        ];
+        let close = found.len() == 2
+            && found
+                .iter()
+                .zip(&ours)
+                .all(|((a, x), (b, y))| a == b && (x - y).abs() < 1e-6);
+        if found.is_empty() {
+            self.notes.push(format!(
+                "the graph does not normalise its input; the imported model takes RGB 0–255 \
+                 and normalises as (x − {INPUT_MEAN}) × {INPUT_SCALE} like the zoo's"
+            ));
+        } else if !close {
+            bail!(
+                "the graph normalises its input as {found:?}; our models use (x − {INPUT_MEAN}) × \
+                 {INPUT_SCALE}"
+            );
+        }
+        Ok(value)
+    }
+
+    /// BN → Conv → BN → PRelu → Conv → BN (+ shortcut) → Add, from the unit input `x`.
+    pub fn unit(
+        &mut self,
+        x: &'a str,
+        bn1: &'a pb::NodeProto,
+        path: &str,
+    ) -> Result<(&'a str, UnitShape)> {
+        let (y, _) = self.batch_norm(bn1, &format!("{path}.bn1"))?;
+        let (y, [width, _, _, s1]) =
+            self.conv(self.next(y, &["Conv"])?, &format!("{path}.conv1"))?;
+        let (y, c) = self.batch_norm(
+            self.next(y, &["BatchNormalization"])?,
+            &format!("{path}.bn2"),
+        )?;
+        let y = self.prelu(self.next(y, &["PRelu"])?, &format!("{path}.prelu"), c)?;
+        let (y, [_, _, _, stride]) =
+            self.conv(self.next(y, &["Conv"])?, &format!("{path}.conv2"))?;
+        let (y, _) = self.batch_norm(
+            self.next(y, &["BatchNormalization"])?,
+            &format!("{path}.bn3"),
+        )?;
+        let add = self.next(y, &["Add"])?;
+        let other = add
+            .input
+            .iter()
+            .find(|i| i.as_str() != y)
+            .with_context(|| format!("Add `{}` has no second input", add.name))?;
+        let downsample = if other == x {
+            false
+        } else {
+            let sc_bn = self.producer_of(other, "BatchNormalization")?;
+            let sc_conv = self.producer_of(&sc_bn.input[0], "Conv")?;
+            if sc_conv.input[0] != x {
+                bail!(
+                    "Add `{}`: the shortcut does not start at the unit's input",
+                    add.name
+                );
+            }
+            self.conv(sc_conv, &format!("{path}.downsample.conv"))?;
+            self.batch_norm(sc_bn, &format!("{path}.downsample.bn"))?;
+            true
+        };
+        if s1 != 1 {
+            bail!("unit `{path}`: its first convolution has stride {s1}, expected 1");
+        }
+        Ok((
+            Self::output(add)?,
+            UnitShape {
+                width,
+                stride,
+                downsample,
+            },
+        ))
+    }
+
+    pub fn producer_of(&self, value: &str, op: &str) -> Result<&'a pb::NodeProto> {
+        let node = self
+            .producer
+            .get(value)
+            .map(|&i| &self.nodes[i])
+            .with_context(|| format!("value `{value}` has no producer"))?;
+        if node.op_type != op {
+            bail!(
+                "value `{value}` comes from {} `{}`, expected {op}",
+                node.op_type,
+                node.name
+            );
+        }
+        Ok(node)
+    }
+}
+
+pub(super) struct UnitShape {
+    pub width: usize,
+    pub stride: usize,
+    pub downsample: bool,
+}
