@@ -52,7 +52,9 @@ impl Face {
 }
 
 pub struct Mtcnn {
-    pnet: Arc<TypedSimplePlan>,
+    /// P-Net is fully convolutional: a plan per pyramid level, optimised for its exact size,
+    /// runs faster than one plan with symbolic height and width.
+    pnet: tract_onnx::pb::ModelProto,
     rnet: Arc<TypedSimplePlan>,
     onet: Arc<TypedSimplePlan>,
     pub config: MtcnnConfig,
@@ -187,7 +189,13 @@ impl Mtcnn {
     /// Loads pnet.onnx, rnet.onnx and onet.onnx from `dir`.
     pub fn load(dir: &Path, config: MtcnnConfig) -> Result<Mtcnn> {
         Ok(Mtcnn {
-            pnet: load_net(&dir.join("pnet.onnx"))?,
+            pnet: {
+                let path = dir.join("pnet.onnx");
+                load_net(&path)?;
+                tract_onnx::onnx()
+                    .proto_model_for_path(&path)
+                    .map_err(|e| anyhow::anyhow!("{}: {e:#}", path.display()))?
+            },
             rnet: load_net(&dir.join("rnet.onnx"))?,
             onet: load_net(&dir.join("onet.onnx"))?,
             config,
@@ -230,7 +238,13 @@ impl Mtcnn {
                 }
             }
         }
-        let out = run(&self.pnet, [1, ws, hs, 3], data)?;
+        let plan = tract_onnx::onnx()
+            .model_for_proto_model(&self.pnet)
+            .and_then(|m| m.with_input_fact(0, f32::fact([1, ws, hs, 3]).into()))
+            .and_then(|m| m.into_optimized())
+            .and_then(|m| m.into_runnable())
+            .map_err(|e| anyhow::anyhow!("P-Net at {ws}×{hs}: {e:#}"))?;
+        let out = run(&plan, [1, ws, hs, 3], data)?;
         let (reg, prob) = (view(&out[0])?, view(&out[1])?);
         let (wo, ho) = (prob.shape()[1], prob.shape()[2]);
         let t = self.config.thresholds[0];
