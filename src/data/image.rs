@@ -22,6 +22,43 @@ pub fn decode_rgb(bytes: &[u8]) -> Result<RgbImage, String> {
     Ok(decoded.into_rgb8())
 }
 
+/// Decodes a photo for face detection. JPEGs go through libjpeg-turbo's decoder (mozjpeg's C
+/// code), the decoder of OpenCV and Pillow, so detection sees the pixels insightface's pipeline
+/// sees: the `image` crate's decoder differs by up to a few levels on some pixels, enough to move
+/// a face scored near a threshold. The `image` crate decodes first, so a bad file gets its clear
+/// error; other formats and colour spaces libjpeg cannot give as RGB keep its result.
+pub fn decode_photo(bytes: &[u8]) -> Result<RgbImage, String> {
+    let checked = decode_rgb(bytes)?;
+    if image::guess_format(bytes).ok() == Some(ImageFormat::Jpeg)
+        && let Some(exact) = libjpeg_rgb(bytes)
+        && exact.dimensions() == checked.dimensions()
+    {
+        return Ok(exact);
+    }
+    Ok(checked)
+}
+
+/// libjpeg reports errors by unwinding out of its C code (mozjpeg's contract): caught here.
+fn libjpeg_rgb(bytes: &[u8]) -> Option<RgbImage> {
+    use mozjpeg::ColorSpace;
+    std::panic::catch_unwind(|| {
+        let decompress = mozjpeg::Decompress::new_mem(bytes).ok()?;
+        if !matches!(
+            decompress.color_space(),
+            ColorSpace::JCS_YCbCr | ColorSpace::JCS_GRAYSCALE | ColorSpace::JCS_RGB
+        ) {
+            return None;
+        }
+        let mut rgb = decompress.rgb().ok()?;
+        let (w, h) = (rgb.width() as u32, rgb.height() as u32);
+        let pixels: Vec<u8> = rgb.read_scanlines::<u8>().ok()?;
+        rgb.finish().ok()?;
+        RgbImage::from_raw(w, h, pixels)
+    })
+    .ok()
+    .flatten()
+}
+
 /// Decodes and brings to 112×112 (bilinear resize only when the size differs).
 pub fn decode_face(bytes: &[u8]) -> Result<RgbImage, String> {
     let rgb = decode_rgb(bytes)?;

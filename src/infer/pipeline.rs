@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::align::{TEMPLATE, align_face};
 use super::mtcnn::Mtcnn;
-use crate::data::image::{decode_rgb, to_chw, to_face_size};
+use crate::data::image::{decode_photo, to_chw, to_face_size};
 use crate::embedder::{Embedder, IMAGE_VALUES};
 
 #[derive(Debug, Clone, Serialize)]
@@ -41,7 +41,7 @@ pub struct Pipeline {
 /// Reads and decodes an image file; the error names the file.
 pub fn read_image(path: &Path) -> Result<RgbImage> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    decode_rgb(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+    decode_photo(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
 impl Pipeline {
