@@ -378,65 +378,46 @@ fn bad_onnx_files_give_errors_that_name_the_file_or_tensor() {
         assert!(!stderr.contains("panicked"), "{stderr}");
         stderr
     };
-    let model = randomized(Network::Tiny, 64, 1);
-    let proto = onnx::backbone_to_onnx(&model, Batch::Dynamic).unwrap();
-    let good = prost_bytes(&proto);
-
-    // Not protobuf at all, and a truncated file.
-    std::fs::write(p("junk.onnx"), b"this is not a model").unwrap();
-    std::fs::write(p("cut.onnx"), &good[..good.len() / 2]).unwrap();
-    for name in ["junk.onnx", "cut.onnx"] {
-        let e = fails(&[
+    // `arcface import` of the file `name`: its error message.
+    let import_fails = |name: &str| {
+        fails(&[
             "import".as_ref(),
             "--onnx".as_ref(),
             p(name).as_os_str(),
             "--out".as_ref(),
             p("x.ckpt").as_os_str(),
-        ]);
+        ])
+    };
+    let model = randomized(Network::Tiny, 64, 1);
+    let proto = onnx::backbone_to_onnx(&model, Batch::Dynamic).unwrap();
+    let good = prost_bytes(&proto);
+    // `proto` with the initializer `name` changed by `change`, written to `file`.
+    let altered = |file: &str, name: &str, change: &dyn Fn(&mut tract_onnx::pb::TensorProto)| {
+        let mut bad = proto.clone();
+        let initializers = &mut bad.graph.as_mut().unwrap().initializer;
+        change(initializers.iter_mut().find(|t| t.name == name).unwrap());
+        std::fs::write(p(file), prost_bytes(&bad)).unwrap();
+    };
+
+    // Not protobuf at all, and a truncated file.
+    std::fs::write(p("junk.onnx"), b"this is not a model").unwrap();
+    std::fs::write(p("cut.onnx"), &good[..good.len() / 2]).unwrap();
+    for name in ["junk.onnx", "cut.onnx"] {
+        let e = import_fails(name);
         assert!(e.contains(name) && e.contains("not an ONNX model"), "{e}");
         assert!(!p("x.ckpt").exists());
     }
 
     // A weight with the wrong shape: the error names the tensor.
-    let mut bad = proto.clone();
-    let t = bad
-        .graph
-        .as_mut()
-        .unwrap()
-        .initializer
-        .iter_mut()
-        .find(|t| t.name == "layer2.0.conv1.weight")
-        .unwrap();
-    t.dims = vec![16, 8, 3];
-    std::fs::write(p("shape.onnx"), prost_bytes(&bad)).unwrap();
-    let e = fails(&[
-        "import".as_ref(),
-        "--onnx".as_ref(),
-        p("shape.onnx").as_os_str(),
-        "--out".as_ref(),
-        p("x.ckpt").as_os_str(),
-    ]);
+    altered("shape.onnx", "layer2.0.conv1.weight", &|t| {
+        t.dims = vec![16, 8, 3]
+    });
+    let e = import_fails("shape.onnx");
     assert!(e.contains("layer2.0.conv1.weight"), "{e}");
 
     // Raw bytes that do not fill the dims.
-    let mut bad = proto.clone();
-    let t = bad
-        .graph
-        .as_mut()
-        .unwrap()
-        .initializer
-        .iter_mut()
-        .find(|t| t.name == "bn1.running_var")
-        .unwrap();
-    t.raw_data.truncate(6);
-    std::fs::write(p("bytes.onnx"), prost_bytes(&bad)).unwrap();
-    let e = fails(&[
-        "import".as_ref(),
-        "--onnx".as_ref(),
-        p("bytes.onnx").as_os_str(),
-        "--out".as_ref(),
-        p("x.ckpt").as_os_str(),
-    ]);
+    altered("bytes.onnx", "bn1.running_var", &|t| t.raw_data.truncate(6));
+    let e = import_fails("bytes.onnx");
     assert!(e.contains("bn1.running_var"), "{e}");
 
     // A graph that is not an embedder (wrong input size) in eval.

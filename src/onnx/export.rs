@@ -192,10 +192,6 @@ pub fn backbone_to_onnx(model: &IResNet, batch: Batch) -> Result<pb::ModelProto>
         Batch::Dynamic => Dim::Symbol("N"),
         Batch::Fixed(n) => Dim::Fixed(n),
     };
-    let n2 = match batch {
-        Batch::Dynamic => Dim::Symbol("N"),
-        Batch::Fixed(n) => Dim::Fixed(n),
-    };
     let side = Dim::Fixed(INPUT_SIZE);
     let mut input = vec![float_value_info(
         INPUT,
@@ -210,7 +206,7 @@ pub fn backbone_to_onnx(model: &IResNet, batch: Batch) -> Result<pb::ModelProto>
         name: "arcface".into(),
         initializer: g.initializers,
         input,
-        output: vec![float_value_info(OUTPUT, &[n2, Dim::Fixed(embedding_size)])],
+        output: vec![float_value_info(OUTPUT, &[n, Dim::Fixed(embedding_size)])],
         ..Default::default()
     };
     Ok(pb::ModelProto {

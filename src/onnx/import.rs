@@ -36,6 +36,16 @@ pub struct Imported {
     pub notes: Vec<String>,
 }
 
+/// Reads an ONNX file, repairs the zoo's defects and imports it: the repaired graph, the
+/// repairs made, and the backbone. Errors name the file.
+pub fn read_file(path: &std::path::Path) -> Result<(pb::ModelProto, Vec<String>, Imported)> {
+    let mut proto = super::load::read_model(path)?;
+    let context = || path.display().to_string();
+    let repairs = super::load::repair_zoo_defects(&mut proto).with_context(context)?;
+    let imported = import(&proto).with_context(context)?;
+    Ok((proto, repairs, imported))
+}
+
 /// Reads the backbone out of a (repaired) LResNet-E-IR graph.
 pub fn import(model: &pb::ModelProto) -> Result<Imported> {
     let graph = model.graph.as_ref().context("no graph")?;

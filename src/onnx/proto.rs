@@ -64,6 +64,7 @@ pub fn float_tensor(name: &str, dims: &[usize], values: &[f32]) -> pb::TensorPro
 }
 
 /// One dimension of a value's shape: fixed, or a named symbol (dynamic batch).
+#[derive(Debug, Clone, Copy)]
 pub enum Dim {
     Fixed(usize),
     Symbol(&'static str),
