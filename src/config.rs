@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::device::DeviceSpec;
-use crate::model::Network;
+use crate::model::{Network, Precision};
 
 /// Everything a run needs. Absent keys take the seed recipe's value (LResNet100E-IR, ArcFace).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -75,8 +75,13 @@ pub struct Config {
     pub save_every: usize,
     /// Step checkpoints kept besides `best.ckpt`.
     pub keep_checkpoints: usize,
-    /// "cpu", "cuda", "cuda:0" or "cuda:0,1,2,3" (see `device.rs`).
+    /// "cpu", "cuda", "cuda:0" or "cuda:0,1,2,3" (see `device.rs`); several CUDA devices train
+    /// data parallel, `batch_size` images each.
     pub device: String,
+    /// "fp32", or "bf16": convolutions and the FC layer in bf16, everything else fp32.
+    pub precision: Precision,
+    /// cuDNN picks the fastest convolution algorithms by timing them (LibTorch CUDA only).
+    pub cudnn_benchmark: bool,
 }
 
 /// What `arcface synth` makes, for a config whose data folder may not exist yet.
@@ -132,6 +137,8 @@ impl Default for Config {
             save_every: 2000,
             keep_checkpoints: 3,
             device: "cpu".to_string(),
+            precision: Precision::Fp32,
+            cudnn_benchmark: true,
         }
     }
 }

@@ -120,6 +120,16 @@ impl DeviceSpec {
     }
 }
 
+/// cuDNN's benchmark mode (LibTorch CUDA): convolution algorithms chosen by timing them on the
+/// first call of each shape. PyTorch leaves it off; for fixed 112×112 batches it only pays.
+/// Without the `tch` feature there is no cuDNN and nothing to set.
+pub fn set_cudnn_benchmark(on: bool) {
+    #[cfg(feature = "tch")]
+    tch::Cuda::cudnn_set_benchmark(on);
+    #[cfg(not(feature = "tch"))]
+    let _ = on;
+}
+
 /// Parses and resolves in one go: what a command does with `--device` or the config's `device`.
 pub fn select(text: &str) -> anyhow::Result<Vec<Device>> {
     Ok(text.parse::<DeviceSpec>()?.resolve()?)

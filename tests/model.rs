@@ -2,7 +2,7 @@
 //! step that lowers the loss.
 
 use arcface::model::summary::{count_params, summarize};
-use arcface::model::{IResNetConfig, MarginSoftmaxConfig, Network};
+use arcface::model::{IResNetConfig, MarginSoftmaxConfig, Network, Precision};
 use burn::module::Module;
 use burn::optim::momentum::MomentumConfig;
 use burn::optim::{GradientsParams, SgdConfig};
@@ -81,11 +81,11 @@ fn summary_shapes_are_the_real_ones() {
     let device = Device::flex();
     let model = backbone(Network::Tiny).init(&device);
     let summary = summarize(&model, "tiny");
-    let mut x = model.forward_stem(images(2, &device));
+    let mut x = model.forward_stem(images(2, &device), Precision::Fp32);
     let mut shapes = vec![x.dims()];
     for stage in model.stages() {
         for unit in stage {
-            x = unit.forward(x);
+            x = unit.forward(x, Precision::Fp32);
         }
         shapes.push(x.dims());
     }

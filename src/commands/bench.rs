@@ -7,7 +7,9 @@ use clap::Subcommand;
 
 use arcface::bench::{self, InferThroughput};
 use arcface::config::Config;
+use arcface::device::DeviceSpec;
 use arcface::embedder::{Embedder, is_onnx};
+use arcface::model::Precision;
 use arcface::onnx::{self, Batch, OnnxEmbedder};
 use arcface::train::checkpoint::load_backbone;
 
@@ -25,6 +27,9 @@ pub enum BenchCommand {
         /// Classes of the head (the dataset's otherwise, else 1000).
         #[arg(long)]
         num_classes: Option<usize>,
+        /// The config's `precision` otherwise.
+        #[arg(long, value_enum)]
+        precision: Option<Precision>,
         #[arg(long)]
         json: bool,
     },
@@ -72,30 +77,46 @@ pub fn run(what: &BenchCommand, cli_device: &Option<String>) -> Result<()> {
             steps,
             batch_size,
             num_classes,
+            precision,
             json,
         } => {
             let mut config = Config::load(config)?;
             if let Some(b) = batch_size {
                 config.batch_size = *b;
             }
+            if let Some(p) = precision {
+                config.precision = *p;
+            }
             let classes = num_classes
                 .or_else(|| config.resolve_num_classes().ok())
                 .unwrap_or(1000);
-            let device = super::devices(cli_device, &config)?.remove(0);
-            let r = bench::train(&config, classes, *steps, &device)?;
+            let text = cli_device.as_deref().unwrap_or(&config.device);
+            let spec: DeviceSpec = text
+                .parse()
+                .with_context(|| format!("selecting device `{text}`"))?;
+            let r = bench::train(&config, classes, *steps, &spec)?;
             if *json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {
+                let split = match (r.forward_ms, r.backward_ms) {
+                    (Some(f), Some(b)) => format!("forward {f:.1} ms, backward {b:.1} ms, "),
+                    _ => format!("forward+backward {:.1} ms, ", r.forward_backward_ms),
+                };
+                let gpu = r
+                    .peak_gpu_mib
+                    .map_or(String::new(), |m| format!(", peak GPU memory {m:.0} MiB"));
                 println!(
-                    "{} batch {} classes {}: forward {:.1} ms, backward {:.1} ms, optimizer {:.1} ms, step {:.1} ms, {:.1} img/s",
+                    "{} {} on {} batch {} per device, classes {}: {split}optimizer {:.1} ms, step {:.1} ms, {:.1} img/s, loss {:.3}, peak host memory {:.0} MiB{gpu}",
                     r.network,
+                    r.precision,
+                    r.devices.join(","),
                     r.batch_size,
                     r.num_classes,
-                    r.forward_ms,
-                    r.backward_ms,
                     r.optimizer_ms,
                     r.step_ms,
-                    r.images_per_second
+                    r.images_per_second,
+                    r.loss,
+                    r.peak_host_mib
                 );
             }
         }

@@ -26,10 +26,6 @@ pub struct TrainArgs {
 pub fn run(args: &TrainArgs, cli_device: &Option<String>) -> Result<()> {
     let config = Config::load(&args.config)?;
     let devices = super::devices(cli_device, &config)?;
-    anyhow::ensure!(
-        devices.len() == 1,
-        "multi-GPU data parallel training is not implemented yet: use one device (e.g. --device cuda:0)"
-    );
     let resume = args.resume.as_ref().map(|r| match r.as_str() {
         "latest" => train::Resume::Latest,
         path => train::Resume::Path(PathBuf::from(path)),
@@ -39,7 +35,7 @@ pub fn run(args: &TrainArgs, cli_device: &Option<String>) -> Result<()> {
         max_steps: args.max_steps,
         init: args.init.clone(),
     };
-    let report = train::train(&config, &devices[0], &options)?;
+    let report = train::train_replicas(&config, &devices, &options)?;
     if let Some((step, results)) = report.validations.last() {
         for r in results {
             println!(

@@ -13,7 +13,11 @@ use burn::nn::{
     BatchNorm, BatchNormConfig, Dropout, DropoutConfig, Initializer, Linear, LinearConfig, PRelu,
     PReluConfig, PaddingConfig2d,
 };
-use burn::tensor::{Device, Tensor};
+use burn::tensor::module::conv2d;
+use burn::tensor::ops::ConvOptions;
+use burn::tensor::{Device, FloatDType, Tensor};
+
+use super::Precision;
 
 /// BatchNorm epsilon of the seed (MXNet `bn_eps`).
 pub const BN_EPS: f64 = 2e-5;
@@ -123,15 +127,57 @@ impl IBasicBlock {
         }
     }
 
-    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+    pub fn forward(&self, x: Tensor<4>, precision: Precision) -> Tensor<4> {
         let shortcut = match &self.downsample {
-            Some(down) => down.bn.forward(down.conv.forward(x.clone())),
+            Some(down) => down.bn.forward(conv_at(&down.conv, x.clone(), precision)),
             None => x.clone(),
         };
-        let y = self.conv1.forward(self.bn1.forward(x));
+        let y = conv_at(&self.conv1, self.bn1.forward(x), precision);
         let y = self.prelu.forward(self.bn2.forward(y));
-        let y = self.bn3.forward(self.conv2.forward(y));
+        let y = self.bn3.forward(conv_at(&self.conv2, y, precision));
         y + shortcut
+    }
+}
+
+/// `conv.forward(x)`, with input and weight in bf16 under [`Precision::Bf16`] (output fp32).
+fn conv_at(conv: &Conv2d, x: Tensor<4>, precision: Precision) -> Tensor<4> {
+    if precision == Precision::Fp32 {
+        return conv.forward(x);
+    }
+    // Our convolutions all have explicit padding (burn computes `Same` privately).
+    let (top, left, bottom, right) = match conv.padding {
+        PaddingConfig2d::Explicit(top, left, bottom, right) => (top, left, bottom, right),
+        PaddingConfig2d::Valid => (0, 0, 0, 0),
+        PaddingConfig2d::Same => return conv.forward(x),
+    };
+    let options = ConvOptions::new_with_padding(
+        conv.stride,
+        [(top, bottom), (left, right)],
+        conv.dilation,
+        conv.groups,
+    );
+    let bias = conv.bias.as_ref().map(|b| b.val().cast(FloatDType::BF16));
+    conv2d(
+        x.cast(FloatDType::BF16),
+        conv.weight.val().cast(FloatDType::BF16),
+        bias,
+        options,
+    )
+    .cast(FloatDType::F32)
+}
+
+/// `fc.forward(x)`, the product in bf16 under [`Precision::Bf16`] (output fp32).
+fn linear_at(fc: &Linear, x: Tensor<2>, precision: Precision) -> Tensor<2> {
+    if precision == Precision::Fp32 {
+        return fc.forward(x);
+    }
+    let y = x
+        .cast(FloatDType::BF16)
+        .matmul(fc.weight.val().cast(FloatDType::BF16))
+        .cast(FloatDType::F32);
+    match &fc.bias {
+        Some(b) => y + b.val().unsqueeze_dim(0),
+        None => y,
     }
 }
 
@@ -186,26 +232,54 @@ impl IResNet {
     }
 
     /// Raw RGB 0–255, [N, 3, 112, 112] → the stem's output [N, C, 112, 112].
-    pub fn forward_stem(&self, images: Tensor<4>) -> Tensor<4> {
+    pub fn forward_stem(&self, images: Tensor<4>, precision: Precision) -> Tensor<4> {
         let x = (images - INPUT_MEAN) * INPUT_SCALE;
-        self.prelu.forward(self.bn1.forward(self.conv1.forward(x)))
+        let x = conv_at(&self.conv1, x, precision);
+        self.prelu.forward(self.bn1.forward(x))
     }
 
     /// The last stage's feature map [N, C, 7, 7] → the embedding [N, E] (not normalised).
-    pub fn forward_output(&self, x: Tensor<4>) -> Tensor<2> {
+    pub fn forward_output(&self, x: Tensor<4>, precision: Precision) -> Tensor<2> {
         let x = self.dropout.forward(self.bn2.forward(x));
         let x: Tensor<2> = x.flatten(1, 3);
-        self.features.forward(self.fc.forward(x))
+        self.features.forward(linear_at(&self.fc, x, precision))
+    }
+
+    /// Every BatchNorm layer.
+    pub fn batch_norms(&self) -> Vec<&BatchNorm> {
+        let mut all = vec![&self.bn1];
+        for unit in self.stages().into_iter().flatten() {
+            all.extend([&unit.bn1, &unit.bn2, &unit.bn3]);
+            all.extend(unit.downsample.as_ref().map(|d| &d.bn));
+        }
+        all.extend([&self.bn2, &self.features]);
+        all
+    }
+
+    /// Folds in the running-statistics update of the last training forward. burn keeps it
+    /// pending (per thread) until the next forward on the same thread; without this, a
+    /// checkpoint or a replica would read the statistics of one step earlier. Call it on the
+    /// thread that ran the forward.
+    pub fn sync_running_stats(&self) {
+        for bn in self.batch_norms() {
+            let _ = bn.running_mean.value_sync();
+            let _ = bn.running_var.value_sync();
+        }
     }
 
     /// Raw RGB 0–255, [N, 3, 112, 112] → embedding [N, E] (not L2-normalised, as the zoo's `fc1`).
     pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
-        let mut x = self.forward_stem(images);
+        self.forward_at(images, Precision::Fp32)
+    }
+
+    /// [`IResNet::forward`] with the convolutions and the FC layer at `precision`.
+    pub fn forward_at(&self, images: Tensor<4>, precision: Precision) -> Tensor<2> {
+        let mut x = self.forward_stem(images, precision);
         for stage in self.stages() {
             for unit in stage {
-                x = unit.forward(x);
+                x = unit.forward(x, precision);
             }
         }
-        self.forward_output(x)
+        self.forward_output(x, precision)
     }
 }

@@ -3,11 +3,13 @@
 pub mod head;
 pub mod iresnet;
 pub mod summary;
+pub mod trainee;
 
 use serde::{Deserialize, Serialize};
 
 pub use head::{MarginSoftmax, MarginSoftmaxConfig};
 pub use iresnet::{IResNet, IResNetConfig};
+pub use trainee::Trainee;
 
 use crate::config::Config;
 
@@ -55,6 +57,35 @@ impl Network {
 }
 
 impl std::fmt::Display for Network {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Arithmetic of the backbone's convolutions and FC layer during training.
+///
+/// `Bf16` is mixed precision as PyTorch's bf16 autocast: the weights (the optimizer's master
+/// copy), their gradients, the momentum buffers, BatchNorm, PReLU, the residual sums, the head
+/// and the loss stay fp32; each convolution and the FC layer cast their input and weight to
+/// bf16 and their output back to fp32. bf16 has fp32's exponent range, so no loss scaling.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    #[default]
+    Fp32,
+    Bf16,
+}
+
+impl Precision {
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::Fp32 => "fp32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())
     }

@@ -4,6 +4,7 @@
 
 pub mod checkpoint;
 pub mod monitor;
+pub mod replicas;
 pub mod schedule;
 pub mod sgd;
 
@@ -13,7 +14,6 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use burn::module::Module;
-use burn::optim::GradientsParams;
 use burn::tensor::Device;
 
 use crate::config::Config;
@@ -23,9 +23,10 @@ use crate::data::loader::{Cursor, Loader, LoaderConfig};
 use crate::data::synth::{SynthConfig, generate};
 use crate::embedder::Embedder;
 use crate::eval::embed::{TargetResult, evaluate};
-use crate::model::{IResNet, MarginSoftmax, backbone_config, head_config};
+use crate::model::{IResNet, Trainee, backbone_config, head_config};
 use checkpoint::{Checkpoint, Meta, load_named, named_tensors};
 use monitor::Monitor;
+use replicas::Replicas;
 use schedule::Schedule;
 use sgd::{Sgd, SgdSettings, global_grad_norm};
 
@@ -102,8 +103,7 @@ fn mean_accuracy(results: &[TargetResult]) -> Option<f64> {
 }
 
 struct State {
-    backbone: IResNet,
-    head: MarginSoftmax,
+    model: Trainee,
     sgd: Sgd,
     step: usize,
     cursor: Cursor,
@@ -117,8 +117,8 @@ fn save(
     path: &Path,
     accuracy: Option<f64>,
 ) -> Result<()> {
-    let mut tensors = named_tensors(&state.backbone, "backbone.");
-    tensors.extend(named_tensors(&state.head, "head."));
+    let mut tensors = named_tensors(&state.model.backbone, "backbone.");
+    tensors.extend(named_tensors(&state.model.head, "head."));
     tensors.extend(
         state
             .sgd
@@ -170,8 +170,23 @@ fn stopped(
     )
 }
 
-/// Trains as `config` says on `device` (the first of the config's devices).
+/// Trains as `config` says on one device.
 pub fn train(config: &Config, device: &Device, options: &TrainOptions) -> Result<TrainReport> {
+    train_replicas(config, std::slice::from_ref(device), options)
+}
+
+/// Trains as `config` says, data parallel over `devices` (one replica each, `batch_size` images
+/// per replica and step; see `replicas.rs`). Checkpoints, validation and the optimizer live on
+/// the first device.
+pub fn train_replicas(
+    config: &Config,
+    devices: &[Device],
+    options: &TrainOptions,
+) -> Result<TrainReport> {
+    let device = devices
+        .first()
+        .ok_or_else(|| anyhow::anyhow!("no device to train on"))?;
+    crate::device::set_cudnn_benchmark(config.cudnn_benchmark);
     if !config.rec.exists() {
         match &config.synthetic {
             Some(spec) => {
@@ -213,12 +228,16 @@ pub fn train(config: &Config, device: &Device, options: &TrainOptions) -> Result
     let targets = load_targets(config, &mut notes)?;
 
     let resume_from = resume_path(config, &options.resume)?;
-    let train_device = device.clone().autodiff();
+    let train_devices: Vec<Device> = devices.iter().map(|d| d.clone().autodiff()).collect();
+    let train_device = train_devices[0].clone();
+    let make = |d: &Device| Trainee {
+        backbone: backbone_config(config).init(d),
+        head: head_config(config, num_classes).init(d),
+    };
     // Seeded initialisation: two runs of one config start from the same weights.
     device.seed(config.seed);
     let mut state = State {
-        backbone: backbone_config(config).init(&train_device),
-        head: head_config(config, num_classes).init(&train_device),
+        model: make(&train_device),
         sgd: Sgd::new(SgdSettings {
             momentum: config.momentum,
             weight_decay: config.weight_decay,
@@ -233,7 +252,7 @@ pub fn train(config: &Config, device: &Device, options: &TrainOptions) -> Result
             bail!("--init starts a new run and --resume continues one: give one of them");
         }
         let ckpt = Checkpoint::load(path)?;
-        state.backbone = load_named(state.backbone, "backbone.", &ckpt.tensors)
+        state.model.backbone = load_named(state.model.backbone, "backbone.", &ckpt.tensors)
             .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         notes.push(format!(
             "backbone initialised from {} ({}, step {})",
@@ -251,9 +270,10 @@ pub fn train(config: &Config, device: &Device, options: &TrainOptions) -> Result
                 ckpt.meta.num_classes
             )));
         }
-        state.backbone =
-            load_named(state.backbone, "backbone.", &ckpt.tensors).map_err(|e| mismatch(&e))?;
-        state.head = load_named(state.head, "head.", &ckpt.tensors).map_err(|e| mismatch(&e))?;
+        state.model.backbone = load_named(state.model.backbone, "backbone.", &ckpt.tensors)
+            .map_err(|e| mismatch(&e))?;
+        state.model.head =
+            load_named(state.model.head, "head.", &ckpt.tensors).map_err(|e| mismatch(&e))?;
         let momentum = ckpt
             .tensors
             .iter()
@@ -277,18 +297,35 @@ pub fn train(config: &Config, device: &Device, options: &TrainOptions) -> Result
         ));
     }
 
-    let loader_config = LoaderConfig {
-        batch_size: config.batch_size,
-        seed: config.seed,
-        num_workers: config.num_workers,
-        prefetch: 4,
-        rank: 0,
-        world: 1,
-        flip: true,
-    };
-    let loader =
-        Loader::new(dataset.clone(), loader_config, state.cursor).map_err(anyhow::Error::msg)?;
-    let per_epoch = loader.plan.batches_per_epoch();
+    // One loader per replica, each reading its slice of every global batch.
+    let world = devices.len();
+    let loaders = (0..world)
+        .map(|rank| {
+            let loader_config = LoaderConfig {
+                batch_size: config.batch_size,
+                seed: config.seed,
+                num_workers: config.num_workers.div_ceil(world),
+                prefetch: 4,
+                rank,
+                world,
+                flip: true,
+            };
+            Loader::new(dataset.clone(), loader_config, state.cursor).map_err(anyhow::Error::msg)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut replicas = Replicas::new(&train_devices, make);
+    if world > 1 {
+        notes.push(format!(
+            "data parallel over {world} devices ({}), {} images per device and step",
+            devices
+                .iter()
+                .map(|d| format!("{d:?}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            config.batch_size
+        ));
+    }
+    let per_epoch = loaders[0].plan.batches_per_epoch();
     let total_steps = per_epoch * config.num_epoch;
     let schedule = Schedule {
         kind: config.lr_schedule,
@@ -303,10 +340,11 @@ pub fn train(config: &Config, device: &Device, options: &TrainOptions) -> Result
 
     let mut monitor = Monitor::new(&config.output, total_steps, state.step)?;
     monitor.line(&format!(
-        "{} images of {num_classes} identities, {per_epoch} steps per epoch of {} images, {total_steps} steps in {} epochs",
+        "{} images of {num_classes} identities, {per_epoch} steps per epoch of {} images, {total_steps} steps in {} epochs, {} precision",
         dataset.len(),
-        config.batch_size,
-        config.num_epoch
+        config.batch_size * world,
+        config.num_epoch,
+        config.precision
     ));
     for n in &notes {
         monitor.line(n);
@@ -319,11 +357,19 @@ pub fn train(config: &Config, device: &Device, options: &TrainOptions) -> Result
             config.seed,
             &[STEP_SEED, state.step as u64],
         ));
-        let batch = loader.next_batch()?;
-        let images = batch.images_tensor(&train_device);
-        let labels = batch.labels_tensor(&train_device);
-        let loss = state.head.forward(state.backbone.forward(images), labels);
-        let loss_value = loss.clone().into_scalar::<f32>() as f64;
+        let batches = loaders
+            .iter()
+            .map(|l| l.next_batch())
+            .collect::<Result<Vec<_>, _>>()?;
+        let shards: Vec<_> = batches
+            .iter()
+            .zip(&train_devices)
+            .map(|(b, d)| (b.images_tensor(d), b.labels_tensor(d)))
+            .collect();
+        let (loss_value, mut grads) =
+            replicas.forward_backward(&state.model, shards, |model, (images, labels)| {
+                model.loss(images, labels, config.precision)
+            })?;
         let epoch = state.cursor.epoch;
         if !loss_value.is_finite() {
             monitor.flush();
@@ -335,11 +381,7 @@ pub fn train(config: &Config, device: &Device, options: &TrainOptions) -> Result
                 "a lower lr, warmup_epoch >= 1, clip_grad_norm = 5, or check the data with `arcface inspect --verify`",
             ));
         }
-        let mut grads = loss.backward();
-        let mut backbone_grads = GradientsParams::from_module(&mut grads, &state.backbone);
-        let mut head_grads = GradientsParams::from_module(&mut grads, &state.head);
-        let grad_norm = global_grad_norm(&state.backbone, &backbone_grads)
-            .hypot(global_grad_norm(&state.head, &head_grads));
+        let grad_norm = global_grad_norm(&state.model, &grads);
         if !grad_norm.is_finite() {
             monitor.flush();
             return Err(stopped(
@@ -354,18 +396,14 @@ pub fn train(config: &Config, device: &Device, options: &TrainOptions) -> Result
             .clip_grad_norm
             .map_or(1.0, |c| (c / (grad_norm + 1e-6)).min(1.0));
         let lr = schedule.lr(state.step);
-        state.backbone =
-            state
-                .sgd
-                .step(state.backbone, &mut backbone_grads, lr, scale, "backbone.");
-        state.head = state
-            .sgd
-            .step(state.head, &mut head_grads, lr, scale, "head.");
+        state.model = state.sgd.step(state.model, &mut grads, lr, scale, "");
+        // This step's BatchNorm statistics into the model, for checkpoints and the replicas.
+        state.model.backbone.sync_running_stats();
         state.step += 1;
-        state.cursor = batch.next;
+        state.cursor = batches[0].next;
         report.losses.push((state.step, loss_value));
 
-        window.1 += batch.len();
+        window.1 += batches.iter().map(|b| b.len()).sum::<usize>();
         let img_per_s = window.1 as f64 / window.0.elapsed().as_secs_f64();
         monitor.step(state.step, epoch, loss_value, img_per_s);
         if state.step.is_multiple_of(config.frequent) {
@@ -383,7 +421,7 @@ pub fn train(config: &Config, device: &Device, options: &TrainOptions) -> Result
         let mut accuracy = None;
         if epoch_end || state.step.is_multiple_of(config.verbose) || state.step == last_step {
             if !targets.is_empty() {
-                let results = validate(&state.backbone, &targets, config.batch_size, device)?;
+                let results = validate(&state.model.backbone, &targets, config.batch_size, device)?;
                 monitor.validation(state.step, &results);
                 accuracy = mean_accuracy(&results);
                 report.validations.push((state.step, results));
