@@ -65,6 +65,9 @@ pub enum BenchCommand {
         /// (Python: $ARCFACE_PYTHON, else python3; needs numpy and onnxruntime).
         #[arg(long)]
         onnxruntime: bool,
+        /// Time burn alone (on --device), not tract: for GPUs, where tract's CPU figure is moot.
+        #[arg(long, conflicts_with = "onnxruntime")]
+        burn_only: bool,
         #[arg(long)]
         json: bool,
     },
@@ -149,9 +152,14 @@ pub fn run(what: &BenchCommand, cli_device: &Option<String>) -> Result<()> {
             photo,
             mtcnn,
             onnxruntime,
+            burn_only,
             json,
         } => {
-            infer(model, *batch, *seconds, *onnxruntime, *json, cli_device)?;
+            let engines = Engines {
+                tract: !burn_only,
+                onnxruntime: *onnxruntime,
+            };
+            infer(model, *batch, *seconds, engines, *json, cli_device)?;
             if let Some(photo) = photo {
                 detection(photo, mtcnn, *seconds, *json)?;
             }
@@ -160,11 +168,17 @@ pub fn run(what: &BenchCommand, cli_device: &Option<String>) -> Result<()> {
     Ok(())
 }
 
+/// Which engines run next to burn.
+struct Engines {
+    tract: bool,
+    onnxruntime: bool,
+}
+
 fn infer(
     model: &Path,
     batch: usize,
     seconds: f64,
-    with_onnxruntime: bool,
+    engines: Engines,
     json: bool,
     cli_device: &Option<String>,
 ) -> Result<()> {
@@ -186,12 +200,12 @@ fn infer(
         device,
     };
     let measured = (|| -> Result<Vec<InferThroughput>> {
-        let tract = Embedder::Onnx(OnnxEmbedder::load(&onnx_file)?);
-        let mut results = vec![
-            bench::infer(&burn_name, &burn, batch, seconds)?,
-            bench::infer("tract", &tract, batch, seconds)?,
-        ];
-        if with_onnxruntime {
+        let mut results = vec![bench::infer(&burn_name, &burn, batch, seconds)?];
+        if engines.tract {
+            let tract = Embedder::Onnx(OnnxEmbedder::load(&onnx_file)?);
+            results.push(bench::infer("tract", &tract, batch, seconds)?);
+        }
+        if engines.onnxruntime {
             results.push(onnxruntime(&onnx_file, batch, seconds)?);
         }
         Ok(results)

@@ -1,0 +1,133 @@
+#!/usr/bin/env bash
+# One prepared run for a GPU machine (../shared/GPU.md): our `bench train` in fp32 and bf16 (and
+# on every GPU when there are several), our inference, and PyTorch's anchor
+# `torch_r100_bench.py`, in one call on one card, then a table of ratios. Builds nothing.
+#
+#   bash scripts/gpu-check.sh [LOG_DIR]        (or ARCFACE_GPU_LOGS=DIR; default gpu-logs)
+#
+# Expects, built here as docs/PERFORMANCE.md says (git-ignored .gpu/):
+#   .gpu/arcface               stripped release binary built with --features tch
+#   .gpu/torch_r100_bench.py   a copy of ../shared/anchors/torch_r100_bench.py
+# Settings (environment): ARCFACE_BIN, ARCFACE_ANCHOR, ARCFACE_TORCH_PYTHON (python3),
+# DEVICE (cuda), CONFIG (configs/r100.toml), BATCH (128), CLASSES (85742), STEPS (20),
+# SKIP_ANCHOR=1 (a dry run without CUDA: DEVICE=libtorch-cpu CONFIG=configs/tiny.toml).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+logs="${1:-${ARCFACE_GPU_LOGS:-gpu-logs}}"
+bin="${ARCFACE_BIN:-.gpu/arcface}"
+anchor="${ARCFACE_ANCHOR:-.gpu/torch_r100_bench.py}"
+python="${ARCFACE_TORCH_PYTHON:-python3}"
+device="${DEVICE:-cuda}"
+config="${CONFIG:-configs/r100.toml}"
+batch="${BATCH:-128}"
+classes="${CLASSES:-85742}"
+steps="${STEPS:-20}"
+mkdir -p "$logs"
+log() { echo "[gpu-check $(date +%H:%M:%S)] $*" | tee -a "$logs/gpu-check.log"; }
+
+[ -x "$bin" ] || { log "no binary at $bin (build it with --features tch, see docs/PERFORMANCE.md)"; exit 1; }
+# torch's own libraries find cuDNN, cuBLAS and NCCL.
+torch_lib="$("$python" -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')" \
+    || { log "$python cannot import torch"; exit 1; }
+export LD_LIBRARY_PATH="$torch_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+date -u +%FT%TZ > "$logs/date.txt"
+nvidia-smi > "$logs/nvidia-smi.txt" 2>&1 || true
+gpus="$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)"
+log "device $device, $gpus GPU(s), $config, batch $batch, $classes classes, $steps steps"
+
+# Our training bench: $1 = name, the rest = extra arguments.
+ours() {
+    local name="$1"; shift
+    log "ours: $name"
+    timeout 600 "$bin" bench train --config "$config" --batch-size "$batch" --num-classes "$classes" \
+        --steps "$steps" --json "$@" > "$logs/ours_$name.json" 2> "$logs/ours_$name.err" \
+        || log "ours $name failed (exit $?): see $logs/ours_$name.err"
+}
+ours fp32 --device "$device" --precision fp32
+ours bf16 --device "$device" --precision bf16
+if [ "${gpus:-0}" -ge 2 ] && [ "$device" = cuda ]; then
+    all="cuda:$(seq -s, 0 $((gpus - 1)))"
+    ours "fp32_x$gpus" --device "$all" --precision fp32
+fi
+
+# Inference: an r100 with fresh weights through burn on the device, batch 256 as the anchor.
+scratch="$(mktemp -d)"
+if "$bin" export --config "$config" --onnx "$scratch/model.onnx" > "$logs/export.log" 2>&1; then
+    log "ours: inference"
+    timeout 300 "$bin" bench infer --model "$scratch/model.onnx" --batch 256 --burn-only \
+        --seconds 5 --device "$device" --json > "$logs/ours_infer.json" 2> "$logs/ours_infer.err" \
+        || log "ours inference failed: see $logs/ours_infer.err"
+else
+    log "export failed: see $logs/export.log"
+fi
+rm -rf "$scratch"
+
+# PyTorch's anchor, with the same memory instrument as ours (nvidia-smi, GPU 0).
+if [ -z "${SKIP_ANCHOR:-}" ]; then
+    log "anchor: $anchor"
+    nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -i 0 -lms 20 \
+        > "$logs/torch_memory.csv" 2>/dev/null &
+    sampler=$!
+    timeout 900 "$python" "$anchor" --steps "$steps" --batch "$batch" --classes "$classes" \
+        > "$logs/torch.jsonl" 2> "$logs/torch.err" || log "anchor failed: see $logs/torch.err"
+    kill "$sampler" 2>/dev/null; wait "$sampler" 2>/dev/null
+fi
+
+"$python" - "$logs" <<'PY' | tee "$logs/summary.txt"
+import json, os, sys
+logs = sys.argv[1]
+def load(name):
+    try:
+        with open(os.path.join(logs, name)) as f:
+            return json.load(f)
+    except Exception:
+        return None
+torch_rows = []
+try:
+    with open(os.path.join(logs, "torch.jsonl")) as f:
+        torch_rows = [json.loads(l) for l in f if l.strip().startswith("{")]
+except OSError:
+    pass
+def torch(kind, amp, cl):
+    for r in torch_rows:
+        if r.get("kind") == kind and r.get("amp") == amp and r.get("channels_last") == cl:
+            return r
+mem = []
+try:
+    with open(os.path.join(logs, "torch_memory.csv")) as f:
+        mem = [float(l) for l in f if l.strip().replace(".", "").isdigit()]
+except OSError:
+    pass
+header = next((r for r in torch_rows if "gpu" in r), {})
+print(f"card: {header.get('gpu', '?')}  torch {header.get('torch', '?')}  cuDNN {header.get('cudnn', '?')}")
+print(f"{'what':<34} {'ours img/s':>11} {'PyTorch img/s':>14} {'ratio':>7}")
+def row(what, ours, ref):
+    o = ours.get("images_per_second") if ours else None
+    t = ref.get("img_s") if ref else None
+    ratio = f"{o / t:7.2f}" if o and t else "      -"
+    print(f"{what:<34} {o or 0:11.0f} {t or 0:14.0f} {ratio}")
+fp32, bf16 = load("ours_fp32.json"), load("ours_bf16.json")
+row("train fp32 vs eager fp32", fp32, torch("train", False, False))
+row("train bf16 vs autocast bf16", bf16, torch("train", True, False))
+row("train bf16 vs bf16 + channels-last", bf16, torch("train", True, True))
+infer = load("ours_infer.json")
+row("infer fp32 b256 vs eager fp32", infer[0] if infer else None, torch("infer", False, False))
+for name in sorted(os.listdir(logs)):
+    if name.startswith("ours_fp32_x"):
+        multi = load(name)
+        if multi and fp32:
+            n = len(multi["devices"])
+            eff = multi["images_per_second"] / (n * fp32["images_per_second"])
+            print(f"data parallel on {n} GPUs: {multi['images_per_second']:.0f} img/s, scaling efficiency {eff:.2f}")
+for name, r in (("fp32", fp32), ("bf16", bf16)):
+    if r:
+        print(f"ours {name}: step {r['step_ms']:.1f} ms (forward {r['forward_ms'] or 0:.1f}, backward {r['backward_ms'] or 0:.1f}, optimizer {r['optimizer_ms']:.1f}), peak GPU memory (nvidia-smi) {r.get('peak_gpu_mib') or 0:.0f} MiB")
+for amp, cl in ((False, False), (True, False), (True, True)):
+    t = torch("train", amp, cl)
+    if t:
+        print(f"PyTorch train amp={amp} channels_last={cl}: step {t['step_ms']:.1f} ms, peak allocated {t['peak_gib'] * 1024:.0f} MiB")
+if mem:
+    print(f"PyTorch peak GPU memory over its whole run (nvidia-smi): {max(mem):.0f} MiB")
+PY
+log "logs in $logs"
