@@ -352,11 +352,18 @@ pub fn train_replicas(
     let mut report = TrainReport::default();
     let mut window = (Instant::now(), 0usize);
     while state.step < last_step {
-        // Dropout masks from (seed, step): a resumed run draws the same ones.
-        device.seed(crate::seed::mix(
-            config.seed,
-            &[STEP_SEED, state.step as u64],
-        ));
+        // Dropout masks from (seed, step, replica): a resumed run draws the same ones. (Replicas
+        // sharing one CPU device share its generator, so there thread order decides.)
+        for (rank, d) in devices.iter().enumerate() {
+            if devices[..rank].contains(d) {
+                continue;
+            }
+            let mut path = vec![STEP_SEED, state.step as u64];
+            if rank > 0 {
+                path.push(rank as u64);
+            }
+            d.seed(crate::seed::mix(config.seed, &path));
+        }
         let batches = loaders
             .iter()
             .map(|l| l.next_batch())
