@@ -40,12 +40,15 @@ log "device $device, $gpus GPU(s), $config, batch $batch, $classes classes, $ste
 ours() {
     local name="$1"; shift
     log "ours: $name"
-    timeout 600 "$bin" bench train --config "$config" --batch-size "$batch" --num-classes "$classes" \
+    # shellcheck disable=SC2086 # OURS_ENV: NAME=VALUE words for env, or empty.
+    timeout 600 env ${OURS_ENV:-} "$bin" bench train --config "$config" --batch-size "$batch" --num-classes "$classes" \
         --steps "$steps" --json "$@" > "$logs/ours_$name.json" 2> "$logs/ours_$name.err" \
         || log "ours $name failed (exit $?): see $logs/ours_$name.err"
 }
 ours fp32 --device "$device" --precision fp32
 ours bf16 --device "$device" --precision bf16
+# The same without libtorch's gradient kernels (burn's generic compositions): their effect.
+OURS_ENV=ARCFACE_TCH_GENERIC=1 ours fp32_generic --device "$device" --precision fp32
 if [ "${gpus:-0}" -ge 2 ] && [ "$device" = cuda ]; then
     all="cuda:$(seq -s, 0 $((gpus - 1)))"
     ours "fp32_x$gpus" --device "$all" --precision fp32
@@ -111,6 +114,9 @@ fp32, bf16 = load("ours_fp32.json"), load("ours_bf16.json")
 row("train fp32 vs eager fp32", fp32, torch("train", False, False))
 row("train bf16 vs autocast bf16", bf16, torch("train", True, False))
 row("train bf16 vs bf16 + channels-last", bf16, torch("train", True, True))
+generic = load("ours_fp32_generic.json")
+if generic and fp32:
+    print(f"libtorch gradient kernels: fp32 {fp32['images_per_second']:.0f} img/s vs {generic['images_per_second']:.0f} without ({fp32['images_per_second'] / generic['images_per_second']:.2f}x)")
 infer = load("ours_infer.json")
 row("infer fp32 b256 vs eager fp32", infer[0] if infer else None, torch("infer", False, False))
 for name in sorted(os.listdir(logs)):
@@ -122,7 +128,7 @@ for name in sorted(os.listdir(logs)):
             print(f"data parallel on {n} GPUs: {multi['images_per_second']:.0f} img/s, scaling efficiency {eff:.2f}")
 for name, r in (("fp32", fp32), ("bf16", bf16)):
     if r:
-        print(f"ours {name}: step {r['step_ms']:.1f} ms (forward {r['forward_ms'] or 0:.1f}, backward {r['backward_ms'] or 0:.1f}, optimizer {r['optimizer_ms']:.1f}), peak GPU memory (nvidia-smi) {r.get('peak_gpu_mib') or 0:.0f} MiB")
+        print(f"ours {name}: step {r['step_ms']:.1f} ms (forward {r['forward_ms'] or 0:.1f}, backward {r['backward_ms'] or 0:.1f}, optimizer {r['optimizer_ms']:.1f}), peak GPU memory (nvidia-smi) {(str(round(r['peak_gpu_mib'])) + ' MiB') if r.get('peak_gpu_mib') else 'n/a'}")
 for amp, cl in ((False, False), (True, False), (True, True)):
     t = torch("train", amp, cl)
     if t:

@@ -85,6 +85,8 @@ pub struct TrainThroughput {
     /// Peak memory in use on the CUDA devices during the timed steps, as nvidia-smi reports it
     /// (the whole device: CUDA context and allocator cache included), MiB; None off CUDA.
     pub peak_gpu_mib: Option<f64>,
+    /// LibTorch's own convolution and BatchNorm gradient kernels (false: burn's compositions).
+    pub libtorch_fused_kernels: bool,
 }
 
 /// The process's peak resident set (VmHWM), MiB.
@@ -262,6 +264,7 @@ pub fn train(
         loss,
         peak_host_mib: peak_host_mib(),
         peak_gpu_mib,
+        libtorch_fused_kernels: crate::device::libtorch_fused_kernels(),
     })
 }
 

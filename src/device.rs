@@ -130,6 +130,17 @@ pub fn set_cudnn_benchmark(on: bool) {
     let _ = on;
 }
 
+/// Whether LibTorch devices compute convolution and BatchNorm gradients with libtorch's own
+/// kernels (vendor/burn-tch/src/fused/) rather than burn's generic compositions; false without
+/// the `tch` feature or with `ARCFACE_TCH_GENERIC=1`.
+pub fn libtorch_fused_kernels() -> bool {
+    #[cfg(feature = "tch")]
+    #[allow(deprecated)] // burn-tch is deprecated upstream; see the module comment.
+    return burn_tch::fused::enabled();
+    #[cfg(not(feature = "tch"))]
+    false
+}
+
 /// Parses and resolves in one go: what a command does with `--device` or the config's `device`.
 pub fn select(text: &str) -> anyhow::Result<Vec<Device>> {
     Ok(text.parse::<DeviceSpec>()?.resolve()?)

@@ -1,0 +1,56 @@
+// arcface's addition to burn-tch: libtorch's own backward kernels for convolution and batch
+// norm, which tch 0.22 does not bind (its generator skips `convolution_backward` and
+// `native_batch_norm_backward`). Tensors are passed as tch passes them: `at::Tensor*`; results
+// are new `at::Tensor*` that tch::Tensor::from_ptr takes ownership of. Errors come back as a
+// strdup'ed message (freed by the caller with arcface_free_error), nullptr on success.
+#include <ATen/ATen.h>
+#include <ATen/Functions.h>
+
+#include <array>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+extern "C" {
+
+void arcface_free_error(char* message) { std::free(message); }
+
+char* arcface_convolution_backward(const at::Tensor* grad_output, const at::Tensor* input,
+                                   const at::Tensor* weight, const int64_t* stride,
+                                   const int64_t* padding, const int64_t* dilation, int64_t dims,
+                                   int64_t groups, int want_input, int want_weight,
+                                   at::Tensor** grad_input, at::Tensor** grad_weight) {
+  try {
+    std::vector<int64_t> output_padding(dims, 0);
+    std::array<bool, 3> mask = {want_input != 0, want_weight != 0, false};
+    auto result = at::convolution_backward(
+        *grad_output, *input, *weight, c10::nullopt, at::IntArrayRef(stride, dims),
+        at::IntArrayRef(padding, dims), at::IntArrayRef(dilation, dims), false, output_padding,
+        groups, mask);
+    if (want_input) *grad_input = new at::Tensor(std::get<0>(result));
+    if (want_weight) *grad_weight = new at::Tensor(std::get<1>(result));
+    return nullptr;
+  } catch (const std::exception& e) {
+    return strdup(e.what());
+  }
+}
+
+char* arcface_batch_norm_backward(const at::Tensor* grad_output, const at::Tensor* input,
+                                  const at::Tensor* weight, const at::Tensor* save_mean,
+                                  const at::Tensor* save_invstd, double epsilon,
+                                  at::Tensor** grad_input, at::Tensor** grad_weight,
+                                  at::Tensor** grad_bias) {
+  try {
+    auto result = at::native_batch_norm_backward(
+        *grad_output, *input, *weight, c10::nullopt, c10::nullopt, *save_mean, *save_invstd,
+        true, epsilon, {true, true, true});
+    *grad_input = new at::Tensor(std::get<0>(result));
+    *grad_weight = new at::Tensor(std::get<1>(result));
+    *grad_bias = new at::Tensor(std::get<2>(result));
+    return nullptr;
+  } catch (const std::exception& e) {
+    return strdup(e.what());
+  }
+}
+
+}  // extern "C"
