@@ -21,6 +21,10 @@ use burn::tensor::{Device, Tensor};
 pub struct Replicas<M> {
     devices: Vec<Device>,
     others: Vec<M>,
+    /// Threads for the replicas beyond the master, kept for the whole run: burn keeps a
+    /// BatchNorm's pending running-statistics update per thread id, so a fresh thread per step
+    /// would leave one more pending update behind at every step.
+    pool: Option<rayon::ThreadPool>,
 }
 
 /// Every float tensor of a module (parameters and running statistics), flattened and detached,
@@ -160,9 +164,17 @@ impl<M: Module + Sync> Replicas<M> {
     /// `make(device)` builds the model on a device; it is called for every device but the first
     /// (the master's, which the caller holds).
     pub fn new(devices: &[Device], make: impl Fn(&Device) -> M) -> Replicas<M> {
+        let pool = (devices.len() > 1).then(|| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(devices.len() - 1)
+                .thread_name(|i| format!("replica-{}", i + 1))
+                .build()
+                .expect("starting the replica threads")
+        });
         Replicas {
             devices: devices.to_vec(),
             others: devices[1..].iter().map(make).collect(),
+            pool,
         }
     }
 
@@ -210,20 +222,34 @@ impl<M: Module + Sync> Replicas<M> {
             .collect();
         drop(values);
 
-        // Replica 0 (the master) runs on this thread, the others on threads of their own: burn
-        // folds a BatchNorm's running-statistics update in when the same thread next reads
-        // them, so the master's must always come from one thread.
+        // Replica 0 (the master) runs on this thread, the others on the pool's: burn folds a
+        // BatchNorm's running-statistics update in when the same thread next reads them, so the
+        // master's must always come from one thread.
         let mut shards = shards.into_iter();
         let first = shards.next().expect("one shard per replica");
-        let (first_result, rest) = std::thread::scope(|scope| {
-            let run = &run;
-            let handles: Vec<_> = shards
-                .zip(&self.others)
-                .map(|(shard, model)| scope.spawn(move || run(model, shard)))
-                .collect();
-            let first = run(master, first);
-            let rest: Vec<_> = handles.into_iter().map(|h| h.join()).collect();
-            (first, rest)
+        let pool = self
+            .pool
+            .as_ref()
+            .expect("a pool when there are other replicas");
+        let others = &self.others;
+        let slots: Vec<std::sync::Mutex<Option<std::thread::Result<_>>>> =
+            others.iter().map(|_| std::sync::Mutex::new(None)).collect();
+        let first_result = pool.in_place_scope(|scope| {
+            for ((shard, model), slot) in shards.zip(others).zip(&slots) {
+                let run = &run;
+                scope.spawn(move |_| {
+                    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        run(model, shard)
+                    }));
+                    *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(result);
+                });
+            }
+            run(master, first)
+        });
+        let rest = slots.into_iter().map(|slot| {
+            slot.into_inner()
+                .unwrap_or_else(|p| p.into_inner())
+                .expect("every replica ran")
         });
         let results = std::iter::once(Ok(first_result)).chain(rest);
         let mut losses = Vec::with_capacity(self.len());
