@@ -152,7 +152,8 @@ pub fn batch_norm_train(
         epsilon,
     );
     // native_batch_norm keeps 1/√(var + ε); burn's callers want the variance itself.
-    let variance = invstd.square().reciprocal() - epsilon;
+    // (Clamped: for a constant channel rounding can leave a tiny negative.)
+    let variance = (invstd.square().reciprocal() - epsilon).clamp_min(0.0);
     Some((
         TchTensor::new(output),
         TchTensor::new(mean),
