@@ -61,6 +61,10 @@ if "$bin" export --config "$config" --onnx "$scratch/model.onnx" > "$logs/export
     timeout 300 "$bin" bench infer --model "$scratch/model.onnx" --batch 256 --burn-only \
         --seconds 5 --device "$device" --json > "$logs/ours_infer.json" 2> "$logs/ours_infer.err" \
         || log "ours inference failed: see $logs/ours_infer.err"
+    log "ours: inference bf16"
+    timeout 300 "$bin" bench infer --model "$scratch/model.onnx" --batch 256 --burn-only \
+        --precision bf16 --seconds 5 --device "$device" --json > "$logs/ours_infer_bf16.json" \
+        2> "$logs/ours_infer_bf16.err" || log "ours bf16 inference failed: see $logs/ours_infer_bf16.err"
 else
     log "export failed: see $logs/export.log"
 fi
@@ -119,6 +123,8 @@ if generic and fp32:
     print(f"libtorch gradient kernels: fp32 {fp32['images_per_second']:.0f} img/s vs {generic['images_per_second']:.0f} without ({fp32['images_per_second'] / generic['images_per_second']:.2f}x)")
 infer = load("ours_infer.json")
 row("infer fp32 b256 vs eager fp32", infer[0] if infer else None, torch("infer", False, False))
+infer_bf16 = load("ours_infer_bf16.json")
+row("infer bf16 b256 vs bf16 + channels-last", infer_bf16[0] if infer_bf16 else None, torch("infer", True, True))
 for name in sorted(os.listdir(logs)):
     if name.startswith("ours_fp32_x"):
         multi = load(name)

@@ -6,8 +6,8 @@ use std::path::Path;
 use anyhow::{Result, bail};
 use burn::tensor::{Device, Tensor, TensorData};
 
-use crate::model::IResNet;
 use crate::model::iresnet::INPUT_SIZE;
+use crate::model::{IResNet, Precision};
 use crate::onnx::OnnxEmbedder;
 use crate::train::checkpoint::load_backbone;
 
@@ -21,6 +21,8 @@ pub enum Embedder {
     Burn {
         model: IResNet,
         device: Device,
+        /// Arithmetic of the convolutions and the FC layer (`bench infer --precision`).
+        precision: Precision,
     },
     Onnx(OnnxEmbedder),
 }
@@ -35,6 +37,7 @@ impl Embedder {
         Ok(Embedder::Burn {
             model,
             device: device.clone(),
+            precision: Precision::Fp32,
         })
     }
 
@@ -63,10 +66,14 @@ impl Embedder {
             );
         }
         match self {
-            Embedder::Burn { model, device } => {
+            Embedder::Burn {
+                model,
+                device,
+                precision,
+            } => {
                 let n = images.len() / IMAGE_VALUES;
                 let data = TensorData::new(images.to_vec(), [n, 3, INPUT_SIZE, INPUT_SIZE]);
-                let out = model.forward(Tensor::<4>::from_data(data, device));
+                let out = model.forward_at(Tensor::<4>::from_data(data, device), *precision);
                 out.into_data()
                     .convert::<f32>()
                     .try_into_vec::<f32>()

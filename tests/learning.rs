@@ -39,6 +39,7 @@ fn a_few_minutes_of_training_beat_the_untrained_network_by_far() {
     let untrained = Embedder::Burn {
         model: backbone_config(&config).init(&device).valid(),
         device: device.clone(),
+        precision: arcface::model::Precision::Fp32,
     };
     let before = evaluate(&untrained, &set, "synth_val", 64)
         .unwrap()

@@ -87,6 +87,7 @@ fn burn_embed(model: &IResNet, images: &[f32]) -> Vec<f32> {
     Embedder::Burn {
         model: model.clone(),
         device: Device::flex(),
+        precision: arcface::model::Precision::Fp32,
     }
     .embed(images)
     .unwrap()

@@ -68,6 +68,9 @@ pub enum BenchCommand {
         /// Time burn alone (on --device), not tract: for GPUs, where tract's CPU figure is moot.
         #[arg(long, conflicts_with = "onnxruntime")]
         burn_only: bool,
+        /// Arithmetic of burn's convolutions and FC layer (tract always runs the file's fp32).
+        #[arg(long, value_enum, default_value_t = Precision::Fp32)]
+        precision: Precision,
         #[arg(long)]
         json: bool,
     },
@@ -153,11 +156,13 @@ pub fn run(what: &BenchCommand, cli_device: &Option<String>) -> Result<()> {
             mtcnn,
             onnxruntime,
             burn_only,
+            precision,
             json,
         } => {
             let engines = Engines {
                 tract: !burn_only,
                 onnxruntime: *onnxruntime,
+                burn_precision: *precision,
             };
             infer(model, *batch, *seconds, engines, *json, cli_device)?;
             if let Some(photo) = photo {
@@ -172,6 +177,7 @@ pub fn run(what: &BenchCommand, cli_device: &Option<String>) -> Result<()> {
 struct Engines {
     tract: bool,
     onnxruntime: bool,
+    burn_precision: Precision,
 }
 
 fn infer(
@@ -194,10 +200,18 @@ fn infer(
         onnx::export::write(&proto, &tmp)?;
         (backbone, tmp.clone())
     };
-    let burn_name = format!("burn ({})", cli_device.as_deref().unwrap_or("cpu"));
+    let precision = engines.burn_precision;
+    let burn_name = match precision {
+        Precision::Fp32 => format!("burn ({})", cli_device.as_deref().unwrap_or("cpu")),
+        _ => format!(
+            "burn ({}, {precision})",
+            cli_device.as_deref().unwrap_or("cpu")
+        ),
+    };
     let burn = Embedder::Burn {
         model: backbone,
         device,
+        precision,
     };
     let measured = (|| -> Result<Vec<InferThroughput>> {
         let mut results = vec![bench::infer(&burn_name, &burn, batch, seconds)?];

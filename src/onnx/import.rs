@@ -257,6 +257,7 @@ pub fn compare_outputs(proto: pb::ModelProto, model: &IResNet, device: &Device) 
     let ours = Embedder::Burn {
         model: model.clone(),
         device: device.clone(),
+        precision: crate::model::Precision::Fp32,
     }
     .embed(&images)?;
     let e = file.len() / 2;

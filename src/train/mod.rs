@@ -87,6 +87,7 @@ pub fn validate(
     let embedder = Embedder::Burn {
         model: backbone.valid(),
         device: device.clone(),
+        precision: crate::model::Precision::Fp32,
     };
     targets
         .iter()
