@@ -108,12 +108,12 @@ except OSError:
     pass
 header = next((r for r in torch_rows if "gpu" in r), {})
 print(f"card: {header.get('gpu', '?')}  torch {header.get('torch', '?')}  cuDNN {header.get('cudnn', '?')}")
-print(f"{'what':<34} {'ours img/s':>11} {'PyTorch img/s':>14} {'ratio':>7}")
+print(f"{'what':<40} {'ours img/s':>11} {'PyTorch img/s':>14} {'ratio':>7}")
 def row(what, ours, ref):
     o = ours.get("images_per_second") if ours else None
     t = ref.get("img_s") if ref else None
     ratio = f"{o / t:7.2f}" if o and t else "      -"
-    print(f"{what:<34} {o or 0:11.0f} {t or 0:14.0f} {ratio}")
+    print(f"{what:<40} {o or 0:11.0f} {t or 0:14.0f} {ratio}")
 fp32, bf16 = load("ours_fp32.json"), load("ours_bf16.json")
 row("train fp32 vs eager fp32", fp32, torch("train", False, False))
 row("train bf16 vs autocast bf16", bf16, torch("train", True, False))
