@@ -3,27 +3,25 @@
 //! each epoch end, exact resume.
 
 pub mod checkpoint;
+mod inputs;
 pub mod monitor;
 pub mod replicas;
 pub mod schedule;
 pub mod sgd;
+mod validation;
+
+pub use validation::validate;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use burn::module::Module;
 use burn::tensor::Device;
 
 use crate::config::Config;
-use crate::data::bin::PairSet;
-use crate::data::dataset::RecDataset;
 use crate::data::loader::{Cursor, Loader, LoaderConfig};
-use crate::data::synth::{SynthConfig, generate};
-use crate::embedder::Embedder;
-use crate::eval::embed::{TargetResult, evaluate};
-use crate::model::{IResNet, Trainee, backbone_config, head_config};
+use crate::eval::embed::TargetResult;
+use crate::model::{Trainee, backbone_config, head_config};
 use checkpoint::{Checkpoint, Meta, load_named, named_tensors};
 use monitor::Monitor;
 use replicas::Replicas;
@@ -58,49 +56,6 @@ pub struct TrainOptions {
     /// Start the backbone from this checkpoint's (fine-tuning; e.g. one made by `arcface
     /// import`); the head, optimizer and step start fresh.
     pub init: Option<PathBuf>,
-}
-
-/// The validation sets of `val_targets` present in `dir` (missing ones are reported and skipped).
-fn load_targets(config: &Config, log: &mut Vec<String>) -> Result<Vec<(String, PairSet)>> {
-    let mut targets = Vec::new();
-    for name in &config.val_targets {
-        let path = config.rec.join(format!("{name}.bin"));
-        if path.exists() {
-            targets.push((name.clone(), PairSet::read(&path)?));
-        } else {
-            log.push(format!(
-                "validation target {name}: {} not found, skipped",
-                path.display()
-            ));
-        }
-    }
-    Ok(targets)
-}
-
-/// Runs validation on every target with an inference copy of the backbone.
-pub fn validate(
-    backbone: &IResNet,
-    targets: &[(String, PairSet)],
-    batch: usize,
-    device: &Device,
-) -> Result<Vec<TargetResult>> {
-    let embedder = Embedder::Burn {
-        model: backbone.valid(),
-        device: device.clone(),
-        precision: crate::model::Precision::Fp32,
-    };
-    targets
-        .iter()
-        .map(|(name, set)| {
-            evaluate(&embedder, set, name, batch)
-                .map_err(|e| anyhow::anyhow!("validation {name}: {e}"))
-        })
-        .collect()
-}
-
-fn mean_accuracy(results: &[TargetResult]) -> Option<f64> {
-    (!results.is_empty())
-        .then(|| results.iter().map(|r| r.accuracy).sum::<f64>() / results.len() as f64)
 }
 
 struct State {
@@ -188,45 +143,11 @@ pub fn train_replicas(
         .first()
         .ok_or_else(|| anyhow::anyhow!("no device to train on"))?;
     crate::device::set_cudnn_benchmark(config.cudnn_benchmark);
-    if !config.rec.exists() {
-        match &config.synthetic {
-            Some(spec) => {
-                println!(
-                    "{} does not exist: generating synthetic identities there",
-                    config.rec.display()
-                );
-                let synth = SynthConfig::new(
-                    spec.identities,
-                    spec.images_per_identity,
-                    spec.val_pairs,
-                    spec.seed,
-                );
-                let bar = crate::progress::bar(0, "synth");
-                generate(&config.rec, &synth, &bar)?;
-                bar.finish_and_clear();
-            }
-            None => bail!(
-                "data folder {} does not exist (set `rec` in the config)",
-                config.rec.display()
-            ),
-        }
-    }
-    let dataset = Arc::new(RecDataset::open(&config.rec)?);
-    let num_classes = match config.num_classes {
-        Some(n) if n < dataset.num_classes() => {
-            bail!(
-                "config `num_classes` = {n} but {} has {} identities",
-                config.rec.display(),
-                dataset.num_classes()
-            )
-        }
-        Some(n) => n,
-        None => dataset.num_classes(),
-    };
+    let (dataset, num_classes) = inputs::open_dataset(config)?;
     std::fs::create_dir_all(&config.output)
         .with_context(|| format!("creating {}", config.output.display()))?;
     let mut notes = Vec::new();
-    let targets = load_targets(config, &mut notes)?;
+    let targets = inputs::load_targets(config, &mut notes)?;
 
     let resume_from = resume_path(config, &options.resume)?;
     let train_devices: Vec<Device> = devices.iter().map(|d| d.clone().autodiff()).collect();
@@ -431,7 +352,7 @@ pub fn train_replicas(
             if !targets.is_empty() {
                 let results = validate(&state.model.backbone, &targets, config.batch_size, device)?;
                 monitor.validation(state.step, &results);
-                accuracy = mean_accuracy(&results);
+                accuracy = validation::mean_accuracy(&results);
                 report.validations.push((state.step, results));
             }
             window = (Instant::now(), 0);

@@ -1,0 +1,36 @@
+//! Validation during training: every target with an inference copy of the backbone.
+
+use anyhow::Result;
+use burn::module::Module;
+use burn::tensor::Device;
+
+use crate::data::bin::PairSet;
+use crate::embedder::Embedder;
+use crate::eval::embed::{TargetResult, evaluate};
+use crate::model::IResNet;
+
+/// Runs validation on every target with an inference copy of the backbone.
+pub fn validate(
+    backbone: &IResNet,
+    targets: &[(String, PairSet)],
+    batch: usize,
+    device: &Device,
+) -> Result<Vec<TargetResult>> {
+    let embedder = Embedder::Burn {
+        model: backbone.valid(),
+        device: device.clone(),
+        precision: crate::model::Precision::Fp32,
+    };
+    targets
+        .iter()
+        .map(|(name, set)| {
+            evaluate(&embedder, set, name, batch)
+                .map_err(|e| anyhow::anyhow!("validation {name}: {e}"))
+        })
+        .collect()
+}
+
+pub fn mean_accuracy(results: &[TargetResult]) -> Option<f64> {
+    (!results.is_empty())
+        .then(|| results.iter().map(|r| r.accuracy).sum::<f64>() / results.len() as f64)
+}
