@@ -166,17 +166,14 @@ pub fn train(
 ) -> Result<TrainThroughput> {
     use burn::tensor::{Distribution, Int, Tensor};
 
-    use crate::model::{Trainee, backbone_config, head_config};
+    use crate::model::Trainee;
     use crate::train::replicas::Replicas;
     use crate::train::sgd::{Sgd, SgdSettings};
 
     let devices = spec.resolve()?;
     crate::device::set_cudnn_benchmark(config.cudnn_benchmark);
     let train_devices: Vec<_> = devices.iter().map(|d| d.clone().autodiff()).collect();
-    let make = |d: &burn::tensor::Device| Trainee {
-        backbone: backbone_config(config).init(d),
-        head: head_config(config, num_classes).init(d),
-    };
+    let make = |d: &burn::tensor::Device| Trainee::init(config, num_classes, d);
     let mut model = make(&train_devices[0]);
     let mut replicas = Replicas::new(&train_devices, make);
     let mut sgd = Sgd::new(SgdSettings {

@@ -9,6 +9,19 @@ use burn::module::Module;
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
+/// A tiny LResNet-E-IR (one unit per stage) with an ArcFace head of 10 classes.
+fn small_model(device: &Device) -> Trainee {
+    Trainee {
+        backbone: IResNetConfig::new([1, 1, 1, 1], [8, 16, 32, 64])
+            .with_embedding_size(32)
+            .with_dropout(0.0)
+            .init(device),
+        head: MarginSoftmaxConfig::new(10, 32)
+            .with_scale(16.0)
+            .init(device),
+    }
+}
+
 /// Gradients of one training loss, by parameter path, computed on `device` from the weights
 /// and inputs given as host data.
 fn gradients(
@@ -18,15 +31,7 @@ fn gradients(
     labels: &TensorData,
 ) -> std::collections::BTreeMap<String, Vec<f32>> {
     let device = device.clone().autodiff();
-    let model = Trainee {
-        backbone: IResNetConfig::new([1, 1, 1, 1], [8, 16, 32, 64])
-            .with_embedding_size(32)
-            .with_dropout(0.0)
-            .init(&device),
-        head: MarginSoftmaxConfig::new(10, 32)
-            .with_scale(16.0)
-            .init(&device),
-    };
+    let model = small_model(&device);
     let model = arcface::train::checkpoint::load_named(model, "", weights).unwrap();
     let loss = model.loss(
         Tensor::from_data(images.clone(), &device),
@@ -70,15 +75,7 @@ fn libtorch_gradients_equal_the_cpu_backends() {
     );
     let flex = Device::flex();
     flex.seed(3);
-    let start = Trainee {
-        backbone: IResNetConfig::new([1, 1, 1, 1], [8, 16, 32, 64])
-            .with_embedding_size(32)
-            .with_dropout(0.0)
-            .init(&flex),
-        head: MarginSoftmaxConfig::new(10, 32)
-            .with_scale(16.0)
-            .init(&flex),
-    };
+    let start = small_model(&flex);
     let weights = named_tensors(&start, "");
     let images = Tensor::<4>::random(
         [6, 3, 112, 112],

@@ -1,22 +1,14 @@
 //! Backbone shapes, parameter counts and FLOPs against the published numbers, and one SGD
 //! step that lowers the loss.
 
+mod common;
+
 use arcface::model::summary::{count_params, summarize};
 use arcface::model::{IResNetConfig, MarginSoftmaxConfig, Network, Precision};
 use burn::module::Module;
 use burn::optim::momentum::MomentumConfig;
 use burn::optim::{GradientsParams, SgdConfig};
 use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
-
-/// burn's CPU backend has one random generator per process: every test here takes its turn,
-/// so that a seeded test draws the same numbers whatever runs beside it.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 fn backbone(network: Network) -> IResNetConfig {
     let embedding = if network == Network::Tiny { 128 } else { 512 };
@@ -33,7 +25,7 @@ fn images(batch: usize, device: &Device) -> Tensor<4> {
 
 #[test]
 fn every_depth_embeds_batches_of_1_and_3() {
-    let _turn = serial();
+    let _turn = common::serial();
     let device = Device::flex();
     for network in [
         Network::Tiny,
@@ -62,7 +54,7 @@ fn every_depth_embeds_batches_of_1_and_3() {
 
 #[test]
 fn r100_parameters_and_flops_are_the_published_ones() {
-    let _turn = serial();
+    let _turn = common::serial();
     // LResNet100E-IR: 65,156,160 parameters with the last BN's γ counted (fixed at 1 in the
     // seed, so 65,155,648 trainable), 24.18 GFLOPs (12.09 GMAC) per 112×112 image.
     let model = backbone(Network::R100).init(&Device::flex().autodiff());
@@ -74,7 +66,7 @@ fn r100_parameters_and_flops_are_the_published_ones() {
 
 #[test]
 fn r50_parameters_match_arcface_torch() {
-    let _turn = serial();
+    let _turn = common::serial();
     // arcface_torch's iresnet50 (fp16 off, 512-d): 43,590,848 parameters.
     let model = backbone(Network::R50).init(&Device::flex().autodiff());
     let s = summarize(&model, "r50");
@@ -84,7 +76,7 @@ fn r50_parameters_match_arcface_torch() {
 
 #[test]
 fn a_learnable_gamma_is_counted_as_trainable() {
-    let _turn = serial();
+    let _turn = common::serial();
     let config = backbone(Network::Tiny).with_embedding_gamma_trainable(true);
     let (params, trainable) = count_params(&config.init(&Device::flex().autodiff()));
     assert_eq!(params, trainable);
@@ -92,7 +84,7 @@ fn a_learnable_gamma_is_counted_as_trainable() {
 
 #[test]
 fn summary_shapes_are_the_real_ones() {
-    let _turn = serial();
+    let _turn = common::serial();
     let device = Device::flex();
     let model = backbone(Network::Tiny).init(&device);
     let summary = summarize(&model, "tiny");
@@ -124,7 +116,7 @@ fn summary_shapes_are_the_real_ones() {
 /// gradient to every trainable parameter and to nothing else (the fixed γ gets none).
 #[test]
 fn gradients_reach_exactly_the_trainable_parameters() {
-    let _turn = serial();
+    let _turn = common::serial();
     let device = Device::flex().autodiff();
     let model = backbone(Network::Tiny).init(&device);
     let (_, trainable) = count_params(&model);
@@ -185,12 +177,12 @@ fn sgd_step_lowers_the_loss(margins: [f64; 3]) {
 
 #[test]
 fn one_sgd_step_lowers_the_arcface_loss() {
-    let _turn = serial();
+    let _turn = common::serial();
     sgd_step_lowers_the_loss([1.0, 0.5, 0.0]);
 }
 
 #[test]
 fn one_sgd_step_lowers_the_cosface_loss() {
-    let _turn = serial();
+    let _turn = common::serial();
     sgd_step_lowers_the_loss([1.0, 0.0, 0.35]);
 }

@@ -2,6 +2,8 @@
 //! batch B update the weights as one replica of 2B (BN-free model), a two-replica run resumes
 //! exactly, and the bf16 loss curve follows the fp32 one.
 
+mod common;
+
 use std::path::Path;
 
 use arcface::config::Config;
@@ -14,15 +16,6 @@ use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Linear, LinearConfig, PRelu, PReluConfig, PaddingConfig2d};
 use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
-
-/// burn's CPU backend has one random generator per process: tests take turns.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 /// Convolution, PReLU, FC and the ArcFace head: everything of the real model but BatchNorm,
 /// whose batch statistics make replicas differ from one big batch by design (as DDP).
@@ -62,7 +55,7 @@ fn weights<M: Module>(module: &M) -> Vec<f32> {
 
 #[test]
 fn two_replicas_of_b_update_like_one_replica_of_2b() {
-    let _turn = serial();
+    let _turn = common::serial();
     let device = Device::flex().autodiff();
     device.seed(5);
     let b = 6;
@@ -154,7 +147,7 @@ fn small_config(data: &Path, output: &Path, extra: &str) -> Config {
 
 #[test]
 fn two_replica_training_resumes_exactly() {
-    let _turn = serial();
+    let _turn = common::serial();
     let (data, a, b) = (
         tempfile::tempdir().unwrap(),
         tempfile::tempdir().unwrap(),
@@ -189,7 +182,7 @@ fn two_replica_training_resumes_exactly() {
 
 #[test]
 fn bf16_loss_follows_fp32() {
-    let _turn = serial();
+    let _turn = common::serial();
     let data = tempfile::tempdir().unwrap();
     generate(
         data.path(),
@@ -264,7 +257,7 @@ fn precision_key_is_checked() {
 
 #[test]
 fn bf16_embeddings_match_fp32() {
-    let _turn = serial();
+    let _turn = common::serial();
     let device = Device::flex();
     device.seed(9);
     let model = arcface::model::IResNetConfig::new([1, 1, 1, 1], [8, 16, 32, 64])

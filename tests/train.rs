@@ -12,16 +12,6 @@ use arcface::eval::verify::{l2_normalize, squared_distance, verify};
 use arcface::train::{Resume, TrainOptions, train};
 use burn::tensor::Device;
 
-/// burn's CPU backend has one random generator per process: training tests in this binary
-/// take turns, or their seeded initialisations and dropout masks would interleave.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 /// A tiny run on 20 synthetic identities × 6 images, batch 8 (15 steps per epoch).
 fn small_config(data: &Path, output: &Path, extra: &str) -> Config {
     if !data.join("train.rec").exists() {
@@ -42,7 +32,7 @@ fn small_config(data: &Path, output: &Path, extra: &str) -> Config {
 
 #[test]
 fn resume_continues_with_identical_losses() {
-    let _turn = serial();
+    let _turn = common::serial();
     let (data, a, b) = (
         tempfile::tempdir().unwrap(),
         tempfile::tempdir().unwrap(),
@@ -103,7 +93,7 @@ fn resume_continues_with_identical_losses() {
 
 #[test]
 fn a_damaged_checkpoint_is_rejected() {
-    let _turn = serial();
+    let _turn = common::serial();
     let (data, out) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let config = small_config(data.path(), out.path(), "");
     let report = train(
@@ -140,7 +130,7 @@ fn a_damaged_checkpoint_is_rejected() {
 
 #[test]
 fn nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint() {
-    let _turn = serial();
+    let _turn = common::serial();
     let (data, out) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     // An absurd learning rate blows the weights up within a few steps.
     let mut config = small_config(data.path(), out.path(), "");
@@ -172,7 +162,7 @@ fn nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint() {
 
 #[test]
 fn tensorboard_files_read_back_with_tensorboard() {
-    let _turn = serial();
+    let _turn = common::serial();
     let (data, out) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let config = small_config(data.path(), out.path(), "");
     train(
@@ -279,7 +269,7 @@ fn ten_fold_protocol_equals_numpy() {
 
 #[test]
 fn eval_cli_reports_every_target_as_json_and_draws_the_roc() {
-    let _turn = serial();
+    let _turn = common::serial();
     let (data, out) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let config = small_config(data.path(), out.path(), "");
     let report = train(
@@ -331,7 +321,7 @@ fn eval_cli_reports_every_target_as_json_and_draws_the_roc() {
 
 #[test]
 fn resume_without_a_checkpoint_says_so() {
-    let _turn = serial();
+    let _turn = common::serial();
     let (data, out) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let config = small_config(data.path(), out.path(), "");
     let err = train(
@@ -350,7 +340,7 @@ fn resume_without_a_checkpoint_says_so() {
 
 #[test]
 fn safetensors_export_has_arcface_torch_names_and_layouts() {
-    let _turn = serial();
+    let _turn = common::serial();
     let (data, out) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let config = small_config(data.path(), out.path(), "");
     let ckpt = train(
@@ -409,7 +399,7 @@ fn safetensors_export_has_arcface_torch_names_and_layouts() {
 
 #[test]
 fn keeps_the_last_k_step_checkpoints_and_the_best() {
-    let _turn = serial();
+    let _turn = common::serial();
     let (data, out) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let mut config = small_config(data.path(), out.path(), "");
     config.save_every = 1;
@@ -442,7 +432,7 @@ fn keeps_the_last_k_step_checkpoints_and_the_best() {
 #[test]
 fn init_starts_the_backbone_from_a_checkpoint() {
     use arcface::train::checkpoint::Checkpoint;
-    let _turn = serial();
+    let _turn = common::serial();
     let (data, a, b, c) = (
         tempfile::tempdir().unwrap(),
         tempfile::tempdir().unwrap(),

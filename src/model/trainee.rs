@@ -3,9 +3,10 @@
 //! "backbone.layer1.0.conv1.weight" / "head.weight" as in checkpoints.
 
 use burn::module::Module;
-use burn::tensor::{Int, Tensor};
+use burn::tensor::{Device, Int, Tensor};
 
-use super::{IResNet, MarginSoftmax, Precision};
+use super::{IResNet, MarginSoftmax, Precision, backbone_config, head_config};
+use crate::config::Config;
 
 #[derive(Module, Debug)]
 pub struct Trainee {
@@ -14,6 +15,14 @@ pub struct Trainee {
 }
 
 impl Trainee {
+    /// The backbone and head `config` describes, for `num_classes` identities, on `device`.
+    pub fn init(config: &Config, num_classes: usize, device: &Device) -> Trainee {
+        Trainee {
+            backbone: backbone_config(config).init(device),
+            head: head_config(config, num_classes).init(device),
+        }
+    }
+
     /// Mean margin-softmax cross-entropy of a batch: raw RGB [B, 3, 112, 112], labels [B].
     pub fn loss(
         &self,

@@ -21,7 +21,7 @@ use burn::tensor::Device;
 use crate::config::Config;
 use crate::data::loader::{Cursor, Loader, LoaderConfig};
 use crate::eval::embed::TargetResult;
-use crate::model::{Trainee, backbone_config, head_config};
+use crate::model::Trainee;
 use checkpoint::{Checkpoint, Meta, load_named, named_tensors};
 use monitor::Monitor;
 use replicas::Replicas;
@@ -152,10 +152,7 @@ pub fn train_replicas(
     let resume_from = resume_path(config, &options.resume)?;
     let train_devices: Vec<Device> = devices.iter().map(|d| d.clone().autodiff()).collect();
     let train_device = train_devices[0].clone();
-    let make = |d: &Device| Trainee {
-        backbone: backbone_config(config).init(d),
-        head: head_config(config, num_classes).init(d),
-    };
+    let make = |d: &Device| Trainee::init(config, num_classes, d);
     // Seeded initialisation: two runs of one config start from the same weights.
     device.seed(config.seed);
     let mut state = State {

@@ -60,3 +60,13 @@ pub fn run_reference(script: &str, input: &serde_json::Value) -> serde_json::Val
 pub fn arcface() -> Command {
     Command::new(env!("CARGO_BIN_EXE_arcface"))
 }
+
+/// burn's CPU backend has one random generator per process: tests of one binary that seed it
+/// and draw from it take turns through this lock, or their draws would interleave.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
