@@ -8,8 +8,14 @@
 # Expects, built here as docs/PERFORMANCE.md says (git-ignored .gpu/):
 #   .gpu/arcface               stripped release binary built with --features tch
 #   .gpu/torch_r100_bench.py   a copy of ../shared/anchors/torch_r100_bench.py
+# With PROFILE=1 (the default on CUDA) our fp32 and bf16 training steps and inference batches
+# are also recorded with libtorch's profiler, PyTorch's with torch.profiler
+# (scripts/torch_profile.py), and scripts/profile_summary.py sets them side by side.
 # Settings (environment): ARCFACE_BIN, ARCFACE_ANCHOR, ARCFACE_TORCH_PYTHON (python3),
 # DEVICE (cuda), CONFIG (configs/r100.toml), BATCH (128), CLASSES (85742), STEPS (20),
+# RUN_TIMEOUT (240 s for each of our runs), SKIP_GENERIC=1 (no run without libtorch's kernels),
+# SKIP_TRAIN=1 (no training run on synthetic identities), SKIP_INFER=1 (no inference runs),
+# SKIP_TORCH_PROFILE=1 (PyTorch's anchor timed but not profiled),
 # SKIP_ANCHOR=1 (a dry run without CUDA: DEVICE=libtorch-cpu CONFIG=configs/tiny.toml).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -23,6 +29,9 @@ config="${CONFIG:-configs/r100.toml}"
 batch="${BATCH:-128}"
 classes="${CLASSES:-85742}"
 steps="${STEPS:-20}"
+profile="${PROFILE:-$([ "$device" = cuda ] && echo 1)}"
+# --profile TRACE for our runs when profiling: $1 = the trace's name.
+profile_arg() { [ -n "$profile" ] && echo "--profile $logs/$1.json"; }
 mkdir -p "$logs"
 log() { echo "[gpu-check $(date +%H:%M:%S)] $*" | tee -a "$logs/gpu-check.log"; }
 
@@ -36,40 +45,29 @@ nvidia-smi > "$logs/nvidia-smi.txt" 2>&1 || true
 gpus="$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)"
 log "device $device, $gpus GPU(s), $config, batch $batch, $classes classes, $steps steps"
 
+# LibTorch against burn's CPU backend on this GPU (cuDNN's BatchNorm and convolution gradients,
+# inference, the fused SGD): tests/libtorch.rs, built by scripts/build-gpu.sh.
+if [ -f .gpu/libtorch_tests.xz ]; then
+    log "tests/libtorch.rs"
+    xz -dc .gpu/libtorch_tests.xz > "$logs/.libtorch_tests" && chmod +x "$logs/.libtorch_tests"
+    timeout 300 "$logs/.libtorch_tests" --test-threads 1 --nocapture > "$logs/libtorch_tests.log" 2>&1 \
+        && log "tests/libtorch.rs passed" || log "tests/libtorch.rs FAILED: see $logs/libtorch_tests.log"
+    rm -f "$logs/.libtorch_tests"
+fi
+
 # Our training bench: $1 = name, the rest = extra arguments.
 ours() {
     local name="$1"; shift
     log "ours: $name"
     # shellcheck disable=SC2086 # OURS_ENV: NAME=VALUE words for env, or empty.
-    timeout 600 env ${OURS_ENV:-} "$bin" bench train --config "$config" --batch-size "$batch" --num-classes "$classes" \
+    timeout "${RUN_TIMEOUT:-240}" env ${OURS_ENV:-} "$bin" bench train --config "$config" --batch-size "$batch" --num-classes "$classes" \
         --steps "$steps" --json "$@" > "$logs/ours_$name.json" 2> "$logs/ours_$name.err" \
         || log "ours $name failed (exit $?): see $logs/ours_$name.err"
 }
-ours fp32 --device "$device" --precision fp32
-ours bf16 --device "$device" --precision bf16
-# The same without libtorch's gradient kernels (burn's generic compositions): their effect.
-OURS_ENV=ARCFACE_TCH_GENERIC=1 ours fp32_generic --device "$device" --precision fp32
-if [ "${gpus:-0}" -ge 2 ] && [ "$device" = cuda ]; then
-    all="cuda:$(seq -s, 0 $((gpus - 1)))"
-    ours "fp32_x$gpus" --device "$all" --precision fp32
-fi
-
-# Inference: an r100 with fresh weights through burn on the device, batch 256 as the anchor.
-scratch="$(mktemp -d)"
-if "$bin" export --config "$config" --onnx "$scratch/model.onnx" > "$logs/export.log" 2>&1; then
-    log "ours: inference"
-    timeout 300 "$bin" bench infer --model "$scratch/model.onnx" --batch 256 --burn-only \
-        --seconds 5 --device "$device" --json > "$logs/ours_infer.json" 2> "$logs/ours_infer.err" \
-        || log "ours inference failed: see $logs/ours_infer.err"
-    log "ours: inference bf16"
-    timeout 300 "$bin" bench infer --model "$scratch/model.onnx" --batch 256 --burn-only \
-        --precision bf16 --seconds 5 --device "$device" --json > "$logs/ours_infer_bf16.json" \
-        2> "$logs/ours_infer_bf16.err" || log "ours bf16 inference failed: see $logs/ours_infer_bf16.err"
-else
-    log "export failed: see $logs/export.log"
-fi
-rm -rf "$scratch"
-
+# shellcheck disable=SC2046 # profile_arg: two words or none.
+ours fp32 --device "$device" --precision fp32 $(profile_arg trace_ours_train_fp32)
+# shellcheck disable=SC2046
+ours bf16 --device "$device" --precision bf16 $(profile_arg trace_ours_train_bf16)
 # PyTorch's anchor, with the same memory instrument as ours (nvidia-smi, GPU 0).
 if [ -z "${SKIP_ANCHOR:-}" ]; then
     log "anchor: $anchor"
@@ -79,6 +77,61 @@ if [ -z "${SKIP_ANCHOR:-}" ]; then
     timeout 900 "$python" "$anchor" --steps "$steps" --batch "$batch" --classes "$classes" \
         > "$logs/torch.jsonl" 2> "$logs/torch.err" || log "anchor failed: see $logs/torch.err"
     kill "$sampler" 2>/dev/null; wait "$sampler" 2>/dev/null
+fi
+
+# The same without libtorch's gradient kernels (burn's generic compositions): their effect.
+[ -z "${SKIP_GENERIC:-}" ] && OURS_ENV=ARCFACE_TCH_GENERIC=1 ours fp32_generic --device "$device" --precision fp32
+if [ "${gpus:-0}" -ge 2 ] && [ "$device" = cuda ]; then
+    all="cuda:$(seq -s, 0 $((gpus - 1)))"
+    ours "fp32_x$gpus" --device "$all" --precision fp32
+fi
+
+# Inference: an r100 with fresh weights through burn on the device, batch 256 as the anchor.
+scratch="$(mktemp -d)"
+if [ -n "${SKIP_INFER:-}" ]; then
+    :
+elif "$bin" export --config "$config" --onnx "$scratch/model.onnx" > "$logs/export.log" 2>&1; then
+    log "ours: inference"
+    timeout 120 "$bin" bench infer --model "$scratch/model.onnx" --batch 256 --burn-only \
+        --seconds 5 --device "$device" --json $(profile_arg trace_ours_infer_fp32) > "$logs/ours_infer.json" 2> "$logs/ours_infer.err" \
+        || log "ours inference failed: see $logs/ours_infer.err"
+    log "ours: inference bf16"
+    timeout 120 "$bin" bench infer --model "$scratch/model.onnx" --batch 256 --burn-only \
+        --precision bf16 --seconds 5 --device "$device" --json $(profile_arg trace_ours_infer_bf16) > "$logs/ours_infer_bf16.json" \
+        2> "$logs/ours_infer_bf16.err" || log "ours bf16 inference failed: see $logs/ours_infer_bf16.err"
+else
+    log "export failed: see $logs/export.log"
+fi
+rm -rf "$scratch"
+
+# A real training run on this device: synthetic identities made on first use, two epochs of the
+# tiny network with validation at each epoch's end (train and eval on $device), then its
+# checkpoint exported to ONNX.
+if [ -z "${SKIP_TRAIN:-}" ]; then
+    log "ours: train (tiny, synthetic identities)"
+    run_dir="$(mktemp -d)"
+    sed -e "s|^identities = .*|identities = 200|; s|^images_per_identity = .*|images_per_identity = 20|" \
+        -e "s|^val_pairs = .*|val_pairs = 400|; s|^lr_steps = .*|lr_steps = [100, 115]|" \
+        -e "s|^rec = .*|rec = \"$run_dir/data\"|; s|^output = .*|output = \"$run_dir/ckpt\"|" \
+        -e "s|^device = .*|device = \"$device\"|; s|^num_workers = .*|num_workers = 4|" \
+        configs/tiny.toml > "$logs/train_smoke.toml"
+    timeout 300 "$bin" train --config "$logs/train_smoke.toml" > "$logs/train_smoke.log" 2>&1 \
+        && timeout 60 "$bin" export --model "$run_dir/ckpt/best.ckpt" --onnx "$run_dir/model.onnx" >> "$logs/train_smoke.log" 2>&1 \
+        && log "train, validation and export on $device: $(grep -i 'synth_val' "$logs/train_smoke.log" | tail -1)" \
+        || log "train smoke FAILED: see $logs/train_smoke.log"
+    rm -rf "$run_dir"
+fi
+
+if [ -n "$profile" ] && [ -z "${SKIP_ANCHOR:-}" ] && [ -z "${SKIP_TORCH_PROFILE:-}" ]; then
+    log "anchor: torch.profiler"
+    timeout 300 "$python" scripts/torch_profile.py "$anchor" "$logs" --batch "$batch" --classes "$classes" \
+        > "$logs/torch_profile.log" 2>&1 || log "torch profile failed: see $logs/torch_profile.log"
+fi
+if [ -n "$profile" ]; then
+    for what in train_fp32:train_fp32 train_bf16:train_bf16 infer_fp32:infer_fp32 infer_bf16:infer_bf16_cl; do
+        "$python" scripts/profile_summary.py "ours=$logs/trace_ours_${what%%:*}.json" "pytorch=$logs/trace_torch_${what#*:}.json" \
+            > "$logs/profile_${what%%:*}.txt" 2>&1
+    done
 fi
 
 "$python" - "$logs" <<'PY' | tee "$logs/summary.txt"

@@ -13,6 +13,7 @@ pub mod export;
 pub mod infer;
 pub mod model;
 pub mod onnx;
+pub mod profile;
 pub mod progress;
 pub mod seed;
 pub mod train;

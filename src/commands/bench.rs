@@ -30,6 +30,13 @@ pub enum BenchCommand {
         /// The config's `precision` otherwise.
         #[arg(long, value_enum)]
         precision: Option<Precision>,
+        /// Untimed steps first (cuDNN's benchmark mode picks its algorithms on the first).
+        #[arg(long, default_value_t = 3)]
+        warmup: usize,
+        /// Then record 3 more steps with libtorch's profiler into this Chrome trace (.json;
+        /// LibTorch builds only; summarise with scripts/profile_summary.py).
+        #[arg(long)]
+        profile: Option<PathBuf>,
         #[arg(long)]
         json: bool,
     },
@@ -71,6 +78,10 @@ pub enum BenchCommand {
         /// Arithmetic of burn's convolutions and FC layer (tract always runs the file's fp32).
         #[arg(long, value_enum, default_value_t = Precision::Fp32)]
         precision: Precision,
+        /// Then record 3 more burn batches with libtorch's profiler into this Chrome trace
+        /// (LibTorch builds only).
+        #[arg(long)]
+        profile: Option<PathBuf>,
         #[arg(long)]
         json: bool,
     },
@@ -84,8 +95,13 @@ pub fn run(what: &BenchCommand, cli_device: &Option<String>) -> Result<()> {
             batch_size,
             num_classes,
             precision,
+            warmup,
+            profile,
             json,
         } => {
+            if let Some(trace) = profile {
+                arcface::profile::ensure_available(trace)?;
+            }
             let mut config = Config::load(config)?;
             if let Some(b) = batch_size {
                 config.batch_size = *b;
@@ -100,7 +116,11 @@ pub fn run(what: &BenchCommand, cli_device: &Option<String>) -> Result<()> {
             let spec: DeviceSpec = text
                 .parse()
                 .with_context(|| format!("selecting device `{text}`"))?;
-            let r = bench::train(&config, classes, *steps, &spec)?;
+            let options = bench::TrainBenchOptions {
+                warmup: *warmup,
+                profile: profile.clone(),
+            };
+            let r = bench::train(&config, classes, *steps, &spec, &options)?;
             if *json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {
@@ -124,6 +144,9 @@ pub fn run(what: &BenchCommand, cli_device: &Option<String>) -> Result<()> {
                     r.loss,
                     r.peak_host_mib
                 );
+                if let Some(trace) = &r.profile {
+                    println!("profile of 3 more steps: {}", trace.display());
+                }
             }
         }
         BenchCommand::Data {
@@ -157,12 +180,17 @@ pub fn run(what: &BenchCommand, cli_device: &Option<String>) -> Result<()> {
             onnxruntime,
             burn_only,
             precision,
+            profile,
             json,
         } => {
+            if let Some(trace) = profile {
+                arcface::profile::ensure_available(trace)?;
+            }
             let engines = Engines {
                 tract: !burn_only,
                 onnxruntime: *onnxruntime,
                 burn_precision: *precision,
+                burn_profile: profile.clone(),
             };
             infer(model, *batch, *seconds, engines, *json, cli_device)?;
             if let Some(photo) = photo {
@@ -178,6 +206,7 @@ struct Engines {
     tract: bool,
     onnxruntime: bool,
     burn_precision: Precision,
+    burn_profile: Option<PathBuf>,
 }
 
 fn infer(
@@ -214,10 +243,16 @@ fn infer(
         precision,
     };
     let measured = (|| -> Result<Vec<InferThroughput>> {
-        let mut results = vec![bench::infer(&burn_name, &burn, batch, seconds)?];
+        let mut results = vec![bench::infer(
+            &burn_name,
+            &burn,
+            batch,
+            seconds,
+            engines.burn_profile.as_deref(),
+        )?];
         if engines.tract {
             let tract = Embedder::Onnx(OnnxEmbedder::load(&onnx_file)?);
-            results.push(bench::infer("tract", &tract, batch, seconds)?);
+            results.push(bench::infer("tract", &tract, batch, seconds, None)?);
         }
         if engines.onnxruntime {
             results.push(onnxruntime(&onnx_file, batch, seconds)?);

@@ -18,6 +18,7 @@ use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, FloatDType, Tensor};
 
 use super::Precision;
+use super::prelu;
 
 /// BatchNorm epsilon of the seed (MXNet `bn_eps`).
 pub const BN_EPS: f64 = 2e-5;
@@ -133,7 +134,7 @@ impl IBasicBlock {
             None => x.clone(),
         };
         let y = conv_at(&self.conv1, self.bn1.forward(x), precision);
-        let y = self.prelu.forward(self.bn2.forward(y));
+        let y = prelu::prelu(self.bn2.forward(y), self.prelu.alpha.val());
         let y = self.bn3.forward(conv_at(&self.conv2, y, precision));
         y + shortcut
     }
@@ -235,7 +236,7 @@ impl IResNet {
     pub fn forward_stem(&self, images: Tensor<4>, precision: Precision) -> Tensor<4> {
         let x = (images - INPUT_MEAN) * INPUT_SCALE;
         let x = conv_at(&self.conv1, x, precision);
-        self.prelu.forward(self.bn1.forward(x))
+        prelu::prelu(self.bn1.forward(x), self.prelu.alpha.val())
     }
 
     /// The last stage's feature map [N, C, 7, 7] → the embedding [N, E] (not normalised).

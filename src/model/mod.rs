@@ -2,6 +2,7 @@
 
 pub mod head;
 pub mod iresnet;
+pub mod prelu;
 pub mod summary;
 pub mod trainee;
 

@@ -8,6 +8,8 @@ pub mod monitor;
 pub mod replicas;
 pub mod schedule;
 pub mod sgd;
+#[cfg(feature = "tch")]
+mod sgd_fused;
 mod validation;
 
 pub use validation::validate;

@@ -29,7 +29,7 @@ pub struct Sgd {
 }
 
 /// Parameters of BatchNorm (gamma/beta) and PReLU (alpha) by their path.
-fn is_norm_or_prelu(path: &str) -> bool {
+pub(super) fn is_norm_or_prelu(path: &str) -> bool {
     path.ends_with(".gamma") || path.ends_with(".beta") || path.ends_with(".alpha")
 }
 
@@ -153,6 +153,11 @@ impl Sgd {
         prefix: &str,
     ) -> M {
         let settings = self.settings.clone().expect("Sgd::new sets the settings");
+        #[cfg(feature = "tch")]
+        if super::sgd_fused::step_in_place(self, &settings, &module, grads, lr, grad_scale, prefix)
+        {
+            return module;
+        }
         let mut mapper = StepMapper {
             sgd: self,
             settings,

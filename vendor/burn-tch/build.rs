@@ -160,6 +160,7 @@ impl SystemInfo {
                     .compile("burn-tch");
                 // arcface: libtorch's backward kernels (src/fused/), where the headers are.
                 println!("cargo:rerun-if-changed=src/fused/fused_ops.cpp");
+                println!("cargo:rerun-if-changed=src/fused/profiler.cpp");
                 cc::Build::new()
                     .cpp(true)
                     .pic(true)
@@ -167,7 +168,7 @@ impl SystemInfo {
                     .includes(&self.libtorch_include_dirs)
                     .flag("-std=c++17")
                     .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={}", self.cxx11_abi))
-                    .files(["src/fused/fused_ops.cpp"])
+                    .files(["src/fused/fused_ops.cpp", "src/fused/profiler.cpp"])
                     .compile("burn-tch-fused");
                 println!("cargo:rustc-cfg=fused_ops");
             }

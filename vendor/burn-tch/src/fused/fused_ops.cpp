@@ -1,5 +1,5 @@
 // arcface's addition to burn-tch: libtorch's own backward kernels for convolution and batch
-// norm, which tch 0.22 does not bind (its generator skips `convolution_backward` and
+// norm, and its fused SGD, which tch 0.22 does not bind (its generator skips `convolution_backward` and
 // `native_batch_norm_backward`). Tensors are passed as tch passes them: `at::Tensor*`; results
 // are new `at::Tensor*` that tch::Tensor::from_ptr takes ownership of. Errors come back as a
 // strdup'ed message (freed by the caller with arcface_free_error), nullptr on success.
@@ -47,6 +47,33 @@ char* arcface_batch_norm_backward(const at::Tensor* grad_output, const at::Tenso
     *grad_input = new at::Tensor(std::get<0>(result));
     *grad_weight = new at::Tensor(std::get<1>(result));
     *grad_bias = new at::Tensor(std::get<2>(result));
+    return nullptr;
+  } catch (const std::exception& e) {
+    return strdup(e.what());
+  }
+}
+
+// SGD with momentum and weight decay over many parameters at once, in place, by libtorch's
+// fused multi-tensor kernel (`torch.optim.SGD(fused=True)`): a handful of launches for the whole
+// model where one parameter at a time costs six elementwise kernels each. Momentum buffers are
+// kept flat by the caller and viewed in their parameter's shape here. `grad_scale` multiplies the
+// gradients first (gradient clipping); `is_first_step` sets each buffer to its first gradient.
+char* arcface_fused_sgd(const at::Tensor* const* params, const at::Tensor* const* grads,
+                        const at::Tensor* const* buffers, int64_t count, double weight_decay,
+                        double momentum, double lr, double grad_scale, int is_first_step) {
+  try {
+    std::vector<at::Tensor> p, g, b;
+    p.reserve(count);
+    g.reserve(count);
+    b.reserve(count);
+    for (int64_t i = 0; i < count; ++i) {
+      p.push_back(*params[i]);
+      g.push_back(grads[i]->contiguous());
+      if (momentum != 0.0) b.push_back(buffers[i]->view(params[i]->sizes()));
+    }
+    if (grad_scale != 1.0) g = at::_foreach_mul(g, grad_scale);
+    at::_fused_sgd_(p, g, b, weight_decay, momentum, lr, 0.0, false, false, is_first_step != 0,
+                    c10::nullopt, c10::nullopt);
     return nullptr;
   } catch (const std::exception& e) {
     return strdup(e.what());

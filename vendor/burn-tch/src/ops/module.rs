@@ -126,6 +126,20 @@ impl ModuleOps<Self> for LibTorch {
         }
     }
 
+    fn batch_norm(
+        x: TchTensor,
+        gamma: TchTensor,
+        beta: TchTensor,
+        mean: TchTensor,
+        variance: TchTensor,
+        epsilon: f64,
+    ) -> TchTensor {
+        match fused::batch_norm_inference(&x, &gamma, &beta, &mean, &variance, epsilon) {
+            Some(output) => output,
+            None => fused::composed::batch_norm::<LibTorch>(x, gamma, beta, mean, variance, epsilon),
+        }
+    }
+
     fn batch_norm_train(
         x: TchTensor,
         gamma: TchTensor,
@@ -134,7 +148,7 @@ impl ModuleOps<Self> for LibTorch {
     ) -> BatchNormTrain<LibTorch> {
         match fused::batch_norm_train(&x, &gamma, &beta, epsilon) {
             Some((output, mean, variance)) => BatchNormTrain::new(output, mean, variance),
-            None => fused::batch_norm_train_composed::<LibTorch>(x, gamma, beta, epsilon),
+            None => fused::composed::batch_norm_train::<LibTorch>(x, gamma, beta, epsilon),
         }
     }
 
@@ -151,7 +165,7 @@ impl ModuleOps<Self> for LibTorch {
             Some((x_grad, gamma_grad, beta_grad)) => {
                 BatchNormTrainBackward::new(x_grad, gamma_grad, beta_grad)
             }
-            None => fused::batch_norm_train_backward_composed::<LibTorch>(
+            None => fused::composed::batch_norm_train_backward::<LibTorch>(
                 x,
                 gamma,
                 mean,

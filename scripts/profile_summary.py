@@ -1,0 +1,132 @@
+"""Where a training step's GPU time goes: Chrome traces of libtorch's / torch's profiler
+(`arcface bench train --profile`, scripts/torch_profile.py), each kernel charged to the aten
+operator that launched it, grouped into kinds (convolution forward and backward, BatchNorm,
+activation, matmul, copies and casts, reductions, other elementwise), per step, side by side.
+
+Usage: python3 profile_summary.py [--steps 3] NAME=TRACE.json [NAME=TRACE.json ...]
+Without CUDA kernels in a trace (a CPU run), operators' own CPU time is charged instead.
+"""
+import argparse
+import json
+import re
+from collections import defaultdict
+
+KINDS = [
+    ("conv backward", r"convolution_backward|conv.*backward"),
+    ("conv forward", r"conv"),
+    ("batchnorm", r"batch_norm"),
+    ("prelu / activation", r"prelu|relu|\bwhere\b|masked_fill|\blt\b|\bgt\b|\bge\b|\ble\b"),
+    ("matmul", r"\bmm\b|addmm|matmul|linear|\bbmm\b"),
+    ("copy / cast", r"copy|_to_copy|\bto\b|contiguous|clone|cat\b|stack"),
+    ("reduction / softmax", r"\bsum\b|mean|\bmax\b|\bmin\b|norm|softmax|nll|cross_entropy|logsumexp|argmax"),
+    ("optimizer (foreach)", r"foreach|_fused_sgd"),
+]
+
+
+def kind_of(op):
+    name = op.removeprefix("aten::")
+    for kind, pattern in KINDS:
+        if re.search(pattern, name):
+            return kind
+    return "other elementwise"
+
+
+def load(path):
+    with open(path) as f:
+        data = json.load(f)
+    events = data["traceEvents"] if isinstance(data, dict) else data
+    return [e for e in events if e.get("ph") == "X"]
+
+
+def summarise(path, steps):
+    events = load(path)
+    ops = {}
+    cpu_ops = []
+    for e in events:
+        if e.get("cat") == "cpu_op":
+            cpu_ops.append(e)
+            ext = e.get("args", {}).get("External id")
+            if ext is not None:
+                ops[ext] = e["name"]
+    kernels = [e for e in events if e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset")]
+    by_kind, by_op, counts = defaultdict(float), defaultdict(float), defaultdict(int)
+    if kernels:
+        for k in kernels:
+            op = ops.get(k.get("args", {}).get("External id"), k["name"] if k.get("cat") != "kernel" else "?")
+            by_kind[kind_of(op)] += k["dur"]
+            by_op[op] += k["dur"]
+            counts[op] += 1
+        # GPU busy: the union of kernel intervals.
+        spans = sorted((k["ts"], k["ts"] + k["dur"]) for k in kernels)
+        busy, end = 0.0, None
+        for s, t in spans:
+            if end is None or s > end:
+                busy += t - s
+                end = t
+            elif t > end:
+                busy += t - end
+                end = t
+        first = min(e["ts"] for e in cpu_ops + kernels)
+        last = max(e["ts"] + e["dur"] for e in cpu_ops + kernels)
+        wall = last - first
+    else:
+        # CPU: each operator's own time (its duration less that of operators inside it).
+        cpu_ops.sort(key=lambda e: (e["ts"], -e["dur"]))
+        stack = []
+        self_time = defaultdict(float)
+        for e in cpu_ops:
+            while stack and stack[-1]["ts"] + stack[-1]["dur"] <= e["ts"]:
+                stack.pop()
+            if stack:
+                self_time[id(stack[-1])] -= e["dur"]
+            self_time[id(e)] += e["dur"]
+            stack.append(e)
+        for e in cpu_ops:
+            by_kind[kind_of(e["name"])] += self_time[id(e)]
+            by_op[e["name"]] += self_time[id(e)]
+            counts[e["name"]] += 1
+        busy = sum(by_op.values())
+        wall = (max(e["ts"] + e["dur"] for e in cpu_ops) - min(e["ts"] for e in cpu_ops)) if cpu_ops else 0.0
+    per = lambda us: us / steps / 1e3  # noqa: E731  (ms per step)
+    return dict(
+        kernels=bool(kernels),
+        wall_ms=per(wall),
+        busy_ms=per(busy),
+        launches=(len(kernels) if kernels else len(cpu_ops)) / steps,
+        by_kind={k: per(v) for k, v in by_kind.items()},
+        by_op={k: (per(v), counts[k] / steps) for k, v in by_op.items()},
+    )
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--top", type=int, default=12)
+    ap.add_argument("traces", nargs="+", help="NAME=TRACE.json")
+    a = ap.parse_args()
+    runs = []
+    for item in a.traces:
+        name, _, path = item.partition("=")
+        try:
+            runs.append((name, summarise(path, a.steps)))
+        except (OSError, ValueError, KeyError) as e:
+            print(f"{name}: cannot read {path}: {e}")
+    if not runs:
+        return
+    width = max(12, *(len(n) for n, _ in runs))
+    print(f"per step, ms ({'GPU kernel time' if runs[0][1]['kernels'] else 'CPU operator self time'})")
+    print(f"{'':<22}" + "".join(f"{n:>{width + 2}}" for n, _ in runs))
+    for label, key in (("wall", "wall_ms"), ("device busy", "busy_ms"), ("launches / ops", "launches")):
+        print(f"{label:<22}" + "".join(f"{r[key]:>{width + 2}.1f}" for _, r in runs))
+    kinds = [k for k, _ in KINDS] + ["other elementwise"]
+    for kind in kinds:
+        if any(kind in r["by_kind"] for _, r in runs):
+            print(f"{kind:<22}" + "".join(f"{r['by_kind'].get(kind, 0.0):>{width + 2}.1f}" for _, r in runs))
+    for name, r in runs:
+        print(f"\n{name}: top operators by time (ms per step, launches per step)")
+        for op, (ms, n) in sorted(r["by_op"].items(), key=lambda kv: -kv[1][0])[: a.top]:
+            print(f"  {ms:8.2f} {n:7.0f}  {op}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+//! Peak GPU memory of a run, as nvidia-smi sees it.
+
+/// Samples `nvidia-smi`'s memory.used of some GPUs every 20 ms and keeps the highest sum.
+/// nvidia-smi rather than the allocator's counters: LibTorch's are not reachable through tch,
+/// and `scripts/gpu-check.sh` measures PyTorch's anchor with this same instrument.
+pub(super) struct GpuMemorySampler {
+    child: std::process::Child,
+    reader: std::thread::JoinHandle<Option<f64>>,
+}
+
+impl GpuMemorySampler {
+    pub(super) fn start(indices: &[usize]) -> Option<GpuMemorySampler> {
+        use std::io::BufRead;
+        let list: Vec<String> = indices.iter().map(|i| i.to_string()).collect();
+        let mut child = std::process::Command::new("nvidia-smi")
+            .args([
+                "--query-gpu=memory.used",
+                "--format=csv,noheader,nounits",
+                "-lms",
+                "20",
+                "-i",
+                &list.join(","),
+            ])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .ok()?;
+        let stdout = child.stdout.take()?;
+        let per_round = indices.len();
+        let reader = std::thread::spawn(move || {
+            let mut peak: Option<f64> = None;
+            let mut round = Vec::new();
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if let Ok(v) = line.trim().parse::<f64>() {
+                    round.push(v);
+                }
+                if round.len() == per_round {
+                    let sum: f64 = round.drain(..).sum();
+                    peak = Some(peak.map_or(sum, |p: f64| p.max(sum)));
+                }
+            }
+            peak
+        });
+        Some(GpuMemorySampler { child, reader })
+    }
+
+    pub(super) fn stop(mut self) -> Option<f64> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.reader.join().ok().flatten()
+    }
+}

@@ -1,0 +1,127 @@
+//! `arcface bench`: throughput measurements (benchmarks, never timed tests).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Result;
+use serde::Serialize;
+
+use crate::data::dataset::RecDataset;
+use crate::data::loader::{Cursor, Loader, LoaderConfig};
+
+mod gpu_memory;
+mod train;
+
+pub use train::{TrainBenchOptions, TrainThroughput, train};
+
+#[derive(Debug, Serialize)]
+pub struct DataThroughput {
+    pub threads: usize,
+    pub images: usize,
+    pub seconds: f64,
+    pub images_per_second: f64,
+    pub images_per_second_per_thread: f64,
+}
+
+/// Decoded + flipped images per second through the real loader (prefetch included), with 1
+/// thread and with `threads`, over `batches` batches of 128 after one warm-up batch.
+pub fn data(dir: &Path, threads: usize, batches: usize) -> Result<Vec<DataThroughput>> {
+    let dataset = Arc::new(RecDataset::open(dir)?);
+    let mut counts = vec![1];
+    if threads > 1 {
+        counts.push(threads);
+    }
+    let mut results = Vec::new();
+    for t in counts {
+        let config = LoaderConfig {
+            batch_size: 128,
+            seed: 1,
+            num_workers: t,
+            prefetch: 2,
+            rank: 0,
+            world: 1,
+            flip: true,
+        };
+        let loader =
+            Loader::new(dataset.clone(), config, Cursor::default()).map_err(anyhow::Error::msg)?;
+        loader.next_batch()?;
+        let start = Instant::now();
+        let mut images = 0;
+        for _ in 0..batches {
+            images += loader.next_batch()?.len();
+        }
+        let seconds = start.elapsed().as_secs_f64();
+        let rate = images as f64 / seconds;
+        results.push(DataThroughput {
+            threads: t,
+            images,
+            seconds,
+            images_per_second: rate,
+            images_per_second_per_thread: rate / t as f64,
+        });
+    }
+    Ok(results)
+}
+
+/// The process's peak resident set (VmHWM), MiB.
+pub fn peak_host_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+#[derive(Debug, Serialize, serde::Deserialize)]
+pub struct InferThroughput {
+    /// What ran the model: "burn (flex)", "tract", "onnxruntime".
+    pub engine: String,
+    pub batch: usize,
+    pub images: usize,
+    pub seconds: f64,
+    pub images_per_second: f64,
+}
+
+/// Embeddings per second of `embedder` on batches of `batch` synthetic images, after one
+/// warm-up batch, over at least `min_seconds` and two batches.
+/// With `profile`, three more batches are then recorded by libtorch's profiler into that trace.
+pub fn infer(
+    engine: &str,
+    embedder: &crate::embedder::Embedder,
+    batch: usize,
+    min_seconds: f64,
+    profile: Option<&Path>,
+) -> Result<InferThroughput> {
+    use crate::embedder::IMAGE_VALUES;
+    let images: Vec<f32> = (0..batch * IMAGE_VALUES)
+        .map(|i| ((i * 7919) % 256) as f32)
+        .collect();
+    embedder.embed(&images)?;
+    let start = Instant::now();
+    let mut done = 0;
+    while done < 2 * batch || start.elapsed().as_secs_f64() < min_seconds {
+        embedder.embed(&images)?;
+        done += batch;
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    if let Some(trace) = profile {
+        // embed() reads the embeddings back: the device has finished when it returns.
+        crate::profile::record(trace, || {
+            for _ in 0..3 {
+                embedder.embed(&images)?;
+            }
+            Ok(())
+        })?;
+    }
+    Ok(InferThroughput {
+        engine: engine.to_string(),
+        batch,
+        images: done,
+        seconds,
+        images_per_second: done as f64 / seconds,
+    })
+}

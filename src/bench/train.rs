@@ -1,0 +1,286 @@
+//! `arcface bench train`: training steps on random tensors, so the loader is not measured.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Result, anyhow};
+use burn::optim::GradientsParams;
+use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
+use serde::Serialize;
+
+use super::gpu_memory::GpuMemorySampler;
+use super::peak_host_mib;
+use crate::config::Config;
+use crate::device::DeviceSpec;
+use crate::model::{Precision, Trainee};
+use crate::train::replicas::Replicas;
+use crate::train::sgd::{Sgd, SgdSettings};
+
+/// Batches of inputs the steps take in turn (as PyTorch's anchor does), so that no step sees
+/// exactly the tensors of the one before.
+const INPUT_SETS: usize = 4;
+
+#[derive(Debug, Clone)]
+pub struct TrainBenchOptions {
+    /// Untimed steps first: cuDNN's benchmark mode tries its algorithms on the first one.
+    pub warmup: usize,
+    /// Also record `PROFILED_STEPS` steps with libtorch's profiler into this Chrome trace.
+    pub profile: Option<PathBuf>,
+}
+
+/// Steps recorded by `--profile`.
+pub const PROFILED_STEPS: usize = 3;
+
+#[derive(Debug, Serialize)]
+pub struct TrainThroughput {
+    pub network: String,
+    pub precision: String,
+    /// The devices, one replica each.
+    pub devices: Vec<String>,
+    /// Images per device and step.
+    pub batch_size: usize,
+    pub num_classes: usize,
+    pub warmup_steps: usize,
+    pub steps: usize,
+    /// Step time with the steps queued back to back and one wait for the devices at the end,
+    /// as a training run goes (and as PyTorch's anchor times itself).
+    pub step_ms: f64,
+    /// Images per second over all devices, from `step_ms`.
+    pub images_per_second: f64,
+    /// The parts, from as many more steps with a wait for the devices after each part (so
+    /// they add up to a little more than `step_ms`). Forward and backward apart on one device
+    /// only: replicas run both in one call.
+    pub forward_ms: Option<f64>,
+    pub backward_ms: Option<f64>,
+    /// Forward and backward of all replicas, with the gradient averaging.
+    pub forward_backward_ms: f64,
+    pub optimizer_ms: f64,
+    pub loss: f64,
+    /// Peak resident memory of this process (host), MiB.
+    pub peak_host_mib: f64,
+    /// Peak memory in use on the CUDA devices during the timed steps, as nvidia-smi reports it
+    /// (the whole device: CUDA context and allocator cache included), MiB; None off CUDA.
+    pub peak_gpu_mib: Option<f64>,
+    /// LibTorch's own convolution and BatchNorm gradient kernels (false: burn's compositions).
+    pub libtorch_fused_kernels: bool,
+    /// The Chrome trace written by `--profile`.
+    pub profile: Option<PathBuf>,
+}
+
+/// The model, optimizer and inputs of the benchmark, and one step over them.
+struct Bench {
+    devices: Vec<Device>,
+    replicas: Replicas<Trainee>,
+    sgd: Sgd,
+    /// `INPUT_SETS` sets of one (images, labels) shard per device.
+    inputs: Vec<Vec<(Tensor<4>, Tensor<1, Int>)>>,
+    precision: Precision,
+}
+
+/// A step's loss: still on the device (not waited for), or read back.
+enum Loss {
+    Pending(Box<Tensor<1>>),
+    Read(f64),
+}
+
+impl Loss {
+    fn value(self) -> f64 {
+        match self {
+            Loss::Pending(t) => t.into_scalar::<f32>() as f64,
+            Loss::Read(v) => v,
+        }
+    }
+}
+
+impl Bench {
+    fn single(&self) -> bool {
+        self.devices.len() == 1
+    }
+
+    /// Waits until every device has finished what was queued.
+    fn sync(&self) -> Result<()> {
+        for d in &self.devices {
+            d.sync()
+                .map_err(|e| anyhow!("waiting for device {d:?}: {e:?}"))?;
+        }
+        Ok(())
+    }
+
+    fn forward_backward(
+        &mut self,
+        model: &Trainee,
+        step: usize,
+    ) -> Result<(Loss, GradientsParams)> {
+        let shards = self.inputs[step % INPUT_SETS].clone();
+        let precision = self.precision;
+        if self.single() {
+            let (images, labels) = shards.into_iter().next().expect("one shard");
+            let value = model.loss(images, labels, precision);
+            let mut g = value.clone().backward();
+            Ok((
+                Loss::Pending(Box::new(value)),
+                GradientsParams::from_module(&mut g, model),
+            ))
+        } else {
+            let (value, grads) = self
+                .replicas
+                .forward_backward(model, shards, |m, (x, y)| m.loss(x, y, precision))?;
+            Ok((Loss::Read(value), grads))
+        }
+    }
+
+    fn update(&mut self, model: Trainee, mut grads: GradientsParams) -> Trainee {
+        self.sgd.step(model, &mut grads, 0.01, 1.0, "")
+    }
+
+    /// One step, queued without waiting.
+    fn step(&mut self, model: Trainee, step: usize) -> Result<(Trainee, Loss)> {
+        let (loss, grads) = self.forward_backward(&model, step)?;
+        Ok((self.update(model, grads), loss))
+    }
+}
+
+/// Training steps on random input tensors on every device of `spec` (data parallel beyond one):
+/// `warmup` untimed steps, `steps` steps back to back for the step time, then `steps` more with
+/// a wait after each part for forward, backward and optimizer apart.
+pub fn train(
+    config: &Config,
+    num_classes: usize,
+    steps: usize,
+    spec: &DeviceSpec,
+    options: &TrainBenchOptions,
+) -> Result<TrainThroughput> {
+    let devices = spec.resolve()?;
+    crate::device::set_cudnn_benchmark(config.cudnn_benchmark);
+    let train_devices: Vec<_> = devices.iter().map(|d| d.clone().autodiff()).collect();
+    let make = |d: &Device| Trainee::init(config, num_classes, d);
+    let mut model = make(&train_devices[0]);
+    let b = config.batch_size;
+    let inputs = (0..INPUT_SETS)
+        .map(|set| {
+            train_devices
+                .iter()
+                .enumerate()
+                .map(|(rank, d)| {
+                    let images =
+                        Tensor::<4>::random([b, 3, 112, 112], Distribution::Uniform(0.0, 255.0), d);
+                    let labels: Vec<i64> = (0..b)
+                        .map(|i| (spread(set, rank, i) % num_classes as u64) as i64)
+                        .collect();
+                    let labels = Tensor::<1, Int>::from_data(TensorData::new(labels, [b]), d);
+                    (images, labels)
+                })
+                .collect()
+        })
+        .collect();
+    let mut bench = Bench {
+        replicas: Replicas::new(&train_devices, make),
+        devices,
+        sgd: Sgd::new(SgdSettings {
+            momentum: config.momentum,
+            weight_decay: config.weight_decay,
+            no_decay_on_norm_and_prelu: false,
+        }),
+        inputs,
+        precision: config.precision,
+    };
+    let steps = steps.max(1);
+    let mut step = 0;
+    for _ in 0..options.warmup {
+        model = bench.step(model, step)?.0;
+        step += 1;
+    }
+    bench.sync()?;
+
+    let sampler = match spec {
+        DeviceSpec::Cuda(indices) => GpuMemorySampler::start(indices),
+        _ => None,
+    };
+    let start = Instant::now();
+    let mut last = None;
+    for _ in 0..steps {
+        let (next, loss) = bench.step(model, step)?;
+        (model, last) = (next, Some(loss));
+        step += 1;
+    }
+    bench.sync()?;
+    let step_ms = start.elapsed().as_secs_f64() * 1e3 / steps as f64;
+    let loss = last.map_or(f64::NAN, Loss::value);
+
+    // The parts, each waited for.
+    let (mut forward, mut backward, mut forward_backward, mut optimizer) = (0.0, 0.0, 0.0, 0.0);
+    for _ in 0..steps {
+        let t0 = Instant::now();
+        let grads = if bench.single() {
+            let (images, labels) = bench.inputs[step % INPUT_SETS][0].clone();
+            let value = model.loss(images, labels, bench.precision);
+            bench.sync()?;
+            let t1 = Instant::now();
+            let mut g = value.backward();
+            let grads = GradientsParams::from_module(&mut g, &model);
+            bench.sync()?;
+            forward += (t1 - t0).as_secs_f64();
+            backward += t1.elapsed().as_secs_f64();
+            grads
+        } else {
+            let grads = bench.forward_backward(&model, step)?.1;
+            bench.sync()?;
+            grads
+        };
+        let t2 = Instant::now();
+        model = bench.update(model, grads);
+        bench.sync()?;
+        forward_backward += (t2 - t0).as_secs_f64();
+        optimizer += t2.elapsed().as_secs_f64();
+        step += 1;
+    }
+    let peak_gpu_mib = sampler.and_then(GpuMemorySampler::stop);
+
+    let profile = match &options.profile {
+        Some(trace) => {
+            // The profiled steps' model is not needed after them.
+            crate::profile::record(trace, || {
+                let mut profiled = model;
+                for _ in 0..PROFILED_STEPS {
+                    profiled = bench.step(profiled, step)?.0;
+                    step += 1;
+                }
+                bench.sync()?;
+                Ok(profiled)
+            })?;
+            Some(trace.clone())
+        }
+        None => None,
+    };
+
+    let ms = |seconds: f64| seconds / steps as f64 * 1e3;
+    let single = bench.single();
+    Ok(TrainThroughput {
+        network: config.network.name().to_string(),
+        precision: config.precision.to_string(),
+        devices: match spec {
+            DeviceSpec::Cuda(indices) => indices.iter().map(|i| format!("cuda:{i}")).collect(),
+            other => vec![other.to_string()],
+        },
+        batch_size: b,
+        num_classes,
+        warmup_steps: options.warmup,
+        steps,
+        step_ms,
+        images_per_second: (b * bench.devices.len()) as f64 / step_ms * 1e3,
+        forward_ms: single.then_some(ms(forward)),
+        backward_ms: single.then_some(ms(backward)),
+        forward_backward_ms: ms(forward_backward),
+        optimizer_ms: ms(optimizer),
+        loss,
+        peak_host_mib: peak_host_mib(),
+        peak_gpu_mib,
+        libtorch_fused_kernels: crate::device::libtorch_fused_kernels(),
+        profile,
+    })
+}
+
+/// Labels spread over the classes (a multiplicative hash), different per set, replica and row.
+fn spread(set: usize, rank: usize, row: usize) -> u64 {
+    ((set * 7919 + rank * 104_729 + row) as u64).wrapping_mul(2_654_435_761) >> 7
+}
