@@ -8,7 +8,7 @@
 # Expects, built here as docs/PERFORMANCE.md says (git-ignored .gpu/):
 #   .gpu/arcface               stripped release binary built with --features tch
 #   .gpu/torch_r100_bench.py   a copy of ../shared/anchors/torch_r100_bench.py
-# With PROFILE=1 (the default on CUDA) our fp32 and bf16 training steps and inference batches
+# With PROFILE=1 (the default on CUDA; PROFILE=0 turns it off) our fp32 and bf16 training steps and inference batches
 # are also recorded with libtorch's profiler, PyTorch's with torch.profiler
 # (scripts/torch_profile.py), and scripts/profile_summary.py sets them side by side.
 # Settings (environment): ARCFACE_BIN, ARCFACE_ANCHOR, ARCFACE_TORCH_PYTHON (python3),
@@ -29,7 +29,8 @@ config="${CONFIG:-configs/r100.toml}"
 batch="${BATCH:-128}"
 classes="${CLASSES:-85742}"
 steps="${STEPS:-20}"
-profile="${PROFILE:-$([ "$device" = cuda ] && echo 1)}"
+profile="${PROFILE-$([ "$device" = cuda ] && echo 1)}"
+[ "$profile" = 0 ] && profile=""
 # --profile TRACE for our runs when profiling: $1 = the trace's name.
 profile_arg() { [ -n "$profile" ] && echo "--profile $logs/$1.json"; }
 mkdir -p "$logs"

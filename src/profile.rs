@@ -38,6 +38,10 @@ pub fn record<T>(trace: &Path, work: impl FnOnce() -> Result<T>) -> Result<T> {
             .finish()
             .map_err(anyhow::Error::msg)
             .with_context(|| format!("writing the profile {}", trace.display()))?;
+        // Kineto logs a failed write rather than throwing: look for the file.
+        if !trace.is_file() {
+            anyhow::bail!("libtorch's profiler wrote no trace to {}", trace.display());
+        }
         result
     }
     #[cfg(not(feature = "tch"))]

@@ -112,6 +112,7 @@ pub(super) fn step_in_place<M: Module>(
                 continue;
             }
             let mut buffers = Vec::new();
+            let mut refused = None;
             if settings.momentum != 0.0 {
                 for e in group {
                     let buffer = sgd.momentum.entry(e.path.clone()).or_insert_with(|| {
@@ -120,7 +121,10 @@ pub(super) fn step_in_place<M: Module>(
                     });
                     match buffer.clone().try_into_primitive::<LibTorch>() {
                         Ok(b) => buffers.push(b),
-                        Err(e) => panic!("a momentum buffer off LibTorch: {e:?}"),
+                        Err(error) => {
+                            refused =
+                                Some(format!("momentum of {} off LibTorch: {error:?}", e.path))
+                        }
                     }
                 }
             }
@@ -137,8 +141,12 @@ pub(super) fn step_in_place<M: Module>(
             };
             let params: Vec<TchTensor> = group.iter().map(|e| e.weight.clone()).collect();
             let grads_of: Vec<TchTensor> = group.iter().map(|e| e.grad.clone()).collect();
-            if let Err(message) = sgd_in_place(&params, &grads_of, &buffers, &step) {
-                // Refused up front (shapes, devices): nothing of this group was written. Before
+            let outcome = match refused {
+                Some(message) => Err(message),
+                None => sgd_in_place(&params, &grads_of, &buffers, &step),
+            };
+            if let Err(message) = outcome {
+                // Refused up front (buffers, shapes, devices): nothing of this group was written. Before
                 // any group was, the generic path can still take the step; after, it would step
                 // those groups twice.
                 assert!(!written, "SGD step: {message}");
