@@ -185,3 +185,65 @@ fn head_is_sized_from_the_property_file() {
     assert_eq!(v["num_classes"], 85742);
     assert_eq!(v["head_params"], 85742 * 512);
 }
+
+/// `bench train` on the tiny net: every part timed, the parts adding up to about the step, and
+/// `--profile` refused up front where libtorch's profiler is not built in.
+#[test]
+fn bench_train_reports_its_parts() {
+    let out = run(&[
+        "bench",
+        "train",
+        "--config",
+        "configs/tiny.toml",
+        "--batch-size",
+        "4",
+        "--num-classes",
+        "10",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["network"], "tiny");
+    assert_eq!(
+        (v["steps"].as_u64(), v["warmup_steps"].as_u64()),
+        (Some(2), Some(1))
+    );
+    let ms = |key: &str| v[key].as_f64().unwrap_or_else(|| panic!("{key}: {v}"));
+    let (step, forward, backward, optimizer) = (
+        ms("step_ms"),
+        ms("forward_ms"),
+        ms("backward_ms"),
+        ms("optimizer_ms"),
+    );
+    assert!(forward > 0.0 && backward > 0.0 && optimizer >= 0.0, "{v}");
+    assert!((ms("images_per_second") - 4.0 / step * 1e3).abs() < 1e-6 * ms("images_per_second"));
+    // Timed apart with waits, the parts sum to about a step (not to a multiple of it).
+    let parts = forward + backward + optimizer;
+    assert!(
+        parts > 0.3 * step && parts < 3.0 * step,
+        "parts {parts} ms, step {step} ms"
+    );
+    assert!(ms("loss").is_finite());
+
+    if cfg!(not(feature = "tch")) {
+        let out = run(&[
+            "bench",
+            "train",
+            "--config",
+            "configs/tiny.toml",
+            "--profile",
+            "/tmp/never-written.json",
+        ]);
+        assert!(!out.status.success());
+        let text = stderr(&out);
+        assert!(
+            text.contains("--profile") && text.contains("--features tch"),
+            "{text}"
+        );
+        assert!(!Path::new("/tmp/never-written.json").exists());
+    }
+}
