@@ -12,6 +12,7 @@ pub mod eval;
 pub mod export;
 pub mod infer;
 pub mod model;
+mod module_path;
 pub mod onnx;
 pub mod profile;
 pub mod progress;

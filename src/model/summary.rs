@@ -67,13 +67,7 @@ struct ParamCounter {
 }
 
 impl ModuleVisitor for ParamCounter {
-    fn enter_module(&mut self, name: &str, _container_type: &str) {
-        self.path.push(name.to_string());
-    }
-
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.path.pop();
-    }
+    crate::module_path::track_module_path!();
 
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
         let is_statistic = matches!(

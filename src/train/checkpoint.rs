@@ -74,12 +74,7 @@ pub fn named_tensors<M: Module>(module: &M, prefix: &str) -> BTreeMap<String, Te
         out: BTreeMap<String, TensorData>,
     }
     impl ModuleVisitor for Collect<'_> {
-        fn enter_module(&mut self, name: &str, _: &str) {
-            self.path.push(name.to_string());
-        }
-        fn exit_module(&mut self, _: &str, _: &str) {
-            self.path.pop();
-        }
+        crate::module_path::track_module_path!();
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
             let name = format!("{}{}", self.prefix, self.path.join("."));
             self.out
@@ -109,12 +104,7 @@ pub fn load_named<M: Module>(
         errors: Vec<String>,
     }
     impl ModuleMapper for Load<'_> {
-        fn enter_module(&mut self, name: &str, _: &str) {
-            self.path.push(name.to_string());
-        }
-        fn exit_module(&mut self, _: &str, _: &str) {
-            self.path.pop();
-        }
+        crate::module_path::track_module_path!();
         fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
             let name = format!("{}{}", self.prefix, self.path.join("."));
             let (id, tensor, mapper) = param.consume();

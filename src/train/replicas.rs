@@ -35,12 +35,7 @@ fn flat_by_path<M: Module>(module: &M) -> BTreeMap<String, Tensor<1>> {
         out: BTreeMap<String, Tensor<1>>,
     }
     impl ModuleVisitor for Collect {
-        fn enter_module(&mut self, name: &str, _: &str) {
-            self.path.push(name.to_string());
-        }
-        fn exit_module(&mut self, _: &str, _: &str) {
-            self.path.pop();
-        }
+        crate::module_path::track_module_path!();
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
             let flat = param.val().detach().flatten::<1>(0, D - 1);
             self.out.insert(self.path.join("."), flat);
@@ -63,12 +58,7 @@ fn take_values<M: Module>(module: M, source: &BTreeMap<String, Tensor<1>>, devic
         device: &'a Device,
     }
     impl ModuleMapper for Take<'_> {
-        fn enter_module(&mut self, name: &str, _: &str) {
-            self.path.push(name.to_string());
-        }
-        fn exit_module(&mut self, _: &str, _: &str) {
-            self.path.pop();
-        }
+        crate::module_path::track_module_path!();
         fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
             let (id, tensor, mapper) = param.consume();
             let path = self.path.join(".");
@@ -108,12 +98,7 @@ fn grads_by_path<M: Module>(
         out: BTreeMap<String, Tensor<1>>,
     }
     impl ModuleVisitor for Collect<'_> {
-        fn enter_module(&mut self, name: &str, _: &str) {
-            self.path.push(name.to_string());
-        }
-        fn exit_module(&mut self, _: &str, _: &str) {
-            self.path.pop();
-        }
+        crate::module_path::track_module_path!();
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
             if let Some(g) = self.grads.get::<D>(param.id) {
                 let flat = g.flatten::<1>(0, D - 1).to_device(self.device);
@@ -139,12 +124,7 @@ struct Average<'a> {
 }
 
 impl ModuleVisitor for Average<'_> {
-    fn enter_module(&mut self, name: &str, _: &str) {
-        self.path.push(name.to_string());
-    }
-    fn exit_module(&mut self, _: &str, _: &str) {
-        self.path.pop();
-    }
+    crate::module_path::track_module_path!();
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
         let Some(mut sum) = self.grads.remove::<D>(param.id) else {
             return;
