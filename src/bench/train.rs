@@ -111,22 +111,23 @@ impl Bench {
         model: &Trainee,
         step: usize,
     ) -> Result<(Loss, GradientsParams)> {
+        if self.single() {
+            let value = self.loss(model, step);
+            let grads = gradients(value.clone(), model);
+            return Ok((Loss::Pending(Box::new(value)), grads));
+        }
         let shards = self.inputs[step % INPUT_SETS].clone();
         let precision = self.precision;
-        if self.single() {
-            let (images, labels) = shards.into_iter().next().expect("one shard");
-            let value = model.loss(images, labels, precision);
-            let mut g = value.clone().backward();
-            Ok((
-                Loss::Pending(Box::new(value)),
-                GradientsParams::from_module(&mut g, model),
-            ))
-        } else {
-            let (value, grads) = self
-                .replicas
-                .forward_backward(model, shards, |m, (x, y)| m.loss(x, y, precision))?;
-            Ok((Loss::Read(value), grads))
-        }
+        let (value, grads) = self
+            .replicas
+            .forward_backward(model, shards, |m, (x, y)| m.loss(x, y, precision))?;
+        Ok((Loss::Read(value), grads))
+    }
+
+    /// The forward pass of step `step` on the one device (not waited for).
+    fn loss(&self, model: &Trainee, step: usize) -> Tensor<1> {
+        let (images, labels) = self.inputs[step % INPUT_SETS][0].clone();
+        model.loss(images, labels, self.precision)
     }
 
     fn update(&mut self, model: Trainee, mut grads: GradientsParams) -> Trainee {
@@ -212,12 +213,10 @@ pub fn train(
     for _ in 0..steps {
         let t0 = Instant::now();
         let grads = if bench.single() {
-            let (images, labels) = bench.inputs[step % INPUT_SETS][0].clone();
-            let value = model.loss(images, labels, bench.precision);
+            let value = bench.loss(&model, step);
             bench.sync()?;
             let t1 = Instant::now();
-            let mut g = value.backward();
-            let grads = GradientsParams::from_module(&mut g, &model);
+            let grads = gradients(value, &model);
             bench.sync()?;
             forward += (t1 - t0).as_secs_f64();
             backward += t1.elapsed().as_secs_f64();
@@ -278,6 +277,12 @@ pub fn train(
         libtorch_fused_kernels: crate::device::libtorch_fused_kernels(),
         profile,
     })
+}
+
+/// The backward pass of `loss`: `model`'s gradients (not waited for).
+fn gradients(loss: Tensor<1>, model: &Trainee) -> GradientsParams {
+    let mut grads = loss.backward();
+    GradientsParams::from_module(&mut grads, model)
 }
 
 /// Labels spread over the classes (a multiplicative hash), different per set, replica and row.

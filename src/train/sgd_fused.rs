@@ -6,7 +6,7 @@
 #![allow(deprecated)] // burn-tch is deprecated upstream; see device.rs.
 
 use burn::backend::LibTorch;
-use burn::module::{Module, ModuleVisitor, Param, ParamId};
+use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Tensor};
 use burn_tch::TchTensor;
@@ -16,8 +16,6 @@ use super::sgd::{Sgd, SgdSettings, is_norm_or_prelu};
 
 /// One parameter with a gradient, as libtorch tensors.
 struct Entry {
-    id: ParamId,
-    dims: usize,
     path: String,
     weight: TchTensor,
     grad: TchTensor,
@@ -53,8 +51,6 @@ impl ModuleVisitor for Collect<'_> {
             grad.try_into_primitive::<LibTorch>(),
         ) {
             (Ok(weight), Ok(grad)) => self.entries.push(Entry {
-                id: param.id,
-                dims: D,
                 path: format!("{}{}", self.prefix, self.path.join(".")),
                 weight,
                 grad,
@@ -72,7 +68,7 @@ pub(super) fn step_in_place<M: Module>(
     sgd: &mut Sgd,
     settings: &SgdSettings,
     module: &M,
-    grads: &mut GradientsParams,
+    grads: &GradientsParams,
     lr: f64,
     grad_scale: f64,
     prefix: &str,
@@ -81,7 +77,7 @@ pub(super) fn step_in_place<M: Module>(
         return false;
     }
     let mut collect = Collect {
-        grads: &*grads,
+        grads,
         prefix,
         path: Vec::new(),
         entries: Vec::new(),
@@ -150,18 +146,5 @@ pub(super) fn step_in_place<M: Module>(
             written = true;
         }
     }
-    for e in &entries {
-        remove_grad(grads, e.id, e.dims);
-    }
     true
-}
-
-fn remove_grad(grads: &mut GradientsParams, id: ParamId, dims: usize) {
-    match dims {
-        1 => drop(grads.remove::<1>(id)),
-        2 => drop(grads.remove::<2>(id)),
-        3 => drop(grads.remove::<3>(id)),
-        4 => drop(grads.remove::<4>(id)),
-        _ => {}
-    }
 }

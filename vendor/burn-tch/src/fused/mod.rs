@@ -28,7 +28,7 @@ pub fn enabled() -> bool {
 }
 
 #[cfg(fused_ops)]
-mod ffi {
+pub(crate) mod ffi {
     use super::*;
     use torch_sys::C_tensor;
 
@@ -72,22 +72,25 @@ mod ffi {
         ) -> *mut c_char;
     }
 
+    /// The C++ side's result (fused_ops.cpp, profiler.cpp): Ok for a null pointer, else
+    /// libtorch's message, prefixed with `what`, and the C string freed.
+    pub fn take_error(error: *mut c_char, what: &str) -> Result<(), String> {
+        if error.is_null() {
+            return Ok(());
+        }
+        let text = unsafe { CStr::from_ptr(error) }
+            .to_string_lossy()
+            .into_owned();
+        unsafe { arcface_free_error(error) };
+        Err(format!("libtorch {what}: {text}"))
+    }
+
     /// Panics with libtorch's message, as tch's own wrappers do.
     pub fn check(error: *mut c_char, what: &str) {
-        if !error.is_null() {
-            let text = unsafe { CStr::from_ptr(error) }
-                .to_string_lossy()
-                .into_owned();
-            unsafe { arcface_free_error(error) };
-            panic!("libtorch {what}: {text}");
+        if let Err(message) = take_error(error, what) {
+            panic!("{message}");
         }
     }
-}
-
-/// Frees an error message of the C++ side (fused_ops.cpp, profiler.cpp).
-#[cfg(fused_ops)]
-pub(crate) unsafe fn ffi_free_error(message: *mut c_char) {
-    unsafe { ffi::arcface_free_error(message) }
 }
 
 /// The settings of one [`sgd_in_place`] call.
@@ -145,12 +148,7 @@ pub fn sgd_in_place(
                 step.is_first_step as c_int,
             )
         };
-        if !error.is_null() {
-            let text = unsafe { CStr::from_ptr(error) }.to_string_lossy().into_owned();
-            unsafe { ffi::arcface_free_error(error) };
-            return Err(format!("libtorch _fused_sgd_: {text}"));
-        }
-        Ok(())
+        ffi::take_error(error, "_fused_sgd_")
     }
     #[cfg(not(fused_ops))]
     {

@@ -49,12 +49,5 @@ impl Profiling {
 
 #[cfg(fused_ops)]
 fn take_error(error: *mut c_char) -> Result<(), String> {
-    if error.is_null() {
-        return Ok(());
-    }
-    let text = unsafe { std::ffi::CStr::from_ptr(error) }
-        .to_string_lossy()
-        .into_owned();
-    unsafe { super::ffi_free_error(error) };
-    Err(format!("libtorch profiler: {text}"))
+    super::ffi::take_error(error, "profiler")
 }
