@@ -247,3 +247,52 @@ fn bench_train_reports_its_parts() {
         assert!(!Path::new("/tmp/never-written.json").exists());
     }
 }
+
+/// `bench infer --tract-ops` times tract's plan node by node: every PRelu of the tiny net runs
+/// as one operation (src/onnx/prelu.rs), and the table rides along with the throughputs.
+#[test]
+fn bench_infer_shows_where_tracts_time_goes() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tiny.onnx");
+    let file = file.to_str().unwrap();
+    let out = run(&["export", "--onnx", file, "--config", "configs/tiny.toml"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = run(&[
+        "bench",
+        "infer",
+        "--model",
+        file,
+        "--batch",
+        "2",
+        "--seconds",
+        "0",
+        "--tract-ops",
+        "2",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let documents: Vec<serde_json::Value> = serde_json::Deserializer::from_slice(&out.stdout)
+        .into_iter()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let [throughputs, ops] = documents.as_slice() else {
+        panic!("two JSON documents expected: {documents:?}")
+    };
+    let engines: Vec<&str> = throughputs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["engine"].as_str().unwrap())
+        .collect();
+    assert_eq!(engines, ["burn (cpu)", "tract"]);
+    let ops = ops["tract_ops"].as_array().unwrap();
+    let nodes = |op: &str| {
+        ops.iter()
+            .find(|t| t["op"] == op)
+            .and_then(|t| t["nodes"].as_u64())
+    };
+    // The stem's and one per unit; no comparison-and-select expansion left.
+    assert_eq!(nodes("PRelu"), Some(5), "{ops:?}");
+    assert_eq!((nodes("Iff"), nodes("GT")), (None, None), "{ops:?}");
+    assert!(nodes("OptMatMul").is_some_and(|n| n >= 10), "{ops:?}");
+}

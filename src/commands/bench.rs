@@ -10,6 +10,7 @@ use arcface::config::Config;
 use arcface::device::DeviceSpec;
 use arcface::embedder::{Embedder, is_onnx};
 use arcface::model::Precision;
+use arcface::onnx::op_profile::OpTime;
 use arcface::onnx::{self, Batch, OnnxEmbedder};
 use arcface::train::checkpoint::load_backbone;
 
@@ -72,6 +73,10 @@ pub enum BenchCommand {
         /// (Python: $ARCFACE_PYTHON, else python3; needs numpy and onnxruntime).
         #[arg(long)]
         onnxruntime: bool,
+        /// Also time tract's plan node by node on N images and print the time per operation
+        /// kind: where tract's time goes.
+        #[arg(long, value_name = "N", conflicts_with = "burn_only")]
+        tract_ops: Option<usize>,
         /// Time burn alone (on --device), not tract: for GPUs, where tract's CPU figure is moot.
         #[arg(long, conflicts_with = "onnxruntime")]
         burn_only: bool,
@@ -178,6 +183,7 @@ pub fn run(what: &BenchCommand, cli_device: &Option<String>) -> Result<()> {
             photo,
             mtcnn,
             onnxruntime,
+            tract_ops,
             burn_only,
             precision,
             profile,
@@ -191,6 +197,7 @@ pub fn run(what: &BenchCommand, cli_device: &Option<String>) -> Result<()> {
                 onnxruntime: *onnxruntime,
                 burn_precision: *precision,
                 burn_profile: profile.clone(),
+                tract_ops: *tract_ops,
             };
             infer(model, *batch, *seconds, engines, *json, cli_device)?;
             if let Some(photo) = photo {
@@ -207,6 +214,8 @@ struct Engines {
     onnxruntime: bool,
     burn_precision: Precision,
     burn_profile: Option<PathBuf>,
+    /// Images for a node-by-node profile of tract's plan.
+    tract_ops: Option<usize>,
 }
 
 fn infer(
@@ -242,7 +251,8 @@ fn infer(
         device,
         precision,
     };
-    let measured = (|| -> Result<Vec<InferThroughput>> {
+    let measured = (|| -> Result<(Vec<InferThroughput>, Vec<OpTime>)> {
+        let mut op_times = Vec::new();
         let mut results = vec![bench::infer(
             &burn_name,
             &burn,
@@ -251,19 +261,26 @@ fn infer(
             engines.burn_profile.as_deref(),
         )?];
         if engines.tract {
-            let tract = Embedder::Onnx(OnnxEmbedder::load(&onnx_file)?);
+            let embedder = OnnxEmbedder::load(&onnx_file)?;
+            if let Some(images) = engines.tract_ops {
+                op_times = embedder.op_times(images)?;
+            }
+            let tract = Embedder::Onnx(embedder);
             results.push(bench::infer("tract", &tract, batch, seconds, None)?);
         }
         if engines.onnxruntime {
             results.push(onnxruntime(&onnx_file, batch, seconds)?);
         }
-        Ok(results)
+        Ok((results, op_times))
     })();
     // The scratch export goes whatever happened.
     let _ = std::fs::remove_file(&tmp);
-    let results = measured?;
+    let (results, op_times) = measured?;
     if json {
         println!("{}", serde_json::to_string_pretty(&results)?);
+        if engines.tract_ops.is_some() {
+            println!("{}", serde_json::json!({ "tract_ops": op_times }));
+        }
         return Ok(());
     }
     let reference = results.last().map_or(1.0, |r| r.images_per_second);
@@ -286,7 +303,28 @@ fn infer(
             r.images_per_second / reference
         );
     }
+    if engines.tract_ops.is_some() {
+        print_op_times(&op_times);
+    }
     Ok(())
+}
+
+fn print_op_times(times: &[OpTime]) {
+    let total: f64 = times.iter().map(|t| t.ms_per_image).sum();
+    println!("\ntract, one image on one thread, by operation ({total:.1} ms in nodes):");
+    println!(
+        "{:<32} {:>6} {:>12} {:>7}",
+        "operation", "nodes", "ms/image", "share"
+    );
+    for t in times {
+        println!(
+            "{:<32} {:>6} {:>12.2} {:>6.1}%",
+            t.op,
+            t.nodes,
+            t.ms_per_image,
+            100.0 * t.ms_per_image / total.max(f64::MIN_POSITIVE)
+        );
+    }
 }
 
 fn short(engine: &str) -> &str {

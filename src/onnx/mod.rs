@@ -7,6 +7,8 @@
 pub mod export;
 pub mod import;
 pub mod load;
+pub mod op_profile;
+pub mod prelu;
 pub mod proto;
 pub mod run;
 mod walk;

@@ -15,10 +15,10 @@ use tract_onnx::prelude::*;
 use super::load::{data_input, graph, read_model, repair_zoo_defects};
 use crate::model::iresnet::INPUT_SIZE;
 
-const IMAGE: usize = 3 * INPUT_SIZE * INPUT_SIZE;
+pub(super) const IMAGE: usize = 3 * INPUT_SIZE * INPUT_SIZE;
 
 pub struct OnnxEmbedder {
-    plan: Arc<TypedSimplePlan>,
+    pub(super) plan: Arc<TypedSimplePlan>,
     embedding_size: usize,
     /// What was repaired on load (the zoo's defects), for the user to see.
     pub repairs: Vec<String>,
@@ -57,7 +57,7 @@ impl OnnxEmbedder {
                 graph(&model).output.len()
             );
         }
-        let inference = tract_onnx::onnx()
+        let inference = crate::onnx::prelu::onnx_reader()
             .model_for_proto_model(&model)
             .map_err(|e| anyhow::anyhow!("tract cannot read the graph: {e:#}"))?
             .with_input_fact(0, f32::fact([1, 3, INPUT_SIZE, INPUT_SIZE]).into())
