@@ -120,8 +120,14 @@ where
     let mut values = x.to_plain_array_view_mut::<T>()?;
     let axis = channel_axis(&dims, slope.shape());
     if slopes.len() > 1 && axis.is_none() {
+        let slopes = slopes.broadcast(values.raw_dim()).with_context(|| {
+            format!(
+                "PRelu: slope of shape {:?} does not broadcast to x of shape {dims:?}",
+                slope.shape()
+            )
+        })?;
         Zip::from(&mut values)
-            .and_broadcast(&slopes)
+            .and(&slopes)
             .for_each(|v, &a| keep_or_scale(v, a));
         return Ok(());
     }
@@ -219,10 +225,55 @@ mod tests {
     }
 
     #[test]
+    fn doubles_and_halves_are_handled_and_integers_refused() {
+        let x = values(&[1, 2, 3], 0);
+        let slope = values(&[2, 1], 5).mapv(|v| v / 4.0);
+        let expected = reference(&x, &slope);
+        for dt in [DatumType::F64, DatumType::F16] {
+            let inputs = tvec!(
+                x.clone()
+                    .into_tensor()
+                    .cast_to_dt(dt)
+                    .unwrap()
+                    .into_owned()
+                    .into_tvalue(),
+                slope
+                    .clone()
+                    .into_tensor()
+                    .cast_to_dt(dt)
+                    .unwrap()
+                    .into_owned()
+                    .into_tvalue()
+            );
+            let out = PRelu.eval(&EvalContext::out_of_plan(), inputs).unwrap();
+            let out = out[0].cast_to::<f32>().unwrap();
+            // Inputs of a few bits (integers / 4): exact in f16 too.
+            assert_eq!(
+                out.to_plain_array_view::<f32>().unwrap(),
+                expected.view(),
+                "{dt:?}"
+            );
+        }
+        let ints = tvec!(
+            tensor1(&[1i32, -2]).into_tvalue(),
+            tensor1(&[1i32]).into_tvalue()
+        );
+        let err = PRelu.eval(&EvalContext::out_of_plan(), ints).unwrap_err();
+        assert!(format!("{err:#}").contains("floating point"), "{err:#}");
+    }
+
+    #[test]
     fn a_slope_that_does_not_broadcast_is_refused() {
         let x = TypedFact::dt_shape(f32::datum_type(), [1, 3, 4, 4]);
         let slope = TypedFact::dt_shape(f32::datum_type(), [2, 1, 1]);
         let err = PRelu.output_facts(&[&x, &slope]).unwrap_err();
         assert!(format!("{err:#}").contains("broadcast"), "{err:#}");
+        // And when run outside a plan, where nothing checked the facts: an error, no panic.
+        let inputs = tvec!(
+            values(&[1, 3, 4, 4], 0).into_tensor().into_tvalue(),
+            values(&[2, 1, 1], 1).into_tensor().into_tvalue()
+        );
+        let err = PRelu.eval(&EvalContext::out_of_plan(), inputs).unwrap_err();
+        assert!(format!("{err:#}").contains("does not broadcast"), "{err:#}");
     }
 }
