@@ -15,7 +15,7 @@ use arcface::config::Config;
 use arcface::embedder::{Embedder, IMAGE_VALUES};
 use arcface::model::summary::count_params;
 use arcface::model::{IResNet, Network, backbone_config};
-use arcface::onnx::{self, Batch, OnnxEmbedder};
+use arcface::onnx::{self, Batch, ConvAlgorithm, OnnxEmbedder};
 use arcface::train::checkpoint::{load_named, named_tensors};
 use common::{arcface, run_reference};
 
@@ -181,19 +181,30 @@ fn check_export(network: Network, embedding_size: usize) {
         assert!(names.contains(&name.to_string()), "{name} in {names:?}");
     }
 
+    // tract by default (Winograd for the 3×3 convolutions where it pays) and with its own
+    // im2col everywhere.
     let tract = OnnxEmbedder::load(&file).unwrap();
+    assert!(
+        tract.winograd_convolutions > 0,
+        "no Winograd convolution in {network}"
+    );
+    let im2col = OnnxEmbedder::load_with(&file, ConvAlgorithm::Im2col).unwrap();
+    assert_eq!(im2col.winograd_convolutions, 0);
     for n in [1, 4] {
         let batch = &images[..n * IMAGE_VALUES];
         let ours = burn_embed(&model, batch);
-        let via_tract = tract.embed(batch).unwrap();
         let want = &reference[..n * embedding_size];
-        let (b, t) = (
-            relative(&ours, want, embedding_size),
-            relative(&via_tract, want, embedding_size),
+        let b = relative(&ours, want, embedding_size);
+        let t = relative(&tract.embed(batch).unwrap(), want, embedding_size);
+        let i = relative(&im2col.embed(batch).unwrap(), want, embedding_size);
+        println!(
+            "{network} batch {n} vs onnxruntime: burn {b:.2e}, tract {t:.2e} ({} Winograd \
+             convolutions), tract im2col {i:.2e}",
+            tract.winograd_convolutions
         );
-        println!("{network} batch {n}: burn vs onnxruntime {b:.2e}, tract vs onnxruntime {t:.2e}");
         assert!(b < 1e-4, "burn vs onnxruntime: {b}");
         assert!(t < 1e-4, "tract vs onnxruntime: {t}");
+        assert!(i < 1e-4, "tract (im2col) vs onnxruntime: {i}");
     }
 }
 

@@ -11,7 +11,7 @@ use arcface::device::DeviceSpec;
 use arcface::embedder::{Embedder, is_onnx};
 use arcface::model::Precision;
 use arcface::onnx::op_profile::OpTime;
-use arcface::onnx::{self, Batch, OnnxEmbedder};
+use arcface::onnx::{self, Batch, ConvAlgorithm, OnnxEmbedder};
 use arcface::train::checkpoint::load_backbone;
 
 #[derive(Subcommand)]
@@ -73,6 +73,9 @@ pub enum BenchCommand {
         /// (Python: $ARCFACE_PYTHON, else python3; needs numpy and onnxruntime).
         #[arg(long)]
         onnxruntime: bool,
+        /// How tract computes the 3×3 convolutions (Winograd where it pays, or its im2col).
+        #[arg(long, value_enum, default_value_t = ConvAlgorithm::Winograd)]
+        conv: ConvAlgorithm,
         /// Also time tract's plan node by node on N images and print the time per operation
         /// kind: where tract's time goes.
         #[arg(long, value_name = "N", conflicts_with = "burn_only")]
@@ -183,6 +186,7 @@ pub fn run(what: &BenchCommand, cli_device: &Option<String>) -> Result<()> {
             photo,
             mtcnn,
             onnxruntime,
+            conv,
             tract_ops,
             burn_only,
             precision,
@@ -198,6 +202,7 @@ pub fn run(what: &BenchCommand, cli_device: &Option<String>) -> Result<()> {
                 burn_precision: *precision,
                 burn_profile: profile.clone(),
                 tract_ops: *tract_ops,
+                tract_conv: *conv,
             };
             infer(model, *batch, *seconds, engines, *json, cli_device)?;
             if let Some(photo) = photo {
@@ -216,6 +221,7 @@ struct Engines {
     burn_profile: Option<PathBuf>,
     /// Images for a node-by-node profile of tract's plan.
     tract_ops: Option<usize>,
+    tract_conv: ConvAlgorithm,
 }
 
 fn infer(
@@ -261,12 +267,16 @@ fn infer(
             engines.burn_profile.as_deref(),
         )?];
         if engines.tract {
-            let embedder = OnnxEmbedder::load(&onnx_file)?;
+            let embedder = OnnxEmbedder::load_with(&onnx_file, engines.tract_conv)?;
             if let Some(images) = engines.tract_ops {
                 op_times = embedder.op_times(images)?;
             }
             let tract = Embedder::Onnx(embedder);
-            results.push(bench::infer("tract", &tract, batch, seconds, None)?);
+            let name = match engines.tract_conv {
+                ConvAlgorithm::Winograd => "tract",
+                ConvAlgorithm::Im2col => "tract (im2col)",
+            };
+            results.push(bench::infer(name, &tract, batch, seconds, None)?);
         }
         if engines.onnxruntime {
             results.push(onnxruntime(&onnx_file, batch, seconds)?);

@@ -12,6 +12,7 @@ pub mod prelu;
 pub mod proto;
 pub mod run;
 mod walk;
+pub mod winograd;
 
 pub use export::{Batch, backbone_to_onnx};
-pub use run::OnnxEmbedder;
+pub use run::{ConvAlgorithm, OnnxEmbedder};

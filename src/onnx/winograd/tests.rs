@@ -1,0 +1,233 @@
+//! The rewrite against the definition of a convolution, computed directly in f64.
+
+use super::*;
+use tract_linalg::multithread::Executor;
+use tract_onnx::tract_core::ops::cnn::{PaddingSpec, PoolSpec};
+
+struct Case {
+    n: usize,
+    c: usize,
+    o: usize,
+    h: usize,
+    w: usize,
+    pad: [usize; 4], // top, left, bottom, right
+    stride: usize,
+}
+
+fn values(len: usize, salt: usize) -> Vec<f32> {
+    // Deterministic, both signs, not too regular.
+    (0..len)
+        .map(|i| (((i * 7919 + salt * 104_729) % 2003) as f32 / 1001.5 - 1.0) * 0.7)
+        .collect()
+}
+
+/// One convolution as tract types an ONNX Conv: x, an OIHW kernel and a bias, constants.
+fn model(case: &Case) -> (TypedModel, Vec<f32>, Vec<f32>) {
+    let kernel = values(case.o * case.c * 9, 1);
+    let bias = values(case.o, 2);
+    let mut model = TypedModel::default();
+    let x = model
+        .add_source("x", f32::fact([case.n, case.c, case.h, case.w]))
+        .unwrap();
+    let k = model
+        .add_const(
+            "k",
+            Tensor::from_shape(&[case.o, case.c, 3, 3], &kernel).unwrap(),
+        )
+        .unwrap();
+    let b = model.add_const("b", tensor1(&bias)).unwrap();
+    let [top, left, bottom, right] = case.pad;
+    let conv = Conv {
+        pool_spec: PoolSpec {
+            data_format: DataFormat::NCHW,
+            kernel_shape: tvec![3, 3],
+            padding: PaddingSpec::Explicit(tvec![top, left], tvec![bottom, right]),
+            dilations: None,
+            strides: Some(tvec![case.stride, case.stride]),
+            input_channels: case.c,
+            output_channels: case.o,
+        },
+        kernel_fmt: KernelFormat::OIHW,
+        group: 1,
+        q_params: None,
+    };
+    let y = model.wire_node("conv", conv, &[x, k, b]).unwrap();
+    model.select_output_outlets(&y).unwrap();
+    (model, kernel, bias)
+}
+
+/// The definition, in f64: y[n,o,i,j] = b[o] + Σ x[n,c,s·i+r−top, s·j+q−left]·k[o,c,r,q].
+fn direct(case: &Case, x: &[f32], kernel: &[f32], bias: &[f32]) -> Vec<f32> {
+    let [top, left, bottom, right] = case.pad;
+    let out_h = (case.h + top + bottom - 3) / case.stride + 1;
+    let out_w = (case.w + left + right - 3) / case.stride + 1;
+    let mut y = vec![0f32; case.n * case.o * out_h * out_w];
+    for n in 0..case.n {
+        for o in 0..case.o {
+            for i in 0..out_h {
+                for j in 0..out_w {
+                    let mut sum = bias[o] as f64;
+                    for c in 0..case.c {
+                        for r in 0..3 {
+                            for q in 0..3 {
+                                let (yy, xx) = (case.stride * i + r, case.stride * j + q);
+                                if yy < top
+                                    || xx < left
+                                    || yy - top >= case.h
+                                    || xx - left >= case.w
+                                {
+                                    continue;
+                                }
+                                let xv =
+                                    x[((n * case.c + c) * case.h + yy - top) * case.w + xx - left];
+                                let kv = kernel[((o * case.c + c) * 3 + r) * 3 + q];
+                                sum += xv as f64 * kv as f64;
+                            }
+                        }
+                    }
+                    y[((n * case.o + o) * out_h + i) * out_w + j] = sum as f32;
+                }
+            }
+        }
+    }
+    y
+}
+
+/// Runs the case with and without the rewrite, single-threaded and spread over threads;
+/// returns how many convolutions were rewritten and the largest error against the
+/// definition relative to the output's largest magnitude.
+fn check(case: &Case) -> usize {
+    let (stock, kernel, bias) = model(case);
+    let x = values(case.n * case.c * case.h * case.w, 3);
+    let expected = direct(case, &x, &kernel, &bias);
+    let scale = expected.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let mut rewritten = stock.clone();
+    let count = rewrite(&mut rewritten).unwrap();
+    let input = Tensor::from_shape(&[case.n, case.c, case.h, case.w], &x).unwrap();
+    for (name, model) in [("im2col", stock), ("winograd", rewritten)] {
+        let plan = model.into_optimized().unwrap().into_runnable().unwrap();
+        let run = || plan.run(tvec!(input.clone().into())).unwrap();
+        let single = run();
+        let spread = multithread_tract_scope_rayon(run);
+        for outputs in [single, spread] {
+            let y = outputs[0].to_plain_array_view::<f32>().unwrap();
+            assert_eq!(y.len(), expected.len(), "{name}");
+            let worst = y
+                .iter()
+                .zip(&expected)
+                .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(
+                worst <= 2e-6 * scale.max(1.0),
+                "{name}: error {worst} (scale {scale})"
+            );
+        }
+    }
+    count
+}
+
+fn multithread_tract_scope_rayon<R>(f: impl FnOnce() -> R) -> R {
+    tract_linalg::multithread::multithread_tract_scope(Executor::RayonGlobal, f)
+}
+
+#[test]
+fn equals_the_definition_on_every_padding_and_size() {
+    // r100's shapes, scaled down: 'same' padding on even and odd sizes, no padding,
+    // lopsided padding, two images, more outputs than inputs.
+    let cases = [
+        Case {
+            n: 1,
+            c: 16,
+            o: 16,
+            h: 14,
+            w: 14,
+            pad: [1, 1, 1, 1],
+            stride: 1,
+        },
+        Case {
+            n: 1,
+            c: 16,
+            o: 24,
+            h: 13,
+            w: 15,
+            pad: [1, 1, 1, 1],
+            stride: 1,
+        },
+        Case {
+            n: 2,
+            c: 20,
+            o: 16,
+            h: 12,
+            w: 12,
+            pad: [0, 0, 0, 0],
+            stride: 1,
+        },
+        Case {
+            n: 1,
+            c: 16,
+            o: 16,
+            h: 17,
+            w: 12,
+            pad: [2, 0, 1, 2],
+            stride: 1,
+        },
+        Case {
+            n: 1,
+            c: 32,
+            o: 16,
+            h: 28,
+            w: 28,
+            pad: [1, 1, 1, 1],
+            stride: 1,
+        },
+    ];
+    for case in &cases {
+        assert_eq!(check(case), 1, "{}×{} pad {:?}", case.h, case.w, case.pad);
+    }
+}
+
+#[test]
+fn leaves_the_convolutions_where_it_does_not_pay_or_apply() {
+    let cases = [
+        // Strided: not Winograd's F(2×2,3×3).
+        Case {
+            n: 1,
+            c: 16,
+            o: 16,
+            h: 14,
+            w: 14,
+            pad: [1, 1, 1, 1],
+            stride: 2,
+        },
+        // Few channels (the stem: RGB in).
+        Case {
+            n: 1,
+            c: 3,
+            o: 16,
+            h: 14,
+            w: 14,
+            pad: [1, 1, 1, 1],
+            stride: 1,
+        },
+        // Few tiles (r100's last stage: 7×7).
+        Case {
+            n: 1,
+            c: 16,
+            o: 16,
+            h: 7,
+            w: 7,
+            pad: [1, 1, 1, 1],
+            stride: 1,
+        },
+    ];
+    for case in &cases {
+        assert_eq!(
+            check(case),
+            0,
+            "{}×{} c{} s{}",
+            case.h,
+            case.w,
+            case.c,
+            case.stride
+        );
+    }
+}
