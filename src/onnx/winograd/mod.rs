@@ -5,29 +5,31 @@
 //! Neural Networks", 2015; what cuDNN, NNPACK and oneDNN offer) computes each 2×2 output tile
 //! from a 4×4 input tile with 16 multiplications per input channel instead of 36: the input
 //! tiles and the kernels are transformed, multiplied as 16 independent matrix products (tract's
-//! own kernels, through an `EinSum`), and the products transformed back. The arithmetic is
+//! own kernels, through `EinSum`s: products.rs), and the products transformed back. The arithmetic is
 //! exact in real numbers; in f32 it differs from im2col by rounding only (the transforms'
 //! coefficients are 0, ±1 and ±½), which tests/onnx.rs bounds against onnxruntime and burn.
 //!
 //! The rewrite runs on tract's typed graph, before its optimiser, and replaces only the
 //! convolutions where it pays on a CPU (measured; `pays_off`). tract does not have it.
 
+mod products;
 #[cfg(test)]
 mod tests;
 mod transforms;
 
 use anyhow::Result;
 use tract_onnx::prelude::*;
-use tract_onnx::tract_core::axes::AxesMapping;
 use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat};
-use tract_onnx::tract_core::ops::einsum::EinSum;
 use tract_onnx::tract_core::ops::nn::DataFormat;
 use tract_onnx::tract_hir::internal::*;
 
+use products::Products;
 use transforms::{InputTransform, OutputTransform, plain};
 
 /// Elements of a transformed tile (4×4).
 const TILE: usize = 16;
+/// Tile positions per half of the products (src/onnx/winograd/products.rs).
+const HALF: usize = TILE / 2;
 
 /// Replaces every eligible convolution of `model`; returns how many were replaced.
 pub fn rewrite(model: &mut TypedModel) -> Result<usize> {
@@ -157,29 +159,24 @@ fn replace(model: &mut TypedModel, id: usize, plan: &Plan) -> TractResult<()> {
         InputTransform(g),
         &[x],
     )?;
-    let kernel = patch.add_const(
-        format!("{}.winograd_kernel", node.name),
-        transformed_kernel(&plan.kernel, g)?,
-    )?;
-    let axes: AxesMapping = "eoc,ect->eot".parse()?;
     let products = patch.wire_node(
-        format!("{}.winograd_product", node.name),
-        EinSum::new(axes, f32::datum_type()),
-        &[kernel, tiles[0]],
+        format!("{}.winograd_products", node.name),
+        Products::new(g, transformed_kernel(&plan.kernel, g)?)?,
+        &tiles,
     )?;
     let bias = patch.add_const(format!("{}.winograd_bias", node.name), tensor1(&plan.bias))?;
     let y = patch.wire_node(
         format!("{}.winograd_output", node.name),
         OutputTransform(g),
-        &[products[0], bias],
+        &[products[0], products[1], bias],
     )?;
     patch.shunt_outside(model, OutletId::new(id, 0), y[0])?;
     patch.apply(model)
 }
 
-/// U = G·g·Gᵀ for every (output, input) channel pair, as [16, o, c]; computed in f64 so that
-/// the halves and sums of the kernel round once.
-fn transformed_kernel(kernel: &Tensor, g: Geometry) -> TractResult<Tensor> {
+/// U = G·g·Gᵀ for every (output, input) channel pair, as [16, o, c] in two halves [8, o, c];
+/// computed in f64 so that the halves and sums of the kernel round once.
+fn transformed_kernel(kernel: &Tensor, g: Geometry) -> TractResult<[Tensor; 2]> {
     let k = plain(kernel)?;
     let mut u = vec![0f32; TILE * g.o * g.c];
     for o in 0..g.o {
@@ -206,5 +203,9 @@ fn transformed_kernel(kernel: &Tensor, g: Geometry) -> TractResult<Tensor> {
             }
         }
     }
-    Tensor::from_shape(&[TILE, g.o, g.c], &u)
+    let (low, high) = u.split_at(HALF * g.o * g.c);
+    Ok([
+        Tensor::from_shape(&[HALF, g.o, g.c], low)?,
+        Tensor::from_shape(&[HALF, g.o, g.c], high)?,
+    ])
 }

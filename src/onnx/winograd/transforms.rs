@@ -8,9 +8,9 @@ use tract_linalg::multithread::{Executor, current_tract_executor};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::internal::*;
 
-use super::{Geometry, TILE};
+use super::{Geometry, HALF};
 
-/// [n, c, h, w] → V [16, c, n·tiles]: each 4×4 input tile (stride 2, zero outside the image)
+/// [n, c, h, w] → V [16, c, n·tiles], as two halves [8, c, n·tiles]: each 4×4 input tile (stride 2, zero outside the image)
 /// as Bᵀ·d·B.
 #[derive(Debug, Clone, Hash, PartialEq, Eq)]
 pub(super) struct InputTransform(pub(super) Geometry);
@@ -28,7 +28,8 @@ impl TypedOp for InputTransform {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
         let g = self.0;
         ensure!(inputs[0].shape.as_concrete() == Some(&[g.n, g.c, g.h, g.w][..]));
-        Ok(tvec!(f32::fact([TILE, g.c, g.n * g.tiles()])))
+        let half = f32::fact([HALF, g.c, g.n * g.tiles()]);
+        Ok(tvec!(half.clone(), half))
     }
 }
 
@@ -40,8 +41,9 @@ impl EvalOp for InputTransform {
         let x = plain(&inputs[0])?;
         let columns = g.n * g.tiles();
         // Every value is written below.
-        let mut v = unsafe { Tensor::uninitialized::<f32>(&[TILE, g.c, columns])? };
-        let out = plain_mut(&mut v)?;
+        // V in two halves by tile position (e < 8, e ≥ 8), for the two halves of the products.
+        let mut low = unsafe { Tensor::uninitialized::<f32>(&[HALF, g.c, columns])? };
+        let mut high = unsafe { Tensor::uninitialized::<f32>(&[HALF, g.c, columns])? };
         // Channels in groups, side by side on rayon's threads; each group gets its share of
         // V's 16 rows (rows[e] covers the group's channels).
         let block = g.c * columns;
@@ -52,7 +54,10 @@ impl EvalOp for InputTransform {
             g.c
         };
         let mut groups: Vec<Vec<&mut [f32]>> = (0..g.c.div_ceil(group)).map(|_| vec![]).collect();
-        for e_block in out.chunks_mut(block) {
+        let e_blocks = plain_mut(&mut low)?
+            .chunks_mut(block)
+            .chain(plain_mut(&mut high)?.chunks_mut(block));
+        for e_block in e_blocks {
             for (k, piece) in e_block.chunks_mut(group * columns).enumerate() {
                 groups[k].push(piece);
             }
@@ -66,7 +71,7 @@ impl EvalOp for InputTransform {
         } else {
             groups.into_iter().enumerate().for_each(run);
         }
-        Ok(tvec!(v.into_tvalue()))
+        Ok(tvec!(low.into_tvalue(), high.into_tvalue()))
     }
 }
 
@@ -90,7 +95,7 @@ fn transform_input_channels(
     // copies per channel cost more than they save (measured).
     let buffered = tiles >= 64;
     let stride = tiles + 16;
-    let mut scratch = vec![0f32; if buffered { TILE * stride } else { 0 }];
+    let mut scratch = vec![0f32; if buffered { 2 * HALF * stride } else { 0 }];
     let first = channels.start;
     for c in channels {
         for n in 0..g.n {
@@ -141,7 +146,7 @@ fn transform_input_channels(
     }
 }
 
-/// M [16, o, n·tiles] and the bias [o] → [n, o, out_h, out_w]: each tile as Aᵀ·m·A + bias.
+/// M [16, o, n·tiles] as two halves [8, o, n·tiles], and the bias [o] → [n, o, out_h, out_w]: each tile as Aᵀ·m·A + bias.
 #[derive(Debug, Clone, Hash, PartialEq, Eq)]
 pub(super) struct OutputTransform(pub(super) Geometry);
 
@@ -157,7 +162,9 @@ impl TypedOp for OutputTransform {
 
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
         let g = self.0;
-        ensure!(inputs[0].shape.as_concrete() == Some(&[TILE, g.o, g.n * g.tiles()][..]));
+        for half in &inputs[..2] {
+            ensure!(half.shape.as_concrete() == Some(&[HALF, g.o, g.n * g.tiles()][..]));
+        }
         Ok(tvec!(f32::fact([g.n, g.o, g.out_h, g.out_w])))
     }
 }
@@ -167,8 +174,8 @@ impl EvalOp for OutputTransform {
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let g = self.0;
-        let m = plain(&inputs[0])?;
-        let bias = plain(&inputs[1])?;
+        let m = [plain(&inputs[0])?, plain(&inputs[1])?];
+        let bias = plain(&inputs[2])?;
         let tiles = g.tiles();
         // Every value is written below.
         let mut y = unsafe { Tensor::uninitialized::<f32>(&[g.n, g.o, g.out_h, g.out_w])? };
@@ -198,7 +205,7 @@ impl EvalOp for OutputTransform {
 /// tiles' 4 outputs as runs over the tiles, then into place. `t` and `corners`: scratch.
 fn transform_output_plane(
     g: Geometry,
-    m: &[f32],
+    m: [&[f32]; 2],
     bias: &[f32],
     k: usize,
     plane: &mut [f32],
@@ -208,7 +215,7 @@ fn transform_output_plane(
     let (tiles_w, tiles) = (g.tiles_w(), g.tiles());
     let columns = g.n * tiles;
     let (image, o) = (k / g.o, k % g.o);
-    let m = |e: usize| &m[(e * g.o + o) * columns + image * tiles..][..tiles];
+    let m = |e: usize| &m[e / HALF][(e % HALF * g.o + o) * columns + image * tiles..][..tiles];
     // Aᵀ on the rows: m0 + m1 + m2 and m1 − m2 − m3.
     for s in 0..4 {
         let (m0, m1, m2, m3) = (m(s), m(4 + s), m(8 + s), m(12 + s));
@@ -245,7 +252,7 @@ fn transform_output_plane(
 
 /// Whether this image may spread over rayon's threads: the runner (src/onnx/run.rs) says so
 /// through tract's executor when one image is alone; a batch already runs an image per thread.
-fn spread_over_threads() -> bool {
+pub(super) fn spread_over_threads() -> bool {
     !matches!(current_tract_executor(), Executor::SingleThread)
 }
 
