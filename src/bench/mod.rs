@@ -64,6 +64,14 @@ pub fn data(dir: &Path, threads: usize, batches: usize) -> Result<Vec<DataThroug
     Ok(results)
 }
 
+/// `n` raw RGB 112×112 images of a fixed pattern covering 0–255, back to back: what the
+/// inference benches feed (the speed of these models does not depend on the pixels).
+pub fn synthetic_images(n: usize) -> Vec<f32> {
+    (0..n * crate::embedder::IMAGE_VALUES)
+        .map(|i| ((i * 7919) % 256) as f32)
+        .collect()
+}
+
 /// The process's peak resident set (VmHWM), MiB.
 pub fn peak_host_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
@@ -96,10 +104,7 @@ pub fn infer(
     min_seconds: f64,
     profile: Option<&Path>,
 ) -> Result<InferThroughput> {
-    use crate::embedder::IMAGE_VALUES;
-    let images: Vec<f32> = (0..batch * IMAGE_VALUES)
-        .map(|i| ((i * 7919) % 256) as f32)
-        .collect();
+    let images = synthetic_images(batch);
     embedder.embed(&images)?;
     let start = Instant::now();
     let mut done = 0;

@@ -269,7 +269,7 @@ fn infer(
         if engines.tract {
             let embedder = OnnxEmbedder::load_with(&onnx_file, engines.tract_conv)?;
             if let Some(images) = engines.tract_ops {
-                op_times = embedder.op_times(images)?;
+                op_times = embedder.op_times(&bench::synthetic_images(1), images)?;
             }
             let tract = Embedder::Onnx(embedder);
             let name = match engines.tract_conv {

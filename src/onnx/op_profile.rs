@@ -10,8 +10,7 @@ use serde::Serialize;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::plan::{SimpleState, eval};
 
-use super::run::{IMAGE, OnnxEmbedder};
-use crate::model::iresnet::INPUT_SIZE;
+use super::run::{OnnxEmbedder, image_tensor};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct OpTime {
@@ -24,18 +23,16 @@ pub struct OpTime {
 }
 
 impl OnnxEmbedder {
-    /// Runs `images` synthetic images one at a time on this thread (as a batch runs each of its
-    /// images), after one untimed image, and returns the time per operation kind, largest
-    /// first. The sum is a little under the run's time: what tract does between nodes is left
-    /// out.
-    pub fn op_times(&self, images: usize) -> Result<Vec<OpTime>> {
-        let image: Vec<f32> = (0..IMAGE).map(|i| ((i * 7919) % 256) as f32).collect();
-        let input: Tensor =
-            tract_ndarray::Array4::from_shape_vec((1, 3, INPUT_SIZE, INPUT_SIZE), image)?
-                .into_tensor();
+    /// Runs `image` (one [3,112,112] raw RGB image) `runs` times on this thread, as a batch runs
+    /// each of its images, after one untimed run, and returns the time per operation kind,
+    /// largest first. The sum is a little under the run's time: what tract does between nodes
+    /// is left out.
+    pub fn op_times(&self, image: &[f32], runs: usize) -> Result<Vec<OpTime>> {
+        let input = image_tensor(image)?;
+        let runs = runs.max(1);
         let mut state = SimpleState::new(&self.plan).map_err(|e| anyhow::anyhow!("{e:#}"))?;
         let mut totals: HashMap<String, (f64, usize)> = HashMap::new();
-        for run in 0..=images.max(1) {
+        for run in 0..=runs {
             state
                 .run_plan_with_eval(
                     tvec!(input.clone().into()),
@@ -52,7 +49,6 @@ impl OnnxEmbedder {
                 )
                 .map_err(|e| anyhow::anyhow!("tract: {e:#}"))?;
         }
-        let runs = images.max(1);
         let mut times: Vec<OpTime> = totals
             .into_iter()
             .map(|(op, (seconds, calls))| OpTime {
@@ -84,7 +80,9 @@ mod tests {
         let model = backbone_config(&config).init(&Device::flex());
         let proto = backbone_to_onnx(&model, Batch::Dynamic).unwrap();
         let embedder = OnnxEmbedder::from_proto(proto).unwrap();
-        let times = embedder.op_times(2).unwrap();
+        let times = embedder
+            .op_times(&crate::bench::synthetic_images(1), 2)
+            .unwrap();
         let nodes = |op: &str| times.iter().find(|t| t.op == op).map(|t| t.nodes);
         // Tiny: the stem's conv, two per block, a 1×1 per stage's shortcut, and the FC.
         assert_eq!(nodes("PRelu"), Some(5), "{times:?}");

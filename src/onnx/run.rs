@@ -16,7 +16,7 @@ use tract_onnx::tract_core::plan::SimpleState;
 use super::load::{data_input, graph, read_model, repair_zoo_defects};
 use crate::model::iresnet::INPUT_SIZE;
 
-pub(super) const IMAGE: usize = 3 * INPUT_SIZE * INPUT_SIZE;
+const IMAGE: usize = 3 * INPUT_SIZE * INPUT_SIZE;
 
 pub struct OnnxEmbedder {
     pub(super) plan: Arc<TypedSimplePlan>,
@@ -25,14 +25,14 @@ pub struct OnnxEmbedder {
     embedding_size: usize,
     /// What was repaired on load (the zoo's defects), for the user to see.
     pub repairs: Vec<String>,
-    /// Convolutions computed by Winograd's algorithm (src/onnx/winograd.rs).
+    /// Convolutions computed by Winograd's algorithm (src/onnx/winograd/).
     pub winograd_convolutions: usize,
 }
 
 /// How tract computes the 3×3 stride-1 convolutions.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum ConvAlgorithm {
-    /// Winograd F(2×2,3×3) where it pays (src/onnx/winograd.rs), tract's im2col elsewhere.
+    /// Winograd F(2×2,3×3) where it pays (src/onnx/winograd/), tract's im2col elsewhere.
     #[default]
     Winograd,
     /// tract's own im2col matrix products everywhere.
@@ -153,11 +153,9 @@ impl OnnxEmbedder {
     }
 
     fn embed_one(&self, image: &[f32]) -> Result<Vec<f32>> {
-        let input =
-            tract_ndarray::Array4::from_shape_vec((1, 3, INPUT_SIZE, INPUT_SIZE), image.to_vec())?
-                .into_tensor();
+        let input = image_tensor(image)?;
         // A plan's run state holds the matrix products' scratch space: reused, not rebuilt for
-        // every image (measured: 20 % of an r100 image with Winograd's 90 extra products).
+        // every image (measured on r100 with Winograd, batch 1: 4.62 → 4.98 img/s).
         let pooled = self
             .states
             .lock()
@@ -178,4 +176,12 @@ impl OnnxEmbedder {
             .map_err(|e| anyhow::anyhow!("{e:#}"))?;
         Ok(view.iter().copied().collect())
     }
+}
+
+/// One [3,112,112] image as the plan's [1,3,112,112] input.
+pub(super) fn image_tensor(image: &[f32]) -> Result<Tensor> {
+    Ok(
+        tract_ndarray::Array4::from_shape_vec((1, 3, INPUT_SIZE, INPUT_SIZE), image.to_vec())?
+            .into_tensor(),
+    )
 }

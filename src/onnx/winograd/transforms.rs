@@ -8,10 +8,10 @@ use tract_linalg::multithread::{Executor, current_tract_executor};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::internal::*;
 
-use super::{Geometry, HALF};
+use super::{Geometry, HALF, TILE};
 
-/// [n, c, h, w] → V [16, c, n·tiles], as two halves [8, c, n·tiles]: each 4×4 input tile (stride 2, zero outside the image)
-/// as Bᵀ·d·B.
+/// [n, c, h, w] → V [16, c, n·tiles], as two halves [8, c, n·tiles]: each 4×4 input tile
+/// (stride 2, zero outside the image) as Bᵀ·d·B.
 #[derive(Debug, Clone, Hash, PartialEq, Eq)]
 pub(super) struct InputTransform(pub(super) Geometry);
 
@@ -40,8 +40,8 @@ impl EvalOp for InputTransform {
         let g = self.0;
         let x = plain(&inputs[0])?;
         let columns = g.n * g.tiles();
-        // Every value is written below.
         // V in two halves by tile position (e < 8, e ≥ 8), for the two halves of the products.
+        // Every value is written below.
         let mut low = unsafe { Tensor::uninitialized::<f32>(&[HALF, g.c, columns])? };
         let mut high = unsafe { Tensor::uninitialized::<f32>(&[HALF, g.c, columns])? };
         // Channels in groups, side by side on rayon's threads; each group gets its share of
@@ -95,7 +95,7 @@ fn transform_input_channels(
     // copies per channel cost more than they save (measured).
     let buffered = tiles >= 64;
     let stride = tiles + 16;
-    let mut scratch = vec![0f32; if buffered { 2 * HALF * stride } else { 0 }];
+    let mut scratch = vec![0f32; if buffered { TILE * stride } else { 0 }];
     let first = channels.start;
     for c in channels {
         for n in 0..g.n {
@@ -127,11 +127,11 @@ fn transform_input_channels(
                     let tile = i * tiles_w + j;
                     for (r, [a, b, d, e]) in t.into_iter().enumerate() {
                         for (s, value) in [a - d, b + d, d - b, b - e].into_iter().enumerate() {
-                            let e = 4 * r + s;
+                            let position = 4 * r + s;
                             if buffered {
-                                scratch[e * stride + tile] = value;
+                                scratch[position * stride + tile] = value;
                             } else {
-                                rows[e][offset + tile] = value;
+                                rows[position][offset + tile] = value;
                             }
                         }
                     }
@@ -146,7 +146,8 @@ fn transform_input_channels(
     }
 }
 
-/// M [16, o, n·tiles] as two halves [8, o, n·tiles], and the bias [o] → [n, o, out_h, out_w]: each tile as Aᵀ·m·A + bias.
+/// M [16, o, n·tiles] as two halves [8, o, n·tiles], and the bias [o] → [n, o, out_h, out_w]:
+/// each tile as Aᵀ·m·A + bias.
 #[derive(Debug, Clone, Hash, PartialEq, Eq)]
 pub(super) struct OutputTransform(pub(super) Geometry);
 
