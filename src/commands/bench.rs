@@ -77,7 +77,8 @@ pub enum BenchCommand {
         #[arg(long, value_enum, default_value_t = ConvAlgorithm::Winograd)]
         conv: ConvAlgorithm,
         /// Also time tract's plan node by node on N images and print the time per operation
-        /// kind: where tract's time goes.
+        /// kind: where tract's time goes. One image on one thread, as a batch runs each of its
+        /// images; on all threads when --batch is below the thread count, as a lone image runs.
         #[arg(long, value_name = "N", conflicts_with = "burn_only")]
         tract_ops: Option<usize>,
         /// Time burn alone (on --device), not tract: for GPUs, where tract's CPU figure is moot.
@@ -269,7 +270,9 @@ fn infer(
         if engines.tract {
             let embedder = OnnxEmbedder::load_with(&onnx_file, engines.tract_conv)?;
             if let Some(images) = engines.tract_ops {
-                op_times = embedder.op_times(&bench::synthetic_images(1), images)?;
+                // As `embed` runs the bench's batch: a lone image over all threads.
+                let spread = batch < rayon::current_num_threads();
+                op_times = embedder.op_times(&bench::synthetic_images(1), images, spread)?;
             }
             let tract = Embedder::Onnx(embedder);
             let name = match engines.tract_conv {
@@ -314,14 +317,18 @@ fn infer(
         );
     }
     if engines.tract_ops.is_some() {
-        print_op_times(&op_times);
+        let threads = match rayon::current_num_threads() {
+            n if batch < n => format!("all {n} threads, as a batch of {batch} runs"),
+            _ => "one thread, as a batch runs each image".to_string(),
+        };
+        print_op_times(&op_times, &threads);
     }
     Ok(())
 }
 
-fn print_op_times(times: &[OpTime]) {
+fn print_op_times(times: &[OpTime], threads: &str) {
     let total: f64 = times.iter().map(|t| t.ms_per_image).sum();
-    println!("\ntract, one image on one thread, by operation ({total:.1} ms in nodes):");
+    println!("\ntract, one image on {threads}, by operation ({total:.1} ms in nodes):");
     println!(
         "{:<32} {:>6} {:>12} {:>7}",
         "operation", "nodes", "ms/image", "share"

@@ -10,7 +10,7 @@ use serde::Serialize;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::plan::{SimpleState, eval};
 
-use super::run::{OnnxEmbedder, image_tensor};
+use super::run::{OnnxEmbedder, image_tensor, on_all_threads};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct OpTime {
@@ -23,11 +23,19 @@ pub struct OpTime {
 }
 
 impl OnnxEmbedder {
-    /// Runs `image` (one [3,112,112] raw RGB image) `runs` times on this thread, as a batch runs
-    /// each of its images, after one untimed run, and returns the time per operation kind,
-    /// largest first. The sum is a little under the run's time: what tract does between nodes
-    /// is left out.
-    pub fn op_times(&self, image: &[f32], runs: usize) -> Result<Vec<OpTime>> {
+    /// Runs `image` (one [3,112,112] raw RGB image) `runs` times, after one untimed run, and
+    /// returns the time per operation kind, largest first: on this thread as a batch runs each
+    /// of its images, or with `spread` over all threads as a lone image runs. The sum is a
+    /// little under the run's time: what tract does between nodes is left out.
+    pub fn op_times(&self, image: &[f32], runs: usize, spread: bool) -> Result<Vec<OpTime>> {
+        if spread {
+            on_all_threads(|| self.op_times_here(image, runs))
+        } else {
+            self.op_times_here(image, runs)
+        }
+    }
+
+    fn op_times_here(&self, image: &[f32], runs: usize) -> Result<Vec<OpTime>> {
         let input = image_tensor(image)?;
         let runs = runs.max(1);
         let mut state = SimpleState::new(&self.plan).map_err(|e| anyhow::anyhow!("{e:#}"))?;
@@ -81,7 +89,7 @@ mod tests {
         let proto = backbone_to_onnx(&model, Batch::Dynamic).unwrap();
         let embedder = OnnxEmbedder::from_proto(proto).unwrap();
         let times = embedder
-            .op_times(&crate::bench::synthetic_images(1), 2)
+            .op_times(&crate::bench::synthetic_images(1), 2, false)
             .unwrap();
         let nodes = |op: &str| times.iter().find(|t| t.op == op).map(|t| t.nodes);
         // Tiny: the stem's conv, two per block, a 1×1 per stage's shortcut, and the FC.

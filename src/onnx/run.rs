@@ -25,14 +25,15 @@ pub struct OnnxEmbedder {
     embedding_size: usize,
     /// What was repaired on load (the zoo's defects), for the user to see.
     pub repairs: Vec<String>,
-    /// Convolutions computed by Winograd's algorithm (src/onnx/winograd/).
-    pub winograd_convolutions: usize,
+    /// Convolutions computed by Winograd's algorithm, by tile size (src/onnx/winograd/).
+    pub winograd: super::winograd::Rewritten,
 }
 
 /// How tract computes the 3×3 stride-1 convolutions.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum ConvAlgorithm {
-    /// Winograd F(2×2,3×3) where it pays (src/onnx/winograd/), tract's im2col elsewhere.
+    /// Winograd F(4×4,3×3) or F(2×2,3×3) where it pays (src/onnx/winograd/), tract's im2col
+    /// elsewhere.
     #[default]
     Winograd,
     /// tract's own im2col matrix products everywhere.
@@ -92,9 +93,9 @@ impl OnnxEmbedder {
             .into_typed()
             .and_then(|typed| typed.into_decluttered())
             .map_err(|e| anyhow::anyhow!("tract cannot type the graph: {e:#}"))?;
-        let winograd_convolutions = match convolutions {
+        let winograd = match convolutions {
             ConvAlgorithm::Winograd => super::winograd::rewrite(&mut typed)?,
-            ConvAlgorithm::Im2col => 0,
+            ConvAlgorithm::Im2col => Default::default(),
         };
         let typed = typed
             .into_optimized()
@@ -117,7 +118,7 @@ impl OnnxEmbedder {
             states: Mutex::new(Vec::new()),
             embedding_size,
             repairs,
-            winograd_convolutions,
+            winograd,
         })
     }
 
@@ -142,7 +143,7 @@ impl OnnxEmbedder {
                 .map(|image| self.embed_one(image))
                 .collect::<Result<Vec<Vec<f32>>>>()?
         } else {
-            multithread_tract_scope(Executor::RayonGlobal, || {
+            on_all_threads(|| {
                 images
                     .chunks(IMAGE)
                     .map(|image| self.embed_one(image))
@@ -176,6 +177,15 @@ impl OnnxEmbedder {
             .map_err(|e| anyhow::anyhow!("{e:#}"))?;
         Ok(view.iter().copied().collect())
     }
+}
+
+/// Runs `f` (one image at a time) with tract's matrix products and our Winograd passes spread
+/// over rayon's threads. `f` itself runs on one of rayon's workers, not on the caller's thread:
+/// from outside the pool every fork is a cross-thread hand-off, and the workers, spinning for
+/// work after each fork, compete with the caller's thread for the cores during the passes that
+/// run on one thread (measured, r100 batch 1 on 2 cores: docs/PERFORMANCE.md).
+pub(super) fn on_all_threads<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    rayon::scope(|_| multithread_tract_scope(Executor::RayonGlobal, f))
 }
 
 /// One [3,112,112] image as the plan's [1,3,112,112] input.

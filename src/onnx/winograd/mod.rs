@@ -1,16 +1,21 @@
-//! Winograd F(2×2, 3×3) for the 3×3 stride-1 convolutions of an embedder run by tract.
+//! Winograd F(2×2, 3×3) and F(4×4, 3×3) for the 3×3 stride-1 convolutions of an embedder run
+//! by tract.
 //!
 //! Convolutions are 95 % of an r100 image in tract, and tract computes them as im2col matrix
 //! products. Winograd's minimal filtering (Lavin & Gray, "Fast Algorithms for Convolutional
-//! Neural Networks", 2015; what cuDNN, NNPACK and oneDNN offer) computes each 2×2 output tile
-//! from a 4×4 input tile with 16 multiplications per input channel instead of 36: the input
-//! tiles and the kernels are transformed, multiplied as 16 independent matrix products (tract's
-//! own kernels, through `EinSum`s: products.rs), and the products transformed back. The arithmetic is
-//! exact in real numbers; in f32 it differs from im2col by rounding only (the transforms'
-//! coefficients are 0, ±1 and ±½), which tests/onnx.rs bounds against onnxruntime and burn.
+//! Neural Networks", 2015; what cuDNN, NNPACK and oneDNN offer) computes each m×m output tile
+//! from an α×α input tile (α = m + 2) with α² multiplications per input channel instead of
+//! 9m²: 16 instead of 36 for F(2×2), 36 instead of 144 for F(4×4). The input tiles and the
+//! kernels are transformed, multiplied as α² independent matrix products (tract's own kernels,
+//! through `EinSum`s: products.rs), and the products transformed back. The arithmetic is exact
+//! in real numbers; in f32 it differs from im2col by rounding: little for F(2×2), whose
+//! transforms' coefficients are 0, ±1 and ±½, more for F(4×4) (coefficients up to 8; its
+//! kernel transform divides by 6 and 24), which the tests bound against a direct f64
+//! convolution, onnxruntime and burn.
 //!
 //! The rewrite runs on tract's typed graph, before its optimiser, and replaces only the
-//! convolutions where it pays on a CPU (measured; `pays_off`). tract does not have it.
+//! convolutions where it pays on a CPU, with the tile size that pays (measured; `tile_edge`).
+//! tract does not have it.
 
 mod products;
 #[cfg(test)]
@@ -26,24 +31,44 @@ use tract_onnx::tract_hir::internal::*;
 use products::Products;
 use transforms::{InputTransform, OutputTransform, plain};
 
-/// Elements of a transformed tile (4×4).
-const TILE: usize = 16;
-/// Tile positions per half of the products (src/onnx/winograd/products.rs).
-const HALF: usize = TILE / 2;
+/// How many convolutions a rewrite replaced, by tile size.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Rewritten {
+    /// By F(2×2, 3×3).
+    pub f2x2: usize,
+    /// By F(4×4, 3×3).
+    pub f4x4: usize,
+}
 
-/// Replaces every eligible convolution of `model`; returns how many were replaced.
-pub fn rewrite(model: &mut TypedModel) -> Result<usize> {
+impl Rewritten {
+    pub fn total(&self) -> usize {
+        self.f2x2 + self.f4x4
+    }
+}
+
+/// Replaces every convolution of `model` where Winograd pays.
+pub fn rewrite(model: &mut TypedModel) -> Result<Rewritten> {
+    rewrite_by(model, tile_edge)
+}
+
+/// Replaces every 3×3 stride-1 convolution for which `choose` gives a tile edge (2 or 4).
+fn rewrite_by(model: &mut TypedModel, choose: fn(&Geometry) -> Option<usize>) -> Result<Rewritten> {
     let candidates: Vec<(usize, Plan)> = model
         .nodes()
         .iter()
-        .filter_map(|node| plan_for(model, node).map(|plan| (node.id, plan)))
+        .filter_map(|node| plan_for(model, node, choose).map(|plan| (node.id, plan)))
         .collect();
+    let mut rewritten = Rewritten::default();
     for (id, plan) in &candidates {
         replace(model, *id, plan).map_err(|e| {
             anyhow::anyhow!("Winograd rewrite of `{}`: {e:#}", model.node(*id).name)
         })?;
+        match plan.geometry.m {
+            2 => rewritten.f2x2 += 1,
+            _ => rewritten.f4x4 += 1,
+        }
     }
-    Ok(candidates.len())
+    Ok(rewritten)
 }
 
 /// What replacing one convolution takes.
@@ -68,14 +93,28 @@ pub(super) struct Geometry {
     pub(super) out_w: usize,
     pub(super) pad_top: usize,
     pub(super) pad_left: usize,
+    /// Output tile edge: F(2×2,3×3) or F(4×4,3×3).
+    pub(super) m: usize,
 }
 
 impl Geometry {
+    /// Input tile edge.
+    pub(super) fn alpha(&self) -> usize {
+        self.m + 2
+    }
+    /// Positions in a transformed tile, one matrix product each.
+    pub(super) fn positions(&self) -> usize {
+        self.alpha() * self.alpha()
+    }
+    /// Positions per half of the products (src/onnx/winograd/products.rs).
+    pub(super) fn half(&self) -> usize {
+        self.positions() / 2
+    }
     pub(super) fn tiles_h(&self) -> usize {
-        self.out_h.div_ceil(2)
+        self.out_h.div_ceil(self.m)
     }
     pub(super) fn tiles_w(&self) -> usize {
-        self.out_w.div_ceil(2)
+        self.out_w.div_ceil(self.m)
     }
     /// Output tiles of one image.
     pub(super) fn tiles(&self) -> usize {
@@ -83,16 +122,32 @@ impl Geometry {
     }
 }
 
-/// When the 16 products beat one im2col product on a CPU. Measured with tract 0.23.9 on a
-/// 2-core Zen 4 (docs/PERFORMANCE.md): Winograd cuts the products of r100's 14×14 stage from
-/// 140 to 77 ms and of its 28×28 stage from 66 to 43. With few tiles (7×7 outputs: 16 tiles) the transformed kernels, 16/9 the size of the
-/// plain ones, are streamed for too little work and it loses; with few channels the transforms
-/// dominate.
-fn pays_off(g: &Geometry) -> bool {
-    g.c >= 16 && g.o >= 16 && g.n * g.tiles() >= 36
+/// The output tile edge for a convolution where Winograd pays on a CPU, or None. Measured
+/// with tract 0.23.9 on a 2-core Zen 4, one image, r100's shapes (docs/PERFORMANCE.md):
+/// F(4×4) beats F(2×2) from 28×28 outputs up (7×7 tiles and more: 28² 128→128 2.08 → 1.60 ms,
+/// 112² 64→64 13.2 → 8.6), and loses at 14×14, where its 4×4 tiles cover 16×16 outputs
+/// (31 % wasted) and its products are too narrow (1.46 → 1.82 ms). F(2×2) beats im2col down
+/// to 6×6 tiles; below (r100's 7×7 stage: 16 tiles) the transformed kernels, 16/9 the size of
+/// the plain ones, are streamed for too little work. With few channels the transforms dominate.
+fn tile_edge(g: &Geometry) -> Option<usize> {
+    if g.c < 16 || g.o < 16 {
+        return None;
+    }
+    let tiles = |m| g.n * Geometry { m, ..*g }.tiles();
+    if tiles(4) >= 49 {
+        Some(4)
+    } else if tiles(2) >= 36 {
+        Some(2)
+    } else {
+        None
+    }
 }
 
-fn plan_for(model: &TypedModel, node: &TypedNode) -> Option<Plan> {
+fn plan_for(
+    model: &TypedModel,
+    node: &TypedNode,
+    choose: fn(&Geometry) -> Option<usize>,
+) -> Option<Plan> {
     let conv = node.op_as::<Conv>()?;
     let spec = &conv.pool_spec;
     let plain = conv.q_params.is_none()
@@ -131,7 +186,7 @@ fn plan_for(model: &TypedModel, node: &TypedNode) -> Option<Plan> {
         _ => return None,
     };
     let padding = spec.computed_padding(&shape[2..]);
-    let geometry = Geometry {
+    let mut geometry = Geometry {
         n: shape[0],
         c: shape[1],
         h: shape[2],
@@ -141,8 +196,10 @@ fn plan_for(model: &TypedModel, node: &TypedNode) -> Option<Plan> {
         out_w: padding[1].convoluted,
         pad_top: padding[0].pad_before,
         pad_left: padding[1].pad_before,
+        m: 2,
     };
-    (geometry.c == c && pays_off(&geometry)).then_some(Plan {
+    geometry.m = choose(&geometry)?;
+    (geometry.c == c).then_some(Plan {
         geometry,
         kernel,
         bias,
@@ -174,38 +231,54 @@ fn replace(model: &mut TypedModel, id: usize, plan: &Plan) -> TractResult<()> {
     patch.apply(model)
 }
 
-/// U = G·g·Gᵀ for every (output, input) channel pair, as [16, o, c] in two halves [8, o, c];
-/// computed in f64 so that the halves and sums of the kernel round once.
+/// Winograd's G for F(m×m, 3×3), α = m + 2 rows. F(2×2): interpolation points 0, ±1, ∞;
+/// F(4×4): 0, ±1, ±2, ∞ (Lavin & Gray's matrices).
+fn kernel_matrix(m: usize) -> &'static [[f64; 3]] {
+    const F2: [[f64; 3]; 4] = [
+        [1.0, 0.0, 0.0],
+        [0.5, 0.5, 0.5],
+        [0.5, -0.5, 0.5],
+        [0.0, 0.0, 1.0],
+    ];
+    const F4: [[f64; 3]; 6] = [
+        [1.0 / 4.0, 0.0, 0.0],
+        [-1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0],
+        [-1.0 / 6.0, 1.0 / 6.0, -1.0 / 6.0],
+        [1.0 / 24.0, 1.0 / 12.0, 1.0 / 6.0],
+        [1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0],
+        [0.0, 0.0, 1.0],
+    ];
+    if m == 2 { &F2 } else { &F4 }
+}
+
+/// U = G·g·Gᵀ for every (output, input) channel pair, as [α², o, c] in two halves
+/// [α²/2, o, c]; computed in f64 so that each value rounds once.
 fn transformed_kernel(kernel: &Tensor, g: Geometry) -> TractResult<[Tensor; 2]> {
     let k = plain(kernel)?;
-    let mut u = vec![0f32; TILE * g.o * g.c];
+    let big_g = kernel_matrix(g.m);
+    let alpha = g.alpha();
+    let mut u = vec![0f32; g.positions() * g.o * g.c];
     for o in 0..g.o {
         for c in 0..g.c {
-            let base = (o * g.c + c) * 9;
-            let tap = |r: usize, s: usize| k[base + 3 * r + s] as f64;
-            // G·g: 4 rows of 3.
-            let mut gg = [[0f64; 3]; 4];
-            #[allow(clippy::needless_range_loop)] // s: the kernel's column, as written
-            for s in 0..3 {
-                let (a, b, d) = (tap(0, s), tap(1, s), tap(2, s));
-                gg[0][s] = a;
-                gg[1][s] = (a + b + d) / 2.0;
-                gg[2][s] = (a - b + d) / 2.0;
-                gg[3][s] = d;
-            }
-            // (G·g)·Gᵀ: 4 columns per row.
-            for (r, row) in gg.iter().enumerate() {
-                let [a, b, d] = *row;
-                let cols = [a, (a + b + d) / 2.0, (a - b + d) / 2.0, d];
-                for (s, v) in cols.into_iter().enumerate() {
-                    u[((4 * r + s) * g.o + o) * g.c + c] = v as f32;
+            let tap = |a: usize, b: usize| k[(o * g.c + c) * 9 + 3 * a + b] as f64;
+            // G·g: α rows of 3.
+            let gg: Vec<[f64; 3]> = big_g
+                .iter()
+                .map(|row| std::array::from_fn(|b| (0..3).map(|a| row[a] * tap(a, b)).sum()))
+                .collect();
+            // (G·g)·Gᵀ.
+            for (r, gg_row) in gg.iter().enumerate() {
+                for (s, g_row) in big_g.iter().enumerate() {
+                    let v: f64 = (0..3).map(|b| gg_row[b] * g_row[b]).sum();
+                    u[((alpha * r + s) * g.o + o) * g.c + c] = v as f32;
                 }
             }
         }
     }
-    let (low, high) = u.split_at(HALF * g.o * g.c);
+    let half = g.half();
+    let (low, high) = u.split_at(half * g.o * g.c);
     Ok([
-        Tensor::from_shape(&[HALF, g.o, g.c], low)?,
-        Tensor::from_shape(&[HALF, g.o, g.c], high)?,
+        Tensor::from_shape(&[half, g.o, g.c], low)?,
+        Tensor::from_shape(&[half, g.o, g.c], high)?,
     ])
 }

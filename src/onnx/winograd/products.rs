@@ -13,8 +13,8 @@ use tract_onnx::tract_core::ops::einsum::EinSum;
 use tract_onnx::tract_core::plan::SimpleState;
 use tract_onnx::tract_hir::internal::*;
 
+use super::Geometry;
 use super::transforms::spread_over_threads;
-use super::{Geometry, HALF};
 
 #[derive(Debug, Clone)]
 pub(super) struct Products {
@@ -29,7 +29,7 @@ impl Products {
         let g = geometry;
         let half = |kernel: Tensor| -> TractResult<Arc<TypedSimplePlan>> {
             let mut model = TypedModel::default();
-            let v = model.add_source("v", f32::fact([HALF, g.c, g.n * g.tiles()]))?;
+            let v = model.add_source("v", f32::fact([g.half(), g.c, g.n * g.tiles()]))?;
             let u = model.add_const("u", kernel)?;
             let axes: AxesMapping = "eoc,ect->eot".parse()?;
             let m = model.wire_node("m", EinSum::new(axes, f32::datum_type()), &[u, v])?;
@@ -96,9 +96,9 @@ impl TypedOp for Products {
         let g = self.geometry;
         let columns = g.n * g.tiles();
         for input in inputs {
-            ensure!(input.shape.as_concrete() == Some(&[HALF, g.c, columns][..]));
+            ensure!(input.shape.as_concrete() == Some(&[g.half(), g.c, columns][..]));
         }
-        let half = f32::fact([HALF, g.o, columns]);
+        let half = f32::fact([g.half(), g.o, columns]);
         Ok(tvec!(half.clone(), half))
     }
 }

@@ -1,5 +1,5 @@
-//! The input and output transforms of Winograd F(2×2, 3×3) as tract operations. Both are
-//! memory-bound passes; how they are laid out was measured (docs/PERFORMANCE.md).
+//! The input and output transforms of Winograd F(m×m, 3×3), m = 2 or 4, as tract operations.
+//! Both are memory-bound passes; how they are laid out was measured (docs/PERFORMANCE.md).
 
 use std::ops::Range;
 
@@ -8,10 +8,10 @@ use tract_linalg::multithread::{Executor, current_tract_executor};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::internal::*;
 
-use super::{Geometry, HALF, TILE};
+use super::Geometry;
 
-/// [n, c, h, w] → V [16, c, n·tiles], as two halves [8, c, n·tiles]: each 4×4 input tile
-/// (stride 2, zero outside the image) as Bᵀ·d·B.
+/// [n, c, h, w] → V [α², c, n·tiles], as two halves [α²/2, c, n·tiles]: each α×α input tile
+/// (stride m, zero outside the image) as Bᵀ·d·B.
 #[derive(Debug, Clone, Hash, PartialEq, Eq)]
 pub(super) struct InputTransform(pub(super) Geometry);
 
@@ -28,7 +28,7 @@ impl TypedOp for InputTransform {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
         let g = self.0;
         ensure!(inputs[0].shape.as_concrete() == Some(&[g.n, g.c, g.h, g.w][..]));
-        let half = f32::fact([HALF, g.c, g.n * g.tiles()]);
+        let half = f32::fact([g.half(), g.c, g.n * g.tiles()]);
         Ok(tvec!(half.clone(), half))
     }
 }
@@ -40,12 +40,12 @@ impl EvalOp for InputTransform {
         let g = self.0;
         let x = plain(&inputs[0])?;
         let columns = g.n * g.tiles();
-        // V in two halves by tile position (e < 8, e ≥ 8), for the two halves of the products.
+        // V in two halves by tile position, for the two halves of the products.
         // Every value is written below.
-        let mut low = unsafe { Tensor::uninitialized::<f32>(&[HALF, g.c, columns])? };
-        let mut high = unsafe { Tensor::uninitialized::<f32>(&[HALF, g.c, columns])? };
+        let mut low = unsafe { Tensor::uninitialized::<f32>(&[g.half(), g.c, columns])? };
+        let mut high = unsafe { Tensor::uninitialized::<f32>(&[g.half(), g.c, columns])? };
         // Channels in groups, side by side on rayon's threads; each group gets its share of
-        // V's 16 rows (rows[e] covers the group's channels).
+        // V's α² rows (rows[e] covers the group's channels).
         let block = g.c * columns;
         let parallel = spread_over_threads();
         let group = if parallel {
@@ -64,7 +64,11 @@ impl EvalOp for InputTransform {
         }
         let run = |(k, mut rows): (usize, Vec<&mut [f32]>)| {
             let channels = k * group..((k + 1) * group).min(g.c);
-            transform_input_channels(g, x, channels, &mut rows);
+            if g.m == 2 {
+                transform_input_channels(g, x, channels, &mut rows, input_f2);
+            } else {
+                transform_input_channels(g, x, channels, &mut rows, input_f4);
+            }
         };
         if parallel {
             groups.into_par_iter().enumerate().for_each(run);
@@ -75,27 +79,54 @@ impl EvalOp for InputTransform {
     }
 }
 
-/// Bᵀ·d·B of every tile of `channels` (all images); `rows[e]` is V's row e for those channels.
-fn transform_input_channels(
+/// Bᵀ of F(2×2, 3×3) on one column (or row) of a tile.
+#[inline(always)]
+fn input_f2([d0, d1, d2, d3]: [f32; 4]) -> [f32; 4] {
+    [d0 - d2, d1 + d2, d2 - d1, d1 - d3]
+}
+
+/// Bᵀ of F(4×4, 3×3) on one column (or row) of a tile: rows 4 0 −5 0 1 0 | 0 −4 −4 1 1 0 |
+/// 0 4 −4 −1 1 0 | 0 −2 −1 2 1 0 | 0 2 −1 −2 1 0 | 0 4 0 −5 0 1, with shared sums.
+#[inline(always)]
+fn input_f4([d0, d1, d2, d3, d4, d5]: [f32; 6]) -> [f32; 6] {
+    let (s12, d12) = (d1 + d2, d1 - d2);
+    let (s34, d43) = (d3 + d4, d4 - d3);
+    let (p, q) = (d4 - d2, d3 - d1);
+    [
+        4.0 * d0 - 5.0 * d2 + d4,
+        s34 - 4.0 * s12,
+        d43 + 4.0 * d12,
+        p + 2.0 * q,
+        p - 2.0 * q,
+        4.0 * d1 - 5.0 * d3 + d5,
+    ]
+}
+
+/// Bᵀ·d·B of every tile of `channels` (all images); `rows[e]` is V's row e for those channels;
+/// `bt`: Bᵀ on one column of A values.
+fn transform_input_channels<const A: usize>(
     g: Geometry,
     x: &[f32],
     channels: Range<usize>,
     rows: &mut [&mut [f32]],
+    bt: impl Fn([f32; A]) -> [f32; A],
 ) {
+    debug_assert_eq!(A, g.alpha());
     let (tiles_h, tiles_w, tiles) = (g.tiles_h(), g.tiles_w(), g.tiles());
     let columns = g.n * tiles;
     // The plane with its zero border, so that tiles read without bounds checks. The border is
     // never written: it stays zero from plane to plane.
-    let (ph, pw) = (2 * tiles_h + 2, 2 * tiles_w + 2);
+    let (ph, pw) = (g.m * tiles_h + 2, g.m * tiles_w + 2);
     let mut padded = vec![0f32; ph * pw];
-    // Large planes: a channel's 16 rows of V go to a scratch first and are copied out as runs.
+    // Large planes: a channel's α² rows of V go to a scratch first and are copied out as runs.
     // Writing V's rows directly is 4× slower where they lie a multiple of 4 KiB apart (64
     // channels × 28² tiles): every store then competes for the same L1 sets; the scratch rows
-    // are spaced off that. Small planes (14², 49 tiles) write directly: there the 16 short
+    // are spaced off that. Small planes (14², 49 tiles) write directly: there the short
     // copies per channel cost more than they save (measured).
     let buffered = tiles >= 64;
     let stride = tiles + 16;
-    let mut scratch = vec![0f32; if buffered { TILE * stride } else { 0 }];
+    let mut scratch = vec![0f32; if buffered { A * A * stride } else { 0 }];
+    let mut vertical = vec![0f32; A * pw];
     let first = channels.start;
     for c in channels {
         for n in 0..g.n {
@@ -111,23 +142,17 @@ fn transform_input_channels(
             }
             let offset = (c - first) * columns + n * tiles;
             for i in 0..tiles_h {
-                for j in 0..tiles_w {
-                    let at = |r: usize, s: usize| padded[(2 * i + r) * pw + 2 * j + s];
-                    // Bᵀ·d: rows d0 − d2, d1 + d2, d2 − d1, d1 − d3.
-                    let mut t = [[0f32; 4]; 4];
-                    #[allow(clippy::needless_range_loop)] // s: the tile's column, as written
-                    for s in 0..4 {
-                        let (d0, d1, d2, d3) = (at(0, s), at(1, s), at(2, s), at(3, s));
-                        t[0][s] = d0 - d2;
-                        t[1][s] = d1 + d2;
-                        t[2][s] = d2 - d1;
-                        t[3][s] = d1 - d3;
-                    }
-                    // (Bᵀ·d)·B, value by value.
-                    let tile = i * tiles_w + j;
-                    for (r, [a, b, d, e]) in t.into_iter().enumerate() {
-                        for (s, value) in [a - d, b + d, d - b, b - e].into_iter().enumerate() {
-                            let position = 4 * r + s;
+                // Bᵀ·d on the tile row's α image rows at once: runs along x, vectorised.
+                let top = g.m * i * pw;
+                let image_rows = std::array::from_fn(|r| &padded[top + r * pw..][..pw]);
+                combine(&mut vertical, image_rows, &bt, 0.0);
+                // (Bᵀ·d)·B, tile by tile along each of those rows.
+                for (r, row) in vertical.chunks_exact(pw).enumerate() {
+                    for j in 0..tiles_w {
+                        let tile = i * tiles_w + j;
+                        let values = bt(std::array::from_fn(|s| row[g.m * j + s]));
+                        for (s, value) in values.into_iter().enumerate() {
+                            let position = A * r + s;
                             if buffered {
                                 scratch[position * stride + tile] = value;
                             } else {
@@ -146,8 +171,8 @@ fn transform_input_channels(
     }
 }
 
-/// M [16, o, n·tiles] as two halves [8, o, n·tiles], and the bias [o] → [n, o, out_h, out_w]:
-/// each tile as Aᵀ·m·A + bias.
+/// M [α², o, n·tiles] as two halves [α²/2, o, n·tiles], and the bias [o] →
+/// [n, o, out_h, out_w]: each tile as Aᵀ·m·A + bias.
 #[derive(Debug, Clone, Hash, PartialEq, Eq)]
 pub(super) struct OutputTransform(pub(super) Geometry);
 
@@ -164,7 +189,7 @@ impl TypedOp for OutputTransform {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
         let g = self.0;
         for half in &inputs[..2] {
-            ensure!(half.shape.as_concrete() == Some(&[HALF, g.o, g.n * g.tiles()][..]));
+            ensure!(half.shape.as_concrete() == Some(&[g.half(), g.o, g.n * g.tiles()][..]));
         }
         Ok(tvec!(f32::fact([g.n, g.o, g.out_h, g.out_w])))
     }
@@ -184,9 +209,19 @@ impl EvalOp for OutputTransform {
         // One output plane per (image, channel), side by side on rayon's threads when the
         // image may use them.
         let plane = g.out_h * g.out_w;
-        let scratch = || (vec![0f32; 8 * tiles], vec![0f32; 4 * tiles]);
+        let (alpha, edge) = (g.alpha(), g.m);
+        let scratch = || {
+            (
+                vec![0f32; edge * alpha * tiles],
+                vec![0f32; edge * edge * tiles],
+            )
+        };
         let run = |(t, corners): &mut (Vec<f32>, Vec<f32>), (k, y): (usize, &mut [f32])| {
-            transform_output_plane(g, m, bias, k, y, t, corners)
+            if g.m == 2 {
+                transform_output_plane(g, m, bias, k, y, t, corners, output_f2)
+            } else {
+                transform_output_plane(g, m, bias, k, y, t, corners, output_f4)
+            }
         };
         if spread_over_threads() {
             out.par_chunks_mut(plane)
@@ -202,9 +237,29 @@ impl EvalOp for OutputTransform {
     }
 }
 
-/// Output plane `k` (image k / o, channel k % o): Aᵀ·m (2 rows × 4 columns) and then the
-/// tiles' 4 outputs as runs over the tiles, then into place. `t` and `corners`: scratch.
-fn transform_output_plane(
+/// Aᵀ of F(2×2, 3×3) on one column (or row) of a product tile: rows 1 1 1 0 | 0 1 −1 −1.
+#[inline(always)]
+fn output_f2([m0, m1, m2, m3]: [f32; 4]) -> [f32; 2] {
+    [m0 + m1 + m2, m1 - m2 - m3]
+}
+
+/// Aᵀ of F(4×4, 3×3): rows 1 1 1 1 1 0 | 0 1 −1 2 −2 0 | 0 1 1 4 4 0 | 0 1 −1 8 −8 1.
+#[inline(always)]
+fn output_f4([m0, m1, m2, m3, m4, m5]: [f32; 6]) -> [f32; 4] {
+    let (s12, d12, s34, d34) = (m1 + m2, m1 - m2, m3 + m4, m3 - m4);
+    [
+        m0 + s12 + s34,
+        d12 + 2.0 * d34,
+        s12 + 4.0 * s34,
+        d12 + 8.0 * d34 + m5,
+    ]
+}
+
+/// Output plane `k` (image k / o, channel k % o): Aᵀ·m (M rows × A columns per tile), then
+/// ·A plus the bias (the tiles' M×M outputs), each as runs over the tiles, then into place.
+/// `t` and `corners`: scratch; `at`: Aᵀ on one column of A values.
+#[allow(clippy::too_many_arguments)]
+fn transform_output_plane<const A: usize, const M: usize>(
     g: Geometry,
     m: [&[f32]; 2],
     bias: &[f32],
@@ -212,41 +267,48 @@ fn transform_output_plane(
     plane: &mut [f32],
     t: &mut [f32],
     corners: &mut [f32],
+    at: impl Fn([f32; A]) -> [f32; M] + Copy,
 ) {
+    debug_assert_eq!((A, M), (g.alpha(), g.m));
     let (tiles_w, tiles) = (g.tiles_w(), g.tiles());
     let columns = g.n * tiles;
+    let half = g.half();
     let (image, o) = (k / g.o, k % g.o);
-    let m = |e: usize| &m[e / HALF][(e % HALF * g.o + o) * columns + image * tiles..][..tiles];
-    // Aᵀ on the rows: m0 + m1 + m2 and m1 − m2 − m3.
-    for s in 0..4 {
-        let (m0, m1, m2, m3) = (m(s), m(4 + s), m(8 + s), m(12 + s));
-        let (top, bottom) = t.split_at_mut(4 * tiles);
-        combine3(&mut top[s * tiles..][..tiles], m0, m1, m2, |a, b, c| {
-            a + b + c
-        });
-        combine3(&mut bottom[s * tiles..][..tiles], m1, m2, m3, |a, b, c| {
-            a - b - c
-        });
+    let m = |e: usize| &m[e / half][(e % half * g.o + o) * columns + image * tiles..][..tiles];
+    // Aᵀ on the columns: t[s][r] from m[r'][s] (r' < A), for each column s.
+    for (s, block) in t.chunks_mut(M * tiles).enumerate() {
+        combine(block, std::array::from_fn(|r| m(A * r + s)), at, 0.0);
     }
-    // A on the columns, plus the bias: each tile's top-left, top-right, bottom-left and
-    // bottom-right output.
-    let b = bias[o];
-    for (r, corner) in corners.chunks_mut(2 * tiles).enumerate() {
-        let t = |s: usize| &t[(4 * r + s) * tiles..][..tiles];
-        let (left, right) = corner.split_at_mut(tiles);
-        combine3(left, t(0), t(1), t(2), |a, c, d| a + c + d + b);
-        combine3(right, t(1), t(2), t(3), |a, c, d| a - c - d + b);
+    // A on the rows, plus the bias: corners[r][q] from t[s][r] (s < A).
+    let t = &*t;
+    for (r, block) in corners.chunks_mut(M * tiles).enumerate() {
+        let row = std::array::from_fn(|s| &t[(s * M + r) * tiles..][..tiles]);
+        combine(block, row, at, bias[o]);
     }
     for (y, row) in plane.chunks_mut(g.out_w).enumerate() {
-        let (i, r) = (y / 2, y % 2);
-        let left = &corners[2 * r * tiles + i * tiles_w..][..tiles_w];
-        let right = &corners[(2 * r + 1) * tiles + i * tiles_w..][..tiles_w];
+        let (i, r) = (y / M, y % M);
         for (x, value) in row.iter_mut().enumerate() {
-            *value = if x % 2 == 0 {
-                left[x / 2]
-            } else {
-                right[x / 2]
-            };
+            *value = corners[(r * M + x % M) * tiles + i * tiles_w + x / M];
+        }
+    }
+}
+
+/// `out` as M runs of n: out[q][k] = f(inputs[·][k])[q] + add, one pass over the tiles.
+#[inline(always)]
+fn combine<const A: usize, const M: usize>(
+    out: &mut [f32],
+    inputs: [&[f32]; A],
+    f: impl Fn([f32; A]) -> [f32; M],
+    add: f32,
+) {
+    let n = out.len() / M;
+    let inputs = inputs.map(|input| &input[..n]);
+    let mut outs = out.chunks_exact_mut(n);
+    let mut outs: [&mut [f32]; M] = std::array::from_fn(|_| outs.next().unwrap());
+    for k in 0..n {
+        let values = f(inputs.map(|input| input[k]));
+        for (out, value) in outs.iter_mut().zip(values) {
+            out[k] = value + add;
         }
     }
 }
@@ -255,16 +317,6 @@ fn transform_output_plane(
 /// through tract's executor when one image is alone; a batch already runs an image per thread.
 pub(super) fn spread_over_threads() -> bool {
     !matches!(current_tract_executor(), Executor::SingleThread)
-}
-
-/// `out[k] = f(a[k], b[k], c[k])`: one pass the compiler vectorises.
-#[inline(always)]
-fn combine3(out: &mut [f32], a: &[f32], b: &[f32], c: &[f32], f: impl Fn(f32, f32, f32) -> f32) {
-    let n = out.len();
-    let (a, b, c) = (&a[..n], &b[..n], &c[..n]);
-    for k in 0..n {
-        out[k] = f(a[k], b[k], c[k]);
-    }
 }
 
 pub(super) fn plain(t: &Tensor) -> TractResult<&[f32]> {
