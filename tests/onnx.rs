@@ -185,14 +185,16 @@ fn check_export(network: Network, embedding_size: usize) {
     // im2col everywhere.
     let tract = OnnxEmbedder::load(&file).unwrap();
     // Every 3×3 stride-1 convolution with 7×7 outputs or more: F(4×4) from 28×28 up, F(2×2)
-    // at 14×14 (src/onnx/winograd/mod.rs, tile_edge).
-    let (f4x4, f2x2) = match network {
-        Network::R18 => (7, 3),
-        _ => (31, 59),
+    // at 14×14 (src/onnx/winograd/mod.rs, tile_edge); the BatchNorm before and the PReLU after
+    // each unit's first convolution taken in, but in the 7×7 stage (fusion.rs).
+    let (f4x4, f2x2, unit_convs) = match network {
+        Network::R18 => (7, 3, 7),
+        _ => (31, 59, 47),
     };
+    let w = tract.winograd;
     assert_eq!(
-        (tract.winograd.f4x4, tract.winograd.f2x2),
-        (f4x4, f2x2),
+        (w.f4x4, w.f2x2, w.affines_fused, w.prelus_fused),
+        (f4x4, f2x2, unit_convs, unit_convs),
         "Winograd convolutions in {network}"
     );
     let im2col = OnnxEmbedder::load_with(&file, ConvAlgorithm::Im2col).unwrap();

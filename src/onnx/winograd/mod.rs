@@ -17,6 +17,7 @@
 //! convolutions where it pays on a CPU, with the tile size that pays (measured; `tile_edge`).
 //! tract does not have it.
 
+mod fusion;
 mod products;
 #[cfg(test)]
 mod tests;
@@ -38,6 +39,10 @@ pub struct Rewritten {
     pub f2x2: usize,
     /// By F(4×4, 3×3).
     pub f4x4: usize,
+    /// Per-channel affines (BatchNorms) before them, taken into their input transforms.
+    pub affines_fused: usize,
+    /// PReLUs after them, taken into their output transforms.
+    pub prelus_fused: usize,
 }
 
 impl Rewritten {
@@ -60,13 +65,15 @@ fn rewrite_by(model: &mut TypedModel, choose: fn(&Geometry) -> Option<usize>) ->
         .collect();
     let mut rewritten = Rewritten::default();
     for (id, plan) in &candidates {
-        replace(model, *id, plan).map_err(|e| {
+        let fused = replace(model, *id, plan).map_err(|e| {
             anyhow::anyhow!("Winograd rewrite of `{}`: {e:#}", model.node(*id).name)
         })?;
         match plan.geometry.m {
             2 => rewritten.f2x2 += 1,
             _ => rewritten.f4x4 += 1,
         }
+        rewritten.affines_fused += fused.affine as usize;
+        rewritten.prelus_fused += fused.prelu as usize;
     }
     Ok(rewritten)
 }
@@ -206,15 +213,27 @@ fn plan_for(
     })
 }
 
-fn replace(model: &mut TypedModel, id: usize, plan: &Plan) -> TractResult<()> {
+fn replace(model: &mut TypedModel, id: usize, plan: &Plan) -> TractResult<Fused> {
+    // Matched on the model as it is now: earlier replacements may have rewired the nodes.
     let node = model.node(id).clone();
     let g = plan.geometry;
+    let affine = fusion::affine_before(model, node.inputs[0], g.c);
+    let prelu = fusion::prelu_after(model, OutletId::new(id, 0), g.o);
     let mut patch = TypedModelPatch::default();
-    let x = patch.tap_model(model, node.inputs[0])?;
+    let mut input =
+        vec![patch.tap_model(model, affine.as_ref().map_or(node.inputs[0], |a| a.source))?];
+    if let Some(affine) = &affine {
+        let name = &node.name;
+        input.push(patch.add_const(format!("{name}.winograd_scale"), tensor1(&affine.scale))?);
+        input.push(patch.add_const(format!("{name}.winograd_shift"), tensor1(&affine.shift))?);
+    }
     let tiles = patch.wire_node(
         format!("{}.winograd_input", node.name),
-        InputTransform(g),
-        &[x],
+        InputTransform {
+            geometry: g,
+            affine: affine.is_some(),
+        },
+        &input,
     )?;
     let products = patch.wire_node(
         format!("{}.winograd_products", node.name),
@@ -222,13 +241,32 @@ fn replace(model: &mut TypedModel, id: usize, plan: &Plan) -> TractResult<()> {
         &tiles,
     )?;
     let bias = patch.add_const(format!("{}.winograd_bias", node.name), tensor1(&plan.bias))?;
+    let mut output = vec![products[0], products[1], bias];
+    if let Some((_, slopes)) = &prelu {
+        output.push(patch.add_const(format!("{}.winograd_slopes", node.name), tensor1(slopes))?);
+    }
     let y = patch.wire_node(
         format!("{}.winograd_output", node.name),
-        OutputTransform(g),
-        &[products[0], products[1], bias],
+        OutputTransform {
+            geometry: g,
+            prelu: prelu.is_some(),
+        },
+        &output,
     )?;
-    patch.shunt_outside(model, OutletId::new(id, 0), y[0])?;
-    patch.apply(model)
+    // The convolution's output, or the PReLU's that it now computes.
+    let replaced = prelu.as_ref().map_or(id, |(node, _)| *node);
+    patch.shunt_outside(model, OutletId::new(replaced, 0), y[0])?;
+    patch.apply(model)?;
+    Ok(Fused {
+        affine: affine.is_some(),
+        prelu: prelu.is_some(),
+    })
+}
+
+/// What one replacement took in from its neighbours (fusion.rs).
+struct Fused {
+    affine: bool,
+    prelu: bool,
 }
 
 /// Winograd's G for F(m×m, 3×3), α = m + 2 rows. F(2×2): interpolation points 0, ±1, ∞;

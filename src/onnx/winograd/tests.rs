@@ -280,3 +280,110 @@ fn leaves_the_convolutions_where_it_does_not_pay_or_apply() {
         );
     }
 }
+
+/// x → x·scale + shift (a Mul and an Add per channel, as tract types a BatchNorm) → the
+/// convolution → PReLU per channel; `extra_readers` also makes the Add's and the convolution's
+/// outputs outputs of the model, which must keep the rewrite from taking those nodes in.
+fn fusion_model(case: &Case, extra_readers: bool) -> (TypedModel, Vec<f32>) {
+    let (conv_only, _, _) = model(case);
+    let conv = conv_only
+        .node(conv_only.node_id_by_name("conv").unwrap())
+        .op
+        .clone();
+    let kernel = conv_only
+        .outlet_fact(OutletId::new(1, 0))
+        .unwrap()
+        .konst
+        .clone()
+        .unwrap();
+    let bias = conv_only
+        .outlet_fact(OutletId::new(2, 0))
+        .unwrap()
+        .konst
+        .clone()
+        .unwrap();
+    let channel = |salt, c: usize| Tensor::from_shape(&[1, c, 1, 1], &values(c, salt)).unwrap();
+    let mut m = TypedModel::default();
+    let x = m
+        .add_source("x", f32::fact([case.n, case.c, case.h, case.w]))
+        .unwrap();
+    let scale = m.add_const("scale", channel(4, case.c)).unwrap();
+    let shift = m.add_const("shift", channel(5, case.c)).unwrap();
+    let scaled = m
+        .wire_node(
+            "bn.mul",
+            tract_onnx::tract_core::ops::math::mul(),
+            &[x, scale],
+        )
+        .unwrap();
+    let shifted = m
+        .wire_node(
+            "bn.add",
+            tract_onnx::tract_core::ops::math::add(),
+            &[scaled[0], shift],
+        )
+        .unwrap();
+    let k = m.add_const("k", kernel).unwrap();
+    let b = m.add_const("b", bias).unwrap();
+    let y = m.wire_node("conv", conv, &[shifted[0], k, b]).unwrap();
+    let slopes = values(case.o, 6);
+    let s = m
+        .add_const(
+            "slopes",
+            Tensor::from_shape(&[case.o, 1, 1], &slopes).unwrap(),
+        )
+        .unwrap();
+    let z = m
+        .wire_node("prelu", crate::onnx::prelu::PRelu, &[y[0], s])
+        .unwrap();
+    let mut outputs = vec![z[0]];
+    if extra_readers {
+        outputs.extend([shifted[0], y[0]]);
+    }
+    m.select_output_outlets(&outputs).unwrap();
+    let input = values(case.n * case.c * case.h * case.w, 3);
+    (m, input)
+}
+
+/// The BatchNorm before and the PReLU after a Winograd convolution are taken into its
+/// transforms (fusion.rs), and the result is what the nodes computed apart.
+#[test]
+fn takes_in_the_batchnorm_before_and_the_prelu_after() {
+    for m in [2, 4] {
+        let case = &cases()[4];
+        let expected = |model: TypedModel, x: &[f32]| {
+            let plan = model.into_optimized().unwrap().into_runnable().unwrap();
+            let input = Tensor::from_shape(&[case.n, case.c, case.h, case.w], x).unwrap();
+            plan.run(tvec!(input.into())).unwrap()[0]
+                .to_plain_array_view::<f32>()
+                .unwrap()
+                .iter()
+                .copied()
+                .collect::<Vec<f32>>()
+        };
+        for extra_readers in [false, true] {
+            let (stock, x) = fusion_model(case, extra_readers);
+            let mut rewritten = stock.clone();
+            let choose = if m == 2 {
+                |_: &Geometry| Some(2)
+            } else {
+                |_: &Geometry| Some(4)
+            };
+            let done = rewrite_by(&mut rewritten, choose).unwrap();
+            let fused = usize::from(!extra_readers);
+            assert_eq!(
+                (done.total(), done.affines_fused, done.prelus_fused),
+                (1, fused, fused),
+                "F({m}×{m}), extra readers: {extra_readers}"
+            );
+            let (want, got) = (expected(stock, &x), expected(rewritten, &x));
+            let scale = want.iter().fold(0f32, |s, v| s.max(v.abs()));
+            let worst = want
+                .iter()
+                .zip(&got)
+                .fold(0f32, |w, (a, b)| w.max((a - b).abs()));
+            assert!(worst <= 1e-5 * scale, "F({m}×{m}): {worst} of {scale}");
+            assert!(got.iter().any(|v| *v < 0.0) && got.iter().any(|v| *v > 0.0));
+        }
+    }
+}

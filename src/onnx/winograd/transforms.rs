@@ -11,9 +11,13 @@ use tract_onnx::tract_hir::internal::*;
 use super::Geometry;
 
 /// [n, c, h, w] → V [α², c, n·tiles], as two halves [α²/2, c, n·tiles]: each α×α input tile
-/// (stride m, zero outside the image) as Bᵀ·d·B.
+/// (stride m, zero outside the image) as Bᵀ·d·B. With `affine`, two more inputs, scale [c] and
+/// shift [c]: the tiles are of x·scale + shift (src/onnx/winograd/fusion.rs).
 #[derive(Debug, Clone, Hash, PartialEq, Eq)]
-pub(super) struct InputTransform(pub(super) Geometry);
+pub(super) struct InputTransform {
+    pub(super) geometry: Geometry,
+    pub(super) affine: bool,
+}
 
 impl Op for InputTransform {
     fn name(&self) -> StaticName {
@@ -26,8 +30,9 @@ impl TypedOp for InputTransform {
     as_op!();
 
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        let g = self.0;
+        let g = self.geometry;
         ensure!(inputs[0].shape.as_concrete() == Some(&[g.n, g.c, g.h, g.w][..]));
+        ensure!(inputs.len() == if self.affine { 3 } else { 1 });
         let half = f32::fact([g.half(), g.c, g.n * g.tiles()]);
         Ok(tvec!(half.clone(), half))
     }
@@ -37,8 +42,13 @@ impl EvalOp for InputTransform {
     op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        let g = self.0;
+        let g = self.geometry;
         let x = plain(&inputs[0])?;
+        let affine = if self.affine {
+            Some((plain(&inputs[1])?, plain(&inputs[2])?))
+        } else {
+            None
+        };
         let columns = g.n * g.tiles();
         // V in two halves by tile position, for the two halves of the products.
         // Every value is written below.
@@ -65,9 +75,9 @@ impl EvalOp for InputTransform {
         let run = |(k, mut rows): (usize, Vec<&mut [f32]>)| {
             let channels = k * group..((k + 1) * group).min(g.c);
             if g.m == 2 {
-                transform_input_channels(g, x, channels, &mut rows, input_f2);
+                transform_input_channels(g, x, affine, channels, &mut rows, input_f2);
             } else {
-                transform_input_channels(g, x, channels, &mut rows, input_f4);
+                transform_input_channels(g, x, affine, channels, &mut rows, input_f4);
             }
         };
         if parallel {
@@ -102,11 +112,12 @@ fn input_f4([d0, d1, d2, d3, d4, d5]: [f32; 6]) -> [f32; 6] {
     ]
 }
 
-/// Bᵀ·d·B of every tile of `channels` (all images); `rows[e]` is V's row e for those channels;
-/// `bt`: Bᵀ on one column of A values.
+/// Bᵀ·d·B of every tile of `channels` (all images) of x, or of x·scale + shift per channel;
+/// `rows[e]` is V's row e for those channels; `bt`: Bᵀ on one column of A values.
 fn transform_input_channels<const A: usize>(
     g: Geometry,
     x: &[f32],
+    affine: Option<(&[f32], &[f32])>,
     channels: Range<usize>,
     rows: &mut [&mut [f32]],
     bt: impl Fn([f32; A]) -> [f32; A],
@@ -138,7 +149,15 @@ fn transform_input_channels<const A: usize>(
             {
                 let at = (r + g.pad_top) * pw + g.pad_left;
                 let len = g.w.min(pw - g.pad_left);
-                padded[at..at + len].copy_from_slice(&row[..len]);
+                let (to, from) = (&mut padded[at..at + len], &row[..len]);
+                match affine {
+                    // The same two operations as the Mul and Add nodes it replaces.
+                    Some((scale, shift)) => {
+                        let (a, b) = (scale[c], shift[c]);
+                        to.iter_mut().zip(from).for_each(|(y, x)| *y = x * a + b);
+                    }
+                    None => to.copy_from_slice(from),
+                }
             }
             let offset = (c - first) * columns + n * tiles;
             for i in 0..tiles_h {
@@ -172,9 +191,13 @@ fn transform_input_channels<const A: usize>(
 }
 
 /// M [α², o, n·tiles] as two halves [α²/2, o, n·tiles], and the bias [o] →
-/// [n, o, out_h, out_w]: each tile as Aᵀ·m·A + bias.
+/// [n, o, out_h, out_w]: each tile as Aᵀ·m·A + bias. With `prelu`, one more input, slopes [o]:
+/// then PReLU of that (src/onnx/winograd/fusion.rs).
 #[derive(Debug, Clone, Hash, PartialEq, Eq)]
-pub(super) struct OutputTransform(pub(super) Geometry);
+pub(super) struct OutputTransform {
+    pub(super) geometry: Geometry,
+    pub(super) prelu: bool,
+}
 
 impl Op for OutputTransform {
     fn name(&self) -> StaticName {
@@ -187,7 +210,8 @@ impl TypedOp for OutputTransform {
     as_op!();
 
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        let g = self.0;
+        let g = self.geometry;
+        ensure!(inputs.len() == if self.prelu { 4 } else { 3 });
         for half in &inputs[..2] {
             ensure!(half.shape.as_concrete() == Some(&[g.half(), g.o, g.n * g.tiles()][..]));
         }
@@ -199,9 +223,14 @@ impl EvalOp for OutputTransform {
     op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        let g = self.0;
+        let g = self.geometry;
         let m = [plain(&inputs[0])?, plain(&inputs[1])?];
         let bias = plain(&inputs[2])?;
+        let slopes = if self.prelu {
+            Some(plain(&inputs[3])?)
+        } else {
+            None
+        };
         let tiles = g.tiles();
         // Every value is written below.
         let mut y = unsafe { Tensor::uninitialized::<f32>(&[g.n, g.o, g.out_h, g.out_w])? };
@@ -217,10 +246,11 @@ impl EvalOp for OutputTransform {
             )
         };
         let run = |(t, corners): &mut (Vec<f32>, Vec<f32>), (k, y): (usize, &mut [f32])| {
+            let slope = slopes.map(|slopes| slopes[k % g.o]);
             if g.m == 2 {
-                transform_output_plane(g, m, bias, k, y, t, corners, output_f2)
+                transform_output_plane(g, m, bias, slope, k, y, t, corners, output_f2)
             } else {
-                transform_output_plane(g, m, bias, k, y, t, corners, output_f4)
+                transform_output_plane(g, m, bias, slope, k, y, t, corners, output_f4)
             }
         };
         if spread_over_threads() {
@@ -256,13 +286,15 @@ fn output_f4([m0, m1, m2, m3, m4, m5]: [f32; 6]) -> [f32; 4] {
 }
 
 /// Output plane `k` (image k / o, channel k % o): Aᵀ·m (M rows × A columns per tile), then
-/// ·A plus the bias (the tiles' M×M outputs), each as runs over the tiles, then into place.
-/// `t` and `corners`: scratch; `at`: Aᵀ on one column of A values.
+/// ·A plus the bias (the tiles' M×M outputs), each as runs over the tiles, then into place,
+/// through the PReLU of `slope` when there is one. `t` and `corners`: scratch; `at`: Aᵀ on one
+/// column of A values.
 #[allow(clippy::too_many_arguments)]
 fn transform_output_plane<const A: usize, const M: usize>(
     g: Geometry,
     m: [&[f32]; 2],
     bias: &[f32],
+    slope: Option<f32>,
     k: usize,
     plane: &mut [f32],
     t: &mut [f32],
@@ -289,6 +321,11 @@ fn transform_output_plane<const A: usize, const M: usize>(
         let (i, r) = (y / M, y % M);
         for (x, value) in row.iter_mut().enumerate() {
             *value = corners[(r * M + x % M) * tiles + i * tiles_w + x / M];
+        }
+        if let Some(a) = slope {
+            // As src/onnx/prelu.rs computes it.
+            row.iter_mut()
+                .for_each(|v| *v = if *v > 0.0 { *v } else { *v * a });
         }
     }
 }
