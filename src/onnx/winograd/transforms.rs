@@ -75,9 +75,9 @@ impl EvalOp for InputTransform {
         let run = |(k, mut rows): (usize, Vec<&mut [f32]>)| {
             let channels = k * group..((k + 1) * group).min(g.c);
             if g.m == 2 {
-                transform_input_channels(g, x, affine, channels, &mut rows, input_f2);
+                input_channels(g, x, affine, channels, &mut rows, input_f2);
             } else {
-                transform_input_channels(g, x, affine, channels, &mut rows, input_f4);
+                input_channels(g, x, affine, channels, &mut rows, input_f4);
             }
         };
         if parallel {
@@ -112,8 +112,48 @@ fn input_f4([d0, d1, d2, d3, d4, d5]: [f32; 6]) -> [f32; 6] {
     ]
 }
 
+// The transforms are plain loops that LLVM vectorises. Built for baseline x86-64 they get
+// 4-wide SSE2; where the CPU has AVX2 and FMA they run as copies compiled for those, 8-wide
+// (measured: docs/PERFORMANCE.md). Rust never contracts a·b + c into a fused multiply-add, so
+// both copies compute the same values.
+
+#[cfg(target_arch = "x86_64")]
+fn has_avx2() -> bool {
+    is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+}
+
+fn input_channels<const A: usize>(
+    g: Geometry,
+    x: &[f32],
+    affine: Option<(&[f32], &[f32])>,
+    channels: Range<usize>,
+    rows: &mut [&mut [f32]],
+    bt: impl Fn([f32; A]) -> [f32; A],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: the CPU has AVX2 and FMA, checked just above.
+        return unsafe { input_channels_avx2(g, x, affine, channels, rows, bt) };
+    }
+    transform_input_channels(g, x, affine, channels, rows, bt)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn input_channels_avx2<const A: usize>(
+    g: Geometry,
+    x: &[f32],
+    affine: Option<(&[f32], &[f32])>,
+    channels: Range<usize>,
+    rows: &mut [&mut [f32]],
+    bt: impl Fn([f32; A]) -> [f32; A],
+) {
+    transform_input_channels(g, x, affine, channels, rows, bt)
+}
+
 /// Bᵀ·d·B of every tile of `channels` (all images) of x, or of x·scale + shift per channel;
 /// `rows[e]` is V's row e for those channels; `bt`: Bᵀ on one column of A values.
+#[inline(always)]
 fn transform_input_channels<const A: usize>(
     g: Geometry,
     x: &[f32],
@@ -164,8 +204,9 @@ fn transform_input_channels<const A: usize>(
                 // Bᵀ·d on the tile row's α image rows at once: runs along x, vectorised.
                 let top = g.m * i * pw;
                 let image_rows = std::array::from_fn(|r| &padded[top + r * pw..][..pw]);
-                combine(&mut vertical, image_rows, &bt, 0.0);
-                // (Bᵀ·d)·B, tile by tile along each of those rows.
+                combine(runs(&mut vertical, pw), image_rows, &bt, 0.0);
+                // (Bᵀ·d)·B, tile by tile along each of those rows. (Dealing each row out by
+                // x mod m to run this along the tiles too measured slower: the runs are short.)
                 for (r, row) in vertical.chunks_exact(pw).enumerate() {
                     for j in 0..tiles_w {
                         let tile = i * tiles_w + j;
@@ -248,9 +289,9 @@ impl EvalOp for OutputTransform {
         let run = |(t, corners): &mut (Vec<f32>, Vec<f32>), (k, y): (usize, &mut [f32])| {
             let slope = slopes.map(|slopes| slopes[k % g.o]);
             if g.m == 2 {
-                transform_output_plane(g, m, bias, slope, k, y, t, corners, output_f2)
+                output_plane(g, m, bias, slope, k, y, t, corners, output_f2)
             } else {
-                transform_output_plane(g, m, bias, slope, k, y, t, corners, output_f4)
+                output_plane(g, m, bias, slope, k, y, t, corners, output_f4)
             }
         };
         if spread_over_threads() {
@@ -285,11 +326,49 @@ fn output_f4([m0, m1, m2, m3, m4, m5]: [f32; 6]) -> [f32; 4] {
     ]
 }
 
+#[allow(clippy::too_many_arguments)]
+fn output_plane<const A: usize, const M: usize>(
+    g: Geometry,
+    m: [&[f32]; 2],
+    bias: &[f32],
+    slope: Option<f32>,
+    k: usize,
+    plane: &mut [f32],
+    t: &mut [f32],
+    corners: &mut [f32],
+    at: impl Fn([f32; A]) -> [f32; M] + Copy,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: the CPU has AVX2 and FMA, checked just above.
+        return unsafe { output_plane_avx2(g, m, bias, slope, k, plane, t, corners, at) };
+    }
+    transform_output_plane(g, m, bias, slope, k, plane, t, corners, at)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn output_plane_avx2<const A: usize, const M: usize>(
+    g: Geometry,
+    m: [&[f32]; 2],
+    bias: &[f32],
+    slope: Option<f32>,
+    k: usize,
+    plane: &mut [f32],
+    t: &mut [f32],
+    corners: &mut [f32],
+    at: impl Fn([f32; A]) -> [f32; M] + Copy,
+) {
+    transform_output_plane(g, m, bias, slope, k, plane, t, corners, at)
+}
+
 /// Output plane `k` (image k / o, channel k % o): Aᵀ·m (M rows × A columns per tile), then
 /// ·A plus the bias (the tiles' M×M outputs), each as runs over the tiles, then into place,
 /// through the PReLU of `slope` when there is one. `t` and `corners`: scratch; `at`: Aᵀ on one
 /// column of A values.
 #[allow(clippy::too_many_arguments)]
+#[inline(always)]
 fn transform_output_plane<const A: usize, const M: usize>(
     g: Geometry,
     m: [&[f32]; 2],
@@ -309,13 +388,18 @@ fn transform_output_plane<const A: usize, const M: usize>(
     let m = |e: usize| &m[e / half][(e % half * g.o + o) * columns + image * tiles..][..tiles];
     // Aᵀ on the columns: t[s][r] from m[r'][s] (r' < A), for each column s.
     for (s, block) in t.chunks_mut(M * tiles).enumerate() {
-        combine(block, std::array::from_fn(|r| m(A * r + s)), at, 0.0);
+        combine(
+            runs(block, tiles),
+            std::array::from_fn(|r| m(A * r + s)),
+            at,
+            0.0,
+        );
     }
     // A on the rows, plus the bias: corners[r][q] from t[s][r] (s < A).
     let t = &*t;
     for (r, block) in corners.chunks_mut(M * tiles).enumerate() {
         let row = std::array::from_fn(|s| &t[(s * M + r) * tiles..][..tiles]);
-        combine(block, row, at, bias[o]);
+        combine(runs(block, tiles), row, at, bias[o]);
     }
     for (y, row) in plane.chunks_mut(g.out_w).enumerate() {
         let (i, r) = (y / M, y % M);
@@ -330,24 +414,31 @@ fn transform_output_plane<const A: usize, const M: usize>(
     }
 }
 
-/// `out` as M runs of n: out[q][k] = f(inputs[·][k])[q] + add, one pass over the tiles.
+/// out[q][k] = f(inputs[·][k])[q] + add for k below the outputs' length: one pass the compiler
+/// vectorises.
 #[inline(always)]
 fn combine<const A: usize, const M: usize>(
-    out: &mut [f32],
+    outs: [&mut [f32]; M],
     inputs: [&[f32]; A],
     f: impl Fn([f32; A]) -> [f32; M],
     add: f32,
 ) {
-    let n = out.len() / M;
+    let n = outs[0].len();
     let inputs = inputs.map(|input| &input[..n]);
-    let mut outs = out.chunks_exact_mut(n);
-    let mut outs: [&mut [f32]; M] = std::array::from_fn(|_| outs.next().unwrap());
+    let mut outs = outs.map(|out| &mut out[..n]);
     for k in 0..n {
         let values = f(inputs.map(|input| input[k]));
         for (out, value) in outs.iter_mut().zip(values) {
             out[k] = value + add;
         }
     }
+}
+
+/// `block` as M consecutive runs of `n`.
+#[inline(always)]
+fn runs<const M: usize>(block: &mut [f32], n: usize) -> [&mut [f32]; M] {
+    let mut runs = block.chunks_exact_mut(n);
+    std::array::from_fn(|_| runs.next().expect("M runs of n"))
 }
 
 /// Whether this image may spread over rayon's threads: the runner (src/onnx/run.rs) says so
