@@ -209,6 +209,24 @@ fn f4_equals_the_definition() {
     }
 }
 
+/// The transforms built for baseline x86-64, where the tests' CPU would take the AVX2 copies.
+#[test]
+fn baseline_copies_equal_the_definition() {
+    use std::sync::atomic::Ordering;
+    transforms::BASELINE_ONLY.store(true, Ordering::Relaxed);
+    for case in &cases() {
+        for m in [2, 4] {
+            let choose = if m == 2 {
+                |_: &Geometry| Some(2)
+            } else {
+                |_: &Geometry| Some(4)
+            };
+            assert_eq!(check_by(case, choose, 1e-5), 1);
+        }
+    }
+    transforms::BASELINE_ONLY.store(false, Ordering::Relaxed);
+}
+
 /// The rule on r100's 3×3 stride-1 convolutions (output size, channels in → out).
 #[test]
 fn picks_the_tile_size_that_was_measured_to_pay() {

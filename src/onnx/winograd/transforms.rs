@@ -119,8 +119,18 @@ fn input_f4([d0, d1, d2, d3, d4, d5]: [f32; 6]) -> [f32; 6] {
 
 #[cfg(target_arch = "x86_64")]
 fn has_avx2() -> bool {
+    #[cfg(test)]
+    if BASELINE_ONLY.load(std::sync::atomic::Ordering::Relaxed) {
+        return false;
+    }
     is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
 }
+
+/// Tests set this to run the baseline copies on a CPU with AVX2. (Other tests running meanwhile
+/// may take the baseline copies too; they compute the same values.)
+#[cfg(test)]
+pub(super) static BASELINE_ONLY: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
 
 fn input_channels<const A: usize>(
     g: Geometry,
