@@ -92,8 +92,12 @@ mod tests {
             .op_times(&crate::bench::synthetic_images(1), 2, false)
             .unwrap();
         let nodes = |op: &str| times.iter().find(|t| t.op == op).map(|t| t.nodes);
-        // Tiny: the stem's conv, two per block, a 1×1 per stage's shortcut, and the FC.
-        assert_eq!(nodes("PRelu"), Some(5), "{times:?}");
+        // Tiny: five PReLUs (the stem's, one per unit), some taken into a Winograd
+        // convolution's output transform (src/onnx/winograd/fusion.rs), the rest timed.
+        let fused = embedder.winograd.prelus_fused;
+        assert!(fused > 0, "{:?}", embedder.winograd);
+        assert_eq!(nodes("PRelu"), Some(5 - fused), "{times:?}");
+        assert_eq!(nodes("WinogradOutput"), Some(embedder.winograd.total()));
         assert!(nodes("OptMatMul").is_some_and(|n| n >= 10), "{times:?}");
         assert!(
             times
