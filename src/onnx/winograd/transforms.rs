@@ -33,6 +33,9 @@ impl TypedOp for InputTransform {
         let g = self.geometry;
         ensure!(inputs[0].shape.as_concrete() == Some(&[g.n, g.c, g.h, g.w][..]));
         ensure!(inputs.len() == if self.affine { 3 } else { 1 });
+        for per_channel in &inputs[1..] {
+            ensure!(per_channel.shape.as_concrete() == Some(&[g.c][..]));
+        }
         let half = f32::fact([g.half(), g.c, g.n * g.tiles()]);
         Ok(tvec!(half.clone(), half))
     }
@@ -265,6 +268,9 @@ impl TypedOp for OutputTransform {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
         let g = self.geometry;
         ensure!(inputs.len() == if self.prelu { 4 } else { 3 });
+        for per_channel in &inputs[2..] {
+            ensure!(per_channel.shape.as_concrete() == Some(&[g.o][..]));
+        }
         for half in &inputs[..2] {
             ensure!(half.shape.as_concrete() == Some(&[g.half(), g.o, g.n * g.tiles()][..]));
         }
