@@ -11,7 +11,7 @@ use arcface::device::DeviceSpec;
 use arcface::embedder::{Embedder, is_onnx};
 use arcface::model::Precision;
 use arcface::onnx::op_profile::OpTime;
-use arcface::onnx::{self, Batch, ConvAlgorithm, OnnxEmbedder};
+use arcface::onnx::{self, Batch, ConvAlgorithm, OnnxEmbedder, spreads_each_image};
 use arcface::train::checkpoint::load_backbone;
 
 #[derive(Subcommand)]
@@ -270,8 +270,8 @@ fn infer(
         if engines.tract {
             let embedder = OnnxEmbedder::load_with(&onnx_file, engines.tract_conv)?;
             if let Some(images) = engines.tract_ops {
-                // As `embed` runs the bench's batch: a lone image over all threads.
-                let spread = batch < rayon::current_num_threads();
+                // As `embed` runs the bench's batch.
+                let spread = spreads_each_image(batch);
                 op_times = embedder.op_times(&bench::synthetic_images(1), images, spread)?;
             }
             let tract = Embedder::Onnx(embedder);
@@ -317,9 +317,11 @@ fn infer(
         );
     }
     if engines.tract_ops.is_some() {
-        let threads = match rayon::current_num_threads() {
-            n if batch < n => format!("all {n} threads, as a batch of {batch} runs"),
-            _ => "one thread, as a batch runs each image".to_string(),
+        let threads = if spreads_each_image(batch) {
+            let n = rayon::current_num_threads();
+            format!("all {n} threads, as a batch of {batch} runs")
+        } else {
+            "one thread, as a batch runs each image".to_string()
         };
         print_op_times(&op_times, &threads);
     }

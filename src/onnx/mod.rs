@@ -15,4 +15,4 @@ mod walk;
 pub mod winograd;
 
 pub use export::{Batch, backbone_to_onnx};
-pub use run::{ConvAlgorithm, OnnxEmbedder};
+pub use run::{ConvAlgorithm, OnnxEmbedder, spreads_each_image};

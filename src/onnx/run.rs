@@ -137,7 +137,7 @@ impl OnnxEmbedder {
             );
         }
         let n = images.len() / IMAGE;
-        let rows = if n >= rayon::current_num_threads() {
+        let rows = if !spreads_each_image(n) {
             images
                 .par_chunks(IMAGE)
                 .map(|image| self.embed_one(image))
@@ -177,6 +177,12 @@ impl OnnxEmbedder {
             .map_err(|e| anyhow::anyhow!("{e:#}"))?;
         Ok(view.iter().copied().collect())
     }
+}
+
+/// Whether `embed` runs a batch of `n` images one after the other, each spread over all
+/// threads (fewer images than threads), rather than side by side, one thread each.
+pub fn spreads_each_image(n: usize) -> bool {
+    n < rayon::current_num_threads()
 }
 
 /// Runs `f` (one image at a time) with tract's matrix products and our Winograd passes spread

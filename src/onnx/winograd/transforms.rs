@@ -119,8 +119,8 @@ fn input_f4([d0, d1, d2, d3, d4, d5]: [f32; 6]) -> [f32; 6] {
 // 4-wide SSE2; where the CPU has AVX2 and FMA they run as copies compiled for those, 8-wide
 // (measured: docs/PERFORMANCE.md). Rust never contracts a·b + c into a fused multiply-add, so
 // both copies compute the same values. The copies are whole functions with
-// `#[target_feature]` around `#[inline(always)]` bodies: a closure handed to one such function
-// is not inlined into it and stays baseline (checked in the disassembly).
+// `#[target_feature]` around `#[inline(always)]` bodies (`with_avx2_copy!`): a closure handed
+// to one such function is not inlined into it and stays baseline (checked in the disassembly).
 
 #[cfg(target_arch = "x86_64")]
 fn has_avx2() -> bool {
@@ -137,34 +137,37 @@ fn has_avx2() -> bool {
 pub(super) static BASELINE_ONLY: std::sync::atomic::AtomicBool =
     std::sync::atomic::AtomicBool::new(false);
 
-fn input_channels<const A: usize>(
-    g: Geometry,
-    x: &[f32],
-    affine: Option<(&[f32], &[f32])>,
-    channels: Range<usize>,
-    rows: &mut [&mut [f32]],
-    bt: impl Fn([f32; A]) -> [f32; A],
-) {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
-        // SAFETY: the CPU has AVX2 and FMA, checked just above.
-        return unsafe { input_channels_avx2(g, x, affine, channels, rows, bt) };
-    }
-    transform_input_channels(g, x, affine, channels, rows, bt)
+/// Defines `$name`, which runs `$body` with the same arguments as a copy compiled for AVX2 and
+/// FMA (`$avx2`) where the CPU has them, else as built. `$body` must be `#[inline(always)]`.
+macro_rules! with_avx2_copy {
+    (fn $name:ident, $avx2:ident <$(const $c:ident: usize),*> ($($arg:ident: $ty:ty),* $(,)?) => $body:ident) => {
+        #[allow(clippy::too_many_arguments)]
+        fn $name<$(const $c: usize),*>($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            if has_avx2() {
+                // SAFETY: the CPU has AVX2 and FMA, checked just above.
+                return unsafe { $avx2($($arg),*) };
+            }
+            $body($($arg),*)
+        }
+
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2,fma")]
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn $avx2<$(const $c: usize),*>($($arg: $ty),*) {
+            $body($($arg),*)
+        }
+    };
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn input_channels_avx2<const A: usize>(
+with_avx2_copy!(fn input_channels, input_channels_avx2<const A: usize>(
     g: Geometry,
     x: &[f32],
     affine: Option<(&[f32], &[f32])>,
     channels: Range<usize>,
     rows: &mut [&mut [f32]],
     bt: impl Fn([f32; A]) -> [f32; A],
-) {
-    transform_input_channels(g, x, affine, channels, rows, bt)
-}
+) => transform_input_channels);
 
 /// Bᵀ·d·B of every tile of `channels` (all images) of x, or of x·scale + shift per channel;
 /// `rows[e]` is V's row e for those channels; `bt`: Bᵀ on one column of A values.
@@ -344,8 +347,7 @@ fn output_f4([m0, m1, m2, m3, m4, m5]: [f32; 6]) -> [f32; 4] {
     ]
 }
 
-#[allow(clippy::too_many_arguments)]
-fn output_plane<const A: usize, const M: usize>(
+with_avx2_copy!(fn output_plane, output_plane_avx2<const A: usize, const M: usize>(
     g: Geometry,
     m: [&[f32]; 2],
     bias: &[f32],
@@ -355,31 +357,7 @@ fn output_plane<const A: usize, const M: usize>(
     t: &mut [f32],
     corners: &mut [f32],
     at: impl Fn([f32; A]) -> [f32; M] + Copy,
-) {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
-        // SAFETY: the CPU has AVX2 and FMA, checked just above.
-        return unsafe { output_plane_avx2(g, m, bias, slope, k, plane, t, corners, at) };
-    }
-    transform_output_plane(g, m, bias, slope, k, plane, t, corners, at)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn output_plane_avx2<const A: usize, const M: usize>(
-    g: Geometry,
-    m: [&[f32]; 2],
-    bias: &[f32],
-    slope: Option<f32>,
-    k: usize,
-    plane: &mut [f32],
-    t: &mut [f32],
-    corners: &mut [f32],
-    at: impl Fn([f32; A]) -> [f32; M] + Copy,
-) {
-    transform_output_plane(g, m, bias, slope, k, plane, t, corners, at)
-}
+) => transform_output_plane);
 
 /// Output plane `k` (image k / o, channel k % o): Aᵀ·m (M rows × A columns per tile), then
 /// ·A plus the bias (the tiles' M×M outputs), each as runs over the tiles, then into place,
