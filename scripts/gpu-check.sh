@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# One prepared run for a GPU machine (../shared/GPU.md): our `bench train` in fp32 and bf16 (and
+# One prepared run for a GPU machine (../shared/GPU.md): our `bench train` in fp32, bf16 and bf16
+# with channels-last activations (and
 # on every GPU when there are several), our inference, and PyTorch's anchor
 # `torch_r100_bench.py`, in one call on one card, then a table of ratios. Builds nothing.
 #
@@ -69,6 +70,8 @@ ours() {
 ours fp32 --device "$device" --precision fp32 $(profile_arg trace_ours_train_fp32)
 # shellcheck disable=SC2046
 ours bf16 --device "$device" --precision bf16 $(profile_arg trace_ours_train_bf16)
+# shellcheck disable=SC2046
+ours bf16_cl --device "$device" --precision bf16 --channels-last $(profile_arg trace_ours_train_bf16_cl)
 # PyTorch's anchor, with the same memory instrument as ours (nvidia-smi, GPU 0).
 if [ -z "${SKIP_ANCHOR:-}" ]; then
     log "anchor: $anchor"
@@ -129,7 +132,7 @@ if [ -n "$profile" ] && [ -z "${SKIP_ANCHOR:-}" ] && [ -z "${SKIP_TORCH_PROFILE:
         > "$logs/torch_profile.log" 2>&1 || log "torch profile failed: see $logs/torch_profile.log"
 fi
 if [ -n "$profile" ]; then
-    for what in train_fp32:train_fp32 train_bf16:train_bf16 infer_fp32:infer_fp32 infer_bf16:infer_bf16_cl; do
+    for what in train_fp32:train_fp32 train_bf16:train_bf16 train_bf16_cl:train_bf16_cl infer_fp32:infer_fp32 infer_bf16:infer_bf16_cl; do
         "$python" scripts/profile_summary.py "ours=$logs/trace_ours_${what%%:*}.json" "pytorch=$logs/trace_torch_${what#*:}.json" \
             > "$logs/profile_${what%%:*}.txt" 2>&1
     done
@@ -171,7 +174,9 @@ def row(what, ours, ref):
 fp32, bf16 = load("ours_fp32.json"), load("ours_bf16.json")
 row("train fp32 vs eager fp32", fp32, torch("train", False, False))
 row("train bf16 vs autocast bf16", bf16, torch("train", True, False))
+bf16_cl = load("ours_bf16_cl.json")
 row("train bf16 vs bf16 + channels-last", bf16, torch("train", True, True))
+row("train bf16 + channels-last vs the same", bf16_cl, torch("train", True, True))
 generic = load("ours_fp32_generic.json")
 if generic and fp32:
     print(f"libtorch gradient kernels: fp32 {fp32['images_per_second']:.0f} img/s vs {generic['images_per_second']:.0f} without ({fp32['images_per_second'] / generic['images_per_second']:.2f}x)")
@@ -186,7 +191,7 @@ for name in sorted(os.listdir(logs)):
             n = len(multi["devices"])
             eff = multi["images_per_second"] / (n * fp32["images_per_second"])
             print(f"data parallel on {n} GPUs: {multi['images_per_second']:.0f} img/s, scaling efficiency {eff:.2f}")
-for name, r in (("fp32", fp32), ("bf16", bf16)):
+for name, r in (("fp32", fp32), ("bf16", bf16), ("bf16 channels-last", bf16_cl)):
     if r:
         print(f"ours {name}: step {r['step_ms']:.1f} ms (forward {r['forward_ms'] or 0:.1f}, backward {r['backward_ms'] or 0:.1f}, optimizer {r['optimizer_ms']:.1f}), peak GPU memory (nvidia-smi) {(str(round(r['peak_gpu_mib'])) + ' MiB') if r.get('peak_gpu_mib') else 'n/a'}")
 for amp, cl in ((False, False), (True, False), (True, True)):

@@ -78,10 +78,13 @@ pub struct Config {
     /// "cpu", "cuda", "cuda:0" or "cuda:0,1,2,3" (see `device.rs`); several CUDA devices train
     /// data parallel, `batch_size` images each.
     pub device: String,
-    /// "fp32", or "bf16": convolutions and the FC layer in bf16, everything else fp32.
+    /// "fp32", or "bf16": mixed precision as PyTorch's autocast (`model::Precision`).
     pub precision: Precision,
     /// cuDNN picks the fastest convolution algorithms by timing them (LibTorch CUDA only).
     pub cudnn_benchmark: bool,
+    /// The images enter the backbone stored channels-last (NHWC), and the activations stay so
+    /// (LibTorch only; PyTorch's `memory_format=torch.channels_last`; `model::memory_format`).
+    pub channels_last: bool,
 }
 
 /// What `arcface synth` makes, for a config whose data folder may not exist yet.
@@ -139,6 +142,7 @@ impl Default for Config {
             device: "cpu".to_string(),
             precision: Precision::Fp32,
             cudnn_benchmark: true,
+            channels_last: false,
         }
     }
 }
@@ -250,7 +254,13 @@ impl Config {
                 self.num_classes != Some(0),
                 "must be > 0".into(),
             ),
-            ("batch_size", self.batch_size > 0, "must be > 0".into()),
+            (
+                "batch_size",
+                self.batch_size >= 2,
+                // BatchNorm normalises each channel over the batch: the embedding's BatchNorm
+                // sees one value per channel at batch 1 (PyTorch refuses that too).
+                "must be at least 2 (BatchNorm trains on batch statistics)".into(),
+            ),
             (
                 "lr",
                 self.lr > 0.0 && self.lr.is_finite(),

@@ -213,8 +213,11 @@ fn bf16_loss_follows_fp32() {
     }
     let (fp32, bf16) = (&curves[0], &curves[1]);
     assert_eq!(fp32.len(), 15);
-    // Stated tolerance: every step within 5 % of fp32's loss, 1.5 % on average over the 15
-    // steps (measured: at most 2.5 %, 0.7 % on average; bf16 keeps 8 bits of mantissa).
+    // Stated tolerance: every step within 10 % of fp32's loss, 1.5 % on average over the 15
+    // steps (measured: at most 6.7 %, 1.3 % on average; bf16 keeps 8 bits of mantissa, and
+    // since the activations stay bf16 between convolutions, as under PyTorch's autocast, the
+    // two runs part faster: with fp32 activations it was at most 2.8 %, 0.7 % on average).
+    // The one-step comparison (bf16_gradients_follow_fp32) is the sharper check.
     let mut worst = 0.0f64;
     let mut sum = 0.0;
     for ((step, a), (_, b)) in fp32.iter().zip(bf16) {
@@ -228,7 +231,7 @@ fn bf16_loss_follows_fp32() {
     }
     assert_ne!(fp32, bf16, "bf16 must actually change the arithmetic");
     assert!(
-        worst < 0.05,
+        worst < 0.10,
         "bf16 loss strays {:.2} % from fp32",
         worst * 100.0
     );
@@ -243,6 +246,75 @@ fn bf16_loss_follows_fp32() {
         last < 0.7 * first,
         "bf16 training lowers the loss: {first} -> {last}"
     );
+}
+
+/// One step's gradients of the tiny LResNet + ArcFace in bf16 (activations bf16 from each
+/// convolution to the next, as PyTorch's autocast) against fp32 from the same weights and batch:
+/// all gradients together point the same way (cosine ≥ 0.995), every tensor's within cosine 0.95
+/// (measured: the worst 0.976, an 8-channel vector of norm 0.05; 0.988 when the activations
+/// were fp32 between the bf16 convolutions), the loss within 0.5 % (measured 0.04 %).
+#[test]
+fn bf16_gradients_follow_fp32() {
+    let _turn = common::serial();
+    let device = Device::flex().autodiff();
+    device.seed(11);
+    let model = arcface::model::Trainee {
+        backbone: arcface::model::IResNetConfig::new([1, 1, 1, 1], [8, 16, 32, 64])
+            .with_embedding_size(32)
+            .with_dropout(0.0)
+            .init(&device),
+        head: MarginSoftmaxConfig::new(10, 32)
+            .with_scale(16.0)
+            .init(&device),
+    };
+    let images = Tensor::<4>::random([8, 3, 112, 112], Distribution::Uniform(0.0, 255.0), &device);
+    let labels =
+        Tensor::<1, Int>::from_data(TensorData::from([0i64, 1, 2, 3, 4, 5, 6, 7]), &device);
+    let step = |precision| {
+        let loss = model.loss(images.clone(), labels.clone(), precision);
+        let value = loss.clone().into_scalar::<f32>();
+        let mut grads = loss.backward();
+        let grads = burn::optim::GradientsParams::from_module(&mut grads, &model);
+        let mut out = Vec::new();
+        struct Collect<'a>(&'a burn::optim::GradientsParams, &'a mut Vec<Vec<f32>>);
+        impl burn::module::ModuleVisitor for Collect<'_> {
+            fn visit_float<const D: usize>(&mut self, p: &burn::module::Param<Tensor<D>>) {
+                if let Some(g) = self.0.get::<D>(p.id) {
+                    self.1
+                        .push(g.into_data().convert::<f32>().try_to_vec().unwrap());
+                }
+            }
+        }
+        model.visit(&mut Collect(&grads, &mut out));
+        (value, out)
+    };
+    let (loss32, grads32) = step(Precision::Fp32);
+    let (loss16, grads16) = step(Precision::Bf16);
+    assert!(
+        ((loss16 - loss32) / loss32).abs() < 5e-3,
+        "loss bf16 {loss16} fp32 {loss32}"
+    );
+    assert_eq!(grads32.len(), grads16.len());
+    assert!(grads32.len() > 30, "{}", grads32.len());
+    let cosine = |a: &[f32], b: &[f32]| {
+        let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+        let norm = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+        (dot / (norm(a) * norm(b)), norm(a))
+    };
+    let largest = grads32.iter().map(|g| cosine(g, g).1).fold(0.0, f64::max);
+    let mut worst = 1.0f64;
+    for (a, b) in grads32.iter().zip(&grads16) {
+        let (cos, norm) = cosine(a, b);
+        // β right before another BatchNorm is rounding noise in both (that BatchNorm cancels
+        // shifts): no direction to compare.
+        if norm > 1e-4 * largest {
+            worst = worst.min(cos);
+        }
+    }
+    let (all, _) = cosine(&grads32.concat(), &grads16.concat());
+    eprintln!("loss fp32 {loss32} bf16 {loss16}; gradient cosine {all}, worst tensor {worst}");
+    assert!(all > 0.995, "bf16 gradients stray: cosine {all}");
+    assert!(worst > 0.95, "a bf16 gradient strays: cosine {worst}");
 }
 
 #[test]

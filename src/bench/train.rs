@@ -12,6 +12,7 @@ use super::gpu_memory::GpuMemorySampler;
 use super::peak_host_mib;
 use crate::config::Config;
 use crate::device::DeviceSpec;
+use crate::model::memory_format::channels_last;
 use crate::model::{Precision, Trainee};
 use crate::train::replicas::Replicas;
 use crate::train::sgd::{Sgd, SgdSettings};
@@ -35,6 +36,8 @@ pub const PROFILED_STEPS: usize = 3;
 pub struct TrainThroughput {
     pub network: String,
     pub precision: String,
+    /// Images and activations stored channels-last (LibTorch).
+    pub channels_last: bool,
     /// The devices, one replica each.
     pub devices: Vec<String>,
     /// Images per device and step.
@@ -165,6 +168,8 @@ pub fn train(
                 .map(|(rank, d)| {
                     let images =
                         Tensor::<4>::random([b, 3, 112, 112], Distribution::Uniform(0.0, 255.0), d);
+                    // Once, as PyTorch's anchor converts its inputs once.
+                    let images = channels_last(images, config.channels_last);
                     let labels: Vec<i64> = (0..b)
                         .map(|i| (spread(set, rank, i) % num_classes as u64) as i64)
                         .collect();
@@ -257,6 +262,7 @@ pub fn train(
     Ok(TrainThroughput {
         network: config.network.name().to_string(),
         precision: config.precision.to_string(),
+        channels_last: config.channels_last,
         devices: match spec {
             DeviceSpec::Cuda(indices) => indices.iter().map(|i| format!("cuda:{i}")).collect(),
             other => vec![other.to_string()],

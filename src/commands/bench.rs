@@ -31,6 +31,10 @@ pub enum BenchCommand {
         /// The config's `precision` otherwise.
         #[arg(long, value_enum)]
         precision: Option<Precision>,
+        /// Images and activations stored channels-last (NHWC; LibTorch only), whatever the
+        /// config's `channels_last` says.
+        #[arg(long)]
+        channels_last: bool,
         /// Untimed steps first (cuDNN's benchmark mode picks its algorithms on the first).
         #[arg(long, default_value_t = 3)]
         warmup: usize,
@@ -104,6 +108,7 @@ pub fn run(what: &BenchCommand, cli_device: &Option<String>) -> Result<()> {
             batch_size,
             num_classes,
             precision,
+            channels_last,
             warmup,
             profile,
             json,
@@ -118,6 +123,7 @@ pub fn run(what: &BenchCommand, cli_device: &Option<String>) -> Result<()> {
             if let Some(p) = precision {
                 config.precision = *p;
             }
+            config.channels_last |= *channels_last;
             let classes = num_classes
                 .or_else(|| config.resolve_num_classes().ok())
                 .unwrap_or(1000);
@@ -141,9 +147,14 @@ pub fn run(what: &BenchCommand, cli_device: &Option<String>) -> Result<()> {
                     .peak_gpu_mib
                     .map_or(String::new(), |m| format!(", peak GPU memory {m:.0} MiB"));
                 println!(
-                    "{} {} on {} batch {} per device, classes {}: {split}optimizer {:.1} ms, step {:.1} ms, {:.1} img/s, loss {:.3}, peak host memory {:.0} MiB{gpu}",
+                    "{} {}{} on {} batch {} per device, classes {}: {split}optimizer {:.1} ms, step {:.1} ms, {:.1} img/s, loss {:.3}, peak host memory {:.0} MiB{gpu}",
                     r.network,
                     r.precision,
+                    if r.channels_last {
+                        " channels-last"
+                    } else {
+                        ""
+                    },
                     r.devices.join(","),
                     r.batch_size,
                     r.num_classes,

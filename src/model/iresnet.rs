@@ -15,10 +15,10 @@ use burn::nn::{
 };
 use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
-use burn::tensor::{Device, FloatDType, Tensor};
+use burn::tensor::{DType, Device, FloatDType, Tensor};
 
 use super::Precision;
-use super::prelu;
+use super::{batch_norm, prelu};
 
 /// BatchNorm epsilon of the seed (MXNet `bn_eps`).
 pub const BN_EPS: f64 = 2e-5;
@@ -130,17 +130,19 @@ impl IBasicBlock {
 
     pub fn forward(&self, x: Tensor<4>, precision: Precision) -> Tensor<4> {
         let shortcut = match &self.downsample {
-            Some(down) => down.bn.forward(conv_at(&down.conv, x.clone(), precision)),
+            Some(down) => batch_norm::forward(&down.bn, conv_at(&down.conv, x.clone(), precision)),
             None => x.clone(),
         };
-        let y = conv_at(&self.conv1, self.bn1.forward(x), precision);
-        let y = prelu::prelu(self.bn2.forward(y), self.prelu.alpha.val());
-        let y = self.bn3.forward(conv_at(&self.conv2, y, precision));
+        let y = conv_at(&self.conv1, batch_norm::forward(&self.bn1, x), precision);
+        let y = prelu::prelu(batch_norm::forward(&self.bn2, y), self.prelu.alpha.val());
+        let y = batch_norm::forward(&self.bn3, conv_at(&self.conv2, y, precision));
         y + shortcut
     }
 }
 
-/// `conv.forward(x)`, with input and weight in bf16 under [`Precision::Bf16`] (output fp32).
+/// `conv.forward(x)`; under [`Precision::Bf16`] in bf16 (input, weight and output), as PyTorch's
+/// autocast runs it: the activations stay bf16 through BatchNorm, PReLU and the residual sums
+/// to the next convolution, and only the fp32 weight is cast (its gradient back to fp32).
 fn conv_at(conv: &Conv2d, x: Tensor<4>, precision: Precision) -> Tensor<4> {
     if precision == Precision::Fp32 {
         return conv.forward(x);
@@ -159,12 +161,20 @@ fn conv_at(conv: &Conv2d, x: Tensor<4>, precision: Precision) -> Tensor<4> {
     );
     let bias = conv.bias.as_ref().map(|b| b.val().cast(FloatDType::BF16));
     conv2d(
-        x.cast(FloatDType::BF16),
+        bf16(x),
         conv.weight.val().cast(FloatDType::BF16),
         bias,
         options,
     )
-    .cast(FloatDType::F32)
+}
+
+/// `x` in bf16; without a cast (and its node in the autodiff graph) when it already is.
+fn bf16<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    if x.dtype() == DType::BF16 {
+        x
+    } else {
+        x.cast(FloatDType::BF16)
+    }
 }
 
 /// `fc.forward(x)`, the product in bf16 under [`Precision::Bf16`] (output fp32).
@@ -172,8 +182,7 @@ fn linear_at(fc: &Linear, x: Tensor<2>, precision: Precision) -> Tensor<2> {
     if precision == Precision::Fp32 {
         return fc.forward(x);
     }
-    let y = x
-        .cast(FloatDType::BF16)
+    let y = bf16(x)
         .matmul(fc.weight.val().cast(FloatDType::BF16))
         .cast(FloatDType::F32);
     match &fc.bias {
@@ -236,14 +245,14 @@ impl IResNet {
     pub fn forward_stem(&self, images: Tensor<4>, precision: Precision) -> Tensor<4> {
         let x = (images - INPUT_MEAN) * INPUT_SCALE;
         let x = conv_at(&self.conv1, x, precision);
-        prelu::prelu(self.bn1.forward(x), self.prelu.alpha.val())
+        prelu::prelu(batch_norm::forward(&self.bn1, x), self.prelu.alpha.val())
     }
 
     /// The last stage's feature map [N, C, 7, 7] → the embedding [N, E] (not normalised).
     pub fn forward_output(&self, x: Tensor<4>, precision: Precision) -> Tensor<2> {
-        let x = self.dropout.forward(self.bn2.forward(x));
+        let x = self.dropout.forward(batch_norm::forward(&self.bn2, x));
         let x: Tensor<2> = x.flatten(1, 3);
-        self.features.forward(linear_at(&self.fc, x, precision))
+        batch_norm::forward(&self.features, linear_at(&self.fc, x, precision))
     }
 
     /// Every BatchNorm layer.

@@ -1,7 +1,9 @@
 //! The embedder (LResNet-E-IR backbone) and the margin-softmax head.
 
+pub mod batch_norm;
 pub mod head;
 pub mod iresnet;
+pub mod memory_format;
 pub mod prelu;
 pub mod summary;
 pub mod trainee;
@@ -66,9 +68,11 @@ impl std::fmt::Display for Network {
 /// Arithmetic of the backbone's convolutions and FC layer during training.
 ///
 /// `Bf16` is mixed precision as PyTorch's bf16 autocast: the weights (the optimizer's master
-/// copy), their gradients, the momentum buffers, BatchNorm, PReLU, the residual sums, the head
-/// and the loss stay fp32; each convolution and the FC layer cast their input and weight to
-/// bf16 and their output back to fp32. bf16 has fp32's exponent range, so no loss scaling.
+/// copy), their gradients, the momentum buffers, BatchNorm's and PReLU's parameters and
+/// statistics, the embedding's BatchNorm, the head and the loss stay fp32; the convolutions and
+/// the FC layer multiply in bf16, and the activations stay bf16 from each convolution through
+/// BatchNorm (computed at fp32 inside), PReLU and the residual sums to the next one, so that
+/// only the weights are cast each step. bf16 has fp32's exponent range, so no loss scaling.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {

@@ -18,6 +18,8 @@ use burn::backend::{Autodiff, Backend, Dispatch, Flex, Scalar, Shape, TensorMeta
 use burn::backend::{backend_extension, get_or_init_device_settings};
 use burn::tensor::Tensor;
 
+use super::batch_norm::cast_to;
+
 /// PReLU of `x` [N, C, ...] with per-channel slopes `alpha` [C], differentiable in both.
 pub fn prelu<const D: usize>(x: Tensor<D>, alpha: Tensor<1>) -> Tensor<D> {
     Tensor::from_dispatch(<Dispatch as PReluOp>::prelu_op(
@@ -35,7 +37,7 @@ pub trait PReluOp: Backend {
 /// The kernels of a concrete backend: burn's own arithmetic by default.
 pub trait PReluKernels: Backend {
     fn prelu_forward(x: FloatTensor<Self>, alpha: FloatTensor<Self>) -> FloatTensor<Self> {
-        let alpha = per_channel::<Self>(alpha, &x.shape());
+        let alpha = per_channel::<Self>(cast_to::<Self>(alpha, x.dtype()), &x.shape());
         Self::prelu(x, alpha)
     }
 
@@ -57,6 +59,9 @@ fn composed_backward<B: Backend>(
 ) -> (FloatTensor<B>, FloatTensor<B>) {
     let shape = x.shape();
     let channels = shape[1];
+    // bf16 activations with fp32 slopes: the slopes' gradient is summed at their precision.
+    let slope_dtype = alpha.dtype();
+    let alpha = cast_to::<B>(alpha, x.dtype());
     let bool_dtype = get_or_init_device_settings::<B>(&x.device()).bool_dtype;
     let negative = B::float_lower_elem(x.clone(), Scalar::Float(0.0), bool_dtype);
     let scaled = B::float_mul(grad.clone(), per_channel::<B>(alpha, &shape));
@@ -67,7 +72,7 @@ fn composed_backward<B: Backend>(
         Scalar::Float(0.0),
     );
     let per_row = B::float_reshape(
-        B::float_swap_dims(slope_terms, 0, 1),
+        B::float_swap_dims(cast_to::<B>(slope_terms, slope_dtype), 0, 1),
         Shape::new([channels, shape.num_elements() / channels]),
     );
     let grad_alpha = B::float_reshape(B::float_sum_dim(per_row, 1), Shape::new([channels]));
@@ -97,17 +102,18 @@ mod libtorch {
 
     use super::{PReluKernels, PReluOp};
 
-    /// libtorch's kernels want the slopes shaped [C, 1, ...]: broadcast from dimension 1 on.
-    fn slopes(alpha: &TchTensor, rank: usize) -> tch::Tensor {
-        let mut dims = vec![1i64; rank - 1];
+    /// libtorch's kernels want the slopes shaped [C, 1, ...] (broadcast from dimension 1 on)
+    /// and of the input's type: bf16 activations take bf16 slopes, as under PyTorch's autocast.
+    fn slopes(alpha: &TchTensor, x: &TchTensor) -> tch::Tensor {
+        let mut dims = vec![1i64; x.tensor.dim() - 1];
         dims[0] = -1;
-        alpha.tensor.reshape(dims)
+        alpha.tensor.reshape(dims).to_kind(x.tensor.kind())
     }
 
     // ARCFACE_TCH_GENERIC=1 (libtorch's kernels off, for A/B runs): burn's arithmetic.
     impl PReluKernels for LibTorch {
         fn prelu_forward(x: FloatTensor<Self>, alpha: FloatTensor<Self>) -> FloatTensor<Self> {
-            let weight = slopes(&alpha, x.tensor.dim());
+            let weight = slopes(&alpha, &x);
             TchTensor::new(x.tensor.internal_prelu_kernel(&weight))
         }
 
@@ -119,12 +125,14 @@ mod libtorch {
             if !burn_tch::fused::enabled() {
                 return super::composed_backward::<Self>(x, alpha, grad);
             }
-            let weight = slopes(&alpha, x.tensor.dim());
+            let weight = slopes(&alpha, &x);
             let (grad_x, grad_weight) = x
                 .tensor
                 .internal_prelu_kernel_backward(&grad.tensor, &weight);
             // The kernel leaves dα per element; PyTorch's autograd sums it to α's shape after.
-            let grad_alpha = grad_weight.sum_to_size(weight.size()).reshape([-1]);
+            // Summed at α's precision (fp32 under bf16), as the sum is accumulated anyway.
+            let others: Vec<i64> = (0..grad_weight.dim() as i64).filter(|&d| d != 1).collect();
+            let grad_alpha = grad_weight.sum_dim_intlist(&others[..], false, alpha.tensor.kind());
             (TchTensor::new(grad_x), TchTensor::new(grad_alpha))
         }
     }

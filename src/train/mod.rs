@@ -24,6 +24,7 @@ use crate::config::Config;
 use crate::data::loader::{Cursor, Loader, LoaderConfig};
 use crate::eval::embed::TargetResult;
 use crate::model::Trainee;
+use crate::model::memory_format::channels_last;
 use checkpoint::{Checkpoint, Meta, load_named, named_tensors};
 use monitor::Monitor;
 use replicas::Replicas;
@@ -292,7 +293,10 @@ pub fn train_replicas(
         let shards: Vec<_> = batches
             .iter()
             .zip(&train_devices)
-            .map(|(b, d)| (b.images_tensor(d), b.labels_tensor(d)))
+            .map(|(b, d)| {
+                let images = channels_last(b.images_tensor(d), config.channels_last);
+                (images, b.labels_tensor(d))
+            })
             .collect();
         let (loss_value, mut grads) =
             replicas.forward_backward(&state.model, shards, |model, (images, labels)| {

@@ -261,35 +261,8 @@ pub fn batch_norm_train(
     beta: &TchTensor,
     epsilon: f64,
 ) -> Option<(TchTensor, TchTensor, TchTensor)> {
-    if !enabled() {
-        return None;
-    }
-    let cudnn = if uses_cudnn_batch_norm(x) {
-        x.tensor
-            .f_cudnn_batch_norm(
-                &gamma.tensor,
-                Some(&beta.tensor),
-                None::<&tch::Tensor>,
-                None::<&tch::Tensor>,
-                true,
-                0.0,
-                epsilon,
-            )
-            .ok()
-            .map(|(output, mean, invstd, _reserve)| (output, mean, invstd))
-    } else {
-        None
-    };
-    let (output, mean, invstd) = cudnn.unwrap_or_else(|| x.tensor.native_batch_norm(
-        Some(&gamma.tensor),
-        Some(&beta.tensor),
-        None::<&tch::Tensor>,
-        None::<&tch::Tensor>,
-        true,
-        0.0,
-        epsilon,
-    ));
-    // Both keep 1/√(var + ε); burn's callers want the variance itself.
+    let (output, mean, invstd) = batch_norm_statistics(x, gamma, beta, None, epsilon)?;
+    // Both kernels keep 1/√(var + ε); burn's callers want the variance itself.
     // (Clamped: for a constant channel rounding can leave a tiny negative.)
     let variance = (invstd.square().reciprocal() - epsilon).clamp_min(0.0);
     Some((
@@ -297,6 +270,64 @@ pub fn batch_norm_train(
         TchTensor::new(mean),
         TchTensor::new(variance),
     ))
+}
+
+/// Running statistics for [`batch_norm_statistics`] to update in place, as PyTorch's
+/// `BatchNorm` does inside the same kernel: `stat ← (1 − momentum)·stat + momentum·batch`,
+/// with the unbiased batch variance.
+pub struct RunningStats<'a> {
+    /// Running mean, [C], updated in place.
+    pub mean: &'a tch::Tensor,
+    /// Running (unbiased) variance, [C], updated in place.
+    pub var: &'a tch::Tensor,
+    /// The batch's weight in the update.
+    pub momentum: f64,
+}
+
+/// BatchNorm with batch statistics by libtorch's kernels (cuDNN's where PyTorch would take
+/// them, else `native_batch_norm`): (output, batch mean, 1/√(biased variance + ε)), the pair
+/// [`batch_norm_backward`] takes. `running`, when given, is updated in place.
+pub fn batch_norm_statistics(
+    x: &TchTensor,
+    gamma: &TchTensor,
+    beta: &TchTensor,
+    running: Option<RunningStats<'_>>,
+    epsilon: f64,
+) -> Option<(tch::Tensor, tch::Tensor, tch::Tensor)> {
+    if !enabled() {
+        return None;
+    }
+    let (running_mean, running_var, momentum) = match &running {
+        Some(r) => (Some(r.mean), Some(r.var), r.momentum),
+        None => (None, None, 0.0),
+    };
+    let cudnn = if uses_cudnn_batch_norm(x) {
+        x.tensor
+            .f_cudnn_batch_norm(
+                &gamma.tensor,
+                Some(&beta.tensor),
+                running_mean,
+                running_var,
+                true,
+                momentum,
+                epsilon,
+            )
+            .ok()
+            .map(|(output, mean, invstd, _reserve)| (output, mean, invstd))
+    } else {
+        None
+    };
+    Some(cudnn.unwrap_or_else(|| {
+        x.tensor.native_batch_norm(
+            Some(&gamma.tensor),
+            Some(&beta.tensor),
+            running_mean,
+            running_var,
+            true,
+            momentum,
+            epsilon,
+        )
+    }))
 }
 
 /// Gradients of [`batch_norm_train`] (input, γ, β) by libtorch's kernels (cuDNN's or
@@ -313,6 +344,22 @@ pub fn batch_norm_train_backward(
         return None;
     }
     let invstd = (&variance.tensor + epsilon).rsqrt();
+    batch_norm_backward(x, gamma, &mean.tensor, &invstd, epsilon, output_grad)
+}
+
+/// Gradients (input, γ, β) of [`batch_norm_statistics`] from the mean and 1/√(var + ε) it
+/// returned, by cuDNN's or `native_batch_norm_backward`.
+pub fn batch_norm_backward(
+    x: &TchTensor,
+    gamma: &TchTensor,
+    mean: &tch::Tensor,
+    invstd: &tch::Tensor,
+    epsilon: f64,
+    output_grad: &TchTensor,
+) -> Option<(TchTensor, TchTensor, TchTensor)> {
+    if !enabled() {
+        return None;
+    }
     if uses_cudnn_batch_norm(x) {
         // cuDNN's normal (not persistent) spatial mode, PyTorch's for NCHW, needs no reserve
         // space from the forward pass; should this cuDNN want one, native's kernel below
@@ -323,8 +370,8 @@ pub fn batch_norm_train_backward(
             &gamma.tensor,
             None::<&tch::Tensor>,
             None::<&tch::Tensor>,
-            Some(&mean.tensor),
-            Some(&invstd),
+            Some(mean),
+            Some(invstd),
             epsilon,
             &reserve,
         ) {
@@ -343,7 +390,7 @@ pub fn batch_norm_train_backward(
                 output_grad.tensor.as_ptr(),
                 x.tensor.as_ptr(),
                 gamma.tensor.as_ptr(),
-                mean.tensor.as_ptr(),
+                mean.as_ptr(),
                 invstd.as_ptr(),
                 epsilon,
                 &mut gi,
@@ -357,7 +404,7 @@ pub fn batch_norm_train_backward(
     }
     #[cfg(not(fused_ops))]
     {
-        let _ = (x, gamma, mean, variance, epsilon, output_grad, invstd);
+        let _ = (x, gamma, mean, invstd, epsilon, output_grad);
         None
     }
 }
