@@ -96,12 +96,12 @@ if [ -n "${SKIP_INFER:-}" ]; then
     :
 elif "$bin" export --config "$config" --onnx "$scratch/model.onnx" > "$logs/export.log" 2>&1; then
     log "ours: inference"
-    timeout 120 "$bin" bench infer --model "$scratch/model.onnx" --batch 256 --burn-only \
+    timeout 120 "$bin" bench infer --model "$scratch/model.onnx" --batch 256 --burn-only --resident \
         --seconds 5 --device "$device" --json $(profile_arg trace_ours_infer_fp32) > "$logs/ours_infer.json" 2> "$logs/ours_infer.err" \
         || log "ours inference failed: see $logs/ours_infer.err"
     log "ours: inference bf16"
     timeout 120 "$bin" bench infer --model "$scratch/model.onnx" --batch 256 --burn-only \
-        --precision bf16 --seconds 5 --device "$device" --json $(profile_arg trace_ours_infer_bf16) > "$logs/ours_infer_bf16.json" \
+        --precision bf16 --resident --channels-last --seconds 5 --device "$device" --json $(profile_arg trace_ours_infer_bf16) > "$logs/ours_infer_bf16.json" \
         2> "$logs/ours_infer_bf16.err" || log "ours bf16 inference failed: see $logs/ours_infer_bf16.err"
 else
     log "export failed: see $logs/export.log"
@@ -180,10 +180,14 @@ row("train bf16 + channels-last vs the same", bf16_cl, torch("train", True, True
 generic = load("ours_fp32_generic.json")
 if generic and fp32:
     print(f"libtorch gradient kernels: fp32 {fp32['images_per_second']:.0f} img/s vs {generic['images_per_second']:.0f} without ({fp32['images_per_second'] / generic['images_per_second']:.2f}x)")
-infer = load("ours_infer.json")
-row("infer fp32 b256 vs eager fp32", infer[0] if infer else None, torch("infer", False, False))
-infer_bf16 = load("ours_infer_bf16.json")
-row("infer bf16 b256 vs bf16 + channels-last", infer_bf16[0] if infer_bf16 else None, torch("infer", True, True))
+# Inference rows: [host to host, resident on the device]; the anchor keeps its batch on the GPU.
+infer = load("ours_infer.json") or [None, None]
+infer_bf16 = load("ours_infer_bf16.json") or [None, None]
+pick = lambda rows, i: rows[i] if len(rows) > i else None
+row("infer fp32 b256 vs eager fp32", pick(infer, 1), torch("infer", False, False))
+row("infer bf16 + ch-last b256 vs the same", pick(infer_bf16, 1), torch("infer", True, True))
+row("  host to host: fp32", pick(infer, 0), torch("infer", False, False))
+row("  host to host: bf16 vs bf16 + ch-last", pick(infer_bf16, 0), torch("infer", True, True))
 for name in sorted(os.listdir(logs)):
     if name.startswith("ours_fp32_x"):
         multi = load(name)
@@ -191,9 +195,16 @@ for name in sorted(os.listdir(logs)):
             n = len(multi["devices"])
             eff = multi["images_per_second"] / (n * fp32["images_per_second"])
             print(f"data parallel on {n} GPUs: {multi['images_per_second']:.0f} img/s, scaling efficiency {eff:.2f}")
+mib = lambda v: f"{v:.0f} MiB" if v else "n/a"
 for name, r in (("fp32", fp32), ("bf16", bf16), ("bf16 channels-last", bf16_cl)):
     if r:
-        print(f"ours {name}: step {r['step_ms']:.1f} ms (forward {r['forward_ms'] or 0:.1f}, backward {r['backward_ms'] or 0:.1f}, optimizer {r['optimizer_ms']:.1f}), peak GPU memory (nvidia-smi) {(str(round(r['peak_gpu_mib'])) + ' MiB') if r.get('peak_gpu_mib') else 'n/a'}")
+        print(f"ours {name}: step {r['step_ms']:.1f} ms (forward {r['forward_ms'] or 0:.1f}, backward {r['backward_ms'] or 0:.1f}, optimizer {r['optimizer_ms']:.1f}), peak allocated {mib(r.get('peak_allocated_mib'))} (reserved {mib(r.get('peak_reserved_mib'))}), peak GPU memory (nvidia-smi) {mib(r.get('peak_gpu_mib'))}")
+# Peak memory, as torch.cuda.max_memory_allocated over the timed steps on both sides.
+for what, r, amp, cl in (("fp32", fp32, False, False), ("bf16", bf16, True, False), ("bf16 channels-last", bf16_cl, True, True)):
+    t = torch("train", amp, cl)
+    if r and r.get("peak_allocated_mib") and t:
+        theirs = t["peak_gib"] * 1024
+        print(f"peak allocated {what}: ours {r['peak_allocated_mib']:.0f} MiB, PyTorch {theirs:.0f} MiB ({r['peak_allocated_mib'] / theirs:.2f}x)")
 for amp, cl in ((False, False), (True, False), (True, True)):
     t = torch("train", amp, cl)
     if t:

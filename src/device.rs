@@ -130,6 +130,35 @@ pub fn set_cudnn_benchmark(on: bool) {
     let _ = on;
 }
 
+/// Starts the CUDA allocator's peak counters of GPU `index` over (LibTorch; nothing without
+/// the `tch` feature or where there is no CUDA allocator).
+pub fn reset_cuda_memory_peaks(index: usize) {
+    #[cfg(feature = "tch")]
+    #[allow(deprecated)] // burn-tch is deprecated upstream; see the module comment.
+    // Should this fail, so does the reading after (None): nothing to report here.
+    let _ = burn_tch::fused::reset_cuda_memory_peaks(index);
+    #[cfg(not(feature = "tch"))]
+    let _ = index;
+}
+
+/// Peak (allocated, reserved) MiB of libtorch's CUDA caching allocator on GPU `index` since the
+/// last [`reset_cuda_memory_peaks`]; None without the `tch` feature or a CUDA allocator.
+pub fn cuda_memory_peaks_mib(index: usize) -> Option<(f64, f64)> {
+    #[cfg(feature = "tch")]
+    #[allow(deprecated)]
+    {
+        let mib = |bytes: u64| bytes as f64 / (1 << 20) as f64;
+        burn_tch::fused::cuda_memory_peaks(index)
+            .map(|(allocated, reserved)| (mib(allocated), mib(reserved)))
+            .ok()
+    }
+    #[cfg(not(feature = "tch"))]
+    {
+        let _ = index;
+        None
+    }
+}
+
 /// Whether LibTorch devices compute convolution and BatchNorm gradients with libtorch's own
 /// kernels (vendor/burn-tch/src/fused/) rather than burn's generic compositions; false without
 /// the `tch` feature or with `ARCFACE_TCH_GENERIC=1`.

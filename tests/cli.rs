@@ -186,8 +186,9 @@ fn head_is_sized_from_the_property_file() {
     assert_eq!(v["head_params"], 85742 * 512);
 }
 
-/// `bench train` on the tiny net: every part timed, the parts adding up to about the step, and
-/// `--profile` refused up front where libtorch's profiler is not built in.
+/// `bench train` on the tiny net: every part timed, the parts adding up to about the step,
+/// `--channels-last` taken, and `--profile` refused up front where libtorch's profiler is not
+/// built in.
 #[test]
 fn bench_train_reports_its_parts() {
     let out = run(&[
@@ -203,11 +204,14 @@ fn bench_train_reports_its_parts() {
         "2",
         "--warmup",
         "1",
+        "--channels-last",
         "--json",
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["network"], "tiny");
+    // Taken (a no-op on this backend: src/model/memory_format.rs) and reported.
+    assert_eq!(v["channels_last"], true);
     assert_eq!(
         (v["steps"].as_u64(), v["warmup_steps"].as_u64()),
         (Some(2), Some(1))
@@ -297,4 +301,39 @@ fn bench_infer_shows_where_tracts_time_goes() {
     assert_eq!(nodes("WinogradOutput"), Some(2), "{ops:?}");
     assert_eq!((nodes("Iff"), nodes("GT")), (None, None), "{ops:?}");
     assert!(nodes("OptMatMul").is_some_and(|n| n >= 10), "{ops:?}");
+}
+
+/// `bench infer --resident` times burn a second way, with the batch kept on the device as
+/// PyTorch's anchor times itself: whole chunks of five batches, after the host-to-host row.
+#[test]
+fn bench_infer_resident_adds_a_row_on_the_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tiny.onnx");
+    let file = file.to_str().unwrap();
+    let out = run(&["export", "--onnx", file, "--config", "configs/tiny.toml"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let args = [
+        "bench",
+        "infer",
+        "--model",
+        file,
+        "--batch",
+        "2",
+        "--seconds",
+        "0",
+        "--burn-only",
+    ];
+    let out = run(&[&args[..], &["--resident", "--json"]].concat());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = rows.as_array().unwrap();
+    let engines: Vec<&str> = rows.iter().map(|r| r["engine"].as_str().unwrap()).collect();
+    assert_eq!(engines, ["burn (cpu)", "burn (cpu resident)"]);
+    let images = rows[1]["images"].as_u64().unwrap();
+    assert!(images >= 20 && images.is_multiple_of(10), "{images}");
+    assert!(rows[1]["images_per_second"].as_f64().unwrap() > 0.0);
+    // --channels-last belongs to --resident.
+    let out = run(&[&args[..], &["--channels-last"]].concat());
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("--resident"), "{}", stderr(&out));
 }

@@ -90,6 +90,31 @@ fn gradients(
     (out, running)
 }
 
+/// The small model's starting weights, six images and their labels, drawn from seed 3 on the
+/// CPU backend (the caller holds `common::serial()`).
+fn training_case(flex: &Device) -> (Named, TensorData, TensorData) {
+    flex.seed(3);
+    let weights = named_tensors(&small_model(flex), "");
+    let images = Tensor::<4>::random(
+        [6, 3, 112, 112],
+        burn::tensor::Distribution::Uniform(0.0, 255.0),
+        flex,
+    )
+    .into_data();
+    (
+        weights,
+        images,
+        TensorData::new(vec![0i64, 3, 5, 7, 9, 3], [6]),
+    )
+}
+
+/// (cosine of `a` and `b`, norm of `a`).
+fn cosine(a: &[f32], b: &[f32]) -> (f64, f64) {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+    let norm = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    (dot / (norm(a) * norm(b)), norm(a))
+}
+
 #[test]
 #[allow(deprecated)]
 fn libtorch_gradients_equal_the_cpu_backends() {
@@ -100,16 +125,7 @@ fn libtorch_gradients_equal_the_cpu_backends() {
         "libtorch's kernels are compiled in and on (unset ARCFACE_TCH_GENERIC)"
     );
     let flex = Device::flex();
-    flex.seed(3);
-    let start = small_model(&flex);
-    let weights = named_tensors(&start, "");
-    let images = Tensor::<4>::random(
-        [6, 3, 112, 112],
-        burn::tensor::Distribution::Uniform(0.0, 255.0),
-        &flex,
-    )
-    .into_data();
-    let labels = TensorData::new(vec![0i64, 3, 5, 7, 9, 3], [6]);
+    let (weights, images, labels) = training_case(&flex);
     let (ours, our_running) = gradients(&flex, &weights, &images, &labels, Precision::Fp32, false);
     for (device_name, device, slack) in libtorch_devices() {
         let (torch, torch_running) =
@@ -123,27 +139,13 @@ fn libtorch_gradients_equal_the_cpu_backends() {
 /// PReLU's parameters fp32, as PyTorch's autocast) on LibTorch, where libtorch's kernels take
 /// the mixed types themselves, against fp32 on burn's CPU backend: the gradients point the same
 /// way (cosine ≥ 0.995 all together, ≥ 0.95 each tensor, as tests/parallel.rs holds burn's own
-/// bf16 to) and the running statistics moved alike.
+/// bf16 to), and the running statistics stay finite.
 #[test]
 fn libtorch_bf16_gradients_follow_fp32() {
     let _turn = common::serial();
     let flex = Device::flex();
-    flex.seed(3);
-    let start = small_model(&flex);
-    let weights = named_tensors(&start, "");
-    let images = Tensor::<4>::random(
-        [6, 3, 112, 112],
-        burn::tensor::Distribution::Uniform(0.0, 255.0),
-        &flex,
-    )
-    .into_data();
-    let labels = TensorData::new(vec![0i64, 3, 5, 7, 9, 3], [6]);
+    let (weights, images, labels) = training_case(&flex);
     let (ours, _) = gradients(&flex, &weights, &images, &labels, Precision::Fp32, false);
-    let cosine = |a: &[f32], b: &[f32]| {
-        let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
-        let norm = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-        (dot / (norm(a) * norm(b)), norm(a))
-    };
     let largest = ours.values().map(|g| cosine(g, g).1).fold(0.0, f64::max);
     for (device_name, device, _) in libtorch_devices() {
         let (torch, running) =
@@ -179,26 +181,30 @@ fn is_nhwc(t: &Tensor<4>) -> bool {
     stride == [(h * w * c) as i64, 1, (w * c) as i64, c as i64]
 }
 
-/// Channels-last images (`channels_last = true`) keep the whole trunk NHWC on LibTorch's CUDA, as
+/// Channels-last images (`channels_last = true`) keep the whole trunk NHWC on LibTorch, as
 /// PyTorch's `memory_format=torch.channels_last` does, forward and backward: the stem's output and
 /// every unit's are NHWC, and a training step's gradients and running statistics equal those of
-/// burn's CPU backend (the layout changes nothing else), in fp32 and in bf16. On LibTorch's CPU
-/// the switch leaves the layout alone (oneDNN crashes on some channels-last gradients).
+/// burn's CPU backend (the layout changes nothing else), in fp32 and in bf16. On CUDA, and on
+/// LibTorch's CPU with oneDNN off (with it, the switch leaves the layout alone: oneDNN crashes on
+/// some channels-last gradients).
 #[test]
 fn libtorch_channels_last_keeps_the_trunk_nhwc() {
     let _turn = common::serial();
     let flex = Device::flex();
-    flex.seed(3);
-    let start = small_model(&flex);
-    let weights = named_tensors(&start, "");
-    let images = Tensor::<4>::random(
-        [6, 3, 112, 112],
-        burn::tensor::Distribution::Uniform(0.0, 255.0),
-        &flex,
-    )
-    .into_data();
-    let labels = TensorData::new(vec![0i64, 3, 5, 7, 9, 3], [6]);
+    let (weights, images, labels) = training_case(&flex);
     let (ours, our_running) = gradients(&flex, &weights, &images, &labels, Precision::Fp32, false);
+    // On the CPU, channels-last needs libtorch's own convolutions (src/model/memory_format.rs:
+    // oneDNN crashes on some NHWC gradients); with oneDNN, the default, it is the identity.
+    let cpu_plain = Tensor::<4>::from_data(images.clone(), &Device::libtorch());
+    assert!(!is_nhwc(&channels_last(cpu_plain, true)));
+    burn_tch::fused::set_mkldnn_enabled(false);
+    struct OneDnnBack;
+    impl Drop for OneDnnBack {
+        fn drop(&mut self) {
+            burn_tch::fused::set_mkldnn_enabled(true);
+        }
+    }
+    let _back = OneDnnBack;
     for (device_name, device, slack) in libtorch_devices() {
         for precision in [Precision::Fp32, Precision::Bf16] {
             let train = device.clone().autodiff();
@@ -207,22 +213,18 @@ fn libtorch_channels_last_keeps_the_trunk_nhwc() {
                 .backbone;
             let plain = Tensor::<4>::from_data(images.clone(), &train);
             assert!(!is_nhwc(&plain));
-            // NHWC on CUDA; on the CPU the identity (src/model/memory_format.rs: oneDNN).
-            let nhwc = device_name != "libtorch-cpu";
             let x = channels_last(plain, true);
-            assert_eq!(is_nhwc(&x), nhwc, "{device_name}: the images' layout");
+            assert!(is_nhwc(&x), "{device_name}: the images are NHWC");
             let mut x = model.forward_stem(x, precision);
-            assert_eq!(
+            assert!(
                 is_nhwc(&x),
-                nhwc,
-                "{device_name} {precision}: the stem's output"
+                "{device_name} {precision}: the stem's output is NHWC"
             );
             for (i, unit) in model.stages().into_iter().flatten().enumerate() {
                 x = unit.forward(x, precision);
-                assert_eq!(
+                assert!(
                     is_nhwc(&x),
-                    nhwc,
-                    "{device_name} {precision}: unit {i}'s output"
+                    "{device_name} {precision}: unit {i}'s output is NHWC"
                 );
             }
         }
@@ -232,10 +234,7 @@ fn libtorch_channels_last_keeps_the_trunk_nhwc() {
         compare_running_statistics(&weights, &our_running, &torch_running, slack, device_name);
         let (bf16, _) = gradients(&device, &weights, &images, &labels, Precision::Bf16, true);
         let flat = |m: &Flat| m.values().flatten().copied().collect::<Vec<f32>>();
-        let (a, b) = (flat(&ours), flat(&bf16));
-        let dot: f64 = a.iter().zip(&b).map(|(x, y)| *x as f64 * *y as f64).sum();
-        let norm = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-        let cosine = dot / (norm(&a) * norm(&b));
+        let (cosine, _) = cosine(&flat(&ours), &flat(&bf16));
         assert!(
             cosine > 0.995,
             "{device_name} bf16 channels-last: gradient cosine {cosine}"
@@ -513,4 +512,38 @@ fn compare_steps(
         }
     }
     eprintln!("{device_name}: {compared} parameters stepped as by the generic SGD");
+}
+
+/// The CUDA allocator's peak counters (`bench train`'s peak_allocated_mib, PyTorch's
+/// `max_memory_allocated`): a 64 MiB tensor made after a reset shows in the peak, and goes from
+/// it at the next reset. Without CUDA, an error, not a crash.
+#[test]
+fn cuda_allocator_peaks_count_what_was_allocated() {
+    let _turn = common::serial();
+    if !tch::Cuda::is_available() {
+        assert!(arcface::device::cuda_memory_peaks_mib(0).is_none());
+        arcface::device::reset_cuda_memory_peaks(0);
+        eprintln!("no CUDA: the peaks are None");
+        return;
+    }
+    let device = Device::libtorch_cuda(0);
+    arcface::device::reset_cuda_memory_peaks(0);
+    let (before, _) = arcface::device::cuda_memory_peaks_mib(0).unwrap();
+    let big = Tensor::<1>::ones([16 << 20], &device); // 64 MiB of f32
+    device.sync().unwrap();
+    let (during, reserved) = arcface::device::cuda_memory_peaks_mib(0).unwrap();
+    assert!(during >= before + 64.0, "{before} → {during} MiB");
+    assert!(
+        reserved >= during,
+        "reserved {reserved} < allocated {during}"
+    );
+    drop(big);
+    device.sync().unwrap();
+    arcface::device::reset_cuda_memory_peaks(0);
+    let (after, _) = arcface::device::cuda_memory_peaks_mib(0).unwrap();
+    assert!(
+        after < during - 60.0,
+        "{during} → {after} MiB after the reset"
+    );
+    eprintln!("cuda:0 peaks: {before} → {during} → {after} MiB");
 }

@@ -1,8 +1,9 @@
 //! Peak GPU memory of a run, as nvidia-smi sees it.
 
-/// Samples `nvidia-smi`'s memory.used of some GPUs every 20 ms and keeps the highest sum.
-/// nvidia-smi rather than the allocator's counters: LibTorch's are not reachable through tch,
-/// and `scripts/gpu-check.sh` measures PyTorch's anchor with this same instrument.
+/// Samples `nvidia-smi`'s memory.used of some GPUs every 20 ms and keeps the highest sum: the
+/// whole devices, CUDA context and allocator cache included, as `scripts/gpu-check.sh` also
+/// measures PyTorch's anchor. The allocator's own counters (what PyTorch's
+/// `max_memory_allocated` reports) come from `device::cuda_memory_peaks_mib`.
 pub(super) struct GpuMemorySampler {
     child: std::process::Child,
     reader: std::thread::JoinHandle<Option<f64>>,

@@ -130,3 +130,56 @@ pub fn infer(
         images_per_second: done as f64 / seconds,
     })
 }
+
+/// Batches queued between two waits for the device in [`infer_resident`].
+const RESIDENT_CHUNK: usize = 5;
+
+/// Embeddings per second of `model` with the batch already on `device` and the embeddings left
+/// there, batches queued back to back and waited for every few: what PyTorch's anchor
+/// (`torch_r100_bench.py`) times, so that the two compare. [`infer`] times a user's path, host
+/// memory to host memory (conversion and copies included). After three warm-up batches, at
+/// least `min_seconds` and two chunks; `channels_last` stores the batch NHWC first, as the
+/// anchor's channels-last variant.
+pub fn infer_resident(
+    engine: &str,
+    model: &crate::model::IResNet,
+    device: &burn::tensor::Device,
+    precision: crate::model::Precision,
+    channels_last: bool,
+    batch: usize,
+    min_seconds: f64,
+) -> Result<InferThroughput> {
+    use burn::tensor::{Tensor, TensorData};
+    let size = crate::model::iresnet::INPUT_SIZE;
+    let data = TensorData::new(synthetic_images(batch), [batch, 3, size, size]);
+    let images = crate::model::memory_format::channels_last(
+        Tensor::<4>::from_data(data, device),
+        channels_last,
+    );
+    let wait = || {
+        device
+            .sync()
+            .map_err(|e| anyhow::anyhow!("waiting for device {device:?}: {e:?}"))
+    };
+    for _ in 0..3 {
+        let _ = model.forward_at(images.clone(), precision);
+    }
+    wait()?;
+    let start = Instant::now();
+    let mut done = 0;
+    while done < 2 * RESIDENT_CHUNK * batch || start.elapsed().as_secs_f64() < min_seconds {
+        for _ in 0..RESIDENT_CHUNK {
+            let _ = model.forward_at(images.clone(), precision);
+        }
+        wait()?;
+        done += RESIDENT_CHUNK * batch;
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    Ok(InferThroughput {
+        engine: engine.to_string(),
+        batch,
+        images: done,
+        seconds,
+        images_per_second: done as f64 / seconds,
+    })
+}

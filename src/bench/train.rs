@@ -64,6 +64,12 @@ pub struct TrainThroughput {
     /// Peak memory in use on the CUDA devices during the timed steps, as nvidia-smi reports it
     /// (the whole device: CUDA context and allocator cache included), MiB; None off CUDA.
     pub peak_gpu_mib: Option<f64>,
+    /// Peak bytes allocated by libtorch's CUDA caching allocator during the timed steps, MiB,
+    /// the largest over the devices: what PyTorch's `torch.cuda.max_memory_allocated` reports
+    /// (the anchor resets it after its warm-up too). None off CUDA.
+    pub peak_allocated_mib: Option<f64>,
+    /// The same for the memory the allocator reserved (`max_memory_reserved`).
+    pub peak_reserved_mib: Option<f64>,
     /// LibTorch's own convolution and BatchNorm gradient kernels (false: burn's compositions).
     pub libtorch_fused_kernels: bool,
     /// The Chrome trace written by `--profile`.
@@ -198,10 +204,16 @@ pub fn train(
     }
     bench.sync()?;
 
-    let sampler = match spec {
-        DeviceSpec::Cuda(indices) => GpuMemorySampler::start(indices),
-        _ => None,
+    let cuda: &[usize] = match spec {
+        DeviceSpec::Cuda(indices) => indices,
+        _ => &[],
     };
+    let sampler = (!cuda.is_empty())
+        .then(|| GpuMemorySampler::start(cuda))
+        .flatten();
+    for &index in cuda {
+        crate::device::reset_cuda_memory_peaks(index);
+    }
     let start = Instant::now();
     let mut last = None;
     for _ in 0..steps {
@@ -211,6 +223,13 @@ pub fn train(
     }
     bench.sync()?;
     let step_ms = start.elapsed().as_secs_f64() * 1e3 / steps as f64;
+    let peaks: Vec<(f64, f64)> = cuda
+        .iter()
+        .filter_map(|&index| crate::device::cuda_memory_peaks_mib(index))
+        .collect();
+    let largest = |pick: fn(&(f64, f64)) -> f64| {
+        (!peaks.is_empty()).then(|| peaks.iter().map(pick).fold(0.0, f64::max))
+    };
     let loss = last.map_or(f64::NAN, Loss::value);
 
     // The parts, each waited for.
@@ -280,6 +299,8 @@ pub fn train(
         loss,
         peak_host_mib: peak_host_mib(),
         peak_gpu_mib,
+        peak_allocated_mib: largest(|p| p.0),
+        peak_reserved_mib: largest(|p| p.1),
         libtorch_fused_kernels: crate::device::libtorch_fused_kernels(),
         profile,
     })

@@ -91,6 +91,13 @@ pub enum BenchCommand {
         /// Arithmetic of burn's convolutions and FC layer (tract always runs the file's fp32).
         #[arg(long, value_enum, default_value_t = Precision::Fp32)]
         precision: Precision,
+        /// Also time burn with the batch already on the device and the embeddings left there
+        /// (as PyTorch's anchor times itself), next to its host-to-host figure.
+        #[arg(long)]
+        resident: bool,
+        /// With --resident: the batch stored channels-last (NHWC; LibTorch).
+        #[arg(long, requires = "resident")]
+        channels_last: bool,
         /// Then record 3 more burn batches with libtorch's profiler into this Chrome trace
         /// (LibTorch builds only).
         #[arg(long)]
@@ -202,6 +209,8 @@ pub fn run(what: &BenchCommand, cli_device: &Option<String>) -> Result<()> {
             tract_ops,
             burn_only,
             precision,
+            resident,
+            channels_last,
             profile,
             json,
         } => {
@@ -212,6 +221,7 @@ pub fn run(what: &BenchCommand, cli_device: &Option<String>) -> Result<()> {
                 tract: !burn_only,
                 onnxruntime: *onnxruntime,
                 burn_precision: *precision,
+                burn_resident: resident.then_some(*channels_last),
                 burn_profile: profile.clone(),
                 tract_ops: *tract_ops,
                 tract_conv: *conv,
@@ -230,6 +240,8 @@ struct Engines {
     tract: bool,
     onnxruntime: bool,
     burn_precision: Precision,
+    /// Also time burn with the batch resident on the device: Some(channels-last).
+    burn_resident: Option<bool>,
     burn_profile: Option<PathBuf>,
     /// Images for a node-by-node profile of tract's plan.
     tract_ops: Option<usize>,
@@ -278,6 +290,21 @@ fn infer(
             seconds,
             engines.burn_profile.as_deref(),
         )?];
+        if let (Some(channels_last), Embedder::Burn { model, device, .. }) =
+            (engines.burn_resident, &burn)
+        {
+            let layout = if channels_last { ", channels-last" } else { "" };
+            let name = format!("{} resident{layout})", burn_name.trim_end_matches(')'));
+            results.push(bench::infer_resident(
+                &name,
+                model,
+                device,
+                precision,
+                channels_last,
+                batch,
+                seconds,
+            )?);
+        }
         if engines.tract {
             let embedder = OnnxEmbedder::load_with(&onnx_file, engines.tract_conv)?;
             if let Some(images) = engines.tract_ops {

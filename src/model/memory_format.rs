@@ -4,8 +4,8 @@
 //! bf16 convolutions run much faster on NHWC (PyTorch's r100 bf16 step: ~1.9× with
 //! channels-last on an H200, docs/PERFORMANCE.md). libtorch's convolutions, BatchNorm, PReLU and
 //! elementwise kernels all write their output in their input's layout, so converting the images
-//! once keeps the whole trunk NHWC, backward included. On LibTorch's CPU (see below) and on other
-//! backends, which have one layout, it is the identity.
+//! once keeps the whole trunk NHWC, backward included. On LibTorch's CPU with oneDNN (see below)
+//! and on other backends, which have one layout, it is the identity.
 // burn-tch (LibTorch) is deprecated upstream; see device.rs.
 #![cfg_attr(feature = "tch", allow(deprecated))]
 
@@ -40,11 +40,13 @@ impl MemoryFormatOp for Flex {}
 #[cfg(feature = "tch")]
 impl MemoryFormatOp for burn::backend::LibTorch {
     fn channels_last_op(x: FloatTensor<Self>) -> FloatTensor<Self> {
-        // On CUDA only: libtorch 2.11's CPU convolutions (oneDNN) crash on some channels-last
-        // gradients. PyTorch itself, on this project's Zen 4 VM: `convolution_backward` of a 1×1
-        // stride-2 convolution, input [6, 8, 112, 112], input, weight and output gradient all
-        // channels-last, dies with SIGSEGV in jit_avx512_common_1x1_convolution_bwd_weights_t.
-        if !x.tensor.device().is_cuda() {
+        // Not on the CPU while oneDNN serves its convolutions (the default): libtorch 2.11's
+        // oneDNN crashes on some channels-last gradients. PyTorch itself, on this project's Zen 4
+        // VM: `convolution_backward` of a 1×1 stride-2 convolution, input [6, 8, 112, 112],
+        // input, weight and output gradient all channels-last, dies with SIGSEGV in
+        // jit_avx512_common_1x1_convolution_bwd_weights_t. libtorch's own CPU convolutions
+        // (oneDNN off, as tests/libtorch.rs runs this path) take it.
+        if !x.tensor.device().is_cuda() && burn_tch::fused::mkldnn_enabled() {
             return x;
         }
         // NHWC in memory, viewed as NCHW: the strides of PyTorch's channels_last

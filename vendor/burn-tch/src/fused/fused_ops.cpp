@@ -4,6 +4,8 @@
 // are new `at::Tensor*` that tch::Tensor::from_ptr takes ownership of. Errors come back as a
 // strdup'ed message (freed by the caller with arcface_free_error), nullptr on success.
 #include <ATen/ATen.h>
+#include <ATen/Context.h>
+#include <c10/core/CachingDeviceAllocator.h>
 #include <ATen/Functions.h>
 
 #include <array>
@@ -79,5 +81,34 @@ char* arcface_fused_sgd(const at::Tensor* const* params, const at::Tensor* const
     return strdup(e.what());
   }
 }
+
+// Peak bytes allocated and reserved by libtorch's CUDA caching allocator on `device` since its
+// last reset (torch.cuda.max_memory_allocated / max_memory_reserved); with `reset`, resets them
+// (torch.cuda.reset_peak_memory_stats). Through c10's device-generic allocator interface, so
+// this file needs no CUDA headers; an error where no CUDA allocator is registered.
+char* arcface_cuda_memory_peaks(int64_t device, int reset, int64_t* allocated,
+                                int64_t* reserved) {
+  try {
+    auto* allocator = c10::getDeviceAllocator(c10::DeviceType::CUDA);
+    auto index = static_cast<c10::DeviceIndex>(device);
+    *allocated = 0;
+    *reserved = 0;
+    if (reset) {
+      allocator->resetPeakStats(index);
+      return nullptr;
+    }
+    auto stats = allocator->getDeviceStats(index);
+    auto all = static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE);
+    *allocated = stats.allocated_bytes[all].peak;
+    *reserved = stats.reserved_bytes[all].peak;
+    return nullptr;
+  } catch (const std::exception& e) {
+    return strdup(e.what());
+  }
+}
+
+// torch.backends.mkldnn.enabled: whether libtorch's CPU convolutions may use oneDNN.
+void arcface_set_mkldnn_enabled(int on) { at::globalContext().setUserEnabledMkldnn(on != 0); }
+int arcface_mkldnn_enabled() { return at::globalContext().userEnabledMkldnn() ? 1 : 0; }
 
 }  // extern "C"

@@ -27,6 +27,65 @@ pub fn enabled() -> bool {
     })
 }
 
+/// Peak bytes (allocated, reserved) of libtorch's CUDA caching allocator on GPU `device` since
+/// the last [`reset_cuda_memory_peaks`]: what `torch.cuda.max_memory_allocated` and
+/// `max_memory_reserved` report. Err where there is no CUDA allocator (or no shim).
+pub fn cuda_memory_peaks(device: usize) -> Result<(u64, u64), String> {
+    cuda_memory_call(device, false)
+}
+
+/// Starts [`cuda_memory_peaks`] over from what is allocated now
+/// (`torch.cuda.reset_peak_memory_stats`).
+pub fn reset_cuda_memory_peaks(device: usize) -> Result<(), String> {
+    cuda_memory_call(device, true).map(|_| ())
+}
+
+fn cuda_memory_call(device: usize, reset: bool) -> Result<(u64, u64), String> {
+    #[cfg(fused_ops)]
+    {
+        let (mut allocated, mut reserved) = (0i64, 0i64);
+        let error = unsafe {
+            ffi::arcface_cuda_memory_peaks(
+                device as i64,
+                c_int::from(reset),
+                &mut allocated,
+                &mut reserved,
+            )
+        };
+        ffi::take_error(error, "CUDA allocator statistics")?;
+        Ok((allocated.max(0) as u64, reserved.max(0) as u64))
+    }
+    #[cfg(not(fused_ops))]
+    {
+        let _ = (device, reset);
+        Err("libtorch's shim is not built in".into())
+    }
+}
+
+/// Whether libtorch's CPU convolutions may use oneDNN (`torch.backends.mkldnn.enabled`; on by
+/// default). Without the shim compiled in: false, nothing to switch.
+pub fn mkldnn_enabled() -> bool {
+    #[cfg(fused_ops)]
+    {
+        unsafe { ffi::arcface_mkldnn_enabled() != 0 }
+    }
+    #[cfg(not(fused_ops))]
+    {
+        false
+    }
+}
+
+/// Switches oneDNN for libtorch's CPU convolutions on or off, process-wide (as
+/// `torch.backends.mkldnn.enabled = on`); a no-op without the shim.
+pub fn set_mkldnn_enabled(on: bool) {
+    #[cfg(fused_ops)]
+    unsafe {
+        ffi::arcface_set_mkldnn_enabled(c_int::from(on))
+    };
+    #[cfg(not(fused_ops))]
+    let _ = on;
+}
+
 #[cfg(fused_ops)]
 pub(crate) mod ffi {
     use super::*;
@@ -34,6 +93,14 @@ pub(crate) mod ffi {
 
     unsafe extern "C" {
         pub fn arcface_free_error(message: *mut c_char);
+        pub fn arcface_cuda_memory_peaks(
+            device: i64,
+            reset: c_int,
+            allocated: *mut i64,
+            reserved: *mut i64,
+        ) -> *mut c_char;
+        pub fn arcface_set_mkldnn_enabled(on: c_int);
+        pub fn arcface_mkldnn_enabled() -> c_int;
         pub fn arcface_convolution_backward(
             grad_output: *const C_tensor,
             input: *const C_tensor,
