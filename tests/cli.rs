@@ -86,6 +86,17 @@ fn wrong_type_names_file_and_key() {
     assert!(err.contains("invalid type"), "{err}");
 }
 
+/// BatchNorm trains on batch statistics: batch 1 is refused up front, naming the key (PyTorch
+/// refuses it in the first forward).
+#[test]
+fn batch_of_one_is_refused() {
+    let (out, path, _dir) = summary_of("network = \"tiny\"\nbatch_size = 1\n");
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains(&path.display().to_string()), "{err}");
+    assert!(err.contains("batch_size") && err.contains("at least 2"), "{err}");
+}
+
 #[test]
 fn unknown_network_is_named() {
     let (out, _path, _dir) = summary_of("network = \"r101\"\n");

@@ -245,7 +245,7 @@ fn libtorch_channels_last_keeps_the_trunk_nhwc() {
 
 /// The running statistics one training forward left: libtorch's kernels update them in place
 /// (cuDNN's or `native_batch_norm`, PyTorch's arithmetic: unbiased variance), burn's CPU
-/// backend by our composition (src/model/batch_norm.rs). Both moved from their start by
+/// backend by our composition (src/model/batch_norm/). Both moved from their start by
 /// `momentum`·(batch − start); that move agrees within 1e-4 of each tensor's largest.
 fn compare_running_statistics(
     start: &Named,

@@ -1,7 +1,7 @@
 //! Channels-last (NHWC) storage of the backbone's activations on LibTorch, as PyTorch's
 //! `x.to(memory_format=torch.channels_last)`: the values and the shape [N, C, H, W] stay what
 //! they are; only the order in memory changes, and with it the kernels libtorch picks. cuDNN's
-//! bf16 convolutions run much faster on NHWC (PyTorch's r100 bf16 step: ~1.9× with
+//! bf16 convolutions run much faster on NHWC (PyTorch's r100 bf16 step: up to 1.9× with
 //! channels-last on an H200, docs/PERFORMANCE.md). libtorch's convolutions, BatchNorm, PReLU and
 //! elementwise kernels all write their output in their input's layout, so converting the images
 //! once keeps the whole trunk NHWC, backward included. On LibTorch's CPU with oneDNN (see below)
