@@ -94,7 +94,10 @@ fn batch_of_one_is_refused() {
     assert!(!out.status.success());
     let err = stderr(&out);
     assert!(err.contains(&path.display().to_string()), "{err}");
-    assert!(err.contains("batch_size") && err.contains("at least 2"), "{err}");
+    assert!(
+        err.contains("batch_size") && err.contains("at least 2"),
+        "{err}"
+    );
 }
 
 #[test]

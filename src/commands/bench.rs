@@ -152,7 +152,10 @@ pub fn run(what: &BenchCommand, cli_device: &Option<String>) -> Result<()> {
                 };
                 let gpu = r
                     .peak_gpu_mib
-                    .map_or(String::new(), |m| format!(", peak GPU memory {m:.0} MiB"));
+                    .map_or(String::new(), |m| format!(", peak GPU memory {m:.0} MiB"))
+                    + &r.peak_allocated_mib.map_or(String::new(), |m| {
+                        format!(" (allocated by libtorch {m:.0} MiB)")
+                    });
                 println!(
                     "{} {}{} on {} batch {} per device, classes {}: {split}optimizer {:.1} ms, step {:.1} ms, {:.1} img/s, loss {:.3}, peak host memory {:.0} MiB{gpu}",
                     r.network,
