@@ -94,6 +94,19 @@ pub struct InferThroughput {
     pub images_per_second: f64,
 }
 
+impl InferThroughput {
+    /// `images` embedded by `engine` in batches of `batch` over `seconds`.
+    fn new(engine: &str, batch: usize, images: usize, seconds: f64) -> InferThroughput {
+        InferThroughput {
+            engine: engine.to_string(),
+            batch,
+            images,
+            seconds,
+            images_per_second: images as f64 / seconds,
+        }
+    }
+}
+
 /// Embeddings per second of `embedder` on batches of `batch` synthetic images, after one
 /// warm-up batch, over at least `min_seconds` and two batches.
 /// With `profile`, three more batches are then recorded by libtorch's profiler into that trace.
@@ -122,13 +135,7 @@ pub fn infer(
             Ok(())
         })?;
     }
-    Ok(InferThroughput {
-        engine: engine.to_string(),
-        batch,
-        images: done,
-        seconds,
-        images_per_second: done as f64 / seconds,
-    })
+    Ok(InferThroughput::new(engine, batch, done, seconds))
 }
 
 /// Batches queued between two waits for the device in [`infer_resident`].
@@ -175,11 +182,5 @@ pub fn infer_resident(
         done += RESIDENT_CHUNK * batch;
     }
     let seconds = start.elapsed().as_secs_f64();
-    Ok(InferThroughput {
-        engine: engine.to_string(),
-        batch,
-        images: done,
-        seconds,
-        images_per_second: done as f64 / seconds,
-    })
+    Ok(InferThroughput::new(engine, batch, done, seconds))
 }
