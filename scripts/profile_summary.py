@@ -5,6 +5,12 @@ activation, matmul, copies and casts, reductions, other elementwise), per step, 
 
 Usage: python3 profile_summary.py [--steps 3] NAME=TRACE.json [NAME=TRACE.json ...]
 Without CUDA kernels in a trace (a CPU run), operators' own CPU time is charged instead.
+
+Peak memory: the largest "Total Allocated" of the trace's memory events on the device that ran
+the kernels (torch.cuda.max_memory_allocated over the recorded steps), and the top-level
+operator running when it was reached. On the CPU that is every live tensor byte only when the
+recording process counted from its start (`arcface bench train --profile`, torch_profile.py
+do); otherwise only what was allocated since the profiler started.
 """
 import argparse
 import json
@@ -31,15 +37,56 @@ def kind_of(op):
     return "other elementwise"
 
 
+CPU, CUDA = 0, 1  # c10::DeviceType in the memory events
+
+
 def load(path):
     with open(path) as f:
         data = json.load(f)
-    events = data["traceEvents"] if isinstance(data, dict) else data
-    return [e for e in events if e.get("ph") == "X"]
+    return data["traceEvents"] if isinstance(data, dict) else data
+
+
+STEP_END = re.compile(r"_fused_sgd_|^Optimizer\.step#")  # our fused SGD; torch.optim's step
+BACKWARD = re.compile(r"backward|evaluate_function", re.IGNORECASE)
+
+
+def memory_peak(events, device_type, ops):
+    """Peak memory, or None: a dict of MiB (peak, end) with the top-level operator running at the
+    peak, and for the last whole step (from an optimizer step to the next) its forward peak, what
+    is allocated when the backward starts and the backward's peak."""
+    memory = sorted(
+        (e for e in events if e.get("name") == "[memory]" and e.get("args", {}).get("Device Type") == device_type),
+        key=lambda e: e["ts"],
+    )
+    if not memory:
+        return None
+    mib = lambda e: e["args"]["Total Allocated"] / 2**20  # noqa: E731
+    peak = max(memory, key=mib)
+    enclosing = [o for o in ops if o["ts"] <= peak["ts"] <= o["ts"] + o["dur"]]
+    result = dict(
+        peak=mib(peak),
+        end=mib(memory[-1]),
+        peak_during=min(enclosing, key=lambda o: o["ts"])["name"] if enclosing else "?",
+    )
+    ends = sorted(o["ts"] + o["dur"] for o in ops if STEP_END.search(o["name"]))
+    if len(ends) >= 2:
+        start, end = ends[-2], ends[-1]
+        backward = [o["ts"] for o in ops if start <= o["ts"] < end and BACKWARD.search(o["name"])]
+        if backward:
+            split = min(backward)
+            step = [e for e in memory if start <= e["ts"] <= end]
+            before = [e for e in memory if e["ts"] <= split]
+            result.update(
+                forward_peak=max((mib(e) for e in step if e["ts"] < split), default=float("nan")),
+                backward_start=mib(before[-1]) if before else float("nan"),
+                backward_peak=max((mib(e) for e in step if e["ts"] >= split), default=float("nan")),
+            )
+    return result
 
 
 def summarise(path, steps):
-    events = load(path)
+    everything = load(path)
+    events = [e for e in everything if e.get("ph") == "X"]
     ops = {}
     cpu_ops = []
     for e in events:
@@ -89,6 +136,11 @@ def summarise(path, steps):
         wall = (max(e["ts"] + e["dur"] for e in cpu_ops) - min(e["ts"] for e in cpu_ops)) if cpu_ops else 0.0
     per = lambda us: us / steps / 1e3  # noqa: E731  (ms per step)
     return dict(
+        memory=memory_peak(
+            everything,
+            CUDA if kernels else CPU,
+            [e for e in events if e.get("cat") in ("cpu_op", "user_annotation")],
+        ),
         kernels=bool(kernels),
         wall_ms=per(wall),
         busy_ms=per(busy),
@@ -122,6 +174,22 @@ def main():
     for kind in kinds:
         if any(kind in r["by_kind"] for _, r in runs):
             print(f"{kind:<22}" + "".join(f"{r['by_kind'].get(kind, 0.0):>{width + 2}.1f}" for _, r in runs))
+    if any(r["memory"] for _, r in runs):
+        rows = [
+            ("peak allocated", "peak"),
+            ("  forward peak", "forward_peak"),
+            ("  backward starts at", "backward_start"),
+            ("  backward peak", "backward_peak"),
+            ("allocated at end", "end"),
+        ]
+        print("memory, MiB (the last whole step for the forward and backward rows)")
+        for label, key in rows:
+            cells = [(r["memory"] or {}).get(key) for _, r in runs]
+            if any(c is not None for c in cells):
+                print(f"{label:<22}" + "".join(f"{c:>{width + 2}.0f}" if c is not None else f"{'-':>{width + 2}}" for c in cells))
+        for name, r in runs:
+            if r["memory"]:
+                print(f"  {name}: peak during {r['memory']['peak_during']}")
     for name, r in runs:
         print(f"\n{name}: top operators by time (ms per step, launches per step)")
         for op, (ms, n) in sorted(r["by_op"].items(), key=lambda kv: -kv[1][0])[: a.top]:

@@ -3,10 +3,16 @@ the same step), to set beside ours (`arcface bench train --profile`) kernel kind
 with scripts/profile_summary.py. GPU only.
 
 Usage: python3 torch_profile.py ANCHOR.py OUT_DIR [--batch 128] [--classes 85742] [--device cuda]
+                                 [--units 3,13,30,3] [--only train_fp32,infer_fp32,...]
 Writes OUT_DIR/trace_torch_train_fp32.json, ..._train_bf16.json, ..._train_bf16_cl.json,
-trace_torch_infer_fp32.json, ..._infer_bf16_cl.json (3 steps or batches each, after 5 warm-ups).
+trace_torch_infer_fp32.json, ..._infer_bf16_cl.json (3 steps or batches each, after 5 warm-ups;
+`--only` picks some), with every allocation and free (profile_memory), so that
+profile_summary.py can set the peak beside ours. On the CPU (`--device cpu`, with `--units`
+for a smaller network of the anchor's kind, e.g. 3,4,14,3 for r50) that peak counts every live
+tensor byte, as `arcface bench train --profile` does.
 """
 import argparse
+import ctypes
 import importlib.util
 import os
 
@@ -22,6 +28,15 @@ def load_anchor(path):
 
 
 DEVICE = "cuda"
+UNITS = (3, 13, 30, 3)
+
+
+def track_cpu_memory():
+    """c10 counts CPU tensor bytes only while a profiler records memory, unless this flag is on:
+    set before the model exists, the CPU "[memory]" events' "Total Allocated" is every live
+    tensor byte (our binary sets the same flag through its shim)."""
+    lib = ctypes.CDLL(os.path.join(os.path.dirname(torch.__file__), "lib", "libc10.so"))
+    ctypes.c_bool.in_dll(lib, "FLAGS_caffe2_report_cpu_memory_usage").value = True
 
 
 def sync():
@@ -32,7 +47,7 @@ def sync():
 def record(path, fn, steps=3):
     sync()
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if DEVICE == "cuda" else [])
-    with profile(activities=activities) as p:
+    with profile(activities=activities, profile_memory=True) as p:
         for i in range(steps):
             fn(i)
         sync()
@@ -42,7 +57,7 @@ def record(path, fn, steps=3):
 
 def train(anchor, out, batch, classes, amp, channels_last, name):
     torch.manual_seed(0)
-    model = anchor.IResNet().to(DEVICE)
+    model = anchor.IResNet(layers=UNITS).to(DEVICE)
     head = anchor.ArcFace(512, classes).to(DEVICE)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -70,7 +85,7 @@ def train(anchor, out, batch, classes, amp, channels_last, name):
 
 @torch.no_grad()
 def infer(anchor, out, batch, amp, channels_last, name):
-    model = anchor.IResNet().to(DEVICE).eval()
+    model = anchor.IResNet(layers=UNITS).to(DEVICE).eval()
     x = torch.rand(batch, 3, 112, 112, device=DEVICE)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -91,17 +106,31 @@ def main():
     ap.add_argument("out")
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--classes", type=int, default=85742)
-    ap.add_argument("--device", default="cuda", help="cpu: a smoke test of this script")
+    ap.add_argument("--device", default="cuda", help="cuda, or cpu (LibTorch's CPU kernels, as ours on libtorch-cpu)")
+    ap.add_argument("--units", default="3,13,30,3", help="units per stage (the anchor's widths)")
+    ap.add_argument("--only", default="", help="comma-separated: train_fp32, train_bf16, "
+                    "train_bf16_cl, infer_fp32, infer_bf16_cl (all by default)")
     a = ap.parse_args()
-    global DEVICE
+    global DEVICE, UNITS
     DEVICE = a.device
+    UNITS = tuple(int(u) for u in a.units.split(","))
+    track_cpu_memory()
     os.makedirs(a.out, exist_ok=True)
     anchor = load_anchor(a.anchor)
-    train(anchor, a.out, a.batch, a.classes, False, False, "fp32")
-    train(anchor, a.out, a.batch, a.classes, True, False, "bf16")
-    train(anchor, a.out, a.batch, a.classes, True, True, "bf16_cl")
-    infer(anchor, a.out, 2 * a.batch, False, False, "fp32")
-    infer(anchor, a.out, 2 * a.batch, True, True, "bf16_cl")
+    runs = {
+        "train_fp32": lambda: train(anchor, a.out, a.batch, a.classes, False, False, "fp32"),
+        "train_bf16": lambda: train(anchor, a.out, a.batch, a.classes, True, False, "bf16"),
+        "train_bf16_cl": lambda: train(anchor, a.out, a.batch, a.classes, True, True, "bf16_cl"),
+        "infer_fp32": lambda: infer(anchor, a.out, 2 * a.batch, False, False, "fp32"),
+        "infer_bf16_cl": lambda: infer(anchor, a.out, 2 * a.batch, True, True, "bf16_cl"),
+    }
+    only = [o for o in a.only.split(",") if o]
+    unknown = [o for o in only if o not in runs]
+    if unknown:
+        ap.error(f"--only: unknown {unknown}; choose from {list(runs)}")
+    for name, run in runs.items():
+        if not only or name in only:
+            run()
 
 
 if __name__ == "__main__":

@@ -7,9 +7,15 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 
-/// Fails unless this build can profile: to refuse `--profile` before the work, not after it.
-pub fn ensure_available(trace: &Path) -> Result<()> {
+/// Call before the work's first tensor: fails unless this build can profile (to refuse
+/// `--profile` before the work, not after it), and has libtorch count every CPU tensor byte from
+/// here on, so that the trace's memory events on the CPU carry the live total (its peak is
+/// comparable with a PyTorch trace's, scripts/profile_summary.py), as CUDA's always do.
+#[allow(deprecated)] // burn-tch is deprecated upstream; see device.rs.
+pub fn prepare(trace: &Path) -> Result<()> {
     if cfg!(feature = "tch") {
+        #[cfg(feature = "tch")]
+        burn_tch::fused::profiler::track_cpu_memory();
         Ok(())
     } else {
         anyhow::bail!(
@@ -46,7 +52,7 @@ pub fn record<T>(trace: &Path, work: impl FnOnce() -> Result<T>) -> Result<T> {
     }
     #[cfg(not(feature = "tch"))]
     {
-        ensure_available(trace)?;
+        prepare(trace)?;
         work()
     }
 }

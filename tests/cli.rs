@@ -266,15 +266,27 @@ fn bench_train_reports_its_parts() {
     }
 }
 
+/// The tiny net of configs/tiny.toml (fresh weights) exported to `dir`/tiny.onnx.
+fn export_tiny(dir: &Path) -> std::path::PathBuf {
+    let file = dir.join("tiny.onnx");
+    let out = run(&[
+        "export",
+        "--onnx",
+        file.to_str().unwrap(),
+        "--config",
+        "configs/tiny.toml",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    file
+}
+
 /// `bench infer --tract-ops` times tract's plan node by node: every PRelu of the tiny net runs
 /// as one operation (src/onnx/prelu.rs), and the table rides along with the throughputs.
 #[test]
 fn bench_infer_shows_where_tracts_time_goes() {
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("tiny.onnx");
+    let file = export_tiny(dir.path());
     let file = file.to_str().unwrap();
-    let out = run(&["export", "--onnx", file, "--config", "configs/tiny.toml"]);
-    assert!(out.status.success(), "{}", stderr(&out));
     let out = run(&[
         "bench",
         "infer",
@@ -322,10 +334,8 @@ fn bench_infer_shows_where_tracts_time_goes() {
 #[test]
 fn bench_infer_resident_adds_a_row_on_the_device() {
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("tiny.onnx");
+    let file = export_tiny(dir.path());
     let file = file.to_str().unwrap();
-    let out = run(&["export", "--onnx", file, "--config", "configs/tiny.toml"]);
-    assert!(out.status.success(), "{}", stderr(&out));
     let args = [
         "bench",
         "infer",

@@ -547,3 +547,43 @@ fn cuda_allocator_peaks_count_what_was_allocated() {
     );
     eprintln!("cuda:0 peaks: {before} → {during} → {after} MiB");
 }
+
+/// The peak of a trace's CPU memory events (bytes).
+fn cpu_memory_peak(trace: &std::path::Path) -> f64 {
+    let text = std::fs::read_to_string(trace).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    json["traceEvents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["name"] == "[memory]" && e["args"]["Device Type"] == 0)
+        .filter_map(|e| e["args"]["Total Allocated"].as_f64())
+        .fold(0.0, f64::max)
+}
+
+/// `--profile`'s memory events on the CPU count every live tensor byte, those allocated before
+/// the profile started too (`profile::prepare`), so that its peak compares with a PyTorch
+/// trace's (docs/PERFORMANCE.md): a 64 MiB tensor made before the recording and a 16 MiB one
+/// made during it give a peak of at least 80 MiB, not 16.
+#[test]
+fn profile_memory_counts_tensors_from_before_the_recording() {
+    let _turn = common::serial();
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("trace.json");
+    arcface::profile::prepare(&trace).unwrap();
+    let device = Device::libtorch();
+    let before = Tensor::<1>::ones([16 << 20], &device); // 64 MiB of f32
+    let during = arcface::profile::record(&trace, || {
+        let t = Tensor::<1>::ones([4 << 20], &device); // 16 MiB
+        Ok(t.sum().into_scalar::<f32>())
+    })
+    .unwrap();
+    assert_eq!(during, (4 << 20) as f32);
+    let peak_mib = cpu_memory_peak(&trace) / (1 << 20) as f64;
+    assert!(
+        peak_mib >= 64.0 + 16.0,
+        "peak {peak_mib:.1} MiB: the 64 MiB from before the recording is not counted"
+    );
+    drop(before);
+    eprintln!("CPU peak in the trace: {peak_mib:.1} MiB");
+}

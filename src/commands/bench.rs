@@ -121,7 +121,7 @@ pub fn run(what: &BenchCommand, cli_device: &Option<String>) -> Result<()> {
             json,
         } => {
             if let Some(trace) = profile {
-                arcface::profile::ensure_available(trace)?;
+                arcface::profile::prepare(trace)?;
             }
             let mut config = Config::load(config)?;
             if let Some(b) = batch_size {
@@ -218,7 +218,7 @@ pub fn run(what: &BenchCommand, cli_device: &Option<String>) -> Result<()> {
             json,
         } => {
             if let Some(trace) = profile {
-                arcface::profile::ensure_available(trace)?;
+                arcface::profile::prepare(trace)?;
             }
             let engines = Engines {
                 tract: !burn_only,

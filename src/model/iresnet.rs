@@ -13,12 +13,11 @@ use burn::nn::{
     BatchNorm, BatchNormConfig, Dropout, DropoutConfig, Initializer, Linear, LinearConfig, PRelu,
     PReluConfig, PaddingConfig2d,
 };
-use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{DType, Device, FloatDType, Tensor};
 
 use super::Precision;
-use super::{batch_norm, prelu};
+use super::{batch_norm, conv, prelu};
 
 /// BatchNorm epsilon of the seed (MXNet `bn_eps`).
 pub const BN_EPS: f64 = 2e-5;
@@ -140,32 +139,34 @@ impl IBasicBlock {
     }
 }
 
-/// `conv.forward(x)`; under [`Precision::Bf16`] in bf16 (input, weight and output), as PyTorch's
-/// autocast runs it: the activations stay bf16 through BatchNorm, PReLU and the residual sums
-/// to the next convolution, and only the fp32 weight is cast (its gradient back to fp32).
+/// `conv.forward(x)` through [`conv::conv2d`] (both gradients by one backend call); under
+/// [`Precision::Bf16`] in bf16 (input, weight and output), as PyTorch's autocast runs it: the
+/// activations stay bf16 through BatchNorm, PReLU and the residual sums to the next
+/// convolution, and only the fp32 weight is cast (its gradient back to fp32).
 fn conv_at(conv: &Conv2d, x: Tensor<4>, precision: Precision) -> Tensor<4> {
-    if precision == Precision::Fp32 {
-        return conv.forward(x);
-    }
-    // Our convolutions all have explicit padding (burn computes `Same` privately).
+    // Our convolutions all have explicit padding and no bias (burn computes `Same` privately).
     let (top, left, bottom, right) = match conv.padding {
         PaddingConfig2d::Explicit(top, left, bottom, right) => (top, left, bottom, right),
         PaddingConfig2d::Valid => (0, 0, 0, 0),
         PaddingConfig2d::Same => return conv.forward(x),
     };
+    if conv.bias.is_some() {
+        return conv.forward(x);
+    }
     let options = ConvOptions::new_with_padding(
         conv.stride,
         [(top, bottom), (left, right)],
         conv.dilation,
         conv.groups,
     );
-    let bias = conv.bias.as_ref().map(|b| b.val().cast(FloatDType::BF16));
-    conv2d(
-        bf16(x),
-        conv.weight.val().cast(FloatDType::BF16),
-        bias,
-        options,
-    )
+    match precision {
+        Precision::Fp32 => conv::conv2d(x, conv.weight.val(), options),
+        Precision::Bf16 => conv::conv2d(
+            bf16(x),
+            conv.weight.val().cast(FloatDType::BF16),
+            options,
+        ),
+    }
 }
 
 /// `x` in bf16; without a cast (and its node in the autodiff graph) when it already is.

@@ -1,6 +1,7 @@
 //! The embedder (LResNet-E-IR backbone) and the margin-softmax head.
 
 pub mod batch_norm;
+pub mod conv;
 pub mod head;
 pub mod iresnet;
 pub mod memory_format;

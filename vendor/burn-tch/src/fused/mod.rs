@@ -242,8 +242,29 @@ pub fn conv2d_backward(
     options: &ConvOptions<2>,
     which: ConvGrad,
 ) -> Option<TchTensor> {
+    let want_input = which == ConvGrad::Input;
+    let (grad_input, grad_weight) =
+        conv2d_gradients(x, weight, output_grad, options, want_input, !want_input)?;
+    if want_input { grad_input } else { grad_weight }
+}
+
+/// The input and weight gradients of a 2-D convolution (those wanted) by one call of libtorch's
+/// `convolution_backward`, as PyTorch's autograd takes them: one dispatch, and on the CPU
+/// oneDNN reorders the output gradient once for both. None where the options are outside
+/// what it takes (asymmetric padding) or the kernels are off.
+pub fn conv2d_gradients(
+    x: &TchTensor,
+    weight: &TchTensor,
+    output_grad: &TchTensor,
+    options: &ConvOptions<2>,
+    want_input: bool,
+    want_weight: bool,
+) -> Option<(Option<TchTensor>, Option<TchTensor>)> {
     if !enabled() || options.padding.iter().any(|(begin, end)| begin != end) {
         return None;
+    }
+    if !(want_input || want_weight) {
+        return Some((None, None));
     }
     #[cfg(fused_ops)]
     {
@@ -262,22 +283,21 @@ pub fn conv2d_backward(
                 dilation.as_ptr(),
                 2,
                 options.groups as i64,
-                (which == ConvGrad::Input) as c_int,
-                (which == ConvGrad::Weight) as c_int,
+                want_input as c_int,
+                want_weight as c_int,
                 &mut grad_input,
                 &mut grad_weight,
             )
         };
         ffi::check(error, "convolution_backward");
-        let out = match which {
-            ConvGrad::Input => grad_input,
-            ConvGrad::Weight => grad_weight,
+        let take = |wanted: bool, tensor| {
+            wanted.then(|| TchTensor::new(unsafe { tch::Tensor::from_ptr(tensor) }))
         };
-        Some(TchTensor::new(unsafe { tch::Tensor::from_ptr(out) }))
+        Some((take(want_input, grad_input), take(want_weight, grad_weight)))
     }
     #[cfg(not(fused_ops))]
     {
-        let _ = (x, weight, output_grad, which);
+        let _ = (x, weight, output_grad);
         None
     }
 }

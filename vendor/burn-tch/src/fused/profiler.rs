@@ -10,6 +10,18 @@ use std::path::{Path, PathBuf};
 unsafe extern "C" {
     fn arcface_profiler_start(with_cuda: c_int) -> *mut c_char;
     fn arcface_profiler_stop(trace_path: *const c_char) -> *mut c_char;
+    fn arcface_track_cpu_memory();
+}
+
+/// From now on, count every CPU tensor byte libtorch allocates, so that the memory events of a
+/// later profile carry the whole live total rather than what was allocated since it started
+/// (CUDA's allocator always does). Call it before the work's tensors exist; a no-op without
+/// the shim.
+pub fn track_cpu_memory() {
+    #[cfg(fused_ops)]
+    unsafe {
+        arcface_track_cpu_memory()
+    }
 }
 
 /// A running profiler; [`Profiling::finish`] stops it and writes the trace.
