@@ -58,7 +58,6 @@ fn gradients(
     );
     let mut grads = loss.backward();
     let grads = GradientsParams::from_module(&mut grads, &model);
-    model.backbone.sync_running_stats();
     let running = named_tensors(&model, "")
         .into_iter()
         .filter(|(name, _)| name.contains(".running_"))
@@ -339,7 +338,6 @@ fn libtorch_inference_equals_the_cpu_backends() {
         );
         let _ = model.forward(x);
     }
-    model.sync_running_stats();
     let weights = named_tensors(&model.valid(), "");
     let moved = weights
         .iter()

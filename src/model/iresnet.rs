@@ -256,28 +256,6 @@ impl IResNet {
         batch_norm::forward(&self.features, linear_at(&self.fc, x, precision))
     }
 
-    /// Every BatchNorm layer.
-    pub fn batch_norms(&self) -> Vec<&BatchNorm> {
-        let mut all = vec![&self.bn1];
-        for unit in self.stages().into_iter().flatten() {
-            all.extend([&unit.bn1, &unit.bn2, &unit.bn3]);
-            all.extend(unit.downsample.as_ref().map(|d| &d.bn));
-        }
-        all.extend([&self.bn2, &self.features]);
-        all
-    }
-
-    /// Folds in the running-statistics update of the last training forward. burn keeps it
-    /// pending (per thread) until the next forward on the same thread; without this, a
-    /// checkpoint or a replica would read the statistics of one step earlier. Call it on the
-    /// thread that ran the forward.
-    pub fn sync_running_stats(&self) {
-        for bn in self.batch_norms() {
-            let _ = bn.running_mean.value_sync();
-            let _ = bn.running_var.value_sync();
-        }
-    }
-
     /// Raw RGB 0–255, [N, 3, 112, 112] → embedding [N, E] (not L2-normalised, as the zoo's `fc1`).
     pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
         self.forward_at(images, Precision::Fp32)

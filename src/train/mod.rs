@@ -329,8 +329,6 @@ pub fn train_replicas(
             .map_or(1.0, |c| (c / (grad_norm + 1e-6)).min(1.0));
         let lr = schedule.lr(state.step);
         state.model = state.sgd.step(state.model, &mut grads, lr, scale, "");
-        // This step's BatchNorm statistics into the model, for checkpoints and the replicas.
-        state.model.backbone.sync_running_stats();
         state.step += 1;
         state.cursor = batches[0].next;
         report.losses.push((state.step, loss_value));

@@ -21,9 +21,7 @@ use burn::tensor::{Device, Tensor};
 pub struct Replicas<M> {
     devices: Vec<Device>,
     others: Vec<M>,
-    /// Threads for the replicas beyond the master, kept for the whole run: burn keeps a
-    /// BatchNorm's pending running-statistics update per thread id, so a fresh thread per step
-    /// would leave one more pending update behind at every step.
+    /// Threads for the replicas beyond the master, kept for the whole run.
     pool: Option<rayon::ThreadPool>,
 }
 
@@ -191,8 +189,8 @@ impl<M: Module + Sync> Replicas<M> {
             let shard = shards.into_iter().next().expect("one shard");
             return Ok(run(master, shard));
         }
-        // Every replica starts the step from the master's weights and buffers (the caller has
-        // synced the master's running statistics: `IResNet::sync_running_stats`).
+        // Every replica starts the step from the master's weights and buffers (its running
+        // statistics are written by the forward itself: model::batch_norm).
         let values = flat_by_path(master);
         let others = std::mem::take(&mut self.others);
         self.others = others
@@ -202,9 +200,7 @@ impl<M: Module + Sync> Replicas<M> {
             .collect();
         drop(values);
 
-        // Replica 0 (the master) runs on this thread, the others on the pool's: burn folds a
-        // BatchNorm's running-statistics update in when the same thread next reads them, so the
-        // master's must always come from one thread.
+        // Replica 0 (the master) runs on this thread, the others on the pool's.
         let mut shards = shards.into_iter();
         let first = shards.next().expect("one shard per replica");
         let pool = self
