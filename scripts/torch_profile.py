@@ -1,20 +1,23 @@
 """torch.profiler traces of PyTorch's anchor (torch_r100_bench.py: the same iresnet100 + ArcFace,
 the same step), to set beside ours (`arcface bench train --profile`) kernel kind by kernel kind
-with scripts/profile_summary.py. GPU only.
+with scripts/profile_summary.py; on a GPU, or on LibTorch's CPU beside ours on libtorch-cpu.
 
 Usage: python3 torch_profile.py ANCHOR.py OUT_DIR [--batch 128] [--classes 85742] [--device cuda]
-                                 [--units 3,13,30,3] [--only train_fp32,infer_fp32,...]
+                                 [--units 3,13,30,3] [--only train_fp32,infer_fp32,...] [--time N]
 Writes OUT_DIR/trace_torch_train_fp32.json, ..._train_bf16.json, ..._train_bf16_cl.json,
 trace_torch_infer_fp32.json, ..._infer_bf16_cl.json (3 steps or batches each, after 5 warm-ups;
 `--only` picks some), with every allocation and free (profile_memory), so that
-profile_summary.py can set the peak beside ours. On the CPU (`--device cpu`, with `--units`
+profile_summary.py can set the peak beside ours; `--time N` times N steps instead, unprofiled,
+and prints one JSON line per run. On the CPU (`--device cpu`, with `--units`
 for a smaller network of the anchor's kind, e.g. 3,4,14,3 for r50) that peak counts every live
 tensor byte, as `arcface bench train --profile` does.
 """
 import argparse
 import ctypes
 import importlib.util
+import json
 import os
+import time
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -29,6 +32,7 @@ def load_anchor(path):
 
 DEVICE = "cuda"
 UNITS = (3, 13, 30, 3)
+TIME = 0  # --time N: time N steps without the profiler instead of recording
 
 
 def track_cpu_memory():
@@ -46,6 +50,14 @@ def sync():
 
 def record(path, fn, steps=3):
     sync()
+    if TIME:
+        start = time.perf_counter()
+        for i in range(TIME):
+            fn(i)
+        sync()
+        run = os.path.basename(path).removeprefix("trace_torch_").removesuffix(".json")
+        print(json.dumps(dict(run=run, ms_per_step=(time.perf_counter() - start) * 1e3 / TIME)), flush=True)
+        return
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if DEVICE == "cuda" else [])
     with profile(activities=activities, profile_memory=True) as p:
         for i in range(steps):
@@ -108,11 +120,14 @@ def main():
     ap.add_argument("--classes", type=int, default=85742)
     ap.add_argument("--device", default="cuda", help="cuda, or cpu (LibTorch's CPU kernels, as ours on libtorch-cpu)")
     ap.add_argument("--units", default="3,13,30,3", help="units per stage (the anchor's widths)")
+    ap.add_argument("--time", type=int, default=0, help="time this many steps (or batches) "
+                    "after the warm-up instead of profiling; prints one JSON line per run")
     ap.add_argument("--only", default="", help="comma-separated: train_fp32, train_bf16, "
                     "train_bf16_cl, infer_fp32, infer_bf16_cl (all by default)")
     a = ap.parse_args()
-    global DEVICE, UNITS
+    global DEVICE, UNITS, TIME
     DEVICE = a.device
+    TIME = a.time
     UNITS = tuple(int(u) for u in a.units.split(","))
     track_cpu_memory()
     os.makedirs(a.out, exist_ok=True)

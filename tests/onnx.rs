@@ -227,6 +227,47 @@ fn r100_export_passes_the_checker_and_runs_equal_in_onnxruntime_tract_and_burn()
     check_export(Network::R100, 512);
 }
 
+/// Callers embedding at once, two a single image each (spread over every thread) and one a
+/// batch (an image per thread), get what each gets alone. tract keeps a thread's
+/// matrix-product scratch space borrowed across the rayon join it forks its products with; a
+/// worker waiting in that join that picked up another caller's image re-entered it and aborted
+/// the process ("RefCell already borrowed", seen in CI when two tests embedded at once; this
+/// test did so 3 times in 3). The spread mode now has a pool of its own, for one caller at a
+/// time (src/onnx/run.rs).
+#[test]
+fn callers_embedding_at_once_get_what_each_gets_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("r18.onnx");
+    let model = randomized(Network::R18, 512, 5);
+    onnx::export::write(
+        &onnx::backbone_to_onnx(&model, Batch::Dynamic).unwrap(),
+        &file,
+    )
+    .unwrap();
+    let tract = OnnxEmbedder::load(&file).unwrap();
+    let threads = rayon::current_num_threads();
+    let one = random_images(1, 3);
+    let batch = random_images(threads.max(2), 4);
+    assert!(onnx::spreads_each_image(1) || threads == 1);
+    assert!(!onnx::spreads_each_image(threads.max(2)));
+    let (one_alone, batch_alone) = (tract.embed(&one).unwrap(), tract.embed(&batch).unwrap());
+    std::thread::scope(|scope| {
+        let callers = [(&one, &one_alone), (&one, &one_alone), (&batch, &batch_alone)].map(
+            |(images, alone)| {
+                let tract = &tract;
+                scope.spawn(move || {
+                    for _ in 0..30 {
+                        assert_eq!(&tract.embed(images).unwrap(), alone);
+                    }
+                })
+            },
+        );
+        for caller in callers {
+            caller.join().unwrap();
+        }
+    });
+}
+
 /// A zoo-style or torch-style file from the independent builder; returns (defective, fixed).
 fn reference_file(
     dir: &Path,

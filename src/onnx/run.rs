@@ -4,7 +4,7 @@
 //! products over the threads instead (measured; docs/PERFORMANCE.md).
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock, TryLockError};
 
 use anyhow::{Context, Result, bail};
 use rayon::prelude::*;
@@ -186,12 +186,39 @@ pub fn spreads_each_image(n: usize) -> bool {
 }
 
 /// Runs `f` (one image at a time) with tract's matrix products and our Winograd passes spread
-/// over rayon's threads. `f` itself runs on one of rayon's workers, not on the caller's thread:
-/// from outside the pool every fork is a cross-thread hand-off, and the workers, spinning for
-/// work after each fork, compete with the caller's thread for the cores during the passes that
-/// run on one thread (measured, r100 batch 1 on 2 cores: docs/PERFORMANCE.md).
+/// over a pool of as many threads as rayon's. `f` itself runs on one of the pool's workers, not
+/// on the caller's thread: from outside the pool every fork is a cross-thread hand-off, and the
+/// workers, spinning for work after each fork, compete with the caller's thread for the cores
+/// during the passes that run on one thread (measured, r100 batch 1 on 2 cores:
+/// docs/PERFORMANCE.md).
+///
+/// Why a pool of its own, used by one caller at a time: tract keeps a thread's matrix-product
+/// scratch space borrowed (a thread-local `RefCell`) across the rayon join it forks a product
+/// with, and a worker waiting in a join runs whatever job it finds. On rayon's global pool that
+/// could be an image of a batch embedded side by side by another caller, or another caller's
+/// spread image: tract re-entered on the same thread and the process aborted ("RefCell already
+/// borrowed"; tests/onnx.rs, two callers at once). This pool only ever holds the forks of the
+/// one image it runs: while it is busy, another caller's image runs on that caller's thread
+/// alone (no fork, so nothing to re-enter; and no waiting on a lock, which a rayon worker
+/// calling in could otherwise deadlock on while it stole work).
 pub(super) fn on_all_threads<R: Send>(f: impl FnOnce() -> R + Send) -> R {
-    rayon::scope(|_| multithread_tract_scope(Executor::RayonGlobal, f))
+    static SPREAD: OnceLock<Arc<rayon::ThreadPool>> = OnceLock::new();
+    static ONE_CALLER: Mutex<()> = Mutex::new(());
+    let pool = SPREAD.get_or_init(|| {
+        Arc::new(
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(rayon::current_num_threads())
+                .thread_name(|i| format!("arcface-spread-{i}"))
+                .build()
+                .expect("a thread pool for spreading one image"),
+        )
+    });
+    let _one_caller = match ONE_CALLER.try_lock() {
+        Ok(guard) => guard,
+        Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+        Err(TryLockError::WouldBlock) => return multithread_tract_scope(Executor::SingleThread, f),
+    };
+    pool.install(|| multithread_tract_scope(Executor::MultiThread(pool.clone()), f))
 }
 
 /// One [3,112,112] image as the plan's [1,3,112,112] input.
