@@ -3,11 +3,10 @@
 //!
 //! burn 0.22's autodiff differentiates `conv2d` with two backend calls, `conv2d_x_backward`
 //! and `conv2d_weight_backward`. On LibTorch each becomes a `convolution_backward` of its own
-//! (vendor/burn-tch): two dispatches per layer where PyTorch makes one, and on the CPU oneDNN
-//! reorders the output gradient for each. On r50 at batch 16 on LibTorch's CPU that cost 2.34 s
-//! of `convolution_backward` per step in 105 calls, against PyTorch's 2.11 s in 53
-//! (docs/PERFORMANCE.md). This operation hands both wanted gradients to one call; on burn's CPU
-//! backend it runs burn's two, so nothing changes there.
+//! (vendor/burn-tch): two dispatches per layer where PyTorch makes one, 105 per r50 step against
+//! 53. This operation hands both wanted gradients to one call, which runs the same kernels; what
+//! it saves is host time per launch on a GPU (on the CPU the difference is within noise:
+//! docs/PERFORMANCE.md). On burn's CPU backend it runs burn's two calls, so nothing changes there.
 // burn-tch (LibTorch) is deprecated upstream; see device.rs.
 #![cfg_attr(feature = "tch", allow(deprecated))]
 

@@ -249,9 +249,8 @@ pub fn conv2d_backward(
 }
 
 /// The input and weight gradients of a 2-D convolution (those wanted) by one call of libtorch's
-/// `convolution_backward`, as PyTorch's autograd takes them: one dispatch, and on the CPU
-/// oneDNN reorders the output gradient once for both. None where the options are outside
-/// what it takes (asymmetric padding) or the kernels are off.
+/// `convolution_backward`, as PyTorch's autograd takes them: one dispatch instead of two. None
+/// where the options are outside what it takes (asymmetric padding) or the kernels are off.
 pub fn conv2d_gradients(
     x: &TchTensor,
     weight: &TchTensor,

@@ -3,7 +3,8 @@
 // burn-on-LibTorch step can be taken apart kernel by kernel exactly as torch.profiler takes a
 // PyTorch step apart. The trace is written in Chrome's trace format, as torch.profiler's
 // export_chrome_trace writes it, with every allocation and free ("[memory]" events, as
-// torch.profiler's profile_memory=True) so that peak memory can be compared the same way. Errors come back as a strdup'ed message, nullptr on success.
+// torch.profiler's profile_memory=True) so that peak memory can be compared the same way.
+// Errors come back as a strdup'ed message, nullptr on success.
 #include <c10/core/CPUAllocator.h>
 #include <torch/csrc/autograd/profiler_kineto.h>
 
