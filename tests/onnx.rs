@@ -252,16 +252,19 @@ fn callers_embedding_at_once_get_what_each_gets_alone() {
     assert!(!onnx::spreads_each_image(threads.max(2)));
     let (one_alone, batch_alone) = (tract.embed(&one).unwrap(), tract.embed(&batch).unwrap());
     std::thread::scope(|scope| {
-        let callers = [(&one, &one_alone), (&one, &one_alone), (&batch, &batch_alone)].map(
-            |(images, alone)| {
-                let tract = &tract;
-                scope.spawn(move || {
-                    for _ in 0..30 {
-                        assert_eq!(&tract.embed(images).unwrap(), alone);
-                    }
-                })
-            },
-        );
+        let callers = [
+            (&one, &one_alone),
+            (&one, &one_alone),
+            (&batch, &batch_alone),
+        ]
+        .map(|(images, alone)| {
+            let tract = &tract;
+            scope.spawn(move || {
+                for _ in 0..30 {
+                    assert_eq!(&tract.embed(images).unwrap(), alone);
+                }
+            })
+        });
         for caller in callers {
             caller.join().unwrap();
         }

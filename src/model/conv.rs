@@ -234,10 +234,16 @@ mod tests {
             let (gx, gx0) = (gx.unwrap(), gx0.unwrap());
             assert!(gx0.clone().abs().max().into_scalar::<f32>() > 0.1);
             assert!(largest_difference(gx, gx0) < 1e-4, "{case}: input gradient");
-            assert!(largest_difference(gw.clone(), gw0) < 1e-3, "{case}: weight gradient");
+            assert!(
+                largest_difference(gw.clone(), gw0) < 1e-3,
+                "{case}: weight gradient"
+            );
             let (_, no_gx, gw_alone) = run(true, false);
             assert!(no_gx.is_none(), "{case}: an input without grad got one");
-            assert!(largest_difference(gw_alone, gw) < 1e-6, "{case}: weight gradient alone");
+            assert!(
+                largest_difference(gw_alone, gw) < 1e-6,
+                "{case}: weight gradient alone"
+            );
         }
     }
 }

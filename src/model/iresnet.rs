@@ -161,11 +161,7 @@ fn conv_at(conv: &Conv2d, x: Tensor<4>, precision: Precision) -> Tensor<4> {
     );
     match precision {
         Precision::Fp32 => conv::conv2d(x, conv.weight.val(), options),
-        Precision::Bf16 => conv::conv2d(
-            bf16(x),
-            conv.weight.val().cast(FloatDType::BF16),
-            options,
-        ),
+        Precision::Bf16 => conv::conv2d(bf16(x), conv.weight.val().cast(FloatDType::BF16), options),
     }
 }
 
