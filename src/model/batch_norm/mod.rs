@@ -48,8 +48,9 @@ pub fn forward<const D: usize>(bn: &BatchNorm, x: Tensor<D>) -> Tensor<D> {
             bn.epsilon,
         ));
     }
-    let running_mean = bn.running_mean.value_sync().to_device(&device);
-    let running_var = bn.running_var.value_sync().to_device(&device);
+    // `store` below writes the statistics at once: no value is pending to sync.
+    let running_mean = bn.running_mean.value().to_device(&device);
+    let running_var = bn.running_var.value().to_device(&device);
     let (output, running_mean, running_var) = <Dispatch as BatchNormOp>::batch_norm_train_op(
         x.into_dispatch(),
         bn.gamma.val().into_dispatch(),
