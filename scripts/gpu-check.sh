@@ -133,7 +133,7 @@ if [ -n "$profile" ] && [ -z "${SKIP_ANCHOR:-}" ] && [ -z "${SKIP_TORCH_PROFILE:
 fi
 if [ -n "$profile" ]; then
     for what in train_fp32:train_fp32 train_bf16:train_bf16 train_bf16_cl:train_bf16_cl infer_fp32:infer_fp32 infer_bf16:infer_bf16_cl; do
-        "$python" scripts/profile_summary.py "ours=$logs/trace_ours_${what%%:*}.json" "pytorch=$logs/trace_torch_${what#*:}.json" \
+        "$python" scripts/profile_summary.py --diff "ours=$logs/trace_ours_${what%%:*}.json" "pytorch=$logs/trace_torch_${what#*:}.json" \
             > "$logs/profile_${what%%:*}.txt" 2>&1
     done
 fi

@@ -3,8 +3,10 @@
 operator that launched it, grouped into kinds (convolution forward and backward, BatchNorm,
 activation, matmul, copies and casts, reductions, other elementwise), per step, side by side.
 
-Usage: python3 profile_summary.py [--steps 3] NAME=TRACE.json [NAME=TRACE.json ...]
+Usage: python3 profile_summary.py [--steps 3] [--diff] NAME=TRACE.json [NAME=TRACE.json ...]
 Without CUDA kernels in a trace (a CPU run), operators' own CPU time is charged instead.
+`--diff` lists the operators each of the first two traces launches more often per step than the
+other: where one queues more kernels (on the CPU, every operator counts, nested ones too).
 
 Peak memory: the largest "Total Allocated" of the trace's memory events on the device that ran
 the kernels (torch.cuda.max_memory_allocated over the recorded steps), and the top-level
@@ -150,10 +152,26 @@ def summarise(path, steps):
     )
 
 
+def print_diff(first, second):
+    """Operators launched more often per step by one trace than by the other: on a GPU each is a
+    kernel the CPU must queue, on the CPU (every operator counted, nested ones too) a proxy."""
+    (a_name, a), (b_name, b) = first, second
+    ops = set(a["by_op"]) | set(b["by_op"])
+    count = lambda r, op: r["by_op"].get(op, (0.0, 0.0))[1]  # noqa: E731
+    rows = sorted(((count(a, op) - count(b, op), op) for op in ops), key=lambda t: (-abs(t[0]), t[1]))
+    rows = [(d, op) for d, op in rows if abs(d) >= 0.5]
+    print(f"\n{a_name} against {b_name}: operators whose count per step differs ({len(rows)})")
+    print(f"  {a_name:>10} {b_name:>10} {'difference':>10}")
+    for d, op in rows:
+        print(f"  {count(a, op):10.0f} {count(b, op):10.0f} {d:+10.0f}  {op}")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--top", type=int, default=12)
+    ap.add_argument("--diff", action="store_true",
+                    help="also list the operators whose count per step differs between the first two traces")
     ap.add_argument("traces", nargs="+", help="NAME=TRACE.json")
     a = ap.parse_args()
     runs = []
@@ -190,6 +208,8 @@ def main():
         for name, r in runs:
             if r["memory"]:
                 print(f"  {name}: peak during {r['memory']['peak_during']}")
+    if a.diff and len(runs) >= 2:
+        print_diff(runs[0], runs[1])
     for name, r in runs:
         print(f"\n{name}: top operators by time (ms per step, launches per step)")
         for op, (ms, n) in sorted(r["by_op"].items(), key=lambda kv: -kv[1][0])[: a.top]:

@@ -82,8 +82,9 @@ pub struct Config {
     pub precision: Precision,
     /// cuDNN picks the fastest convolution algorithms by timing them (LibTorch CUDA only).
     pub cudnn_benchmark: bool,
-    /// The images enter the backbone stored channels-last (NHWC), and the activations stay so
-    /// (LibTorch only; PyTorch's `memory_format=torch.channels_last`; `model::memory_format`).
+    /// The images enter the backbone stored channels-last (NHWC), and the activations stay so,
+    /// in training and in validation (LibTorch only; PyTorch's
+    /// `memory_format=torch.channels_last`; `model::memory_format`).
     pub channels_last: bool,
 }
 

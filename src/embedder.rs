@@ -7,7 +7,7 @@ use anyhow::{Result, bail};
 use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::model::iresnet::INPUT_SIZE;
-use crate::model::{IResNet, Precision};
+use crate::model::{IResNet, Precision, memory_format};
 use crate::onnx::OnnxEmbedder;
 use crate::train::checkpoint::load_backbone;
 
@@ -23,6 +23,10 @@ pub enum Embedder {
         device: Device,
         /// Arithmetic of the convolutions and the FC layer (`bench infer --precision`).
         precision: Precision,
+        /// Each batch stored channels-last (NHWC) before the backbone: the layout cuDNN's bf16
+        /// convolutions run fastest on (LibTorch; `model::memory_format`). The values are the
+        /// same either way.
+        channels_last: bool,
     },
     Onnx(OnnxEmbedder),
 }
@@ -34,11 +38,17 @@ impl Embedder {
             return Ok(Embedder::Onnx(OnnxEmbedder::load(path)?));
         }
         let (model, _) = load_backbone(path, device)?;
-        Ok(Embedder::Burn {
+        Ok(Embedder::burn(model, device))
+    }
+
+    /// `model` on `device` in fp32, batches stored as they come (NCHW).
+    pub fn burn(model: IResNet, device: &Device) -> Embedder {
+        Embedder::Burn {
             model,
             device: device.clone(),
             precision: Precision::Fp32,
-        })
+            channels_last: false,
+        }
     }
 
     pub fn embedding_size(&self) -> usize {
@@ -70,10 +80,15 @@ impl Embedder {
                 model,
                 device,
                 precision,
+                channels_last,
             } => {
                 let n = images.len() / IMAGE_VALUES;
                 let data = TensorData::new(images.to_vec(), [n, 3, INPUT_SIZE, INPUT_SIZE]);
-                let out = model.forward_at(Tensor::<4>::from_data(data, device), *precision);
+                let batch = memory_format::channels_last(
+                    Tensor::<4>::from_data(data, device),
+                    *channels_last,
+                );
+                let out = model.forward_at(batch, *precision);
                 out.into_data()
                     .convert::<f32>()
                     .try_into_vec::<f32>()

@@ -352,12 +352,25 @@ fn bench_infer_resident_adds_a_row_on_the_device() {
     let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let rows = rows.as_array().unwrap();
     let engines: Vec<&str> = rows.iter().map(|r| r["engine"].as_str().unwrap()).collect();
-    assert_eq!(engines, ["burn (cpu)", "burn (cpu resident)"]);
+    assert_eq!(engines, ["burn (cpu)", "burn (cpu, resident)"]);
     let images = rows[1]["images"].as_u64().unwrap();
     assert!(images >= 20 && images.is_multiple_of(10), "{images}");
     assert!(rows[1]["images_per_second"].as_f64().unwrap() > 0.0);
-    // --channels-last belongs to --resident.
-    let out = run(&[&args[..], &["--channels-last"]].concat());
-    assert!(!out.status.success());
-    assert!(stderr(&out).contains("--resident"), "{}", stderr(&out));
+    // --channels-last applies to both rows (burn's CPU backend has one layout: it runs as is).
+    let out = run(&[&args[..], &["--channels-last", "--resident", "--json"]].concat());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let engines: Vec<&str> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["engine"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        engines,
+        [
+            "burn (cpu, channels-last)",
+            "burn (cpu, channels-last, resident)"
+        ]
+    );
 }

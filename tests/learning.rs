@@ -36,11 +36,7 @@ fn a_few_minutes_of_training_beat_the_untrained_network_by_far() {
 
     let set = PairSet::read(&data.path().join("synth_val.bin")).unwrap();
     device.seed(config.seed);
-    let untrained = Embedder::Burn {
-        model: backbone_config(&config).init(&device).valid(),
-        device: device.clone(),
-        precision: arcface::model::Precision::Fp32,
-    };
+    let untrained = Embedder::burn(backbone_config(&config).init(&device).valid(), &device);
     let before = evaluate(&untrained, &set, "synth_val", 64)
         .unwrap()
         .accuracy;

@@ -196,14 +196,7 @@ fn libtorch_channels_last_keeps_the_trunk_nhwc() {
     // oneDNN crashes on some NHWC gradients); with oneDNN, the default, it is the identity.
     let cpu_plain = Tensor::<4>::from_data(images.clone(), &Device::libtorch());
     assert!(!is_nhwc(&channels_last(cpu_plain, true)));
-    burn_tch::fused::set_mkldnn_enabled(false);
-    struct OneDnnBack;
-    impl Drop for OneDnnBack {
-        fn drop(&mut self) {
-            burn_tch::fused::set_mkldnn_enabled(true);
-        }
-    }
-    let _back = OneDnnBack;
+    let _onednn = OneDnnOff::new();
     for (device_name, device, slack) in libtorch_devices() {
         for precision in [Precision::Fp32, Precision::Bf16] {
             let train = device.clone().autodiff();
@@ -351,31 +344,59 @@ fn libtorch_inference_equals_the_cpu_backends() {
         &flex,
     )
     .into_data();
-    let embed = |device: &Device| -> Vec<f32> {
-        let m = arcface::train::checkpoint::load_named(small_model(device).backbone, "", &weights)
-            .unwrap();
-        m.forward(Tensor::from_data(images.clone(), device))
-            .into_data()
-            .convert::<f32>()
-            .to_vec()
-            .unwrap()
+    let images = images.to_vec::<f32>().unwrap();
+    // Through the `Embedder` (eval, infer, validation), with each batch stored NHWC or not.
+    let embed = |device: &Device, channels_last: bool| -> Vec<f32> {
+        let model =
+            arcface::train::checkpoint::load_named(small_model(device).backbone, "", &weights)
+                .unwrap();
+        let embedder = arcface::embedder::Embedder::Burn {
+            model,
+            device: device.clone(),
+            precision: Precision::Fp32,
+            channels_last,
+        };
+        embedder.embed(&images).unwrap()
     };
-    let ours = embed(&flex);
+    let ours = embed(&flex, false);
     for (device_name, device, slack) in libtorch_devices() {
-        let torch = embed(&device);
-        let scale = ours.iter().map(|x| x.abs()).fold(0.0f32, f32::max);
-        let worst = ours
-            .iter()
-            .zip(&torch)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0f32, f32::max);
-        assert!(
-            scale > 0.0 && worst <= slack * 1e-4 * scale,
-            "{device_name}: embeddings differ by {worst} (largest {scale})"
-        );
-        eprintln!(
-            "{device_name}: embeddings within {worst} of the CPU backend's (largest {scale})"
-        );
+        for channels_last in [false, true] {
+            // On the CPU, channels-last needs libtorch's own convolutions (with oneDNN, the
+            // default, it is the identity: src/model/memory_format.rs).
+            let _onednn = channels_last.then(OneDnnOff::new);
+            let torch = embed(&device, channels_last);
+            let scale = ours.iter().map(|x| x.abs()).fold(0.0f32, f32::max);
+            let worst = ours
+                .iter()
+                .zip(&torch)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f32, f32::max);
+            let layout = if channels_last { "NHWC" } else { "NCHW" };
+            assert!(
+                scale > 0.0 && worst <= slack * 1e-4 * scale,
+                "{device_name} {layout}: embeddings differ by {worst} (largest {scale})"
+            );
+            eprintln!(
+                "{device_name} {layout}: embeddings within {worst} of the CPU backend's (largest {scale})"
+            );
+        }
+    }
+}
+
+/// oneDNN off for LibTorch's CPU convolutions while it lives, so that channels-last tensors
+/// reach libtorch's own kernels; back on when dropped, a failed assertion included.
+struct OneDnnOff;
+
+impl OneDnnOff {
+    fn new() -> OneDnnOff {
+        burn_tch::fused::set_mkldnn_enabled(false);
+        OneDnnOff
+    }
+}
+
+impl Drop for OneDnnOff {
+    fn drop(&mut self) {
+        burn_tch::fused::set_mkldnn_enabled(true);
     }
 }
 
@@ -584,4 +605,80 @@ fn profile_memory_counts_tensors_from_before_the_recording() {
     );
     drop(before);
     eprintln!("CPU peak in the trace: {peak_mib:.1} MiB");
+}
+
+/// Where a LibTorch tensor's values lie, and the values.
+fn storage_of(t: Tensor<1>) -> (usize, Vec<f32>) {
+    let tch = t
+        .inner()
+        .try_into_primitive::<burn::backend::LibTorch>()
+        .expect("a LibTorch tensor");
+    let address = tch.tensor.data_ptr() as usize;
+    let values = Vec::<f32>::try_from(tch.tensor.to_device(tch::Device::Cpu)).unwrap();
+    (address, values)
+}
+
+/// Training forwards move a layer's running statistics where they lie, as PyTorch's kernels
+/// do (no copy first), unless a `valid()` copy of the model shares them: that copy keeps the
+/// values it was taken with, and the layer moves to new storage. A feature-map BatchNorm and
+/// the embedding's.
+#[test]
+fn running_statistics_move_in_place_unless_shared() {
+    let _turn = common::serial();
+    for (device_name, device, _) in libtorch_devices() {
+        let train = device.clone().autodiff();
+        let model = small_model(&train).backbone;
+        let images = || {
+            Tensor::<4>::random(
+                [4, 3, 112, 112],
+                burn::tensor::Distribution::Uniform(0.0, 255.0),
+                &train,
+            )
+        };
+        let layers = |m: &arcface::model::IResNet| {
+            [
+                m.bn1.running_mean.value(),
+                m.bn1.running_var.value(),
+                m.features.running_mean.value(),
+                m.features.running_var.value(),
+            ]
+        };
+        let _ = model.forward(images());
+        let before: Vec<_> = layers(&model).into_iter().map(storage_of).collect();
+        let _ = model.forward(images());
+        for (i, (t, (address, values))) in layers(&model).into_iter().zip(&before).enumerate() {
+            let (now, moved) = storage_of(t);
+            assert_eq!(now, *address, "{device_name}: statistic {i} was copied");
+            assert_ne!(&moved, values, "{device_name}: statistic {i} did not move");
+        }
+        let before: Vec<_> = layers(&model).into_iter().map(storage_of).collect();
+        let frozen = model.valid();
+        let _ = model.forward(images());
+        for (i, (t, (address, values))) in layers(&model).into_iter().zip(&before).enumerate() {
+            let (now, moved) = storage_of(t);
+            assert_ne!(
+                now, *address,
+                "{device_name}: statistic {i} moved under a valid() copy"
+            );
+            assert_ne!(&moved, values, "{device_name}: statistic {i} did not move");
+        }
+        for (i, (t, (_, values))) in layers(&frozen).into_iter().zip(&before).enumerate() {
+            let (_, kept) = storage_of(t);
+            assert_eq!(
+                &kept, values,
+                "{device_name}: the valid() copy's statistic {i}"
+            );
+        }
+        drop(frozen);
+        let before: Vec<_> = layers(&model).into_iter().map(storage_of).collect();
+        let _ = model.forward(images());
+        for (i, (t, (address, _))) in layers(&model).into_iter().zip(&before).enumerate() {
+            assert_eq!(
+                storage_of(t).0,
+                *address,
+                "{device_name}: statistic {i} copied again"
+            );
+        }
+        eprintln!("{device_name}: running statistics moved in place, copied under a valid() copy");
+    }
 }

@@ -84,13 +84,9 @@ fn randomized(network: Network, embedding_size: usize, seed: u64) -> IResNet {
 }
 
 fn burn_embed(model: &IResNet, images: &[f32]) -> Vec<f32> {
-    Embedder::Burn {
-        model: model.clone(),
-        device: Device::flex(),
-        precision: arcface::model::Precision::Fp32,
-    }
-    .embed(images)
-    .unwrap()
+    Embedder::burn(model.clone(), &Device::flex())
+        .embed(images)
+        .unwrap()
 }
 
 /// Largest over rows of ‖a − b‖ / ‖b‖.

@@ -345,6 +345,7 @@ fn bf16_embeddings_match_fp32() {
             model: model.clone(),
             device: device.clone(),
             precision,
+            channels_last: false,
         }
         .embed(&images)
         .unwrap()

@@ -95,8 +95,8 @@ pub enum BenchCommand {
         /// (as PyTorch's anchor times itself), next to its host-to-host figure.
         #[arg(long)]
         resident: bool,
-        /// With --resident: the batch stored channels-last (NHWC; LibTorch).
-        #[arg(long, requires = "resident")]
+        /// burn's batches stored channels-last (NHWC; LibTorch), in both rows.
+        #[arg(long)]
         channels_last: bool,
         /// Then record 3 more burn batches with libtorch's profiler into this Chrome trace
         /// (LibTorch builds only).
@@ -224,7 +224,8 @@ pub fn run(what: &BenchCommand, cli_device: &Option<String>) -> Result<()> {
                 tract: !burn_only,
                 onnxruntime: *onnxruntime,
                 burn_precision: *precision,
-                burn_resident: resident.then_some(*channels_last),
+                burn_channels_last: *channels_last,
+                burn_resident: *resident,
                 burn_profile: profile.clone(),
                 tract_ops: *tract_ops,
                 tract_conv: *conv,
@@ -243,8 +244,10 @@ struct Engines {
     tract: bool,
     onnxruntime: bool,
     burn_precision: Precision,
-    /// Also time burn with the batch resident on the device: Some(channels-last).
-    burn_resident: Option<bool>,
+    /// burn's batches stored channels-last.
+    burn_channels_last: bool,
+    /// Also time burn with the batch resident on the device.
+    burn_resident: bool,
     burn_profile: Option<PathBuf>,
     /// Images for a node-by-node profile of tract's plan.
     tract_ops: Option<usize>,
@@ -272,17 +275,21 @@ fn infer(
         (backbone, tmp.clone())
     };
     let precision = engines.burn_precision;
-    let burn_name = match precision {
-        Precision::Fp32 => format!("burn ({})", cli_device.as_deref().unwrap_or("cpu")),
-        _ => format!(
-            "burn ({}, {precision})",
-            cli_device.as_deref().unwrap_or("cpu")
-        ),
-    };
+    let channels_last = engines.burn_channels_last;
+    let burn_name = format!(
+        "burn ({}{}{})",
+        cli_device.as_deref().unwrap_or("cpu"),
+        match precision {
+            Precision::Fp32 => String::new(),
+            _ => format!(", {precision}"),
+        },
+        if channels_last { ", channels-last" } else { "" }
+    );
     let burn = Embedder::Burn {
         model: backbone,
         device,
         precision,
+        channels_last,
     };
     let measured = (|| -> Result<(Vec<InferThroughput>, Vec<OpTime>)> {
         let mut op_times = Vec::new();
@@ -293,11 +300,8 @@ fn infer(
             seconds,
             engines.burn_profile.as_deref(),
         )?];
-        if let (Some(channels_last), Embedder::Burn { model, device, .. }) =
-            (engines.burn_resident, &burn)
-        {
-            let layout = if channels_last { ", channels-last" } else { "" };
-            let name = format!("{} resident{layout})", burn_name.trim_end_matches(')'));
+        if let (true, Embedder::Burn { model, device, .. }) = (engines.burn_resident, &burn) {
+            let name = format!("{}, resident)", burn_name.trim_end_matches(')'));
             results.push(bench::infer_resident(
                 &name,
                 model,

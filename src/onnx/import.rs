@@ -254,12 +254,7 @@ pub fn compare_outputs(proto: pb::ModelProto, model: &IResNet, device: &Device) 
     }
     images.extend(std::iter::repeat_n(128.0, IMAGE_VALUES));
     let file = OnnxEmbedder::from_proto(proto)?.embed(&images)?;
-    let ours = Embedder::Burn {
-        model: model.clone(),
-        device: device.clone(),
-        precision: crate::model::Precision::Fp32,
-    }
-    .embed(&images)?;
+    let ours = Embedder::burn(model.clone(), device).embed(&images)?;
     let e = file.len() / 2;
     if ours.len() != file.len() {
         bail!(

@@ -351,7 +351,13 @@ pub fn train_replicas(
         let mut accuracy = None;
         if epoch_end || state.step.is_multiple_of(config.verbose) || state.step == last_step {
             if !targets.is_empty() {
-                let results = validate(&state.model.backbone, &targets, config.batch_size, device)?;
+                let results = validate(
+                    &state.model.backbone,
+                    &targets,
+                    config.batch_size,
+                    config.channels_last,
+                    device,
+                )?;
                 monitor.validation(state.step, &results);
                 accuracy = validation::mean_accuracy(&results);
                 report.validations.push((state.step, results));

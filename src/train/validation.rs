@@ -9,17 +9,21 @@ use crate::embedder::Embedder;
 use crate::eval::embed::{TargetResult, evaluate};
 use crate::model::IResNet;
 
-/// Runs validation on every target with an inference copy of the backbone.
+/// Runs validation on every target with an inference copy of the backbone, in fp32 as
+/// arcface_torch's `CallBackVerification` (outside autocast), with the training's memory
+/// layout (`channels_last`: the same values, the kernels of the training step).
 pub fn validate(
     backbone: &IResNet,
     targets: &[(String, PairSet)],
     batch: usize,
+    channels_last: bool,
     device: &Device,
 ) -> Result<Vec<TargetResult>> {
     let embedder = Embedder::Burn {
         model: backbone.valid(),
         device: device.clone(),
         precision: crate::model::Precision::Fp32,
+        channels_last,
     };
     targets
         .iter()

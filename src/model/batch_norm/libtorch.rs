@@ -36,19 +36,22 @@ impl BatchNormKernels for LibTorch {
                 epsilon,
             );
         }
-        // The kernels update the statistics in place; the tensors given may share their
-        // storage with what a checkpoint or another replica still reads, so they update
-        // copies: one launch each (tch's `copy` would zero-fill first), against burn's
-        // dozen.
-        let copy = |t: &tch::Tensor| {
-            let mut c = t.empty_like();
-            c.copy_(t);
-            c
+        // The kernels update the statistics in place. A tensor this call alone holds
+        // (`forward` takes them out of the layer) is updated where it lies, as PyTorch's
+        // are; one that is shared (a `valid()` copy of the model still reads it) is copied
+        // first: one launch (tch's `copy` would zero-fill first).
+        let own = |t: TchTensor| {
+            if t.can_mut() {
+                return t;
+            }
+            let mut c = t.tensor.empty_like();
+            c.copy_(&t.tensor);
+            TchTensor::new(c)
         };
-        let (mean, var) = (copy(&running_mean.tensor), copy(&running_var.tensor));
+        let (mean, var) = (own(running_mean), own(running_var));
         let running = RunningStats {
-            mean: &mean,
-            var: &var,
+            mean: &mean.tensor,
+            var: &var.tensor,
             momentum,
         };
         let (output, batch_mean, invstd) =
@@ -58,12 +61,7 @@ impl BatchNormKernels for LibTorch {
             mean: TchTensor::new(batch_mean),
             spread: TchTensor::new(invstd),
         };
-        (
-            TchTensor::new(output),
-            saved,
-            TchTensor::new(mean),
-            TchTensor::new(var),
-        )
+        (TchTensor::new(output), saved, mean, var)
     }
 
     fn batch_norm_backward(

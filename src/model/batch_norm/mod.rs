@@ -48,9 +48,13 @@ pub fn forward<const D: usize>(bn: &BatchNorm, x: Tensor<D>) -> Tensor<D> {
             bn.epsilon,
         ));
     }
-    // `store` below writes the statistics at once: no value is pending to sync.
-    let running_mean = bn.running_mean.value().to_device(&device);
-    let running_var = bn.running_var.value().to_device(&device);
+    // The statistics are taken out of the layer for the operation and the new ones stored
+    // back below (at once: no value is left pending to sync). Taken, the layer's tensors are
+    // held by this call alone, so libtorch's kernels update them in place as PyTorch's do,
+    // instead of copies first (burn-tch's `can_mut` rule: one launch per statistic, 308 per
+    // r100 step); a tensor someone else also holds (a `valid()` copy) is still copied.
+    let running_mean = take(&bn.running_mean).to_device(&device);
+    let running_var = take(&bn.running_var).to_device(&device);
     let (output, running_mean, running_var) = <Dispatch as BatchNormOp>::batch_norm_train_op(
         x.into_dispatch(),
         bn.gamma.val().into_dispatch(),
@@ -65,6 +69,29 @@ pub fn forward<const D: usize>(bn: &BatchNorm, x: Tensor<D>) -> Tensor<D> {
     Tensor::from_dispatch(output)
 }
 
+/// The running statistic `state` holds, moved out of it: `state` keeps an empty tensor until
+/// [`store`] gives it the next value. In between, on the same thread, nothing reads it; should
+/// the operation panic, the step fails, and a failed step ends training before anything saves
+/// the model (src/train/mod.rs, replicas.rs).
+fn take(state: &RunningState<Tensor<1>>) -> Tensor<1> {
+    struct Take(Option<Tensor<1>>);
+    impl ModuleMapper for Take {
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            assert_eq!(D, 1, "a running statistic has one axis");
+            param.map(|value| {
+                let placeholder = Tensor::empty([0; D], &value.device());
+                // The same tensor (D is 1), not a view of it.
+                self.0 = Some(Tensor::from_dispatch(value.into_dispatch()));
+                placeholder
+            })
+        }
+    }
+    let mut taken = Take(None);
+    // RunningState's clones share its value: mapping the clone empties the layer's.
+    let _ = state.clone().map(&mut taken);
+    taken.0.expect("a running statistic is one tensor")
+}
+
 /// Makes `value` the running statistic `state` holds, at once.
 ///
 /// Not `RunningState::update`: that keeps the value pending per thread, and the next read on
@@ -76,8 +103,10 @@ fn store(state: &RunningState<Tensor<1>>, value: Tensor<1>) {
     struct Store(Option<Tensor<1>>);
     impl ModuleMapper for Store {
         fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            assert_eq!(D, 1, "a running statistic has one axis");
             let value = self.0.take().expect("a running statistic is one tensor");
-            param.map(|old| value.detach().reshape(old.shape()))
+            // [`take`] may have left an empty tensor: the value's own shape (D is 1).
+            param.map(|_| Tensor::from_dispatch(value.detach().into_dispatch()))
         }
     }
     // RunningState's clones share its value: mapping the clone writes the layer's.
@@ -103,7 +132,9 @@ pub trait BatchNormOp: Backend {
     }
 
     /// Normalised by the batch's statistics: (output, new running mean, new running
-    /// variance). The running statistics given are not modified.
+    /// variance). The running statistics given are consumed, as burn's operations consume
+    /// their inputs: a backend may write the new ones over them where no other tensor shares
+    /// their storage (LibTorch does), never otherwise.
     fn batch_norm_train_op(
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
