@@ -48,13 +48,13 @@ pub fn forward<const D: usize>(bn: &BatchNorm, x: Tensor<D>) -> Tensor<D> {
             bn.epsilon,
         ));
     }
-    // The statistics are taken out of the layer for the operation and the new ones stored
+    // The statistics are taken out of the layer for the operation and the new ones put
     // back below (at once: no value is left pending to sync). Taken, the layer's tensors are
     // held by this call alone, so libtorch's kernels update them in place as PyTorch's do,
     // instead of copies first (burn-tch's `can_mut` rule: one launch per statistic, 308 per
     // r100 step); a tensor someone else also holds (a `valid()` copy) is still copied.
-    let running_mean = take(&bn.running_mean).to_device(&device);
-    let running_var = take(&bn.running_var).to_device(&device);
+    let take = |state| replace(state, Tensor::empty([0], &device)).to_device(&device);
+    let (running_mean, running_var) = (take(&bn.running_mean), take(&bn.running_var));
     let (output, running_mean, running_var) = <Dispatch as BatchNormOp>::batch_norm_train_op(
         x.into_dispatch(),
         bn.gamma.val().into_dispatch(),
@@ -64,53 +64,47 @@ pub fn forward<const D: usize>(bn: &BatchNorm, x: Tensor<D>) -> Tensor<D> {
         bn.momentum,
         bn.epsilon,
     );
-    store(&bn.running_mean, Tensor::from_dispatch(running_mean));
-    store(&bn.running_var, Tensor::from_dispatch(running_var));
+    replace(&bn.running_mean, Tensor::from_dispatch(running_mean));
+    replace(&bn.running_var, Tensor::from_dispatch(running_var));
     Tensor::from_dispatch(output)
 }
 
-/// The running statistic `state` holds, moved out of it: `state` keeps an empty tensor until
-/// [`store`] gives it the next value. In between, on the same thread, nothing reads it; should
-/// the operation panic, the step fails, and a failed step ends training before anything saves
-/// the model (src/train/mod.rs, replicas.rs).
-fn take(state: &RunningState<Tensor<1>>) -> Tensor<1> {
-    struct Take(Option<Tensor<1>>);
-    impl ModuleMapper for Take {
-        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-            assert_eq!(D, 1, "a running statistic has one axis");
-            param.map(|value| {
-                let placeholder = Tensor::empty([0; D], &value.device());
-                // The same tensor (D is 1), not a view of it.
-                self.0 = Some(Tensor::from_dispatch(value.into_dispatch()));
-                placeholder
-            })
-        }
-    }
-    let mut taken = Take(None);
-    // RunningState's clones share its value: mapping the clone empties the layer's.
-    let _ = state.clone().map(&mut taken);
-    taken.0.expect("a running statistic is one tensor")
-}
-
-/// Makes `value` the running statistic `state` holds, at once.
+/// Makes `value` the running statistic `state` holds, at once, and returns the one it held
+/// (moved out: `state` no longer shares it).
 ///
 /// Not `RunningState::update`: that keeps the value pending per thread, and the next read on
 /// the thread folds it in as the mean of the threads' pending values, dividing by their count
 /// even when it is 1: one more kernel per statistic and step, 308 per r100 step on LibTorch.
 /// Writing through `Module::map` sets the shared value directly. That is right here because
 /// every replica owns its statistics (src/train/replicas.rs) and each has one writer.
-fn store(state: &RunningState<Tensor<1>>, value: Tensor<1>) {
-    struct Store(Option<Tensor<1>>);
-    impl ModuleMapper for Store {
+///
+/// `forward` takes a layer's statistics out with an empty tensor in their place and puts the
+/// new ones in when the operation returns. In between, on the same thread, nothing reads them;
+/// should the operation panic, the step fails, and a failed step ends training before anything
+/// saves the model (src/train/mod.rs, replicas.rs).
+fn replace(state: &RunningState<Tensor<1>>, value: Tensor<1>) -> Tensor<1> {
+    struct Replace {
+        new: Option<Tensor<1>>,
+        old: Option<Tensor<1>>,
+    }
+    impl ModuleMapper for Replace {
         fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            // Converted between Tensor<1> and Tensor<D> as they are (D is 1), not by views.
             assert_eq!(D, 1, "a running statistic has one axis");
-            let value = self.0.take().expect("a running statistic is one tensor");
-            // [`take`] may have left an empty tensor: the value's own shape (D is 1).
-            param.map(|_| Tensor::from_dispatch(value.detach().into_dispatch()))
+            let new = self.new.take().expect("a running statistic is one tensor");
+            param.map(|old| {
+                self.old = Some(Tensor::from_dispatch(old.into_dispatch()));
+                Tensor::from_dispatch(new.detach().into_dispatch())
+            })
         }
     }
+    let mut replace = Replace {
+        new: Some(value),
+        old: None,
+    };
     // RunningState's clones share its value: mapping the clone writes the layer's.
-    let _ = state.clone().map(&mut Store(Some(value)));
+    let _ = state.clone().map(&mut replace);
+    replace.old.expect("a running statistic is one tensor")
 }
 
 /// The operations, on each backend (and under autodiff, training with the backward below).
