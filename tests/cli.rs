@@ -308,13 +308,7 @@ fn bench_infer_shows_where_tracts_time_goes() {
     let [throughputs, ops] = documents.as_slice() else {
         panic!("two JSON documents expected: {documents:?}")
     };
-    let engines: Vec<&str> = throughputs
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["engine"].as_str().unwrap())
-        .collect();
-    assert_eq!(engines, ["burn (cpu)", "tract"]);
+    assert_eq!(engines(throughputs), ["burn (cpu)", "tract"]);
     let ops = ops["tract_ops"].as_array().unwrap();
     let nodes = |op: &str| {
         ops.iter()
@@ -327,6 +321,15 @@ fn bench_infer_shows_where_tracts_time_goes() {
     assert_eq!(nodes("WinogradOutput"), Some(2), "{ops:?}");
     assert_eq!((nodes("Iff"), nodes("GT")), (None, None), "{ops:?}");
     assert!(nodes("OptMatMul").is_some_and(|n| n >= 10), "{ops:?}");
+}
+
+/// The engine of each row of `bench infer --json`'s throughput table.
+fn engines(rows: &serde_json::Value) -> Vec<&str> {
+    rows.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["engine"].as_str().unwrap())
+        .collect()
 }
 
 /// `bench infer --resident` times burn a second way, with the batch kept on the device as
@@ -350,9 +353,8 @@ fn bench_infer_resident_adds_a_row_on_the_device() {
     let out = run(&[&args[..], &["--resident", "--json"]].concat());
     assert!(out.status.success(), "{}", stderr(&out));
     let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(engines(&rows), ["burn (cpu)", "burn (cpu, resident)"]);
     let rows = rows.as_array().unwrap();
-    let engines: Vec<&str> = rows.iter().map(|r| r["engine"].as_str().unwrap()).collect();
-    assert_eq!(engines, ["burn (cpu)", "burn (cpu, resident)"]);
     let images = rows[1]["images"].as_u64().unwrap();
     assert!(images >= 20 && images.is_multiple_of(10), "{images}");
     assert!(rows[1]["images_per_second"].as_f64().unwrap() > 0.0);
@@ -360,14 +362,8 @@ fn bench_infer_resident_adds_a_row_on_the_device() {
     let out = run(&[&args[..], &["--channels-last", "--resident", "--json"]].concat());
     assert!(out.status.success(), "{}", stderr(&out));
     let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let engines: Vec<&str> = rows
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["engine"].as_str().unwrap())
-        .collect();
     assert_eq!(
-        engines,
+        engines(&rows),
         [
             "burn (cpu, channels-last)",
             "burn (cpu, channels-last, resident)"
