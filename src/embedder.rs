@@ -1,18 +1,35 @@
 //! What turns aligned 112×112 faces into embeddings: our burn backbone (a checkpoint) or an
-//! ONNX file run by tract. `eval`, `infer` and `bench` take either through `--model`.
+//! ONNX file run by tract. `eval`, `infer` and `bench` take either through `--model`, and
+//! `--device`, `--precision` and `--channels-last` say how burn computes.
 
 use std::path::Path;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::model::iresnet::INPUT_SIZE;
 use crate::model::{IResNet, Precision, memory_format};
 use crate::onnx::OnnxEmbedder;
+use crate::onnx::import::read_file;
 use crate::train::checkpoint::load_backbone;
 
 /// Values in one [3,112,112] image.
 pub const IMAGE_VALUES: usize = 3 * INPUT_SIZE * INPUT_SIZE;
+
+/// How a burn backbone computes its embeddings: the `--precision` and `--channels-last` of
+/// `eval`, `infer` and `bench infer`. The default is fp32, NCHW.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::Args)]
+pub struct BurnOptions {
+    /// Arithmetic of burn's convolutions and FC layer. tract runs ONNX files in fp32 only, so
+    /// with bf16 an ONNX model is imported into burn.
+    #[arg(long, value_enum, default_value_t = Precision::Fp32)]
+    pub precision: Precision,
+    /// Store each batch channels-last (NHWC) before the backbone: the layout cuDNN's bf16
+    /// convolutions run fastest on (LibTorch). The values are the same either way; burn's CPU
+    /// backend has one layout and ignores it.
+    #[arg(long)]
+    pub channels_last: bool,
+}
 
 // A handful exist per process; the size difference between the variants costs nothing.
 #[allow(clippy::large_enum_variant)]
@@ -21,33 +38,56 @@ pub enum Embedder {
     Burn {
         model: IResNet,
         device: Device,
-        /// Arithmetic of the convolutions and the FC layer (`bench infer --precision`).
-        precision: Precision,
-        /// Each batch stored channels-last (NHWC) before the backbone: the layout cuDNN's bf16
-        /// convolutions run fastest on (LibTorch; `model::memory_format`). The values are the
-        /// same either way.
-        channels_last: bool,
+        options: BurnOptions,
+        /// What the user should know about how the model got here (an ONNX file's import).
+        notes: Vec<String>,
     },
     Onnx(OnnxEmbedder),
 }
 
 impl Embedder {
-    /// `X.onnx` runs with tract; anything else is read as an `arcface train` checkpoint.
-    pub fn load(path: &Path, device: &Device) -> Result<Embedder> {
-        if is_onnx(path) {
+    /// Anything but `X.onnx` is read as an `arcface train` checkpoint. An ONNX file runs with
+    /// tract (the fastest on the CPU: docs/PERFORMANCE.md) where tract can do what is asked,
+    /// fp32 on burn's CPU device; on a LibTorch device or in bf16 its weights are imported into
+    /// our backbone, which then runs on `device` as a checkpoint would.
+    pub fn load(path: &Path, device: &Device, options: BurnOptions) -> Result<Embedder> {
+        if !is_onnx(path) {
+            let (model, _) = load_backbone(path, device)?;
+            return Ok(Embedder::burn_with(model, device, options));
+        }
+        if *device == Device::flex() && options.precision == Precision::Fp32 {
             return Ok(Embedder::Onnx(OnnxEmbedder::load(path)?));
         }
-        let (model, _) = load_backbone(path, device)?;
-        Ok(Embedder::burn(model, device))
+        let (_, repairs, imported) = read_file(path)?;
+        let model = imported
+            .backbone(device)
+            .with_context(|| format!("{}: importing its weights", path.display()))?;
+        let mut notes = repairs;
+        notes.extend(imported.notes);
+        notes.push(format!(
+            "runs as our {} backbone with the file's weights (tract runs ONNX files in fp32 on \
+             the CPU only)",
+            imported.network
+        ));
+        Ok(Embedder::Burn {
+            model,
+            device: device.clone(),
+            options,
+            notes,
+        })
     }
 
     /// `model` on `device` in fp32, batches stored as they come (NCHW).
     pub fn burn(model: IResNet, device: &Device) -> Embedder {
+        Embedder::burn_with(model, device, BurnOptions::default())
+    }
+
+    pub fn burn_with(model: IResNet, device: &Device, options: BurnOptions) -> Embedder {
         Embedder::Burn {
             model,
             device: device.clone(),
-            precision: Precision::Fp32,
-            channels_last: false,
+            options,
+            notes: Vec::new(),
         }
     }
 
@@ -61,7 +101,7 @@ impl Embedder {
     /// Messages about the loaded model a user should see (the zoo repairs).
     pub fn notes(&self) -> &[String] {
         match self {
-            Embedder::Burn { .. } => &[],
+            Embedder::Burn { notes, .. } => notes,
             Embedder::Onnx(onnx) => &onnx.repairs,
         }
     }
@@ -79,16 +119,16 @@ impl Embedder {
             Embedder::Burn {
                 model,
                 device,
-                precision,
-                channels_last,
+                options,
+                ..
             } => {
                 let n = images.len() / IMAGE_VALUES;
                 let data = TensorData::new(images.to_vec(), [n, 3, INPUT_SIZE, INPUT_SIZE]);
                 let batch = memory_format::channels_last(
                     Tensor::<4>::from_data(data, device),
-                    *channels_last,
+                    options.channels_last,
                 );
-                let out = model.forward_at(batch, *precision);
+                let out = model.forward_at(batch, options.precision);
                 out.into_data()
                     .convert::<f32>()
                     .try_into_vec::<f32>()

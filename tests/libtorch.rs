@@ -352,12 +352,11 @@ fn libtorch_inference_equals_the_cpu_backends() {
         let model =
             arcface::train::checkpoint::load_named(small_model(device).backbone, "", &weights)
                 .unwrap();
-        let embedder = arcface::embedder::Embedder::Burn {
-            model,
-            device: device.clone(),
+        let options = arcface::embedder::BurnOptions {
             precision: Precision::Fp32,
             channels_last,
         };
+        let embedder = arcface::embedder::Embedder::burn_with(model, device, options);
         embedder.embed(&images).unwrap()
     };
     let ours = embed(&flex, false);
@@ -377,6 +376,27 @@ fn libtorch_inference_equals_the_cpu_backends() {
                 "{device_name} {layout}: embeddings within {worst} of the CPU backend's (largest {scale})"
             );
         }
+    }
+    // An ONNX file on a LibTorch device (eval, infer): tract runs on the CPU only, so the
+    // file's weights are imported into our backbone, which runs on the device.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("small.onnx");
+    let model =
+        arcface::train::checkpoint::load_named(small_model(&flex).backbone, "", &weights).unwrap();
+    let proto = arcface::onnx::backbone_to_onnx(&model, arcface::onnx::Batch::Dynamic).unwrap();
+    arcface::onnx::export::write(&proto, &file).unwrap();
+    for (device_name, device, slack) in libtorch_devices() {
+        let options = arcface::embedder::BurnOptions::default();
+        let embedder = arcface::embedder::Embedder::load(&file, &device, options).unwrap();
+        assert!(
+            matches!(embedder, arcface::embedder::Embedder::Burn { .. }),
+            "{device_name}: an ONNX file ran with tract"
+        );
+        let worst = worst_difference(&ours, &embedder.embed(&images).unwrap());
+        assert!(
+            worst <= slack * 1e-4 * scale,
+            "{device_name} ONNX: embeddings differ by {worst} (largest {scale})"
+        );
     }
 }
 

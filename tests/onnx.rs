@@ -521,15 +521,14 @@ fn eval_scores_an_onnx_file_as_its_imported_checkpoint() {
     arcface::data::synth::val_pairs(&config)
         .write(Path::new(&p("val.bin")))
         .unwrap();
-    let run = |args: &[&str]| {
+    let run_noting = |args: &[&str]| {
         let out = arcface().args(args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap_or(json!(null))
+        let notes = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{args:?}: {notes}");
+        let json = serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap_or(json!(null));
+        (json, notes)
     };
+    let run = |args: &[&str]| run_noting(args).0;
     run(&[
         "export",
         "--config",
@@ -559,6 +558,33 @@ fn eval_scores_an_onnx_file_as_its_imported_checkpoint() {
     let (a, b) = (&a["targets"][0], &b["targets"][0]);
     assert_eq!(a["pairs"], 60);
     assert_eq!(a["accuracy"], b["accuracy"]);
-    let (xa, xb) = (a["xnorm"].as_f64().unwrap(), b["xnorm"].as_f64().unwrap());
+    let xnorm = |v: &serde_json::Value| v["xnorm"].as_f64().unwrap();
+    let (xa, xb) = (xnorm(a), xnorm(b));
     assert!((xa - xb).abs() <= 1e-4 * xb, "XNorm {xa} vs {xb}");
+
+    // In bf16 tract cannot run the file: its weights run in our backbone, as the checkpoint's
+    // do, so both give the same numbers, and those are bf16's, not fp32's.
+    let bf16 = |model: &str| {
+        let (model, bin) = (p(model), p("val.bin"));
+        let (json, notes) = run_noting(&[
+            "eval",
+            "--model",
+            &model,
+            "--bin",
+            &bin,
+            "--precision",
+            "bf16",
+            "--json",
+        ]);
+        (json["targets"][0].clone(), notes)
+    };
+    let ((onnx, notes), (ckpt, _)) = (bf16("m.onnx"), bf16("m.ckpt"));
+    assert!(notes.contains("runs as our tiny backbone"), "{notes}");
+    assert_eq!(onnx, ckpt);
+    let x16 = xnorm(&onnx);
+    // bf16 keeps 8 bits of mantissa: the norms move, by far less than they are.
+    assert!(
+        x16 != xb && (x16 - xb).abs() <= 0.02 * xb,
+        "XNorm bf16 {x16} vs fp32 {xb}"
+    );
 }

@@ -341,14 +341,13 @@ fn bf16_embeddings_match_fp32() {
             .try_to_vec()
             .unwrap();
     let embed = |precision| {
-        arcface::embedder::Embedder::Burn {
-            model: model.clone(),
-            device: device.clone(),
+        let options = arcface::embedder::BurnOptions {
             precision,
             channels_last: false,
-        }
-        .embed(&images)
-        .unwrap()
+        };
+        arcface::embedder::Embedder::burn_with(model.clone(), &device, options)
+            .embed(&images)
+            .unwrap()
     };
     let (fp32, bf16) = (embed(Precision::Fp32), embed(Precision::Bf16));
     assert_ne!(fp32, bf16);

@@ -145,14 +145,13 @@ const RESIDENT_CHUNK: usize = 5;
 /// there, batches queued back to back and waited for every few: what PyTorch's anchor
 /// (`torch_r100_bench.py`) times, so that the two compare. [`infer`] times a user's path, host
 /// memory to host memory (conversion and copies included). After three warm-up batches, at
-/// least `min_seconds` and two chunks; `channels_last` stores the batch NHWC first, as the
-/// anchor's channels-last variant.
+/// least `min_seconds` and two chunks; `options.channels_last` stores the batch NHWC first, as
+/// the anchor's channels-last variant.
 pub fn infer_resident(
     engine: &str,
     model: &crate::model::IResNet,
     device: &burn::tensor::Device,
-    precision: crate::model::Precision,
-    channels_last: bool,
+    options: crate::embedder::BurnOptions,
     batch: usize,
     min_seconds: f64,
 ) -> Result<InferThroughput> {
@@ -161,7 +160,7 @@ pub fn infer_resident(
     let data = TensorData::new(synthetic_images(batch), [batch, 3, size, size]);
     let images = crate::model::memory_format::channels_last(
         Tensor::<4>::from_data(data, device),
-        channels_last,
+        options.channels_last,
     );
     let wait = || {
         device
@@ -169,14 +168,14 @@ pub fn infer_resident(
             .map_err(|e| anyhow::anyhow!("waiting for device {device:?}: {e:?}"))
     };
     for _ in 0..3 {
-        let _ = model.forward_at(images.clone(), precision);
+        let _ = model.forward_at(images.clone(), options.precision);
     }
     wait()?;
     let start = Instant::now();
     let mut done = 0;
     while done < 2 * RESIDENT_CHUNK * batch || start.elapsed().as_secs_f64() < min_seconds {
         for _ in 0..RESIDENT_CHUNK {
-            let _ = model.forward_at(images.clone(), precision);
+            let _ = model.forward_at(images.clone(), options.precision);
         }
         wait()?;
         done += RESIDENT_CHUNK * batch;

@@ -8,7 +8,7 @@ use clap::Subcommand;
 use arcface::bench::{self, InferThroughput};
 use arcface::config::Config;
 use arcface::device::DeviceSpec;
-use arcface::embedder::{Embedder, is_onnx};
+use arcface::embedder::{BurnOptions, Embedder, is_onnx};
 use arcface::model::Precision;
 use arcface::onnx::op_profile::OpTime;
 use arcface::onnx::{self, Batch, ConvAlgorithm, OnnxEmbedder, spreads_each_image};
@@ -88,16 +88,13 @@ pub enum BenchCommand {
         /// Time burn alone (on --device), not tract: for GPUs, where tract's CPU figure is moot.
         #[arg(long, conflicts_with = "onnxruntime")]
         burn_only: bool,
-        /// Arithmetic of burn's convolutions and FC layer (tract always runs the file's fp32).
-        #[arg(long, value_enum, default_value_t = Precision::Fp32)]
-        precision: Precision,
+        /// How burn computes, in both of its rows (tract always runs the file's fp32).
+        #[command(flatten)]
+        burn: BurnOptions,
         /// Also time burn with the batch already on the device and the embeddings left there
         /// (as PyTorch's anchor times itself), next to its host-to-host figure.
         #[arg(long)]
         resident: bool,
-        /// burn's batches stored channels-last (NHWC; LibTorch), in both rows.
-        #[arg(long)]
-        channels_last: bool,
         /// Then record 3 more burn batches with libtorch's profiler into this Chrome trace
         /// (LibTorch builds only).
         #[arg(long)]
@@ -211,9 +208,8 @@ pub fn run(what: &BenchCommand, cli_device: &Option<String>) -> Result<()> {
             conv,
             tract_ops,
             burn_only,
-            precision,
+            burn,
             resident,
-            channels_last,
             profile,
             json,
         } => {
@@ -223,8 +219,7 @@ pub fn run(what: &BenchCommand, cli_device: &Option<String>) -> Result<()> {
             let engines = Engines {
                 tract: !burn_only,
                 onnxruntime: *onnxruntime,
-                burn_precision: *precision,
-                burn_channels_last: *channels_last,
+                burn: *burn,
                 burn_resident: *resident,
                 burn_profile: profile.clone(),
                 tract_ops: *tract_ops,
@@ -243,9 +238,7 @@ pub fn run(what: &BenchCommand, cli_device: &Option<String>) -> Result<()> {
 struct Engines {
     tract: bool,
     onnxruntime: bool,
-    burn_precision: Precision,
-    /// burn's batches stored channels-last.
-    burn_channels_last: bool,
+    burn: BurnOptions,
     /// Also time burn with the batch resident on the device.
     burn_resident: bool,
     burn_profile: Option<PathBuf>,
@@ -274,23 +267,21 @@ fn infer(
         onnx::export::write(&proto, &tmp)?;
         (backbone, tmp.clone())
     };
-    let precision = engines.burn_precision;
-    let channels_last = engines.burn_channels_last;
+    let options = engines.burn;
     let burn_name = format!(
         "burn ({}{}{})",
         cli_device.as_deref().unwrap_or("cpu"),
-        match precision {
+        match options.precision {
             Precision::Fp32 => String::new(),
-            _ => format!(", {precision}"),
+            precision => format!(", {precision}"),
         },
-        if channels_last { ", channels-last" } else { "" }
+        if options.channels_last {
+            ", channels-last"
+        } else {
+            ""
+        }
     );
-    let burn = Embedder::Burn {
-        model: backbone,
-        device,
-        precision,
-        channels_last,
-    };
+    let burn = Embedder::burn_with(backbone, &device, options);
     let measured = (|| -> Result<(Vec<InferThroughput>, Vec<OpTime>)> {
         let mut op_times = Vec::new();
         let mut results = vec![bench::infer(
@@ -303,13 +294,7 @@ fn infer(
         if let (true, Embedder::Burn { model, device, .. }) = (engines.burn_resident, &burn) {
             let name = format!("{}, resident)", burn_name.trim_end_matches(')'));
             results.push(bench::infer_resident(
-                &name,
-                model,
-                device,
-                precision,
-                channels_last,
-                batch,
-                seconds,
+                &name, model, device, options, batch, seconds,
             )?);
         }
         if engines.tract {

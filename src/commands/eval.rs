@@ -6,15 +6,18 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 
 use arcface::data::bin::PairSet;
-use arcface::embedder::Embedder;
+use arcface::embedder::{BurnOptions, Embedder};
 use arcface::eval::embed::evaluate;
 
 #[derive(clap::Args)]
 pub struct EvalArgs {
     /// A checkpoint (.ckpt) written by `arcface train` or `arcface import`, or an ONNX
-    /// embedder (.onnx; the model zoo's file too).
+    /// embedder (.onnx; the model zoo's file too). tract runs ONNX files in fp32 on the CPU; on
+    /// a LibTorch device or in bf16 their weights run in our backbone.
     #[arg(long)]
     model: PathBuf,
+    #[command(flatten)]
+    burn: BurnOptions,
     /// Evaluate every .bin in this folder.
     #[arg(long, conflicts_with = "bin")]
     data: Option<PathBuf>,
@@ -52,7 +55,7 @@ fn bin_files(args: &EvalArgs) -> Result<Vec<PathBuf>> {
 pub fn run(args: &EvalArgs, cli_device: &Option<String>) -> Result<()> {
     let files = bin_files(args)?;
     let device = super::device_or_cpu(cli_device)?;
-    let embedder = Embedder::load(&args.model, &device)?;
+    let embedder = Embedder::load(&args.model, &device, args.burn)?;
     for note in embedder.notes() {
         eprintln!("{}: {note}", args.model.display());
     }

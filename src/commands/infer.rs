@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use serde_json::json;
 
-use arcface::embedder::Embedder;
+use arcface::embedder::{BurnOptions, Embedder};
 use arcface::infer::{ImageResult, Mtcnn, MtcnnConfig, Pipeline, cosine};
 use arcface::progress;
 
@@ -15,9 +15,12 @@ pub struct InferArgs {
     /// Images (JPEG or PNG), or one folder whose images are all embedded into --out.
     #[arg(required = true)]
     inputs: Vec<PathBuf>,
-    /// A checkpoint (.ckpt) or an ONNX embedder (.onnx).
+    /// A checkpoint (.ckpt) or an ONNX embedder (.onnx). tract runs ONNX files in fp32 on the
+    /// CPU; on a LibTorch device or in bf16 their weights run in our backbone.
     #[arg(long)]
     model: PathBuf,
+    #[command(flatten)]
+    burn: BurnOptions,
     #[arg(long)]
     json: bool,
     /// The inputs are already aligned 112×112 face crops: no detection.
@@ -51,7 +54,7 @@ pub struct InferArgs {
 
 fn pipeline(args: &InferArgs, cli_device: &Option<String>) -> Result<Pipeline> {
     let device = super::device_or_cpu(cli_device)?;
-    let embedder = Embedder::load(&args.model, &device)?;
+    let embedder = Embedder::load(&args.model, &device, args.burn)?;
     for note in embedder.notes() {
         eprintln!("{}: {note}", args.model.display());
     }

@@ -25,7 +25,7 @@ pub enum Network {
     R34,
     R50,
     R100,
-    /// Widths 16/32/64/128, one unit per stage: 0.22 GFLOP, trains on a laptop CPU.
+    /// Widths 8/16/32/64, one unit per stage: trains on a laptop CPU.
     Tiny,
 }
 

@@ -5,7 +5,7 @@ use burn::module::Module;
 use burn::tensor::Device;
 
 use crate::data::bin::PairSet;
-use crate::embedder::Embedder;
+use crate::embedder::{BurnOptions, Embedder};
 use crate::eval::embed::{TargetResult, evaluate};
 use crate::model::IResNet;
 
@@ -19,12 +19,11 @@ pub fn validate(
     channels_last: bool,
     device: &Device,
 ) -> Result<Vec<TargetResult>> {
-    let embedder = Embedder::Burn {
-        model: backbone.valid(),
-        device: device.clone(),
-        precision: crate::model::Precision::Fp32,
+    let options = BurnOptions {
         channels_last,
+        ..BurnOptions::default()
     };
+    let embedder = Embedder::burn_with(backbone.valid(), device, options);
     targets
         .iter()
         .map(|(name, set)| {
