@@ -23,14 +23,17 @@ fn a_few_minutes_of_training_beat_the_untrained_network_by_far() {
         &indicatif::ProgressBar::hidden(),
     )
     .unwrap();
-    // configs/tiny.toml, shortened: one epoch of 3,600 images, lr / 10 for its last fifth.
+    // configs/tiny.toml, shortened: two epochs of 3,600 images at lr 0.1. Measured: 0.61
+    // untrained, 0.8475 after (raw pixels 0.5975), loss 22.7 → 10.0 over the first and last 20
+    // steps. A third epoch with lr / 10 for its last fifth reached 0.95, but took 3 minutes more
+    // of CI, where this test is the longest (the README's main job reaches 0.970).
     let mut config =
         Config::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/tiny.toml")).unwrap();
     config.rec = data.path().to_path_buf();
     config.output = out.path().to_path_buf();
     config.synthetic = None;
-    config.num_epoch = 3;
-    config.lr_steps = vec![270];
+    config.num_epoch = 2;
+    config.lr_steps = vec![];
     config.frequent = 50;
     let device = Device::flex();
 
