@@ -58,10 +58,16 @@ impl Embedder {
         if *device == Device::flex() && options.precision == Precision::Fp32 {
             return Ok(Embedder::Onnx(OnnxEmbedder::load(path)?));
         }
-        let (_, repairs, imported) = read_file(path)?;
-        let model = imported
-            .backbone(device)
-            .with_context(|| format!("{}: importing its weights", path.display()))?;
+        let not_ours = || {
+            format!(
+                "{}: off burn's CPU device or in bf16 an ONNX file runs as our LResNet-E-IR with \
+                 its weights, and this one does not import (`--device cpu` in fp32 runs any ONNX \
+                 embedder with tract)",
+                path.display()
+            )
+        };
+        let (_, repairs, imported) = read_file(path).with_context(not_ours)?;
+        let model = imported.backbone(device).with_context(not_ours)?;
         let mut notes = repairs;
         notes.extend(imported.notes);
         notes.push(format!(

@@ -506,6 +506,20 @@ fn bad_onnx_files_give_errors_that_name_the_file_or_tensor() {
         e.contains("small.onnx") && e.contains("[N,3,112,112]"),
         "{e}"
     );
+    // In bf16 the file goes to the import, which says why it runs no other way.
+    let e = fails(&[
+        "eval".as_ref(),
+        "--model".as_ref(),
+        p("small.onnx").as_os_str(),
+        "--bin".as_ref(),
+        p("none.bin").as_os_str(),
+        "--precision".as_ref(),
+        "bf16".as_ref(),
+    ]);
+    assert!(
+        e.contains("small.onnx") && e.contains("does not import") && e.contains("[N,3,112,112]"),
+        "{e}"
+    );
 }
 
 fn prost_bytes(model: &tract_onnx::pb::ModelProto) -> Vec<u8> {

@@ -256,6 +256,8 @@ fn infer(
     cli_device: &Option<String>,
 ) -> Result<()> {
     let device = super::device_or_cpu(cli_device)?;
+    // One batch shape throughout, as `eval` (cuDNN's timed algorithm choice; CUDA only).
+    arcface::device::set_cudnn_benchmark(true);
     // Both engines get the same weights; onnxruntime gets a file.
     let tmp = tempfile_path(model);
     let (backbone, onnx_file) = if is_onnx(model) {

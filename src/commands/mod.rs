@@ -21,10 +21,35 @@ pub fn devices(cli_device: &Option<String>, config: &Config) -> Result<Vec<Devic
     device::select(text).with_context(|| format!("selecting device `{text}`"))
 }
 
-/// `--device`, else the CPU, for commands without a config.
+/// `--device`, else the CPU, for commands without a config. They run on one device: a list of
+/// GPUs (training's data parallelism) is refused rather than cut to its first.
 pub fn device_or_cpu(cli_device: &Option<String>) -> Result<Device> {
     let text = cli_device.as_deref().unwrap_or("cpu");
-    Ok(device::select(text)
-        .with_context(|| format!("selecting device `{text}`"))?
-        .remove(0))
+    let devices = device::select(text).with_context(|| format!("selecting device `{text}`"))?;
+    only_one(text, devices)
+}
+
+fn only_one(text: &str, mut devices: Vec<Device>) -> Result<Device> {
+    anyhow::ensure!(
+        devices.len() == 1,
+        "device `{text}` lists {} GPUs, but only training runs on several: give one, e.g. cuda:0",
+        devices.len()
+    );
+    Ok(devices.remove(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_without_a_config_refuse_a_list_of_gpus() {
+        let two = vec![Device::flex(), Device::flex()];
+        let err = only_one("cuda:0,1", two).unwrap_err().to_string();
+        assert!(
+            err.contains("`cuda:0,1` lists 2 GPUs") && err.contains("give one, e.g. cuda:0"),
+            "{err}"
+        );
+        assert!(only_one("cpu", vec![Device::flex()]).is_ok());
+    }
 }

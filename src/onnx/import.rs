@@ -17,7 +17,7 @@ use burn::module::Module;
 use burn::tensor::Device;
 
 use super::OnnxEmbedder;
-use super::load::data_input;
+use super::load::embedder_input;
 use super::proto::attribute;
 use super::walk::{UnitShape, Walk};
 use crate::config::Config;
@@ -50,13 +50,14 @@ pub fn read_file(path: &std::path::Path) -> Result<(pb::ModelProto, Vec<String>,
 pub fn import(model: &pb::ModelProto) -> Result<Imported> {
     let graph = model.graph.as_ref().context("no graph")?;
     let mut walk = Walk::new(graph);
-    let (input, _) = data_input(graph)?;
+    let input = embedder_input(graph)?;
+    // The name as the graph holds it: the walk's values borrow from the graph.
     let input: &str = graph
         .input
         .iter()
         .find(|i| i.name == input)
         .map(|i| i.name.as_str())
-        .expect("data_input found it");
+        .expect("embedder_input found it");
     let x = walk.skip_preprocess(input)?;
     let (x, [stem, in_channels, _, stride]) = walk.conv(walk.next(x, &["Conv"])?, "conv1")?;
     if in_channels != 3 || stride != 1 {

@@ -12,6 +12,7 @@ use prost::Message;
 use tract_onnx::pb;
 
 use super::proto::attribute;
+use crate::model::iresnet::INPUT_SIZE;
 
 /// The parsed protobuf of an ONNX file; the error names the file.
 pub fn read_model(path: &Path) -> Result<pb::ModelProto> {
@@ -150,6 +151,29 @@ pub fn repair_zoo_defects(model: &mut pb::ModelProto) -> Result<Vec<String>> {
         }
     }
     Ok(fixes)
+}
+
+/// The name of the graph's image input, checked to be declared [N,3,112,112] where its
+/// dimensions are declared at all: what tract and the import both need of an embedder.
+pub fn embedder_input(graph: &pb::GraphProto) -> Result<String> {
+    let (input, dims) = data_input(graph)?;
+    let expected = [3, INPUT_SIZE as i64, INPUT_SIZE as i64];
+    if dims.len() != 4
+        || dims[1..]
+            .iter()
+            .zip(expected)
+            .any(|(d, e)| d.is_some_and(|d| d != e))
+    {
+        let shown: Vec<String> = dims
+            .iter()
+            .map(|d| d.map_or("?".to_string(), |d| d.to_string()))
+            .collect();
+        bail!(
+            "input `{input}` has shape [{}]; a face embedder takes [N,3,112,112]",
+            shown.join(",")
+        );
+    }
+    Ok(input)
 }
 
 /// The one graph input that is not an initializer, with its declared dims (None for a

@@ -13,7 +13,7 @@ use tract_onnx::pb;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::plan::SimpleState;
 
-use super::load::{data_input, graph, read_model, repair_zoo_defects};
+use super::load::{embedder_input, graph, read_model, repair_zoo_defects};
 use crate::model::iresnet::INPUT_SIZE;
 
 const IMAGE: usize = 3 * INPUT_SIZE * INPUT_SIZE;
@@ -61,23 +61,7 @@ impl OnnxEmbedder {
         convolutions: ConvAlgorithm,
     ) -> Result<OnnxEmbedder> {
         let repairs = repair_zoo_defects(&mut model)?;
-        let (input, dims) = data_input(graph(&model))?;
-        let expected = [3, INPUT_SIZE as i64, INPUT_SIZE as i64];
-        if dims.len() != 4
-            || dims[1..]
-                .iter()
-                .zip(expected)
-                .any(|(d, e)| d.is_some_and(|d| d != e))
-        {
-            let shown: Vec<String> = dims
-                .iter()
-                .map(|d| d.map_or("?".to_string(), |d| d.to_string()))
-                .collect();
-            bail!(
-                "input `{input}` has shape [{}]; a face embedder takes [N,3,112,112]",
-                shown.join(",")
-            );
-        }
+        embedder_input(graph(&model))?;
         if graph(&model).output.len() != 1 {
             bail!(
                 "the graph has {} outputs; an embedder has one",
