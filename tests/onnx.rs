@@ -495,27 +495,24 @@ fn bad_onnx_files_give_errors_that_name_the_file_or_tensor() {
         dims[2].value = Some(tract_onnx::pb::tensor_shape_proto::dimension::Value::DimValue(12));
     }
     std::fs::write(p("small.onnx"), prost_bytes(&small)).unwrap();
-    let e = fails(&[
-        "eval".as_ref(),
-        "--model".as_ref(),
-        p("small.onnx").as_os_str(),
-        "--bin".as_ref(),
-        p("none.bin").as_os_str(),
-    ]);
+    let eval_small = |precision: &str| {
+        fails(&[
+            "eval".as_ref(),
+            "--model".as_ref(),
+            p("small.onnx").as_os_str(),
+            "--bin".as_ref(),
+            p("none.bin").as_os_str(),
+            "--precision".as_ref(),
+            precision.as_ref(),
+        ])
+    };
+    let e = eval_small("fp32");
     assert!(
         e.contains("small.onnx") && e.contains("[N,3,112,112]"),
         "{e}"
     );
     // In bf16 the file goes to the import, which says why it runs no other way.
-    let e = fails(&[
-        "eval".as_ref(),
-        "--model".as_ref(),
-        p("small.onnx").as_os_str(),
-        "--bin".as_ref(),
-        p("none.bin").as_os_str(),
-        "--precision".as_ref(),
-        "bf16".as_ref(),
-    ]);
+    let e = eval_small("bf16");
     assert!(
         e.contains("small.onnx") && e.contains("does not import") && e.contains("[N,3,112,112]"),
         "{e}"
