@@ -88,7 +88,8 @@ pub enum BenchCommand {
         /// Time burn alone (on --device), not tract: for GPUs, where tract's CPU figure is moot.
         #[arg(long, conflicts_with = "onnxruntime")]
         burn_only: bool,
-        /// How burn computes, in both of its rows (tract always runs the file's fp32).
+        // How burn computes (--precision, --channels-last), in both of its rows; tract always
+        // runs the file's fp32.
         #[command(flatten)]
         burn: BurnOptions,
         /// Also time burn with the batch already on the device and the embeddings left there
