@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 
 use arcface::data::bin::PairSet;
-use arcface::embedder::{BurnOptions, Embedder};
+use arcface::embedder::BurnOptions;
 use arcface::eval::embed::evaluate;
 
 #[derive(clap::Args)]
@@ -54,14 +54,10 @@ fn bin_files(args: &EvalArgs) -> Result<Vec<PathBuf>> {
 
 pub fn run(args: &EvalArgs, cli_device: &Option<String>) -> Result<()> {
     let files = bin_files(args)?;
-    let device = super::device_or_cpu(cli_device)?;
     // Every batch but the last has the same shape: cuDNN's timed choice of convolution
     // algorithms pays, as in training (on CUDA; nothing elsewhere).
     arcface::device::set_cudnn_benchmark(true);
-    let embedder = Embedder::load(&args.model, &device, args.burn)?;
-    for note in embedder.notes() {
-        eprintln!("{}: {note}", args.model.display());
-    }
+    let embedder = super::embedder(&args.model, args.burn, cli_device)?;
     let mut results = Vec::new();
     for file in &files {
         let name = file

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use serde_json::json;
 
-use arcface::embedder::{BurnOptions, Embedder};
+use arcface::embedder::BurnOptions;
 use arcface::infer::{ImageResult, Mtcnn, MtcnnConfig, Pipeline, cosine};
 use arcface::progress;
 
@@ -53,11 +53,7 @@ pub struct InferArgs {
 }
 
 fn pipeline(args: &InferArgs, cli_device: &Option<String>) -> Result<Pipeline> {
-    let device = super::device_or_cpu(cli_device)?;
-    let embedder = Embedder::load(&args.model, &device, args.burn)?;
-    for note in embedder.notes() {
-        eprintln!("{}: {note}", args.model.display());
-    }
+    let embedder = super::embedder(&args.model, args.burn, cli_device)?;
     let detector = if args.no_detect {
         None
     } else {

@@ -9,11 +9,14 @@ pub mod infer;
 pub mod summary;
 pub mod train;
 
+use std::path::Path;
+
 use anyhow::{Context, Result};
 use burn::tensor::Device;
 
 use arcface::config::Config;
 use arcface::device;
+use arcface::embedder::{BurnOptions, Embedder};
 
 /// The config's device unless `--device` overrides it.
 pub fn devices(cli_device: &Option<String>, config: &Config) -> Result<Vec<Device>> {
@@ -27,6 +30,21 @@ pub fn device_or_cpu(cli_device: &Option<String>) -> Result<Device> {
     let text = cli_device.as_deref().unwrap_or("cpu");
     let devices = device::select(text).with_context(|| format!("selecting device `{text}`"))?;
     only_one(text, devices)
+}
+
+/// The embedder of `--model` on `--device` (else the CPU), its notes (an ONNX file's repairs or
+/// import) printed: what `eval` and `infer` start from.
+pub fn embedder(
+    model: &Path,
+    options: BurnOptions,
+    cli_device: &Option<String>,
+) -> Result<Embedder> {
+    let device = device_or_cpu(cli_device)?;
+    let embedder = Embedder::load(model, &device, options)?;
+    for note in embedder.notes() {
+        eprintln!("{}: {note}", model.display());
+    }
+    Ok(embedder)
 }
 
 fn only_one(text: &str, mut devices: Vec<Device>) -> Result<Device> {
