@@ -6,7 +6,7 @@ Usage: python3 torch_profile.py ANCHOR.py OUT_DIR [--batch 128] [--classes 85742
                                  [--units 3,13,30,3] [--only train_fp32,infer_fp32,...] [--time N]
 Writes OUT_DIR/trace_torch_train_fp32.json, ..._train_bf16.json, ..._train_bf16_cl.json,
 trace_torch_infer_fp32.json, ..._infer_bf16_cl.json (3 steps or batches each, after 5 warm-ups;
-`--only` picks some), with every allocation and free (profile_memory), so that
+`--only` picks some, or infer_bf16: autocast without channels-last, for LibTorch's CPU), with every allocation and free (profile_memory), so that
 profile_summary.py can set the peak beside ours; `--time N` times N steps instead, unprofiled,
 and prints one JSON line per run. On the CPU (`--device cpu`, with `--units`
 for a smaller network of the anchor's kind, e.g. 3,4,14,3 for r50) that peak counts every live
@@ -123,7 +123,8 @@ def main():
     ap.add_argument("--time", type=int, default=0, help="time this many steps (or batches) "
                     "after the warm-up instead of profiling; prints one JSON line per run")
     ap.add_argument("--only", default="", help="comma-separated: train_fp32, train_bf16, "
-                    "train_bf16_cl, infer_fp32, infer_bf16_cl (all by default)")
+                    "train_bf16_cl, infer_fp32, infer_bf16, infer_bf16_cl (all but infer_bf16 by default: "
+                    "the anchor's runs)")
     a = ap.parse_args()
     global DEVICE, UNITS, TIME
     DEVICE = a.device
@@ -137,6 +138,7 @@ def main():
         "train_bf16": lambda: train(anchor, a.out, a.batch, a.classes, True, False, "bf16"),
         "train_bf16_cl": lambda: train(anchor, a.out, a.batch, a.classes, True, True, "bf16_cl"),
         "infer_fp32": lambda: infer(anchor, a.out, 2 * a.batch, False, False, "fp32"),
+        "infer_bf16": lambda: infer(anchor, a.out, 2 * a.batch, True, False, "bf16"),
         "infer_bf16_cl": lambda: infer(anchor, a.out, 2 * a.batch, True, True, "bf16_cl"),
     }
     only = [o for o in a.only.split(",") if o]
@@ -144,7 +146,7 @@ def main():
     if unknown:
         ap.error(f"--only: unknown {unknown}; choose from {list(runs)}")
     for name, run in runs.items():
-        if not only or name in only:
+        if name in only or (not only and name != "infer_bf16"):
             run()
 
 

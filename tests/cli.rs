@@ -174,13 +174,46 @@ fn device_override_is_checked() {
 #[test]
 fn cuda_without_tch_explains_the_fix() {
     // configs/r100.toml asks for "cuda": without the tch feature that is a clear error.
-    let out = run(&["summary", "--config", "configs/r100.toml"]);
+    let out = run(&[
+        "bench",
+        "train",
+        "--config",
+        "configs/r100.toml",
+        "--steps",
+        "1",
+    ]);
     assert!(!out.status.success());
     let err = stderr(&out);
     assert!(
         err.contains("--features tch") && err.contains("--device cpu"),
         "{err}"
     );
+}
+
+/// Describing or exporting a config needs no GPU, whatever its `device` says: both run on the
+/// CPU unless `--device` is given, so a seed gives the same weights on every machine.
+#[test]
+fn summary_and_export_run_on_the_cpu_whatever_the_config_device() {
+    let out = run(&["summary", "--config", "configs/r100.toml", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["params"], 65_156_160);
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gpu.toml");
+    std::fs::write(&config, "network = \"tiny\"\ndevice = \"cuda:1\"\n").unwrap();
+    let export = |seed: &str, extra: &[&str], name: &str| {
+        let file = dir.path().join(name);
+        let mut args = vec!["export", "--config", config.to_str().unwrap()];
+        args.extend(["--seed", seed, "--onnx", file.to_str().unwrap()]);
+        args.extend(extra);
+        let out = run(&args);
+        assert!(out.status.success(), "{name}: {}", stderr(&out));
+        std::fs::read(file).unwrap()
+    };
+    let default = export("5", &[], "default.onnx");
+    assert_eq!(default, export("5", &["--device", "cpu"], "cpu.onnx"));
+    assert_ne!(default, export("6", &[], "other-seed.onnx"));
 }
 
 #[test]

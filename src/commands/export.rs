@@ -18,7 +18,8 @@ pub struct ExportArgs {
     /// A checkpoint (.ckpt) written by `arcface train` or `arcface import`.
     #[arg(long, required_unless_present = "config", conflicts_with = "config")]
     model: Option<PathBuf>,
-    /// Export freshly initialised weights of this config's backbone (smoke tests).
+    /// Export freshly initialised weights of this config's backbone (smoke tests, benchmarks),
+    /// initialised on the CPU (or `--device`): a seed gives the same file on every machine.
     #[arg(long)]
     config: Option<PathBuf>,
     /// Initialisation seed with --config (the config's `seed` otherwise).
@@ -57,7 +58,9 @@ pub fn export(args: &ExportArgs, cli_device: &Option<String>) -> Result<()> {
         }
         (None, Some(path)) => {
             let config = Config::load(path)?;
-            let device = super::devices(cli_device, &config)?.remove(0);
+            // Not the config's `device`: where the weights are drawn changes them (each
+            // backend has its own generator), and exporting needs no GPU.
+            let device = super::device_or_cpu(cli_device)?;
             let seed = args.seed.unwrap_or(config.seed);
             device.seed(seed);
             let model = backbone_config(&config).init(&device).valid();

@@ -29,7 +29,8 @@ fn margin_name([m1, m2, m3]: [f64; 3]) -> &'static str {
 
 pub fn run(args: &SummaryArgs, cli_device: &Option<String>) -> Result<()> {
     let config = Config::load(&args.config)?;
-    let device = super::devices(cli_device, &config)?.remove(0);
+    // Not the config's `device`: describing r100 should not need the GPU it will train on.
+    let device = super::device_or_cpu(cli_device)?;
     // Built lazily on an autodiff device: shapes and counts need no weights, and the
     // autodiff device is what knows which parameters are trainable.
     let model = backbone_config(&config).init(&device.autodiff());
