@@ -160,6 +160,80 @@ fn nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint() {
     arcface::train::checkpoint::Checkpoint::load(&last).unwrap();
 }
 
+/// A disk that fills up while a checkpoint is written: the write fails with the OS's error,
+/// training stops naming the file, the half-written file is gone, and the run resumes from the
+/// checkpoint before. `/dev/full` (every write fails with ENOSPC) stands in for the full disk:
+/// the checkpoint's temporary file is a link to it, and so is `training.log`, whose failed
+/// writes are said once and do not stop training (it reaches step 6, and the resumed run ends).
+#[cfg(target_os = "linux")]
+#[test]
+fn a_full_disk_stops_training_and_keeps_the_last_checkpoint() {
+    let _turn = common::serial();
+    let (data, out) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let config = small_config(data.path(), out.path(), "");
+    let options = |resume, steps| TrainOptions {
+        resume,
+        max_steps: Some(steps),
+        init: None,
+    };
+    // save_every = 3: step 3 is written, step 6 meets the full disk.
+    let step3 = arcface::train::checkpoint::step_path(out.path(), 3);
+    let step6 = arcface::train::checkpoint::step_path(out.path(), 6);
+    let tmp6 = step6.with_extension("ckpt.tmp");
+    std::os::unix::fs::symlink("/dev/full", &tmp6).unwrap();
+    std::os::unix::fs::symlink("/dev/full", out.path().join("training.log")).unwrap();
+    let err = train(&config, &Device::flex(), &options(None, 6))
+        .expect_err("a checkpoint that cannot be written must stop training");
+    let err = format!("{err:#}");
+    println!("{err}");
+    assert!(
+        err.contains(&step6.display().to_string())
+            && err.contains("previous checkpoints are intact")
+            && err.matches("No space left on device").count() == 1,
+        "{err}"
+    );
+    assert!(!step6.exists(), "no step-6 checkpoint may be left");
+    assert!(
+        std::fs::symlink_metadata(&tmp6).is_err(),
+        "the temporary file is removed"
+    );
+    arcface::train::checkpoint::Checkpoint::load(&step3).unwrap();
+    // With space again, the run resumes from step 3 and writes step 6.
+    let report = train(&config, &Device::flex(), &options(Some(Resume::Latest), 3)).unwrap();
+    assert_eq!(report.last_checkpoint.as_deref(), Some(step6.as_path()));
+    let resumed = arcface::train::checkpoint::Checkpoint::load(&step6).unwrap();
+    assert_eq!(resumed.meta.step, 6);
+}
+
+/// A config with `[synthetic]` generates its data on first use, beside `rec` and renamed when
+/// whole: what an interrupted generation left (`<rec>.partial`) is replaced, not trained on.
+#[test]
+fn synthetic_data_is_generated_whole_on_first_use() {
+    let _turn = common::serial();
+    let (root, out) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let rec = root.path().join("synthetic");
+    let partial = root.path().join("synthetic.partial");
+    std::fs::create_dir(&partial).unwrap();
+    std::fs::write(partial.join("train.rec"), b"cut short").unwrap();
+    let text = format!(
+        "network = \"tiny\"\nembedding_size = 32\nbatch_size = 8\nrec = {rec:?}\n\
+         val_targets = [\"synth_val\"]\noutput = {:?}\nnum_workers = 1\n\
+         [synthetic]\nidentities = 6\nimages_per_identity = 4\nval_pairs = 20\nseed = 3\n",
+        out.path()
+    );
+    let config = Config::parse(&text, Path::new("test.toml")).unwrap();
+    let options = TrainOptions {
+        resume: None,
+        max_steps: Some(1),
+        init: None,
+    };
+    train(&config, &Device::flex(), &options).unwrap();
+    assert!(!partial.exists());
+    let dataset = arcface::data::dataset::RecDataset::open(&rec).unwrap();
+    assert_eq!((dataset.len(), dataset.num_classes()), (24, 6));
+    assert!(rec.join("synth_val.bin").exists());
+}
+
 #[test]
 fn tensorboard_files_read_back_with_tensorboard() {
     let _turn = common::serial();

@@ -14,10 +14,12 @@ use super::pickle::{self, Value};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BinError {
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        // Not named `source`: thiserror would then make it the error's cause too, and a
+        // chain printed with `{:#}` would say it twice.
+        error: std::io::Error,
     },
     #[error("{path}: not a readable pickle: {message}")]
     Pickle { path: PathBuf, message: String },
@@ -43,9 +45,9 @@ impl PairSet {
 
     /// Reads a .bin of any of the three styles.
     pub fn read(path: &Path) -> Result<PairSet, BinError> {
-        let bytes = std::fs::read(path).map_err(|source| BinError::Io {
+        let bytes = std::fs::read(path).map_err(|error| BinError::Io {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         Self::from_pickle(&bytes, path)
     }
@@ -118,9 +120,9 @@ impl PairSet {
 
     /// Writes the MS1M style (Python 2 protocol 2, BINSTRING, a list of bools), atomically.
     pub fn write(&self, path: &Path) -> Result<(), BinError> {
-        let io = |source| BinError::Io {
+        let io = |error| BinError::Io {
             path: path.to_path_buf(),
-            source,
+            error,
         };
         let tmp = path.with_extension("bin.tmp");
         let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(io)?);

@@ -105,9 +105,11 @@ pub fn pack_folder(
         height: FACE_SIZE as usize,
         width: FACE_SIZE as usize,
     };
-    std::fs::write(out.join("property"), property.to_text())?;
-    std::fs::rename(&rec, out.join("train.rec"))?;
-    std::fs::rename(&idx, out.join("train.idx"))?;
+    property.write(out)?;
+    for (from, to) in [(&rec, out.join("train.rec")), (&idx, out.join("train.idx"))] {
+        std::fs::rename(from, &to)
+            .with_context(|| format!("renaming {} to {}", from.display(), to.display()))?;
+    }
     Ok((files.len(), identities.len()))
 }
 

@@ -48,6 +48,13 @@ impl Property {
     pub fn to_text(&self) -> String {
         format!("{},{},{}", self.num_classes, self.height, self.width)
     }
+
+    /// Writes `<dir>/property`; an error names the file.
+    pub fn write(&self, dir: &Path) -> anyhow::Result<()> {
+        let path = dir.join("property");
+        std::fs::write(&path, self.to_text())
+            .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))
+    }
 }
 
 #[cfg(test)]

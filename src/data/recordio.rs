@@ -19,10 +19,12 @@ const MAX_LEN: usize = (1 << 29) - 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecordIoError {
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        // Not named `source`: thiserror would then make it the error's cause too, and a
+        // chain printed with `{:#}` would say it twice.
+        error: std::io::Error,
     },
     #[error("{path}: offset {offset}: {message}")]
     Corrupt {
@@ -44,9 +46,9 @@ pub enum RecordIoError {
 
 impl RecordIoError {
     pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Self + '_ {
-        move |source| RecordIoError::Io {
+        move |error| RecordIoError::Io {
             path: path.to_path_buf(),
-            source,
+            error,
         }
     }
 }

@@ -397,7 +397,7 @@ pub fn generate(
         height: FACE_SIZE as usize,
         width: FACE_SIZE as usize,
     };
-    std::fs::write(out.join("property"), property.to_text())?;
+    property.write(out)?;
     let pairs = val_pairs(config);
     progress.inc(config.val_pairs as u64);
     pairs.write(&out.join("synth_val.bin"))?;

@@ -48,10 +48,12 @@ pub struct Checkpoint {
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        // Not named `source`: thiserror would then make it the error's cause too, and a
+        // chain printed with `{:#}` would say it twice.
+        error: std::io::Error,
     },
     #[error("{path}: {message}")]
     Damaged { path: PathBuf, message: String },
@@ -60,9 +62,9 @@ pub enum CheckpointError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
-    move |source| CheckpointError::Io {
+    move |error| CheckpointError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     }
 }
 

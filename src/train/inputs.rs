@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 
 use crate::config::Config;
 use crate::data::bin::PairSet;
@@ -25,9 +25,23 @@ pub fn open_dataset(config: &Config) -> Result<(Arc<RecDataset>, usize)> {
                     spec.val_pairs,
                     spec.seed,
                 );
+                // Made beside it and renamed when whole, so that an interrupted or failed
+                // generation (Ctrl-C, a full disk) never leaves a half-made `rec` that the
+                // next run would take for the data; its leftover is replaced.
+                let mut partial = config.rec.clone().into_os_string();
+                partial.push(".partial");
+                let partial = std::path::PathBuf::from(partial);
+                if partial.exists() {
+                    std::fs::remove_dir_all(&partial).with_context(|| {
+                        format!("removing an unfinished generation {}", partial.display())
+                    })?;
+                }
                 let bar = crate::progress::bar(0, "synth");
-                generate(&config.rec, &synth, &bar)?;
+                generate(&partial, &synth, &bar)?;
                 bar.finish_and_clear();
+                std::fs::rename(&partial, &config.rec).with_context(|| {
+                    format!("renaming {} to {}", partial.display(), config.rec.display())
+                })?;
             }
             None => bail!(
                 "data folder {} does not exist (set `rec` in the config)",

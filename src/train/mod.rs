@@ -10,6 +10,7 @@ pub mod schedule;
 pub mod sgd;
 #[cfg(feature = "tch")]
 mod sgd_fused;
+mod tensorboard;
 mod validation;
 
 pub use validation::validate;
@@ -345,6 +346,8 @@ pub fn train_replicas(
                 "step {}/{total_steps} epoch {epoch} loss {loss_value:.4} lr {lr:.5} grad_norm {grad_norm:.3} {img_per_s:.1} img/s",
                 state.step
             ));
+            // TensorBoard shows the curve as it grows.
+            monitor.flush();
             window = (Instant::now(), 0);
         }
         let epoch_end = state.cursor.batch == per_epoch;

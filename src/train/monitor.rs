@@ -1,54 +1,84 @@
 //! What a person watches during training: a progress bar (step, epoch, loss, img/s, ETA), log
 //! lines every `frequent` steps to the terminal and to `<output>/training.log`, and TensorBoard
 //! scalars in `<output>/tensorboard`.
+//!
+//! A write to the log or to TensorBoard that fails (a full disk) is said once on the terminal and
+//! that file is no longer written; training goes on, as PyTorch's SummaryWriter lets it. What
+//! must not be lost, the checkpoints, stop training when they cannot be written
+//! (`checkpoint.rs`).
 
 use std::fs::File;
 use std::io::Write;
 use std::path::Path;
 
 use indicatif::ProgressBar;
-use tensorboard_rs::summary_writer::SummaryWriter;
 
+use super::tensorboard::EventFile;
 use crate::eval::embed::TargetResult;
 
 pub struct Monitor {
     pub bar: ProgressBar,
-    log: File,
-    tensorboard: SummaryWriter,
+    /// None once a write failed.
+    log: Option<(File, std::path::PathBuf)>,
+    /// None once a write failed.
+    tensorboard: Option<EventFile>,
 }
 
 impl Monitor {
     pub fn new(output: &Path, total_steps: usize, start_step: usize) -> anyhow::Result<Monitor> {
         let tb_dir = output.join("tensorboard");
         std::fs::create_dir_all(&tb_dir)?;
+        let log_path = output.join("training.log");
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(output.join("training.log"))
-            .map_err(|e| anyhow::anyhow!("{}: {e}", output.join("training.log").display()))?;
+            .open(&log_path)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", log_path.display()))?;
         let bar = crate::progress::bar(total_steps as u64, "train");
         bar.set_position(start_step as u64);
         bar.reset_eta();
         Ok(Monitor {
             bar,
-            log,
-            tensorboard: SummaryWriter::new(tb_dir),
+            log: Some((log, log_path)),
+            tensorboard: Some(EventFile::create(&tb_dir)?),
         })
     }
 
     /// A line for the terminal (above the bar) and the log file.
     pub fn line(&mut self, text: &str) {
+        self.say(text);
+        if let Some((log, path)) = &mut self.log
+            && let Err(e) = writeln!(log, "{text}")
+        {
+            let warning = format!("{}: {e}; the log is no longer written", path.display());
+            self.log = None;
+            self.say(&warning);
+        }
+    }
+
+    /// A line for the terminal only.
+    fn say(&self, text: &str) {
         // indicatif drops println on a hidden bar (stderr not a terminal): logs still want it.
         if self.bar.is_hidden() {
             println!("{text}");
         } else {
             self.bar.println(text);
         }
-        let _ = writeln!(self.log, "{text}");
     }
 
     pub fn scalar(&mut self, tag: &str, value: f64, step: usize) {
-        self.tensorboard.add_scalar(tag, value as f32, step);
+        if let Some(events) = &mut self.tensorboard {
+            let result = events.scalar(tag, value as f32, step);
+            self.tensorboard_result(result);
+        }
+    }
+
+    /// Stops writing TensorBoard after its first failed write, saying so on the log.
+    fn tensorboard_result(&mut self, result: anyhow::Result<()>) {
+        if let Err(e) = result {
+            self.tensorboard = None;
+            self.line(&format!("{e:#}; TensorBoard scalars are no longer written"));
+        }
     }
 
     pub fn step(&mut self, step: usize, epoch: usize, loss: f64, img_per_s: f64) {
@@ -73,7 +103,33 @@ impl Monitor {
     }
 
     pub fn flush(&mut self) {
-        self.tensorboard.flush();
-        let _ = self.log.flush();
+        if let Some(events) = &mut self.tensorboard {
+            let result = events.flush();
+            self.tensorboard_result(result);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A log on a full disk (`/dev/full`): the first failed line is said and the log dropped;
+    /// nothing panics, and later lines still reach the terminal.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_log_that_cannot_be_written_is_dropped() {
+        let full = Path::new("/dev/full");
+        let file = std::fs::OpenOptions::new().append(true).open(full).unwrap();
+        let mut monitor = Monitor {
+            bar: ProgressBar::hidden(),
+            log: Some((file, full.to_path_buf())),
+            tensorboard: None,
+        };
+        monitor.line("step 1");
+        assert!(monitor.log.is_none());
+        monitor.line("step 2");
+        monitor.scalar("train/loss", 1.0, 2);
+        monitor.flush();
     }
 }
