@@ -216,6 +216,34 @@ fn summary_and_export_run_on_the_cpu_whatever_the_config_device() {
     assert_ne!(default, export("6", &[], "other-seed.onnx"));
 }
 
+/// A full disk (`/dev/full` behind the temporary file) while exporting: a non-zero exit, the
+/// file and the OS's error named once, and neither the file nor its temporary left behind.
+#[cfg(target_os = "linux")]
+#[test]
+fn export_to_a_full_disk_fails_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    for (flag, name) in [("--onnx", "m.onnx"), ("--safetensors", "m.safetensors")] {
+        let file = dir.path().join(name);
+        let tmp = dir.path().join(format!("{name}.tmp"));
+        std::os::unix::fs::symlink("/dev/full", &tmp).unwrap();
+        let out = run(&[
+            "export",
+            "--config",
+            "configs/tiny.toml",
+            flag,
+            file.to_str().unwrap(),
+        ]);
+        let err = stderr(&out);
+        assert!(!out.status.success(), "{flag}: {err}");
+        assert!(
+            err.contains(name) && err.matches("No space left on device").count() == 1,
+            "{flag}: {err}"
+        );
+        assert!(!file.exists(), "{flag}");
+        assert!(std::fs::symlink_metadata(&tmp).is_err(), "{flag}: {err}");
+    }
+}
+
 #[test]
 fn head_is_sized_from_the_property_file() {
     let dir = tempfile::tempdir().unwrap();

@@ -70,10 +70,18 @@ pub fn write(backbone: &BTreeMap<String, TensorData>, path: &Path) -> Result<()>
         })
         .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()?;
     let tmp = path.with_extension("safetensors.tmp");
-    safetensors::serialize_to_file(views, None, &tmp)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
+    // The message alone: safetensors' error also gives its I/O error as its cause, which a
+    // chain printed with `{:#}` would repeat.
+    let result = safetensors::serialize_to_file(views, None, &tmp)
+        .map_err(|e| anyhow::anyhow!("writing {}: {e}", tmp.display()))
+        .and_then(|()| {
+            std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+        });
+    if result.is_err() {
+        // A full disk leaves no half-written file behind.
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
 }
 
 #[cfg(test)]
