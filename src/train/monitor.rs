@@ -3,9 +3,8 @@
 //! scalars in `<output>/tensorboard`.
 //!
 //! A write to the log or to TensorBoard that fails (a full disk) is said once on the terminal and
-//! that file is no longer written; training goes on, as PyTorch's SummaryWriter lets it. What
-//! must not be lost, the checkpoints, stop training when they cannot be written
-//! (`checkpoint.rs`).
+//! that file is no longer written; training goes on, since these are for watching it. What must
+//! not be lost, the checkpoints, stop training when they cannot be written (`checkpoint.rs`).
 
 use std::fs::File;
 use std::io::Write;
@@ -27,7 +26,8 @@ pub struct Monitor {
 impl Monitor {
     pub fn new(output: &Path, total_steps: usize, start_step: usize) -> anyhow::Result<Monitor> {
         let tb_dir = output.join("tensorboard");
-        std::fs::create_dir_all(&tb_dir)?;
+        std::fs::create_dir_all(&tb_dir)
+            .map_err(|e| anyhow::anyhow!("creating {}: {e}", tb_dir.display()))?;
         let log_path = output.join("training.log");
         let log = std::fs::OpenOptions::new()
             .create(true)
