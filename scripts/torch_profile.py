@@ -7,10 +7,10 @@ Usage: python3 torch_profile.py ANCHOR.py OUT_DIR [--batch 128] [--classes 85742
 Writes OUT_DIR/trace_torch_train_fp32.json, ..._train_bf16.json, ..._train_bf16_cl.json,
 trace_torch_infer_fp32.json, ..._infer_bf16_cl.json (3 steps or batches each, after 5 warm-ups;
 `--only` picks some, or infer_bf16: autocast without channels-last, for LibTorch's CPU), with
-every allocation and free (profile_memory), so that profile_summary.py can set the peak beside ours; `--time N` times N steps instead, unprofiled,
-and prints one JSON line per run. On the CPU (`--device cpu`, with `--units`
-for a smaller network of the anchor's kind, e.g. 3,4,14,3 for r50) that peak counts every live
-tensor byte, as `arcface bench train --profile` does.
+every allocation and free (profile_memory), so that profile_summary.py can set the peak beside
+ours; `--time N` times N steps instead, unprofiled, and prints one JSON line per run. On the CPU
+(`--device cpu`, with `--units` for a smaller network of the anchor's kind, e.g. 3,4,14,3 for
+r50) that peak counts every live tensor byte, as `arcface bench train --profile` does.
 """
 import argparse
 import ctypes
