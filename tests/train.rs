@@ -215,8 +215,10 @@ fn synthetic_data_is_generated_whole_on_first_use() {
     let partial = root.path().join("synthetic.partial");
     std::fs::create_dir(&partial).unwrap();
     std::fs::write(partial.join("train.rec"), b"cut short").unwrap();
+    // With a trailing slash, as a folder is often written.
+    let rec_text = format!("{}/", rec.display());
     let text = format!(
-        "network = \"tiny\"\nembedding_size = 32\nbatch_size = 8\nrec = {rec:?}\n\
+        "network = \"tiny\"\nembedding_size = 32\nbatch_size = 8\nrec = {rec_text:?}\n\
          val_targets = [\"synth_val\"]\noutput = {:?}\nnum_workers = 1\n\
          [synthetic]\nidentities = 6\nimages_per_identity = 4\nval_pairs = 20\nseed = 3\n",
         out.path()
