@@ -10,6 +10,7 @@ pub mod device;
 pub mod embedder;
 pub mod eval;
 pub mod export;
+pub mod fs;
 pub mod infer;
 pub mod model;
 mod module_path;

@@ -124,12 +124,8 @@ impl PairSet {
             path: path.to_path_buf(),
             error,
         };
-        let tmp = path.with_extension("bin.tmp");
-        let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(io)?);
-        write_protocol2(&mut out, &self.images, &self.issame).map_err(io)?;
-        let file = out.into_inner().map_err(|e| io(e.into_error()))?;
-        file.sync_all().map_err(io)?;
-        std::fs::rename(&tmp, path).map_err(io)
+        crate::fs::write_atomically(path, |out| write_protocol2(out, &self.images, &self.issame))
+            .map_err(io)
     }
 }
 

@@ -3,6 +3,7 @@
 //! iresnet of the same depth (BatchNorm's `num_batches_tracked` is left to PyTorch's default).
 
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -69,19 +70,11 @@ pub fn write(backbone: &BTreeMap<String, TensorData>, path: &Path) -> Result<()>
             ))
         })
         .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()?;
-    let tmp = path.with_extension("safetensors.tmp");
-    // The message alone: safetensors' error also gives its I/O error as its cause, which a
-    // chain printed with `{:#}` would repeat.
-    let result = safetensors::serialize_to_file(views, None, &tmp)
-        .map_err(|e| anyhow::anyhow!("writing {}: {e}", tmp.display()))
-        .and_then(|()| {
-            std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
-        });
-    if result.is_err() {
-        // A full disk leaves no half-written file behind.
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    // Serialised in memory and written as any file: safetensors' own file writer leaves a
+    // partial file on a full disk, and its error repeats its I/O cause in a `{:#}` chain.
+    let bytes = safetensors::serialize(views, None)?;
+    crate::fs::write_atomically(path, |out| out.write_all(&bytes))
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 #[cfg(test)]

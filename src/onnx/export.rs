@@ -8,6 +8,7 @@
 //! initializer to be listed among the graph inputs too, which old runtimes rely on.
 
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
@@ -228,17 +229,6 @@ pub fn backbone_to_onnx(model: &IResNet, batch: Batch) -> Result<pb::ModelProto>
 /// Writes `model` to `path` atomically (temporary file, fsync, rename).
 pub fn write(model: &pb::ModelProto, path: &Path) -> Result<()> {
     let bytes = model.encode_to_vec();
-    let tmp = path.with_extension("onnx.tmp");
-    let result = (|| -> std::io::Result<()> {
-        use std::io::Write;
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(&bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e).with_context(|| format!("writing {}", path.display()));
-    }
-    Ok(())
+    crate::fs::write_atomically(path, |out| out.write_all(&bytes))
+        .with_context(|| format!("writing {}", path.display()))
 }
