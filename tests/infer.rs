@@ -386,22 +386,10 @@ fn bad_inputs_give_clear_errors() {
 fn a_folder_is_embedded_into_json_lines() {
     let Some(models) = models() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let model = tiny_onnx(dir.path());
-    let photos = dir.path().join("photos");
-    std::fs::create_dir(&photos).unwrap();
-    for n in ["astronaut.png", "biden.jpg"] {
-        std::fs::copy(models.join("photos").join(n), photos.join(n)).unwrap();
-    }
+    let photos = photo_folder(&models, dir.path(), &["astronaut.png", "biden.jpg"]);
     std::fs::write(photos.join("broken.jpg"), b"\xff\xd8 truncated").unwrap();
     let out = dir.path().join("emb.jsonl");
-    let (ok, stdout, err) = run(&[
-        "infer",
-        photos.to_str().unwrap(),
-        "--model",
-        &model,
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let (ok, stdout, err) = infer_folder(dir.path(), &photos, &out);
     // The broken file fails the run, the others are written.
     assert!(!ok && err.contains("broken.jpg"), "{err}");
     assert!(stdout.contains("3 images, 2 faces"), "{stdout}");
@@ -418,4 +406,53 @@ fn a_folder_is_embedded_into_json_lines() {
             .ends_with("astronaut.png")
     );
     assert_eq!(lines[0]["embedding"].as_array().unwrap().len(), 128);
+}
+
+#[test]
+fn embeddings_to_a_full_disk_fail_cleanly() {
+    let Some(models) = models() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let photos = photo_folder(&models, dir.path(), &["biden.jpg"]);
+    // An earlier list of embeddings, and /dev/full behind the temporary file (every write
+    // fails with ENOSPC, as on a full disk).
+    let out = dir.path().join("emb.jsonl");
+    std::fs::write(&out, "earlier\n").unwrap();
+    let tmp = dir.path().join("emb.jsonl.tmp");
+    std::os::unix::fs::symlink("/dev/full", &tmp).unwrap();
+    let (ok, _, err) = infer_folder(dir.path(), &photos, &out);
+    assert!(!ok, "{err}");
+    assert!(
+        err.contains(&out.display().to_string())
+            && err.matches("No space left on device").count() == 1,
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "earlier\n");
+    assert!(
+        tmp.symlink_metadata().is_err(),
+        "the temporary file is left"
+    );
+}
+
+/// `dir/photos` holding copies of these fetched photos.
+fn photo_folder(models: &Path, dir: &Path, names: &[&str]) -> PathBuf {
+    let photos = dir.join("photos");
+    std::fs::create_dir(&photos).unwrap();
+    for n in names {
+        std::fs::copy(models.join("photos").join(n), photos.join(n)).unwrap();
+    }
+    photos
+}
+
+/// `arcface infer PHOTOS --out OUT` with a tiny embedder written into `dir`.
+fn infer_folder(dir: &Path, photos: &Path, out: &Path) -> (bool, String, String) {
+    let model = tiny_onnx(dir);
+    run(&[
+        "infer",
+        photos.to_str().unwrap(),
+        "--model",
+        &model,
+        "--out",
+        out.to_str().unwrap(),
+    ])
 }

@@ -178,36 +178,32 @@ fn folder(args: &InferArgs, dir: &Path, pipeline: &Pipeline) -> Result<()> {
     if images.is_empty() {
         bail!("{}: no .jpg, .jpeg or .png files", dir.display());
     }
-    let tmp = args.out.with_extension("jsonl.tmp");
-    let file =
-        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    let mut out = std::io::BufWriter::new(file);
     let bar = progress::bar(images.len() as u64, "infer");
     let (mut faces, mut faceless, mut failed) = (0, Vec::new(), Vec::new());
-    for path in &images {
-        match pipeline.run(path, args.save_crops.as_deref()) {
-            Ok(result) => {
-                if result.faces.is_empty() {
-                    faceless.push(path.display().to_string());
+    // Written whole or not at all: an interrupted run leaves no half list of embeddings.
+    arcface::fs::write_atomically(&args.out, |out| {
+        for path in &images {
+            match pipeline.run(path, args.save_crops.as_deref()) {
+                Ok(result) => {
+                    if result.faces.is_empty() {
+                        faceless.push(path.display().to_string());
+                    }
+                    for (i, f) in result.faces.iter().enumerate() {
+                        let line = json!({"path": path, "face": i, "bbox": f.bbox,
+                                          "score": f.score, "landmarks": f.landmarks,
+                                          "embedding": f.embedding});
+                        writeln!(out, "{line}")?;
+                        faces += 1;
+                    }
                 }
-                for (i, f) in result.faces.iter().enumerate() {
-                    let line = json!({"path": path, "face": i, "bbox": f.bbox, "score": f.score,
-                                      "landmarks": f.landmarks, "embedding": f.embedding});
-                    writeln!(out, "{line}")
-                        .with_context(|| format!("writing {}", tmp.display()))?;
-                    faces += 1;
-                }
+                Err(e) => failed.push(format!("{e:#}")),
             }
-            Err(e) => failed.push(format!("{e:#}")),
+            bar.inc(1);
         }
-        bar.inc(1);
-    }
+        Ok(())
+    })
+    .with_context(|| format!("writing {}", args.out.display()))?;
     bar.finish_and_clear();
-    out.into_inner()
-        .map_err(|e| e.into_error())
-        .and_then(|f| f.sync_all())
-        .and_then(|()| std::fs::rename(&tmp, &args.out))
-        .with_context(|| format!("writing {}", args.out.display()))?;
     println!(
         "{} images, {faces} faces: embeddings (JSON lines: path, face, bbox, score, landmarks, \
          embedding) in {}",
