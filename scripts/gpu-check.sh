@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One prepared run for a GPU machine (../shared/GPU.md): our `bench train` in fp32, bf16 and bf16
-# with channels-last activations (and
-# on every GPU when there are several), our inference, and PyTorch's anchor
-# `torch_r100_bench.py`, in one call on one card, then a table of ratios. Builds nothing.
+# with channels-last activations (and on every GPU when there are several), the launch-bound
+# step (r100's depth at widths 8: the framework's own cost per step), our inference, and
+# PyTorch's anchor `torch_r100_bench.py`, in one call on one card, then a table of ratios.
+# Builds nothing.
 #
 #   bash scripts/gpu-check.sh [LOG_DIR]        (or ARCFACE_GPU_LOGS=DIR; default gpu-logs)
 #
@@ -81,6 +82,25 @@ if [ -z "${SKIP_ANCHOR:-}" ]; then
     timeout 900 "$python" "$anchor" --steps "$steps" --batch "$batch" --classes "$classes" \
         > "$logs/torch.jsonl" 2> "$logs/torch.err" || log "anchor failed: see $logs/torch.err"
     kill "$sampler" 2>/dev/null; wait "$sampler" 2>/dev/null
+fi
+
+# The framework's own cost per step: r100's depth at widths 8 and batch 2, where the kernels do
+# almost nothing and the step time is what the CPU takes to queue them (ours: burn's autodiff and
+# burn-tch; PyTorch's: Python and autograd). Above this time no GPU can make a step faster.
+for what in fp32 bf16_cl; do
+    [ "$what" = fp32 ] && extra=(--precision fp32) || extra=(--precision bf16 --channels-last)
+    log "ours: launch-bound $what"
+    timeout 120 "$bin" bench train --config "$config" --batch-size 2 --num-classes 1000 --widths 8,8,8,8 \
+        --steps "$steps" --device "$device" --json "${extra[@]}" > "$logs/ours_launch_$what.json" \
+        2> "$logs/ours_launch_$what.err" || log "ours launch-bound $what failed: see $logs/ours_launch_$what.err"
+done
+if [ -z "${SKIP_ANCHOR:-}" ]; then
+    log "anchor: launch-bound"
+    case "$device" in cuda*) torch_device=cuda ;; *) torch_device=cpu ;; esac
+    # r100's depth (the anchor's), as $config is on a GPU run.
+    timeout 300 "$python" scripts/torch_profile.py "$anchor" "$logs" --device "$torch_device" --batch 2 --classes 1000 \
+        --widths 8,8,8,8 --time "$steps" --only train_fp32,train_bf16_cl > "$logs/torch_launch.jsonl" 2> "$logs/torch_launch.err" \
+        || log "anchor launch-bound failed: see $logs/torch_launch.err"
 fi
 
 # The same without libtorch's gradient kernels (burn's generic compositions): their effect.
@@ -195,6 +215,17 @@ for name in sorted(os.listdir(logs)):
             n = len(multi["devices"])
             eff = multi["images_per_second"] / (n * fp32["images_per_second"])
             print(f"data parallel on {n} GPUs: {multi['images_per_second']:.0f} img/s, scaling efficiency {eff:.2f}")
+launch = {}
+try:
+    with open(os.path.join(logs, "torch_launch.jsonl")) as f:
+        launch = {r["run"]: r for r in map(json.loads, (l for l in f if l.strip().startswith("{")))}
+except OSError:
+    pass
+for what, theirs in (("fp32", "train_fp32"), ("bf16_cl", "train_bf16_cl")):
+    ours_run, t = load(f"ours_launch_{what}.json"), launch.get(theirs)
+    if ours_run:
+        versus = f", PyTorch {t['ms_per_step']:.1f} ms (ours at {t['ms_per_step'] / ours_run['step_ms']:.2f}x its speed)" if t else ""
+        print(f"launch-bound step {what} (widths 8, batch 2): ours {ours_run['step_ms']:.1f} ms{versus}")
 mib = lambda v: f"{v:.0f} MiB" if v else "n/a"
 for name, r in (("fp32", fp32), ("bf16", bf16), ("bf16 channels-last", bf16_cl)):
     if r:

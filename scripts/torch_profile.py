@@ -3,7 +3,8 @@ the same step), to set beside ours (`arcface bench train --profile`) kernel kind
 with scripts/profile_summary.py; on a GPU, or on LibTorch's CPU beside ours on libtorch-cpu.
 
 Usage: python3 torch_profile.py ANCHOR.py OUT_DIR [--batch 128] [--classes 85742] [--device cuda]
-                                 [--units 3,13,30,3] [--only train_fp32,infer_fp32,...] [--time N]
+                                 [--units 3,13,30,3] [--widths 64,128,256,512]
+                                 [--only train_fp32,infer_fp32,...] [--time N]
 Writes OUT_DIR/trace_torch_train_fp32.json, ..._train_bf16.json, ..._train_bf16_cl.json,
 trace_torch_infer_fp32.json, ..._infer_bf16_cl.json (3 steps or batches each, after 5 warm-ups;
 `--only` picks some, or infer_bf16: autocast without channels-last, for LibTorch's CPU), with
@@ -32,6 +33,7 @@ def load_anchor(path):
 
 DEVICE = "cuda"
 UNITS = (3, 13, 30, 3)
+WIDTHS = (64, 128, 256, 512)  # the anchor's
 TIME = 0  # --time N: time N steps without the profiler instead of recording
 
 
@@ -49,6 +51,9 @@ def sync():
 
 
 def record(path, fn, steps=3):
+    """Profiles `steps` calls of fn(i), or with --time times TIME of them back to back; fn(i,
+    parts) with a list appends the seconds of each part of a call, each waited for (forward,
+    backward, optimizer: as `arcface bench train` reports its own), timed over TIME more."""
     sync()
     if TIME:
         start = time.perf_counter()
@@ -56,7 +61,16 @@ def record(path, fn, steps=3):
             fn(i)
         sync()
         run = os.path.basename(path).removeprefix("trace_torch_").removesuffix(".json")
-        print(json.dumps(dict(run=run, ms_per_step=(time.perf_counter() - start) * 1e3 / TIME)), flush=True)
+        line = dict(run=run, ms_per_step=(time.perf_counter() - start) * 1e3 / TIME)
+        parts = []
+        fn(0, parts)
+        if parts:
+            parts = []
+            for i in range(TIME):
+                fn(i, parts)
+            for k, name in enumerate(("forward_ms", "backward_ms", "optimizer_ms")):
+                line[name] = sum(p[k] for p in parts) * 1e3 / TIME
+        print(json.dumps(line), flush=True)
         return
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if DEVICE == "cuda" else [])
     with profile(activities=activities, profile_memory=True) as p:
@@ -67,9 +81,30 @@ def record(path, fn, steps=3):
     print("wrote", path, flush=True)
 
 
+def backbone(anchor):
+    """The anchor's IResNet with UNITS, and WIDTHS put in place of its layers where they differ
+    (its forward kept): at tiny widths the kernels do almost nothing and a step's time is the
+    framework's own cost of each operation, as `arcface bench train --widths` measures ours."""
+    model = anchor.IResNet(layers=UNITS)
+    if WIDTHS != (64, 128, 256, 512):
+        nn = torch.nn
+        model.conv1 = nn.Conv2d(3, WIDTHS[0], 3, 1, 1, bias=False)
+        model.bn1 = nn.BatchNorm2d(WIDTHS[0], eps=2e-5)
+        model.prelu = nn.PReLU(WIDTHS[0])
+        blocks, cin = [], WIDTHS[0]
+        for n, cout in zip(UNITS, WIDTHS):
+            for i in range(n):
+                blocks.append(anchor.IBlock(cin, cout, 2 if i == 0 else 1))
+                cin = cout
+        model.body = nn.Sequential(*blocks)
+        model.bn2 = nn.BatchNorm2d(cin, eps=2e-5)
+        model.fc = nn.Linear(cin * 7 * 7, model.fc.out_features)
+    return model
+
+
 def train(anchor, out, batch, classes, amp, channels_last, name):
     torch.manual_seed(0)
-    model = anchor.IResNet(layers=UNITS).to(DEVICE)
+    model = backbone(anchor).to(DEVICE)
     head = anchor.ArcFace(512, classes).to(DEVICE)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -80,12 +115,22 @@ def train(anchor, out, batch, classes, amp, channels_last, name):
         xs = [x.contiguous(memory_format=torch.channels_last) for x in xs]
     ys = [torch.randint(0, classes, (batch,), device=DEVICE) for _ in range(4)]
 
-    def step(i):
+    def step(i, parts=None):
+        t0 = time.perf_counter()
         with torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=amp):
             loss = head(model(xs[i % 4]), ys[i % 4])
+        if parts is not None:
+            sync()
+            t1 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if parts is not None:
+            sync()
+            t2 = time.perf_counter()
         opt.step()
+        if parts is not None:
+            sync()
+            parts.append((t1 - t0, t2 - t1, time.perf_counter() - t2))
 
     for i in range(5):
         step(i)
@@ -97,13 +142,13 @@ def train(anchor, out, batch, classes, amp, channels_last, name):
 
 @torch.no_grad()
 def infer(anchor, out, batch, amp, channels_last, name):
-    model = anchor.IResNet(layers=UNITS).to(DEVICE).eval()
+    model = backbone(anchor).to(DEVICE).eval()
     x = torch.rand(batch, 3, 112, 112, device=DEVICE)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
 
-    def batch(_):
+    def batch(_, parts=None):
         with torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=amp):
             model(x)
 
@@ -119,17 +164,22 @@ def main():
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--classes", type=int, default=85742)
     ap.add_argument("--device", default="cuda", help="cuda, or cpu (LibTorch's CPU kernels, as ours on libtorch-cpu)")
-    ap.add_argument("--units", default="3,13,30,3", help="units per stage (the anchor's widths)")
+    ap.add_argument("--units", default="3,13,30,3", help="units per stage")
+    ap.add_argument("--widths", default="64,128,256,512", help="output channels per stage "
+                    "(e.g. 8,8,8,8 with --batch 2: the framework's cost per operation)")
     ap.add_argument("--time", type=int, default=0, help="time this many steps (or batches) "
                     "after the warm-up instead of profiling; prints one JSON line per run")
     ap.add_argument("--only", default="", help="comma-separated: train_fp32, train_bf16, "
                     "train_bf16_cl, infer_fp32, infer_bf16, infer_bf16_cl (all but infer_bf16 by default: "
                     "the anchor's runs)")
     a = ap.parse_args()
-    global DEVICE, UNITS, TIME
+    global DEVICE, UNITS, WIDTHS, TIME
     DEVICE = a.device
     TIME = a.time
     UNITS = tuple(int(u) for u in a.units.split(","))
+    WIDTHS = tuple(int(w) for w in a.widths.split(","))
+    if len(WIDTHS) != 4 or min(WIDTHS) < 1:
+        ap.error("--widths: four positive numbers")
     track_cpu_memory()
     os.makedirs(a.out, exist_ok=True)
     anchor = load_anchor(a.anchor)

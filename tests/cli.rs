@@ -327,6 +327,68 @@ fn bench_train_reports_its_parts() {
     }
 }
 
+/// `bench train --widths` builds the network's depth at those widths: its parameter count is
+/// the one the architecture gives (checked on r100's published 65,156,160 first); bad widths are
+/// refused naming the option.
+#[test]
+fn bench_train_takes_other_widths() {
+    // insightface's LResNet-E-IR, counted by hand: stem, units (BN, conv 3×3, BN, PReLU, conv
+    // 3×3 with the stage's stride, BN, and a 1×1 conv + BN shortcut at each stage's first
+    // unit), BN, FC from the 7×7 map, BN1d.
+    fn parameters(units: [usize; 4], widths: [usize; 4], embedding: usize) -> usize {
+        let mut n = 27 * widths[0] + 3 * widths[0];
+        let mut cin = widths[0];
+        for (&u, &cout) in units.iter().zip(&widths) {
+            for i in 0..u {
+                n += 2 * cin + 9 * cin * cout + 5 * cout + 9 * cout * cout;
+                if i == 0 {
+                    n += cin * cout + 2 * cout;
+                }
+                cin = cout;
+            }
+        }
+        n + 2 * cin + cin * 49 * embedding + embedding + 2 * embedding
+    }
+    assert_eq!(
+        parameters([3, 13, 30, 3], [64, 128, 256, 512], 512),
+        65_156_160
+    );
+    let bench = |widths: &str| {
+        run(&[
+            "bench",
+            "train",
+            "--config",
+            "configs/tiny.toml",
+            "--batch-size",
+            "2",
+            "--num-classes",
+            "10",
+            "--steps",
+            "1",
+            "--warmup",
+            "0",
+            "--widths",
+            widths,
+            "--json",
+        ])
+    };
+    let out = bench("2,3,4,5");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["widths"], serde_json::json!([2, 3, 4, 5]));
+    // tiny.toml: one unit per stage, 128-d embeddings; the head has 10 × 128.
+    assert_eq!(
+        v["parameters"].as_u64(),
+        Some((parameters([1, 1, 1, 1], [2, 3, 4, 5], 128) + 10 * 128) as u64)
+    );
+    assert!(v["loss"].as_f64().unwrap().is_finite(), "{v}");
+    for bad in ["4,4,4", "4,0,4,4", "4,x,4,4"] {
+        let out = bench(bad);
+        assert!(!out.status.success(), "{bad} was taken");
+        assert!(stderr(&out).contains("--widths"), "{}", stderr(&out));
+    }
+}
+
 /// The tiny net of configs/tiny.toml (fresh weights) exported to `dir`/tiny.onnx.
 fn export_tiny(dir: &Path) -> std::path::PathBuf {
     let file = dir.join("tiny.onnx");

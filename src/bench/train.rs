@@ -13,7 +13,7 @@ use super::peak_host_mib;
 use crate::config::Config;
 use crate::device::DeviceSpec;
 use crate::model::memory_format::channels_last;
-use crate::model::{Precision, Trainee};
+use crate::model::{Precision, Trainee, backbone_config, head_config};
 use crate::train::replicas::Replicas;
 use crate::train::sgd::{Sgd, SgdSettings};
 
@@ -27,6 +27,8 @@ pub struct TrainBenchOptions {
     pub warmup: usize,
     /// Also record `PROFILED_STEPS` steps with libtorch's profiler into this Chrome trace.
     pub profile: Option<PathBuf>,
+    /// The backbone's stage widths instead of the network's (its depth kept).
+    pub widths: Option<[usize; 4]>,
 }
 
 /// Steps recorded by `--profile`.
@@ -35,6 +37,11 @@ pub const PROFILED_STEPS: usize = 3;
 #[derive(Debug, Serialize)]
 pub struct TrainThroughput {
     pub network: String,
+    /// Stage widths other than the network's, if `TrainBenchOptions::widths` set them.
+    pub widths: Option<[usize; 4]>,
+    /// Parameters of the backbone and the head (as `summary` counts them: BatchNorm's running
+    /// statistics are state, not parameters).
+    pub parameters: usize,
     pub precision: String,
     /// Images and activations stored channels-last (LibTorch).
     pub channels_last: bool,
@@ -163,8 +170,19 @@ pub fn train(
     let devices = spec.resolve()?;
     crate::device::set_cudnn_benchmark(config.cudnn_benchmark);
     let train_devices: Vec<_> = devices.iter().map(|d| d.clone().autodiff()).collect();
-    let make = |d: &Device| Trainee::init(config, num_classes, d);
+    let make = |d: &Device| match options.widths {
+        Some(widths) => {
+            let mut backbone = backbone_config(config);
+            backbone.widths = widths;
+            Trainee {
+                backbone: backbone.init(d),
+                head: head_config(config, num_classes).init(d),
+            }
+        }
+        None => Trainee::init(config, num_classes, d),
+    };
     let mut model = make(&train_devices[0]);
+    let parameters = crate::model::summary::count_params(&model).0;
     let b = config.batch_size;
     let inputs = (0..INPUT_SETS)
         .map(|set| {
@@ -280,6 +298,8 @@ pub fn train(
     let single = bench.single();
     Ok(TrainThroughput {
         network: config.network.name().to_string(),
+        widths: options.widths,
+        parameters,
         precision: config.precision.to_string(),
         channels_last: config.channels_last,
         devices: match spec {

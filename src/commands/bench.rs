@@ -38,6 +38,12 @@ pub enum BenchCommand {
         /// Untimed steps first (cuDNN's benchmark mode picks its algorithms on the first).
         #[arg(long, default_value_t = 3)]
         warmup: usize,
+        /// Output channels of the four stages instead of the network's, e.g. 8,8,8,8: at tiny
+        /// widths (and batch) the kernels do almost nothing, and the step time is the
+        /// framework's own cost of each operation at the network's depth, as
+        /// scripts/torch_profile.py --widths measures PyTorch's.
+        #[arg(long, value_delimiter = ',')]
+        widths: Option<Vec<usize>>,
         /// Then record 3 more steps with libtorch's profiler into this Chrome trace (.json;
         /// LibTorch builds only; summarise with scripts/profile_summary.py).
         #[arg(long)]
@@ -115,12 +121,20 @@ pub fn run(what: &BenchCommand, cli_device: &Option<String>) -> Result<()> {
             precision,
             channels_last,
             warmup,
+            widths,
             profile,
             json,
         } => {
             if let Some(trace) = profile {
                 arcface::profile::prepare(trace)?;
             }
+            let widths = match widths.as_deref() {
+                None => None,
+                Some(&[a, b, c, d]) if ![a, b, c, d].contains(&0) => Some([a, b, c, d]),
+                Some(other) => bail!(
+                    "--widths {other:?}: four positive numbers are needed, one per stage, e.g. 8,8,8,8"
+                ),
+            };
             let mut config = Config::load(config)?;
             if let Some(b) = batch_size {
                 config.batch_size = *b;
@@ -139,6 +153,7 @@ pub fn run(what: &BenchCommand, cli_device: &Option<String>) -> Result<()> {
             let options = bench::TrainBenchOptions {
                 warmup: *warmup,
                 profile: profile.clone(),
+                widths,
             };
             let r = bench::train(&config, classes, *steps, &spec, &options)?;
             if *json {
@@ -154,8 +169,12 @@ pub fn run(what: &BenchCommand, cli_device: &Option<String>) -> Result<()> {
                     + &r.peak_allocated_mib.map_or(String::new(), |m| {
                         format!(" (allocated by libtorch {m:.0} MiB)")
                     });
+                let widths = match r.widths {
+                    Some(w) => format!(" (widths {w:?})"),
+                    None => String::new(),
+                };
                 println!(
-                    "{} {}{} on {} batch {} per device, classes {}: {split}optimizer {:.1} ms, step {:.1} ms, {:.1} img/s, loss {:.3}, peak host memory {:.0} MiB{gpu}",
+                    "{}{widths} {}{} on {} batch {} per device, classes {}: {split}optimizer {:.1} ms, step {:.1} ms, {:.1} img/s, loss {:.3}, peak host memory {:.0} MiB{gpu}",
                     r.network,
                     r.precision,
                     if r.channels_last {
