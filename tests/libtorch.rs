@@ -8,12 +8,12 @@
 
 mod common;
 
-use arcface::model::memory_format::channels_last;
+use arcface::model::memory_format::{channels_last, conv_weight};
 use arcface::model::{IResNetConfig, MarginSoftmaxConfig, Precision, Trainee};
 use arcface::train::checkpoint::named_tensors;
 use burn::module::Module;
 use burn::optim::GradientsParams;
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{DType, Device, Distribution, FloatDType, Int, Tensor, TensorData};
 
 /// LibTorch's CPU, and its first GPU where there is one, with a factor on the tolerance of each:
 /// cuDNN convolves in TF32 by default (10-bit mantissas), as it does for PyTorch.
@@ -245,6 +245,65 @@ fn libtorch_channels_last_keeps_the_trunk_nhwc() {
             "{device_name} bf16 channels-last: gradient cosine {cosine}"
         );
         eprintln!("{device_name}: channels-last; bf16 gradient cosine {cosine}");
+    }
+}
+
+/// `conv_weight` (src/model/memory_format.rs): the bf16 weight for an NHWC input is cast
+/// straight into NHWC, so that the convolution has no layout left to change, and for an NCHW
+/// input stays NCHW; either way its gradient comes back fp32 and contiguous, so that the fused
+/// SGD has nothing to copy, and equal to the upstream gradient, cast. On the CPU backend it is
+/// the plain cast, and the gradient the same.
+#[test]
+fn libtorch_conv_weights_are_cast_into_their_inputs_layout() {
+    let _turn = common::serial();
+    let _onednn = OneDnnOff::new();
+    let mut devices = libtorch_devices();
+    devices.push(("flex", Device::flex(), 1.0));
+    for (device_name, device, _) in devices {
+        let train = device.autodiff();
+        train.seed(5);
+        let normal = Distribution::Normal(0.0, 1.0);
+        let weight = Tensor::<4>::random([6, 4, 3, 3], normal, &train).require_grad();
+        let upstream = Tensor::<4>::random([6, 4, 3, 3], normal, &train).cast(FloatDType::BF16);
+        let images = Tensor::<4>::random([2, 4, 5, 5], normal, &train).cast(FloatDType::BF16);
+        let libtorch = device_name != "flex";
+        for nhwc in [false, true] {
+            let x = channels_last(images.clone(), nhwc);
+            let cast = conv_weight(weight.clone(), FloatDType::BF16, &x);
+            let case = format!("{device_name}, input NHWC {nhwc}");
+            assert_eq!(cast.dtype(), DType::BF16, "{case}");
+            if libtorch {
+                assert_eq!(is_nhwc(&cast), nhwc, "{case}: the weight's layout");
+            }
+            let exact = weight.clone().inner().cast(FloatDType::BF16);
+            let apart = (cast.clone().inner() - exact).abs().max();
+            assert_eq!(
+                apart.cast(FloatDType::F32).into_scalar::<f32>(),
+                0.0,
+                "{case}"
+            );
+
+            let upstream = channels_last(upstream.clone(), nhwc);
+            let grads = (cast * upstream.clone()).sum().backward();
+            let grad = weight.grad(&grads).expect("the weight's gradient");
+            assert_eq!(grad.dtype(), DType::F32, "{case}");
+            if libtorch {
+                let strides = grad
+                    .clone()
+                    .try_into_primitive::<burn::backend::LibTorch>()
+                    .expect("a LibTorch tensor")
+                    .tensor
+                    .stride();
+                assert_eq!(
+                    strides,
+                    [36, 9, 3, 1],
+                    "{case}: the gradient is NCHW-contiguous"
+                );
+            }
+            let expected = upstream.inner().cast(FloatDType::F32);
+            let apart = (grad - expected).abs().max().into_scalar::<f32>();
+            assert_eq!(apart, 0.0, "{case}: the gradient is the upstream one, cast");
+        }
     }
 }
 

@@ -17,6 +17,7 @@ use burn::tensor::ops::ConvOptions;
 use burn::tensor::{DType, Device, FloatDType, Tensor};
 
 use super::Precision;
+use super::memory_format::conv_weight;
 use super::{batch_norm, conv, prelu};
 
 /// BatchNorm epsilon of the seed (MXNet `bn_eps`).
@@ -161,7 +162,12 @@ fn conv_at(conv: &Conv2d, x: Tensor<4>, precision: Precision) -> Tensor<4> {
     );
     match precision {
         Precision::Fp32 => conv::conv2d(x, conv.weight.val(), options),
-        Precision::Bf16 => conv::conv2d(bf16(x), conv.weight.val().cast(FloatDType::BF16), options),
+        Precision::Bf16 => {
+            let x = bf16(x);
+            // Cast, and channels-last where `x` is, in one copy (memory_format.rs says why).
+            let weight = conv_weight(conv.weight.val(), FloatDType::BF16, &x);
+            conv::conv2d(x, weight, options)
+        }
     }
 }
 

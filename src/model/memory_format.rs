@@ -9,12 +9,13 @@
 // burn-tch (LibTorch) is deprecated upstream; see device.rs.
 #![cfg_attr(feature = "tch", allow(deprecated))]
 
+use burn::backend::TensorMetadata;
 use burn::backend::autodiff::checkpoint::{base::Checkpointer, strategy::CheckpointStrategy};
 use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{Backward, Ops};
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, Dispatch, Flex, backend_extension};
-use burn::tensor::Tensor;
+use burn::tensor::{FloatDType, Tensor};
 
 /// `x` [N, C, H, W] stored channels-last where the backend has memory formats (LibTorch);
 /// `x` itself where `on` is false or the backend has none.
@@ -27,15 +28,53 @@ pub fn channels_last(x: Tensor<4>, on: bool) -> Tensor<4> {
     ))
 }
 
-/// The layout change, on each backend; under autodiff the gradient passes through unchanged.
+/// A convolution's `weight` cast to `dtype` for input `x`, and stored channels-last where `x`
+/// is (LibTorch); its gradient comes back in the weight's own dtype and layout.
+///
+/// Why: PyTorch's channels-last model keeps its weights NHWC. Ours stay NCHW (the optimizer's
+/// flat momentum buffers and the checkpoints are laid out so), and libtorch's convolution then
+/// makes an NHWC copy of the weight in the forward and another in the backward, and hands the
+/// weight's gradient back NHWC, which the fused SGD copies to NCHW: three copies per 3×3
+/// convolution and step (297 per r100 step in bf16, against PyTorch's 1; profiled on LibTorch's
+/// CPU, docs/PERFORMANCE.md). Here the cast writes NHWC at once, and the gradient's cast back to
+/// fp32 writes NCHW at once: no copy beyond the two casts that autocast makes too.
+pub fn conv_weight(weight: Tensor<4>, dtype: FloatDType, x: &Tensor<4>) -> Tensor<4> {
+    Tensor::from_dispatch(<Dispatch as MemoryFormatOp>::conv_weight_op(
+        weight.into_dispatch(),
+        x.clone().into_dispatch(),
+        dtype,
+    ))
+}
+
+/// The layout changes, on each backend; under autodiff the gradient passes through unchanged
+/// (`channels_last_op`) or is cast back ([`WeightGradient`]).
 #[backend_extension(Flex, LibTorch: cfg(feature = "tch"), Autodiff)]
 pub trait MemoryFormatOp: Backend {
     fn channels_last_op(x: FloatTensor<Self>) -> FloatTensor<Self> {
         x
     }
+
+    /// `weight` in `dtype`, in the layout of `like` where the backend has layouts.
+    fn conv_weight_op(
+        weight: FloatTensor<Self>,
+        like: FloatTensor<Self>,
+        dtype: FloatDType,
+    ) -> FloatTensor<Self> {
+        let _ = like;
+        Self::float_cast(weight, dtype)
+    }
+}
+
+/// The backward of [`MemoryFormatOp::conv_weight_op`] on a concrete backend: `grad` in `dtype`
+/// (the weight's), stored contiguously.
+pub trait WeightGradient: Backend {
+    fn weight_gradient(grad: FloatTensor<Self>, dtype: FloatDType) -> FloatTensor<Self> {
+        Self::float_cast(grad, dtype)
+    }
 }
 
 impl MemoryFormatOp for Flex {}
+impl WeightGradient for Flex {}
 
 #[cfg(feature = "tch")]
 impl MemoryFormatOp for burn::backend::LibTorch {
@@ -54,33 +93,110 @@ impl MemoryFormatOp for burn::backend::LibTorch {
         let nhwc = x.tensor.permute([0, 2, 3, 1]).contiguous();
         burn_tch::TchTensor::new(nhwc.permute([0, 3, 1, 2]))
     }
+
+    fn conv_weight_op(
+        weight: FloatTensor<Self>,
+        like: FloatTensor<Self>,
+        dtype: FloatDType,
+    ) -> FloatTensor<Self> {
+        use burn::backend::ops::FloatTensorOps;
+        let kind = libtorch::kind(dtype);
+        let (size, strides) = (like.tensor.size(), like.tensor.stride());
+        // Channels-last [N, C, H, W] has the channel stride 1 (NCHW has H·W).
+        let nhwc = size.len() == 4 && size[1] > 1 && strides[1] == 1;
+        if !nhwc {
+            return Self::float_cast(weight, dtype);
+        }
+        let w = &weight.tensor;
+        let [o, i, h, k] = w.size()[..] else {
+            return Self::float_cast(weight, dtype);
+        };
+        // One kernel: the cast and the change of layout in the same copy.
+        let mut out = tch::Tensor::empty([o, h, k, i], (kind, w.device())).permute([0, 3, 1, 2]);
+        out.copy_(w);
+        burn_tch::TchTensor::new(out)
+    }
 }
 
-impl<B: Backend + MemoryFormatOp, C: CheckpointStrategy> MemoryFormatOp for Autodiff<B, C> {
+#[cfg(feature = "tch")]
+impl WeightGradient for burn::backend::LibTorch {
+    fn weight_gradient(grad: FloatTensor<Self>, dtype: FloatDType) -> FloatTensor<Self> {
+        let g = &grad.tensor;
+        if g.kind() == libtorch::kind(dtype) && g.is_contiguous() {
+            return grad;
+        }
+        // One kernel: the cast and the change back to the weight's layout (contiguous NCHW).
+        let mut out = tch::Tensor::empty(g.size(), (libtorch::kind(dtype), g.device()));
+        out.copy_(g);
+        burn_tch::TchTensor::new(out)
+    }
+}
+
+#[cfg(feature = "tch")]
+mod libtorch {
+    use burn::tensor::FloatDType;
+
+    pub fn kind(dtype: FloatDType) -> tch::Kind {
+        match dtype {
+            FloatDType::F64 => tch::Kind::Double,
+            FloatDType::F32 | FloatDType::Flex32 => tch::Kind::Float,
+            FloatDType::F16 => tch::Kind::Half,
+            FloatDType::BF16 => tch::Kind::BFloat16,
+        }
+    }
+}
+
+impl<B: Backend + MemoryFormatOp + WeightGradient, C: CheckpointStrategy> MemoryFormatOp
+    for Autodiff<B, C>
+{
     fn channels_last_op(x: FloatTensor<Self>) -> FloatTensor<Self> {
-        #[derive(Debug)]
-        struct Identity;
+        match PassBack.prepare::<C>([x.node()]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => prep.finish(None, B::channels_last_op(x.into_primitive())),
+            OpsKind::UnTracked(prep) => prep.finish(B::channels_last_op(x.into_primitive())),
+        }
+    }
 
-        impl<B: Backend> Backward<B, 1> for Identity {
-            type State = ();
-
-            fn backward(
-                self,
-                ops: Ops<Self::State, 1>,
-                grads: &mut Gradients,
-                _checkpointer: &mut Checkpointer,
-            ) {
-                let [node] = ops.parents;
-                let grad = grads.consume::<B>(&ops.node);
-                if let Some(node) = node {
-                    grads.register::<B>(node.id, grad);
-                }
+    fn conv_weight_op(
+        weight: FloatTensor<Self>,
+        like: FloatTensor<Self>,
+        dtype: FloatDType,
+    ) -> FloatTensor<Self> {
+        // `like` is only read for its layout: no gradient flows to it.
+        let like = like.into_primitive();
+        let own: FloatDType = weight.primitive().dtype().into();
+        match PassBack
+            .prepare::<C>([weight.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish(
+                Some(own),
+                B::conv_weight_op(weight.into_primitive(), like, dtype),
+            ),
+            OpsKind::UnTracked(prep) => {
+                prep.finish(B::conv_weight_op(weight.into_primitive(), like, dtype))
             }
         }
+    }
+}
 
-        Identity
-            .prepare::<C>([x.node()])
-            .compute_bound()
-            .stateless(B::channels_last_op(x.into_primitive()))
+/// The backward of both operations: the gradient handed back as it is (state None), or cast to
+/// the weight's dtype into its layout ([`WeightGradient`]).
+#[derive(Debug)]
+struct PassBack;
+
+impl<B: Backend + WeightGradient> Backward<B, 1> for PassBack {
+    type State = Option<FloatDType>;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        if let Some(node) = node {
+            let grad = match ops.state {
+                Some(dtype) => B::weight_gradient(grad, dtype),
+                None => grad,
+            };
+            grads.register::<B>(node.id, grad);
+        }
     }
 }
