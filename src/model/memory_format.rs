@@ -4,8 +4,9 @@
 //! bf16 convolutions run much faster on NHWC (PyTorch's r100 bf16 step: up to 1.9× with
 //! channels-last on an H200, docs/PERFORMANCE.md). libtorch's convolutions, BatchNorm, PReLU and
 //! elementwise kernels all write their output in their input's layout, so converting the images
-//! once keeps the whole trunk NHWC, backward included. On LibTorch's CPU with oneDNN (see below)
-//! and on other backends, which have one layout, it is the identity.
+//! once keeps the whole trunk NHWC, backward included; [`conv_weight`] gives the convolutions
+//! their bf16 weights in the same layout. On LibTorch's CPU with oneDNN (see below) and on other
+//! backends, which have one layout, both are the identity (and the plain cast).
 // burn-tch (LibTorch) is deprecated upstream; see device.rs.
 #![cfg_attr(feature = "tch", allow(deprecated))]
 
