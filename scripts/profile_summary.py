@@ -6,7 +6,9 @@ activation, matmul, copies and casts, reductions, other elementwise), per step, 
 Usage: python3 profile_summary.py [--steps 3] [--diff] NAME=TRACE.json [NAME=TRACE.json ...]
 Without CUDA kernels in a trace (a CPU run), operators' own CPU time is charged instead.
 `--diff` lists the operators each of the first two traces launches more often per step than the
-other: where one queues more kernels (on the CPU, every operator counts, nested ones too).
+other: where one queues more kernels (on the CPU, every operator counts, nested ones too; with
+`--innermost`, only the operators that compute something themselves, those a GPU step would
+launch kernels for: see INNERMOST below).
 
 Peak memory: the largest "Total Allocated" of the trace's memory events on the device that ran
 the kernels (torch.cuda.max_memory_allocated over the recorded steps), and the top-level
@@ -29,6 +31,20 @@ KINDS = [
     ("reduction / softmax", r"\bsum\b|mean|\bmax\b|\bmin\b|norm|softmax|nll|cross_entropy|logsumexp|argmax"),
     ("optimizer (foreach)", r"foreach|_fused_sgd"),
 ]
+
+
+# Operators that only make or reshape tensor metadata, allocate, or wrap others: on a GPU none
+# launches a kernel. INNERMOST counts an operator when it is none of these and calls no operator
+# that is not one of these either: on the CPU, the operators a GPU step would launch kernels for
+# (`mkldnn_convolution`, not the `conv2d` → `convolution` → `_convolution` around it).
+NO_KERNEL = {
+    "aten::" + name for name in (
+        "view as_strided as_strided_ empty empty_strided empty_like new_empty reshape "
+        "_reshape_alias _unsafe_view t transpose permute expand expand_as unsqueeze squeeze select "
+        "slice alias detach lift_fresh result_type scalar_tensor resize_ set_ view_as flatten "
+        "contiguous to item _local_scalar_dense is_nonzero resolve_conj resolve_neg"
+    ).split()
+} | {"detach"}
 
 
 def kind_of(op):
@@ -99,6 +115,7 @@ def summarise(path, steps):
                 ops[ext] = e["name"]
     kernels = [e for e in events if e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset")]
     by_kind, by_op, counts = defaultdict(float), defaultdict(float), defaultdict(int)
+    innermost = None
     if kernels:
         for k in kernels:
             op = ops.get(k.get("args", {}).get("External id"), k["name"] if k.get("cat") != "kernel" else "?")
@@ -134,6 +151,7 @@ def summarise(path, steps):
             by_kind[kind_of(e["name"])] += self_time[id(e)]
             by_op[e["name"]] += self_time[id(e)]
             counts[e["name"]] += 1
+        innermost = innermost_counts(cpu_ops)
         busy = sum(by_op.values())
         wall = (max(e["ts"] + e["dur"] for e in cpu_ops) - min(e["ts"] for e in cpu_ops)) if cpu_ops else 0.0
     per = lambda us: us / steps / 1e3  # noqa: E731  (ms per step)
@@ -149,15 +167,46 @@ def summarise(path, steps):
         launches=(len(kernels) if kernels else len(cpu_ops)) / steps,
         by_kind={k: per(v) for k, v in by_kind.items()},
         by_op={k: (per(v), counts[k] / steps) for k, v in by_op.items()},
+        innermost={k: n / steps for k, n in innermost.items()} if innermost is not None else None,
     )
 
 
-def print_diff(first, second):
+def innermost_counts(cpu_ops):
+    """Per operator name, how often it ran as an innermost computing operator (NO_KERNEL says
+    which do not compute). `cpu_ops` sorted by start, outer before inner; one nesting per thread."""
+    counts = defaultdict(int)
+    for thread in {e["tid"] for e in cpu_ops}:
+        # [event, whether something inside it computes]
+        stack = []
+
+        def close(frame):
+            event, inner_computes = frame
+            computes = event["name"].startswith("aten::") and event["name"] not in NO_KERNEL
+            if computes and not inner_computes:
+                counts[event["name"]] += 1
+            if stack:
+                stack[-1][1] |= computes or inner_computes
+
+        for e in (e for e in cpu_ops if e["tid"] == thread):
+            while stack and stack[-1][0]["ts"] + stack[-1][0]["dur"] <= e["ts"]:
+                close(stack.pop())
+            stack.append([e, False])
+        while stack:
+            close(stack.pop())
+    return counts
+
+
+def print_diff(first, second, innermost=False):
     """Operators launched more often per step by one trace than by the other: on a GPU each is a
-    kernel the CPU must queue, on the CPU (every operator counted, nested ones too) a proxy."""
+    kernel the CPU must queue, on the CPU (every operator counted, nested ones too, or with
+    `innermost` only the computing ones) a proxy."""
     (a_name, a), (b_name, b) = first, second
-    ops = set(a["by_op"]) | set(b["by_op"])
-    count = lambda r, op: r["by_op"].get(op, (0.0, 0.0))[1]  # noqa: E731
+    if innermost and a["innermost"] is not None and b["innermost"] is not None:
+        ops = set(a["innermost"]) | set(b["innermost"])
+        count = lambda r, op: r["innermost"].get(op, 0.0)  # noqa: E731
+    else:
+        ops = set(a["by_op"]) | set(b["by_op"])
+        count = lambda r, op: r["by_op"].get(op, (0.0, 0.0))[1]  # noqa: E731
     rows = sorted(((count(a, op) - count(b, op), op) for op in ops), key=lambda t: (-abs(t[0]), t[1]))
     rows = [(d, op) for d, op in rows if abs(d) >= 0.5]
     print(f"\n{a_name} against {b_name}: operators whose count per step differs ({len(rows)})")
@@ -172,6 +221,8 @@ def main():
     ap.add_argument("--top", type=int, default=12)
     ap.add_argument("--diff", action="store_true",
                     help="also list the operators whose count per step differs between the first two traces")
+    ap.add_argument("--innermost", action="store_true",
+                    help="CPU traces: --diff counts only innermost computing operators")
     ap.add_argument("traces", nargs="+", help="NAME=TRACE.json")
     a = ap.parse_args()
     runs = []
@@ -188,6 +239,8 @@ def main():
     print(f"{'':<22}" + "".join(f"{n:>{width + 2}}" for n, _ in runs))
     for label, key in (("wall", "wall_ms"), ("device busy", "busy_ms"), ("launches / ops", "launches")):
         print(f"{label:<22}" + "".join(f"{r[key]:>{width + 2}.1f}" for _, r in runs))
+    if all(r["innermost"] is not None for _, r in runs):
+        print(f"{'innermost computing':<22}" + "".join(f"{sum(r['innermost'].values()):>{width + 2}.1f}" for _, r in runs))
     kinds = [k for k, _ in KINDS] + ["other elementwise"]
     for kind in kinds:
         if any(kind in r["by_kind"] for _, r in runs):
@@ -209,7 +262,7 @@ def main():
             if r["memory"]:
                 print(f"  {name}: peak during {r['memory']['peak_during']}")
     if a.diff and len(runs) >= 2:
-        print_diff(runs[0], runs[1])
+        print_diff(runs[0], runs[1], a.innermost)
     for name, r in runs:
         print(f"\n{name}: top operators by time (ms per step, launches per step)")
         for op, (ms, n) in sorted(r["by_op"].items(), key=lambda kv: -kv[1][0])[: a.top]:
