@@ -89,10 +89,8 @@ impl MemoryFormatOp for burn::backend::LibTorch {
         if !x.tensor.device().is_cuda() && burn_tch::fused::mkldnn_enabled() {
             return x;
         }
-        // NHWC in memory, viewed as NCHW: the strides of PyTorch's channels_last
-        // ([HWC, 1, WC, C]). tch has no memory-format argument; this is the same one copy.
-        let nhwc = x.tensor.permute([0, 2, 3, 1]).contiguous();
-        burn_tch::TchTensor::new(nhwc.permute([0, 3, 1, 2]))
+        let dtype = x.dtype().into();
+        libtorch::copy_as(&x, dtype, true)
     }
 
     fn conv_weight_op(
@@ -100,50 +98,51 @@ impl MemoryFormatOp for burn::backend::LibTorch {
         like: FloatTensor<Self>,
         dtype: FloatDType,
     ) -> FloatTensor<Self> {
-        use burn::backend::ops::FloatTensorOps;
-        let kind = libtorch::kind(dtype);
         let (size, strides) = (like.tensor.size(), like.tensor.stride());
         // Channels-last [N, C, H, W] has the channel stride 1 (NCHW has H·W).
         let nhwc = size.len() == 4 && size[1] > 1 && strides[1] == 1;
-        if !nhwc {
-            return Self::float_cast(weight, dtype);
+        if !nhwc || weight.tensor.dim() != 4 {
+            return <Self as burn::backend::ops::FloatTensorOps<Self>>::float_cast(weight, dtype);
         }
-        let w = &weight.tensor;
-        let [o, i, h, k] = w.size()[..] else {
-            return Self::float_cast(weight, dtype);
-        };
-        // One kernel: the cast and the change of layout in the same copy.
-        let mut out = tch::Tensor::empty([o, h, k, i], (kind, w.device())).permute([0, 3, 1, 2]);
-        out.copy_(w);
-        burn_tch::TchTensor::new(out)
+        libtorch::copy_as(&weight, dtype, true)
     }
 }
 
 #[cfg(feature = "tch")]
 impl WeightGradient for burn::backend::LibTorch {
     fn weight_gradient(grad: FloatTensor<Self>, dtype: FloatDType) -> FloatTensor<Self> {
-        let g = &grad.tensor;
-        if g.kind() == libtorch::kind(dtype) && g.is_contiguous() {
+        if grad.dtype() == dtype.into() && grad.tensor.is_contiguous() {
             return grad;
         }
-        // One kernel: the cast and the change back to the weight's layout (contiguous NCHW).
-        let mut out = tch::Tensor::empty(g.size(), (libtorch::kind(dtype), g.device()));
-        out.copy_(g);
-        burn_tch::TchTensor::new(out)
+        // Back to the weight's layout (contiguous NCHW).
+        libtorch::copy_as(&grad, dtype, false)
     }
 }
 
 #[cfg(feature = "tch")]
 mod libtorch {
-    use burn::tensor::FloatDType;
+    use burn::backend::LibTorch;
+    use burn::backend::TensorMetadata;
+    use burn::backend::ops::FloatTensorOps;
+    use burn::tensor::{FloatDType, Shape};
+    use burn_tch::TchTensor;
 
-    pub fn kind(dtype: FloatDType) -> tch::Kind {
-        match dtype {
-            FloatDType::F64 => tch::Kind::Double,
-            FloatDType::F32 | FloatDType::Flex32 => tch::Kind::Float,
-            FloatDType::F16 => tch::Kind::Half,
-            FloatDType::BF16 => tch::Kind::BFloat16,
+    /// `t` copied in `dtype`, contiguous or, with `channels_last`, [N, C, H, W] stored NHWC and
+    /// viewed as NCHW (the strides of PyTorch's channels_last: [HWC, 1, WC, C]; tch has no
+    /// memory-format argument): the cast and the layout in one kernel.
+    pub fn copy_as(t: &TchTensor, dtype: FloatDType, channels_last: bool) -> TchTensor {
+        let mut dims: Vec<usize> = t.tensor.size().iter().map(|&d| d as usize).collect();
+        if channels_last {
+            dims[1..].rotate_left(1);
         }
+        let out = LibTorch::float_empty(Shape::from(dims), &t.device(), dtype).tensor;
+        let mut out = if channels_last {
+            out.permute([0, 3, 1, 2])
+        } else {
+            out
+        };
+        out.copy_(&t.tensor);
+        TchTensor::new(out)
     }
 }
 
