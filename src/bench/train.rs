@@ -170,16 +170,15 @@ pub fn train(
     let devices = spec.resolve()?;
     crate::device::set_cudnn_benchmark(config.cudnn_benchmark);
     let train_devices: Vec<_> = devices.iter().map(|d| d.clone().autodiff()).collect();
-    let make = |d: &Device| match options.widths {
-        Some(widths) => {
-            let mut backbone = backbone_config(config);
-            backbone.widths = widths;
-            Trainee {
-                backbone: backbone.init(d),
-                head: head_config(config, num_classes).init(d),
-            }
-        }
-        None => Trainee::init(config, num_classes, d),
+    // `Trainee::init`, with the widths of `options` where given.
+    let mut backbone = backbone_config(config);
+    if let Some(widths) = options.widths {
+        backbone.widths = widths;
+    }
+    let head = head_config(config, num_classes);
+    let make = |d: &Device| Trainee {
+        backbone: backbone.init(d),
+        head: head.init(d),
     };
     let mut model = make(&train_devices[0]);
     let parameters = crate::model::summary::count_params(&model).0;
