@@ -12,7 +12,12 @@ pub fn write_atomically(
     path: &Path,
     write: impl FnOnce(&mut BufWriter<File>) -> std::io::Result<()>,
 ) -> std::io::Result<()> {
-    let tmp = tmp_path(path);
+    let tmp = sibling(path, ".tmp").ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "the path ends in no file name",
+        )
+    })?;
     let result = (|| {
         let mut out = BufWriter::with_capacity(1 << 20, File::create(&tmp)?);
         write(&mut out)?;
@@ -27,11 +32,13 @@ pub fn write_atomically(
     result
 }
 
-/// `<path>.tmp`: `m.onnx` → `m.onnx.tmp`.
-pub fn tmp_path(path: &Path) -> PathBuf {
-    let mut name = path.as_os_str().to_os_string();
-    name.push(".tmp");
-    PathBuf::from(name)
+/// `path` with `suffix` added to its last component, beside it: `m.onnx` → `m.onnx.tmp`, and
+/// `data/synthetic/` (whose last component is `synthetic`) → `data/synthetic.partial`; None
+/// where the path ends in no name (`/`, `..`).
+pub fn sibling(path: &Path, suffix: &str) -> Option<PathBuf> {
+    let mut name = path.file_name()?.to_os_string();
+    name.push(suffix);
+    Some(path.with_file_name(name))
 }
 
 /// A rename is on disk only once the folder that holds the name is (POSIX); without this, a
@@ -66,7 +73,13 @@ mod tests {
         .unwrap_err();
         assert_eq!(err.to_string(), "disk on fire");
         assert_eq!(std::fs::read(&path).unwrap(), b"first");
-        assert!(!tmp_path(&path).exists());
+        assert!(!dir.path().join("a.bin.tmp").exists());
+
+        assert_eq!(
+            sibling(Path::new("data/synthetic/"), ".partial"),
+            Some(PathBuf::from("data/synthetic.partial"))
+        );
+        assert_eq!(sibling(Path::new("/"), ".tmp"), None);
 
         // A bare name's folder is the working directory (`parent()` is "", which cannot be
         // opened).

@@ -28,13 +28,9 @@ pub fn open_dataset(config: &Config) -> Result<(Arc<RecDataset>, usize)> {
                 // Made beside it and renamed when whole, so that an interrupted or failed
                 // generation (Ctrl-C, a full disk) never leaves a half-made `rec` that the
                 // next run would take for the data; its leftover is replaced.
-                let Some(name) = config.rec.file_name() else {
+                let Some(partial) = crate::fs::sibling(&config.rec, ".partial") else {
                     bail!("`rec` = {} does not name a folder", config.rec.display());
                 };
-                let mut partial_name = name.to_os_string();
-                partial_name.push(".partial");
-                // (`data/synthetic/` has the file name `synthetic` and the parent `data`.)
-                let partial = config.rec.with_file_name(partial_name);
                 if partial.exists() {
                     std::fs::remove_dir_all(&partial).with_context(|| {
                         format!("removing an unfinished generation {}", partial.display())
