@@ -137,21 +137,11 @@ def summarise(path, steps):
         wall = last - first
     else:
         # CPU: each operator's own time (its duration less that of operators inside it).
-        cpu_ops.sort(key=lambda e: (e["ts"], -e["dur"]))
-        stack = []
-        self_time = defaultdict(float)
-        for e in cpu_ops:
-            while stack and stack[-1]["ts"] + stack[-1]["dur"] <= e["ts"]:
-                stack.pop()
-            if stack:
-                self_time[id(stack[-1])] -= e["dur"]
-            self_time[id(e)] += e["dur"]
-            stack.append(e)
+        self_time, innermost = walk_nesting(cpu_ops)
         for e in cpu_ops:
             by_kind[kind_of(e["name"])] += self_time[id(e)]
             by_op[e["name"]] += self_time[id(e)]
             counts[e["name"]] += 1
-        innermost = innermost_counts(cpu_ops)
         busy = sum(by_op.values())
         wall = (max(e["ts"] + e["dur"] for e in cpu_ops) - min(e["ts"] for e in cpu_ops)) if cpu_ops else 0.0
     per = lambda us: us / steps / 1e3  # noqa: E731  (ms per step)
@@ -171,29 +161,38 @@ def summarise(path, steps):
     )
 
 
-def innermost_counts(cpu_ops):
-    """Per operator name, how often it ran as an innermost computing operator (NO_KERNEL says
-    which do not compute). `cpu_ops` sorted by start, outer before inner; one nesting per thread."""
-    counts = defaultdict(int)
-    for thread in {e["tid"] for e in cpu_ops}:
-        # [event, whether something inside it computes]
-        stack = []
+def walk_nesting(cpu_ops):
+    """One walk of each thread's operator nesting (by start and duration). Returns each
+    operator's own time (its duration less that of the operators directly inside it), keyed by
+    id(event), and per operator name how often it ran as an innermost computing operator: it
+    computes (NO_KERNEL says which do not) and calls no operator that does."""
+    self_time = defaultdict(float)
+    innermost = defaultdict(int)
+    by_thread = defaultdict(list)
+    for e in cpu_ops:
+        by_thread[e["tid"]].append(e)
+    for events in by_thread.values():
+        events.sort(key=lambda e: (e["ts"], -e["dur"]))  # outer before inner
+        stack = []  # [event, whether something inside it computes]
 
         def close(frame):
             event, inner_computes = frame
             computes = event["name"].startswith("aten::") and event["name"] not in NO_KERNEL
             if computes and not inner_computes:
-                counts[event["name"]] += 1
+                innermost[event["name"]] += 1
             if stack:
                 stack[-1][1] |= computes or inner_computes
 
-        for e in (e for e in cpu_ops if e["tid"] == thread):
+        for e in events:
             while stack and stack[-1][0]["ts"] + stack[-1][0]["dur"] <= e["ts"]:
                 close(stack.pop())
+            if stack:
+                self_time[id(stack[-1][0])] -= e["dur"]
+            self_time[id(e)] += e["dur"]
             stack.append([e, False])
         while stack:
             close(stack.pop())
-    return counts
+    return self_time, innermost
 
 
 def print_diff(first, second, innermost=False):
