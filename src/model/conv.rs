@@ -14,7 +14,7 @@ use burn::backend::autodiff::checkpoint::{base::Checkpointer, strategy::Checkpoi
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::tensor::FloatTensor;
-use burn::backend::{Autodiff, Backend, Dispatch, Flex, backend_extension};
+use burn::backend::{Autodiff, Backend, Dispatch, backend_extension};
 use burn::tensor::Tensor;
 use burn::tensor::ops::ConvOptions;
 
@@ -37,8 +37,17 @@ pub trait Conv2dOp: Backend {
     ) -> FloatTensor<Self>;
 }
 
-/// The kernels of a concrete backend: burn's own by default.
+/// The kernels of a concrete backend: burn's own by default (burn's CPU backend: ours,
+/// `src/model/flex/`).
 pub trait Conv2dKernels: Backend {
+    fn conv2d_forward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Self> {
+        burn_forward::<Self>(x, weight, options)
+    }
+
     /// (dx if `want_x`, dweight if `want_weight`) for the output gradient `grad`.
     fn conv2d_gradients(
         x: FloatTensor<Self>,
@@ -53,7 +62,7 @@ pub trait Conv2dKernels: Backend {
 }
 
 /// The backend's own convolution, without bias.
-fn forward<B: Backend>(
+pub(super) fn burn_forward<B: Backend>(
     x: FloatTensor<B>,
     weight: FloatTensor<B>,
     options: ConvOptions<2>,
@@ -62,7 +71,7 @@ fn forward<B: Backend>(
 }
 
 /// [`Conv2dKernels::conv2d_gradients`] by the backend's two calls, as burn's autodiff takes them.
-fn separate_gradients<B: Backend>(
+pub(super) fn separate_gradients<B: Backend>(
     x: FloatTensor<B>,
     weight: FloatTensor<B>,
     grad: FloatTensor<B>,
@@ -74,18 +83,6 @@ fn separate_gradients<B: Backend>(
         .then(|| B::conv2d_x_backward(x.clone(), weight.clone(), grad.clone(), options.clone()));
     let grad_weight = want_weight.then(|| B::conv2d_weight_backward(x, weight, grad, options));
     (grad_x, grad_weight)
-}
-
-impl Conv2dKernels for Flex {}
-
-impl Conv2dOp for Flex {
-    fn conv2d_op(
-        x: FloatTensor<Self>,
-        weight: FloatTensor<Self>,
-        options: ConvOptions<2>,
-    ) -> FloatTensor<Self> {
-        forward::<Self>(x, weight, options)
-    }
 }
 
 #[cfg(feature = "tch")]
@@ -119,7 +116,7 @@ mod libtorch {
             weight: FloatTensor<Self>,
             options: ConvOptions<2>,
         ) -> FloatTensor<Self> {
-            super::forward::<Self>(x, weight, options)
+            Self::conv2d_forward(x, weight, options)
         }
     }
 }
@@ -169,10 +166,10 @@ impl<B: Backend + Conv2dKernels, C: CheckpointStrategy> Conv2dOp for Autodiff<B,
         {
             OpsKind::Tracked(prep) => {
                 let (x, weight) = (x.primitive().clone(), weight.primitive().clone());
-                let output = forward::<B>(x.clone(), weight.clone(), options.clone());
+                let output = B::conv2d_forward(x.clone(), weight.clone(), options.clone());
                 prep.finish((x, weight, options), output)
             }
-            OpsKind::UnTracked(prep) => prep.finish(forward::<B>(
+            OpsKind::UnTracked(prep) => prep.finish(B::conv2d_forward(
                 x.into_primitive(),
                 weight.into_primitive(),
                 options,

@@ -2,6 +2,7 @@
 
 pub mod batch_norm;
 pub mod conv;
+mod flex;
 pub mod head;
 pub mod iresnet;
 pub mod memory_format;

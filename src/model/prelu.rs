@@ -14,7 +14,7 @@ use burn::backend::autodiff::checkpoint::{base::Checkpointer, strategy::Checkpoi
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::tensor::FloatTensor;
-use burn::backend::{Autodiff, Backend, Dispatch, Flex, Scalar, Shape, TensorMetadata};
+use burn::backend::{Autodiff, Backend, Dispatch, Scalar, Shape, TensorMetadata};
 use burn::backend::{backend_extension, get_or_init_device_settings};
 use burn::tensor::Tensor;
 
@@ -34,11 +34,11 @@ pub trait PReluOp: Backend {
     fn prelu_op(x: FloatTensor<Self>, alpha: FloatTensor<Self>) -> FloatTensor<Self>;
 }
 
-/// The kernels of a concrete backend: burn's own arithmetic by default.
+/// The kernels of a concrete backend: burn's own arithmetic by default (burn's CPU backend:
+/// ours, `src/model/flex/`).
 pub trait PReluKernels: Backend {
     fn prelu_forward(x: FloatTensor<Self>, alpha: FloatTensor<Self>) -> FloatTensor<Self> {
-        let alpha = per_channel::<Self>(cast_to::<Self>(alpha, x.dtype()), &x.shape());
-        Self::prelu(x, alpha)
+        composed_forward::<Self>(x, alpha)
     }
 
     /// (dx, dα) for the output gradient `grad`.
@@ -51,8 +51,17 @@ pub trait PReluKernels: Backend {
     }
 }
 
+/// [`PReluKernels::prelu_forward`] by burn's PReLU (slopes at the input's precision).
+pub(super) fn composed_forward<B: Backend>(
+    x: FloatTensor<B>,
+    alpha: FloatTensor<B>,
+) -> FloatTensor<B> {
+    let alpha = per_channel::<B>(cast_to::<B>(alpha, x.dtype()), &x.shape());
+    B::prelu(x, alpha)
+}
+
 /// [`PReluKernels::prelu_backward`] out of burn's tensor operations.
-fn composed_backward<B: Backend>(
+pub(super) fn composed_backward<B: Backend>(
     x: FloatTensor<B>,
     alpha: FloatTensor<B>,
     grad: FloatTensor<B>,
@@ -84,14 +93,6 @@ fn per_channel<B: Backend>(alpha: FloatTensor<B>, shape: &Shape) -> FloatTensor<
     let mut dims = vec![1; shape.num_dims()];
     dims[1] = shape[1];
     B::float_reshape(alpha, Shape::from(dims))
-}
-
-impl PReluKernels for Flex {}
-
-impl PReluOp for Flex {
-    fn prelu_op(x: FloatTensor<Self>, alpha: FloatTensor<Self>) -> FloatTensor<Self> {
-        Self::prelu_forward(x, alpha)
-    }
 }
 
 #[cfg(feature = "tch")]

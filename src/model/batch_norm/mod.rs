@@ -26,8 +26,7 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{
-    Autodiff, AutodiffBackend, Backend, DType, Dispatch, Flex, Scalar, TensorMetadata,
-    backend_extension,
+    Autodiff, AutodiffBackend, Backend, DType, Dispatch, Scalar, TensorMetadata, backend_extension,
 };
 use burn::module::{Module, ModuleMapper, Param, RunningState};
 use burn::nn::BatchNorm;
@@ -183,7 +182,7 @@ pub trait BatchNormKernels: Backend {
 }
 
 /// [`BatchNormOp::batch_norm_eval_op`] by burn's `batch_norm`, at the parameters' precision.
-fn composed_eval<B: Backend>(
+pub(super) fn composed_eval<B: Backend>(
     x: FloatTensor<B>,
     gamma: FloatTensor<B>,
     beta: FloatTensor<B>,
@@ -198,7 +197,7 @@ fn composed_eval<B: Backend>(
 
 /// [`BatchNormKernels::batch_norm_forward`] by burn's `batch_norm_train` and tensor operations.
 #[allow(clippy::type_complexity)]
-fn composed_forward<B: Backend>(
+pub(super) fn composed_forward<B: Backend>(
     x: FloatTensor<B>,
     gamma: FloatTensor<B>,
     beta: FloatTensor<B>,
@@ -235,7 +234,7 @@ fn composed_forward<B: Backend>(
 
 /// [`BatchNormKernels::batch_norm_backward`] by burn's `batch_norm_train_backward`
 /// (`saved.spread` is the biased variance, as [`composed_forward`] leaves it).
-fn composed_backward<B: Backend>(
+pub(super) fn composed_backward<B: Backend>(
     x: FloatTensor<B>,
     gamma: FloatTensor<B>,
     saved: Saved<B>,
@@ -268,7 +267,7 @@ fn samples_per_channel(shape: &burn::backend::Shape) -> usize {
 
 /// n/(n − 1), the biased variance's correction (1 for a single value, where PyTorch's
 /// unbiased variance is undefined and the trainer refuses such a batch anyway).
-fn unbiased_factor(samples: usize) -> f64 {
+pub(super) fn unbiased_factor(samples: usize) -> f64 {
     if samples > 1 {
         samples as f64 / (samples - 1) as f64
     } else {
@@ -278,7 +277,7 @@ fn unbiased_factor(samples: usize) -> f64 {
 
 /// [`BatchNormOp::batch_norm_train_op`] of a concrete backend: its forward kernel, the saved
 /// statistics dropped (nothing differentiates there).
-fn train_op<B: BatchNormKernels>(
+pub(super) fn train_op<B: BatchNormKernels>(
     x: FloatTensor<B>,
     gamma: FloatTensor<B>,
     beta: FloatTensor<B>,
@@ -290,22 +289,6 @@ fn train_op<B: BatchNormKernels>(
     let (output, _, mean, var) =
         B::batch_norm_forward(x, gamma, beta, running_mean, running_var, momentum, epsilon);
     (output, mean, var)
-}
-
-impl BatchNormKernels for Flex {}
-
-impl BatchNormOp for Flex {
-    fn batch_norm_train_op(
-        x: FloatTensor<Self>,
-        gamma: FloatTensor<Self>,
-        beta: FloatTensor<Self>,
-        running_mean: FloatTensor<Self>,
-        running_var: FloatTensor<Self>,
-        momentum: f64,
-        epsilon: f64,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        train_op::<Self>(x, gamma, beta, running_mean, running_var, momentum, epsilon)
-    }
 }
 
 #[cfg(feature = "tch")]

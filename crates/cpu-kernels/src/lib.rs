@@ -1,0 +1,12 @@
+//! f32 kernels of arcface's training operations on the CPU, over NCHW data in plain slices:
+//! the bias-free 2-D convolution as im2col and one matrix product per image ([`conv`]),
+//! BatchNorm in training ([`batch_norm`]) and PReLU ([`prelu`]), each with its backward.
+//!
+//! burn's CPU backend (Flex) composes these from generic tensor operations; arcface plugs these
+//! kernels in instead (src/model/flex/). Every reduction is summed in a fixed order, so results
+//! do not depend on the thread count or on timing.
+
+pub mod batch_norm;
+pub mod conv;
+pub mod matmul;
+pub mod prelu;

@@ -1,0 +1,302 @@
+//! Tests of the CPU kernels (crates/cpu-kernels), here because CI's `cargo test` runs this
+//! crate's tests and not that crate's: against the operations' definitions, written out
+//! element by element in f64.
+
+mod matmul {
+    use arcface_cpu_kernels::matmul::*;
+
+    fn naive(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
+        let mut c = vec![0.0; m * n];
+        for r in 0..m {
+            for col in 0..n {
+                c[r * n + col] = (0..k).map(|i| a[r * k + i] * b[i * n + col]).sum();
+            }
+        }
+        c
+    }
+
+    #[test]
+    fn products_and_transposes_match_the_definition() {
+        let (m, k, n) = (5, 7, 3);
+        let a: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.37).sin()).collect();
+        let b: Vec<f32> = (0..k * n).map(|i| (i as f32 * 0.91).cos()).collect();
+        let expected = naive(&a, &b, m, k, n);
+        let mut c = vec![0.0; m * n];
+        matmul(
+            &mut c,
+            View::rows(&a, k),
+            View::rows(&b, n),
+            (m, k, n),
+            false,
+            false,
+        );
+        for (x, y) in c.iter().zip(&expected) {
+            assert!((x - y).abs() < 1e-5);
+        }
+        // Accumulating adds the product once more; through transposed copies it is the same.
+        let at: Vec<f32> = (0..k * m).map(|i| a[(i % m) * k + i / m]).collect();
+        let bt: Vec<f32> = (0..n * k).map(|i| b[(i % k) * n + i / k]).collect();
+        matmul(
+            &mut c,
+            View::rows(&at, m).t(),
+            View::rows(&bt, k).t(),
+            (m, k, n),
+            true,
+            true,
+        );
+        for (x, y) in c.iter().zip(&expected) {
+            assert!((x - 2.0 * y).abs() < 1e-5);
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "does not fit")]
+    fn a_factor_too_short_is_refused() {
+        let mut c = vec![0.0; 4];
+        matmul(
+            &mut c,
+            View::rows(&[1.0; 3], 2),
+            View::rows(&[1.0; 4], 2),
+            (2, 2, 2),
+            false,
+            false,
+        );
+    }
+}
+
+mod conv {
+    use arcface_cpu_kernels::conv::*;
+
+    /// The convolution by its definition, in f64: out[n,o,y,x] = Σ w[o,c,i,j]·x[n,c,y·s+i·d−p,
+    /// x·s+j·d−p] over positions inside the image.
+    fn definition(g: &Geometry, x: &[f32], w: &[f32]) -> Vec<f64> {
+        let [kh, kw] = g.kernel;
+        let mut out = vec![0.0; g.batch * g.output_len()];
+        for n in 0..g.batch {
+            for o in 0..g.channels_out {
+                for y in 0..g.out_height {
+                    for xo in 0..g.out_width {
+                        let mut sum = 0.0f64;
+                        for c in 0..g.channels_in {
+                            for i in 0..kh {
+                                for j in 0..kw {
+                                    let row = (y * g.stride[0] + i * g.dilation[0]) as isize
+                                        - g.padding[0] as isize;
+                                    let col = (xo * g.stride[1] + j * g.dilation[1]) as isize
+                                        - g.padding[1] as isize;
+                                    if row < 0
+                                        || col < 0
+                                        || row >= g.height as isize
+                                        || col >= g.width as isize
+                                    {
+                                        continue;
+                                    }
+                                    let xi = ((n * g.channels_in + c) * g.height + row as usize)
+                                        * g.width
+                                        + col as usize;
+                                    let wi = ((o * g.channels_in + c) * kh + i) * kw + j;
+                                    sum += x[xi] as f64 * w[wi] as f64;
+                                }
+                            }
+                        }
+                        out[((n * g.channels_out + o) * g.out_height + y) * g.out_width + xo] = sum;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn values(len: usize, seed: f32) -> Vec<f32> {
+        (0..len)
+            .map(|i| ((i as f32 + seed) * 0.618_034).fract() * 2.0 - 1.0)
+            .collect()
+    }
+
+    fn close(ours: &[f32], reference: &[f64], what: &str) {
+        assert_eq!(ours.len(), reference.len(), "{what}: length");
+        for (i, (a, b)) in ours.iter().zip(reference).enumerate() {
+            assert!(
+                (*a as f64 - b).abs() < 1e-4 * (1.0 + b.abs()),
+                "{what}[{i}]: {a} against {b}"
+            );
+        }
+    }
+
+    /// Forward and gradients against the definition, for iresnet's shapes (3×3 stride 1 and 2,
+    /// 1×1 stride 2) and beyond them (1×1 stride 1, non-square kernels, dilation, asymmetric
+    /// padding), with batches below and above the thread count (one image at a time and side by
+    /// side). A gradient entry is the derivative of ⟨conv(x, w), up⟩ by one input (or weight)
+    /// value; the convolution is linear in each, so it is the definition evaluated with that
+    /// value 1 and the others 0, dotted with `up`.
+    #[test]
+    fn forward_and_gradients_match_the_definition() {
+        let cases = [
+            // (batch, ci, h, w, co, kh, kw, stride, padding (begin, end), dilation)
+            (3, 2, 7, 6, 4, 3, 3, [1, 1], [(1, 1), (1, 1)], [1, 1]),
+            (2, 3, 9, 8, 5, 3, 3, [2, 2], [(1, 1), (1, 1)], [1, 1]),
+            (4, 3, 6, 7, 2, 1, 1, [2, 2], [(0, 0), (0, 0)], [1, 1]),
+            (1, 4, 5, 5, 3, 1, 1, [1, 1], [(0, 0), (0, 0)], [1, 1]),
+            (2, 2, 8, 9, 3, 3, 2, [1, 2], [(2, 0), (0, 1)], [2, 1]),
+            (9, 1, 4, 4, 2, 4, 4, [1, 1], [(0, 0), (0, 0)], [1, 1]),
+            // 1×1 with zeros after the last row only: not the pointwise shortcut.
+            (2, 3, 4, 5, 2, 1, 1, [1, 1], [(0, 1), (0, 0)], [1, 1]),
+        ];
+        for (batch, ci, h, w, co, kh, kw, stride, padding, dilation) in cases {
+            let options = Options {
+                stride,
+                padding,
+                dilation,
+                groups: 1,
+            };
+            let g = Geometry::new([batch, ci, h, w], [co, ci, kh, kw], &options).unwrap();
+            let case = format!("{g:?}");
+            let x = values(batch * g.input_len(), 0.3);
+            let wt = values(co * ci * kh * kw, 0.7);
+            let out = forward(&g, &x, &wt);
+            close(&out, &definition(&g, &x, &wt), &format!("{case} output"));
+
+            let up = values(out.len(), 0.11);
+            let (dx, dw) = gradients(&g, &x, &wt, &up, true, true);
+            let (dx, dw) = (dx.unwrap(), dw.unwrap());
+            // Each gradient entry is the derivative of ⟨conv(x, w), up⟩, linear in x and w:
+            // the definition at a unit input (or weight) gives it exactly.
+            let unit = |len: usize, at: usize| {
+                let mut v = vec![0.0f32; len];
+                v[at] = 1.0;
+                v
+            };
+            let dot = |a: &[f64], b: &[f32]| a.iter().zip(b).map(|(a, b)| a * *b as f64).sum();
+            let dx_ref: Vec<f64> = (0..x.len())
+                .map(|i| dot(&definition(&g, &unit(x.len(), i), &wt), &up))
+                .collect();
+            let dw_ref: Vec<f64> = (0..wt.len())
+                .map(|i| dot(&definition(&g, &x, &unit(wt.len(), i)), &up))
+                .collect();
+            close(&dx, &dx_ref, &format!("{case} input gradient"));
+            close(&dw, &dw_ref, &format!("{case} weight gradient"));
+
+            let (only_dx, none) = gradients(&g, &x, &wt, &up, true, false);
+            assert!(none.is_none());
+            assert_eq!(only_dx.unwrap(), dx, "{case}: dx alone");
+            let (none, only_dw) = gradients(&g, &x, &wt, &up, false, true);
+            assert!(none.is_none());
+            assert_eq!(only_dw.unwrap(), dw, "{case}: dW alone");
+        }
+    }
+
+    #[test]
+    fn grouped_or_mismatched_convolutions_are_left_to_burn() {
+        let options = |padding: usize, groups: usize| Options {
+            stride: [1, 1],
+            padding: [(padding, padding); 2],
+            dilation: [1, 1],
+            groups,
+        };
+        let grouped = options(1, 2);
+        assert!(Geometry::new([1, 4, 5, 5], [4, 2, 3, 3], &grouped).is_none());
+        let plain = options(0, 1);
+        assert!(Geometry::new([1, 4, 5, 5], [4, 3, 3, 3], &plain).is_none());
+        // A kernel larger than the padded image has no output.
+        assert!(Geometry::new([1, 1, 2, 2], [1, 1, 3, 3], &plain).is_none());
+    }
+}
+
+mod batch_norm {
+    use arcface_cpu_kernels::batch_norm::*;
+
+    fn values(len: usize, seed: f64, offset: f64) -> Vec<f32> {
+        (0..len)
+            .map(|i| (((i as f64 + seed) * 0.618_034).fract() * 2.0 - 1.0 + offset) as f32)
+            .collect()
+    }
+
+    /// Forward, statistics and every gradient against the formulas in f64 written out element
+    /// by element, on a batch whose mean (3.0) is far from 0 and with planes of a length that
+    /// is not a multiple of the lane count.
+    #[test]
+    fn matches_the_formulas_in_f64() {
+        let layout = Layout::of(&[3, 4, 5, 3]);
+        let (n, c, m) = (3, 4, 15);
+        let x = values(n * c * m, 0.2, 3.0);
+        let grad = values(n * c * m, 0.9, 0.1);
+        let gamma = [0.5f32, -1.5, 2.0, 1.0];
+        let beta = [0.1f32, 0.2, -0.3, 0.0];
+        let eps = 1e-5;
+        let (mean, var) = statistics(layout, &x);
+        let y = normalize(layout, &x, &gamma, &beta, (&mean, &var), eps);
+        let (dx, dg, db) = backward(layout, &x, &gamma, (&mean, &var), eps, &grad);
+        let at = |i: usize, ch: usize, j: usize| (i * c + ch) * m + j;
+        for ch in 0..c {
+            let xs: Vec<f64> = (0..n)
+                .flat_map(|i| (0..m).map(move |j| (i, j)))
+                .map(|(i, j)| x[at(i, ch, j)] as f64)
+                .collect();
+            let count = xs.len() as f64;
+            let mu = xs.iter().sum::<f64>() / count;
+            let v = xs.iter().map(|a| (a - mu).powi(2)).sum::<f64>() / count;
+            assert!((mean[ch] as f64 - mu).abs() < 1e-6, "mean");
+            assert!((var[ch] as f64 - v).abs() < 1e-6, "variance");
+            let sigma = (v + eps).sqrt();
+            let (mut sum_dy, mut sum_dy_hat) = (0.0, 0.0);
+            for i in 0..n {
+                for j in 0..m {
+                    let hat = (x[at(i, ch, j)] as f64 - mu) / sigma;
+                    let expected = gamma[ch] as f64 * hat + beta[ch] as f64;
+                    assert!((y[at(i, ch, j)] as f64 - expected).abs() < 1e-5, "output");
+                    sum_dy += grad[at(i, ch, j)] as f64;
+                    sum_dy_hat += grad[at(i, ch, j)] as f64 * hat;
+                }
+            }
+            assert!((db[ch] as f64 - sum_dy).abs() < 1e-5, "dβ");
+            assert!((dg[ch] as f64 - sum_dy_hat).abs() < 1e-5, "dγ");
+            for i in 0..n {
+                for j in 0..m {
+                    let hat = (x[at(i, ch, j)] as f64 - mu) / sigma;
+                    let dy = grad[at(i, ch, j)] as f64;
+                    let expected =
+                        gamma[ch] as f64 / sigma * (dy - sum_dy / count - hat * sum_dy_hat / count);
+                    assert!((dx[at(i, ch, j)] as f64 - expected).abs() < 1e-4, "dx");
+                }
+            }
+        }
+    }
+}
+
+mod prelu {
+    use arcface_cpu_kernels::batch_norm::Layout;
+    use arcface_cpu_kernels::prelu::*;
+
+    #[test]
+    fn matches_the_definition() {
+        let layout = Layout::of(&[2, 3, 2, 5]);
+        let x: Vec<f32> = (0..60)
+            .map(|i| ((i * 37 % 23) as f32 - 11.0) * 0.25)
+            .collect();
+        let grad: Vec<f32> = (0..60)
+            .map(|i| ((i * 11 % 17) as f32 - 8.0) * 0.5)
+            .collect();
+        let alpha = [0.25f32, -0.5, 2.0];
+        let y = forward(layout, &x, &alpha);
+        let (dx, da) = backward(layout, &x, &alpha, &grad);
+        let mut expected_da = [0.0f32; 3];
+        for i in 0..60 {
+            let c = i / 10 % 3;
+            let expected_y = if x[i] < 0.0 { alpha[c] * x[i] } else { x[i] };
+            assert_eq!(y[i], expected_y, "y[{i}]");
+            let expected = if x[i] < 0.0 {
+                alpha[c] * grad[i]
+            } else {
+                grad[i]
+            };
+            assert_eq!(dx[i], expected);
+            if x[i] < 0.0 {
+                expected_da[c] += grad[i] * x[i];
+            }
+        }
+        for c in 0..3 {
+            assert!((da[c] - expected_da[c]).abs() < 1e-4, "dα[{c}]");
+        }
+        assert!(expected_da.iter().all(|&v| v != 0.0));
+    }
+}
