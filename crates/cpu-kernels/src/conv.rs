@@ -12,8 +12,8 @@
 //! convolution. Here each is one product per image over data already in place.
 //!
 //! Images run side by side on rayon's threads, each product on one thread; a batch smaller than
-//! the pool spreads each product instead. The weight gradient is summed over fixed groups of
-//! images in a fixed order, so a run's result does not depend on the thread count or timing.
+//! the pool spreads each product instead. The weight gradient is summed over groups of images
+//! fixed by the batch size, in a fixed order, so runs repeat bit for bit.
 
 use rayon::prelude::*;
 

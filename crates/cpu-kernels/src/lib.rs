@@ -3,8 +3,8 @@
 //! BatchNorm in training ([`batch_norm`]) and PReLU ([`prelu`]), each with its backward.
 //!
 //! burn's CPU backend (Flex) composes these from generic tensor operations; arcface plugs these
-//! kernels in instead (src/model/flex/). Every reduction is summed in a fixed order, so results
-//! do not depend on the thread count or on timing.
+//! kernels in instead (src/model/flex/). Every reduction is summed in an order fixed by the
+//! shapes alone, never by which thread finishes first, so runs repeat bit for bit.
 
 pub mod batch_norm;
 pub mod conv;

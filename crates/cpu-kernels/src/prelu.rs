@@ -1,6 +1,7 @@
-//! PReLU's backward on burn's CPU backend (Flex): one pass gives dx and each plane's share of
-//! dα. Why not the composed backward of `src/model/prelu.rs`: a comparison, two products, two
-//! selects, a negation, a transposed copy and a sum, eight passes over the activations.
+//! PReLU on burn's CPU backend (Flex), one pass each way: the backward's gives dx and each
+//! plane's share of dα. Why not the composed backward of `src/model/prelu.rs`: a comparison,
+//! two products, two selects, a negation, a transposed copy and a sum, eight passes over the
+//! activations.
 
 use rayon::prelude::*;
 
@@ -25,7 +26,7 @@ pub fn backward(layout: Layout, x: &[f32], alpha: &[f32], grad: &[f32]) -> (Vec<
     let plane = layout.plane.max(1);
     let mut dx = vec![0.0; x.len()];
     // Each plane's Σ dy·x over x < 0, summed per channel below in plane order: the same
-    // result whatever the thread count.
+    // result whichever thread finishes first.
     let shares: Vec<f64> = dx
         .par_chunks_mut(plane)
         .enumerate()
