@@ -4,7 +4,8 @@
 //! burn 0.22's autodiff builds PReLU out of a comparison, a product and a select, each with its
 //! own backward: about ten passes over the activations per layer and step. On LibTorch this op
 //! runs libtorch's `_prelu_kernel` and `_prelu_kernel_backward` instead (PyTorch's own, one pass
-//! each way); on burn's CPU backend the same arithmetic composed once, without the autodiff
+//! each way); on burn's CPU backend our one-pass kernels (crates/cpu-kernels through
+//! `src/model/flex/`), and elsewhere the same arithmetic composed once, without the autodiff
 //! bookkeeping of every part. Through burn's backend-extension API (`#[backend_extension]`):
 //! the one hook 0.22 offers for an operation with its own backward.
 // burn-tch (LibTorch) is deprecated upstream; see device.rs.

@@ -11,8 +11,9 @@
 //! layer and step, ~1,900 for r100, where PyTorch launches none: its kernels update the running
 //! statistics in place while they compute the batch's. On LibTorch this operation hands the
 //! running statistics to those kernels (cuDNN's `cudnn_batch_norm` where PyTorch would take it,
-//! else `native_batch_norm`) and keeps 1/√(σ² + ε) for the backward; on burn's CPU backend it is
-//! burn's arithmetic with the same update.
+//! else `native_batch_norm`) and keeps 1/√(σ² + ε) for the backward; on burn's CPU backend our
+//! kernels (crates/cpu-kernels through `src/model/flex/`) with the same update, and elsewhere
+//! burn's arithmetic.
 //!
 //! Inference goes through an operation of ours too ([`BatchNormOp::batch_norm_eval_op`]), for
 //! the bf16 activations of mixed precision: libtorch's kernel takes them with fp32 parameters,
