@@ -130,8 +130,9 @@ fn moved(running: &FlexTensor, batch: &[f32], momentum: f64, factor: f64) -> Opt
     Some(tensor(new, &[batch.len()]))
 }
 
-/// `t` as contiguous f32 for the BatchNorm and PReLU kernels: bf16 activations and gradients
+/// `t` as contiguous f32 for the BatchNorm kernels: bf16 activations and gradients
 /// (Precision::Bf16) are cast up to their f32 parameters' type, as LibTorch computes them.
+/// (PReLU's kernels take f32 only; bf16 activations keep burn's arithmetic there.)
 fn at_f32(t: &FlexTensor) -> Option<FlexTensor> {
     match t.dtype() {
         DType::F32 => Some(t.to_contiguous()),
