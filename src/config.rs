@@ -75,9 +75,13 @@ pub struct Config {
     pub save_every: usize,
     /// Step checkpoints kept besides `best.ckpt`.
     pub keep_checkpoints: usize,
-    /// "cpu", "cuda", "cuda:0" or "cuda:0,1,2,3" (see `device.rs`); several CUDA devices train
-    /// data parallel, `batch_size` images each.
+    /// "cpu", "cuda", "cuda:0", "cuda:0,1,2,3" or "libtorch-cpu" (see `device.rs`); several
+    /// CUDA devices train data parallel, one process each, `batch_size` images each
+    /// (`src/dist/`).
     pub device: String,
+    /// Seconds a rank waits in a collective (or at the rendezvous) for the others before the run
+    /// stops naming the rank that died or hangs (torch.distributed's `timeout`, also 30 min).
+    pub dist_timeout: u64,
     /// "fp32", or "bf16": mixed precision as PyTorch's autocast (`model::Precision`).
     pub precision: Precision,
     /// cuDNN picks the fastest convolution algorithms by timing them (LibTorch CUDA only).
@@ -140,6 +144,7 @@ impl Default for Config {
             verbose: 2000,
             save_every: 2000,
             keep_checkpoints: 3,
+            dist_timeout: 1800,
             device: "cpu".to_string(),
             precision: Precision::Fp32,
             cudnn_benchmark: true,
@@ -216,7 +221,7 @@ impl Config {
     /// Checks values that parse but make no sense; returns the offending key and why.
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
         let [m1, m2, m3] = self.margin_list;
-        let checks: [(&'static str, bool, String); 19] = [
+        let checks: [(&'static str, bool, String); 20] = [
             (
                 "embedding_size",
                 self.embedding_size > 0,
@@ -304,6 +309,7 @@ impl Config {
                 self.keep_checkpoints > 0,
                 "must be > 0".into(),
             ),
+            ("dist_timeout", self.dist_timeout > 0, "must be > 0".into()),
             (
                 "synthetic",
                 self.synthetic.as_ref().is_none_or(|s| {

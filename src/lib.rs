@@ -7,6 +7,7 @@ pub mod bench;
 pub mod config;
 pub mod data;
 pub mod device;
+pub mod dist;
 pub mod embedder;
 pub mod eval;
 pub mod export;

@@ -60,7 +60,11 @@ fn main() -> ExitCode {
     match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            // One line per rank of a distributed run, each saying whose it is.
+            match std::env::var("RANK") {
+                Ok(rank) => eprintln!("error (rank {rank}): {error:#}"),
+                Err(_) => eprintln!("error: {error:#}"),
+            }
             ExitCode::FAILURE
         }
     }

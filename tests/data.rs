@@ -321,10 +321,10 @@ fn loader_resumes_at_the_cursor_and_shards_disjointly() {
 
     let run = loader(&ds, 0, 1, Cursor::default());
     let straight: Vec<_> = (0..9).map(|_| run.next_batch().unwrap()).collect();
-    assert_eq!(straight[5].next, Cursor { epoch: 0, batch: 6 });
+    assert_eq!(straight[5].next, Cursor { epoch: 0, sample: 24 });
     assert_eq!(
         straight[6].next,
-        Cursor { epoch: 1, batch: 1 },
+        Cursor { epoch: 1, sample: 4 },
         "epoch rolls over after 6 batches"
     );
     // The first epoch sees 24 distinct images; the next epoch is a different order.
@@ -343,7 +343,9 @@ fn loader_resumes_at_the_cursor_and_shards_disjointly() {
         assert_eq!(got.labels, expect.labels);
     }
 
-    // Two replicas split each global batch of 8 without overlap.
+    // Two ranks as PyTorch's DistributedSampler(shuffle, drop_last) + DataLoader(drop_last):
+    // rank r's samples are indices[r::2] of the epoch's permutation, batched by 4, and the 3
+    // global batches of 8 cover the first 24 positions without overlap.
     let (r0, r1) = (
         loader(&ds, 0, 2, Cursor::default()),
         loader(&ds, 1, 2, Cursor::default()),
@@ -353,11 +355,31 @@ fn loader_resumes_at_the_cursor_and_shards_disjointly() {
         config: r0.plan.config.clone(),
     };
     assert_eq!(plan.batches_per_epoch(), 3);
-    for _ in 0..3 {
+    let order = plan.permutation(0);
+    let key_of = |index: usize| ds.sample(index).unwrap().key;
+    let mut both = Vec::new();
+    for step in 0..3 {
         let (a, b) = (r0.next_batch().unwrap(), r1.next_batch().unwrap());
+        for (rank, batch) in [(0, &a), (1, &b)] {
+            let mine: Vec<usize> = order[..24].iter().skip(rank).step_by(2).copied().collect();
+            let expect: Vec<u64> = mine[step * 4..step * 4 + 4].iter().map(|&i| key_of(i)).collect();
+            assert_eq!(batch.keys, expect, "rank {rank} step {step}");
+        }
         assert!(a.keys.iter().all(|k| !b.keys.contains(k)));
         assert_eq!(a.next, b.next);
+        assert_eq!(a.next, Cursor { epoch: 0, sample: 8 * (step + 1) });
+        both.extend(a.keys.iter().chain(&b.keys).copied());
     }
+    // A 2-rank cursor resumed on 1 rank continues with the next samples of the permutation.
+    let two = loader(&ds, 0, 2, Cursor::default());
+    let cursor = two.next_batch().unwrap().next;
+    let one = loader(&ds, 0, 1, cursor).next_batch().unwrap();
+    let expect: Vec<u64> = order[8..12].iter().map(|&i| key_of(i)).collect();
+    assert_eq!(one.keys, expect);
+    assert_eq!(one.next, Cursor { epoch: 0, sample: 12 });
+    both.sort();
+    both.dedup();
+    assert_eq!(both.len(), 24);
 }
 
 #[test]

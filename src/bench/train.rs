@@ -13,8 +13,8 @@ use super::peak_host_mib;
 use crate::config::Config;
 use crate::device::DeviceSpec;
 use crate::model::memory_format::channels_last;
+use crate::dist::Group;
 use crate::model::{Precision, Trainee, backbone_config, head_config};
-use crate::train::replicas::Replicas;
 use crate::train::sgd::{Sgd, SgdSettings};
 
 /// Batches of inputs the steps take in turn (as PyTorch's anchor does), so that no step sees
@@ -45,9 +45,12 @@ pub struct TrainThroughput {
     pub precision: String,
     /// Images and activations stored channels-last (LibTorch).
     pub channels_last: bool,
-    /// The devices, one replica each.
-    pub devices: Vec<String>,
-    /// Images per device and step.
+    /// This rank's device.
+    pub device: String,
+    /// Ranks of the process group (1: no collectives) and its engine ("Gloo", "NCCL", "none").
+    pub world_size: usize,
+    pub backend: String,
+    /// Images per rank and step.
     pub batch_size: usize,
     pub num_classes: usize,
     pub warmup_steps: usize,
@@ -55,16 +58,21 @@ pub struct TrainThroughput {
     /// Step time with the steps queued back to back and one wait for the devices at the end,
     /// as a training run goes (and as PyTorch's anchor times itself).
     pub step_ms: f64,
-    /// Images per second over all devices, from `step_ms`.
+    /// Images per second over all ranks, from `step_ms`.
     pub images_per_second: f64,
-    /// The parts, from as many more steps with a wait for the devices after each part (so
-    /// they add up to a little more than `step_ms`). Forward and backward apart on one device
-    /// only: replicas run both in one call.
-    pub forward_ms: Option<f64>,
-    pub backward_ms: Option<f64>,
-    /// Forward and backward of all replicas, with the gradient averaging.
-    pub forward_backward_ms: f64,
+    /// The parts, from as many more steps with a wait for the device after each part (so
+    /// they add up to a little more than `step_ms`).
+    pub forward_ms: f64,
+    pub backward_ms: f64,
+    /// The gradients' bucketed all-reduce (0 for a single rank).
+    pub all_reduce_ms: f64,
     pub optimizer_ms: f64,
+    /// Bytes of the head on each rank: its weight, momentum and gradient (replicated: the
+    /// whole head on every rank).
+    pub head_bytes_per_rank: u64,
+    /// Bytes each rank sends per step in the gradients' ring all-reduce (2(n−1)/n of the
+    /// gradient, NCCL's and Gloo's ring), backbone and head.
+    pub all_reduce_bytes_per_rank: u64,
     pub loss: f64,
     /// Peak resident memory of this process (host), MiB.
     pub peak_host_mib: f64,
@@ -85,64 +93,25 @@ pub struct TrainThroughput {
 
 /// The model, optimizer and inputs of the benchmark, and one step over them.
 struct Bench {
-    devices: Vec<Device>,
-    replicas: Replicas<Trainee>,
+    device: Device,
+    group: Group,
     sgd: Sgd,
-    /// `INPUT_SETS` sets of one (images, labels) shard per device.
-    inputs: Vec<Vec<(Tensor<4>, Tensor<1, Int>)>>,
+    /// `INPUT_SETS` sets of (images, labels).
+    inputs: Vec<(Tensor<4>, Tensor<1, Int>)>,
     precision: Precision,
 }
 
-/// A step's loss: still on the device (not waited for), or read back.
-enum Loss {
-    Pending(Box<Tensor<1>>),
-    Read(f64),
-}
-
-impl Loss {
-    fn value(self) -> f64 {
-        match self {
-            Loss::Pending(t) => t.into_scalar::<f32>() as f64,
-            Loss::Read(v) => v,
-        }
-    }
-}
-
 impl Bench {
-    fn single(&self) -> bool {
-        self.devices.len() == 1
-    }
-
-    /// Waits until every device has finished what was queued.
+    /// Waits until the device has finished what was queued.
     fn sync(&self) -> Result<()> {
-        for d in &self.devices {
-            d.sync()
-                .map_err(|e| anyhow!("waiting for device {d:?}: {e:?}"))?;
-        }
-        Ok(())
+        self.device
+            .sync()
+            .map_err(|e| anyhow!("waiting for device {:?}: {e:?}", self.device))
     }
 
-    fn forward_backward(
-        &mut self,
-        model: &Trainee,
-        step: usize,
-    ) -> Result<(Loss, GradientsParams)> {
-        if self.single() {
-            let value = self.loss(model, step);
-            let grads = gradients(value.clone(), model);
-            return Ok((Loss::Pending(Box::new(value)), grads));
-        }
-        let shards = self.inputs[step % INPUT_SETS].clone();
-        let precision = self.precision;
-        let (value, grads) = self
-            .replicas
-            .forward_backward(model, shards, |m, (x, y)| m.loss(x, y, precision))?;
-        Ok((Loss::Read(value), grads))
-    }
-
-    /// The forward pass of step `step` on the one device (not waited for).
+    /// The forward pass of step `step` (not waited for).
     fn loss(&self, model: &Trainee, step: usize) -> Tensor<1> {
-        let (images, labels) = self.inputs[step % INPUT_SETS][0].clone();
+        let (images, labels) = self.inputs[step % INPUT_SETS].clone();
         model.loss(images, labels, self.precision)
     }
 
@@ -150,61 +119,61 @@ impl Bench {
         self.sgd.step(model, &mut grads, 0.01, 1.0, "")
     }
 
-    /// One step, queued without waiting.
-    fn step(&mut self, model: Trainee, step: usize) -> Result<(Trainee, Loss)> {
-        let (loss, grads) = self.forward_backward(&model, step)?;
+    /// One step, queued without waiting (but for the all-reduce's).
+    fn step(&mut self, model: Trainee, step: usize) -> Result<(Trainee, Tensor<1>)> {
+        let loss = self.loss(&model, step);
+        let mut grads = gradients(loss.clone(), &model);
+        self.group.average_gradients(&model, &mut grads)?;
         Ok((self.update(model, grads), loss))
     }
 }
 
-/// Training steps on random input tensors on every device of `spec` (data parallel beyond one):
-/// `warmup` untimed steps, `steps` steps back to back for the step time, then `steps` more with
-/// a wait after each part for forward, backward and optimizer apart.
+/// Training steps on random input tensors as one rank of `group` on `device`: `warmup` untimed
+/// steps, `steps` steps back to back for the step time, then `steps` more with a wait after
+/// each part for forward, backward, all-reduce and optimizer apart.
 pub fn train(
     config: &Config,
     num_classes: usize,
     steps: usize,
     spec: &DeviceSpec,
+    device: &Device,
+    group: Group,
     options: &TrainBenchOptions,
 ) -> Result<TrainThroughput> {
-    let devices = spec.resolve()?;
     crate::device::set_cudnn_benchmark(config.cudnn_benchmark);
-    let train_devices: Vec<_> = devices.iter().map(|d| d.clone().autodiff()).collect();
+    let train_device = device.clone().autodiff();
     // `Trainee::init`, with the widths of `options` where given.
     let mut backbone = backbone_config(config);
     if let Some(widths) = options.widths {
         backbone.widths = widths;
     }
     let head = head_config(config, num_classes);
-    let make = |d: &Device| Trainee {
-        backbone: backbone.init(d),
-        head: head.init(d),
+    let mut model = Trainee {
+        backbone: backbone.init(&train_device),
+        head: head.init(&train_device),
     };
-    let mut model = make(&train_devices[0]);
-    let parameters = crate::model::summary::count_params(&model).0;
+    group.broadcast_module(&model)?;
+    let (parameters, trainable) = crate::model::summary::count_params(&model);
+    let head_parameters = crate::model::summary::count_params(&model.head).0;
     let b = config.batch_size;
+    let rank = group.rank();
     let inputs = (0..INPUT_SETS)
         .map(|set| {
-            train_devices
-                .iter()
-                .enumerate()
-                .map(|(rank, d)| {
-                    let images =
-                        Tensor::<4>::random([b, 3, 112, 112], Distribution::Uniform(0.0, 255.0), d);
-                    // Once, as PyTorch's anchor converts its inputs once.
-                    let images = channels_last(images, config.channels_last);
-                    let labels: Vec<i64> = (0..b)
-                        .map(|i| (spread(set, rank, i) % num_classes as u64) as i64)
-                        .collect();
-                    let labels = Tensor::<1, Int>::from_data(TensorData::new(labels, [b]), d);
-                    (images, labels)
-                })
-                .collect()
+            let d = &train_device;
+            let images = Tensor::<4>::random([b, 3, 112, 112], Distribution::Uniform(0.0, 255.0), d);
+            // Once, as PyTorch's anchor converts its inputs once.
+            let images = channels_last(images, config.channels_last);
+            let labels: Vec<i64> = (0..b)
+                .map(|i| (spread(set, rank, i) % num_classes as u64) as i64)
+                .collect();
+            let labels = Tensor::<1, Int>::from_data(TensorData::new(labels, [b]), d);
+            (images, labels)
         })
         .collect();
+    let world = group.world();
     let mut bench = Bench {
-        replicas: Replicas::new(&train_devices, make),
-        devices,
+        device: device.clone(),
+        group,
         sgd: Sgd::new(SgdSettings {
             momentum: config.momentum,
             weight_decay: config.weight_decay,
@@ -247,31 +216,27 @@ pub fn train(
     let largest = |pick: fn(&(f64, f64)) -> f64| {
         (!peaks.is_empty()).then(|| peaks.iter().map(pick).fold(0.0, f64::max))
     };
-    let loss = last.map_or(f64::NAN, Loss::value);
+    let loss = last.map_or(f64::NAN, |l| l.into_scalar::<f32>() as f64);
 
     // The parts, each waited for.
-    let (mut forward, mut backward, mut forward_backward, mut optimizer) = (0.0, 0.0, 0.0, 0.0);
+    let (mut forward, mut backward, mut all_reduce, mut optimizer) = (0.0, 0.0, 0.0, 0.0);
     for _ in 0..steps {
         let t0 = Instant::now();
-        let grads = if bench.single() {
-            let value = bench.loss(&model, step);
-            bench.sync()?;
-            let t1 = Instant::now();
-            let grads = gradients(value, &model);
-            bench.sync()?;
-            forward += (t1 - t0).as_secs_f64();
-            backward += t1.elapsed().as_secs_f64();
-            grads
-        } else {
-            let grads = bench.forward_backward(&model, step)?.1;
-            bench.sync()?;
-            grads
-        };
+        let value = bench.loss(&model, step);
+        bench.sync()?;
+        let t1 = Instant::now();
+        let mut grads = gradients(value, &model);
+        bench.sync()?;
         let t2 = Instant::now();
+        bench.group.average_gradients(&model, &mut grads)?;
+        bench.sync()?;
+        let t3 = Instant::now();
         model = bench.update(model, grads);
         bench.sync()?;
-        forward_backward += (t2 - t0).as_secs_f64();
-        optimizer += t2.elapsed().as_secs_f64();
+        forward += (t1 - t0).as_secs_f64();
+        backward += (t2 - t1).as_secs_f64();
+        all_reduce += (t3 - t2).as_secs_f64();
+        optimizer += t3.elapsed().as_secs_f64();
         step += 1;
     }
     let peak_gpu_mib = sampler.and_then(GpuMemorySampler::stop);
@@ -292,29 +257,34 @@ pub fn train(
         }
         None => None,
     };
+    bench.group.barrier("end of the benchmark")?;
+    bench.group.finish();
 
     let ms = |seconds: f64| seconds / steps as f64 * 1e3;
-    let single = bench.single();
     Ok(TrainThroughput {
         network: config.network.name().to_string(),
         widths: options.widths,
         parameters,
         precision: config.precision.to_string(),
         channels_last: config.channels_last,
-        devices: match spec {
-            DeviceSpec::Cuda(indices) => indices.iter().map(|i| format!("cuda:{i}")).collect(),
-            other => vec![other.to_string()],
+        device: match spec {
+            DeviceSpec::Cuda(indices) => format!("cuda:{}", indices[0]),
+            other => other.to_string(),
         },
+        world_size: world,
+        backend: bench.group.backend().to_string(),
         batch_size: b,
         num_classes,
         warmup_steps: options.warmup,
         steps,
         step_ms,
-        images_per_second: (b * bench.devices.len()) as f64 / step_ms * 1e3,
-        forward_ms: single.then_some(ms(forward)),
-        backward_ms: single.then_some(ms(backward)),
-        forward_backward_ms: ms(forward_backward),
+        images_per_second: (b * world) as f64 / step_ms * 1e3,
+        forward_ms: ms(forward),
+        backward_ms: ms(backward),
+        all_reduce_ms: ms(all_reduce),
         optimizer_ms: ms(optimizer),
+        head_bytes_per_rank: 3 * 4 * head_parameters as u64,
+        all_reduce_bytes_per_rank: crate::dist::ring_bytes(4 * trainable as u64, world),
         loss,
         peak_host_mib: peak_host_mib(),
         peak_gpu_mib,
@@ -331,7 +301,7 @@ fn gradients(loss: Tensor<1>, model: &Trainee) -> GradientsParams {
     GradientsParams::from_module(&mut grads, model)
 }
 
-/// Labels spread over the classes (a multiplicative hash), different per set, replica and row.
+/// Labels spread over the classes (a multiplicative hash), different per set, rank and row.
 fn spread(set: usize, rank: usize, row: usize) -> u64 {
     ((set * 7919 + rank * 104_729 + row) as u64).wrapping_mul(2_654_435_761) >> 7
 }

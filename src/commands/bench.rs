@@ -8,6 +8,7 @@ use clap::Subcommand;
 use arcface::bench::{self, InferThroughput};
 use arcface::config::Config;
 use arcface::device::DeviceSpec;
+use arcface::dist;
 use arcface::embedder::{BurnOptions, Embedder, is_onnx};
 use arcface::model::Precision;
 use arcface::onnx::op_profile::OpTime;
@@ -48,6 +49,10 @@ pub enum BenchCommand {
         /// LibTorch builds only; summarise with scripts/profile_summary.py).
         #[arg(long)]
         profile: Option<PathBuf>,
+        /// Start this many ranks here on LibTorch's CPU (as `train --nproc-per-node`); for
+        /// GPUs list them (--device cuda:0,1,2,3) or run under torchrun.
+        #[arg(long)]
+        nproc_per_node: Option<usize>,
         #[arg(long)]
         json: bool,
     },
@@ -123,6 +128,7 @@ pub fn run(what: &BenchCommand, cli_device: &Option<String>) -> Result<()> {
             warmup,
             widths,
             profile,
+            nproc_per_node,
             json,
         } => {
             if let Some(trace) = profile {
@@ -155,14 +161,25 @@ pub fn run(what: &BenchCommand, cli_device: &Option<String>) -> Result<()> {
                 profile: profile.clone(),
                 widths,
             };
-            let r = bench::train(&config, classes, *steps, &spec, &options)?;
-            if *json {
+            let timeout = std::time::Duration::from_secs(config.dist_timeout);
+            let (spec, device, group) = match dist::start(&spec, *nproc_per_node, timeout)? {
+                dist::Start::Spawn(ranks) => {
+                    let args: Vec<_> = std::env::args_os().skip(1).collect();
+                    return dist::spawn::run_local(ranks, &args, timeout);
+                }
+                dist::Start::Rank {
+                    spec,
+                    device,
+                    group,
+                } => (spec, device, group),
+            };
+            let main = group.is_main();
+            let r = bench::train(&config, classes, *steps, &spec, &device, group, &options)?;
+            if !main {
+                // Rank 0 reports for all.
+            } else if *json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {
-                let split = match (r.forward_ms, r.backward_ms) {
-                    (Some(f), Some(b)) => format!("forward {f:.1} ms, backward {b:.1} ms, "),
-                    _ => format!("forward+backward {:.1} ms, ", r.forward_backward_ms),
-                };
                 let gpu = r
                     .peak_gpu_mib
                     .map_or(String::new(), |m| format!(", peak GPU memory {m:.0} MiB"))
@@ -173,8 +190,17 @@ pub fn run(what: &BenchCommand, cli_device: &Option<String>) -> Result<()> {
                     Some(w) => format!(" (widths {w:?})"),
                     None => String::new(),
                 };
+                let ranks = match r.world_size {
+                    1 => String::new(),
+                    n => format!(
+                        " × {n} ranks ({}: all-reduce {:.1} ms, {:.1} MB sent per rank)",
+                        r.backend,
+                        r.all_reduce_ms,
+                        r.all_reduce_bytes_per_rank as f64 / 1e6
+                    ),
+                };
                 println!(
-                    "{}{widths} {}{} on {} batch {} per device, classes {}: {split}optimizer {:.1} ms, step {:.1} ms, {:.1} img/s, loss {:.3}, peak host memory {:.0} MiB{gpu}",
+                    "{}{widths} {}{} on {}{ranks} batch {} per rank, classes {} (head {:.1} MB per rank): forward {:.1} ms, backward {:.1} ms, optimizer {:.1} ms, step {:.1} ms, {:.1} img/s, loss {:.3}, peak host memory {:.0} MiB{gpu}",
                     r.network,
                     r.precision,
                     if r.channels_last {
@@ -182,9 +208,12 @@ pub fn run(what: &BenchCommand, cli_device: &Option<String>) -> Result<()> {
                     } else {
                         ""
                     },
-                    r.devices.join(","),
+                    r.device,
                     r.batch_size,
                     r.num_classes,
+                    r.head_bytes_per_rank as f64 / 1e6,
+                    r.forward_ms,
+                    r.backward_ms,
                     r.optimizer_ms,
                     r.step_ms,
                     r.images_per_second,

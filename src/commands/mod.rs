@@ -14,15 +14,8 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use burn::tensor::Device;
 
-use arcface::config::Config;
 use arcface::device;
 use arcface::embedder::{BurnOptions, Embedder};
-
-/// The config's device unless `--device` overrides it.
-pub fn devices(cli_device: &Option<String>, config: &Config) -> Result<Vec<Device>> {
-    let text = cli_device.as_deref().unwrap_or(&config.device);
-    device::select(text).with_context(|| format!("selecting device `{text}`"))
-}
 
 /// `--device`, else the CPU, for commands without a config. They run on one device: a list of
 /// GPUs (training's data parallelism) is refused rather than cut to its first.

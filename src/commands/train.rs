@@ -1,10 +1,16 @@
-//! `arcface train`: the main job.
+//! `arcface train`: the main job. A plain run trains in this process on one device; under
+//! torchrun (or a script that sets the same variables) this process is one rank; with several
+//! devices listed (`cuda:0,1,2,3`) or `--nproc-per-node N`, it starts those ranks itself and
+//! waits for them.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 use arcface::config::Config;
+use arcface::device::DeviceSpec;
+use arcface::dist;
 use arcface::train;
 
 #[derive(clap::Args)]
@@ -21,11 +27,26 @@ pub struct TrainArgs {
     /// Stop after this many steps (smoke tests); the config's epochs otherwise.
     #[arg(long)]
     max_steps: Option<usize>,
+    /// Start this many ranks on this machine (as torchrun --nproc-per-node), on LibTorch's CPU
+    /// (`--device libtorch-cpu`); for GPUs, list them: --device cuda:0,1,2,3.
+    #[arg(long)]
+    nproc_per_node: Option<usize>,
 }
 
 pub fn run(args: &TrainArgs, cli_device: &Option<String>) -> Result<()> {
     let config = Config::load(&args.config)?;
-    let devices = super::devices(cli_device, &config)?;
+    let text = cli_device.as_deref().unwrap_or(&config.device);
+    let spec: DeviceSpec = text
+        .parse()
+        .with_context(|| format!("selecting device `{text}`"))?;
+    let timeout = Duration::from_secs(config.dist_timeout);
+    let (device, mut group) = match dist::start(&spec, args.nproc_per_node, timeout)? {
+        dist::Start::Spawn(ranks) => {
+            let args: Vec<_> = std::env::args_os().skip(1).collect();
+            return dist::spawn::run_local(ranks, &args, timeout);
+        }
+        dist::Start::Rank { device, group, .. } => (device, group),
+    };
     let resume = args.resume.as_ref().map(|r| match r.as_str() {
         "latest" => train::Resume::Latest,
         path => train::Resume::Path(PathBuf::from(path)),
@@ -35,7 +56,7 @@ pub fn run(args: &TrainArgs, cli_device: &Option<String>) -> Result<()> {
         max_steps: args.max_steps,
         init: args.init.clone(),
     };
-    let report = train::train_replicas(&config, &devices, &options)?;
+    let report = train::train_with(&config, &device, &mut group, &options)?;
     if let Some((step, results)) = report.validations.last() {
         for r in results {
             println!(

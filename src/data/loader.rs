@@ -1,7 +1,7 @@
-//! The training loader: per-epoch shuffling by seed, sharding across replicas, parallel JPEG
-//! decoding with random horizontal flips, batches of raw 0–255 RGB in NCHW, a bounded prefetch
-//! queue, and a cursor (epoch, batch) that a checkpoint stores so a resume continues with the
-//! next batch.
+//! The training loader: per-epoch shuffling by seed, sharding across ranks as PyTorch's
+//! DistributedSampler, parallel JPEG decoding with random horizontal flips, batches of raw
+//! 0–255 RGB in NCHW, a bounded prefetch queue, and a cursor (epoch, sample) that a checkpoint
+//! stores so a resume continues with the next sample, on any number of ranks.
 //!
 //! Everything random is drawn from counter-based seeds (seed, epoch, position), so a batch's
 //! content does not depend on thread timing or on where the run was resumed.
@@ -27,29 +27,33 @@ pub const IMAGE_BYTES: usize = 3 * SIDE * SIDE;
 
 #[derive(Debug, Clone)]
 pub struct LoaderConfig {
-    /// Images per replica and batch.
+    /// Images per rank and batch.
     pub batch_size: usize,
     pub seed: u64,
     /// Decoding threads.
     pub num_workers: usize,
     /// Batches decoded ahead of the consumer.
     pub prefetch: usize,
-    /// This replica and the number of replicas: each global batch of batch_size × world images
-    /// is cut into `world` slices and replica `rank` takes slice `rank`.
+    /// This rank and the number of ranks. As DistributedSampler (shuffle, drop_last): each
+    /// epoch's permutation is one for all ranks, rank r takes every world-th sample of it
+    /// starting at r, and each global batch of batch_size × world samples is cut so; the tail
+    /// that does not fill a global batch is dropped, so every rank runs the same steps.
     pub rank: usize,
     pub world: usize,
     /// Random horizontal flip with probability ½ (insightface's only training augmentation).
     pub flip: bool,
 }
 
-/// Where the loader stands: the epoch and the number of global batches already delivered in it.
+/// Where the loader stands: the epoch and the number of samples of its permutation already
+/// delivered, over all ranks. Counted in samples, not steps, so that a run resumed on another
+/// number of ranks continues with the same sample.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Cursor {
     pub epoch: usize,
-    pub batch: usize,
+    pub sample: usize,
 }
 
-/// One replica's batch: `images` is [n, 3, 112, 112] u8 RGB, `labels` the identities.
+/// One rank's batch: `images` is [n, 3, 112, 112] u8 RGB, `labels` the identities.
 #[derive(Debug, Clone)]
 pub struct Batch {
     pub images: Vec<u8>,
@@ -96,7 +100,23 @@ pub struct Plan {
 impl Plan {
     /// Global batches per epoch (the last incomplete one is dropped, as arcface_torch).
     pub fn batches_per_epoch(&self) -> usize {
-        self.images / (self.config.batch_size * self.config.world)
+        self.images / self.global_batch()
+    }
+
+    /// Samples of one step over all ranks.
+    pub fn global_batch(&self) -> usize {
+        self.config.batch_size * self.config.world
+    }
+
+    /// Whether a global batch starting at sample `sample` fits in the epoch.
+    pub fn fits(&self, sample: usize) -> bool {
+        sample + self.global_batch() <= self.images
+    }
+
+    /// Whether `cursor` is past the epoch's last full global batch: the next step starts the
+    /// next epoch.
+    pub fn epoch_done(&self, cursor: Cursor) -> bool {
+        !self.fits(cursor.sample)
     }
 
     /// The epoch's permutation of image indices.
@@ -109,11 +129,12 @@ impl Plan {
         order
     }
 
-    /// (image index, flip) of this replica's samples in global batch `batch` of `epoch`.
-    pub fn batch(&self, order: &[usize], epoch: usize, batch: usize) -> Vec<(usize, bool)> {
+    /// (image index, flip) of this rank's samples in the global batch that starts at sample
+    /// `start` of `epoch`'s permutation `order`: positions start + rank + world·j.
+    pub fn batch(&self, order: &[usize], epoch: usize, start: usize) -> Vec<(usize, bool)> {
         let c = &self.config;
-        let start = (batch * c.world + c.rank) * c.batch_size;
-        (start..start + c.batch_size)
+        (0..c.batch_size)
+            .map(|j| start + c.rank + c.world * j)
             .map(|pos| {
                 let flip = c.flip
                     && crate::seed::rng(c.seed, &[FLIP, epoch as u64, pos as u64]).random_bool(0.5);
@@ -187,7 +208,7 @@ impl Loader {
         };
         if plan.batches_per_epoch() == 0 {
             return Err(format!(
-                "{}: {} images are fewer than one global batch ({} × {} replicas)",
+                "{}: {} images are fewer than one global batch ({} per rank × {} ranks)",
                 dataset.dir().display(),
                 dataset.len(),
                 config.batch_size,
@@ -204,26 +225,26 @@ impl Loader {
         let worker = std::thread::Builder::new()
             .name("loader".into())
             .spawn(move || {
-                let per_epoch = worker_plan.batches_per_epoch();
+                let global = worker_plan.global_batch();
                 let mut cursor = start;
                 loop {
                     let order = worker_plan.permutation(cursor.epoch);
-                    while cursor.batch < per_epoch {
-                        let samples = worker_plan.batch(&order, cursor.epoch, cursor.batch);
+                    while worker_plan.fits(cursor.sample) {
+                        let samples = worker_plan.batch(&order, cursor.epoch, cursor.sample);
                         let next = Cursor {
                             epoch: cursor.epoch,
-                            batch: cursor.batch + 1,
+                            sample: cursor.sample + global,
                         };
                         let batch = pool.install(|| decode_batch(&dataset, &samples, next));
                         let failed = batch.is_err();
                         if sender.send(batch).is_err() || failed {
                             return;
                         }
-                        cursor.batch += 1;
+                        cursor = next;
                     }
                     cursor = Cursor {
                         epoch: cursor.epoch + 1,
-                        batch: 0,
+                        sample: 0,
                     };
                 }
             })

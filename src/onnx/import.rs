@@ -230,6 +230,7 @@ impl Imported {
                 num_classes: 0,
                 step: 0,
                 cursor: Cursor::default(),
+                world_size: 1,
                 accuracy: None,
                 tensors: Vec::new(),
             },

@@ -36,9 +36,37 @@ pub struct Meta {
     pub step: usize,
     /// The loader position to continue from.
     pub cursor: Cursor,
+    /// The ranks that trained it (1 for files from before distributed training).
+    #[serde(default = "one")]
+    pub world_size: usize,
     /// Mean validation accuracy at this checkpoint, if validated.
     pub accuracy: Option<f64>,
     pub tensors: Vec<TensorEntry>,
+}
+
+fn one() -> usize {
+    1
+}
+
+/// A header written before the cursor counted samples (`{"epoch", "batch"}`, global batches of
+/// batch_size × the config's device count): the same position in samples.
+fn migrate_cursor(header: &mut serde_json::Value) {
+    let batch_size = header["config"]["batch_size"].as_u64();
+    let devices = header["config"]["device"]
+        .as_str()
+        .and_then(|d| d.parse::<crate::device::DeviceSpec>().ok())
+        .map_or(1, |spec| match spec {
+            crate::device::DeviceSpec::Cuda(list) => list.len() as u64,
+            _ => 1,
+        });
+    let cursor = &mut header["cursor"];
+    if let (Some(batch), None, Some(batch_size)) = (
+        cursor["batch"].as_u64(),
+        cursor.get("sample"),
+        batch_size,
+    ) {
+        cursor["sample"] = (batch * batch_size * devices).into();
+    }
 }
 
 pub struct Checkpoint {
@@ -208,8 +236,11 @@ impl Checkpoint {
         let header = body
             .get(20..20 + header_len)
             .ok_or_else(|| damaged("header runs past the end".into()))?;
-        let meta: Meta =
+        let mut header: serde_json::Value =
             serde_json::from_slice(header).map_err(|e| damaged(format!("bad header: {e}")))?;
+        migrate_cursor(&mut header);
+        let meta: Meta =
+            serde_json::from_value(header).map_err(|e| damaged(format!("bad header: {e}")))?;
         let mut pos = 20 + header_len;
         let mut tensors = BTreeMap::new();
         for entry in &meta.tensors {

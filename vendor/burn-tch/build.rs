@@ -171,6 +171,7 @@ impl SystemInfo {
                     .files(["src/fused/fused_ops.cpp", "src/fused/profiler.cpp"])
                     .compile("burn-tch-fused");
                 println!("cargo:rustc-cfg=fused_ops");
+                self.make_c10d(use_cuda);
             }
             Os::Windows => {
                 cc::Build::new()
@@ -183,6 +184,59 @@ impl SystemInfo {
                     .compile("burn-tch");
             }
         };
+    }
+
+    /// arcface: the c10d shim (src/dist/c10d.cpp): ProcessGroupGloo always, with gloo's headers
+    /// from vendor/gloo (the wheel lacks them); ProcessGroupNCCL where the torch build has CUDA
+    /// and the CUDA runtime and NCCL headers of its nvidia wheels are there (nvidia-cuda-crt and
+    /// nvidia-cuda-cccl complete them: scripts/setup-libtorch.sh installs both).
+    fn make_c10d(&self, use_cuda: bool) {
+        println!("cargo:rerun-if-changed=src/dist/c10d.cpp");
+        let gloo = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("manifest dir"))
+            .join("../gloo");
+        let mut build = cc::Build::new();
+        build
+            .cpp(true)
+            .pic(true)
+            .warnings(false)
+            .includes(&self.libtorch_include_dirs)
+            .include(&gloo)
+            .flag("-std=c++17")
+            .flag("-Wno-interference-size")
+            .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={}", self.cxx11_abi))
+            .define("USE_C10D_GLOO", None)
+            .file("src/dist/c10d.cpp");
+        // <site-packages>/torch/include → <site-packages>/nvidia/...
+        let site = self
+            .libtorch_include_dirs
+            .first()
+            .and_then(|include| include.parent()?.parent().map(Path::to_path_buf));
+        let nccl = site.filter(|_| use_cuda).and_then(|site| {
+            let cuda = site.join("nvidia/cu13/include");
+            let nccl = site.join("nvidia/nccl/include");
+            (cuda.join("cuda_runtime_api.h").exists()
+                && cuda.join("crt/host_config.h").exists()
+                && cuda.join("nv/target").exists()
+                && nccl.join("nccl.h").exists())
+            .then_some([cuda, nccl])
+        });
+        println!("cargo:rustc-check-cfg=cfg(c10d_nccl)");
+        if let Some(dirs) = &nccl {
+            build
+                .includes(dirs)
+                .define("USE_C10D_NCCL", None)
+                .define("USE_CUDA", None)
+                .define("ARCFACE_C10D_NCCL", None);
+            println!("cargo:rustc-cfg=c10d_nccl");
+        } else {
+            println!(
+                "cargo:warning=c10d shim without NCCL (no CUDA build of torch, or its CUDA runtime / NCCL headers are missing)"
+            );
+        }
+        build.compile("burn-tch-c10d");
+        if nccl.is_some() {
+            println!("cargo:rustc-link-lib=c10_cuda");
+        }
     }
 
     fn make_cpu() {

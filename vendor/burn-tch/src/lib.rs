@@ -18,6 +18,9 @@ mod backend;
 mod element;
 /// arcface: libtorch's convolution and BatchNorm gradient kernels (see the module).
 pub mod fused;
+/// arcface: libtorch's c10d (TCPStore, ProcessGroupGloo / ProcessGroupNCCL) for multi-process
+/// training (see the module).
+pub mod dist;
 mod ops;
 mod tensor;
 

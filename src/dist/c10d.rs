@@ -1,0 +1,236 @@
+//! The engine under a [`super::Group`] of several processes: libtorch's c10d through burn-tch's
+//! shim (vendor/burn-tch/src/dist/): the TCPStore rendezvous rank 0 serves, the process group
+//! (Gloo on the CPU, NCCL on CUDA), and a heartbeat per rank in the store, so that a rank that
+//! died or hangs can be named when a collective fails (c10d's own errors name a peer's
+//! address at best, and Gloo's "Connection closed by peer" not even which rank it was).
+#![allow(deprecated)] // burn-tch is deprecated upstream; see device.rs.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use burn::backend::LibTorch;
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn_tch::dist::{Backend, ProcessGroup, ReduceOp, Store};
+
+use super::Launch;
+
+/// How often each rank bumps its heartbeat counter, and how long a diagnosis watches them.
+const BEAT: Duration = Duration::from_millis(500);
+const WATCH: Duration = Duration::from_secs(3);
+
+pub struct Engine {
+    group: ProcessGroup,
+    launch: Launch,
+    heartbeat: Heartbeat,
+}
+
+fn heartbeat_key(rank: usize) -> String {
+    format!("arcface/heartbeat/{rank}")
+}
+
+/// A thread that increments `arcface/heartbeat/<rank>` in the store every [`BEAT`], over a
+/// store connection of its own (the process group's stays the group's).
+struct Heartbeat {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Heartbeat {
+    fn start(store: Store, rank: usize) -> Heartbeat {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("heartbeat".into())
+            .spawn(move || {
+                let key = heartbeat_key(rank);
+                let mut count = 0u64;
+                while !flag.load(Ordering::Relaxed) {
+                    count += 1;
+                    // A store that is gone (rank 0 died) ends the beats; the next collective
+                    // fails and its diagnosis says so.
+                    if store.set(&key, count.to_string().as_bytes()).is_err() {
+                        return;
+                    }
+                    std::thread::sleep(BEAT);
+                }
+            })
+            .expect("starting the heartbeat thread");
+        Heartbeat {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Engine {
+    /// Meets the other ranks at MASTER_ADDR:MASTER_PORT (rank 0 serves the store there) and
+    /// forms the process group: NCCL for CUDA, Gloo for LibTorch's CPU.
+    pub fn join(launch: &Launch, cuda: bool, timeout: Duration) -> Result<Engine, String> {
+        let backend = match cuda {
+            true => Backend::Nccl,
+            false => Backend::Gloo,
+        };
+        let l = launch;
+        let ms = timeout.as_millis() as u64;
+        let store = Store::connect(&l.master_addr, l.master_port, l.rank == 0, l.world, ms)
+            .map_err(|e| {
+                if l.rank == 0 {
+                    format!(
+                        "rank 0 could not serve the rendezvous at {}:{}: {e}. Is the port in use \
+                         (another run, a stale process)? Pick another MASTER_PORT \
+                         (torchrun --master_port)",
+                        l.master_addr, l.master_port
+                    )
+                } else {
+                    format!(
+                        "rank {} could not reach rank 0's rendezvous at {}:{} within {} s: {e}. \
+                         Check MASTER_ADDR, MASTER_PORT and that rank 0 started",
+                        l.rank,
+                        l.master_addr,
+                        l.master_port,
+                        timeout.as_secs()
+                    )
+                }
+            })?;
+        let interface = std::env::var("GLOO_SOCKET_IFNAME").ok();
+        let group = ProcessGroup::new(
+            &store,
+            backend,
+            l.rank,
+            l.world,
+            ms,
+            interface.as_deref(),
+            &l.master_addr,
+        )
+        .map_err(|e| format!("rank {}: forming the process group: {e}", l.rank))?;
+        let beats = Store::connect(&l.master_addr, l.master_port, false, l.world, ms)
+            .map_err(|e| format!("rank {}: second store connection: {e}", l.rank))?;
+        Ok(Engine {
+            group,
+            launch: launch.clone(),
+            heartbeat: Heartbeat::start(beats, l.rank),
+        })
+    }
+
+    /// The element-wise sum over the ranks of `tensor` (a fresh, contiguous tensor: the result
+    /// is written into it).
+    pub fn all_reduce_sum(&self, tensor: Tensor<1>) -> Result<Tensor<1>, String> {
+        let primitive = tensor
+            .try_into_primitive::<LibTorch>()
+            .map_err(|e| format!("all-reduce of a tensor off LibTorch: {e:?}"))?;
+        self.group.all_reduce(&primitive, ReduceOp::Sum)?;
+        Ok(Tensor::from_primitive::<LibTorch>(primitive))
+    }
+
+    /// Rank 0's values of `tensor` written into every rank's, in place (its storage).
+    pub fn broadcast_in_place<const D: usize>(&self, tensor: Tensor<D>) -> Result<(), String> {
+        let primitive = tensor
+            .try_into_primitive::<LibTorch>()
+            .map_err(|e| format!("broadcast of a tensor off LibTorch: {e:?}"))?;
+        if !primitive.tensor.is_contiguous() {
+            return Err("broadcast of a non-contiguous tensor".into());
+        }
+        self.group.broadcast(&primitive, 0)
+    }
+
+    /// Every rank's `value`, by rank.
+    pub fn all_gather_i64(&self, value: i64, device: &Device) -> Result<Vec<i64>, String> {
+        let input = Tensor::<1, Int>::from_data(TensorData::new(vec![value], [1]), device);
+        let output = Tensor::<1, Int>::zeros([self.launch.world], device);
+        let prim = |t: Tensor<1, Int>| {
+            t.try_into_primitive::<LibTorch>()
+                .map_err(|e| format!("all-gather off LibTorch: {e:?}"))
+        };
+        let output_primitive = prim(output)?;
+        self.group.all_gather(&prim(input)?, &output_primitive)?;
+        Tensor::<1, Int>::from_primitive::<LibTorch>(output_primitive)
+            .into_data()
+            .convert::<i64>()
+            .try_to_vec::<i64>()
+            .map_err(|e| format!("{e:?}"))
+    }
+
+    pub fn barrier(&self) -> Result<(), String> {
+        self.group.barrier()
+    }
+
+    /// Which ranks stopped, as far as their heartbeats tell: read now and again after
+    /// [`WATCH`]; a rank whose count did not move is dead or stuck (SIGSTOP, a hung device).
+    /// The store itself unreachable means rank 0, which serves it, is gone.
+    pub fn diagnose(&self) -> String {
+        let l = &self.launch;
+        let Ok(store) = Store::connect(&l.master_addr, l.master_port, false, l.world, 5_000)
+        else {
+            return format!(
+                "rank 0 stopped: its rendezvous store at {}:{} is unreachable",
+                l.master_addr, l.master_port
+            );
+        };
+        let read = |store: &Store| -> Vec<Option<u64>> {
+            (0..l.world)
+                .map(|r| {
+                    store
+                        .get(&heartbeat_key(r))
+                        .ok()
+                        .and_then(|v| String::from_utf8(v).ok()?.parse().ok())
+                })
+                .collect()
+        };
+        let before = read(&store);
+        std::thread::sleep(WATCH);
+        let after = read(&store);
+        if after.iter().all(Option::is_none) {
+            return format!(
+                "rank 0 stopped: its rendezvous store at {}:{} no longer answers",
+                l.master_addr, l.master_port
+            );
+        }
+        let stopped: Vec<String> = (0..l.world)
+            .filter(|&r| r != l.rank && (after[r].is_none() || after[r] == before[r]))
+            .map(|r| r.to_string())
+            .collect();
+        match stopped.len() {
+            0 => "every rank's heartbeat is alive: one is stuck inside a collective (a hung \
+                  device or network) or slower than dist_timeout"
+                .to_string(),
+            1 => format!(
+                "rank {} stopped (its heartbeat did not move for {} s)",
+                stopped[0],
+                WATCH.as_secs()
+            ),
+            _ => format!(
+                "ranks {} stopped (their heartbeats did not move for {} s)",
+                stopped.join(", "),
+                WATCH.as_secs()
+            ),
+        }
+    }
+
+    /// Rank 0 serves the store the others read heartbeats from when they diagnose a failure:
+    /// it stays up a little longer before its process exits with the error.
+    pub fn linger_for_diagnoses(&self) {
+        if self.launch.rank == 0 {
+            std::thread::sleep(WATCH + Duration::from_secs(2));
+        }
+    }
+
+    pub fn stop_heartbeat(&mut self) {
+        self.heartbeat.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Whether this build's shim has ProcessGroupNCCL.
+pub fn has_nccl() -> bool {
+    burn_tch::dist::has_nccl()
+}

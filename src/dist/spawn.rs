@@ -1,0 +1,86 @@
+//! One machine, one command: `arcface train --device cuda:0,1,2,3` (or `--nproc-per-node N` on
+//! LibTorch's CPU) starts one process per device itself, with the variables torchrun would set,
+//! on the same engine as a torchrun launch. As torchrun does, it stops the others when one
+//! fails: after giving them `dist_timeout` seconds (and a margin) to notice and exit by
+//! themselves with their own message naming the rank.
+
+use std::ffi::OsString;
+use std::process::{Child, Command, ExitStatus};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+/// A free TCP port on 127.0.0.1 for the rendezvous (asked of the OS, then released: torchrun's
+/// way for a standalone launch).
+pub fn free_port() -> Result<u16> {
+    let listener =
+        std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port on 127.0.0.1")?;
+    Ok(listener.local_addr()?.port())
+}
+
+fn describe(status: ExitStatus) -> String {
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        if let Some(signal) = status.signal() {
+            return format!("was killed by signal {signal}");
+        }
+    }
+    match status.code() {
+        Some(code) => format!("exited with status {code}"),
+        None => "exited".into(),
+    }
+}
+
+/// Runs this executable with `args` as `nproc` ranks on this machine, waits for all of them;
+/// Ok only when every rank succeeded. `timeout` is the run's `dist_timeout`.
+pub fn run_local(nproc: usize, args: &[OsString], timeout: Duration) -> Result<()> {
+    let exe = std::env::current_exe().context("locating the arcface executable")?;
+    let port = free_port()?;
+    let mut children: Vec<(usize, Child)> = Vec::with_capacity(nproc);
+    for rank in 0..nproc {
+        let child = Command::new(&exe)
+            .args(args)
+            .env("RANK", rank.to_string())
+            .env("WORLD_SIZE", nproc.to_string())
+            .env("LOCAL_RANK", rank.to_string())
+            .env("LOCAL_WORLD_SIZE", nproc.to_string())
+            .env("MASTER_ADDR", "127.0.0.1")
+            .env("MASTER_PORT", port.to_string())
+            .spawn()
+            .with_context(|| format!("starting rank {rank} ({})", exe.display()))?;
+        children.push((rank, child));
+    }
+    let mut failures = Vec::new();
+    let mut deadline: Option<Instant> = None;
+    while !children.is_empty() {
+        let mut still = Vec::with_capacity(children.len());
+        for (rank, mut child) in children {
+            match child.try_wait()? {
+                Some(status) if status.success() => {}
+                Some(status) => {
+                    failures.push(format!("rank {rank} {}", describe(status)));
+                    // The others are given the time of a collective's timeout to see it.
+                    deadline.get_or_insert_with(|| {
+                        Instant::now() + timeout + Duration::from_secs(30)
+                    });
+                }
+                None => still.push((rank, child)),
+            }
+        }
+        children = still;
+        if deadline.is_some_and(|d| Instant::now() > d) {
+            for (rank, child) in &mut children {
+                let _ = child.kill();
+                let _ = child.wait();
+                failures.push(format!("rank {rank} was stopped after dist_timeout"));
+            }
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    if !failures.is_empty() {
+        bail!("{} of {nproc} ranks failed: {}", failures.len(), failures.join("; "));
+    }
+    Ok(())
+}
