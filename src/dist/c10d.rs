@@ -73,6 +73,21 @@ impl Drop for Heartbeat {
     }
 }
 
+/// Whether this rank serves the rendezvous store, and the prefix of its keys. torchrun's agent
+/// (static rendezvous) already serves a store at MASTER_ADDR:MASTER_PORT and says so with
+/// TORCHELASTIC_USE_AGENT_STORE=True: then every rank is a client, its keys under
+/// "/worker/attempt_<restart>" as torch.distributed puts them. Else rank 0 serves it.
+fn store_role(rank: usize) -> (bool, String) {
+    let agent = std::env::var("TORCHELASTIC_USE_AGENT_STORE").is_ok_and(|v| v == "True");
+    match agent {
+        true => {
+            let attempt = std::env::var("TORCHELASTIC_RESTART_COUNT").unwrap_or("0".into());
+            (false, format!("/worker/attempt_{attempt}"))
+        }
+        false => (rank == 0, String::new()),
+    }
+}
+
 impl Engine {
     /// Meets the other ranks at MASTER_ADDR:MASTER_PORT (rank 0 serves the store there) and
     /// forms the process group: NCCL for CUDA, Gloo for LibTorch's CPU.
@@ -83,7 +98,8 @@ impl Engine {
         };
         let l = launch;
         let ms = timeout.as_millis() as u64;
-        let store = Store::connect(&l.master_addr, l.master_port, l.rank == 0, l.world, ms)
+        let (serve, prefix) = store_role(l.rank);
+        let store = Store::connect(&l.master_addr, l.master_port, serve, l.world, ms, &prefix)
             .map_err(|e| {
                 if l.rank == 0 {
                     format!(
@@ -114,7 +130,7 @@ impl Engine {
             &l.master_addr,
         )
         .map_err(|e| format!("rank {}: forming the process group: {e}", l.rank))?;
-        let beats = Store::connect(&l.master_addr, l.master_port, false, l.world, ms)
+        let beats = Store::connect(&l.master_addr, l.master_port, false, l.world, ms, &prefix)
             .map_err(|e| format!("rank {}: second store connection: {e}", l.rank))?;
         Ok(Engine {
             group,
@@ -170,10 +186,13 @@ impl Engine {
     /// The store itself unreachable means rank 0, which serves it, is gone.
     pub fn diagnose(&self) -> String {
         let l = &self.launch;
-        let Ok(store) = Store::connect(&l.master_addr, l.master_port, false, l.world, 5_000)
+        let (_, prefix) = store_role(l.rank);
+        let Ok(store) =
+            Store::connect(&l.master_addr, l.master_port, false, l.world, 5_000, &prefix)
         else {
             return format!(
-                "rank 0 stopped: its rendezvous store at {}:{} is unreachable",
+                "the rendezvous store at {}:{} (served by rank 0, or by torchrun on the master \
+                 node) is unreachable: rank 0 or its machine stopped",
                 l.master_addr, l.master_port
             );
         };
@@ -192,7 +211,7 @@ impl Engine {
         let after = read(&store);
         if after.iter().all(Option::is_none) {
             return format!(
-                "rank 0 stopped: its rendezvous store at {}:{} no longer answers",
+                "the rendezvous store at {}:{} no longer answers: rank 0 or its machine stopped",
                 l.master_addr, l.master_port
             );
         }

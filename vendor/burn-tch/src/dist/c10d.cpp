@@ -5,6 +5,7 @@
 // (`at::Tensor*`); errors come back as a strdup'ed message (freed with arcface_free_error),
 // nullptr on success.
 #include <torch/csrc/distributed/c10d/Backend.hpp>
+#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #ifdef ARCFACE_C10D_NCCL
@@ -46,9 +47,11 @@ int arcface_c10d_has_nccl() {
 #endif
 }
 
-// A client (and on rank 0 the server) of the TCPStore at host:port; `workers` ranks meet there.
+// A client (and, with is_server, the server) of the TCPStore at host:port; `workers` ranks meet
+// there. Keys go under `prefix` when it is not empty (c10d's PrefixStore, as torch.distributed
+// keeps a torchrun agent's store apart per restart: "/worker/attempt_N").
 char* arcface_c10d_store(const char* host, int port, int is_server, int workers,
-                         int64_t timeout_ms, void** store) {
+                         int64_t timeout_ms, const char* prefix, void** store) {
   try {
     c10d::TCPStoreOptions options;
     options.port = static_cast<uint16_t>(port);
@@ -56,7 +59,10 @@ char* arcface_c10d_store(const char* host, int port, int is_server, int workers,
     options.numWorkers = workers;
     options.waitWorkers = false;
     options.timeout = std::chrono::milliseconds(timeout_ms);
-    auto created = c10::make_intrusive<c10d::TCPStore>(std::string(host), options);
+    c10::intrusive_ptr<c10d::Store> created =
+        c10::make_intrusive<c10d::TCPStore>(std::string(host), options);
+    std::string under(prefix);
+    if (!under.empty()) created = c10::make_intrusive<c10d::PrefixStore>(under, created);
     *store = new c10::intrusive_ptr<c10d::Store>(std::move(created));
     return nullptr;
   } catch (const std::exception& e) {

@@ -37,17 +37,20 @@ unsafe impl Sync for Store {}
 
 impl Store {
     /// Connects to (`is_server`: also serves) the store at `host:port`, for `workers` ranks,
-    /// waiting up to `timeout_ms` for the server and for each later `get`.
+    /// waiting up to `timeout_ms` for the server and for each later `get`; keys under `prefix`
+    /// when not empty.
     pub fn connect(
         host: &str,
         port: u16,
         is_server: bool,
         workers: usize,
         timeout_ms: u64,
+        prefix: &str,
     ) -> Result<Store, String> {
         #[cfg(fused_ops)]
         {
             let host_c = c_string(host, "the store's host")?;
+            let prefix_c = c_string(prefix, "the store's key prefix")?;
             let mut raw = std::ptr::null_mut();
             let error = unsafe {
                 ffi::arcface_c10d_store(
@@ -56,6 +59,7 @@ impl Store {
                     c_int::from(is_server),
                     workers as c_int,
                     timeout_ms as i64,
+                    prefix_c.as_ptr(),
                     &mut raw,
                 )
             };
@@ -64,7 +68,7 @@ impl Store {
         }
         #[cfg(not(fused_ops))]
         {
-            let _ = (host, port, is_server, workers, timeout_ms, c_string);
+            let _ = (host, port, is_server, workers, timeout_ms, prefix, c_string);
             Err("burn-tch was built without the libtorch headers: no c10d".into())
         }
     }
@@ -304,6 +308,7 @@ mod ffi {
             is_server: c_int,
             workers: c_int,
             timeout_ms: i64,
+            prefix: *const c_char,
             store: *mut *mut c_void,
         ) -> *mut c_char;
         pub fn arcface_c10d_store_free(store: *mut c_void);
