@@ -105,9 +105,17 @@ fi
 
 # The same without libtorch's gradient kernels (burn's generic compositions): their effect.
 [ -z "${SKIP_GENERIC:-}" ] && OURS_ENV=ARCFACE_TCH_GENERIC=1 ours fp32_generic --device "$device" --precision fp32
+# The same step as one rank of a c10d group of one (NCCL on CUDA): the distributed path's own
+# cost per step (its bucketed all-reduce, loss average and barriers) against the plain run's.
+OURS_ENV="RANK=0 WORLD_SIZE=1 LOCAL_RANK=0 LOCAL_WORLD_SIZE=1 MASTER_ADDR=127.0.0.1 MASTER_PORT=29517" \
+    ours fp32_world1 --device "$device" --precision fp32
 if [ "${gpus:-0}" -ge 2 ] && [ "$device" = cuda ]; then
     all="cuda:$(seq -s, 0 $((gpus - 1)))"
+    # One process per GPU (arcface starts them); rank 0 writes the JSON.
     ours "fp32_x$gpus" --device "$all" --precision fp32
+    log "ours: bench dist on $all"
+    timeout 300 "$bin" bench dist --device "$all" --json > "$logs/ours_dist.json" 2> "$logs/ours_dist.err" \
+        || log "bench dist failed: see $logs/ours_dist.err"
 fi
 
 # Inference: an r100 with fresh weights through burn on the device, batch 256 as the anchor.
@@ -212,9 +220,12 @@ for name in sorted(os.listdir(logs)):
     if name.startswith("ours_fp32_x"):
         multi = load(name)
         if multi and fp32:
-            n = len(multi["devices"])
+            n = multi["world_size"]
             eff = multi["images_per_second"] / (n * fp32["images_per_second"])
             print(f"data parallel on {n} GPUs: {multi['images_per_second']:.0f} img/s, scaling efficiency {eff:.2f}")
+world1 = load("ours_fp32_world1.json")
+if world1 and fp32:
+    print(f"c10d at world size 1 ({world1['backend']}): step {world1['step_ms']:.1f} ms vs {fp32['step_ms']:.1f} ms plain, overhead {world1['step_ms'] / fp32['step_ms'] - 1:+.1%} (all-reduce {world1['all_reduce_ms']:.1f} ms)")
 launch = {}
 try:
     with open(os.path.join(logs, "torch_launch.jsonl")) as f:

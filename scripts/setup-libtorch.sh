@@ -10,11 +10,19 @@ set -euo pipefail
 venv="${ARCFACE_TORCH_VENV:-$HOME/.cache/arcface/torch211}"
 torch_version="2.11.0"
 
+# The CUDA runtime and NCCL headers of torch's nvidia wheels are incomplete without these two
+# (crt/host_config.h, nv/target): with them, burn-tch's c10d shim compiles ProcessGroupNCCL
+# (vendor/burn-tch/build.rs). Headers only, a few MB.
+cuda_headers=("nvidia-cuda-crt==13.0.*" "nvidia-cuda-cccl==13.0.*")
+
 if ! "$venv/bin/python" -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '$torch_version')" 2>/dev/null; then
     echo "setup-libtorch: installing torch==$torch_version into $venv (~5 GB)..." >&2
     python3 -m venv "$venv"
     "$venv/bin/pip" install --quiet --upgrade pip >&2
-    "$venv/bin/pip" install --quiet "torch==$torch_version" >&2
+    "$venv/bin/pip" install --quiet "torch==$torch_version" "${cuda_headers[@]}" >&2
+elif ! "$venv/bin/pip" show --quiet nvidia-cuda-crt nvidia-cuda-cccl >/dev/null 2>&1; then
+    echo "setup-libtorch: adding the CUDA header wheels to $venv..." >&2
+    "$venv/bin/pip" install --quiet "${cuda_headers[@]}" >&2
 fi
 
 torch_lib="$("$venv/bin/python" -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))' 2>/dev/null)"

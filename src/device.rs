@@ -17,7 +17,7 @@ pub enum DeviceSpec {
     Cpu,
     /// LibTorch on the CPU (feature `tch`).
     LibTorchCpu,
-    /// LibTorch CUDA devices by index, one replica each (feature `tch`).
+    /// LibTorch CUDA devices by index, one training process each (feature `tch`).
     Cuda(Vec<usize>),
 }
 
@@ -86,7 +86,7 @@ impl fmt::Display for DeviceSpec {
 }
 
 impl DeviceSpec {
-    /// The burn devices (one per replica), checked to exist. Without autodiff; training wraps
+    /// The burn devices (one per listed GPU), checked to exist. Without autodiff; training wraps
     /// them with `.autodiff()`.
     pub fn resolve(&self) -> Result<Vec<Device>, DeviceError> {
         match self {

@@ -1,5 +1,5 @@
 //! Where a burn `ModuleVisitor` / `ModuleMapper` is in a module tree: the parameter paths
-//! ("backbone.layer1.0.conv1.weight") that checkpoints, momentum buffers, replicas and summaries
+//! ("backbone.layer1.0.conv1.weight") that checkpoints, momentum buffers and summaries
 //! are keyed by.
 
 /// The two trait methods that keep `self.path` (a `Vec<String>`) at the module being visited;

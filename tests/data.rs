@@ -321,10 +321,19 @@ fn loader_resumes_at_the_cursor_and_shards_disjointly() {
 
     let run = loader(&ds, 0, 1, Cursor::default());
     let straight: Vec<_> = (0..9).map(|_| run.next_batch().unwrap()).collect();
-    assert_eq!(straight[5].next, Cursor { epoch: 0, sample: 24 });
+    assert_eq!(
+        straight[5].next,
+        Cursor {
+            epoch: 0,
+            sample: 24
+        }
+    );
     assert_eq!(
         straight[6].next,
-        Cursor { epoch: 1, sample: 4 },
+        Cursor {
+            epoch: 1,
+            sample: 4
+        },
         "epoch rolls over after 6 batches"
     );
     // The first epoch sees 24 distinct images; the next epoch is a different order.
@@ -362,12 +371,21 @@ fn loader_resumes_at_the_cursor_and_shards_disjointly() {
         let (a, b) = (r0.next_batch().unwrap(), r1.next_batch().unwrap());
         for (rank, batch) in [(0, &a), (1, &b)] {
             let mine: Vec<usize> = order[..24].iter().skip(rank).step_by(2).copied().collect();
-            let expect: Vec<u64> = mine[step * 4..step * 4 + 4].iter().map(|&i| key_of(i)).collect();
+            let expect: Vec<u64> = mine[step * 4..step * 4 + 4]
+                .iter()
+                .map(|&i| key_of(i))
+                .collect();
             assert_eq!(batch.keys, expect, "rank {rank} step {step}");
         }
         assert!(a.keys.iter().all(|k| !b.keys.contains(k)));
         assert_eq!(a.next, b.next);
-        assert_eq!(a.next, Cursor { epoch: 0, sample: 8 * (step + 1) });
+        assert_eq!(
+            a.next,
+            Cursor {
+                epoch: 0,
+                sample: 8 * (step + 1)
+            }
+        );
         both.extend(a.keys.iter().chain(&b.keys).copied());
     }
     // A 2-rank cursor resumed on 1 rank continues with the next samples of the permutation.
@@ -376,7 +394,13 @@ fn loader_resumes_at_the_cursor_and_shards_disjointly() {
     let one = loader(&ds, 0, 1, cursor).next_batch().unwrap();
     let expect: Vec<u64> = order[8..12].iter().map(|&i| key_of(i)).collect();
     assert_eq!(one.keys, expect);
-    assert_eq!(one.next, Cursor { epoch: 0, sample: 12 });
+    assert_eq!(
+        one.next,
+        Cursor {
+            epoch: 0,
+            sample: 12
+        }
+    );
     both.sort();
     both.dedup();
     assert_eq!(both.len(), 24);

@@ -488,7 +488,10 @@ fn linear_loss(model: &Trainee, round: u64) -> Tensor<1> {
         fn visit_float<const D: usize>(&mut self, p: &burn::module::Param<Tensor<D>>) {
             let w = p.val();
             let n = w.shape().num_elements();
-            let mut state = (self.round * 1_000_003 + self.index) * 6_364_136_223_846_793_005 + 1;
+            // Wrapping, as the generator below: a seed, not a quantity.
+            let mut state = (self.round.wrapping_mul(1_000_003).wrapping_add(self.index))
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1);
             let c: Vec<f32> = (0..n)
                 .map(|_| {
                     state = state

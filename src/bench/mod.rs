@@ -10,6 +10,7 @@ use serde::Serialize;
 use crate::data::dataset::RecDataset;
 use crate::data::loader::{Cursor, Loader, LoaderConfig};
 
+pub mod dist;
 mod gpu_memory;
 mod train;
 

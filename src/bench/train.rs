@@ -12,8 +12,8 @@ use super::gpu_memory::GpuMemorySampler;
 use super::peak_host_mib;
 use crate::config::Config;
 use crate::device::DeviceSpec;
-use crate::model::memory_format::channels_last;
 use crate::dist::Group;
+use crate::model::memory_format::channels_last;
 use crate::model::{Precision, Trainee, backbone_config, head_config};
 use crate::train::sgd::{Sgd, SgdSettings};
 
@@ -160,7 +160,8 @@ pub fn train(
     let inputs = (0..INPUT_SETS)
         .map(|set| {
             let d = &train_device;
-            let images = Tensor::<4>::random([b, 3, 112, 112], Distribution::Uniform(0.0, 255.0), d);
+            let images =
+                Tensor::<4>::random([b, 3, 112, 112], Distribution::Uniform(0.0, 255.0), d);
             // Once, as PyTorch's anchor converts its inputs once.
             let images = channels_last(images, config.channels_last);
             let labels: Vec<i64> = (0..b)

@@ -56,6 +56,25 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// All-reduce bus bandwidth of the process group over message sizes (nccl-tests'
+    /// definition): run under torchrun, with --nproc-per-node N (LibTorch's CPU, Gloo), or
+    /// with --device cuda:0,1,... (NCCL).
+    Dist {
+        /// Message sizes in bytes (8 B to 128 MB by factors of 4 otherwise).
+        #[arg(long, value_delimiter = ',')]
+        sizes: Option<Vec<usize>>,
+        /// Timed all-reduces per size.
+        #[arg(long, default_value_t = 20)]
+        iterations: usize,
+        /// Ranks to start on this machine (LibTorch's CPU).
+        #[arg(long)]
+        nproc_per_node: Option<usize>,
+        /// Seconds a collective may wait for the others.
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+        #[arg(long)]
+        json: bool,
+    },
     /// Decoded + augmented images per second through the loader, per thread and in total.
     Data {
         #[arg(long)]
@@ -222,6 +241,56 @@ pub fn run(what: &BenchCommand, cli_device: &Option<String>) -> Result<()> {
                 );
                 if let Some(trace) = &r.profile {
                     println!("profile of 3 more steps: {}", trace.display());
+                }
+            }
+        }
+        BenchCommand::Dist {
+            sizes,
+            iterations,
+            nproc_per_node,
+            timeout,
+            json,
+        } => {
+            let text = cli_device.as_deref().unwrap_or("libtorch-cpu");
+            let spec: DeviceSpec = text
+                .parse()
+                .with_context(|| format!("selecting device `{text}`"))?;
+            let timeout = std::time::Duration::from_secs(*timeout);
+            let mut group = match dist::start(&spec, *nproc_per_node, timeout)? {
+                dist::Start::Spawn(ranks) => {
+                    let args: Vec<_> = std::env::args_os().skip(1).collect();
+                    return dist::spawn::run_local(ranks, &args, timeout);
+                }
+                dist::Start::Rank { group, .. } => group,
+            };
+            let sizes = sizes.clone().unwrap_or_else(bench::dist::default_sizes);
+            let rows = bench::dist::all_reduce_sweep(&group, &sizes, *iterations)?;
+            group.barrier("end of the benchmark")?;
+            group.finish();
+            if !group.is_main() {
+            } else if *json {
+                let report = serde_json::json!({
+                    "backend": group.backend(),
+                    "world_size": group.world(),
+                    "device": text,
+                    "rows": rows,
+                });
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!(
+                    "all-reduce (sum, f32), {} over {} ranks on {text}, {iterations} iterations per size",
+                    group.backend(),
+                    group.world()
+                );
+                println!(
+                    "{:>12} {:>12} {:>12} {:>12}",
+                    "bytes", "time µs", "algbw GB/s", "busbw GB/s"
+                );
+                for r in &rows {
+                    println!(
+                        "{:>12} {:>12.1} {:>12.3} {:>12.3}",
+                        r.bytes, r.time_us, r.algbw, r.busbw
+                    );
                 }
             }
         }

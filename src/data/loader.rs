@@ -198,7 +198,7 @@ impl Loader {
     ) -> Result<Loader, String> {
         if config.batch_size == 0 || config.world == 0 || config.rank >= config.world {
             return Err(format!(
-                "invalid loader set-up: batch_size {}, replica {} of {}",
+                "invalid loader set-up: batch_size {}, rank {} of {}",
                 config.batch_size, config.rank, config.world
             ));
         }

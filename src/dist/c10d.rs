@@ -120,16 +120,8 @@ impl Engine {
                 }
             })?;
         let interface = std::env::var("GLOO_SOCKET_IFNAME").ok();
-        let group = ProcessGroup::new(
-            &store,
-            backend,
-            l.rank,
-            l.world,
-            ms,
-            interface.as_deref(),
-            &l.master_addr,
-        )
-        .map_err(|e| format!("rank {}: forming the process group: {e}", l.rank))?;
+        let group = ProcessGroup::new(&store, backend, l.rank, l.world, ms, interface.as_deref())
+            .map_err(|e| format!("rank {}: forming the process group: {e}", l.rank))?;
         let beats = Store::connect(&l.master_addr, l.master_port, false, l.world, ms, &prefix)
             .map_err(|e| format!("rank {}: second store connection: {e}", l.rank))?;
         Ok(Engine {
@@ -177,19 +169,20 @@ impl Engine {
             .map_err(|e| format!("{e:?}"))
     }
 
-    pub fn barrier(&self) -> Result<(), String> {
-        self.group.barrier()
-    }
-
     /// Which ranks stopped, as far as their heartbeats tell: read now and again after
     /// [`WATCH`]; a rank whose count did not move is dead or stuck (SIGSTOP, a hung device).
     /// The store itself unreachable means rank 0, which serves it, is gone.
     pub fn diagnose(&self) -> String {
         let l = &self.launch;
         let (_, prefix) = store_role(l.rank);
-        let Ok(store) =
-            Store::connect(&l.master_addr, l.master_port, false, l.world, 5_000, &prefix)
-        else {
+        let Ok(store) = Store::connect(
+            &l.master_addr,
+            l.master_port,
+            false,
+            l.world,
+            5_000,
+            &prefix,
+        ) else {
             return format!(
                 "the rendezvous store at {}:{} (served by rank 0, or by torchrun on the master \
                  node) is unreachable: rank 0 or its machine stopped",

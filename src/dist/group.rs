@@ -106,31 +106,16 @@ impl Group {
         if let Some(engine) = &self.engine {
             let diagnosis = engine.diagnose();
             engine.linger_for_diagnoses();
-            return anyhow!(
-                "rank {} of {}: {what} failed: {diagnosis}. c10d said: {message}",
-                self.rank,
-                self.world
-            );
+            return anyhow!("{what} failed: {diagnosis}. c10d said: {message}");
         }
         anyhow!("{what}: {message}")
     }
 
-    /// Returns once every rank has reached it (`what` names the place in errors).
+    /// Returns once every rank has reached it (`what` names the place in errors): an
+    /// all-reduce of one number on this rank's device, so that NCCL need not guess a device
+    /// per rank as its own barrier does.
     pub fn barrier(&self, what: &str) -> Result<()> {
-        let Some(engine) = &self.engine else {
-            return Ok(());
-        };
-        #[cfg(feature = "tch")]
-        {
-            engine
-                .barrier()
-                .map_err(|e| self.failed(&format!("barrier ({what})"), e))
-        }
-        #[cfg(not(feature = "tch"))]
-        {
-            let _ = what;
-            match *engine {}
-        }
+        self.mean(&[0.0], &format!("barrier ({what})")).map(drop)
     }
 
     /// The mean over the ranks of each of `values`.
@@ -290,6 +275,28 @@ impl Group {
             let _ = (tensor, what);
             match *engine {}
         }
+    }
+
+    /// Seconds one all-reduce of `bytes` (f32) takes, the mean of `iterations` after one
+    /// untimed, with the device waited for (NCCL's work runs on its own stream).
+    pub fn time_all_reduce(&self, bytes: usize, iterations: usize) -> Result<f64> {
+        let tensor = Tensor::<1>::zeros([bytes.div_ceil(4).max(1)], &self.device);
+        let sync = || {
+            self.device
+                .sync()
+                .map_err(|e| anyhow!("waiting for {:?}: {e:?}", self.device))
+        };
+        let run = |n: usize| -> Result<f64> {
+            sync()?;
+            let start = Instant::now();
+            for _ in 0..n {
+                self.all_reduce_sum(tensor.clone(), "timing an all-reduce")?;
+            }
+            sync()?;
+            Ok(start.elapsed().as_secs_f64() / n.max(1) as f64)
+        };
+        run(1)?;
+        run(iterations.max(1))
     }
 
     /// Ends the heartbeat before a clean exit, so no rank mistakes this one's for a stop.

@@ -104,7 +104,10 @@ impl Launch {
         let problem = if l.world == 0 || l.local_world == 0 {
             Some("WORLD_SIZE and LOCAL_WORLD_SIZE must be at least 1".to_string())
         } else if l.rank >= l.world {
-            Some(format!("RANK={} is not below WORLD_SIZE={}", l.rank, l.world))
+            Some(format!(
+                "RANK={} is not below WORLD_SIZE={}",
+                l.rank, l.world
+            ))
         } else if l.local_rank >= l.local_world {
             Some(format!(
                 "LOCAL_RANK={} is not below LOCAL_WORLD_SIZE={}",

@@ -119,6 +119,43 @@ pub fn ring_bytes(bytes: u64, world: usize) -> u64 {
     bytes * 2 * (n - 1) / n
 }
 
+/// nccl-tests' bus bandwidth of an all-reduce of `bytes` in `seconds` over `world` ranks:
+/// algbw = bytes / seconds, busbw = algbw · 2(n−1)/n (what each link carries, comparable
+/// across world sizes), both in GB/s.
+pub fn bus_bandwidth(bytes: usize, seconds: f64, world: usize) -> (f64, f64) {
+    let algbw = bytes as f64 / seconds / 1e9;
+    let n = world.max(1) as f64;
+    (algbw, algbw * 2.0 * (n - 1.0) / n)
+}
+
+/// What rank 0 logs at the start of a run of several ranks: the engine, the world, the
+/// network interface and a short measured all-reduce (16 MB, 3 times), so that a slow or
+/// wrong link shows in the first seconds rather than as a stalled run. Every rank takes part.
+pub fn link_report(group: &Group) -> Result<Option<String>> {
+    if group.world() == 1 {
+        return Ok(None);
+    }
+    const BYTES: usize = 16 << 20;
+    let seconds = group.time_all_reduce(BYTES, 3)?;
+    let (_, busbw) = bus_bandwidth(BYTES, seconds, group.world());
+    let interface = match group.backend() {
+        "NCCL" => std::env::var("NCCL_SOCKET_IFNAME").map_or(
+            "NCCL's choice (NCCL_SOCKET_IFNAME unset; NCCL_DEBUG=INFO names it)".into(),
+            |i| format!("{i} (NCCL_SOCKET_IFNAME)"),
+        ),
+        _ => std::env::var("GLOO_SOCKET_IFNAME").map_or(
+            "the address of this machine's hostname (GLOO_SOCKET_IFNAME unset)".into(),
+            |i| format!("{i} (GLOO_SOCKET_IFNAME)"),
+        ),
+    };
+    Ok(Some(format!(
+        "c10d {} over {} ranks, interface {interface}: all-reduce of 16 MB in {:.1} ms, bus bandwidth {busbw:.2} GB/s",
+        group.backend(),
+        group.world(),
+        seconds * 1e3
+    )))
+}
+
 /// Whether this build's c10d shim has ProcessGroupNCCL (false without the `tch` feature).
 pub fn has_nccl() -> bool {
     #[cfg(feature = "tch")]
@@ -145,7 +182,10 @@ mod tests {
     #[test]
     fn each_rank_takes_its_gpu() {
         let cuda = |v: &[usize]| DeviceSpec::Cuda(v.to_vec());
-        assert_eq!(rank_device(&cuda(&[0]), &launch(3, 8, 16)).unwrap(), cuda(&[3]));
+        assert_eq!(
+            rank_device(&cuda(&[0]), &launch(3, 8, 16)).unwrap(),
+            cuda(&[3])
+        );
         assert_eq!(
             rank_device(&cuda(&[4, 5, 6, 7]), &launch(2, 4, 4)).unwrap(),
             cuda(&[6])

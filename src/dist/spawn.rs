@@ -61,9 +61,8 @@ pub fn run_local(nproc: usize, args: &[OsString], timeout: Duration) -> Result<(
                 Some(status) => {
                     failures.push(format!("rank {rank} {}", describe(status)));
                     // The others are given the time of a collective's timeout to see it.
-                    deadline.get_or_insert_with(|| {
-                        Instant::now() + timeout + Duration::from_secs(30)
-                    });
+                    deadline
+                        .get_or_insert_with(|| Instant::now() + timeout + Duration::from_secs(30));
                 }
                 None => still.push((rank, child)),
             }
@@ -80,7 +79,11 @@ pub fn run_local(nproc: usize, args: &[OsString], timeout: Duration) -> Result<(
         std::thread::sleep(Duration::from_millis(200));
     }
     if !failures.is_empty() {
-        bail!("{} of {nproc} ranks failed: {}", failures.len(), failures.join("; "));
+        bail!(
+            "{} of {nproc} ranks failed: {}",
+            failures.len(),
+            failures.join("; ")
+        );
     }
     Ok(())
 }

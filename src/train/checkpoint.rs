@@ -60,11 +60,9 @@ fn migrate_cursor(header: &mut serde_json::Value) {
             _ => 1,
         });
     let cursor = &mut header["cursor"];
-    if let (Some(batch), None, Some(batch_size)) = (
-        cursor["batch"].as_u64(),
-        cursor.get("sample"),
-        batch_size,
-    ) {
+    if let (Some(batch), None, Some(batch_size)) =
+        (cursor["batch"].as_u64(), cursor.get("sample"), batch_size)
+    {
         cursor["sample"] = (batch * batch_size * devices).into();
     }
 }

@@ -73,10 +73,12 @@ pub fn train_with(
     options: &TrainOptions,
 ) -> Result<TrainReport> {
     crate::device::set_cudnn_benchmark(config.cudnn_benchmark);
-    // Ranks started with different configs would train different models without a word.
-    let config_json = serde_json::to_vec(config).expect("a config serialises");
+    // Ranks started with different configs (or options) would train different models, or
+    // different numbers of steps, without a word.
+    let mut started = serde_json::to_vec(config).expect("a config serialises");
+    started.extend(format!("{options:?}").bytes());
     group
-        .agree(crc32fast::hash(&config_json), "the configs")
+        .agree(crc32fast::hash(&started), "the configs and options")
         .context("start every rank with the same config file and options")?;
     let (dataset, num_classes) = open_data(config, group)?;
     let mut notes = Vec::new();
@@ -85,6 +87,9 @@ pub fn train_with(
         false => Vec::new(),
     };
     let mut state = start_or_resume(config, num_classes, device, group, options, &mut notes)?;
+    if let Some(link) = crate::dist::link_report(group)? {
+        notes.insert(0, link);
+    }
 
     let loader_config = LoaderConfig {
         batch_size: config.batch_size,
@@ -95,8 +100,8 @@ pub fn train_with(
         world: group.world(),
         flip: true,
     };
-    let loader = Loader::new(dataset.clone(), loader_config, state.cursor)
-        .map_err(anyhow::Error::msg)?;
+    let loader =
+        Loader::new(dataset.clone(), loader_config, state.cursor).map_err(anyhow::Error::msg)?;
     let per_epoch = loader.plan.batches_per_epoch();
     let total_steps = per_epoch * config.num_epoch;
     let schedule = Schedule {
@@ -123,12 +128,15 @@ pub fn train_with(
             config.precision
         ));
         if group.world() > 1 {
-            notes.insert(0, format!(
-                "data parallel over {} ranks ({}), {} images per rank and step",
-                group.world(),
-                group.backend(),
-                config.batch_size
-            ));
+            notes.insert(
+                0,
+                format!(
+                    "data parallel over {} ranks ({}), {} images per rank and step",
+                    group.world(),
+                    group.backend(),
+                    config.batch_size
+                ),
+            );
         }
         for n in &notes {
             m.line(n);
@@ -204,7 +212,15 @@ pub fn train_with(
             // Every rank has finished this step: the checkpoint is of a step all reached.
             group.barrier(&format!("checkpoint at step {}", state.step))?;
             if let Some(m) = &mut monitor {
-                save_checkpoint(config, num_classes, group.world(), &mut state, &path, accuracy, m)?;
+                save_checkpoint(
+                    config,
+                    num_classes,
+                    group.world(),
+                    &mut state,
+                    &path,
+                    accuracy,
+                    m,
+                )?;
             }
             report.last_checkpoint = Some(path);
         }
@@ -256,7 +272,10 @@ fn save_checkpoint(
         state.best = Some(acc);
         let best = config.output.join("best.ckpt");
         checkpoint::copy_atomic(path, &best)?;
-        monitor.line(&format!("new best mean accuracy {acc:.5}: {}", best.display()));
+        monitor.line(&format!(
+            "new best mean accuracy {acc:.5}: {}",
+            best.display()
+        ));
     }
     monitor.flush();
     Ok(())

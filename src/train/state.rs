@@ -78,6 +78,15 @@ pub fn start_or_resume(
     if let Some(path) = resume_from {
         state = resume(state, config, num_classes, &path, device, notes)?;
     }
+    // Each rank read its own copy of the checkpoint (a shared output folder, or one copied to
+    // every machine): the same one, or the ranks would start from different places.
+    let position = format!(
+        "{} {} {}",
+        state.step, state.cursor.epoch, state.cursor.sample
+    );
+    group
+        .agree(crc32fast::hash(position.as_bytes()), "the resumed step and loader position")
+        .context("--resume found different checkpoints on the ranks' machines: give every machine the same output folder (a shared file system) or --resume FILE")?;
     group.broadcast_module(&state.model)?;
     group.agree(
         crate::dist::checksum(&state.model),

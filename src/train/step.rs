@@ -28,7 +28,10 @@ pub struct StepOutcome {
 pub enum StepFailure {
     /// The loss (mean over the ranks) or the gradient norm is not finite; every rank sees the
     /// same value and stops together.
-    NotFinite { what: String, advice: &'static str },
+    NotFinite {
+        what: String,
+        advice: &'static str,
+    },
     Error(anyhow::Error),
 }
 

@@ -220,14 +220,12 @@ impl SystemInfo {
                 && nccl.join("nccl.h").exists())
             .then_some([cuda, nccl])
         });
-        println!("cargo:rustc-check-cfg=cfg(c10d_nccl)");
         if let Some(dirs) = &nccl {
             build
                 .includes(dirs)
                 .define("USE_C10D_NCCL", None)
                 .define("USE_CUDA", None)
                 .define("ARCFACE_C10D_NCCL", None);
-            println!("cargo:rustc-cfg=c10d_nccl");
         } else {
             println!(
                 "cargo:warning=c10d shim without NCCL (no CUDA build of torch, or its CUDA runtime / NCCL headers are missing)"

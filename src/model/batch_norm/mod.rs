@@ -76,12 +76,13 @@ pub fn forward<const D: usize>(bn: &BatchNorm, x: Tensor<D>) -> Tensor<D> {
 /// the thread folds it in as the mean of the threads' pending values, dividing by their count
 /// even when it is 1: one more kernel per statistic and step, 308 per r100 step on LibTorch.
 /// Writing through `Module::map` sets the shared value directly. That is right here because
-/// every replica owns its statistics (src/train/replicas.rs) and each has one writer.
+/// each model is trained by one thread (one process per device: src/dist/), so each statistic
+/// has one writer.
 ///
 /// `forward` takes a layer's statistics out with an empty tensor in their place and puts the
 /// new ones in when the operation returns. In between, on the same thread, nothing reads them;
 /// should the operation panic, the step fails, and a failed step ends training before anything
-/// saves the model (src/train/mod.rs, replicas.rs).
+/// saves the model (src/train/mod.rs).
 fn replace(state: &RunningState<Tensor<1>>, value: Tensor<1>) -> Tensor<1> {
     struct Replace {
         new: Option<Tensor<1>>,

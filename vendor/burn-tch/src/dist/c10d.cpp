@@ -101,10 +101,10 @@ char* arcface_c10d_store_get(void* store, const char* key, uint8_t** value, int6
 
 // The process group of `rank` in a world of `world` over `store` (which it shares): "gloo"
 // with its TCP device on `interface` (a network interface name, as GLOO_SOCKET_IFNAME) or, if
-// empty, on the address `host` resolves to; "nccl" on CUDA device `cuda_device`.
+// empty, torch.distributed's default (the address this machine's hostname resolves to, else
+// loopback); "nccl" on the current CUDA device.
 char* arcface_c10d_group(void* store, const char* backend, int rank, int world,
-                         int64_t timeout_ms, const char* interface, const char* host,
-                         void** group) {
+                         int64_t timeout_ms, const char* interface, void** group) {
   try {
     auto& s = *static_cast<c10::intrusive_ptr<c10d::Store>*>(store);
     auto timeout = std::chrono::milliseconds(timeout_ms);
@@ -114,9 +114,9 @@ char* arcface_c10d_group(void* store, const char* backend, int rank, int world,
       auto options = c10d::ProcessGroupGloo::Options::create();
       options->timeout = timeout;
       std::string iface(interface);
-      options->devices.push_back(
-          iface.empty() ? c10d::ProcessGroupGloo::createDeviceForHostname(std::string(host))
-                        : c10d::ProcessGroupGloo::createDeviceForInterface(iface));
+      options->devices.push_back(iface.empty()
+                                     ? c10d::ProcessGroupGloo::createDefaultDevice()
+                                     : c10d::ProcessGroupGloo::createDeviceForInterface(iface));
       pg = c10::make_intrusive<c10d::ProcessGroupGloo>(s, rank, world, options);
     } else if (which == "nccl") {
 #ifdef ARCFACE_C10D_NCCL
@@ -179,16 +179,6 @@ char* arcface_c10d_all_gather(void* group, const at::Tensor* input, const at::Te
     for (int r = 0; r < world; ++r) outputs[0].push_back(flat[r].view(input->sizes()));
     std::vector<at::Tensor> inputs{*input};
     wait(g, g->backend->allgather(outputs, inputs));
-    return nullptr;
-  } catch (const std::exception& e) {
-    return fail(e);
-  }
-}
-
-char* arcface_c10d_barrier(void* group) {
-  try {
-    auto* g = static_cast<Group*>(group);
-    wait(g, g->backend->barrier());
     return nullptr;
   } catch (const std::exception& e) {
     return fail(e);

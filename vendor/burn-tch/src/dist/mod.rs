@@ -157,8 +157,9 @@ unsafe impl Send for ProcessGroup {}
 
 impl ProcessGroup {
     /// Joins the group of `world` ranks as `rank`. Gloo's TCP device binds `interface` (a
-    /// network interface, as GLOO_SOCKET_IFNAME) if given, else the address `host` resolves
-    /// to. Collectives that do not complete within `timeout_ms` fail.
+    /// network interface, as GLOO_SOCKET_IFNAME) if given, else torch.distributed's default
+    /// (the address of this machine's hostname, else loopback); NCCL picks its own
+    /// (NCCL_SOCKET_IFNAME). Collectives that do not complete within `timeout_ms` fail.
     pub fn new(
         store: &Store,
         backend: Backend,
@@ -166,7 +167,6 @@ impl ProcessGroup {
         world: usize,
         timeout_ms: u64,
         interface: Option<&str>,
-        host: &str,
     ) -> Result<ProcessGroup, String> {
         #[cfg(fused_ops)]
         {
@@ -176,7 +176,6 @@ impl ProcessGroup {
             };
             let name_c = c_string(name, "backend")?;
             let interface_c = c_string(interface.unwrap_or(""), "the interface")?;
-            let host_c = c_string(host, "the host")?;
             let mut raw = std::ptr::null_mut();
             let error = unsafe {
                 ffi::arcface_c10d_group(
@@ -186,16 +185,15 @@ impl ProcessGroup {
                     world as c_int,
                     timeout_ms as i64,
                     interface_c.as_ptr(),
-                    host_c.as_ptr(),
                     &mut raw,
                 )
             };
-            crate::fused::ffi::take_error(error, &format!("ProcessGroup{name}"))?;
+            crate::fused::ffi::take_error(error, &format!("ProcessGroup{}", name.to_uppercase()))?;
             Ok(ProcessGroup { raw, rank, world })
         }
         #[cfg(not(fused_ops))]
         {
-            let _ = (store, backend, rank, world, timeout_ms, interface, host);
+            let _ = (store, backend, rank, world, timeout_ms, interface);
             Err("burn-tch was built without the libtorch headers: no c10d".into())
         }
     }
@@ -273,17 +271,6 @@ impl ProcessGroup {
             unreachable!("no ProcessGroup without the shim")
         }
     }
-
-    /// Returns once every rank has called it.
-    pub fn barrier(&self) -> Result<(), String> {
-        #[cfg(fused_ops)]
-        {
-            let error = unsafe { ffi::arcface_c10d_barrier(self.raw) };
-            crate::fused::ffi::take_error(error, "barrier")
-        }
-        #[cfg(not(fused_ops))]
-        unreachable!("no ProcessGroup without the shim")
-    }
 }
 
 impl Drop for ProcessGroup {
@@ -331,7 +318,6 @@ mod ffi {
             world: c_int,
             timeout_ms: i64,
             interface: *const c_char,
-            host: *const c_char,
             group: *mut *mut c_void,
         ) -> *mut c_char;
         pub fn arcface_c10d_group_free(group: *mut c_void);
@@ -350,6 +336,5 @@ mod ffi {
             input: *const C_tensor,
             output: *const C_tensor,
         ) -> *mut c_char;
-        pub fn arcface_c10d_barrier(group: *mut c_void) -> *mut c_char;
     }
 }
