@@ -479,19 +479,15 @@ fn start_ranks(cfg: &Path, world: usize, port: u16, extra: &[&str]) -> Vec<Child
         .collect()
 }
 
-/// SIGKILL of rank `victim` once step 4's checkpoint exists: the other rank stops within
-/// dist_timeout (20 s) and a margin, naming the rank, exit ≠ 0; the last checkpoint loads.
-fn kill_one(victim: usize) {
+/// Signal `signal` (KILL: the rank dies; STOP: it hangs) to rank `victim` once step 4's
+/// checkpoint exists: the other rank stops within `timeout` (dist_timeout) and a margin, naming
+/// the rank, exit ≠ 0; every checkpoint there loads.
+fn stop_one(victim: usize, signal: &str, timeout: u64) {
     let dir = tempfile::tempdir().unwrap();
     let data = data(dir.path());
     let output = dir.path().join("out");
-    let cfg = config(
-        dir.path(),
-        "kill.toml",
-        &data,
-        &output,
-        "dist_timeout = 20\nsave_every = 2\nnum_epoch = 50\n",
-    );
+    let extra = format!("dist_timeout = {timeout}\nsave_every = 2\nnum_epoch = 50\n");
+    let cfg = config(dir.path(), "stop.toml", &data, &output, &extra);
     let mut children = start_ranks(&cfg, 2, free_port(), &[]);
     let waited = Instant::now();
     while !step_ckpt(&output, 4).exists() {
@@ -501,20 +497,25 @@ fn kill_one(victim: usize) {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    children[victim].kill().unwrap();
-    let killed_at = Instant::now();
+    let pid = children[victim].id().to_string();
+    let sent = Command::new("kill")
+        .args([&format!("-{signal}"), &pid])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let stopped_at = Instant::now();
     let survivor = children.remove(1 - victim).wait_with_output().unwrap();
-    let took = killed_at.elapsed();
+    let took = stopped_at.elapsed();
     let said = text(&survivor);
     assert!(!survivor.status.success(), "{said}");
-    assert!(took < Duration::from_secs(20 + 15), "took {took:?}");
+    assert!(took < Duration::from_secs(timeout + 15), "took {took:?}");
     assert!(
         said.contains(&format!("rank {victim} stopped"))
             || (victim == 0 && said.contains("rank 0 or its machine stopped")),
         "{said}"
     );
+    let _ = children[0].kill();
     let _ = children[0].wait();
-    // Every checkpoint there is whole.
     for path in arcface::train::checkpoint::list(&output) {
         Checkpoint::load(&path).unwrap_or_else(|e| panic!("{e}"));
     }
@@ -523,8 +524,14 @@ fn kill_one(victim: usize) {
 
 #[test]
 fn a_killed_rank_stops_the_other_naming_it() {
-    kill_one(1);
-    kill_one(0);
+    stop_one(1, "KILL", 20);
+    stop_one(0, "KILL", 20);
+}
+
+/// A rank that hangs (SIGSTOP): the other waits dist_timeout in its collective, then names it.
+#[test]
+fn a_hung_rank_is_named_after_dist_timeout() {
+    stop_one(1, "STOP", 8);
 }
 
 #[test]
@@ -744,4 +751,90 @@ fn bf16_trains_on_two_ranks() {
     let (a, b) = (runs[0][0], runs[1][0]);
     assert!((a - b).abs() < 0.02 * a, "step 1: fp32 {a} vs bf16 {b}");
     assert_ne!(a, b, "bf16 computed in bf16");
+}
+
+/// `bench train` on two ranks reports the global rate, the all-reduce's time and bytes, and the
+/// head's bytes per rank; `bench dist` reports nccl-tests' algbw and busbw.
+#[test]
+fn benches_report_the_group() {
+    let out = arcface(&[
+        "bench",
+        "train",
+        "--config",
+        "configs/tiny.toml",
+        "--device",
+        "libtorch-cpu",
+        "--nproc-per-node",
+        "2",
+        "--batch-size",
+        "4",
+        "--num-classes",
+        "10",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        "--json",
+    ])
+    .current_dir(common::root())
+    .output()
+    .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (v["world_size"].as_u64(), v["backend"].as_str()),
+        (Some(2), Some("Gloo"))
+    );
+    let f = |key: &str| v[key].as_f64().unwrap_or_else(|| panic!("{key}: {v}"));
+    assert!(f("all_reduce_ms") > 0.0, "{v}");
+    // 2 ranks × 4 images per step.
+    assert!(
+        (f("images_per_second") - 8.0 / f("step_ms") * 1e3).abs() < 1e-6 * f("images_per_second")
+    );
+    // The tiny config's 128-d embedding, 10 classes: weight, gradient and momentum in f32.
+    assert_eq!(v["head_bytes_per_rank"].as_u64(), Some(3 * 4 * 10 * 128));
+    // The ring sends 2(n−1)/n = 1 gradient's bytes at n = 2; the trainable parameters are
+    // those `summary` counts, and the head's among them.
+    let summary = run_ok(
+        &mut arcface(&["summary", "--config", "configs/tiny.toml", "--json"])
+            .current_dir(common::root()),
+    );
+    let s: serde_json::Value =
+        serde_json::from_str(&summary[summary.find('{').unwrap()..]).unwrap();
+    let backbone = s["trainable_params"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{s}"));
+    assert_eq!(
+        v["all_reduce_bytes_per_rank"].as_u64(),
+        Some(4 * (backbone + 10 * 128))
+    );
+
+    let out = arcface(&[
+        "bench",
+        "dist",
+        "--nproc-per-node",
+        "2",
+        "--sizes",
+        "1024,4194304",
+        "--iterations",
+        "3",
+        "--json",
+    ])
+    .output()
+    .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["world_size"].as_u64(), Some(2));
+    let rows = v["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    for r in rows {
+        let (bytes, us) = (r["bytes"].as_f64().unwrap(), r["time_us"].as_f64().unwrap());
+        let algbw = r["algbw"].as_f64().unwrap();
+        assert!(
+            (algbw - bytes / (us * 1e-6) / 1e9).abs() <= 1e-9 * algbw.max(1.0),
+            "{r}"
+        );
+        // busbw = algbw · 2(n−1)/n = algbw at n = 2.
+        assert!((r["busbw"].as_f64().unwrap() - algbw).abs() <= 1e-12, "{r}");
+    }
 }
