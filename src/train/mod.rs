@@ -144,83 +144,59 @@ pub fn train_with(
     }
     let train_device = device.clone().autodiff();
     let mut report = TrainReport::default();
-    let mut window = (Instant::now(), 0usize);
+    let mut rate = Rate::start();
     while state.step < last_step {
         let batch = loader.next_batch()?;
-        let (epoch, step_no) = (state.cursor.epoch, state.step);
-        let lr = schedule.lr(step_no);
-        let (next, step) = match one_step(state, &batch, config, group, &train_device, lr) {
+        let (epoch, lr) = (state.cursor.epoch, schedule.lr(state.step));
+        let failed_at = state.step;
+        let step;
+        (state, step) = match one_step(state, &batch, config, group, &train_device, lr) {
             Ok(done) => done,
             Err(StepFailure::NotFinite { what, advice }) => {
+                let last = report.last_checkpoint.as_ref();
+                let last = last.map_or("none yet".into(), |p| p.display().to_string());
                 if let Some(m) = &mut monitor {
                     m.flush();
                 }
-                let last = report
-                    .last_checkpoint
-                    .as_ref()
-                    .map_or("none yet".into(), |p| p.display().to_string());
                 anyhow::bail!(
-                    "{what} at step {step_no} (epoch {epoch}): training stopped; the last good checkpoint is {last}. Try {advice}"
+                    "{what} at step {failed_at} (epoch {epoch}): training stopped; the last good checkpoint is {last}. Try {advice}"
                 );
             }
             Err(StepFailure::Error(e)) => return Err(e),
         };
-        state = next;
         report.losses.push((state.step, step.loss));
-
-        window.1 += loader.plan.global_batch();
-        let img_per_s = window.1 as f64 / window.0.elapsed().as_secs_f64();
+        rate.add(loader.plan.global_batch());
         if let Some(m) = &mut monitor {
-            m.step(state.step, epoch, step.loss, img_per_s);
-            if state.step.is_multiple_of(config.frequent) {
-                m.scalar("train/loss", step.loss, state.step);
-                m.scalar("train/lr", lr, state.step);
-                m.scalar("train/img_per_s", img_per_s, state.step);
-                m.scalar("train/grad_norm", step.grad_norm, state.step);
-                m.line(&format!(
-                    "step {}/{total_steps} epoch {epoch} loss {:.4} lr {lr:.5} grad_norm {:.3} {img_per_s:.1} img/s",
-                    state.step, step.loss, step.grad_norm
-                ));
-                // TensorBoard shows the curve as it grows.
-                m.flush();
-            }
+            m.train_step(
+                state.step,
+                total_steps,
+                epoch,
+                lr,
+                step.loss,
+                step.grad_norm,
+                rate.per_second(),
+                config.frequent,
+            );
         }
         if state.step.is_multiple_of(config.frequent) {
-            window = (Instant::now(), 0);
+            rate.restart();
         }
+
         let epoch_end = loader.plan.epoch_done(state.cursor);
         let mut accuracy = None;
         if epoch_end || state.step.is_multiple_of(config.verbose) || state.step == last_step {
-            if let Some(m) = &mut monitor
-                && !targets.is_empty()
-            {
-                let results = validate(
-                    &state.model.backbone,
-                    &targets,
-                    config.batch_size,
-                    config.channels_last,
-                    device,
-                )?;
-                m.validation(state.step, &results);
-                accuracy = validation::mean_accuracy(&results);
-                report.validations.push((state.step, results));
+            if let Some(m) = &mut monitor {
+                accuracy = validate_on_main(&state, &targets, config, device, m, &mut report)?;
             }
-            window = (Instant::now(), 0);
+            rate.restart();
         }
         if epoch_end || state.step.is_multiple_of(config.save_every) || state.step == last_step {
             let path = checkpoint::step_path(&config.output, state.step);
             // Every rank has finished this step: the checkpoint is of a step all reached.
             group.barrier(&format!("checkpoint at step {}", state.step))?;
             if let Some(m) = &mut monitor {
-                save_checkpoint(
-                    config,
-                    num_classes,
-                    group.world(),
-                    &mut state,
-                    &path,
-                    accuracy,
-                    m,
-                )?;
+                let world = group.world();
+                save_checkpoint(config, num_classes, world, &mut state, &path, accuracy, m)?;
             }
             report.last_checkpoint = Some(path);
         }
@@ -233,6 +209,59 @@ pub fn train_with(
         m.flush();
     }
     Ok(report)
+}
+
+/// Images per second over all ranks since the last restart.
+struct Rate {
+    since: Instant,
+    images: usize,
+}
+
+impl Rate {
+    fn start() -> Rate {
+        Rate {
+            since: Instant::now(),
+            images: 0,
+        }
+    }
+
+    fn add(&mut self, images: usize) {
+        self.images += images;
+    }
+
+    fn per_second(&self) -> f64 {
+        self.images as f64 / self.since.elapsed().as_secs_f64()
+    }
+
+    fn restart(&mut self) {
+        *self = Rate::start();
+    }
+}
+
+/// Rank 0's validation of every target (none configured: nothing), reported and kept; the mean
+/// accuracy, for best.ckpt.
+fn validate_on_main(
+    state: &State,
+    targets: &[(String, crate::data::bin::PairSet)],
+    config: &Config,
+    device: &Device,
+    monitor: &mut Monitor,
+    report: &mut TrainReport,
+) -> Result<Option<f64>> {
+    if targets.is_empty() {
+        return Ok(None);
+    }
+    let results = validate(
+        &state.model.backbone,
+        targets,
+        config.batch_size,
+        config.channels_last,
+        device,
+    )?;
+    monitor.validation(state.step, &results);
+    let accuracy = validation::mean_accuracy(&results);
+    report.validations.push((state.step, results));
+    Ok(accuracy)
 }
 
 /// The training set and its class count; synthetic data is generated by rank 0 alone while the

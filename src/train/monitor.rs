@@ -81,10 +81,34 @@ impl Monitor {
         }
     }
 
-    pub fn step(&mut self, step: usize, epoch: usize, loss: f64, img_per_s: f64) {
+    /// A finished step: the bar, and every `frequent` steps the log line and TensorBoard's
+    /// scalars (flushed, so the curve grows as training goes).
+    #[allow(clippy::too_many_arguments)]
+    pub fn train_step(
+        &mut self,
+        step: usize,
+        total_steps: usize,
+        epoch: usize,
+        lr: f64,
+        loss: f64,
+        grad_norm: f64,
+        img_per_s: f64,
+        frequent: usize,
+    ) {
         self.bar.set_position(step as u64);
         self.bar
             .set_message(format!("epoch {epoch} loss {loss:.4} {img_per_s:.1} img/s"));
+        if !step.is_multiple_of(frequent) {
+            return;
+        }
+        self.scalar("train/loss", loss, step);
+        self.scalar("train/lr", lr, step);
+        self.scalar("train/img_per_s", img_per_s, step);
+        self.scalar("train/grad_norm", grad_norm, step);
+        self.line(&format!(
+            "step {step}/{total_steps} epoch {epoch} loss {loss:.4} lr {lr:.5} grad_norm {grad_norm:.3} {img_per_s:.1} img/s"
+        ));
+        self.flush();
     }
 
     pub fn validation(&mut self, step: usize, results: &[TargetResult]) {
