@@ -190,6 +190,45 @@ fn cuda_without_tch_explains_the_fix() {
     );
 }
 
+/// The default build has no process group: several ranks, or a launcher's variables with
+/// several ranks, are refused naming the feature that has one.
+#[cfg(not(feature = "tch"))]
+#[test]
+fn distributed_without_tch_names_the_feature() {
+    for device in ["cpu", "libtorch-cpu"] {
+        let out = run(&[
+            "train",
+            "--config",
+            "configs/tiny.toml",
+            "--device",
+            device,
+            "--nproc-per-node",
+            "2",
+        ]);
+        assert!(!out.status.success());
+        assert!(stderr(&out).contains("--features tch"), "{}", stderr(&out));
+    }
+    let out = arcface()
+        .args(["train", "--config", "configs/tiny.toml"])
+        .current_dir(root())
+        .envs([
+            ("RANK", "1"),
+            ("WORLD_SIZE", "2"),
+            ("LOCAL_RANK", "1"),
+            ("LOCAL_WORLD_SIZE", "2"),
+            ("MASTER_ADDR", "127.0.0.1"),
+            ("MASTER_PORT", "29999"),
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("error (rank 1)") && err.contains("--features tch"),
+        "{err}"
+    );
+}
+
 /// Describing or exporting a config needs no GPU, whatever its `device` says: both run on the
 /// CPU unless `--device` is given, so a seed gives the same weights on every machine.
 #[test]

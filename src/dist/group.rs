@@ -32,8 +32,6 @@ pub struct Group {
     #[cfg_attr(not(feature = "tch"), allow(dead_code))]
     device: Device,
     backend: &'static str,
-    /// Time spent in gradient all-reduces since the last [`Group::take_reduce_time`].
-    reduce_time: Duration,
 }
 
 impl Group {
@@ -45,7 +43,6 @@ impl Group {
             engine: None,
             device: device.clone(),
             backend: "none",
-            reduce_time: Duration::ZERO,
         }
     }
 
@@ -61,7 +58,6 @@ impl Group {
                 engine: Some(engine),
                 device: device.clone(),
                 backend: if cuda { "NCCL" } else { "Gloo" },
-                reduce_time: Duration::ZERO,
             })
         }
         #[cfg(not(feature = "tch"))]
@@ -91,11 +87,6 @@ impl Group {
     /// "Gloo", "NCCL", or "none" for a single rank.
     pub fn backend(&self) -> &'static str {
         self.backend
-    }
-
-    /// Seconds spent all-reducing gradients since the last call.
-    pub fn take_reduce_time(&mut self) -> Duration {
-        std::mem::take(&mut self.reduce_time)
     }
 
     #[cfg_attr(not(feature = "tch"), allow(dead_code))]
@@ -221,14 +212,13 @@ impl Group {
     /// the ranks, all-reduced in buckets of [`BUCKET_BYTES`] in the module's parameter order
     /// (the same on every rank).
     pub fn average_gradients<M: Module>(
-        &mut self,
+        &self,
         module: &M,
         grads: &mut GradientsParams,
     ) -> Result<()> {
         if self.engine.is_none() {
             return Ok(());
         }
-        let start = Instant::now();
         let mut take = TakeGradients {
             grads,
             flat: Vec::new(),
@@ -255,7 +245,6 @@ impl Group {
             grads,
             reduced: reduced.into(),
         });
-        self.reduce_time += start.elapsed();
         Ok(())
     }
 

@@ -97,6 +97,8 @@ pub fn start(spec: &DeviceSpec, nproc_per_node: Option<usize>, timeout: Duration
         (_, n) => n.unwrap_or(1),
     };
     if launch.is_none() && local_ranks > 1 {
+        // The devices exist and this build can use them, before any process starts.
+        spec.resolve()?;
         return Ok(Start::Spawn(local_ranks));
     }
     let rank_spec = match &launch {

@@ -47,7 +47,7 @@ pub fn one_step(
     mut state: State,
     batch: &Batch,
     config: &Config,
-    group: &mut Group,
+    group: &Group,
     device: &Device,
     lr: f64,
 ) -> Result<(State, StepOutcome), StepFailure> {
