@@ -37,6 +37,15 @@ fn describe(status: ExitStatus) -> String {
 pub fn run_local(nproc: usize, args: &[OsString], timeout: Duration) -> Result<()> {
     let exe = std::env::current_exe().context("locating the arcface executable")?;
     let port = free_port()?;
+    // As torchrun: one OpenMP thread per rank unless told otherwise, or the ranks' libtorch
+    // thread pools fight over the cores.
+    let omp_threads = std::env::var("OMP_NUM_THREADS").unwrap_or_else(|_| {
+        eprintln!(
+            "starting {nproc} ranks with OMP_NUM_THREADS=1 each (as torchrun does); set \
+             OMP_NUM_THREADS to give each more"
+        );
+        "1".into()
+    });
     let mut children: Vec<(usize, Child)> = Vec::with_capacity(nproc);
     for rank in 0..nproc {
         let child = Command::new(&exe)
@@ -47,6 +56,7 @@ pub fn run_local(nproc: usize, args: &[OsString], timeout: Duration) -> Result<(
             .env("LOCAL_WORLD_SIZE", nproc.to_string())
             .env("MASTER_ADDR", "127.0.0.1")
             .env("MASTER_PORT", port.to_string())
+            .env("OMP_NUM_THREADS", &omp_threads)
             .spawn()
             .with_context(|| format!("starting rank {rank} ({})", exe.display()))?;
         children.push((rank, child));

@@ -309,14 +309,75 @@ pub fn prune(dir: &Path, keep: usize) -> Result<(), CheckpointError> {
     Ok(())
 }
 
-/// The backbone stored in a checkpoint, in inference mode on `device`, with its metadata.
+/// The checkpoint file `path` names: the file itself, or for a folder (a training run's
+/// `output`) its best.ckpt, else its newest step checkpoint. For a folder, also which one was
+/// taken, for the user.
+pub fn resolve(path: &Path) -> Result<(PathBuf, Option<String>), CheckpointError> {
+    if !path.is_dir() {
+        return Ok((path.to_path_buf(), None));
+    }
+    let best = path.join("best.ckpt");
+    let (file, why) = if best.is_file() {
+        (best, "its best.ckpt")
+    } else if let Some(newest) = list(path).pop() {
+        (
+            newest,
+            "its newest step checkpoint (no best.ckpt: nothing validated yet)",
+        )
+    } else {
+        return Err(CheckpointError::Mismatch {
+            path: path.to_path_buf(),
+            message: "a folder without best.ckpt or step-*.ckpt: give a checkpoint file or the \
+                      `output` folder of a training run"
+                .into(),
+        });
+    };
+    let note = format!("{}: {why}, {}", path.display(), file.display());
+    Ok((file, Some(note)))
+}
+
+/// The backbone stored in a checkpoint (a file, or a training output folder: [`resolve`], said
+/// on stderr), in inference mode on `device`, with its metadata.
 pub fn load_backbone(
     path: &Path,
     device: &burn::tensor::Device,
 ) -> anyhow::Result<(crate::model::IResNet, Meta)> {
+    let (path, note) = resolve(path)?;
+    if let Some(note) = note {
+        eprintln!("{note}");
+    }
+    let path = path.as_path();
     let ckpt = Checkpoint::load(path)?;
     let model = crate::model::backbone_config(&ckpt.meta.config).init(device);
     let model = load_named(model, "backbone.", &ckpt.tensors)
         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     Ok((model.valid(), ckpt.meta))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A training output folder means its best.ckpt, else its newest step checkpoint; a folder
+    /// with neither is an error naming it. (Only names are looked at here.)
+    #[test]
+    fn a_folder_resolves_to_best_then_the_newest_step() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = resolve(dir.path()).unwrap_err().to_string();
+        assert!(err.contains(&dir.path().display().to_string()), "{err}");
+        assert!(err.contains("without best.ckpt or step-*.ckpt"), "{err}");
+        for step in [3, 12] {
+            std::fs::write(step_path(dir.path(), step), b"").unwrap();
+        }
+        let (file, note) = resolve(dir.path()).unwrap();
+        assert_eq!(file, step_path(dir.path(), 12));
+        assert!(note.unwrap().contains("newest step checkpoint"));
+        std::fs::write(dir.path().join("best.ckpt"), b"").unwrap();
+        let (file, note) = resolve(dir.path()).unwrap();
+        assert_eq!(file, dir.path().join("best.ckpt"));
+        assert!(note.unwrap().contains("its best.ckpt"));
+        // A file is itself, without a note.
+        let one = step_path(dir.path(), 3);
+        assert_eq!(resolve(&one).unwrap(), (one, None));
+    }
 }
