@@ -838,3 +838,60 @@ fn benches_report_the_group() {
         assert!((r["busbw"].as_f64().unwrap() - algbw).abs() <= 1e-12, "{r}");
     }
 }
+
+/// The ranks `arcface train --nproc-per-node` starts stop when it is killed (a cancelled job),
+/// rather than training on without it.
+#[test]
+fn ranks_stop_with_their_launcher() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = data(dir.path());
+    let output = dir.path().join("out");
+    let cfg = config(
+        dir.path(),
+        "long.toml",
+        &data,
+        &output,
+        "num_epoch = 50\nsave_every = 2\n",
+    );
+    let mut launcher = arcface(&[
+        "train",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--nproc-per-node",
+        "2",
+    ])
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    let waited = Instant::now();
+    while !step_ckpt(&output, 2).exists() {
+        assert!(
+            waited.elapsed() < Duration::from_secs(120),
+            "no checkpoint of step 2"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let children_file = format!("/proc/{0}/task/{0}/children", launcher.id());
+    let ranks: Vec<String> = std::fs::read_to_string(&children_file)
+        .unwrap()
+        .split_whitespace()
+        .map(String::from)
+        .collect();
+    assert_eq!(ranks.len(), 2, "{ranks:?}");
+    launcher.kill().unwrap();
+    launcher.wait().unwrap();
+    let killed = Instant::now();
+    // Gone, or zombies of init (state Z) once their launcher no longer reaps them.
+    let alive = |pid: &String| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|stat| stat.split_whitespace().nth(2) != Some("Z"))
+    };
+    while ranks.iter().any(alive) {
+        assert!(
+            killed.elapsed() < Duration::from_secs(20),
+            "ranks {ranks:?} outlived their launcher"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

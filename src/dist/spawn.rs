@@ -48,7 +48,20 @@ pub fn run_local(nproc: usize, args: &[OsString], timeout: Duration) -> Result<(
     });
     let mut children: Vec<(usize, Child)> = Vec::with_capacity(nproc);
     for rank in 0..nproc {
-        let child = Command::new(&exe)
+        let mut command = Command::new(&exe);
+        // A rank whose launcher is gone (killed, a job cancelled) stops too, rather than
+        // training on alone.
+        #[cfg(target_os = "linux")]
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = command
             .args(args)
             .env("RANK", rank.to_string())
             .env("WORLD_SIZE", nproc.to_string())
