@@ -207,14 +207,7 @@ fn two_ranks_of_b_update_like_one_rank_of_2b() {
 /// 20 synthetic identities × 6 images (120), made once per data folder.
 fn data(dir: &Path) -> PathBuf {
     let data = dir.join("data");
-    if !data.join("train.rec").exists() {
-        generate(
-            &data,
-            &SynthConfig::new(20, 6, 40, 11),
-            &indicatif::ProgressBar::hidden(),
-        )
-        .unwrap();
-    }
+    common::small_synthetic(&data);
     data
 }
 

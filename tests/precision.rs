@@ -15,14 +15,7 @@ use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
 
 /// 20 synthetic identities × 6 images; tiny network, batch 4.
 fn small_config(data: &Path, output: &Path, extra: &str) -> Config {
-    if !data.join("train.rec").exists() {
-        generate(
-            data,
-            &SynthConfig::new(20, 6, 40, 11),
-            &indicatif::ProgressBar::hidden(),
-        )
-        .unwrap();
-    }
+    common::small_synthetic(data);
     let text = format!(
         "network = \"tiny\"\nembedding_size = 32\ndropout = 0.0\nscale = 16.0\n{}{}\
          num_epoch = 2\nlr_steps = [20]\nrec = {data:?}\nval_targets = [\"synth_val\"]\noutput = {output:?}\n\

@@ -6,7 +6,6 @@ mod common;
 use std::path::Path;
 
 use arcface::config::Config;
-use arcface::data::synth::{SynthConfig, generate};
 use arcface::eval::embed::tar_at_far;
 use arcface::eval::verify::{l2_normalize, squared_distance, verify};
 use arcface::train::{Resume, TrainOptions, train};
@@ -14,14 +13,7 @@ use burn::tensor::Device;
 
 /// A tiny run on 20 synthetic identities × 6 images, batch 8 (15 steps per epoch).
 fn small_config(data: &Path, output: &Path, extra: &str) -> Config {
-    if !data.join("train.rec").exists() {
-        generate(
-            data,
-            &SynthConfig::new(20, 6, 40, 11),
-            &indicatif::ProgressBar::hidden(),
-        )
-        .unwrap();
-    }
+    common::small_synthetic(data);
     let text = format!(
         "network = \"tiny\"\nembedding_size = 32\ndropout = 0.2\nscale = 16.0\nbatch_size = 8\nlr = 0.05\n\
          num_epoch = 2\nlr_steps = [20]\nrec = {data:?}\nval_targets = [\"synth_val\"]\noutput = {output:?}\n\

@@ -40,12 +40,9 @@ pub fn run(args: &TrainArgs, cli_device: &Option<String>) -> Result<()> {
         .parse()
         .with_context(|| format!("selecting device `{text}`"))?;
     let timeout = Duration::from_secs(config.dist_timeout);
-    let (device, mut group) = match dist::start(&spec, args.nproc_per_node, timeout)? {
-        dist::Start::Spawn(ranks) => {
-            let args: Vec<_> = std::env::args_os().skip(1).collect();
-            return dist::spawn::run_local(ranks, &args, timeout);
-        }
-        dist::Start::Rank { device, group, .. } => (device, group),
+    let Some((_, device, mut group)) = dist::rank_or_spawn(&spec, args.nproc_per_node, timeout)?
+    else {
+        return Ok(());
     };
     let resume = args.resume.as_ref().map(|r| match r.as_str() {
         "latest" => train::Resume::Latest,

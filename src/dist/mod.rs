@@ -68,7 +68,7 @@ pub fn group_for(
 }
 
 /// How this process takes part in a run on `spec`.
-pub enum Start {
+enum Start {
     /// Start this many ranks on this machine ([`spawn::run_local`]) and wait for them.
     Spawn(usize),
     /// Be one rank (or the only one): its device and its group.
@@ -82,7 +82,7 @@ pub enum Start {
 /// Decides, for `train` and `bench train`: under a launcher (the variables set) this process
 /// is one rank and joins the others; else several listed GPUs or `nproc_per_node` > 1 mean
 /// starting that many ranks here; else it runs alone.
-pub fn start(spec: &DeviceSpec, nproc_per_node: Option<usize>, timeout: Duration) -> Result<Start> {
+fn start(spec: &DeviceSpec, nproc_per_node: Option<usize>, timeout: Duration) -> Result<Start> {
     let launch = Launch::from_env().map_err(anyhow::Error::msg)?;
     let local_ranks = match (spec, nproc_per_node) {
         (_, Some(0)) => bail!("--nproc-per-node must be at least 1"),
@@ -112,6 +112,27 @@ pub fn start(spec: &DeviceSpec, nproc_per_node: Option<usize>, timeout: Duration
         device,
         group,
     })
+}
+
+/// This process's rank, device and group, as [`start`] decides; where it decides to start the
+/// ranks here instead, runs this same command line as each of them, waits, and returns None
+/// (their outcome is the Result).
+pub fn rank_or_spawn(
+    spec: &DeviceSpec,
+    nproc_per_node: Option<usize>,
+    timeout: Duration,
+) -> Result<Option<(DeviceSpec, Device, Group)>> {
+    match start(spec, nproc_per_node, timeout)? {
+        Start::Spawn(ranks) => {
+            let args: Vec<_> = std::env::args_os().skip(1).collect();
+            spawn::run_local(ranks, &args, timeout).map(|()| None)
+        }
+        Start::Rank {
+            spec,
+            device,
+            group,
+        } => Ok(Some((spec, device, group))),
+    }
 }
 
 /// Bytes each rank sends in a ring all-reduce of `bytes` over `world` ranks: 2(n−1)/n of them

@@ -70,3 +70,16 @@ pub fn serial() -> std::sync::MutexGuard<'static, ()> {
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
+
+/// 20 synthetic identities × 6 images (seed 11) with 40 validation pairs in `data`, made once:
+/// the small training set of the training tests.
+pub fn small_synthetic(data: &std::path::Path) {
+    if !data.join("train.rec").exists() {
+        arcface::data::synth::generate(
+            data,
+            &arcface::data::synth::SynthConfig::new(20, 6, 40, 11),
+            &indicatif::ProgressBar::hidden(),
+        )
+        .unwrap();
+    }
+}

@@ -182,16 +182,9 @@ pub fn run(what: &BenchCommand, cli_device: &Option<String>) -> Result<()> {
                 widths,
             };
             let timeout = std::time::Duration::from_secs(config.dist_timeout);
-            let (spec, device, group) = match dist::start(&spec, *nproc_per_node, timeout)? {
-                dist::Start::Spawn(ranks) => {
-                    let args: Vec<_> = std::env::args_os().skip(1).collect();
-                    return dist::spawn::run_local(ranks, &args, timeout);
-                }
-                dist::Start::Rank {
-                    spec,
-                    device,
-                    group,
-                } => (spec, device, group),
+            let Some((spec, device, group)) = dist::rank_or_spawn(&spec, *nproc_per_node, timeout)?
+            else {
+                return Ok(());
             };
             let main = group.is_main();
             let r = bench::train(&config, classes, *steps, &spec, &device, group, &options)?;
@@ -257,12 +250,9 @@ pub fn run(what: &BenchCommand, cli_device: &Option<String>) -> Result<()> {
                 .parse()
                 .with_context(|| format!("selecting device `{text}`"))?;
             let timeout = std::time::Duration::from_secs(*timeout);
-            let mut group = match dist::start(&spec, *nproc_per_node, timeout)? {
-                dist::Start::Spawn(ranks) => {
-                    let args: Vec<_> = std::env::args_os().skip(1).collect();
-                    return dist::spawn::run_local(ranks, &args, timeout);
-                }
-                dist::Start::Rank { group, .. } => group,
+            let Some((_, _, mut group)) = dist::rank_or_spawn(&spec, *nproc_per_node, timeout)?
+            else {
+                return Ok(());
             };
             let sizes = sizes.clone().unwrap_or_else(bench::dist::default_sizes);
             let rows = bench::dist::all_reduce_sweep(&group, &sizes, *iterations)?;
