@@ -131,12 +131,15 @@ impl Engine {
         })
     }
 
-    /// The element-wise sum over the ranks of `tensor` (a fresh, contiguous tensor: the result
-    /// is written into it).
+    /// The element-wise sum over the ranks of `tensor`, written into it (or into a contiguous
+    /// copy: c10d's collectives take contiguous tensors only); pass one nothing else reads.
     pub fn all_reduce_sum(&self, tensor: Tensor<1>) -> Result<Tensor<1>, String> {
-        let primitive = tensor
+        let mut primitive = tensor
             .try_into_primitive::<LibTorch>()
             .map_err(|e| format!("all-reduce of a tensor off LibTorch: {e:?}"))?;
+        if !primitive.tensor.is_contiguous() {
+            primitive = burn_tch::TchTensor::new(primitive.tensor.contiguous());
+        }
         self.group.all_reduce(&primitive, ReduceOp::Sum)?;
         Ok(Tensor::from_primitive::<LibTorch>(primitive))
     }
