@@ -88,15 +88,15 @@ pub fn start_or_resume(
         .agree(crc32fast::hash(position.as_bytes()), "the resumed step and loader position")
         .context("--resume found different checkpoints on the ranks' machines: give every machine the same output folder (a shared file system) or --resume FILE")?;
     group.broadcast_module(&state.model)?;
-    group.agree(
-        crate::dist::checksum(&state.model),
-        "the start's weights and buffers",
-    )?;
+    // Also on one rank: burn draws weights lazily, at first use, which is here (or in the
+    // broadcast just before, in the same parameter order), so a seed gives the same start at
+    // every world size.
+    let checksum = crate::dist::checksum(&state.model);
+    group.agree(checksum, "the start's weights and buffers")?;
     if group.world() > 1 {
         notes.push(format!(
-            "identical start on all {} ranks (checksum {:08x} of every weight and buffer)",
-            group.world(),
-            crate::dist::checksum(&state.model)
+            "identical start on all {} ranks (checksum {checksum:08x} of every weight and buffer)",
+            group.world()
         ));
     }
     Ok(state)
