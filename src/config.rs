@@ -31,7 +31,8 @@ pub struct Config {
     pub scale: f64,
     /// insightface's `easy_margin`: apply the margin only where cos θ > 0.
     pub easy_margin: bool,
-    /// Fraction of class centres sampled per step (arcface_torch's partial FC).
+    /// Fraction of each rank's class centres a step uses (arcface_torch's partial FC,
+    /// PartialFC_V2): ⌊sample_rate · centres⌋, every positive among them; 1 uses all.
     pub sample_rate: f64,
     /// Number of identities; by default read from the dataset's `property` file.
     pub num_classes: Option<usize>,
@@ -221,7 +222,7 @@ impl Config {
     /// Checks values that parse but make no sense; returns the offending key and why.
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
         let [m1, m2, m3] = self.margin_list;
-        let checks: [(&'static str, bool, String); 20] = [
+        let checks: [(&'static str, bool, String); 19] = [
             (
                 "embedding_size",
                 self.embedding_size > 0,
@@ -249,11 +250,6 @@ impl Config {
                 "sample_rate",
                 (0.0..=1.0).contains(&self.sample_rate) && self.sample_rate > 0.0,
                 "must be in (0, 1]".into(),
-            ),
-            (
-                "sample_rate",
-                self.sample_rate == 1.0,
-                "partial FC sampling (sample_rate < 1) is not implemented yet; use 1.0".into(),
             ),
             (
                 "num_classes",

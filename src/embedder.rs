@@ -7,11 +7,11 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use burn::tensor::{Device, Tensor, TensorData};
 
+use crate::checkpoint::load_backbone;
 use crate::model::iresnet::INPUT_SIZE;
 use crate::model::{IResNet, Precision, memory_format};
 use crate::onnx::OnnxEmbedder;
 use crate::onnx::import::read_file;
-use crate::train::checkpoint::load_backbone;
 
 /// Values in one [3,112,112] image.
 pub const IMAGE_VALUES: usize = 3 * INPUT_SIZE * INPUT_SIZE;

@@ -4,6 +4,7 @@
 //! Model code is backend-neutral; the backend and device are chosen only in [`device`].
 
 pub mod bench;
+pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod device;

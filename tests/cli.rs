@@ -120,7 +120,9 @@ fn bad_values_name_the_key() {
         ("lr_steps = [10, 5]\n", "lr_steps"),
         ("device = \"gpu\"\n", "device"),
         ("dropout = 1.5\n", "dropout"),
-        ("sample_rate = 0.3\n", "sample_rate"),
+        ("sample_rate = 0.0\n", "sample_rate"),
+        ("sample_rate = 1.5\n", "sample_rate"),
+        ("sample_rate = -0.1\n", "sample_rate"),
     ] {
         let (out, path, _dir) = summary_of(text);
         assert!(!out.status.success(), "{text}");

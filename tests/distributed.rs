@@ -12,16 +12,17 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use arcface::checkpoint::{Checkpoint, load_named, named_tensors};
 use arcface::data::synth::{SynthConfig, generate};
 use arcface::dist::{Group, Launch};
 use arcface::model::{MarginSoftmax, MarginSoftmaxConfig};
-use arcface::train::checkpoint::{Checkpoint, load_named, named_tensors};
+use arcface::train::partial_fc::{ClassRange, PartialFc};
 use arcface::train::sgd::{Sgd, SgdSettings};
+use arcface::train::step::backbone_and_head_gradients;
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Linear, LinearConfig, PRelu, PReluConfig, PaddingConfig2d};
-use burn::optim::GradientsParams;
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{Device, Tensor, TensorData};
 
 /// A port nobody listens on now (asked of the OS).
 fn free_port() -> u16 {
@@ -42,17 +43,29 @@ fn rank_env(command: &mut Command, rank: usize, world: usize, port: u16) -> &mut
 }
 
 // ---------------------------------------------------------------------------------------------
-// DDP's arithmetic, on a model without BatchNorm.
+// DDP's arithmetic with the model-parallel head, on a model without BatchNorm.
 
-/// Convolution, PReLU, FC and the ArcFace head: everything of the real model but BatchNorm,
-/// whose batch statistics make ranks differ from one big batch by design (as DDP).
+/// Convolution, PReLU and FC: everything of the real backbone but BatchNorm, whose batch
+/// statistics make ranks differ from one big batch by design (as DDP).
 #[derive(Module, Debug)]
 struct NoBatchNorm {
     conv: Conv2d,
     prelu: PRelu,
     fc: Linear,
+}
+
+/// The backbone and this rank's centres, stepped by one SGD as training steps a `Trainee`.
+#[derive(Module, Debug)]
+struct Whole {
+    backbone: NoBatchNorm,
     head: MarginSoftmax,
 }
+
+const CLASSES: usize = 10;
+const WIDTH: usize = 16;
+/// The tiny config's logit scale: at 64 the softmax of 10 classes is nearly one-hot and f32
+/// rounding, amplified over the steps, reaches 1e-5.
+const SCALE: f64 = 16.0;
 
 impl NoBatchNorm {
     fn new(device: &Device) -> NoBatchNorm {
@@ -62,14 +75,13 @@ impl NoBatchNorm {
                 .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
                 .init(device),
             prelu: PReluConfig::new().with_num_parameters(4).init(device),
-            fc: LinearConfig::new(4 * 8 * 8, 16).init(device),
-            head: MarginSoftmaxConfig::new(10, 16).init(device),
+            fc: LinearConfig::new(4 * 8 * 8, WIDTH).init(device),
         }
     }
 
-    fn loss(&self, images: Tensor<4>, labels: Tensor<1, Int>) -> Tensor<1> {
+    fn embed(&self, images: Tensor<4>) -> Tensor<2> {
         let x = self.prelu.forward(self.conv.forward(images / 255.0));
-        self.head.forward(self.fc.forward(x.flatten(1, 3)), labels)
+        self.fc.forward(x.flatten(1, 3))
     }
 }
 
@@ -77,37 +89,66 @@ const B: usize = 4;
 const STEPS: usize = 3;
 
 /// The global batch of 2B images 32×32 and labels, the same in every process.
-fn global_batch(device: &Device) -> (Tensor<4>, Tensor<1, Int>) {
+fn global_batch(device: &Device) -> (Tensor<4>, Vec<u32>) {
     let n = 2 * B * 3 * 32 * 32;
     let pixels: Vec<f32> = (0..n).map(|i| ((i * 7919 + 13) % 256) as f32).collect();
     let images = Tensor::<4>::from_data(TensorData::new(pixels, [2 * B, 3, 32, 32]), device);
-    let labels: Vec<i64> = (0..2 * B as i64).map(|i| (i * 3) % 10).collect();
-    let labels = Tensor::<1, Int>::from_data(TensorData::new(labels, [2 * B]), device);
+    let labels: Vec<u32> = (0..2 * B as u32)
+        .map(|i| (i * 3) % CLASSES as u32)
+        .collect();
     (images, labels)
 }
 
-/// Three SGD steps with momentum and weight decay on `rows` of the global batch, the gradients
-/// averaged over `group`; the weights after, by path.
+/// Rows `range` of a [rows, width] tensor stored flat.
+fn rows_of(data: &TensorData, range: ClassRange) -> TensorData {
+    let width = data.shape()[1];
+    let values: Vec<f32> = data.to_vec().unwrap();
+    let cut = values[range.start * width..range.end() * width].to_vec();
+    TensorData::new(cut, [range.len, width])
+}
+
+/// Three SGD steps with momentum and weight decay on `rows` of the global batch as one rank
+/// of `group`, as training steps (`backbone_and_head_gradients`, then SGD); the weights after,
+/// by path: the backbone and this rank's centres.
 fn three_steps(
     start: &BTreeMap<String, TensorData>,
     group: &mut Group,
     rows: std::ops::Range<usize>,
+    sample_rate: f64,
 ) -> BTreeMap<String, Vec<f32>> {
     let device = Device::libtorch().autodiff();
-    let mut model = load_named(NoBatchNorm::new(&device), "", start).unwrap();
+    let pfc = PartialFc::new(CLASSES, group.world(), group.rank(), sample_rate, 9);
+    let mut start = start.clone();
+    let shard = rows_of(&start["head.weight"], pfc.classes);
+    start.insert("head.weight".into(), shard);
+    let fresh = Whole {
+        backbone: NoBatchNorm::new(&device),
+        head: MarginSoftmaxConfig::new(pfc.classes.len, WIDTH)
+            .with_scale(SCALE)
+            .init(&device),
+    };
+    let mut model = load_named(fresh, "", &start).unwrap();
     let (images, labels) = global_batch(&device);
-    let (images, labels) = (images.slice([rows.clone()]), labels.slice([rows]));
+    let images = images.slice([rows.clone()]);
+    let labels = &labels[rows];
     let mut sgd = Sgd::new(SgdSettings {
         momentum: 0.9,
         weight_decay: 5e-4,
         no_decay_on_norm_and_prelu: false,
     });
-    for _ in 0..STEPS {
-        let loss = model.loss(images.clone(), labels.clone());
-        let mut grads = loss.backward();
-        let mut grads = GradientsParams::from_module(&mut grads, &model);
-        group.average_gradients(&model, &mut grads).unwrap();
-        model = sgd.step(model, &mut grads, 0.1, 1.0, "");
+    for step in 0..STEPS {
+        let embeddings = model.backbone.embed(images.clone());
+        let mut g = backbone_and_head_gradients(
+            &model.backbone,
+            embeddings,
+            (&model.head, &pfc),
+            labels,
+            group,
+            step,
+            None,
+        )
+        .unwrap();
+        model = sgd.step(model, &mut g.grads, 0.1, 1.0, "");
     }
     named_tensors(&model, "")
         .into_iter()
@@ -122,19 +163,55 @@ fn as_data(weights: &BTreeMap<String, (Vec<usize>, Vec<f32>)>) -> BTreeMap<Strin
         .collect()
 }
 
-/// In a child process (started by the test below with the launch variables and
-/// ARCFACE_TEST_OUT), this test is one rank: it reads the start, trains on its half, writes its
-/// weights.
+/// Runs `test` (this binary's test of that name) as ranks 0..world in child processes with the
+/// launch variables and ARCFACE_TEST_OUT = `<dir>/rank<r>`, after writing `input` beside each
+/// as `<out>.in`; every rank's JSON output, by rank.
+fn run_ranks(
+    test: &str,
+    world: usize,
+    dir: &Path,
+    input: &serde_json::Value,
+) -> Vec<serde_json::Value> {
+    let port = free_port();
+    let outs: Vec<PathBuf> = (0..world).map(|r| dir.join(format!("rank{r}"))).collect();
+    let children: Vec<Child> = (0..world)
+        .map(|rank| {
+            std::fs::write(format!("{}.in", outs[rank].display()), input.to_string()).unwrap();
+            let mut command = Command::new(std::env::current_exe().unwrap());
+            command
+                .args(["--exact", test, "--nocapture"])
+                .env("ARCFACE_TEST_OUT", &outs[rank]);
+            rank_env(&mut command, rank, world, port).spawn().unwrap()
+        })
+        .collect();
+    for mut child in children {
+        assert!(child.wait().unwrap().success(), "a rank failed");
+    }
+    outs.iter()
+        .map(|p| serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap())
+        .collect()
+}
+
+/// In a child process of `run_ranks`: the group, and the input written for this rank.
+fn as_rank() -> Option<(Group, serde_json::Value, String)> {
+    let out = std::env::var("ARCFACE_TEST_OUT").ok()?;
+    let launch = Launch::from_env().unwrap().expect("launched");
+    let group = Group::join(&launch, &Device::libtorch(), false, Duration::from_secs(60)).unwrap();
+    let input = serde_json::from_slice(&std::fs::read(format!("{out}.in")).unwrap()).unwrap();
+    Some((group, input, out))
+}
+
+/// 2 ranks × B with the head split over them (5 centres each) update the backbone and the
+/// centres as 1 rank × 2B does, within 1e-5, at sample rate 1: PartialFC_V2's arithmetic
+/// (all-gathered embeddings, the softmax over both ranks' columns, embedding gradients back to
+/// their rank) plus DDP's averaging is the single-device step.
 #[test]
 fn two_ranks_of_b_update_like_one_rank_of_2b() {
-    if let Ok(out) = std::env::var("ARCFACE_TEST_OUT") {
-        let launch = Launch::from_env().unwrap().expect("launched");
-        let device = Device::libtorch();
-        let mut group = Group::join(&launch, &device, false, Duration::from_secs(60)).unwrap();
+    if let Some((mut group, input, out)) = as_rank() {
         let start: BTreeMap<String, (Vec<usize>, Vec<f32>)> =
-            serde_json::from_slice(&std::fs::read(format!("{out}.start")).unwrap()).unwrap();
-        let rows = launch.rank * B..(launch.rank + 1) * B;
-        let weights = three_steps(&as_data(&start), &mut group, rows);
+            serde_json::from_value(input).unwrap();
+        let rows = group.rank() * B..(group.rank() + 1) * B;
+        let weights = three_steps(&as_data(&start), &mut group, rows, 1.0);
         group.finish();
         std::fs::write(&out, serde_json::to_vec(&weights).unwrap()).unwrap();
         return;
@@ -142,54 +219,45 @@ fn two_ranks_of_b_update_like_one_rank_of_2b() {
     let dir = tempfile::tempdir().unwrap();
     let device = Device::libtorch();
     device.seed(5);
-    let start: BTreeMap<String, (Vec<usize>, Vec<f32>)> =
-        named_tensors(&NoBatchNorm::new(&device), "")
-            .into_iter()
-            .map(|(k, v)| {
-                (
-                    k,
-                    (v.shape().to_vec(), v.convert::<f32>().to_vec().unwrap()),
-                )
-            })
-            .collect();
-    let one = three_steps(&as_data(&start), &mut Group::single(&device), 0..2 * B);
-
-    let port = free_port();
-    let outs: Vec<PathBuf> = (0..2)
-        .map(|r| dir.path().join(format!("rank{r}")))
-        .collect();
-    let children: Vec<Child> = (0..2)
-        .map(|rank| {
-            std::fs::write(
-                format!("{}.start", outs[rank].display()),
-                serde_json::to_vec(&start).unwrap(),
+    let whole = Whole {
+        backbone: NoBatchNorm::new(&device),
+        head: MarginSoftmaxConfig::new(CLASSES, WIDTH).init(&device),
+    };
+    let start: BTreeMap<String, (Vec<usize>, Vec<f32>)> = named_tensors(&whole, "")
+        .into_iter()
+        .map(|(k, v)| {
+            (
+                k,
+                (v.shape().to_vec(), v.convert::<f32>().to_vec().unwrap()),
             )
-            .unwrap();
-            let mut command = Command::new(std::env::current_exe().unwrap());
-            command
-                .args([
-                    "--exact",
-                    "two_ranks_of_b_update_like_one_rank_of_2b",
-                    "--nocapture",
-                ])
-                .env("ARCFACE_TEST_OUT", &outs[rank]);
-            rank_env(&mut command, rank, 2, port).spawn().unwrap()
         })
         .collect();
-    for mut child in children {
-        assert!(child.wait().unwrap().success(), "a rank failed");
-    }
-    let ranks: Vec<BTreeMap<String, Vec<f32>>> = outs
-        .iter()
-        .map(|p| serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap())
-        .collect();
-    // One identical update everywhere: bit for bit.
-    assert_eq!(ranks[0], ranks[1], "the ranks' weights differ");
+    let one = three_steps(&as_data(&start), &mut Group::single(&device), 0..2 * B, 1.0);
+    let ranks: Vec<BTreeMap<String, Vec<f32>>> = run_ranks(
+        "two_ranks_of_b_update_like_one_rank_of_2b",
+        2,
+        dir.path(),
+        &serde_json::to_value(&start).unwrap(),
+    )
+    .into_iter()
+    .map(|v| serde_json::from_value(v).unwrap())
+    .collect();
     let mut moved = 0.0f32;
     for (name, a) in &one {
-        assert!(name.starts_with("head.") || !name.is_empty());
-        let b = &ranks[0][name];
-        for ((x, y), w0) in a.iter().zip(b).zip(&start[name].1) {
+        // The backbone: one identical update everywhere, bit for bit. The head: the shards
+        // side by side.
+        let b = match name.as_str() {
+            "head.weight" => [ranks[0][name].clone(), ranks[1][name].clone()].concat(),
+            _ => {
+                assert_eq!(
+                    ranks[0][name], ranks[1][name],
+                    "{name}: the ranks' backbones differ"
+                );
+                ranks[0][name].clone()
+            }
+        };
+        assert_eq!(a.len(), b.len(), "{name}");
+        for ((x, y), w0) in a.iter().zip(&b).zip(&start[name].1) {
             assert!(
                 (x - y).abs() <= 1e-5 * x.abs().max(1.0),
                 "{name}: 1 rank × 2B gives {x}, 2 ranks × B {y}"
@@ -197,8 +265,173 @@ fn two_ranks_of_b_update_like_one_rank_of_2b() {
             moved = moved.max((x - w0).abs());
         }
     }
-    assert!(one.contains_key("head.weight"), "the head is compared too");
+    assert_eq!(
+        ranks[0]["head.weight"].len(),
+        5 * WIDTH,
+        "rank 0 holds 5 centres"
+    );
     assert!(moved > 1e-3, "the steps changed the weights ({moved})");
+}
+
+/// The head's forward and backward on 2 ranks at sample rate 0.5 against an independent
+/// PyTorch implementation of PartialFC_V2 (tests/reference/partial_fc.py) fed the same
+/// sampled index: loss, the gradients of the embeddings and of the centres, within 1e-5.
+#[test]
+fn partial_fc_equals_pytorch_on_the_same_index() {
+    const ROWS: usize = 6;
+    const CLASSES: usize = 41;
+    const E: usize = 8;
+    if let Some((mut group, input, out)) = as_rank() {
+        let device = Device::libtorch();
+        let pfc = PartialFc::new(CLASSES, group.world(), group.rank(), 0.5, 3);
+        let embeddings: Vec<f32> = serde_json::from_value(input["embeddings"].clone()).unwrap();
+        let weight: Vec<f32> = serde_json::from_value(input["weight"].clone()).unwrap();
+        let labels: Vec<u32> = serde_json::from_value(input["labels"].clone()).unwrap();
+        let rows = group.rank() * ROWS..(group.rank() + 1) * ROWS;
+        let mine = Tensor::<2>::from_data(
+            TensorData::new(embeddings[rows.start * E..rows.end * E].to_vec(), [ROWS, E]),
+            &device,
+        );
+        let full = TensorData::new(weight, [CLASSES, E]);
+        let margins: [f64; 3] = serde_json::from_value(input["margins"].clone()).unwrap();
+        let mut head = MarginSoftmaxConfig::new(pfc.classes.len, E)
+            .with_margins(margins)
+            .with_scale(16.0)
+            .init(&device);
+        head = load_named(
+            head,
+            "",
+            &BTreeMap::from([("weight".to_string(), rows_of(&full, pfc.classes))]),
+        )
+        .unwrap();
+        let pass = pfc
+            .forward_backward(&head, mine, &labels[rows], &group, 7, false)
+            .unwrap();
+        group.finish();
+        let out_json = serde_json::json!({
+            "start": pfc.classes.start,
+            "len": pfc.classes.len,
+            "num_sample": pfc.num_sample(),
+            "index": pass.index.unwrap(),
+            "loss": pass.loss,
+            "embedding_grad": pass.embedding_grad.into_data().to_vec::<f32>().unwrap(),
+            "weight_grad": pass.weight_grad.into_data().to_vec::<f32>().unwrap(),
+        });
+        std::fs::write(&out, out_json.to_string()).unwrap();
+        return;
+    }
+    // Hashed, not a ramp: ramps make an embedding and a centre nearly parallel, where f32's
+    // √(1 − cos²) has lost its digits.
+    let value = |i: usize, seed: u64| {
+        (arcface::seed::mix(seed, &[i as u64]) >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    };
+    let embeddings: Vec<f32> = (0..2 * ROWS * E).map(|i| value(i, 1)).collect();
+    let weight: Vec<f32> = (0..CLASSES * E).map(|i| value(i, 2)).collect();
+    // Labels on both ranks' halves of the classes, one repeated (a positive once).
+    let labels: Vec<u32> = vec![3, 30, 17, 3, 40, 0, 21, 8, 35, 20, 19, 1];
+    for margins in [[1.0, 0.5, 0.0], [1.0, 0.0, 0.35]] {
+        let dir = tempfile::tempdir().unwrap();
+        let input = serde_json::json!({
+            "embeddings": embeddings, "weight": weight, "labels": labels, "margins": margins,
+        });
+        let ranks = run_ranks(
+            "partial_fc_equals_pytorch_on_the_same_index",
+            2,
+            dir.path(),
+            &input,
+        );
+        for (rank, r) in ranks.iter().enumerate() {
+            let index: Vec<usize> = serde_json::from_value(r["index"].clone()).unwrap();
+            let (start, len) = (
+                r["start"].as_u64().unwrap() as usize,
+                r["len"].as_u64().unwrap() as usize,
+            );
+            assert_eq!((start, len), [(0, 21), (21, 20)][rank]);
+            assert_eq!(index.len(), r["num_sample"].as_u64().unwrap() as usize);
+            assert_eq!(index.len(), len / 2);
+            for &l in &labels {
+                let l = l as usize;
+                if (start..start + len).contains(&l) {
+                    assert!(
+                        index.contains(&(l - start)),
+                        "rank {rank}: positive {l} not sampled"
+                    );
+                }
+            }
+        }
+        let query = serde_json::json!({
+            "embeddings": embeddings, "weight": weight, "labels": labels, "margins": margins,
+            "scale": 16.0, "world": 2, "rows_per_rank": ROWS, "embedding_size": E,
+            "ranges": ranks.iter().map(|r| [r["start"].clone(), r["len"].clone()]).collect::<Vec<_>>(),
+            "indices": ranks.iter().map(|r| r["index"].clone()).collect::<Vec<_>>(),
+        });
+        let want = torch_reference("partial_fc.py", &query);
+        let close = |what: &str, ours: &serde_json::Value, theirs: &serde_json::Value| {
+            let ours: Vec<f64> = serde_json::from_value(ours.clone()).unwrap();
+            let theirs: Vec<f64> = serde_json::from_value(theirs.clone()).unwrap();
+            assert_eq!(ours.len(), theirs.len(), "{what}");
+            let scale = theirs.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+            assert!(scale > 1e-4, "{what}: the reference's gradient is all zero");
+            for (i, (a, b)) in ours.iter().zip(&theirs).enumerate() {
+                assert!(
+                    (a - b).abs() <= 1e-5 * scale.max(1.0),
+                    "{margins:?} {what}[{i}]: ours {a}, PyTorch {b}"
+                );
+            }
+        };
+        for (rank, r) in ranks.iter().enumerate() {
+            let loss = r["loss"].as_f64().unwrap();
+            let theirs = want["loss"].as_f64().unwrap();
+            assert!(
+                (loss - theirs).abs() <= 1e-5 * theirs.abs().max(1.0),
+                "loss: ours {loss}, PyTorch {theirs}"
+            );
+            // Ours is returned times the world size, for DDP's averaging.
+            let ours: Vec<f64> = serde_json::from_value::<Vec<f64>>(r["embedding_grad"].clone())
+                .unwrap()
+                .iter()
+                .map(|g| g / 2.0)
+                .collect();
+            close(
+                "embedding gradient",
+                &serde_json::to_value(ours).unwrap(),
+                &want["embedding_grads"][rank],
+            );
+            close(
+                "centre gradient",
+                &r["weight_grad"],
+                &want["weight_grads"][rank],
+            );
+        }
+    }
+}
+
+/// Runs tests/reference/`script` with the Python of the torch venv (scripts/setup-libtorch.sh
+/// sets VIRTUAL_ENV) on `query`.
+fn torch_reference(script: &str, query: &serde_json::Value) -> serde_json::Value {
+    let python = std::env::var_os("VIRTUAL_ENV")
+        .map(|v| PathBuf::from(v).join("bin/python"))
+        .expect(
+            "VIRTUAL_ENV: run the LibTorch tests after `eval \"$(scripts/setup-libtorch.sh)\"`",
+        );
+    // -W ignore: torch warns that this venv has no numpy, which the reference does not use.
+    let mut child = Command::new(&python)
+        .args(["-W", "ignore"])
+        .arg(common::root().join("tests/reference").join(script))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{}: {e}", python.display()));
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(query.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{script} failed");
+    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -291,7 +524,7 @@ fn tensors(path: &Path) -> BTreeMap<String, Vec<f32>> {
 }
 
 fn step_ckpt(output: &Path, step: usize) -> PathBuf {
-    arcface::train::checkpoint::step_path(output, step)
+    arcface::checkpoint::step_path(output, step)
 }
 
 #[test]
@@ -355,16 +588,27 @@ fn two_ranks_resume_exactly_and_on_one_rank() {
         "{written}"
     );
     assert!(
-        written.contains("identical start on all 2 ranks"),
+        written.contains("identical backbone on all 2 ranks"),
+        "{written}"
+    );
+    assert!(
+        written.contains("this rank's centres 0..10 of 20, every centre every step"),
         "{written}"
     );
     assert!(!log.contains("error"), "{log}");
     assert_eq!(losses(&straight), losses(&split));
     assert_eq!(losses(&straight).len(), 6);
-    // Weights, momentum and BatchNorm statistics (rank 0's, which the checkpoint holds).
+    // Weights, momentum and BatchNorm statistics (rank 0's, which the main file holds), and
+    // both ranks' head shards with their momentum.
+    let main = Checkpoint::load(&step_ckpt(&split, 6)).unwrap();
+    assert_eq!(main.meta.head_shards.len(), 2);
+    assert!(
+        !main.tensors.contains_key("head.weight"),
+        "the head is in the shards"
+    );
     assert_eq!(
-        tensors(&step_ckpt(&straight, 6)),
-        tensors(&step_ckpt(&split, 6))
+        whole_head(&step_ckpt(&straight, 6)),
+        whole_head(&step_ckpt(&split, 6))
     );
 
     // The 2-rank checkpoint of step 6 (48 samples in) resumed on one rank: it continues with
@@ -391,6 +635,42 @@ fn two_ranks_resume_exactly_and_on_one_rank() {
         (end.cursor.epoch, end.cursor.sample, end.world_size),
         (0, 120, 1)
     );
+
+    // And on three ranks (the head re-cut 7/7/6): from sample 48 at 12 per step, the epoch's
+    // 120 at step 6 + 6, and a checkpoint of three shards.
+    let three = dir.path().join("three");
+    std::fs::create_dir_all(&three).unwrap();
+    for entry in std::fs::read_dir(&split).unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("step-000000006.ckpt") {
+            std::fs::copy(entry.path(), three.join(&name)).unwrap();
+        }
+    }
+    let c = config(dir.path(), "c.toml", &data, &three, "");
+    let out = arcface(&[
+        "train",
+        "--config",
+        c.to_str().unwrap(),
+        "--nproc-per-node",
+        "3",
+        "--resume",
+        "--max-steps",
+        "6",
+    ])
+    .output()
+    .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let log = std::fs::read_to_string(three.join("training.log")).unwrap();
+    assert!(log.contains("written by 2 rank(s)"), "{log}");
+    assert!(log.contains("this rank's centres 0..7 of 20"), "{log}");
+    let end = Checkpoint::load(&step_ckpt(&three, 12)).unwrap().meta;
+    assert_eq!(
+        (end.cursor.epoch, end.cursor.sample, end.world_size),
+        (0, 120, 3)
+    );
+    let ranges: Vec<(usize, usize)> = end.head_shards.iter().map(|s| (s.start, s.len)).collect();
+    assert_eq!(ranges, vec![(0, 7), (7, 7), (14, 6)]);
+    whole_head(&step_ckpt(&three, 12));
 }
 
 #[test]
@@ -404,7 +684,7 @@ fn two_ranks_learn() {
     )
     .unwrap();
     let output = dir.path().join("out");
-    let extra = "batch_size = 16\nnum_epoch = 6\nlr = 0.1\nlr_steps = [150]\nsave_every = 1000\nfrequent = 10\n";
+    let extra = "batch_size = 16\nnum_epoch = 6\nlr = 0.1\nlr_steps = [150]\nsave_every = 1000\nfrequent = 10\nsample_rate = 0.5\n";
     let cfg = config(dir.path(), "learn.toml", &data, &output, extra);
     // The untrained network (the config's seeded start) on the same pairs.
     let start = dir.path().join("start.onnx");
@@ -448,7 +728,11 @@ fn two_ranks_learn() {
         .unwrap()
         .parse()
         .unwrap();
-    println!("untrained {before:.3}, 2 ranks trained {after:.3}");
+    assert!(
+        trained.contains("20 centres per step (sample_rate 0.5) and every positive"),
+        "{trained}"
+    );
+    println!("untrained {before:.3}, 2 ranks at sample rate 0.5 trained {after:.3}");
     // Measured: 0.56 untrained, 0.86 trained (200 pairs: one accuracy's std is ~0.03).
     assert!(
         after > 0.75 && after > before + 0.2,
@@ -509,10 +793,88 @@ fn stop_one(victim: usize, signal: &str, timeout: u64) {
     );
     let _ = children[0].kill();
     let _ = children[0].wait();
-    for path in arcface::train::checkpoint::list(&output) {
-        Checkpoint::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    for path in arcface::checkpoint::list(&output) {
+        whole_head(&path);
     }
     assert!(step_ckpt(&output, 4).exists());
+}
+
+/// The checkpoint at `path` loaded with its whole head (every shard checked against its
+/// manifest): its tensors, the head's as `head.weight` / `momentum.head.weight` of all classes.
+fn whole_head(path: &Path) -> BTreeMap<String, Vec<f32>> {
+    let ckpt = Checkpoint::load(path).unwrap_or_else(|e| panic!("{e}"));
+    let classes = ckpt.meta.num_classes;
+    let (weight, momentum) = arcface::checkpoint::shards::head_rows(path, &ckpt, 0, classes)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut all: BTreeMap<String, Vec<f32>> = ckpt
+        .tensors
+        .into_iter()
+        .map(|(k, v)| (k, v.to_vec().unwrap()))
+        .collect();
+    all.insert("head.weight".into(), weight.to_vec().unwrap());
+    if let Some(m) = momentum {
+        all.insert("momentum.head.weight".into(), m.to_vec().unwrap());
+    }
+    all
+}
+
+/// kill -9 of a rank while it writes its head shard (a head of 400,000 centres, so that the
+/// write takes a while): no main file of that step appears, the previous checkpoint is the
+/// newest and loads whole, and `--resume` continues from it, on one rank.
+#[test]
+fn a_rank_killed_while_saving_leaves_the_previous_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = data(dir.path());
+    let output = dir.path().join("out");
+    let extra = "dist_timeout = 20\nsave_every = 3\nnum_epoch = 50\nnum_classes = 400000\n";
+    let cfg = config(dir.path(), "save.toml", &data, &output, extra);
+    let mut children = start_ranks(&cfg, 2, free_port(), &[]);
+    let shard_in_progress = output.join("step-000000006.ckpt.head-1-of-2.tmp");
+    let waited = Instant::now();
+    while !shard_in_progress.exists() {
+        assert!(
+            waited.elapsed() < Duration::from_secs(300),
+            "no save of step 6"
+        );
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    let sent = Command::new("kill")
+        .args(["-KILL", &children[1].id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let survivor = children.remove(0).wait_with_output().unwrap();
+    let _ = children[0].wait();
+    let said = text(&survivor);
+    assert!(!survivor.status.success(), "{said}");
+    assert!(said.contains("rank 1 stopped"), "{said}");
+    assert!(
+        !step_ckpt(&output, 6).exists(),
+        "a main file of the interrupted save"
+    );
+    assert_eq!(
+        arcface::checkpoint::list(&output),
+        vec![step_ckpt(&output, 3)]
+    );
+    let head = whole_head(&step_ckpt(&output, 3));
+    assert_eq!(head["head.weight"].len(), 400_000 * 32);
+
+    let resumed = run_ok(&mut arcface(&[
+        "train",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--resume",
+        "--max-steps",
+        "1",
+    ]));
+    assert!(!resumed.contains("error"), "{resumed}");
+    let log = std::fs::read_to_string(output.join("training.log")).unwrap();
+    assert!(
+        log.contains("at step 3 (epoch 0, sample 24; written by 2 rank(s))"),
+        "{log}"
+    );
+    let ckpt = Checkpoint::load(&step_ckpt(&output, 4)).unwrap();
+    assert_eq!((ckpt.meta.world_size, ckpt.meta.head_shards.len()), (1, 0));
 }
 
 #[test]
@@ -784,10 +1146,19 @@ fn benches_report_the_group() {
     assert!(
         (f("images_per_second") - 8.0 / f("step_ms") * 1e3).abs() < 1e-6 * f("images_per_second")
     );
-    // The tiny config's 128-d embedding, 10 classes: weight, gradient and momentum in f32.
-    assert_eq!(v["head_bytes_per_rank"].as_u64(), Some(3 * 4 * 10 * 128));
-    // The ring sends 2(n−1)/n = 1 gradient's bytes at n = 2; the trainable parameters are
-    // those `summary` counts, and the head's among them.
+    // The tiny config's 128-d embedding, 10 classes, 5 on each rank: weight, gradient and
+    // momentum in f32.
+    assert_eq!(v["head_bytes_per_rank"].as_u64(), Some(3 * 4 * 5 * 128));
+    assert!(f("head_ms") > 0.0 && f("head_collectives_ms") > 0.0, "{v}");
+    // The head's wire per rank and step: its 4 embeddings (f32) and labels (i64) to the other
+    // rank, then ring all-reduces (1× the bytes at n = 2) of 3 numbers per row of 8 and of
+    // the 8 × 128 embedding gradients.
+    assert_eq!(
+        v["head_bytes_sent_per_rank"].as_u64(),
+        Some(4 * 128 * 4 + 4 * 8 + 3 * 8 * 4 + 8 * 128 * 4)
+    );
+    // The ring sends 2(n−1)/n = 1 gradient's bytes at n = 2; the backbone's trainable
+    // parameters are those `summary` counts less the head's.
     let summary = run_ok(
         &mut arcface(&["summary", "--config", "configs/tiny.toml", "--json"])
             .current_dir(common::root()),
@@ -797,10 +1168,7 @@ fn benches_report_the_group() {
     let backbone = s["trainable_params"]
         .as_u64()
         .unwrap_or_else(|| panic!("{s}"));
-    assert_eq!(
-        v["all_reduce_bytes_per_rank"].as_u64(),
-        Some(4 * (backbone + 10 * 128))
-    );
+    assert_eq!(v["all_reduce_bytes_per_rank"].as_u64(), Some(4 * backbone));
 
     let out = arcface(&[
         "bench",

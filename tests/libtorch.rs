@@ -8,9 +8,9 @@
 
 mod common;
 
+use arcface::checkpoint::named_tensors;
 use arcface::model::memory_format::{channels_last, conv_weight};
 use arcface::model::{IResNetConfig, MarginSoftmaxConfig, Precision, Trainee};
-use arcface::train::checkpoint::named_tensors;
 use burn::module::Module;
 use burn::optim::GradientsParams;
 use burn::tensor::{DType, Device, Distribution, FloatDType, Int, Tensor, TensorData};
@@ -50,7 +50,7 @@ fn gradients(
 ) -> (Flat, Flat) {
     let device = device.clone().autodiff();
     let model = small_model(&device);
-    let model = arcface::train::checkpoint::load_named(model, "", weights).unwrap();
+    let model = arcface::checkpoint::load_named(model, "", weights).unwrap();
     let loss = model.loss(
         channels_last(Tensor::from_data(images.clone(), &device), nhwc),
         Tensor::<1, Int>::from_data(labels.clone(), &device),
@@ -213,7 +213,7 @@ fn libtorch_channels_last_keeps_the_trunk_nhwc() {
     for (device_name, device, slack) in libtorch_devices() {
         for precision in [Precision::Fp32, Precision::Bf16] {
             let train = device.clone().autodiff();
-            let model = arcface::train::checkpoint::load_named(small_model(&train), "", &weights)
+            let model = arcface::checkpoint::load_named(small_model(&train), "", &weights)
                 .unwrap()
                 .backbone;
             let plain = Tensor::<4>::from_data(images.clone(), &train);
@@ -409,8 +409,7 @@ fn libtorch_inference_equals_the_cpu_backends() {
     // Through the `Embedder` (eval, infer, validation), with each batch stored NHWC or not.
     let embed = |device: &Device, channels_last: bool| -> Vec<f32> {
         let model =
-            arcface::train::checkpoint::load_named(small_model(device).backbone, "", &weights)
-                .unwrap();
+            arcface::checkpoint::load_named(small_model(device).backbone, "", &weights).unwrap();
         let options = arcface::embedder::BurnOptions {
             precision: Precision::Fp32,
             channels_last,
@@ -440,8 +439,7 @@ fn libtorch_inference_equals_the_cpu_backends() {
     // file's weights are imported into our backbone, which runs on the device.
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("small.onnx");
-    let model =
-        arcface::train::checkpoint::load_named(small_model(&flex).backbone, "", &weights).unwrap();
+    let model = arcface::checkpoint::load_named(small_model(&flex).backbone, "", &weights).unwrap();
     let proto = arcface::onnx::backbone_to_onnx(&model, arcface::onnx::Batch::Dynamic).unwrap();
     arcface::onnx::export::write(&proto, &file).unwrap();
     for (device_name, device, slack) in libtorch_devices() {
@@ -532,7 +530,7 @@ fn libtorch_fused_sgd_equals_the_generic_sgd() {
     let run = |device: &Device| {
         let device = device.clone().autodiff();
         let mut model =
-            arcface::train::checkpoint::load_named(small_model(&device), "", &weights).unwrap();
+            arcface::checkpoint::load_named(small_model(&device), "", &weights).unwrap();
         let mut sgd = Sgd::new(SgdSettings {
             momentum: 0.9,
             weight_decay: 0.05,

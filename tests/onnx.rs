@@ -11,12 +11,12 @@ use burn::module::Module;
 use burn::tensor::{Device, TensorData};
 use serde_json::json;
 
+use arcface::checkpoint::{load_named, named_tensors};
 use arcface::config::Config;
 use arcface::embedder::{Embedder, IMAGE_VALUES};
 use arcface::model::summary::count_params;
 use arcface::model::{IResNet, Network, backbone_config};
 use arcface::onnx::{self, Batch, ConvAlgorithm, OnnxEmbedder};
-use arcface::train::checkpoint::{load_named, named_tensors};
 use common::{arcface, run_reference};
 
 fn write_f32(path: &Path, values: &[f32]) {

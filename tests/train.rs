@@ -24,6 +24,24 @@ fn small_config(data: &Path, output: &Path, extra: &str) -> Config {
 
 #[test]
 fn resume_continues_with_identical_losses() {
+    resume_is_exact("");
+}
+
+/// Partial FC on one rank of burn's CPU backend: 60 of 200 centres a step, every positive
+/// among them and the negatives drawn from (seed, step): a resume draws the same ones.
+#[test]
+fn resume_with_sampled_centres_continues_with_identical_losses() {
+    let sampled = resume_is_exact("num_classes = 200\nsample_rate = 0.3\n");
+    let all = resume_is_exact("num_classes = 200\n");
+    // Fewer negatives in the softmax: a smaller loss from the same start.
+    assert!(
+        sampled[0].1 < all[0].1 - 0.5,
+        "sampled {sampled:?}, all {all:?}"
+    );
+}
+
+/// 8 steps straight = 3 steps + `--resume` 5, loss for loss; the losses.
+fn resume_is_exact(extra: &str) -> Vec<(usize, f64)> {
     let _turn = common::serial();
     let (data, a, b) = (
         tempfile::tempdir().unwrap(),
@@ -33,7 +51,7 @@ fn resume_continues_with_identical_losses() {
     let device = Device::flex();
     // Straight through 8 steps (crossing no epoch end: 15 per epoch).
     let straight = train(
-        &small_config(data.path(), a.path(), ""),
+        &small_config(data.path(), a.path(), extra),
         &device,
         &TrainOptions {
             resume: None,
@@ -43,7 +61,7 @@ fn resume_continues_with_identical_losses() {
     )
     .unwrap();
     // 3 steps, stop; resume from the latest checkpoint for 5 more.
-    let config = small_config(data.path(), b.path(), "");
+    let config = small_config(data.path(), b.path(), extra);
     let first = train(
         &config,
         &device,
@@ -81,6 +99,7 @@ fn resume_continues_with_identical_losses() {
     );
     // Training did something.
     assert!(straight.losses.iter().all(|(_, l)| l.is_finite()));
+    straight.losses
 }
 
 #[test]
@@ -146,10 +165,10 @@ fn nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint() {
     );
     assert!(err.contains("lower lr"), "{err}");
     // The checkpoints that were written still load.
-    let last = arcface::train::checkpoint::list(out.path())
+    let last = arcface::checkpoint::list(out.path())
         .pop()
         .expect("a checkpoint before the NaN");
-    arcface::train::checkpoint::Checkpoint::load(&last).unwrap();
+    arcface::checkpoint::Checkpoint::load(&last).unwrap();
 }
 
 /// A disk that fills up while a checkpoint is written: the write fails with the OS's error,
@@ -169,8 +188,8 @@ fn a_full_disk_stops_training_and_keeps_the_last_checkpoint() {
         init: None,
     };
     // save_every = 3: step 3 is written, step 6 meets the full disk.
-    let step3 = arcface::train::checkpoint::step_path(out.path(), 3);
-    let step6 = arcface::train::checkpoint::step_path(out.path(), 6);
+    let step3 = arcface::checkpoint::step_path(out.path(), 3);
+    let step6 = arcface::checkpoint::step_path(out.path(), 6);
     let tmp6 = step6.with_extension("ckpt.tmp");
     std::os::unix::fs::symlink("/dev/full", &tmp6).unwrap();
     std::os::unix::fs::symlink("/dev/full", out.path().join("training.log")).unwrap();
@@ -189,11 +208,11 @@ fn a_full_disk_stops_training_and_keeps_the_last_checkpoint() {
         std::fs::symlink_metadata(&tmp6).is_err(),
         "the temporary file is removed"
     );
-    arcface::train::checkpoint::Checkpoint::load(&step3).unwrap();
+    arcface::checkpoint::Checkpoint::load(&step3).unwrap();
     // With space again, the run resumes from step 3 and writes step 6.
     let report = train(&config, &Device::flex(), &options(Some(Resume::Latest), 3)).unwrap();
     assert_eq!(report.last_checkpoint.as_deref(), Some(step6.as_path()));
-    let resumed = arcface::train::checkpoint::Checkpoint::load(&step6).unwrap();
+    let resumed = arcface::checkpoint::Checkpoint::load(&step6).unwrap();
     assert_eq!(resumed.meta.step, 6);
 }
 
@@ -455,7 +474,7 @@ fn safetensors_export_has_arcface_torch_names_and_layouts() {
     assert_eq!(v["unexpected"], serde_json::json!([]), "{v}");
     assert_eq!(v["wrong_shape"], serde_json::json!([]), "{v}");
     // PyTorch's fc.weight[o][i] is our [i][o].
-    let ours = arcface::train::checkpoint::Checkpoint::load(&ckpt).unwrap();
+    let ours = arcface::checkpoint::Checkpoint::load(&ckpt).unwrap();
     let fc = &ours.tensors["backbone.fc.weight"];
     let cols = fc.shape()[1];
     let values = fc.try_to_vec::<f32>().unwrap();
@@ -482,7 +501,7 @@ fn keeps_the_last_k_step_checkpoints_and_the_best() {
         },
     )
     .unwrap();
-    let names: Vec<String> = arcface::train::checkpoint::list(out.path())
+    let names: Vec<String> = arcface::checkpoint::list(out.path())
         .iter()
         .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
         .collect();
@@ -499,7 +518,7 @@ fn keeps_the_last_k_step_checkpoints_and_the_best() {
 
 #[test]
 fn init_starts_the_backbone_from_a_checkpoint() {
-    use arcface::train::checkpoint::Checkpoint;
+    use arcface::checkpoint::Checkpoint;
     let _turn = common::serial();
     let (data, a, b, c) = (
         tempfile::tempdir().unwrap(),

@@ -12,8 +12,10 @@ use crate::data::loader::{Cursor, Loader, LoaderConfig};
 
 pub mod dist;
 mod gpu_memory;
+mod head;
 mod train;
 
+pub use head::{HeadBenchOptions, HeadThroughput, head};
 pub use train::{TrainBenchOptions, TrainThroughput, train};
 
 #[derive(Debug, Serialize)]

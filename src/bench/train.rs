@@ -4,8 +4,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Result, anyhow};
-use burn::optim::GradientsParams;
-use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
+use burn::tensor::{Device, Distribution, Tensor};
 use serde::Serialize;
 
 use super::gpu_memory::GpuMemorySampler;
@@ -15,7 +14,9 @@ use crate::device::DeviceSpec;
 use crate::dist::Group;
 use crate::model::memory_format::channels_last;
 use crate::model::{Precision, Trainee, backbone_config, head_config};
+use crate::train::partial_fc::{PartialFc, wire_bytes};
 use crate::train::sgd::{Sgd, SgdSettings};
+use crate::train::step::{PartTimes, gradients};
 
 /// Batches of inputs the steps take in turn (as PyTorch's anchor does), so that no step sees
 /// exactly the tensors of the one before.
@@ -63,16 +64,25 @@ pub struct TrainThroughput {
     /// The parts, from as many more steps with a wait for the device after each part (so
     /// they add up to a little more than `step_ms`).
     pub forward_ms: f64,
+    /// The model-parallel head's forward and backward, its collectives included.
+    pub head_ms: f64,
+    /// The head's all-gathers (embeddings, labels) and all-reduces (softmax maxima and sums,
+    /// targets, embeddings' gradients).
+    pub head_collectives_ms: f64,
     pub backward_ms: f64,
-    /// The gradients' bucketed all-reduce (0 for a single rank).
+    /// The backbone gradients' bucketed all-reduce (0 for a single rank).
     pub all_reduce_ms: f64,
     pub optimizer_ms: f64,
-    /// Bytes of the head on each rank: its weight, momentum and gradient (replicated: the
-    /// whole head on every rank).
+    /// Partial FC's fraction of each rank's centres a step uses.
+    pub sample_rate: f64,
+    /// Bytes of the head on each rank: its centres, their momentum and gradient (this rank's
+    /// shard: ⌈classes / ranks⌉ rows at most).
     pub head_bytes_per_rank: u64,
-    /// Bytes each rank sends per step in the gradients' ring all-reduce (2(n−1)/n of the
-    /// gradient, NCCL's and Gloo's ring), backbone and head.
+    /// Bytes each rank sends per step in the backbone gradients' ring all-reduce (2(n−1)/n of
+    /// the gradient, NCCL's and Gloo's ring).
     pub all_reduce_bytes_per_rank: u64,
+    /// Bytes each rank sends per step in the head's collectives.
+    pub head_bytes_sent_per_rank: u64,
     pub loss: f64,
     /// Peak resident memory of this process (host), MiB.
     pub peak_host_mib: f64,
@@ -95,9 +105,10 @@ pub struct TrainThroughput {
 struct Bench {
     device: Device,
     group: Group,
+    head: PartialFc,
     sgd: Sgd,
     /// `INPUT_SETS` sets of (images, labels).
-    inputs: Vec<(Tensor<4>, Tensor<1, Int>)>,
+    inputs: Vec<(Tensor<4>, Vec<u32>)>,
     precision: Precision,
 }
 
@@ -109,22 +120,36 @@ impl Bench {
             .map_err(|e| anyhow!("waiting for device {:?}: {e:?}", self.device))
     }
 
-    /// The forward pass of step `step` (not waited for).
-    fn loss(&self, model: &Trainee, step: usize) -> Tensor<1> {
-        let (images, labels) = self.inputs[step % INPUT_SETS].clone();
-        model.loss(images, labels, self.precision)
-    }
-
-    fn update(&mut self, model: Trainee, mut grads: GradientsParams) -> Trainee {
-        self.sgd.step(model, &mut grads, 0.01, 1.0, "")
-    }
-
-    /// One step, queued without waiting (but for the all-reduce's).
-    fn step(&mut self, model: Trainee, step: usize) -> Result<(Trainee, Tensor<1>)> {
-        let loss = self.loss(&model, step);
-        let mut grads = gradients(loss.clone(), &model);
-        self.group.average_gradients(&model, &mut grads)?;
-        Ok((self.update(model, grads), loss))
+    /// One step as training runs it (`train::step::gradients`, then SGD); with `times`, each
+    /// part waited for and timed, the optimizer into `optimizer`.
+    fn step(
+        &mut self,
+        model: Trainee,
+        step: usize,
+        times: Option<(&mut PartTimes, &mut f64)>,
+    ) -> Result<(Trainee, f64)> {
+        let (images, labels) = &self.inputs[step % INPUT_SETS];
+        let (parts, optimizer) = match times {
+            Some((p, o)) => (Some(p), Some(o)),
+            None => (None, None),
+        };
+        let mut g = gradients(
+            &model,
+            &self.head,
+            images.clone(),
+            labels,
+            self.precision,
+            &self.group,
+            step,
+            parts,
+        )?;
+        let start = Instant::now();
+        let model = self.sgd.step(model, &mut g.grads, 0.01, 1.0, "");
+        if let Some(o) = optimizer {
+            self.sync()?;
+            *o += start.elapsed().as_secs_f64();
+        }
+        Ok((model, g.loss))
     }
 }
 
@@ -147,13 +172,26 @@ pub fn train(
     if let Some(widths) = options.widths {
         backbone.widths = widths;
     }
-    let head = head_config(config, num_classes);
+    let head = PartialFc::new(
+        num_classes,
+        group.world(),
+        group.rank(),
+        config.sample_rate,
+        config.seed,
+    );
+    let range = head.classes;
     let mut model = Trainee {
+        head: head_config(config, num_classes).init_rows(
+            range.start,
+            range.len,
+            config.seed,
+            &train_device,
+        ),
         backbone: backbone.init(&train_device),
-        head: head.init(&train_device),
     };
-    group.broadcast_module(&model)?;
-    let (parameters, trainable) = crate::model::summary::count_params(&model);
+    group.broadcast_module(&model.backbone)?;
+    let (parameters, _) = crate::model::summary::count_params(&model);
+    let trainable = crate::model::summary::count_params(&model.backbone).1;
     let head_parameters = crate::model::summary::count_params(&model.head).0;
     let b = config.batch_size;
     let rank = group.rank();
@@ -164,10 +202,9 @@ pub fn train(
                 Tensor::<4>::random([b, 3, 112, 112], Distribution::Uniform(0.0, 255.0), d);
             // Once, as PyTorch's anchor converts its inputs once.
             let images = channels_last(images, config.channels_last);
-            let labels: Vec<i64> = (0..b)
-                .map(|i| (spread(set, rank, i) % num_classes as u64) as i64)
+            let labels: Vec<u32> = (0..b)
+                .map(|i| (spread(set, rank, i) % num_classes as u64) as u32)
                 .collect();
-            let labels = Tensor::<1, Int>::from_data(TensorData::new(labels, [b]), d);
             (images, labels)
         })
         .collect();
@@ -175,6 +212,7 @@ pub fn train(
     let mut bench = Bench {
         device: device.clone(),
         group,
+        head,
         sgd: Sgd::new(SgdSettings {
             momentum: config.momentum,
             weight_decay: config.weight_decay,
@@ -186,7 +224,7 @@ pub fn train(
     let steps = steps.max(1);
     let mut step = 0;
     for _ in 0..options.warmup {
-        model = bench.step(model, step)?.0;
+        model = bench.step(model, step, None)?.0;
         step += 1;
     }
     bench.sync()?;
@@ -202,10 +240,9 @@ pub fn train(
         crate::device::reset_cuda_memory_peaks(index);
     }
     let start = Instant::now();
-    let mut last = None;
+    let mut loss = f64::NAN;
     for _ in 0..steps {
-        let (next, loss) = bench.step(model, step)?;
-        (model, last) = (next, Some(loss));
+        (model, loss) = bench.step(model, step, None)?;
         step += 1;
     }
     bench.sync()?;
@@ -217,27 +254,14 @@ pub fn train(
     let largest = |pick: fn(&(f64, f64)) -> f64| {
         (!peaks.is_empty()).then(|| peaks.iter().map(pick).fold(0.0, f64::max))
     };
-    let loss = last.map_or(f64::NAN, |l| l.into_scalar::<f32>() as f64);
 
     // The parts, each waited for.
-    let (mut forward, mut backward, mut all_reduce, mut optimizer) = (0.0, 0.0, 0.0, 0.0);
+    let (mut parts, mut optimizer) = (PartTimes::default(), 0.0);
     for _ in 0..steps {
-        let t0 = Instant::now();
-        let value = bench.loss(&model, step);
         bench.sync()?;
-        let t1 = Instant::now();
-        let mut grads = gradients(value, &model);
-        bench.sync()?;
-        let t2 = Instant::now();
-        bench.group.average_gradients(&model, &mut grads)?;
-        bench.sync()?;
-        let t3 = Instant::now();
-        model = bench.update(model, grads);
-        bench.sync()?;
-        forward += (t1 - t0).as_secs_f64();
-        backward += (t2 - t1).as_secs_f64();
-        all_reduce += (t3 - t2).as_secs_f64();
-        optimizer += t3.elapsed().as_secs_f64();
+        model = bench
+            .step(model, step, Some((&mut parts, &mut optimizer)))?
+            .0;
         step += 1;
     }
     let peak_gpu_mib = sampler.and_then(GpuMemorySampler::stop);
@@ -248,7 +272,7 @@ pub fn train(
             crate::profile::record(trace, || {
                 let mut profiled = model;
                 for _ in 0..PROFILED_STEPS {
-                    profiled = bench.step(profiled, step)?.0;
+                    profiled = bench.step(profiled, step, None)?.0;
                     step += 1;
                 }
                 bench.sync()?;
@@ -280,12 +304,16 @@ pub fn train(
         steps,
         step_ms,
         images_per_second: (b * world) as f64 / step_ms * 1e3,
-        forward_ms: ms(forward),
-        backward_ms: ms(backward),
-        all_reduce_ms: ms(all_reduce),
+        forward_ms: ms(parts.forward),
+        head_ms: ms(parts.head),
+        head_collectives_ms: ms(parts.head_collectives),
+        backward_ms: ms(parts.backward),
+        all_reduce_ms: ms(parts.all_reduce),
         optimizer_ms: ms(optimizer),
+        sample_rate: config.sample_rate,
         head_bytes_per_rank: 3 * 4 * head_parameters as u64,
         all_reduce_bytes_per_rank: crate::dist::ring_bytes(4 * trainable as u64, world),
+        head_bytes_sent_per_rank: wire_bytes(world, b, config.embedding_size),
         loss,
         peak_host_mib: peak_host_mib(),
         peak_gpu_mib,
@@ -294,12 +322,6 @@ pub fn train(
         libtorch_fused_kernels: crate::device::libtorch_fused_kernels(),
         profile,
     })
-}
-
-/// The backward pass of `loss`: `model`'s gradients (not waited for).
-fn gradients(loss: Tensor<1>, model: &Trainee) -> GradientsParams {
-    let mut grads = loss.backward();
-    GradientsParams::from_module(&mut grads, model)
 }
 
 /// Labels spread over the classes (a multiplicative hash), different per set, rank and row.

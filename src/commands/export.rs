@@ -7,11 +7,11 @@ use anyhow::{Context, Result, bail};
 
 use burn::module::Module;
 
+use arcface::checkpoint::{load_backbone, named_tensors};
 use arcface::config::Config;
 use arcface::model::backbone_config;
 use arcface::model::summary::thousands;
 use arcface::onnx::{self, Batch};
-use arcface::train::checkpoint::{load_backbone, named_tensors};
 
 #[derive(clap::Args)]
 pub struct ExportArgs {

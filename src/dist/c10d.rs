@@ -133,14 +133,27 @@ impl Engine {
 
     /// The element-wise sum over the ranks of `tensor`, written into it (or into a contiguous
     /// copy: c10d's collectives take contiguous tensors only); pass one nothing else reads.
-    pub fn all_reduce_sum(&self, tensor: Tensor<1>) -> Result<Tensor<1>, String> {
+    pub fn all_reduce_sum<const D: usize>(&self, tensor: Tensor<D>) -> Result<Tensor<D>, String> {
+        self.all_reduce(tensor, ReduceOp::Sum)
+    }
+
+    /// The element-wise maximum over the ranks, as [`Engine::all_reduce_sum`].
+    pub fn all_reduce_max<const D: usize>(&self, tensor: Tensor<D>) -> Result<Tensor<D>, String> {
+        self.all_reduce(tensor, ReduceOp::Max)
+    }
+
+    fn all_reduce<const D: usize>(
+        &self,
+        tensor: Tensor<D>,
+        op: ReduceOp,
+    ) -> Result<Tensor<D>, String> {
         let mut primitive = tensor
             .try_into_primitive::<LibTorch>()
             .map_err(|e| format!("all-reduce of a tensor off LibTorch: {e:?}"))?;
         if !primitive.tensor.is_contiguous() {
             primitive = burn_tch::TchTensor::new(primitive.tensor.contiguous());
         }
-        self.group.all_reduce(&primitive, ReduceOp::Sum)?;
+        self.group.all_reduce(&primitive, op)?;
         Ok(Tensor::from_primitive::<LibTorch>(primitive))
     }
 
@@ -155,10 +168,29 @@ impl Engine {
         self.group.broadcast(&primitive, 0)
     }
 
-    /// Every rank's `value`, by rank.
-    pub fn all_gather_i64(&self, value: i64, device: &Device) -> Result<Vec<i64>, String> {
-        let input = Tensor::<1, Int>::from_data(TensorData::new(vec![value], [1]), device);
-        let output = Tensor::<1, Int>::zeros([self.launch.world], device);
+    /// Every rank's rows of `tensor` ([n, d], the same shape on every rank) stacked by rank:
+    /// [world · n, d].
+    pub fn all_gather_rows(&self, tensor: Tensor<2>) -> Result<Tensor<2>, String> {
+        let [n, d] = tensor.dims();
+        let output = Tensor::<2>::zeros([self.launch.world * n, d], &tensor.device());
+        let mut input = tensor
+            .try_into_primitive::<LibTorch>()
+            .map_err(|e| format!("all-gather of a tensor off LibTorch: {e:?}"))?;
+        if !input.tensor.is_contiguous() {
+            input = burn_tch::TchTensor::new(input.tensor.contiguous());
+        }
+        let output = output
+            .try_into_primitive::<LibTorch>()
+            .map_err(|e| format!("all-gather off LibTorch: {e:?}"))?;
+        self.group.all_gather(&input, &output)?;
+        Ok(Tensor::from_primitive::<LibTorch>(output))
+    }
+
+    /// Every rank's `values` (the same count on every rank), concatenated by rank.
+    pub fn all_gather_i64(&self, values: &[i64], device: &Device) -> Result<Vec<i64>, String> {
+        let input =
+            Tensor::<1, Int>::from_data(TensorData::new(values.to_vec(), [values.len()]), device);
+        let output = Tensor::<1, Int>::zeros([self.launch.world * values.len()], device);
         let prim = |t: Tensor<1, Int>| {
             t.try_into_primitive::<LibTorch>()
                 .map_err(|e| format!("all-gather off LibTorch: {e:?}"))

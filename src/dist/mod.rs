@@ -11,6 +11,7 @@
 
 #[cfg(feature = "tch")]
 mod c10d;
+mod ddp;
 mod group;
 mod launch;
 pub mod spawn;
@@ -20,7 +21,8 @@ use std::time::Duration;
 use anyhow::{Result, bail};
 use burn::tensor::Device;
 
-pub use group::{BUCKET_BYTES, Group, buckets, checksum};
+pub use ddp::{BUCKET_BYTES, buckets, checksum};
+pub use group::Group;
 pub use launch::{Launch, VARIABLES};
 
 use crate::device::DeviceSpec;

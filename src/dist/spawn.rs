@@ -13,9 +13,19 @@ use anyhow::{Context, Result, bail};
 /// A free TCP port on 127.0.0.1 for the rendezvous (asked of the OS, then released: torchrun's
 /// way for a standalone launch).
 pub fn free_port() -> Result<u16> {
-    let listener =
-        std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port on 127.0.0.1")?;
-    Ok(listener.local_addr()?.port())
+    // Never the same port twice from one process: two launches at once (tests in threads)
+    // could otherwise both be given a port the OS just freed, and their ranks meet.
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")
+            .context("finding a free port on 127.0.0.1")?;
+        let port = listener.local_addr()?.port();
+        if !given.contains(&port) {
+            given.push(port);
+            return Ok(port);
+        }
+    }
 }
 
 fn describe(status: ExitStatus) -> String {

@@ -6,7 +6,7 @@ use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::nn::Initializer;
 use burn::tensor::activation::log_softmax;
-use burn::tensor::{Device, Int, Tensor};
+use burn::tensor::{Device, Distribution, Int, Tensor};
 
 /// Keeps divisions by a norm finite for an all-zero vector.
 const NORM_EPS: f32 = 1e-12;
@@ -52,6 +52,53 @@ impl MarginSoftmaxConfig {
         .init([self.num_classes, self.embedding_size], device);
         MarginSoftmax {
             weight,
+            m1,
+            m2,
+            m3,
+            scale: self.scale,
+            easy_margin: self.easy_margin,
+        }
+    }
+}
+
+/// Rows of the centre matrix are drawn in blocks of this many identities, each block from its
+/// own seed, so a rank's range of rows is the same numbers at any world size.
+const INIT_BLOCK: usize = 4096;
+/// Seed path of the centres' blocks: (seed, CENTRES_SEED, block).
+const CENTRES_SEED: u64 = 5;
+
+impl MarginSoftmaxConfig {
+    /// Rows `start..start + len` of the `num_classes` × `embedding_size` centre matrix that
+    /// `seed` gives (N(0, 0.01), as insightface): a rank's shard of the model-parallel head,
+    /// or the whole head for `0..num_classes`. Reseeds `device` block by block.
+    pub fn init_rows(&self, start: usize, len: usize, seed: u64, device: &Device) -> MarginSoftmax {
+        assert!(
+            start + len <= self.num_classes,
+            "rows {start}..{} of {}",
+            start + len,
+            self.num_classes
+        );
+        let mut blocks = Vec::new();
+        let mut row = start;
+        while row < start + len {
+            let block = row / INIT_BLOCK;
+            device.seed(crate::seed::mix(seed, &[CENTRES_SEED, block as u64]));
+            let drawn = Tensor::<2>::random(
+                [INIT_BLOCK, self.embedding_size],
+                Distribution::Normal(0.0, 0.01),
+                device,
+            );
+            let end = ((block + 1) * INIT_BLOCK).min(start + len);
+            blocks.push(drawn.narrow(0, row - block * INIT_BLOCK, end - row));
+            row = end;
+        }
+        let weight = match blocks.len() {
+            0 => Tensor::<2>::zeros([0, self.embedding_size], device),
+            _ => Tensor::cat(blocks, 0),
+        };
+        let [m1, m2, m3] = self.margins;
+        MarginSoftmax {
+            weight: Param::from_tensor(weight),
             m1,
             m2,
             m3,

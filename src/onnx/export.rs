@@ -20,10 +20,10 @@ use tract_onnx::pb;
 use super::proto::{
     Dim, attr_float, attr_int, attr_ints, attr_tensor, float_tensor, float_value_info, node,
 };
+use crate::checkpoint::named_tensors;
 use crate::export::safetensors::torch_tensors;
 use crate::model::IResNet;
 use crate::model::iresnet::{BN_EPS, INPUT_MEAN, INPUT_SCALE, INPUT_SIZE};
-use crate::train::checkpoint::named_tensors;
 
 pub const OPSET: i64 = 8;
 pub const IR_VERSION: i64 = 3;

@@ -20,12 +20,12 @@ use super::OnnxEmbedder;
 use super::load::embedder_input;
 use super::proto::attribute;
 use super::walk::{UnitShape, Walk};
+use crate::checkpoint::{Checkpoint, Meta, load_named};
 use crate::config::Config;
 use crate::data::loader::Cursor;
 use crate::embedder::{Embedder, IMAGE_VALUES};
 use crate::model::iresnet::INPUT_SIZE;
 use crate::model::{IResNet, Network, backbone_config};
-use crate::train::checkpoint::{Checkpoint, Meta, load_named};
 
 pub struct Imported {
     pub network: Network,
@@ -233,7 +233,9 @@ impl Imported {
                 world_size: 1,
                 accuracy: None,
                 tensors: Vec::new(),
+                head_shards: Vec::new(),
             },
+            crc: 0,
             tensors: self
                 .tensors
                 .iter()

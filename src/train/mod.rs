@@ -3,15 +3,15 @@
 //! steps and each epoch end, checkpoints every `save_every` steps and each epoch end, exact
 //! resume. Rank 0 alone validates, logs and writes checkpoints; the others train.
 
-pub mod checkpoint;
 mod inputs;
 pub mod monitor;
+pub mod partial_fc;
 pub mod schedule;
 pub mod sgd;
 #[cfg(feature = "tch")]
 mod sgd_fused;
 mod state;
-mod step;
+pub mod step;
 mod tensorboard;
 mod validation;
 
@@ -23,6 +23,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use burn::tensor::Device;
 
+use crate::checkpoint;
 use crate::config::Config;
 use crate::data::loader::{Loader, LoaderConfig};
 use crate::dist::Group;
@@ -194,9 +195,9 @@ pub fn train_with(
             let path = checkpoint::step_path(&config.output, state.step);
             // Every rank has finished this step: the checkpoint is of a step all reached.
             group.barrier(&format!("checkpoint at step {}", state.step))?;
+            save(config, num_classes, group, &state, &path, accuracy)?;
             if let Some(m) = &mut monitor {
-                let world = group.world();
-                save_checkpoint(config, num_classes, world, &mut state, &path, accuracy, m)?;
+                after_save(config, &mut state, &path, accuracy, m)?;
             }
             report.last_checkpoint = Some(path);
         }
@@ -284,18 +285,16 @@ fn open_data(
     Ok((dataset, num_classes))
 }
 
-/// Rank 0's checkpoint: the step file, the pruning of old ones, best.ckpt when the accuracy is a
-/// new best.
-fn save_checkpoint(
+/// Rank 0's part after a checkpoint is written: the pruning of old ones, best.ckpt (the main
+/// file: the backbone for eval and export; its head shards stay those of its step) when the
+/// accuracy is a new best.
+fn after_save(
     config: &Config,
-    num_classes: usize,
-    world: usize,
     state: &mut State,
     path: &std::path::Path,
     accuracy: Option<f64>,
     monitor: &mut Monitor,
 ) -> Result<()> {
-    save(config, num_classes, world, state, path, accuracy)?;
     checkpoint::prune(&config.output, config.keep_checkpoints)?;
     if let Some(acc) = accuracy.filter(|&a| state.best.is_none_or(|b| a > b)) {
         state.best = Some(acc);

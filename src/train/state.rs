@@ -1,14 +1,17 @@
 //! What a run carries from step to step, how it starts (fresh, `--init`, or `--resume`) and how
-//! it is saved: the model, the optimizer's momentum, the step and the loader's cursor.
+//! it is saved: the model (the backbone, and this rank's centres of the model-parallel head),
+//! the optimizer's momentum, the step and the loader's cursor.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use burn::tensor::Device;
 
-use super::checkpoint::{self, Checkpoint, Meta, load_named, named_tensors};
+use super::partial_fc::PartialFc;
 use super::sgd::{Sgd, SgdSettings};
 use super::{Resume, TrainOptions};
+use crate::checkpoint::shards::{self, HeadShard};
+use crate::checkpoint::{self, Checkpoint, Meta, load_named, named_tensors};
 use crate::config::Config;
 use crate::data::loader::Cursor;
 use crate::dist::Group;
@@ -16,6 +19,8 @@ use crate::model::Trainee;
 
 pub struct State {
     pub model: Trainee,
+    /// Which centres this rank holds and how a step samples them.
+    pub head: PartialFc,
     pub sgd: Sgd,
     pub step: usize,
     pub cursor: Cursor,
@@ -36,9 +41,9 @@ fn resume_path(config: &Config, resume: &Option<Resume>) -> Result<Option<PathBu
 }
 
 /// The run's state at its first step: the config's seeded initialisation, the backbone of
-/// `--init`, or everything of `--resume`; then, as DDP does, rank 0's weights and buffers on
-/// every rank, checked to be bit-identical. `device` is this rank's (without autodiff); notes
-/// for the log are pushed onto `notes`.
+/// `--init`, or everything of `--resume` (its head re-cut for this world size); then, as DDP
+/// does, rank 0's backbone on every rank, checked to be bit-identical. `device` is this rank's
+/// (without autodiff); notes for the log are pushed onto `notes`.
 pub fn start_or_resume(
     config: &Config,
     num_classes: usize,
@@ -48,10 +53,18 @@ pub fn start_or_resume(
     notes: &mut Vec<String>,
 ) -> Result<State> {
     let resume_from = resume_path(config, &options.resume)?;
-    // Seeded initialisation: two runs of one config start from the same weights.
-    device.seed(config.seed);
+    let head = PartialFc::new(
+        num_classes,
+        group.world(),
+        group.rank(),
+        config.sample_rate,
+        config.seed,
+    );
+    let classes = head.classes.start..head.classes.end();
     let mut state = State {
-        model: Trainee::init(config, num_classes, &device.clone().autodiff()),
+        // Seeded: two runs of one config start from the same weights, at any world size.
+        model: Trainee::init(config, num_classes, classes, &device.clone().autodiff()),
+        head,
         sgd: Sgd::new(SgdSettings {
             momentum: config.momentum,
             weight_decay: config.weight_decay,
@@ -87,19 +100,37 @@ pub fn start_or_resume(
     group
         .agree(crc32fast::hash(position.as_bytes()), "the resumed step and loader position")
         .context("--resume found different checkpoints on the ranks' machines: give every machine the same output folder (a shared file system) or --resume FILE")?;
-    group.broadcast_module(&state.model)?;
+    group.broadcast_module(&state.model.backbone)?;
     // Also on one rank: burn draws weights lazily, at first use, which is here (or in the
     // broadcast just before, in the same parameter order), so a seed gives the same start at
     // every world size.
-    let checksum = crate::dist::checksum(&state.model);
-    group.agree(checksum, "the start's weights and buffers")?;
+    let checksum = crate::dist::checksum(&state.model.backbone);
+    group.agree(checksum, "the start's backbone weights and buffers")?;
     if group.world() > 1 {
+        let range = state.head.classes;
         notes.push(format!(
-            "identical start on all {} ranks (checksum {checksum:08x} of every weight and buffer)",
-            group.world()
+            "identical backbone on all {} ranks (checksum {checksum:08x} of every weight and \
+             buffer); the head model parallel, this rank's centres {}..{} of {num_classes}, {}",
+            group.world(),
+            range.start,
+            range.end(),
+            sampling(&state.head)
         ));
+    } else if config.sample_rate < 1.0 {
+        notes.push(format!("partial FC: {}", sampling(&state.head)));
     }
     Ok(state)
+}
+
+fn sampling(head: &PartialFc) -> String {
+    match head.sample_rate < 1.0 {
+        true => format!(
+            "{} centres per step (sample_rate {}) and every positive",
+            head.num_sample(),
+            head.sample_rate
+        ),
+        false => "every centre every step (sample_rate 1)".into(),
+    }
 }
 
 fn resume(
@@ -118,19 +149,27 @@ fn resume(
             ckpt.meta.num_classes
         )));
     }
+    let range = state.head.classes;
+    let (weight, head_momentum) = shards::head_rows(path, &ckpt, range.start, range.len)?;
+    let mut head_tensors = std::collections::BTreeMap::new();
+    head_tensors.insert(shards::WEIGHT.to_string(), weight);
     let Trainee { backbone, head } = state.model;
     state.model = Trainee {
         backbone: load_named(backbone, "backbone.", &ckpt.tensors).map_err(|e| mismatch(&e))?,
-        head: load_named(head, "head.", &ckpt.tensors).map_err(|e| mismatch(&e))?,
+        head: load_named(head, "head.", &head_tensors).map_err(|e| mismatch(&e))?,
     };
-    let momentum = ckpt
+    let mut momentum: std::collections::BTreeMap<String, _> = ckpt
         .tensors
         .iter()
+        .filter(|(k, _)| k.starts_with("momentum.backbone."))
         .filter_map(|(k, v)| {
             k.strip_prefix("momentum.")
                 .map(|k| (k.to_string(), v.clone()))
         })
         .collect();
+    if let Some(m) = head_momentum {
+        momentum.insert(shards::WEIGHT.to_string(), m);
+    }
     state.sgd.load_state(momentum, device);
     state.step = ckpt.meta.step;
     state.cursor = ckpt.meta.cursor;
@@ -148,37 +187,115 @@ fn resume(
     Ok(state)
 }
 
-/// Writes `state` to `path` (rank 0, after the others reached the same step).
+/// Writes `state` as the checkpoint `path`, every rank of `group` taking part after all
+/// reached the same step: one rank writes the one file; several write their head shards, then
+/// rank 0 the main file listing them, last. Each rank then prunes its own old shards.
 pub fn save(
     config: &Config,
     num_classes: usize,
-    world_size: usize,
+    group: &Group,
     state: &State,
     path: &Path,
     accuracy: Option<f64>,
 ) -> Result<()> {
-    let mut tensors = named_tensors(&state.model.backbone, "backbone.");
-    tensors.extend(named_tensors(&state.model.head, "head."));
-    tensors.extend(
-        state
-            .sgd
-            .state()
-            .into_iter()
-            .map(|(k, v)| (format!("momentum.{k}"), v)),
-    );
-    let meta = Meta {
+    let meta = |tensors_of_shard: Vec<HeadShard>| Meta {
         config: config.clone(),
         num_classes,
         step: state.step,
         cursor: state.cursor,
-        world_size,
+        world_size: group.world(),
         accuracy,
         tensors: Vec::new(),
+        head_shards: tensors_of_shard,
     };
-    Checkpoint { meta, tensors }.save(path).with_context(|| {
+    let context = |p: &Path| {
         format!(
             "writing checkpoint {} (the previous checkpoints are intact)",
-            path.display()
+            p.display()
         )
-    })
+    };
+    let momentum = state.sgd.state();
+    let mut tensors = named_tensors(&state.model.backbone, "backbone.");
+    tensors.extend(
+        momentum
+            .iter()
+            .filter(|(k, _)| k.starts_with("backbone."))
+            .map(|(k, v)| (format!("momentum.{k}"), v.clone())),
+    );
+    let head_weight = named_tensors(&state.model.head, "head.")
+        .remove(shards::WEIGHT)
+        .expect("the head has a weight");
+    let head_momentum = momentum.get(shards::WEIGHT).cloned();
+    let mut head_shards = Vec::new();
+    if group.world() == 1 {
+        tensors.insert(shards::WEIGHT.into(), head_weight);
+        tensors.extend(head_momentum.map(|m| (shards::MOMENTUM.to_string(), m)));
+    } else {
+        let range = state.head.classes;
+        let shard_path = shards::shard_path(path, group.rank(), group.world());
+        let entry = HeadShard {
+            file: shard_path
+                .file_name()
+                .expect("a file")
+                .to_string_lossy()
+                .into_owned(),
+            rank: group.rank(),
+            start: range.start,
+            len: range.len,
+            crc: 0,
+        };
+        let mut shard_tensors = std::collections::BTreeMap::new();
+        shard_tensors.insert(shards::WEIGHT.to_string(), head_weight);
+        shard_tensors.extend(head_momentum.map(|m| (shards::MOMENTUM.to_string(), m)));
+        let written = Checkpoint {
+            meta: meta(vec![entry.clone()]),
+            tensors: shard_tensors,
+            crc: 0,
+        }
+        .save(&shard_path);
+        // Every rank learns whether every shard is on disk, and rank 0 their CRCs, before the
+        // main file may exist; a rank that failed says why, the others name it.
+        let crc = written.as_ref().map_or(-1, |&c| i64::from(c));
+        let crcs = group.all_gather(crc, "gathering the head shards' CRCs")?;
+        if let Err(e) = written {
+            return Err(anyhow::Error::new(e).context(context(&shard_path)));
+        }
+        if let Some(rank) = crcs.iter().position(|&c| c < 0) {
+            bail!(
+                "{}: rank {rank} could not write its head shard (its log says why); the \
+                 previous checkpoints are intact",
+                path.display()
+            );
+        }
+        for (rank, crc) in crcs.into_iter().enumerate() {
+            let shard = shards::shard_path(path, rank, group.world());
+            let range =
+                crate::train::partial_fc::ClassRange::of_rank(num_classes, group.world(), rank);
+            head_shards.push(HeadShard {
+                file: shard
+                    .file_name()
+                    .expect("a file")
+                    .to_string_lossy()
+                    .into_owned(),
+                rank,
+                start: range.start,
+                len: range.len,
+                crc: crc as u32,
+            });
+        }
+    }
+    if group.is_main() {
+        Checkpoint {
+            meta: meta(head_shards),
+            tensors,
+            crc: 0,
+        }
+        .save(path)
+        .with_context(|| context(path))?;
+    }
+    if group.world() > 1 {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        shards::prune_own(dir, group.rank(), state.step, config.keep_checkpoints)?;
+    }
+    Ok(())
 }

@@ -1,17 +1,21 @@
-//! One optimizer step of one rank, as DDP runs it: forward and backward on this rank's batch,
-//! the gradients averaged over the ranks, one identical SGD update everywhere. The head is
-//! replicated and data parallel here: its gradient is averaged with the backbone's.
+//! One optimizer step of one rank, as arcface_torch's train_v2.py runs it: the backbone's
+//! forward on this rank's batch, the model-parallel head's forward and backward
+//! (`partial_fc`), the backbone's backward from the embeddings' gradient, the backbone's
+//! gradients averaged over the ranks (DDP), and SGD on the backbone (the same update everywhere)
+//! and on this rank's centres.
 
 use anyhow::Result;
 use burn::optim::GradientsParams;
-use burn::tensor::Device;
+use burn::tensor::{Device, Tensor};
 
+use super::partial_fc::PartialFc;
 use super::sgd::global_grad_norm;
 use super::state::State;
 use crate::config::Config;
 use crate::data::loader::Batch;
 use crate::dist::Group;
 use crate::model::memory_format::channels_last;
+use crate::model::{MarginSoftmax, Precision, Trainee};
 
 /// Seed path of the per-step backend seed (dropout).
 const STEP_SEED: u64 = 3;
@@ -41,6 +45,115 @@ impl From<anyhow::Error> for StepFailure {
     }
 }
 
+/// Seconds of a step's parts, each waited for (benchmarks).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PartTimes {
+    pub forward: f64,
+    /// The head's forward and backward, its collectives included.
+    pub head: f64,
+    /// The head's all-gathers and all-reduces.
+    pub head_collectives: f64,
+    pub backward: f64,
+    /// The backbone's gradient all-reduce.
+    pub all_reduce: f64,
+}
+
+/// What [`gradients`] gives: the mean loss over the ranks, the backbone's averaged gradients
+/// and this rank's centres' gradient (one map, by parameter), and the squared norm of all of
+/// them over every rank.
+pub struct Gradients {
+    pub loss: f64,
+    pub grads: GradientsParams,
+    pub norm: f64,
+}
+
+/// Forward and backward of `model` on `images` [B, 3, 112, 112] (autodiff device) and
+/// `labels` at step `step`: the gradients of the whole model for the mean loss over all ranks'
+/// rows. With `times`, every part is waited for and timed.
+#[allow(clippy::too_many_arguments)]
+pub fn gradients(
+    model: &Trainee,
+    head: &PartialFc,
+    images: Tensor<4>,
+    labels: &[u32],
+    precision: Precision,
+    group: &Group,
+    step: usize,
+    mut times: Option<&mut PartTimes>,
+) -> Result<Gradients> {
+    let start = std::time::Instant::now();
+    let embeddings = model.backbone.forward_at(images, precision);
+    if let Some(t) = times.as_deref_mut() {
+        group.sync()?;
+        t.forward += start.elapsed().as_secs_f64();
+    }
+    let centres = (&model.head, head);
+    backbone_and_head_gradients(
+        &model.backbone,
+        embeddings,
+        centres,
+        labels,
+        group,
+        step,
+        times,
+    )
+}
+
+/// [`gradients`] for any backbone: `embeddings` [B, E] are its output (autodiff) for this
+/// rank's rows; `centres` this rank's part of the head. The backbone's gradients are averaged
+/// over the ranks; the centres' are this rank's own.
+#[allow(clippy::too_many_arguments)]
+pub fn backbone_and_head_gradients<M: burn::module::Module>(
+    backbone: &M,
+    embeddings: Tensor<2>,
+    (centres, head): (&MarginSoftmax, &PartialFc),
+    labels: &[u32],
+    group: &Group,
+    step: usize,
+    mut times: Option<&mut PartTimes>,
+) -> Result<Gradients> {
+    let mut clock = std::time::Instant::now();
+    let mut lap = |slot: Option<&mut f64>| -> Result<()> {
+        if let Some(slot) = slot {
+            group.sync()?;
+            *slot += clock.elapsed().as_secs_f64();
+            clock = std::time::Instant::now();
+        }
+        Ok(())
+    };
+    let pass = head.forward_backward(
+        centres,
+        embeddings.clone().inner(),
+        labels,
+        group,
+        step,
+        times.is_some(),
+    )?;
+    if let Some(t) = times.as_deref_mut() {
+        t.head_collectives += pass.collective_seconds;
+    }
+    lap(times.as_deref_mut().map(|t| &mut t.head))?;
+    // A scalar whose gradient on the embeddings is the head's: the backbone's backward.
+    let surrogate = (embeddings * pass.embedding_grad.autodiff()).sum();
+    let mut backward = surrogate.backward();
+    let mut grads = GradientsParams::from_module(&mut backward, backbone);
+    lap(times.as_deref_mut().map(|t| &mut t.backward))?;
+    group.average_gradients(backbone, &mut grads)?;
+    lap(times.map(|t| &mut t.all_reduce))?;
+    // The centres' squared norm is summed over the ranks (each holds its own); the
+    // backbone's averaged gradient is the same everywhere.
+    let head_norm2 = pass.weight_grad.clone().square().sum().into_scalar::<f32>() as f64;
+    let backbone_norm = global_grad_norm(backbone, &grads);
+    grads.register::<2>(centres.weight.id, pass.weight_grad);
+    let head_norm2 = group.sum(&[head_norm2], "all-reduce of the centres' gradient norm")?[0];
+    Ok(Gradients {
+        // The same on every rank: the head's cross-entropy spans them.
+        loss: pass.loss,
+        grads,
+        norm: (backbone_norm * backbone_norm + head_norm2).sqrt(),
+    })
+}
+
 /// Forward, backward, gradient averaging and the SGD update at learning rate `lr` on `batch`;
 /// `device` is this rank's (autodiff). A failed step ends the run, and its state with it.
 pub fn one_step(
@@ -58,21 +171,26 @@ pub fn one_step(
     }
     device.seed(crate::seed::mix(config.seed, &path));
     let images = channels_last(batch.images_tensor(device), config.channels_last);
-    let loss = state
-        .model
-        .loss(images, batch.labels_tensor(device), config.precision);
-    let local = loss.clone().into_scalar::<f32>() as f64;
-    let mut grads = loss.backward();
-    let mut grads = GradientsParams::from_module(&mut grads, &state.model);
-    group.average_gradients(&state.model, &mut grads)?;
-    let loss = group.mean(&[local], "all-reduce of the loss")?[0];
+    let Gradients {
+        loss,
+        mut grads,
+        norm: grad_norm,
+    } = gradients(
+        &state.model,
+        &state.head,
+        images,
+        &batch.labels,
+        config.precision,
+        group,
+        state.step,
+        None,
+    )?;
     if !loss.is_finite() {
         return Err(StepFailure::NotFinite {
             what: format!("loss is {loss}"),
             advice: "a lower lr, warmup_epoch >= 1, clip_grad_norm = 5, or check the data with `arcface inspect --verify`",
         });
     }
-    let grad_norm = global_grad_norm(&state.model, &grads);
     if !grad_norm.is_finite() {
         return Err(StepFailure::NotFinite {
             what: format!("gradient norm is {grad_norm}"),

@@ -6,11 +6,11 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 
 use arcface::bench::{self, InferThroughput};
+use arcface::checkpoint::load_backbone;
 use arcface::embedder::{BurnOptions, Embedder, is_onnx};
 use arcface::model::Precision;
 use arcface::onnx::op_profile::OpTime;
 use arcface::onnx::{self, Batch, ConvAlgorithm, OnnxEmbedder, spreads_each_image};
-use arcface::train::checkpoint::load_backbone;
 
 /// Which engines run next to burn.
 pub(super) struct Engines {

@@ -1,10 +1,11 @@
-//! `arcface bench train|dist|data|infer`: throughput, never timed tests.
+//! `arcface bench train|head|dist|data|infer`: throughput, never timed tests.
 
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 
+mod head;
 mod infer;
 use infer::{Engines, detection, infer};
 
@@ -28,8 +29,11 @@ pub enum BenchCommand {
         #[arg(long)]
         batch_size: Option<usize>,
         /// Classes of the head (the dataset's otherwise, else 1000).
-        #[arg(long)]
+        #[arg(long, alias = "classes")]
         num_classes: Option<usize>,
+        /// Partial FC's share of each rank's centres per step (the config's otherwise).
+        #[arg(long)]
+        sample_rate: Option<f64>,
         /// The config's `precision` otherwise.
         #[arg(long, value_enum)]
         precision: Option<Precision>,
@@ -52,6 +56,32 @@ pub enum BenchCommand {
         profile: Option<PathBuf>,
         /// Start this many ranks here on LibTorch's CPU (as `train --nproc-per-node`); for
         /// GPUs list them (--device cuda:0,1,2,3) or run under torchrun.
+        #[arg(long)]
+        nproc_per_node: Option<usize>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The model-parallel head alone (partial FC's forward and backward, SGD on the centres)
+    /// at a large class count over sample rates; --torch also times arcface_torch's
+    /// PartialFC_V2 on the same sizes (scripts/bench_partial_fc.py).
+    Head {
+        #[arg(long, default_value_t = 1_000_000)]
+        classes: usize,
+        #[arg(long, default_value_t = 512)]
+        embedding_size: usize,
+        /// Embeddings per rank and step.
+        #[arg(long, default_value_t = 128)]
+        batch: usize,
+        #[arg(long, value_delimiter = ',', default_value = "1,0.3,0.1")]
+        sample_rates: Vec<f64>,
+        #[arg(long, default_value_t = 3)]
+        steps: usize,
+        #[arg(long, default_value_t = 1)]
+        warmup: usize,
+        /// Also run PyTorch's PartialFC_V2 (CPU, world size 1) and print the ratio.
+        #[arg(long)]
+        torch: bool,
+        /// Ranks to start on this machine (LibTorch's CPU).
         #[arg(long)]
         nproc_per_node: Option<usize>,
         #[arg(long)]
@@ -143,6 +173,7 @@ pub fn run(what: &BenchCommand, cli_device: &Option<String>) -> Result<()> {
             steps,
             batch_size,
             num_classes,
+            sample_rate,
             precision,
             channels_last,
             warmup,
@@ -167,6 +198,12 @@ pub fn run(what: &BenchCommand, cli_device: &Option<String>) -> Result<()> {
             }
             if let Some(p) = precision {
                 config.precision = *p;
+            }
+            if let Some(r) = sample_rate {
+                config.sample_rate = *r;
+                if let Err((key, why)) = config.validate() {
+                    bail!("--sample-rate {r}: `{key}` {why}");
+                }
             }
             config.channels_last |= *channels_last;
             let classes = num_classes
@@ -206,14 +243,16 @@ pub fn run(what: &BenchCommand, cli_device: &Option<String>) -> Result<()> {
                 let ranks = match r.world_size {
                     1 => String::new(),
                     n => format!(
-                        " × {n} ranks ({}: all-reduce {:.1} ms, {:.1} MB sent per rank)",
+                        " × {n} ranks ({}: all-reduce {:.1} ms, {:.1} MB sent per rank; head collectives {:.1} ms, {:.2} MB)",
                         r.backend,
                         r.all_reduce_ms,
-                        r.all_reduce_bytes_per_rank as f64 / 1e6
+                        r.all_reduce_bytes_per_rank as f64 / 1e6,
+                        r.head_collectives_ms,
+                        r.head_bytes_sent_per_rank as f64 / 1e6
                     ),
                 };
                 println!(
-                    "{}{widths} {}{} on {}{ranks} batch {} per rank, classes {} (head {:.1} MB per rank): forward {:.1} ms, backward {:.1} ms, optimizer {:.1} ms, step {:.1} ms, {:.1} img/s, loss {:.3}, peak host memory {:.0} MiB{gpu}",
+                    "{}{widths} {}{} on {}{ranks} batch {} per rank, classes {} at sample rate {} (head {:.1} MB per rank): forward {:.1} ms, head {:.1} ms, backward {:.1} ms, optimizer {:.1} ms, step {:.1} ms, {:.1} img/s, loss {:.3}, peak host memory {:.0} MiB{gpu}",
                     r.network,
                     r.precision,
                     if r.channels_last {
@@ -224,8 +263,10 @@ pub fn run(what: &BenchCommand, cli_device: &Option<String>) -> Result<()> {
                     r.device,
                     r.batch_size,
                     r.num_classes,
+                    r.sample_rate,
                     r.head_bytes_per_rank as f64 / 1e6,
                     r.forward_ms,
+                    r.head_ms,
                     r.backward_ms,
                     r.optimizer_ms,
                     r.step_ms,
@@ -237,6 +278,37 @@ pub fn run(what: &BenchCommand, cli_device: &Option<String>) -> Result<()> {
                     println!("profile of 3 more steps: {}", trace.display());
                 }
             }
+        }
+        BenchCommand::Head {
+            classes,
+            embedding_size,
+            batch,
+            sample_rates,
+            steps,
+            warmup,
+            torch,
+            nproc_per_node,
+            json,
+        } => {
+            let text = cli_device.as_deref().unwrap_or("cpu");
+            let spec: DeviceSpec = text
+                .parse()
+                .with_context(|| format!("selecting device `{text}`"))?;
+            let timeout = std::time::Duration::from_secs(600);
+            let Some((_, device, mut group)) =
+                dist::rank_or_spawn(&spec, *nproc_per_node, timeout)?
+            else {
+                return Ok(());
+            };
+            let options = bench::HeadBenchOptions {
+                classes: *classes,
+                embedding_size: *embedding_size,
+                batch: *batch,
+                sample_rate: 1.0,
+                warmup: *warmup,
+                steps: (*steps).max(1),
+            };
+            head::run(&options, sample_rates, *torch, &device, &mut group, *json)?;
         }
         BenchCommand::Dist {
             sizes,

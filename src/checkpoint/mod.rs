@@ -1,5 +1,8 @@
-//! Checkpoints: one self-describing file per checkpoint holding the backbone, the head, the
-//! optimizer's momentum buffers, the step, epoch and loader cursor, and the config used.
+//! Checkpoints, written by training and read by eval, infer, export, import and resume: one
+//! self-describing file per checkpoint holding the backbone, the head, the optimizer's momentum
+//! buffers, the step, epoch and loader cursor, and the config used. A run of several ranks keeps
+//! the head's centres on the ranks (model parallel): each writes its shard beside the main
+//! file, which lists them and is written last (`shards`).
 //!
 //! Layout: `ARCFCKPT`, u32 LE version, u64 LE length of a JSON header, the header, the tensors
 //! (f32 LE, in header order), and a CRC-32 of everything before it. Written to a temporary file,
@@ -17,6 +20,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
 use crate::data::loader::Cursor;
+
+pub mod shards;
 
 const MAGIC: &[u8; 8] = b"ARCFCKPT";
 const VERSION: u32 = 1;
@@ -42,6 +47,10 @@ pub struct Meta {
     /// Mean validation accuracy at this checkpoint, if validated.
     pub accuracy: Option<f64>,
     pub tensors: Vec<TensorEntry>,
+    /// The head's centres and their momentum in shard files, one per rank (empty: in this
+    /// file). In a shard file: the one entry describing itself.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub head_shards: Vec<shards::HeadShard>,
 }
 
 fn one() -> usize {
@@ -70,6 +79,8 @@ fn migrate_cursor(header: &mut serde_json::Value) {
 pub struct Checkpoint {
     pub meta: Meta,
     pub tensors: BTreeMap<String, TensorData>,
+    /// The file's CRC-32 when loaded (0 for one not yet written).
+    pub crc: u32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -172,8 +183,8 @@ pub fn load_named<M: Module>(
 
 impl Checkpoint {
     /// Writes atomically (`crate::fs::write_atomically`): a kill at any moment leaves the
-    /// previous file at `path`, or none.
-    pub fn save(&self, path: &Path) -> Result<(), CheckpointError> {
+    /// previous file at `path`, or none. Returns the file's CRC-32 (its last four bytes).
+    pub fn save(&self, path: &Path) -> Result<u32, CheckpointError> {
         let mut meta = self.meta.clone();
         meta.tensors = self
             .tensors
@@ -184,6 +195,7 @@ impl Checkpoint {
             })
             .collect();
         let header = serde_json::to_vec(&meta).expect("checkpoint metadata serialises");
+        let mut crc = 0;
         crate::fs::write_atomically(path, |out| {
             // The CRC is computed as the bytes go out: r100's checkpoint is ~0.6 GB, not to be
             // held twice.
@@ -203,9 +215,11 @@ impl Checkpoint {
                 let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
                 put(&bytes)?;
             }
-            out.write_all(&hasher.finalize().to_le_bytes())
+            crc = hasher.finalize();
+            out.write_all(&crc.to_le_bytes())
         })
-        .map_err(io_err(path))
+        .map_err(io_err(path))?;
+        Ok(crc)
     }
 
     pub fn load(path: &Path) -> Result<Checkpoint, CheckpointError> {
@@ -218,7 +232,8 @@ impl Checkpoint {
             return Err(damaged("not an arcface checkpoint (wrong magic)".into()));
         }
         let (body, crc) = bytes.split_at(bytes.len() - 4);
-        if crc32fast::hash(body) != u32::from_le_bytes(crc.try_into().unwrap()) {
+        let crc = u32::from_le_bytes(crc.try_into().unwrap());
+        if crc32fast::hash(body) != crc {
             return Err(damaged(
                 "checksum mismatch: the file is damaged or truncated; use an earlier checkpoint"
                     .into(),
@@ -256,7 +271,7 @@ impl Checkpoint {
             );
             pos += 4 * n;
         }
-        Ok(Checkpoint { meta, tensors })
+        Ok(Checkpoint { meta, tensors, crc })
     }
 
     /// Tensors under `prefix` (e.g. "backbone.") with the prefix kept.
@@ -300,11 +315,12 @@ pub fn list(dir: &Path) -> Vec<PathBuf> {
     found
 }
 
-/// Keeps the newest `keep` step checkpoints.
+/// Keeps the newest `keep` step checkpoints; the head shards of the others go with them.
 pub fn prune(dir: &Path, keep: usize) -> Result<(), CheckpointError> {
     let all = list(dir);
     for old in &all[..all.len().saturating_sub(keep)] {
         std::fs::remove_file(old).map_err(io_err(old))?;
+        shards::remove_shards_of(old)?;
     }
     Ok(())
 }

@@ -1,0 +1,396 @@
+//! The head of a model-parallel run in shard files: rank r of W writes its centres and their
+//! momentum to `<main file>.head-<r>-of-<W>` (the checkpoint format, one entry in
+//! `head_shards` describing itself); rank 0 writes the main file, which lists every shard with
+//! its class range and CRC, last, after every shard is on disk. A checkpoint exists when its
+//! main file does (`list` sees only those), so a rank killed at any moment of a save leaves the
+//! previous checkpoint the newest; a shard that is missing, or not the one the manifest wrote
+//! (another save's, damaged), is an error naming the file.
+//!
+//! Any world size reads any checkpoint: the rows a rank needs are cut from the shards (or from
+//! the head inside a one-rank checkpoint) that overlap them.
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::TensorData;
+use serde::{Deserialize, Serialize};
+
+use super::{Checkpoint, CheckpointError, io_err};
+
+/// One rank's shard of the head, as the main file lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeadShard {
+    /// The file's name, in the main file's folder.
+    pub file: String,
+    pub rank: usize,
+    /// Its identities: `start..start + len`.
+    pub start: usize,
+    pub len: usize,
+    /// The shard file's CRC-32 as written (0 inside the shard file itself).
+    pub crc: u32,
+}
+
+/// The weight and momentum names of the head in checkpoints.
+pub const WEIGHT: &str = "head.weight";
+pub const MOMENTUM: &str = "momentum.head.weight";
+
+/// Where rank `rank` of `world` writes its shard of the checkpoint `main`.
+pub fn shard_path(main: &Path, rank: usize, world: usize) -> PathBuf {
+    let name = main
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    main.with_file_name(format!("{name}.head-{rank}-of-{world}"))
+}
+
+/// Deletes the shard files beside the main file `main` (any world size): a pruned checkpoint's.
+pub fn remove_shards_of(main: &Path) -> Result<(), CheckpointError> {
+    let Some(name) = main.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+        return Ok(());
+    };
+    let prefix = format!("{name}.head-");
+    let dir = main.parent().unwrap_or(Path::new("."));
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            remove(&entry.path())?;
+        }
+    }
+    Ok(())
+}
+
+/// Deletes `path`; already gone is fine (on a shared folder rank 0 prunes every rank's shards
+/// of an old checkpoint while each rank prunes its own).
+fn remove(path: &Path) -> Result<(), CheckpointError> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_err(path)(e)),
+        _ => Ok(()),
+    }
+}
+
+/// Rank `rank`'s own shard files in `dir` of step checkpoints up to `step`, but for the newest
+/// `keep` of them, deleted (on machines that do not share the output folder, each rank's
+/// shards are only on its own). Shards of later steps, left by a save that a kill interrupted,
+/// stay until a save of that step replaces them.
+pub fn prune_own(dir: &Path, rank: usize, step: usize, keep: usize) -> Result<(), CheckpointError> {
+    let mut own: Vec<(usize, PathBuf)> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let (main, shard) = name.split_once(".ckpt.head-")?;
+            let shard_rank: usize = shard.split_once("-of-")?.0.parse().ok()?;
+            let shard_step: usize = main.strip_prefix("step-")?.parse().ok()?;
+            (shard_rank == rank && shard_step <= step).then(|| (shard_step, e.path()))
+        })
+        .collect();
+    own.sort();
+    let mut steps: Vec<usize> = own.iter().map(|(s, _)| *s).collect();
+    steps.dedup();
+    let oldest_kept = steps.len().checked_sub(keep.max(1)).map(|i| steps[i]);
+    for (shard_step, path) in own {
+        if oldest_kept.is_some_and(|oldest| shard_step < oldest) {
+            remove(&path)?;
+        }
+    }
+    Ok(())
+}
+
+/// The head's rows `start..start + len` of checkpoint `ckpt` (read from `path`) as
+/// ([len, E] weight, [len · E] momentum if it had one): from the file itself when the head is
+/// inside, else from the overlapping shards, each checked against the manifest.
+pub fn head_rows(
+    path: &Path,
+    ckpt: &Checkpoint,
+    start: usize,
+    len: usize,
+) -> Result<(TensorData, Option<TensorData>), CheckpointError> {
+    let mismatch = |path: &Path, message: String| CheckpointError::Mismatch {
+        path: path.to_path_buf(),
+        message,
+    };
+    let classes = ckpt.meta.num_classes;
+    if start + len > classes {
+        return Err(mismatch(
+            path,
+            format!(
+                "rows {start}..{} asked of a head of {classes} classes",
+                start + len
+            ),
+        ));
+    }
+    let mut weight = Vec::new();
+    let mut momentum = Vec::new();
+    let mut has_momentum = true;
+    let mut width = None;
+    let mut take = |file: &Path,
+                    c: &Checkpoint,
+                    first: usize,
+                    rows: usize,
+                    from: usize,
+                    to: usize|
+     -> Result<(), CheckpointError> {
+        let w = c
+            .tensors
+            .get(WEIGHT)
+            .ok_or_else(|| mismatch(file, format!("tensor `{WEIGHT}` is missing")))?;
+        let shape = w.shape().to_vec();
+        if shape.len() != 2 || shape[0] != rows {
+            return Err(mismatch(
+                file,
+                format!("`{WEIGHT}` has shape {shape:?}, the manifest says {rows} rows"),
+            ));
+        }
+        let e = shape[1];
+        if *width.get_or_insert(e) != e {
+            return Err(mismatch(
+                file,
+                format!("`{WEIGHT}` is {e} wide, other shards not"),
+            ));
+        }
+        let values = w.as_slice::<f32>().expect("checkpoints hold f32");
+        weight.extend_from_slice(&values[(from - first) * e..(to - first) * e]);
+        match c.tensors.get(MOMENTUM) {
+            Some(m) => {
+                let m = m.as_slice::<f32>().expect("checkpoints hold f32");
+                if m.len() != rows * e {
+                    return Err(mismatch(
+                        file,
+                        format!(
+                            "`{MOMENTUM}` has {} values, the weight {}",
+                            m.len(),
+                            rows * e
+                        ),
+                    ));
+                }
+                momentum.extend_from_slice(&m[(from - first) * e..(to - first) * e]);
+            }
+            None => has_momentum = false,
+        }
+        Ok(())
+    };
+    if ckpt.meta.head_shards.is_empty() {
+        take(path, ckpt, 0, classes, start, start + len)?;
+    } else {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let mut covered = 0;
+        for shard in &ckpt.meta.head_shards {
+            covered += shard.len;
+            let (from, to) = (
+                start.max(shard.start),
+                (start + len).min(shard.start + shard.len),
+            );
+            if from >= to {
+                continue;
+            }
+            let file = dir.join(&shard.file);
+            let c = match Checkpoint::load(&file) {
+                Ok(c) => c,
+                Err(CheckpointError::Io { error, .. })
+                    if error.kind() == std::io::ErrorKind::NotFound =>
+                {
+                    return Err(mismatch(
+                        &file,
+                        format!(
+                            "head shard of rank {} missing, named by {}: copy every rank's \
+                             `.head-*` files beside it (each rank writes its own)",
+                            shard.rank,
+                            path.display()
+                        ),
+                    ));
+                }
+                Err(e) => return Err(e),
+            };
+            if c.crc != shard.crc || c.meta.step != ckpt.meta.step {
+                return Err(mismatch(
+                    &file,
+                    format!(
+                        "not the shard {} lists (CRC {:08x} and step {}, the manifest says \
+                         {:08x} and step {}): a shard of another save",
+                        path.display(),
+                        c.crc,
+                        c.meta.step,
+                        shard.crc,
+                        ckpt.meta.step
+                    ),
+                ));
+            }
+            take(&file, &c, shard.start, shard.len, from, to)?;
+        }
+        if covered != classes {
+            return Err(mismatch(
+                path,
+                format!("its shards hold {covered} classes, the checkpoint {classes}"),
+            ));
+        }
+    }
+    let e = width.unwrap_or(0);
+    let momentum = has_momentum.then(|| TensorData::new(momentum, [len * e]));
+    Ok((TensorData::new(weight, [len, e]), momentum))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::checkpoint::{Meta, step_path};
+    use crate::config::Config;
+    use crate::data::loader::Cursor;
+
+    const CLASSES: usize = 10;
+    const E: usize = 3;
+
+    fn meta(step: usize, head_shards: Vec<HeadShard>) -> Meta {
+        Meta {
+            config: Config::default(),
+            num_classes: CLASSES,
+            step,
+            cursor: Cursor::default(),
+            world_size: 2,
+            accuracy: None,
+            tensors: Vec::new(),
+            head_shards,
+        }
+    }
+
+    /// Centre c's values are c·10 + column; momentum the negatives.
+    fn rows(start: usize, len: usize, sign: f32) -> TensorData {
+        let v: Vec<f32> = (start..start + len)
+            .flat_map(|c| (0..E).map(move |j| sign * (c * 10 + j) as f32))
+            .collect();
+        TensorData::new(v, [len, E])
+    }
+
+    /// A 2-rank checkpoint of step 6 (classes 0..5 and 5..10) written as training writes it.
+    fn sharded(dir: &Path) -> PathBuf {
+        let main = step_path(dir, 6);
+        let mut entries = Vec::new();
+        for (rank, (start, len)) in [(0, 5), (5, 5)].into_iter().enumerate() {
+            let path = shard_path(&main, rank, 2);
+            let entry = HeadShard {
+                file: path.file_name().unwrap().to_string_lossy().into_owned(),
+                rank,
+                start,
+                len,
+                crc: 0,
+            };
+            let mut tensors = BTreeMap::new();
+            tensors.insert(WEIGHT.to_string(), rows(start, len, 1.0));
+            let m = rows(start, len, -1.0);
+            tensors.insert(
+                MOMENTUM.to_string(),
+                TensorData::new(m.try_to_vec::<f32>().unwrap(), [len * E]),
+            );
+            let crc = Checkpoint {
+                meta: meta(6, vec![entry.clone()]),
+                tensors,
+                crc: 0,
+            }
+            .save(&path)
+            .unwrap();
+            entries.push(HeadShard { crc, ..entry });
+        }
+        Checkpoint {
+            meta: meta(6, entries),
+            tensors: BTreeMap::new(),
+            crc: 0,
+        }
+        .save(&main)
+        .unwrap();
+        main
+    }
+
+    fn cut(
+        main: &Path,
+        start: usize,
+        len: usize,
+    ) -> Result<(TensorData, Option<TensorData>), CheckpointError> {
+        head_rows(main, &Checkpoint::load(main).unwrap(), start, len)
+    }
+
+    /// Any world size's ranges, across the shards' boundary too: the rows of the whole head.
+    #[test]
+    fn rows_are_cut_from_the_shards_at_any_world_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let main = sharded(dir.path());
+        for world in [1, 2, 3, 4] {
+            for rank in 0..world {
+                let (base, extra) = (CLASSES / world, CLASSES % world);
+                let start = base * rank + rank.min(extra);
+                let len = base + usize::from(rank < extra);
+                let (w, m) = cut(&main, start, len).unwrap();
+                assert_eq!(w, rows(start, len, 1.0), "world {world} rank {rank}");
+                let m = m.expect("momentum");
+                assert_eq!(
+                    m.try_to_vec::<f32>().unwrap(),
+                    rows(start, len, -1.0).try_to_vec::<f32>().unwrap()
+                );
+            }
+        }
+    }
+
+    /// A missing shard, one of another save, or a damaged one: errors naming the shard file.
+    #[test]
+    fn missing_or_foreign_shards_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let main = sharded(dir.path());
+        let second = shard_path(&main, 1, 2);
+        let kept = std::fs::read(&second).unwrap();
+        std::fs::remove_file(&second).unwrap();
+        let err = cut(&main, 0, CLASSES).unwrap_err().to_string();
+        assert!(
+            err.contains(&second.display().to_string()) && err.contains("missing"),
+            "{err}"
+        );
+        // Rows of rank 0's shard alone still read.
+        assert!(cut(&main, 0, 5).is_ok());
+        // Another save's shard in its place (a step 9 written over it).
+        let mut tensors = BTreeMap::new();
+        tensors.insert(WEIGHT.to_string(), rows(5, 5, 1.0));
+        Checkpoint {
+            meta: meta(9, Vec::new()),
+            tensors,
+            crc: 0,
+        }
+        .save(&second)
+        .unwrap();
+        let err = cut(&main, 0, CLASSES).unwrap_err().to_string();
+        assert!(err.contains("a shard of another save"), "{err}");
+        // Damaged.
+        let mut bytes = kept;
+        let n = bytes.len();
+        bytes[n / 2] ^= 0xff;
+        std::fs::write(&second, bytes).unwrap();
+        let err = cut(&main, 0, CLASSES).unwrap_err().to_string();
+        assert!(
+            err.contains(&second.display().to_string()) && err.contains("damaged"),
+            "{err}"
+        );
+    }
+
+    /// Each rank's pruning removes its own shards of older steps, keeping the newest `keep`
+    /// up to the step just saved; a later step's shard (an interrupted save's) stays.
+    #[test]
+    fn ranks_prune_their_own_old_shards() {
+        let dir = tempfile::tempdir().unwrap();
+        for step in [3, 6, 9, 12] {
+            for rank in 0..2 {
+                std::fs::write(shard_path(&step_path(dir.path(), step), rank, 2), b"").unwrap();
+            }
+        }
+        prune_own(dir.path(), 1, 9, 2).unwrap();
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        let want: Vec<String> = [(3, 0), (6, 0), (6, 1), (9, 0), (9, 1), (12, 0), (12, 1)]
+            .iter()
+            .map(|&(s, r)| format!("step-{s:09}.ckpt.head-{r}-of-2"))
+            .collect();
+        assert_eq!(left, want);
+        remove_shards_of(&step_path(dir.path(), 6)).unwrap();
+        assert!(!shard_path(&step_path(dir.path(), 6), 0, 2).exists());
+        assert!(shard_path(&step_path(dir.path(), 9), 0, 2).exists());
+    }
+}
