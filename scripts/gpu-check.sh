@@ -118,6 +118,15 @@ if [ "${gpus:-0}" -ge 2 ] && [ "$device" = cuda ]; then
         || log "bench dist failed: see $logs/ours_dist.err"
 fi
 
+# The model-parallel head alone at 1M identities (the Partial FC issue): ours and PyTorch's
+# PartialFC_V2 (scripts/bench_partial_fc.py, world size 1) on the card, sample rates 1 / 0.3 / 0.1.
+if [ -z "${SKIP_HEAD:-}" ]; then
+    log "ours and PyTorch: partial FC head at 1M identities"
+    timeout 300 env ARCFACE_TORCH_PYTHON="$python" "$bin" bench head --device "$device" --classes 1000000 \
+        --sample-rates 1,0.3,0.1 --steps 10 --warmup 2 --torch --json > "$logs/head_1m.json" 2> "$logs/head_1m.err" \
+        || log "bench head failed: see $logs/head_1m.err"
+fi
+
 # Inference: an r100 with fresh weights through burn on the device, batch 256 as the anchor.
 scratch="$(mktemp -d)"
 if [ -n "${SKIP_INFER:-}" ]; then

@@ -859,6 +859,21 @@ fn a_rank_killed_while_saving_leaves_the_previous_checkpoint() {
     let head = whole_head(&step_ckpt(&output, 3));
     assert_eq!(head["head.weight"].len(), 400_000 * 32);
 
+    // A shard gone (a rank's files not copied over): `--resume` names it and stops.
+    let shard = output.join("step-000000003.ckpt.head-1-of-2");
+    let away = dir.path().join("away");
+    std::fs::rename(&shard, &away).unwrap();
+    let out = arcface(&["train", "--config", cfg.to_str().unwrap(), "--resume"])
+        .output()
+        .unwrap();
+    let said = text(&out);
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains(&shard.display().to_string()) && said.contains("missing"),
+        "{said}"
+    );
+    std::fs::rename(&away, &shard).unwrap();
+
     let resumed = run_ok(&mut arcface(&[
         "train",
         "--config",

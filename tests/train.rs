@@ -584,3 +584,28 @@ fn init_starts_the_backbone_from_a_checkpoint() {
     .unwrap_err();
     assert!(format!("{err:#}").contains("--init"), "{err:#}");
 }
+
+/// A label beyond `property`'s class count (a property file that undercounts): training stops
+/// with an error naming the data, the record and the label, not a wrong head.
+#[test]
+fn a_label_outside_the_class_count_is_named() {
+    let _turn = common::serial();
+    let (data, out) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let config = small_config(data.path(), out.path(), "");
+    std::fs::write(data.path().join("property"), "10,112,112\n").unwrap();
+    let err = train(
+        &config,
+        &Device::flex(),
+        &TrainOptions {
+            resume: None,
+            max_steps: Some(15),
+            init: None,
+        },
+    )
+    .map(|_| ())
+    .unwrap_err();
+    let err = format!("{err:#}");
+    assert!(err.contains("is not an identity in [0, 10)"), "{err}");
+    assert!(err.contains(&data.path().display().to_string()), "{err}");
+    assert!(err.contains("train.rec: key "), "{err}");
+}

@@ -98,9 +98,11 @@ impl PartialFc {
         }
     }
 
-    /// Centres one step uses when sampling: ⌊sample_rate · len⌋ (PartialFC_V2's num_sample).
+    /// Centres one step uses when sampling: ⌊sample_rate · len⌋ (PartialFC_V2's num_sample),
+    /// at least one: PartialFC_V2 fails on a rank left with no centre at all (no positive in
+    /// the batch and ⌊sample_rate · len⌋ = 0), one drawn negative keeps its softmax defined.
     pub fn num_sample(&self) -> usize {
-        (self.sample_rate * self.classes.len as f64) as usize
+        ((self.sample_rate * self.classes.len as f64) as usize).clamp(1, self.classes.len.max(1))
     }
 
     /// The local centres step `step` uses: every positive (sorted local indices) and, when

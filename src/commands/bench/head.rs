@@ -27,11 +27,13 @@ struct Row {
     speedup: Option<f64>,
 }
 
-/// Runs the head's benchmark for each of `rates`, PyTorch's too with `torch` (rank 0 prints).
+/// Runs the head's benchmark for each of `rates`, PyTorch's too with `torch` on
+/// `torch_device` (rank 0 prints).
 pub fn run(
     options: &HeadBenchOptions,
     rates: &[f64],
     torch: bool,
+    torch_device: &str,
     device: &burn::tensor::Device,
     group: &mut Group,
     json: bool,
@@ -47,7 +49,7 @@ pub fn run(
         };
         let ours = head(&o, device, group)?;
         let pytorch = match torch && group.is_main() {
-            true => Some(pytorch(&o)?),
+            true => Some(pytorch(&o, torch_device)?),
             false => None,
         };
         let speedup = pytorch.as_ref().map(|p| p.step_ms / ours.step_ms);
@@ -101,9 +103,9 @@ pub fn run(
     Ok(())
 }
 
-/// scripts/bench_partial_fc.py on the CPU with the same sizes; Python from
+/// scripts/bench_partial_fc.py on `device` ("cpu", "cuda:0") with the same sizes; Python from
 /// ARCFACE_TORCH_PYTHON, else the venv of scripts/setup-libtorch.sh (VIRTUAL_ENV), else python3.
-fn pytorch(o: &HeadBenchOptions) -> Result<TorchHead> {
+fn pytorch(o: &HeadBenchOptions, device: &str) -> Result<TorchHead> {
     let python = std::env::var("ARCFACE_TORCH_PYTHON")
         .ok()
         .or_else(|| {
@@ -121,6 +123,7 @@ fn pytorch(o: &HeadBenchOptions) -> Result<TorchHead> {
         .args(["--sample-rate", &o.sample_rate.to_string()])
         .args(["--steps", &o.steps.to_string()])
         .args(["--warmup", &o.warmup.to_string()])
+        .args(["--device", device])
         .arg("--json")
         .output()
         .with_context(|| format!("running {python} {}", script.display()))?;

@@ -295,10 +295,14 @@ pub fn run(what: &BenchCommand, cli_device: &Option<String>) -> Result<()> {
                 .parse()
                 .with_context(|| format!("selecting device `{text}`"))?;
             let timeout = std::time::Duration::from_secs(600);
-            let Some((_, device, mut group)) =
+            let Some((spec, device, mut group)) =
                 dist::rank_or_spawn(&spec, *nproc_per_node, timeout)?
             else {
                 return Ok(());
+            };
+            let torch_device = match &spec {
+                DeviceSpec::Cuda(indices) => format!("cuda:{}", indices[0]),
+                _ => "cpu".to_string(),
             };
             let options = bench::HeadBenchOptions {
                 classes: *classes,
@@ -308,7 +312,15 @@ pub fn run(what: &BenchCommand, cli_device: &Option<String>) -> Result<()> {
                 warmup: *warmup,
                 steps: (*steps).max(1),
             };
-            head::run(&options, sample_rates, *torch, &device, &mut group, *json)?;
+            head::run(
+                &options,
+                sample_rates,
+                *torch,
+                &torch_device,
+                &device,
+                &mut group,
+                *json,
+            )?;
         }
         BenchCommand::Dist {
             sizes,
