@@ -329,7 +329,8 @@ fn partial_fc_equals_pytorch_on_the_same_index() {
     let weight: Vec<f32> = (0..CLASSES * E).map(|i| value(i, 2)).collect();
     // Labels on both ranks' halves of the classes, one repeated (a positive once).
     let labels: Vec<u32> = vec![3, 30, 17, 3, 40, 0, 21, 8, 35, 20, 19, 1];
-    for margins in [[1.0, 0.5, 0.0], [1.0, 0.0, 0.35]] {
+    // ArcFace, CosFace, and the combined margin with m1 ≠ 1 (SphereFace's angle factor).
+    for margins in [[1.0, 0.5, 0.0], [1.0, 0.0, 0.35], [1.2, 0.2, 0.1]] {
         let dir = tempfile::tempdir().unwrap();
         let input = serde_json::json!({
             "embeddings": embeddings, "weight": weight, "labels": labels, "margins": margins,
@@ -671,6 +672,17 @@ fn two_ranks_resume_exactly_and_on_one_rank() {
     let ranges: Vec<(usize, usize)> = end.head_shards.iter().map(|s| (s.start, s.len)).collect();
     assert_eq!(ranges, vec![(0, 7), (7, 7), (14, 6)]);
     whole_head(&step_ckpt(&three, 12));
+    // eval reads a sharded checkpoint's backbone (the folder: its newest step here).
+    let bin = data.join("synth_val.bin");
+    let evaluated = run_ok(&mut arcface(&[
+        "eval",
+        "--model",
+        three.to_str().unwrap(),
+        "--bin",
+        bin.to_str().unwrap(),
+        "--json",
+    ]));
+    assert!(evaluated.contains("\"accuracy\""), "{evaluated}");
 }
 
 #[test]
