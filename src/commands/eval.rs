@@ -1,5 +1,5 @@
-//! `arcface eval`: insightface's verification protocol on .bin files, for a checkpoint or an
-//! ONNX file.
+//! `arcface eval`: insightface's verification protocol on .bin files, or IJB-B/C 1:1
+//! verification (`ijb.rs`), for a checkpoint or an ONNX file.
 
 use std::path::PathBuf;
 
@@ -14,23 +14,25 @@ pub struct EvalArgs {
     /// A checkpoint (.ckpt) written by `arcface train` or `arcface import`, or an ONNX
     /// embedder (.onnx; the model zoo's file too). tract runs ONNX files in fp32 on the CPU; on
     /// a LibTorch device or in bf16 their weights run in our backbone.
-    #[arg(long)]
-    model: PathBuf,
+    #[arg(long, required_unless_present = "features")]
+    pub(super) model: Option<PathBuf>,
     #[command(flatten)]
-    burn: BurnOptions,
+    pub(super) burn: BurnOptions,
+    #[command(flatten)]
+    pub(super) ijb: super::ijb::IjbArgs,
     /// Evaluate every .bin in this folder.
-    #[arg(long, conflicts_with = "bin")]
+    #[arg(long, conflicts_with_all = ["bin", "ijb"])]
     data: Option<PathBuf>,
     /// Evaluate these .bin files.
     #[arg(long, num_args = 1..)]
     bin: Vec<PathBuf>,
     #[arg(long)]
-    json: bool,
+    pub(super) json: bool,
     /// Write the ROC curves to this PNG.
     #[arg(long)]
-    roc: Option<PathBuf>,
+    pub(super) roc: Option<PathBuf>,
     #[arg(long, default_value_t = 64)]
-    batch_size: usize,
+    pub(super) batch_size: usize,
 }
 
 fn bin_files(args: &EvalArgs) -> Result<Vec<PathBuf>> {
@@ -53,11 +55,15 @@ fn bin_files(args: &EvalArgs) -> Result<Vec<PathBuf>> {
 }
 
 pub fn run(args: &EvalArgs, cli_device: &Option<String>) -> Result<()> {
+    if args.ijb.ijb.is_some() {
+        return super::ijb::run(args, cli_device);
+    }
     let files = bin_files(args)?;
     // Every batch but the last has the same shape: cuDNN's timed choice of convolution
     // algorithms pays, as in training (on CUDA; nothing elsewhere).
     arcface::device::set_cudnn_benchmark(true);
-    let embedder = super::embedder(&args.model, args.burn, cli_device)?;
+    let model = args.model.as_ref().context("--model is needed to embed the .bin images")?;
+    let embedder = super::embedder(model, args.burn, cli_device)?;
     let mut results = Vec::new();
     for file in &files {
         let name = file

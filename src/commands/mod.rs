@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod data;
 pub mod eval;
+mod ijb;
 pub mod export;
 pub mod infer;
 pub mod summary;

@@ -3,3 +3,4 @@
 pub mod embed;
 pub mod roc;
 pub mod verify;
+pub mod ijb;

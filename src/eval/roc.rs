@@ -12,6 +12,7 @@ const LEFT: u32 = 70;
 const RIGHT: u32 = 20;
 const TOP: u32 = 30;
 const BOTTOM: u32 = 60;
+/// Decades of FPR on the x axis of the .bin sets' picture (1e-4 … 1).
 const FPR_DECADES: f64 = 4.0;
 const COLOURS: [[u8; 3]; 6] = [
     [31, 119, 180],
@@ -52,27 +53,48 @@ fn line(img: &mut RgbImage, (x0, y0): (f64, f64), (x1, y1): (f64, f64), colour: 
     }
 }
 
-/// Plot coordinates of (fpr, tpr).
-fn to_px(fpr: f64, tpr: f64) -> (f64, f64) {
+/// Plot coordinates of (fpr, tpr) with `decades` of FPR on the x axis.
+fn to_px(fpr: f64, tpr: f64, decades: f64) -> (f64, f64) {
     let (pw, ph) = ((W - LEFT - RIGHT) as f64, (H - TOP - BOTTOM) as f64);
-    let x = (fpr.max(10f64.powf(-FPR_DECADES)).log10() + FPR_DECADES) / FPR_DECADES;
+    let x = (fpr.max(10f64.powf(-decades)).log10() + decades) / decades;
     (LEFT as f64 + x * pw, TOP as f64 + (1.0 - tpr) * ph)
+}
+
+/// One curve of a picture: its legend and its points.
+pub struct Curve<'a> {
+    pub label: String,
+    pub fpr: &'a [f64],
+    pub tpr: &'a [f64],
 }
 
 /// The ROC picture of `results`.
 pub fn plot(results: &[TargetResult]) -> RgbImage {
+    let curves: Vec<Curve> = results
+        .iter()
+        .map(|r| Curve {
+            label: format!("{} acc {:.4}", r.name, r.accuracy),
+            fpr: &r.verification.fpr,
+            tpr: &r.verification.tpr,
+        })
+        .collect();
+    plot_curves(&curves, FPR_DECADES)
+}
+
+/// A picture of `curves`, FPR on a log axis from 10^−`decades` to 1.
+pub fn plot_curves(curves: &[Curve], decades: f64) -> RgbImage {
+    let to_px = |fpr, tpr| to_px(fpr, tpr, decades);
     let mut img = RgbImage::from_pixel(W, H, Rgb([255, 255, 255]));
     let grey = [200, 200, 200];
     let black = [0, 0, 0];
-    for d in 0..=FPR_DECADES as i32 {
-        let fpr = 10f64.powi(d - FPR_DECADES as i32);
+    for d in 0..=decades as i32 {
+        let fpr = 10f64.powi(d - decades as i32);
         let (x, _) = to_px(fpr, 0.0);
         line(&mut img, (x, TOP as f64), (x, (H - BOTTOM) as f64), grey);
         text(
             &mut img,
             x as u32 - 16,
             H - BOTTOM + 8,
-            &format!("1e{}", d - FPR_DECADES as i32),
+            &format!("1e{}", d - decades as i32),
             black,
         );
     }
@@ -102,14 +124,13 @@ pub fn plot(results: &[TargetResult]) -> RgbImage {
         black,
     );
     text(&mut img, 4, 12, "TPR", black);
-    for (k, r) in results.iter().enumerate() {
+    for (k, r) in curves.iter().enumerate() {
         let colour = COLOURS[k % COLOURS.len()];
         let mut points: Vec<(f64, f64)> = r
-            .verification
             .fpr
             .iter()
             .copied()
-            .zip(r.verification.tpr.iter().copied())
+            .zip(r.tpr.iter().copied())
             .collect();
         points.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
         for pair in points.windows(2) {
@@ -120,15 +141,15 @@ pub fn plot(results: &[TargetResult]) -> RgbImage {
                 colour,
             );
         }
-        let label = format!("{} acc {:.4}", r.name, r.accuracy);
-        let y = H - BOTTOM - 20 - 14 * (results.len() - k) as u32;
+        let label = &r.label;
+        let y = H - BOTTOM - 20 - 14 * (curves.len() - k) as u32;
         line(
             &mut img,
             ((W - 260) as f64, y as f64 + 4.0),
             ((W - 235) as f64, y as f64 + 4.0),
             colour,
         );
-        text(&mut img, W - 228, y, &label, black);
+        text(&mut img, W - 228, y, label, black);
     }
     img
 }
