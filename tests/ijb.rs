@@ -20,7 +20,10 @@ const SIDE: usize = 160;
 
 /// Face → crop: rotation `degrees`, `scale`, the face's centre (56, 56) to the crop's.
 fn placement(degrees: f64, scale: f64) -> Similarity {
-    let (a, b) = (scale * degrees.to_radians().cos(), scale * degrees.to_radians().sin());
+    let (a, b) = (
+        scale * degrees.to_radians().cos(),
+        scale * degrees.to_radians().sin(),
+    );
     let c = SIDE as f64 / 2.0;
     Similarity {
         a,
@@ -46,7 +49,7 @@ fn ijb_folder(root: &Path) -> PathBuf {
     std::fs::create_dir_all(dir.join("meta")).unwrap();
     std::fs::create_dir_all(dir.join("loose_crop")).unwrap();
     let (mut media_lines, mut point_lines) = (String::new(), String::new());
-    let mut seen = vec![0usize; IDENTITIES];
+    let mut seen = [0usize; IDENTITIES];
     let mut template_of = Vec::new();
     for i in 0..data.len() {
         let sample = data.sample(i).unwrap();
@@ -129,7 +132,13 @@ fn ijb_verification_equals_eval_ijbc_and_aligns_as_opencv() {
     let dir = ijb_folder(root.path());
     let model = root.path().join("tiny.onnx");
     let config = common::root().join("configs/tiny.toml");
-    ok(&["export", "--config", config.to_str().unwrap(), "--onnx", model.to_str().unwrap()]);
+    ok(&[
+        "export",
+        "--config",
+        config.to_str().unwrap(),
+        "--onnx",
+        model.to_str().unwrap(),
+    ]);
     let features = root.path().join("features.npy");
     let roc = root.path().join("roc.png");
     let d = dir.to_str().unwrap();
@@ -159,8 +168,20 @@ fn ijb_verification_equals_eval_ijbc_and_aligns_as_opencv() {
     println!("{target}");
 
     // Every mode of eval_ijbc.py on the saved features, ours from --features.
-    for flags in [&[][..], &["--no-flip"], &["--norm-score"], &["--no-detector-score"]] {
-        let mut args = vec!["eval", "--ijb", d, "--features", features.to_str().unwrap(), "--json"];
+    for flags in [
+        &[][..],
+        &["--no-flip"],
+        &["--norm-score"],
+        &["--no-detector-score"],
+    ] {
+        let mut args = vec![
+            "eval",
+            "--ijb",
+            d,
+            "--features",
+            features.to_str().unwrap(),
+            "--json",
+        ];
         args.extend_from_slice(flags);
         let out = ok(&args);
         let ours: serde_json::Value = serde_json::from_str(&out[out.find('{').unwrap()..]).unwrap();
@@ -171,7 +192,10 @@ fn ijb_verification_equals_eval_ijbc_and_aligns_as_opencv() {
         assert_eq!(ours["templates"], want["templates"]);
         let close = |a: &serde_json::Value, b: &serde_json::Value, what: &str| {
             let (a, b) = (a.as_f64().unwrap(), b.as_f64().unwrap());
-            assert!((a - b).abs() <= 1e-9, "{flags:?} {what}: ours {a}, eval_ijbc {b}");
+            assert!(
+                (a - b).abs() <= 1e-9,
+                "{flags:?} {what}: ours {a}, eval_ijbc {b}"
+            );
         };
         close(&ours["auc"], &want["auc"], "AUC");
         for key in ["1e-06", "1e-05", "0.0001", "0.001", "0.01", "0.1"] {
@@ -203,7 +227,10 @@ fn ijb_verification_equals_eval_ijbc_and_aligns_as_opencv() {
         worst = worst.max(mean);
     }
     println!("alignment: mean difference up to {worst:.3} grey levels");
-    assert!(worst <= 1.0, "mean |ours − OpenCV| up to {worst} grey levels");
+    assert!(
+        worst <= 1.0,
+        "mean |ours − OpenCV| up to {worst} grey levels"
+    );
 }
 
 #[test]
@@ -213,7 +240,13 @@ fn bad_ijb_folders_name_the_file_and_line() {
     let d = dir.to_str().unwrap();
     let model = root.path().join("tiny.onnx");
     let config = common::root().join("configs/tiny.toml");
-    ok(&["export", "--config", config.to_str().unwrap(), "--onnx", model.to_str().unwrap()]);
+    ok(&[
+        "export",
+        "--config",
+        config.to_str().unwrap(),
+        "--onnx",
+        model.to_str().unwrap(),
+    ]);
     let eval = |expect: &[&str]| {
         let out = run(&["eval", "--model", model.to_str().unwrap(), "--ijb", d]);
         let err = String::from_utf8_lossy(&out.stderr).into_owned();
@@ -225,9 +258,15 @@ fn bad_ijb_folders_name_the_file_and_line() {
     let pairs = dir.join("meta/ijbc_template_pair_label.txt");
     let kept = std::fs::read_to_string(&pairs).unwrap();
     std::fs::write(&pairs, format!("{kept}11 99 0\n")).unwrap();
-    eval(&["ijbc_template_pair_label.txt line 67", "template 99 has no crop"]);
+    eval(&[
+        "ijbc_template_pair_label.txt line 67",
+        "template 99 has no crop",
+    ]);
     std::fs::write(&pairs, format!("{kept}11 12\n")).unwrap();
-    eval(&["ijbc_template_pair_label.txt line 67", "2 fields, expected 3"]);
+    eval(&[
+        "ijbc_template_pair_label.txt line 67",
+        "2 fields, expected 3",
+    ]);
     std::fs::remove_file(&pairs).unwrap();
     eval(&["ijbc_template_pair_label.txt", "cannot read"]);
     std::fs::write(&pairs, &kept).unwrap();

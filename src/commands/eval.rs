@@ -62,7 +62,10 @@ pub fn run(args: &EvalArgs, cli_device: &Option<String>) -> Result<()> {
     // Every batch but the last has the same shape: cuDNN's timed choice of convolution
     // algorithms pays, as in training (on CUDA; nothing elsewhere).
     arcface::device::set_cudnn_benchmark(true);
-    let model = args.model.as_ref().context("--model is needed to embed the .bin images")?;
+    let model = args
+        .model
+        .as_ref()
+        .context("--model is needed to embed the .bin images")?;
     let embedder = super::embedder(model, args.burn, cli_device)?;
     let mut results = Vec::new();
     for file in &files {

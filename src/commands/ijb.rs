@@ -73,6 +73,12 @@ pub fn run(args: &super::eval::EvalArgs, cli_device: &Option<String>) -> Result<
         detector_score: !a.no_detector_score,
     };
     let result = ijb::evaluate_features(&set, &raw, protocol)?;
+    let [image, template, pairs, roc] = result.seconds;
+    eprintln!(
+        "scoring: image features {image:.2} s, templates {template:.2} s, {} pair scores {pairs:.2} s ({:.3e} pairs/s), ROC {roc:.2} s",
+        result.pairs,
+        result.pairs as f64 / pairs.max(1e-9)
+    );
     if args.json {
         println!(
             "{}",

@@ -4,8 +4,8 @@
 pub mod bench;
 pub mod data;
 pub mod eval;
-mod ijb;
 pub mod export;
+mod ijb;
 pub mod infer;
 pub mod summary;
 pub mod train;

@@ -126,12 +126,8 @@ pub fn plot_curves(curves: &[Curve], decades: f64) -> RgbImage {
     text(&mut img, 4, 12, "TPR", black);
     for (k, r) in curves.iter().enumerate() {
         let colour = COLOURS[k % COLOURS.len()];
-        let mut points: Vec<(f64, f64)> = r
-            .fpr
-            .iter()
-            .copied()
-            .zip(r.tpr.iter().copied())
-            .collect();
+        let mut points: Vec<(f64, f64)> =
+            r.fpr.iter().copied().zip(r.tpr.iter().copied()).collect();
         points.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
         for pair in points.windows(2) {
             line(

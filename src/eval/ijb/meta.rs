@@ -25,8 +25,12 @@ pub struct IjbSet {
 
 /// Whitespace-separated fields of each non-empty line of `path`, with its line number.
 fn lines(path: &Path) -> Result<Vec<(usize, Vec<String>)>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read {} (an IJB folder has meta/ and loose_crop/)", path.display()))?;
+    let text = std::fs::read_to_string(path).with_context(|| {
+        format!(
+            "cannot read {} (an IJB folder has meta/ and loose_crop/)",
+            path.display()
+        )
+    })?;
     Ok(text
         .lines()
         .enumerate()
@@ -36,8 +40,12 @@ fn lines(path: &Path) -> Result<Vec<(usize, Vec<String>)>> {
 }
 
 fn field<T: std::str::FromStr>(path: &Path, line: usize, what: &str, text: &str) -> Result<T> {
-    text.parse()
-        .map_err(|_| anyhow::anyhow!("{} line {line}: {what} `{text}` is not a number", path.display()))
+    text.parse().map_err(|_| {
+        anyhow::anyhow!(
+            "{} line {line}: {what} `{text}` is not a number",
+            path.display()
+        )
+    })
 }
 
 impl IjbSet {
@@ -64,10 +72,15 @@ impl IjbSet {
         };
         for (n, f) in lines(&media_path)? {
             if f.len() != 3 {
-                bail!("{} line {n}: {} fields, expected 3 (name template media)", media_path.display(), f.len());
+                bail!(
+                    "{} line {n}: {} fields, expected 3 (name template media)",
+                    media_path.display(),
+                    f.len()
+                );
             }
             set.crops.push(f[0].clone());
-            set.templates.push(field(&media_path, n, "template", &f[1])?);
+            set.templates
+                .push(field(&media_path, n, "template", &f[1])?);
             set.medias.push(field(&media_path, n, "media", &f[2])?);
         }
         for (i, (n, f)) in lines(&points_path)?.into_iter().enumerate() {
@@ -113,19 +126,30 @@ impl IjbSet {
         let known: std::collections::HashSet<u64> = set.templates.iter().copied().collect();
         for (n, f) in lines(&pair_path)? {
             if f.len() != 3 {
-                bail!("{} line {n}: {} fields, expected 3 (t1 t2 label)", pair_path.display(), f.len());
+                bail!(
+                    "{} line {n}: {} fields, expected 3 (t1 t2 label)",
+                    pair_path.display(),
+                    f.len()
+                );
             }
             let t1: u64 = field(&pair_path, n, "template", &f[0])?;
             let t2: u64 = field(&pair_path, n, "template", &f[1])?;
             for t in [t1, t2] {
                 if !known.contains(&t) {
-                    bail!("{} line {n}: template {t} has no crop in {}", pair_path.display(), media_path.display());
+                    bail!(
+                        "{} line {n}: template {t} has no crop in {}",
+                        pair_path.display(),
+                        media_path.display()
+                    );
                 }
             }
             let label = match f[2].as_str() {
                 "1" => true,
                 "0" => false,
-                other => bail!("{} line {n}: label `{other}`, expected 0 or 1", pair_path.display()),
+                other => bail!(
+                    "{} line {n}: label `{other}`, expected 0 or 1",
+                    pair_path.display()
+                ),
             };
             set.pairs.push((t1, t2, label));
         }

@@ -62,6 +62,9 @@ pub struct IjbResult {
     pub tar_at_far: BTreeMap<String, f64>,
     #[serde(skip)]
     pub roc: roc::Roc,
+    /// Seconds of each stage: image features, template features, pair scores, ROC.
+    #[serde(skip)]
+    pub seconds: [f64; 4],
 }
 
 /// Every crop of `set` aligned and embedded with its mirror, `batch` crops at a time, with a
@@ -79,7 +82,10 @@ pub fn embed(set: &IjbSet, embedder: &Embedder, batch: usize) -> Result<Vec<f32>
                 let path = set.crop_path(i);
                 let image = crate::infer::read_image(&path)?;
                 crate::infer::align_face(&image, &set.landmarks[i]).with_context(|| {
-                    format!("{}: its five landmarks coincide; no alignment", path.display())
+                    format!(
+                        "{}: its five landmarks coincide; no alignment",
+                        path.display()
+                    )
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -132,28 +138,36 @@ pub fn template_features(
 ) -> (Vec<u64>, Vec<f64>) {
     let mut by_template: BTreeMap<u64, BTreeMap<u64, Vec<usize>>> = BTreeMap::new();
     for (i, (&t, &m)) in templates.iter().zip(medias).enumerate() {
-        by_template.entry(t).or_default().entry(m).or_default().push(i);
+        by_template
+            .entry(t)
+            .or_default()
+            .entry(m)
+            .or_default()
+            .push(i);
     }
     let ids: Vec<u64> = by_template.keys().copied().collect();
     let groups: Vec<&BTreeMap<u64, Vec<usize>>> = by_template.values().collect();
     let mut feats = vec![0f64; ids.len() * d];
-    feats.par_chunks_mut(d).zip(groups).for_each(|(row, media)| {
-        for members in media.values() {
-            let mut mean = vec![0f64; d];
-            for &i in members {
-                for (m, v) in mean.iter_mut().zip(&images[i * d..(i + 1) * d]) {
-                    *m += v;
+    feats
+        .par_chunks_mut(d)
+        .zip(groups)
+        .for_each(|(row, media)| {
+            for members in media.values() {
+                let mut mean = vec![0f64; d];
+                for &i in members {
+                    for (m, v) in mean.iter_mut().zip(&images[i * d..(i + 1) * d]) {
+                        *m += v;
+                    }
+                }
+                for (r, m) in row.iter_mut().zip(&mean) {
+                    *r += m / members.len() as f64;
                 }
             }
-            for (r, m) in row.iter_mut().zip(&mean) {
-                *r += m / members.len() as f64;
+            let norm = row.iter().map(|v| v * v).sum::<f64>().sqrt();
+            if norm > 0.0 {
+                row.iter_mut().for_each(|v| *v /= norm);
             }
-        }
-        let norm = row.iter().map(|v| v * v).sum::<f64>().sqrt();
-        if norm > 0.0 {
-            row.iter_mut().for_each(|v| *v /= norm);
-        }
-    });
+        });
     (ids, feats)
 }
 
@@ -169,7 +183,11 @@ pub fn pair_scores(ids: &[u64], feats: &[f64], d: usize, pairs: &[(u64, u64, boo
         .for_each(|(out, chunk)| {
             for (s, (t1, t2, _)) in out.iter_mut().zip(chunk) {
                 let (a, b) = (row[t1] * d, row[t2] * d);
-                *s = feats[a..a + d].iter().zip(&feats[b..b + d]).map(|(x, y)| x * y).sum();
+                *s = feats[a..a + d]
+                    .iter()
+                    .zip(&feats[b..b + d])
+                    .map(|(x, y)| x * y)
+                    .sum();
             }
         });
     scores
@@ -179,16 +197,27 @@ pub fn pair_scores(ids: &[u64], feats: &[f64], d: usize, pairs: &[(u64, u64, boo
 pub fn evaluate_features(set: &IjbSet, raw: &[f32], protocol: Protocol) -> Result<IjbResult> {
     let n = set.crops.len();
     anyhow::ensure!(
-        raw.len() % (2 * n.max(1)) == 0 && !raw.is_empty(),
+        raw.len().is_multiple_of(2 * n.max(1)) && !raw.is_empty(),
         "{} values of features for {n} crops: expected [crops, 2 × embedding] (plain, then mirrored)",
         raw.len()
     );
     let d = raw.len() / n / 2;
+    let mut clock = std::time::Instant::now();
+    let mut seconds = [0.0; 4];
+    let mut lap = |k: usize| {
+        seconds[k] = clock.elapsed().as_secs_f64();
+        clock = std::time::Instant::now();
+    };
     let images = image_features(raw, &set.scores, protocol);
+    lap(0);
     let (ids, feats) = template_features(&images, d, &set.templates, &set.medias);
+    drop(images);
+    lap(1);
     let scores = pair_scores(&ids, &feats, d, &set.pairs);
+    lap(2);
     let labels: Vec<bool> = set.pairs.iter().map(|p| p.2).collect();
     let roc = roc::roc_curve(&labels, &scores);
+    lap(3);
     let tar_at_far = FARS
         .iter()
         .map(|&(key, far)| (key.to_string(), roc::tar_at_far(&roc, far)))
@@ -201,5 +230,6 @@ pub fn evaluate_features(set: &IjbSet, raw: &[f32], protocol: Protocol) -> Resul
         auc: roc::auc(&roc.fpr, &roc.tpr),
         tar_at_far,
         roc,
+        seconds,
     })
 }

@@ -37,11 +37,18 @@ pub fn read(path: &Path) -> Result<(usize, usize, Vec<f32>)> {
     }
     let (len, start) = match bytes[6] {
         1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
-        2 | 3 if bytes.len() >= 12 => (u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize, 12),
+        2 | 3 if bytes.len() >= 12 => (
+            u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize,
+            12,
+        ),
         _ => return Err(bad("unknown version")),
     };
-    let header = std::str::from_utf8(bytes.get(start..start + len).ok_or_else(|| bad("short header"))?)
-        .map_err(|_| bad("header not text"))?;
+    let header = std::str::from_utf8(
+        bytes
+            .get(start..start + len)
+            .ok_or_else(|| bad("short header"))?,
+    )
+    .map_err(|_| bad("header not text"))?;
     let width = if header.contains("'<f4'") {
         4
     } else if header.contains("'<f8'") {
@@ -65,15 +72,27 @@ pub fn read(path: &Path) -> Result<(usize, usize, Vec<f32>)> {
         .collect::<Result<_, _>>()
         .map_err(|_| bad("shape"))?;
     let [rows, cols] = dims[..] else {
-        bail!("{}: shape {dims:?}, expected 2-D [crops, features]", path.display());
+        bail!(
+            "{}: shape {dims:?}, expected 2-D [crops, features]",
+            path.display()
+        );
     };
     let body = &bytes[start + len..];
     if body.len() != rows * cols * width {
-        return Err(bad(&format!("{} data bytes for shape ({rows}, {cols})", body.len())));
+        return Err(bad(&format!(
+            "{} data bytes for shape ({rows}, {cols})",
+            body.len()
+        )));
     }
     let values = match width {
-        4 => body.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect(),
-        _ => body.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32).collect(),
+        4 => body
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect(),
+        _ => body
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32)
+            .collect(),
     };
     Ok((rows, cols, values))
 }
