@@ -171,8 +171,9 @@ fn ijb_verification_equals_eval_ijbc_and_aligns_as_opencv() {
     for flags in [
         &[][..],
         &["--no-flip"],
-        &["--norm-score"],
+        &["--no-norm"],
         &["--no-detector-score"],
+        &["--no-flip", "--no-norm", "--no-detector-score"],
     ] {
         let mut args = vec![
             "eval",

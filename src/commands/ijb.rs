@@ -25,9 +25,10 @@ pub struct IjbArgs {
     /// eval_ijbc's use_flip_test = False: the plain embedding alone.
     #[arg(long, requires = "ijb")]
     pub no_flip: bool,
-    /// eval_ijbc's use_norm_score = True: keep each image feature's norm.
+    /// eval_ijbc's use_norm_score = False: L2-normalise each image feature (its norm is kept
+    /// otherwise, as eval_ijbc's default).
     #[arg(long, requires = "ijb")]
-    pub norm_score: bool,
+    pub no_norm: bool,
     /// eval_ijbc's use_detector_score = False: do not weight by the detector's score.
     #[arg(long, requires = "ijb")]
     pub no_detector_score: bool,
@@ -69,7 +70,7 @@ pub fn run(args: &super::eval::EvalArgs, cli_device: &Option<String>) -> Result<
     };
     let protocol = Protocol {
         flip: !a.no_flip,
-        norm_score: a.norm_score,
+        norm_score: !a.no_norm,
         detector_score: !a.no_detector_score,
     };
     let result = ijb::evaluate_features(&set, &raw, protocol)?;

@@ -1,7 +1,7 @@
 """Independent reference of arcface_torch's eval_ijbc.py (numpy + scikit-learn), and of its
 alignment (skimage's SimilarityTransform + OpenCV's warpAffine).
 
-`python ijb.py verify DIR TARGET FEATURES.npy [--no-flip] [--norm-score] [--no-detector-score]`
+`python ijb.py verify DIR TARGET FEATURES.npy [--no-flip] [--no-norm] [--no-detector-score]`
 prints {"auc", "tar_at_far": {"1e-06": ...}, "templates", "pairs"}: eval_ijbc.py's
 read_template_media_list, read_template_pair_list, image2template_feature, verification,
 roc_curve / auc and its nearest-FPR table, in float64.
@@ -102,7 +102,7 @@ def main():
     if sys.argv[1] == "verify":
         d, t, f = sys.argv[2:5]
         rest = sys.argv[5:]
-        print(json.dumps(verify(d, t, f, "--no-flip" not in rest, "--norm-score" in rest,
+        print(json.dumps(verify(d, t, f, "--no-flip" not in rest, "--no-norm" not in rest,
                                 "--no-detector-score" not in rest)))
     else:
         align(*sys.argv[2:5])

@@ -1,7 +1,7 @@
 //! IJB-B / IJB-C 1:1 verification as arcface_torch's eval_ijbc.py computes it: each crop aligned
 //! by the similarity transform of its five points onto the ArcFace template (112×112, zero
-//! border), embedded with its mirror; per image the sum of the two (or the plain one), L2
-//! normalised unless the norm is kept, times the detector score; per template, the images of
+//! border), embedded with its mirror; per image the sum of the two (or the plain one), its norm
+//! kept (or L2 normalised), times the detector score; per template, the images of
 //! one media averaged and the media summed, L2 normalised; a pair's score the cosine of its
 //! templates; the ROC as scikit-learn's `roc_curve` (drop_intermediate), its AUC, and TAR at each
 //! FAR taken at the nearest FPR (ties to the larger TPR), as eval_ijbc's table.
@@ -31,12 +31,12 @@ pub const FARS: [(&str, f64); 6] = [
     ("0.1", 1e-1),
 ];
 
-/// eval_ijbc.py's modes (its defaults: all true but `norm_score`).
+/// eval_ijbc.py's modes (its defaults: all true).
 #[derive(Debug, Clone, Copy)]
 pub struct Protocol {
     /// Add the mirror image's embedding (use_flip_test).
     pub flip: bool,
-    /// Keep each image feature's norm (use_norm_score); else L2-normalise it.
+    /// Keep each image feature's norm (use_norm_score, test mode N1); else L2-normalise it.
     pub norm_score: bool,
     /// Multiply by the detector's score (use_detector_score).
     pub detector_score: bool,
@@ -46,7 +46,7 @@ impl Default for Protocol {
     fn default() -> Self {
         Protocol {
             flip: true,
-            norm_score: false,
+            norm_score: true,
             detector_score: true,
         }
     }
