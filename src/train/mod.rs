@@ -103,6 +103,13 @@ pub fn train_with(
     };
     let loader =
         Loader::new(dataset.clone(), loader_config, state.cursor).map_err(anyhow::Error::msg)?;
+    // After the loader's own check (a world the data cannot feed says so first).
+    anyhow::ensure!(
+        num_classes >= group.world(),
+        "{num_classes} identities cannot be split over {} ranks (each rank holds a range of the \
+         class centres): use at most {num_classes} ranks",
+        group.world()
+    );
     let per_epoch = loader.plan.batches_per_epoch();
     let total_steps = per_epoch * config.num_epoch;
     let schedule = Schedule {

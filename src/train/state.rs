@@ -53,13 +53,6 @@ pub fn start_or_resume(
     notes: &mut Vec<String>,
 ) -> Result<State> {
     let resume_from = resume_path(config, &options.resume)?;
-    if num_classes < group.world() {
-        bail!(
-            "{num_classes} identities cannot be split over {} ranks (each rank holds a range of \
-             the class centres): use at most {num_classes} ranks",
-            group.world()
-        );
-    }
     let head = PartialFc::new(
         num_classes,
         group.world(),
