@@ -112,6 +112,20 @@ fn ok(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The tiny config's untrained network as ONNX, in `dir`.
+fn tiny_onnx(dir: &Path) -> PathBuf {
+    let model = dir.join("tiny.onnx");
+    let config = common::root().join("configs/tiny.toml");
+    ok(&[
+        "export",
+        "--config",
+        config.to_str().unwrap(),
+        "--onnx",
+        model.to_str().unwrap(),
+    ]);
+    model
+}
+
 fn reference(args: &[&str]) -> serde_json::Value {
     let out = Command::new(common::python())
         .arg(common::root().join("tests/reference/ijb.py"))
@@ -130,15 +144,7 @@ fn reference(args: &[&str]) -> serde_json::Value {
 fn ijb_verification_equals_eval_ijbc_and_aligns_as_opencv() {
     let root = tempfile::tempdir().unwrap();
     let dir = ijb_folder(root.path());
-    let model = root.path().join("tiny.onnx");
-    let config = common::root().join("configs/tiny.toml");
-    ok(&[
-        "export",
-        "--config",
-        config.to_str().unwrap(),
-        "--onnx",
-        model.to_str().unwrap(),
-    ]);
+    let model = tiny_onnx(root.path());
     let features = root.path().join("features.npy");
     let roc = root.path().join("roc.png");
     let d = dir.to_str().unwrap();
@@ -239,15 +245,7 @@ fn bad_ijb_folders_name_the_file_and_line() {
     let root = tempfile::tempdir().unwrap();
     let dir = ijb_folder(root.path());
     let d = dir.to_str().unwrap();
-    let model = root.path().join("tiny.onnx");
-    let config = common::root().join("configs/tiny.toml");
-    ok(&[
-        "export",
-        "--config",
-        config.to_str().unwrap(),
-        "--onnx",
-        model.to_str().unwrap(),
-    ]);
+    let model = tiny_onnx(root.path());
     let eval = |expect: &[&str]| {
         let out = run(&["eval", "--model", model.to_str().unwrap(), "--ijb", d]);
         let err = String::from_utf8_lossy(&out.stderr).into_owned();

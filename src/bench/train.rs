@@ -172,13 +172,7 @@ pub fn train(
     if let Some(widths) = options.widths {
         backbone.widths = widths;
     }
-    let head = PartialFc::new(
-        num_classes,
-        group.world(),
-        group.rank(),
-        config.sample_rate,
-        config.seed,
-    );
+    let head = PartialFc::for_rank(config, num_classes, &group);
     let range = head.classes;
     let mut model = Trainee {
         head: head_config(config, num_classes).init_rows(

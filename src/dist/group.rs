@@ -115,16 +115,17 @@ impl Group {
         anyhow!("{what}: {message}")
     }
 
-    /// Runs `collective` on the engine, or returns `alone` on a single rank.
-    fn run<T>(
+    /// `collective` of `value` on the engine; on a single rank, `value` itself (every
+    /// collective of one rank is the identity).
+    fn run<V>(
         &self,
         what: &str,
-        alone: impl FnOnce() -> T,
-        collective: impl FnOnce(&Engine) -> Result<T, String>,
-    ) -> Result<T> {
+        value: V,
+        collective: impl FnOnce(&Engine, V) -> Result<V, String>,
+    ) -> Result<V> {
         match &self.engine {
-            None => Ok(alone()),
-            Some(engine) => collective(engine).map_err(|e| self.failed(what, e)),
+            None => Ok(value),
+            Some(engine) => collective(engine, value).map_err(|e| self.failed(what, e)),
         }
     }
 
@@ -159,22 +160,15 @@ impl Group {
 
     /// Every rank's `values` (as many on every rank), concatenated in rank order.
     pub fn all_gather_i64(&self, values: &[i64], what: &str) -> Result<Vec<i64>> {
-        self.run(
-            what,
-            || values.to_vec(),
-            |e| e.all_gather_i64(values, &self.device),
-        )
+        self.run(what, values.to_vec(), |e, v| {
+            e.all_gather_i64(&v, &self.device)
+        })
     }
 
     /// Every rank's rows ([n, d] on each, this rank's device) stacked in rank order:
     /// [world · n, d].
     pub fn all_gather_rows(&self, tensor: Tensor<2>, what: &str) -> Result<Tensor<2>> {
-        match &self.engine {
-            None => Ok(tensor),
-            Some(engine) => engine
-                .all_gather_rows(tensor)
-                .map_err(|e| self.failed(what, e)),
-        }
+        self.run(what, tensor, |e, t| e.all_gather_rows(t))
     }
 
     /// Checks that every rank holds the same `value` (a hash of something that must agree);
@@ -200,12 +194,7 @@ impl Group {
         tensor: Tensor<D>,
         what: &str,
     ) -> Result<Tensor<D>> {
-        match &self.engine {
-            None => Ok(tensor),
-            Some(engine) => engine
-                .all_reduce_sum(tensor)
-                .map_err(|e| self.failed(what, e)),
-        }
+        self.run(what, tensor, |e, t| e.all_reduce_sum(t))
     }
 
     /// The element-wise maximum over the ranks (this rank's device).
@@ -214,12 +203,7 @@ impl Group {
         tensor: Tensor<D>,
         what: &str,
     ) -> Result<Tensor<D>> {
-        match &self.engine {
-            None => Ok(tensor),
-            Some(engine) => engine
-                .all_reduce_max(tensor)
-                .map_err(|e| self.failed(what, e)),
-        }
+        self.run(what, tensor, |e, t| e.all_reduce_max(t))
     }
 
     /// Seconds one all-reduce of `bytes` (f32) takes, the mean of `iterations` after one

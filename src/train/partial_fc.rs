@@ -98,6 +98,17 @@ impl PartialFc {
         }
     }
 
+    /// The head `config` describes for `num_classes` identities, as this rank of `group`.
+    pub fn for_rank(config: &crate::config::Config, num_classes: usize, group: &Group) -> Self {
+        Self::new(
+            num_classes,
+            group.world(),
+            group.rank(),
+            config.sample_rate,
+            config.seed,
+        )
+    }
+
     /// Centres one step uses when sampling: ⌊sample_rate · len⌋ (PartialFC_V2's num_sample),
     /// at least one: PartialFC_V2 fails on a rank left with no centre at all (no positive in
     /// the batch and ⌊sample_rate · len⌋ = 0), one drawn negative keeps its softmax defined.

@@ -53,13 +53,7 @@ pub fn start_or_resume(
     notes: &mut Vec<String>,
 ) -> Result<State> {
     let resume_from = resume_path(config, &options.resume)?;
-    let head = PartialFc::new(
-        num_classes,
-        group.world(),
-        group.rank(),
-        config.sample_rate,
-        config.seed,
-    );
+    let head = PartialFc::for_rank(config, num_classes, group);
     let classes = head.classes.start..head.classes.end();
     let mut state = State {
         // Seeded: two runs of one config start from the same weights, at any world size.
