@@ -11,7 +11,8 @@ use crate::checkpoint::load_backbone;
 use crate::model::iresnet::INPUT_SIZE;
 use crate::model::{IResNet, Precision, memory_format};
 use crate::onnx::OnnxEmbedder;
-use crate::onnx::import::read_file;
+use crate::onnx::import::{IMPORT_TOLERANCE, compare_outputs, read_file};
+use crate::onnx::input::{Input, InputConvention};
 
 /// Values in one [3,112,112] image.
 pub const IMAGE_VALUES: usize = 3 * INPUT_SIZE * INPUT_SIZE;
@@ -41,6 +42,8 @@ pub enum Embedder {
         options: BurnOptions,
         /// What the user should know about how the model got here (an ONNX file's import).
         notes: Vec<String>,
+        /// An ONNX file's input convention, when the model came from one.
+        input: Option<Input>,
     },
     Onnx(OnnxEmbedder),
 }
@@ -50,13 +53,28 @@ impl Embedder {
     /// tract (the fastest on the CPU: docs/PERFORMANCE.md) where tract can do what is asked,
     /// fp32 on burn's CPU device; on a LibTorch device or in bf16 its weights are imported into
     /// our backbone, which then runs on `device` as a checkpoint would.
-    pub fn load(path: &Path, device: &Device, options: BurnOptions) -> Result<Embedder> {
+    ///
+    /// `input` says what pixels an ONNX file takes (src/onnx/input.rs); a checkpoint takes raw
+    /// RGB 0–255, and `--onnx-input` with one is refused.
+    pub fn load(
+        path: &Path,
+        device: &Device,
+        options: BurnOptions,
+        input: InputConvention,
+    ) -> Result<Embedder> {
         if !is_onnx(path) {
+            if input != InputConvention::Auto {
+                bail!(
+                    "{}: --onnx-input is for ONNX files; a checkpoint takes RGB 0–255",
+                    path.display()
+                );
+            }
             let (model, _) = load_backbone(path, device)?;
             return Ok(Embedder::burn_with(model, device, options));
         }
         if *device == Device::flex() && options.precision == Precision::Fp32 {
-            return Ok(Embedder::Onnx(OnnxEmbedder::load(path)?));
+            let onnx = OnnxEmbedder::load_with(path, Default::default(), input)?;
+            return Ok(Embedder::Onnx(onnx));
         }
         let not_ours = || {
             format!(
@@ -66,9 +84,20 @@ impl Embedder {
                 path.display()
             )
         };
-        let (_, repairs, imported) = read_file(path).with_context(not_ours)?;
+        let (proto, prepared, imported) = read_file(path, input).with_context(not_ours)?;
         let model = imported.backbone(device).with_context(not_ours)?;
-        let mut notes = repairs;
+        // As `arcface import`: the file run by tract and our backbone must agree, or the import
+        // misread it.
+        let difference =
+            compare_outputs(proto, &model, device).with_context(|| path.display().to_string())?;
+        if difference > IMPORT_TOLERANCE {
+            bail!(
+                "{}: our backbone with the file's weights differs from the file run by tract by \
+                 {difference:.2e} (relative): not imported",
+                path.display()
+            );
+        }
+        let mut notes = prepared.notes();
         notes.extend(imported.notes);
         notes.push(format!(
             "runs as our {} backbone with the file's weights (tract runs ONNX files in fp32 on \
@@ -80,6 +109,7 @@ impl Embedder {
             device: device.clone(),
             options,
             notes,
+            input: Some(prepared.input),
         })
     }
 
@@ -94,6 +124,7 @@ impl Embedder {
             device: device.clone(),
             options,
             notes: Vec::new(),
+            input: None,
         }
     }
 
@@ -104,11 +135,20 @@ impl Embedder {
         }
     }
 
-    /// Messages about the loaded model a user should see (the zoo repairs).
-    pub fn notes(&self) -> &[String] {
+    /// Messages about the loaded model a user should see (an ONNX file's repairs, input
+    /// convention and import).
+    pub fn notes(&self) -> Vec<String> {
         match self {
-            Embedder::Burn { notes, .. } => notes,
-            Embedder::Onnx(onnx) => &onnx.repairs,
+            Embedder::Burn { notes, .. } => notes.clone(),
+            Embedder::Onnx(onnx) => onnx.prepared.notes(),
+        }
+    }
+
+    /// The input convention of an ONNX file (None for a checkpoint, which takes RGB 0–255).
+    pub fn input(&self) -> Option<Input> {
+        match self {
+            Embedder::Burn { input, .. } => *input,
+            Embedder::Onnx(onnx) => Some(onnx.prepared.input),
         }
     }
 

@@ -444,7 +444,8 @@ fn libtorch_inference_equals_the_cpu_backends() {
     arcface::onnx::export::write(&proto, &file).unwrap();
     for (device_name, device, slack) in libtorch_devices() {
         let options = arcface::embedder::BurnOptions::default();
-        let embedder = arcface::embedder::Embedder::load(&file, &device, options).unwrap();
+        let embedder =
+            arcface::embedder::Embedder::load(&file, &device, options, Default::default()).unwrap();
         assert!(
             matches!(embedder, arcface::embedder::Embedder::Burn { .. }),
             "{device_name}: an ONNX file ran with tract"

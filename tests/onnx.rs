@@ -16,7 +16,7 @@ use arcface::config::Config;
 use arcface::embedder::{Embedder, IMAGE_VALUES};
 use arcface::model::summary::count_params;
 use arcface::model::{IResNet, Network, backbone_config};
-use arcface::onnx::{self, Batch, ConvAlgorithm, OnnxEmbedder};
+use arcface::onnx::{self, Batch, ConvAlgorithm, InputConvention, OnnxEmbedder};
 use common::{arcface, run_reference};
 
 fn write_f32(path: &Path, values: &[f32]) {
@@ -193,7 +193,7 @@ fn check_export(network: Network, embedding_size: usize) {
         (f4x4, f2x2, unit_convs, unit_convs),
         "Winograd convolutions in {network}"
     );
-    let im2col = OnnxEmbedder::load_with(&file, ConvAlgorithm::Im2col).unwrap();
+    let im2col = OnnxEmbedder::load_with(&file, ConvAlgorithm::Im2col, Default::default()).unwrap();
     assert_eq!(im2col.winograd.total(), 0);
     for n in [1, 4] {
         let batch = &images[..n * IMAGE_VALUES];
@@ -303,17 +303,22 @@ fn zoo_style_file_runs_in_tract_and_imports_after_repair() {
     // tract loads the defective file itself.
     let tract = OnnxEmbedder::load(&zoo).unwrap();
     assert!(
-        tract.repairs.iter().any(|r| r.contains("spatial=0")),
+        tract
+            .prepared
+            .repairs
+            .iter()
+            .any(|r| r.contains("spatial=0")),
         "{:?}",
-        tract.repairs
+        tract.prepared.repairs
     );
     assert!(
         tract
+            .prepared
             .repairs
             .iter()
             .any(|r| r.contains("reshaped to [64, 1, 1]")),
         "{:?}",
-        tract.repairs
+        tract.prepared.repairs
     );
     let t = relative(&tract.embed(&images).unwrap(), &reference, 512);
     assert!(
@@ -323,7 +328,11 @@ fn zoo_style_file_runs_in_tract_and_imports_after_repair() {
 
     // Import finds an r18 by its structure (MXNet names) and gives the same embeddings.
     let mut proto = onnx::load::read_model(&zoo).unwrap();
-    onnx::load::repair_zoo_defects(&mut proto).unwrap();
+    let prepared = onnx::load::prepare(&mut proto, InputConvention::Auto).unwrap();
+    assert!(
+        !prepared.input.normalized && prepared.input.detected,
+        "Sub and Mul inside: raw 0–255 in"
+    );
     let imported = onnx::import::import(&proto).unwrap();
     assert_eq!(imported.network, Network::R18);
     assert_eq!(imported.embedding_size, 512);
@@ -351,38 +360,57 @@ fn zoo_style_file_runs_in_tract_and_imports_after_repair() {
 }
 
 #[test]
-fn torch_style_file_imports_with_its_epsilon_and_without_inner_normalisation() {
+fn torch_style_file_takes_normalised_input_and_imports_with_its_epsilon_and_scale() {
     let dir = tempfile::tempdir().unwrap();
     let (file, _) = reference_file(dir.path(), "torch", [1, 1, 1, 1], [8, 16, 32, 64], 128);
     let images = random_images(2, 9);
-    // The file expects normalised input; our imported model takes raw RGB.
-    let normalised: Vec<f32> = images.iter().map(|x| (x - 127.5) * 0.0078125).collect();
+    // No Sub/Mul inside: insightface feeds such a file (x − 127.5) / 127.5.
+    let normalised: Vec<f32> = images.iter().map(|x| (x - 127.5) / 127.5).collect();
     let (reference, facts) = onnxruntime(&file, &normalised, dir.path());
     assert_eq!(facts["ir_version"], 4);
-    let mut proto = onnx::load::read_model(&file).unwrap();
+
+    // tract, given raw pixels, normalises them as insightface would.
+    let tract = OnnxEmbedder::load(&file).unwrap();
+    assert!(tract.prepared.input.normalized && tract.prepared.input.detected);
     assert!(
-        onnx::load::repair_zoo_defects(&mut proto)
-            .unwrap()
-            .is_empty()
+        tract
+            .prepared
+            .notes()
+            .iter()
+            .any(|n| n.contains("(x − 127.5) / 127.5")),
+        "{:?}",
+        tract.prepared.notes()
     );
+    let t = relative(&tract.embed(&images).unwrap(), &reference, 128);
+    assert!(
+        t < 1e-5,
+        "tract on raw pixels vs onnxruntime on normalised ones: {t}"
+    );
+    // Told the file takes raw pixels, it gets them as they are: another (wrong) answer.
+    let raw = OnnxEmbedder::load_with(&file, Default::default(), InputConvention::Raw).unwrap();
+    let r = relative(&raw.embed(&images).unwrap(), &reference, 128);
+    assert!(r > 1e-2, "--onnx-input raw changes what goes in: {r}");
+
+    let mut proto = onnx::load::read_model(&file).unwrap();
+    let prepared = onnx::load::prepare(&mut proto, InputConvention::Auto).unwrap();
+    assert!(prepared.repairs.is_empty());
     let imported = onnx::import::import(&proto).unwrap();
     assert_eq!(imported.network, Network::Tiny);
-    assert!(
-        imported.notes.iter().any(|n| n.contains("epsilon 0.00001")),
-        "{:?}",
-        imported.notes
-    );
-    assert!(
-        imported
-            .notes
-            .iter()
-            .any(|n| n.contains("does not normalise")),
-        "{:?}",
-        imported.notes
-    );
+    for note in ["epsilon 0.00001", "folded into the stem convolution"] {
+        assert!(
+            imported.notes.iter().any(|n| n.contains(note)),
+            "{note}: {:?}",
+            imported.notes
+        );
+    }
     let model = imported.backbone(&Device::flex()).unwrap();
     let b = relative(&burn_embed(&model, &images), &reference, 128);
     assert!(b < 1e-4, "imported vs onnxruntime: {b}");
+    // An unnormalised input cannot be carried by our backbone exactly: refused.
+    let mut proto = onnx::load::read_model(&file).unwrap();
+    onnx::load::prepare(&mut proto, InputConvention::Raw).unwrap();
+    let e = onnx::import::import(&proto).err().unwrap().to_string();
+    assert!(e.contains("unnormalised"), "{e}");
 }
 
 #[test]

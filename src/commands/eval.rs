@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use arcface::data::bin::PairSet;
 use arcface::embedder::BurnOptions;
 use arcface::eval::embed::evaluate;
+use arcface::onnx::InputConvention;
 
 #[derive(clap::Args)]
 pub struct EvalArgs {
@@ -18,6 +19,9 @@ pub struct EvalArgs {
     pub(super) model: Option<PathBuf>,
     #[command(flatten)]
     pub(super) burn: BurnOptions,
+    /// What pixels an ONNX file takes (found as insightface finds it unless given).
+    #[arg(long, value_enum, default_value_t)]
+    pub(super) onnx_input: InputConvention,
     #[command(flatten)]
     pub(super) ijb: super::ijb::IjbArgs,
     /// Evaluate every .bin in this folder.
@@ -66,7 +70,7 @@ pub fn run(args: &EvalArgs, cli_device: &Option<String>) -> Result<()> {
         .model
         .as_ref()
         .context("--model is needed to embed the .bin images")?;
-    let embedder = super::embedder(model, args.burn, cli_device)?;
+    let embedder = super::embedder(model, args.burn, args.onnx_input, cli_device)?;
     let mut results = Vec::new();
     for file in &files {
         let name = file
@@ -80,7 +84,10 @@ pub fn run(args: &EvalArgs, cli_device: &Option<String>) -> Result<()> {
     if args.json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&serde_json::json!({ "targets": results }))?
+            serde_json::to_string_pretty(&serde_json::json!({
+                "targets": results,
+                "model": super::infer::model_json(&embedder),
+            }))?
         );
     } else {
         println!(

@@ -11,7 +11,7 @@ use arcface::checkpoint::{load_backbone, named_tensors};
 use arcface::config::Config;
 use arcface::model::backbone_config;
 use arcface::model::summary::thousands;
-use arcface::onnx::{self, Batch};
+use arcface::onnx::{self, Batch, InputConvention};
 
 #[derive(clap::Args)]
 pub struct ExportArgs {
@@ -44,6 +44,9 @@ pub struct ImportArgs {
     /// The checkpoint to write.
     #[arg(long)]
     out: PathBuf,
+    /// What pixels the ONNX file takes (found as insightface finds it unless given).
+    #[arg(long, value_enum, default_value_t)]
+    onnx_input: InputConvention,
 }
 
 pub fn export(args: &ExportArgs, cli_device: &Option<String>) -> Result<()> {
@@ -94,13 +97,20 @@ pub fn export(args: &ExportArgs, cli_device: &Option<String>) -> Result<()> {
 pub fn import(args: &ImportArgs, cli_device: &Option<String>) -> Result<()> {
     let path = &args.onnx;
     let context = || path.display().to_string();
-    let (proto, repairs, imported) = onnx::import::read_file(path)?;
+    let (proto, prepared, imported) = onnx::import::read_file(path, args.onnx_input)?;
     let device = super::device_or_cpu(cli_device)?;
     let model = imported.backbone(&device).with_context(context)?;
     // The file, run by tract, and our model with its weights must agree.
     let difference = onnx::import::compare_outputs(proto, &model, &device).with_context(context)?;
+    if difference > onnx::import::IMPORT_TOLERANCE {
+        bail!(
+            "{}: our backbone with the file's weights differs from the file run by tract by \
+             {difference:.2e} (relative): not imported (a graph we misread; please report it)",
+            path.display()
+        );
+    }
     imported.checkpoint().save(&args.out)?;
-    for note in repairs.iter().chain(&imported.notes) {
+    for note in prepared.notes().iter().chain(&imported.notes) {
         println!("note: {note}");
     }
     let values: usize = imported.tensors.values().map(|t| t.num_elements()).sum();

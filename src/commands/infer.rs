@@ -8,6 +8,7 @@ use serde_json::json;
 
 use arcface::embedder::BurnOptions;
 use arcface::infer::{ImageResult, Mtcnn, MtcnnConfig, Pipeline, cosine};
+use arcface::onnx::InputConvention;
 use arcface::progress;
 
 #[derive(clap::Args)]
@@ -21,6 +22,9 @@ pub struct InferArgs {
     model: PathBuf,
     #[command(flatten)]
     burn: BurnOptions,
+    /// What pixels an ONNX file takes (found as insightface finds it unless given).
+    #[arg(long, value_enum, default_value_t)]
+    onnx_input: InputConvention,
     #[arg(long)]
     json: bool,
     /// The inputs are already aligned 112×112 face crops: no detection.
@@ -53,7 +57,7 @@ pub struct InferArgs {
 }
 
 fn pipeline(args: &InferArgs, cli_device: &Option<String>) -> Result<Pipeline> {
-    let embedder = super::embedder(&args.model, args.burn, cli_device)?;
+    let embedder = super::embedder(&args.model, args.burn, args.onnx_input, cli_device)?;
     let detector = if args.no_detect {
         None
     } else {
@@ -110,7 +114,11 @@ pub fn run(args: &InferArgs, cli_device: &Option<String>) -> Result<()> {
     if args.json {
         println!(
             "{}",
-            serde_json::to_string(&json!({ "images": results, "similarity": similarity }))?
+            serde_json::to_string(&json!({
+                "images": results,
+                "similarity": similarity,
+                "model": model_json(&pipeline.embedder),
+            }))?
         );
     } else {
         print_table(&results, similarity.as_deref(), args.threshold);
@@ -122,6 +130,16 @@ pub fn run(args: &InferArgs, cli_device: &Option<String>) -> Result<()> {
         bail!("cannot compare: {} image(s) without a face", faceless.len());
     }
     Ok(())
+}
+
+/// What `--json` says of the model: its input convention ("raw": RGB 0–255 into the file;
+/// "normalized": (x − 127.5)/127.5) and the notes printed on stderr.
+pub(super) fn model_json(embedder: &arcface::embedder::Embedder) -> serde_json::Value {
+    json!({
+        "input": embedder.input().map_or("raw", |i| i.name()),
+        "input_detected": embedder.input().is_some_and(|i| i.detected),
+        "notes": embedder.notes(),
+    })
 }
 
 fn print_table(results: &[ImageResult], similarity: Option<&[Vec<f32>]>, threshold: f32) {

@@ -17,6 +17,7 @@ use burn::tensor::Device;
 
 use arcface::device;
 use arcface::embedder::{BurnOptions, Embedder};
+use arcface::onnx::InputConvention;
 
 /// `--device`, else the CPU, for commands without a config. They run on one device: a list of
 /// GPUs (training's data parallelism) is refused rather than cut to its first.
@@ -31,10 +32,11 @@ pub fn device_or_cpu(cli_device: &Option<String>) -> Result<Device> {
 pub fn embedder(
     model: &Path,
     options: BurnOptions,
+    input: InputConvention,
     cli_device: &Option<String>,
 ) -> Result<Embedder> {
     let device = device_or_cpu(cli_device)?;
-    let embedder = Embedder::load(model, &device, options)?;
+    let embedder = Embedder::load(model, &device, options, input)?;
     for note in embedder.notes() {
         eprintln!("{}: {note}", model.display());
     }

@@ -17,14 +17,15 @@ use burn::module::Module;
 use burn::tensor::Device;
 
 use super::OnnxEmbedder;
-use super::load::embedder_input;
+use super::input::InputConvention;
+use super::load::{Prepared, embedder_input};
 use super::proto::attribute;
 use super::walk::{UnitShape, Walk};
 use crate::checkpoint::{Checkpoint, Meta, load_named};
 use crate::config::Config;
 use crate::data::loader::Cursor;
 use crate::embedder::{Embedder, IMAGE_VALUES};
-use crate::model::iresnet::INPUT_SIZE;
+use crate::model::iresnet::{BN_EPS, INPUT_MEAN, INPUT_SCALE, INPUT_SIZE};
 use crate::model::{IResNet, Network, backbone_config};
 
 pub struct Imported {
@@ -36,17 +37,21 @@ pub struct Imported {
     pub notes: Vec<String>,
 }
 
-/// Reads an ONNX file, repairs the zoo's defects and imports it: the repaired graph, the
-/// repairs made, and the backbone. Errors name the file.
-pub fn read_file(path: &std::path::Path) -> Result<(pb::ModelProto, Vec<String>, Imported)> {
+/// Reads an ONNX file, repairs the zoo's defects, puts its input convention in front
+/// ([`prepare`](super::load::prepare)) and imports it: the prepared graph, what preparing did,
+/// and the backbone. Errors name the file.
+pub fn read_file(
+    path: &std::path::Path,
+    input: InputConvention,
+) -> Result<(pb::ModelProto, Prepared, Imported)> {
     let mut proto = super::load::read_model(path)?;
     let context = || path.display().to_string();
-    let repairs = super::load::repair_zoo_defects(&mut proto).with_context(context)?;
+    let prepared = super::load::prepare(&mut proto, input).with_context(context)?;
     let imported = import(&proto).with_context(context)?;
-    Ok((proto, repairs, imported))
+    Ok((proto, prepared, imported))
 }
 
-/// Reads the backbone out of a (repaired) LResNet-E-IR graph.
+/// Reads the backbone out of a prepared LResNet-E-IR graph (raw 0–255 input).
 pub fn import(model: &pb::ModelProto) -> Result<Imported> {
     let graph = model.graph.as_ref().context("no graph")?;
     let mut walk = Walk::new(graph);
@@ -58,12 +63,29 @@ pub fn import(model: &pb::ModelProto) -> Result<Imported> {
         .find(|i| i.name == input)
         .map(|i| i.name.as_str())
         .expect("embedder_input found it");
-    let x = walk.skip_preprocess(input)?;
-    let (x, [stem, in_channels, _, stride]) = walk.conv(walk.next(x, &["Conv"])?, "conv1")?;
+    let (x, mean, scale) = walk.preprocess(input)?;
+    let stem_scale = stem_scale(mean, scale)?;
+    let conv1 = walk.next(x, &["Conv"])?;
+    let (x, [stem, in_channels, _, stride]) = walk.conv_bn(conv1, "conv1", "bn1")?;
     if in_channels != 3 || stride != 1 {
         bail!("the first Conv takes {in_channels} channels with stride {stride}; expected 3, 1");
     }
-    let (x, c) = walk.batch_norm(walk.next(x, &["BatchNormalization"])?, "bn1")?;
+    if (stem_scale - 1.0).abs() > 1e-9 {
+        // conv(W, (x − 127.5)·s) = conv(W·s/INPUT_SCALE, (x − 127.5)·INPUT_SCALE)
+        let weight = walk.tensors["conv1.weight"].clone();
+        let shape = weight.shape().to_vec();
+        let scaled = weight
+            .try_to_vec::<f32>()
+            .map_err(|e| anyhow::anyhow!("conv1.weight: {e:?}"))?
+            .iter()
+            .map(|&w| (w as f64 * stem_scale) as f32)
+            .collect();
+        walk.put("conv1.weight".into(), shape, scaled);
+        walk.notes.push(format!(
+            "the input scale {scale:.7} folded into the stem convolution (ours is {INPUT_SCALE})"
+        ));
+    }
+    let c = stem;
     let mut x = walk.prelu(walk.next(x, &["PRelu"])?, "prelu", c)?;
 
     // Units until a BatchNorm whose output does not go into a Conv: the output block's.
@@ -110,11 +132,12 @@ pub fn import(model: &pb::ModelProto) -> Result<Imported> {
         }
     }
     let (x, last) = walk.batch_norm(bn2, "bn2")?;
+    // Flatten, and shape bookkeeping around it (MXNet's exporter: a Reshape to a shape
+    // computed by Shape → Slice → Concat), between the last BatchNorm and the FC layer. That a
+    // Reshape here keeps [N, C·7·7] is checked by running the file against the import.
     let mut x = x;
-    for op in ["Flatten", "Reshape"] {
-        if let Ok(node) = walk.next(x, &[op]) {
-            x = Walk::output(node)?;
-        }
+    while let Ok(node) = walk.next(x, &["Flatten", "Reshape"]) {
+        x = Walk::output(node)?;
     }
     let gemm = walk.next(x, &["Gemm"])?;
     let get = |name: &str, default: f32| attribute(gemm, name).map_or(default, |a| a.f);
@@ -158,11 +181,34 @@ pub fn import(model: &pb::ModelProto) -> Result<Imported> {
         );
     }
     walk.put("fc.bias".into(), vec![outputs], bias);
-    let (_, embedding_size) = walk.batch_norm(
-        walk.next(Walk::output(gemm)?, &["BatchNormalization"])?,
-        "features",
-    )?;
-
+    let mut y = Walk::output(gemm)?;
+    while let Ok(node) = walk.next(y, &["Reshape", "Flatten"]) {
+        y = Walk::output(node)?;
+    }
+    let embedding_size = match walk.next_nodes(y).as_slice() {
+        [] => {
+            // The embedding BatchNorm folded into the FC layer: kept as the identity.
+            let variance = (1.0 - BN_EPS) as f32;
+            for (name, value) in [("gamma", 1.0), ("beta", 0.0), ("running_mean", 0.0)]
+                .into_iter()
+                .chain([("running_var", variance)])
+            {
+                walk.put(
+                    format!("features.{name}"),
+                    vec![outputs],
+                    vec![value; outputs],
+                );
+            }
+            walk.notes.push(
+                "no BatchNorm after the FC layer: the embedding's kept as the identity".into(),
+            );
+            outputs
+        }
+        _ => {
+            walk.batch_norm(walk.next(y, &["BatchNormalization"])?, "features")?
+                .1
+        }
+    };
     let widths: Vec<usize> = stages.iter().map(|s| units[s[0]].width).collect();
     if units
         .iter()
@@ -202,6 +248,27 @@ pub fn import(model: &pb::ModelProto) -> Result<Imported> {
         tensors: walk.tensors,
         notes: walk.notes,
     })
+}
+
+/// What the stem convolution's weights are multiplied by so that our backbone, which takes raw
+/// RGB and computes (x − 127.5) × 1/128 inside, gives what the file computes from its
+/// normalisation (x − `mean`) × `scale`. Only the mean can't move: the convolution pads with
+/// zeros after the normalisation, so a different mean changes the border.
+fn stem_scale(mean: f64, scale: f64) -> Result<f64> {
+    if !(scale.is_finite() && scale > 0.0) || (mean - INPUT_MEAN as f64).abs() > 1e-3 {
+        let how = if mean == 0.0 && scale == 1.0 {
+            "takes its pixels unnormalised (with --onnx-input raw, or a graph of another \
+             convention)"
+                .to_string()
+        } else {
+            format!("normalises its input as (x − {mean}) × {scale}")
+        };
+        bail!(
+            "the graph {how}; our backbone computes (x − {INPUT_MEAN}) × scale before its first \
+             convolution, and the convolution's zero padding makes any other mean inexact"
+        );
+    }
+    Ok(scale / INPUT_SCALE as f64)
 }
 
 impl Imported {
@@ -245,7 +312,12 @@ impl Imported {
     }
 }
 
-/// Runs the file with tract and `model` on two test images (a colour ramp and a mid grey) and
+/// The most the file run by tract and the imported backbone may differ by (relative L2 of the
+/// embeddings): float rounding stays far below it (~1e-5 on r100), any misread weight far
+/// above.
+pub const IMPORT_TOLERANCE: f64 = 1e-3;
+
+/// Runs the prepared file with tract and `model` on two test images (a colour ramp and a mid grey) and
 /// returns the largest relative difference of their embeddings.
 pub fn compare_outputs(proto: pb::ModelProto, model: &IResNet, device: &Device) -> Result<f64> {
     let mut images = Vec::with_capacity(2 * IMAGE_VALUES);
@@ -257,7 +329,9 @@ pub fn compare_outputs(proto: pb::ModelProto, model: &IResNet, device: &Device) 
         }
     }
     images.extend(std::iter::repeat_n(128.0, IMAGE_VALUES));
-    let file = OnnxEmbedder::from_proto(proto)?.embed(&images)?;
+    // The prepared graph takes raw pixels whatever the file's own convention was.
+    let file = OnnxEmbedder::from_proto_with(proto, Default::default(), InputConvention::Raw)?
+        .embed(&images)?;
     let ours = Embedder::burn(model.clone(), device).embed(&images)?;
     let e = file.len() / 2;
     if ours.len() != file.len() {

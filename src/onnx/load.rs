@@ -11,6 +11,7 @@ use anyhow::{Context, Result, bail};
 use prost::Message;
 use tract_onnx::pb;
 
+use super::input::{Input, InputConvention, to_raw_input};
 use super::proto::attribute;
 use crate::model::iresnet::INPUT_SIZE;
 
@@ -151,6 +152,49 @@ pub fn repair_zoo_defects(model: &mut pb::ModelProto) -> Result<Vec<String>> {
         }
     }
     Ok(fixes)
+}
+
+/// What loading did to a file before it runs: the zoo's repairs, and the input convention put
+/// in front of the graph.
+pub struct Prepared {
+    pub repairs: Vec<String>,
+    pub input: Input,
+}
+
+impl Prepared {
+    /// What the user should read about the file: the repairs, then its input.
+    pub fn notes(&self) -> Vec<String> {
+        let mut notes = self.repairs.clone();
+        notes.push(self.input.to_string());
+        notes
+    }
+}
+
+/// Everything between reading a file and running or importing it: the zoo's defects repaired,
+/// one image input and one output checked, and the input convention decided and put in front
+/// of the graph ([`to_raw_input`]), so that the graph takes raw RGB 0–255.
+pub fn prepare(model: &mut pb::ModelProto, input: InputConvention) -> Result<Prepared> {
+    let repairs = repair_zoo_defects(model)?;
+    embedder_input(graph(model))?;
+    embedder_output(graph(model))?;
+    let input = to_raw_input(model, input)?;
+    Ok(Prepared { repairs, input })
+}
+
+/// The name of the graph's one output.
+pub fn embedder_output(graph: &pb::GraphProto) -> Result<String> {
+    match graph.output.as_slice() {
+        [output] => Ok(output.name.clone()),
+        outputs => bail!(
+            "the graph has {} outputs ({}); an embedder has one",
+            outputs.len(),
+            outputs
+                .iter()
+                .map(|o| format!("`{}`", o.name))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
 }
 
 /// The name of the graph's image input, checked to be declared [N,3,112,112] where its

@@ -6,6 +6,7 @@
 
 pub mod export;
 pub mod import;
+pub mod input;
 pub mod load;
 pub mod op_profile;
 pub mod prelu;
@@ -15,4 +16,5 @@ mod walk;
 pub mod winograd;
 
 pub use export::{Batch, backbone_to_onnx};
+pub use input::InputConvention;
 pub use run::{ConvAlgorithm, OnnxEmbedder, spreads_each_image};

@@ -13,7 +13,8 @@ use tract_onnx::pb;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::plan::SimpleState;
 
-use super::load::{embedder_input, graph, read_model, repair_zoo_defects};
+use super::input::InputConvention;
+use super::load::{Prepared, prepare, read_model};
 use crate::model::iresnet::INPUT_SIZE;
 
 const IMAGE: usize = 3 * INPUT_SIZE * INPUT_SIZE;
@@ -23,8 +24,9 @@ pub struct OnnxEmbedder {
     /// Run states to reuse, one per thread that has run an image at once.
     states: Mutex<Vec<TypedSimpleState>>,
     embedding_size: usize,
-    /// What was repaired on load (the zoo's defects), for the user to see.
-    pub repairs: Vec<String>,
+    /// What was repaired on load (the zoo's defects) and the input convention, for the user
+    /// to see.
+    pub prepared: Prepared,
     /// Convolutions computed by Winograd's algorithm, by tile size (src/onnx/winograd/).
     pub winograd: super::winograd::Rewritten,
 }
@@ -41,33 +43,33 @@ pub enum ConvAlgorithm {
 }
 
 impl OnnxEmbedder {
-    /// Loads an embedder file: one input [N,3,112,112] (raw RGB 0–255, as the zoo's), one
-    /// output [N,E]. The errors name the file.
+    /// Loads an embedder file: one input [N,3,112,112], one output [N,E]; its input
+    /// convention found as insightface finds it. The embedder takes raw RGB 0–255 whatever
+    /// the file's convention (src/onnx/input.rs). The errors name the file.
     pub fn load(path: &Path) -> Result<OnnxEmbedder> {
-        Self::load_with(path, ConvAlgorithm::default())
+        Self::load_with(path, ConvAlgorithm::default(), InputConvention::Auto)
     }
 
-    pub fn load_with(path: &Path, convolutions: ConvAlgorithm) -> Result<OnnxEmbedder> {
+    pub fn load_with(
+        path: &Path,
+        convolutions: ConvAlgorithm,
+        input: InputConvention,
+    ) -> Result<OnnxEmbedder> {
         let model = read_model(path)?;
-        Self::from_proto_with(model, convolutions).with_context(|| format!("{}", path.display()))
+        Self::from_proto_with(model, convolutions, input)
+            .with_context(|| format!("{}", path.display()))
     }
 
     pub fn from_proto(model: pb::ModelProto) -> Result<OnnxEmbedder> {
-        Self::from_proto_with(model, ConvAlgorithm::default())
+        Self::from_proto_with(model, ConvAlgorithm::default(), InputConvention::Auto)
     }
 
     pub fn from_proto_with(
         mut model: pb::ModelProto,
         convolutions: ConvAlgorithm,
+        input: InputConvention,
     ) -> Result<OnnxEmbedder> {
-        let repairs = repair_zoo_defects(&mut model)?;
-        embedder_input(graph(&model))?;
-        if graph(&model).output.len() != 1 {
-            bail!(
-                "the graph has {} outputs; an embedder has one",
-                graph(&model).output.len()
-            );
-        }
+        let prepared = prepare(&mut model, input)?;
         let inference = crate::onnx::prelu::onnx_reader()
             .model_for_proto_model(&model)
             .map_err(|e| anyhow::anyhow!("tract cannot read the graph: {e:#}"))?
@@ -101,7 +103,7 @@ impl OnnxEmbedder {
             plan,
             states: Mutex::new(Vec::new()),
             embedding_size,
-            repairs,
+            prepared,
             winograd,
         })
     }

@@ -8,7 +8,7 @@ use burn::tensor::TensorData;
 use tract_onnx::pb;
 
 use super::proto::{attribute, float_values};
-use crate::model::iresnet::{BN_EPS, INPUT_MEAN, INPUT_SCALE};
+use crate::model::iresnet::BN_EPS;
 
 /// Ops that carry a value through unchanged at inference.
 pub(super) const PASS_THROUGH: [&str; 2] = ["Identity", "Dropout"];
@@ -64,11 +64,15 @@ impl<'a> Walk<'a> {
             .with_context(|| format!("{} `{}` has no output", node.op_type, node.name))
     }
 
-    /// The nodes reading `value`, past pass-through ops.
+    /// The nodes reading `value`, past pass-through ops. A Shape node reads only the value's
+    /// shape (MXNet's exporter computes a Reshape's target from it): not a use of its values.
     pub fn next_nodes(&self, value: &str) -> Vec<&'a pb::NodeProto> {
         let mut out = Vec::new();
         for &i in self.consumers.get(value).into_iter().flatten() {
             let node = &self.nodes[i];
+            if node.op_type == "Shape" {
+                continue;
+            }
             if PASS_THROUGH.contains(&node.op_type.as_str()) {
                 if let Some(o) = node.output.first() {
                     out.extend(self.next_nodes(o));
@@ -124,9 +128,13 @@ impl<'a> Walk<'a> {
         self.tensors.insert(path, TensorData::new(values, shape));
     }
 
-    /// A bias-free, ungrouped Conv with symmetric "same" padding → (output, out channels, in
-    /// channels, kernel, stride).
-    pub fn conv(&mut self, node: &'a pb::NodeProto, path: &str) -> Result<(&'a str, [usize; 4])> {
+    /// An ungrouped Conv with symmetric "same" padding → (output, [out channels, in channels,
+    /// kernel, stride], its bias if it has one).
+    pub fn conv(
+        &mut self,
+        node: &'a pb::NodeProto,
+        path: &str,
+    ) -> Result<(&'a str, [usize; 4], Option<Vec<f32>>)> {
         let (tensor, values) = self.constant(node, 1)?;
         let dims: Vec<usize> = tensor.dims.iter().map(|&d| d as usize).collect();
         let [out, inp, kh, kw] = dims[..] else {
@@ -136,16 +144,20 @@ impl<'a> Walk<'a> {
                 tensor.name
             );
         };
-        if node.input.get(2).is_some_and(|b| !b.is_empty()) {
-            let (_, bias) = self.constant(node, 2)?;
-            if bias.iter().any(|&b| b != 0.0) {
+        let bias = if node.input.get(2).is_some_and(|b| !b.is_empty()) {
+            let (b, bias) = self.constant(node, 2)?;
+            if bias.len() != out {
                 bail!(
-                    "Conv `{}` has a bias; LResNet-E-IR convolutions have none (BatchNorm folded \
-                     into the convolutions? export with BatchNorm kept)",
-                    node.name
+                    "Conv `{}`: bias `{}` has {} values for {out} output channels",
+                    node.name,
+                    b.name,
+                    bias.len()
                 );
             }
-        }
+            Some(bias)
+        } else {
+            None
+        };
         let ints = |name: &str| attribute(node, name).map(|a| a.ints.clone());
         let strides = ints("strides").unwrap_or(vec![1, 1]);
         let pads = ints("pads").unwrap_or(vec![0; 4]);
@@ -164,7 +176,61 @@ impl<'a> Walk<'a> {
             );
         }
         self.put(format!("{path}.weight"), dims.clone(), values);
-        Ok((Self::output(node)?, [out, inp, kh, strides[0] as usize]))
+        Ok((
+            Self::output(node)?,
+            [out, inp, kh, strides[0] as usize],
+            bias,
+        ))
+    }
+
+    /// A Conv and the BatchNorm after it → (the BatchNorm's output, the Conv's shape). Where an
+    /// exporter folded the BatchNorm into the Conv (torch.onnx.export in eval mode), the Conv
+    /// has a bias and no BatchNorm follows: the bias becomes a BatchNorm with γ = 1, β = bias,
+    /// mean 0 and variance 1 − ε, which computes exactly the Conv's output.
+    pub fn conv_bn(
+        &mut self,
+        node: &'a pb::NodeProto,
+        conv_path: &str,
+        bn_path: &str,
+    ) -> Result<(&'a str, [usize; 4])> {
+        let (y, shape, bias) = self.conv(node, conv_path)?;
+        let next = self.next_nodes(y);
+        if let [bn] = next.as_slice()
+            && bn.op_type == "BatchNormalization"
+        {
+            let (out, _) = self.batch_norm(bn, bn_path)?;
+            if let Some(bias) = bias {
+                // BN(Wx + b) with mean μ is BN(Wx) with mean μ − b.
+                let key = format!("{bn_path}.running_mean");
+                let mean = self.tensors[&key].try_to_vec::<f32>().expect("read as f32");
+                let shifted: Vec<f32> = mean.iter().zip(&bias).map(|(m, b)| m - b).collect();
+                self.put(key, vec![shifted.len()], shifted);
+            }
+            return Ok((out, shape));
+        }
+        let channels = shape[0];
+        let beta = bias.unwrap_or_else(|| vec![0.0; channels]);
+        let variance = (1.0 - BN_EPS) as f32;
+        for (name, values) in [
+            ("gamma", vec![1.0; channels]),
+            ("beta", beta),
+            ("running_mean", vec![0.0; channels]),
+            ("running_var", vec![variance; channels]),
+        ] {
+            self.put(format!("{bn_path}.{name}"), vec![channels], values);
+        }
+        if !self
+            .notes
+            .iter()
+            .any(|n| n.contains("folded into the convolutions"))
+        {
+            self.notes.push(
+                "BatchNorm folded into the convolutions (a Conv with a bias and no BatchNorm \
+                 after it): each bias kept as a BatchNorm with γ = 1, β = bias, mean 0"
+                    .into(),
+            );
+        }
+        Ok((y, shape))
     }
 
     /// BatchNormalization → (output, channels).
@@ -241,47 +307,41 @@ impl<'a> Walk<'a> {
         Self::output(node)
     }
 
-    /// Sub/Mul by constants between the input and the first Conv: must be the zoo's
-    /// normalisation, which our model does itself.
-    pub fn skip_preprocess(&mut self, mut value: &'a str) -> Result<&'a str> {
-        let mut found = Vec::new();
+    /// The normalisation between the raw input and the first Conv: a chain of Sub, Mul and Div
+    /// by scalars (or by per-channel constants that are all equal), which comes to
+    /// (x − mean) × scale → (the Conv's input, mean, scale). Nothing → (x, 0, 1).
+    pub fn preprocess(&self, mut value: &'a str) -> Result<(&'a str, f64, f64)> {
+        let (mut mean, mut scale) = (0.0f64, 1.0f64);
         loop {
-            let next = self.next(value, &["Sub", "Mul", "Conv"])?;
+            let next = self.next(value, &["Sub", "Mul", "Div", "Conv"])?;
             if next.op_type == "Conv" {
-                break;
+                return Ok((value, mean, scale));
+            }
+            if next.input.first().map(String::as_str) != Some(value) {
+                bail!(
+                    "{} `{}`: the image is its second operand, not a normalisation",
+                    next.op_type,
+                    next.name
+                );
             }
             let (_, c) = self.constant(next, 1)?;
-            let [c] = c[..] else {
+            let Some(&first) = c.first().filter(|&&f| c.iter().all(|&v| v == f)) else {
                 bail!(
-                    "{} `{}`: a per-channel normalisation is not supported",
+                    "{} `{}`: a normalisation that differs between channels is not supported \
+                     (our backbone normalises all three alike)",
                     next.op_type,
                     next.name
                 );
             };
-            found.push((next.op_type.clone(), c));
+            let c = first as f64;
+            match next.op_type.as_str() {
+                // (x − m)·s − c = (x − (m + c/s))·s
+                "Sub" => mean += c / scale,
+                "Mul" => scale *= c,
+                _ => scale /= c,
+            }
             value = Self::output(next)?;
         }
-        let ours = [
-            ("Sub".to_string(), INPUT_MEAN),
-            ("Mul".to_string(), INPUT_SCALE),
-        ];
-        let close = found.len() == 2
-            && found
-                .iter()
-                .zip(&ours)
-                .all(|((a, x), (b, y))| a == b && (x - y).abs() < 1e-6);
-        if found.is_empty() {
-            self.notes.push(format!(
-                "the graph does not normalise its input; the imported model takes RGB 0–255 \
-                 and normalises as (x − {INPUT_MEAN}) × {INPUT_SCALE} like the zoo's"
-            ));
-        } else if !close {
-            bail!(
-                "the graph normalises its input as {found:?}; our models use (x − {INPUT_MEAN}) × \
-                 {INPUT_SCALE}"
-            );
-        }
-        Ok(value)
     }
 
     /// BN → Conv → BN → PRelu → Conv → BN (+ shortcut) → Add, from the unit input `x`.
@@ -292,17 +352,16 @@ impl<'a> Walk<'a> {
         path: &str,
     ) -> Result<(&'a str, UnitShape)> {
         let (y, _) = self.batch_norm(bn1, &format!("{path}.bn1"))?;
-        let (y, [width, _, _, s1]) =
-            self.conv(self.next(y, &["Conv"])?, &format!("{path}.conv1"))?;
-        let (y, c) = self.batch_norm(
-            self.next(y, &["BatchNormalization"])?,
+        let (y, [width, _, _, s1]) = self.conv_bn(
+            self.next(y, &["Conv"])?,
+            &format!("{path}.conv1"),
             &format!("{path}.bn2"),
         )?;
+        let c = width;
         let y = self.prelu(self.next(y, &["PRelu"])?, &format!("{path}.prelu"), c)?;
-        let (y, [_, _, _, stride]) =
-            self.conv(self.next(y, &["Conv"])?, &format!("{path}.conv2"))?;
-        let (y, _) = self.batch_norm(
-            self.next(y, &["BatchNormalization"])?,
+        let (y, [_, _, _, stride]) = self.conv_bn(
+            self.next(y, &["Conv"])?,
+            &format!("{path}.conv2"),
             &format!("{path}.bn3"),
         )?;
         let add = self.next(y, &["Add"])?;
@@ -314,16 +373,25 @@ impl<'a> Walk<'a> {
         let downsample = if other == x {
             false
         } else {
-            let sc_bn = self.producer_of(other, "BatchNormalization")?;
-            let sc_conv = self.producer_of(&sc_bn.input[0], "Conv")?;
+            // Conv → BatchNorm, or the Conv alone where the BatchNorm was folded into it.
+            let sc_conv = match self.producer_of(other, "Conv") {
+                Ok(conv) => conv,
+                Err(_) => {
+                    let sc_bn = self.producer_of(other, "BatchNormalization")?;
+                    self.producer_of(&sc_bn.input[0], "Conv")?
+                }
+            };
             if sc_conv.input[0] != x {
                 bail!(
                     "Add `{}`: the shortcut does not start at the unit's input",
                     add.name
                 );
             }
-            self.conv(sc_conv, &format!("{path}.downsample.conv"))?;
-            self.batch_norm(sc_bn, &format!("{path}.downsample.bn"))?;
+            self.conv_bn(
+                sc_conv,
+                &format!("{path}.downsample.conv"),
+                &format!("{path}.downsample.bn"),
+            )?;
             true
         };
         if s1 != 1 {

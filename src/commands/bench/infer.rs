@@ -23,6 +23,8 @@ pub(super) struct Engines {
     /// Images for a node-by-node profile of tract's plan.
     pub(super) tract_ops: Option<usize>,
     pub(super) tract_conv: ConvAlgorithm,
+    /// What pixels an ONNX file takes.
+    pub(super) onnx_input: onnx::InputConvention,
 }
 
 pub(super) fn infer(
@@ -39,7 +41,7 @@ pub(super) fn infer(
     // Both engines get the same weights; onnxruntime gets a file.
     let tmp = tempfile_path(model);
     let (backbone, onnx_file) = if is_onnx(model) {
-        let (_, _, imported) = onnx::import::read_file(model)?;
+        let (_, _, imported) = onnx::import::read_file(model, engines.onnx_input)?;
         (imported.backbone(&device)?, model.to_path_buf())
     } else {
         let (backbone, _) = load_backbone(model, &device)?;
@@ -78,7 +80,8 @@ pub(super) fn infer(
             )?);
         }
         if engines.tract {
-            let embedder = OnnxEmbedder::load_with(&onnx_file, engines.tract_conv)?;
+            let embedder =
+                OnnxEmbedder::load_with(&onnx_file, engines.tract_conv, engines.onnx_input)?;
             if let Some(images) = engines.tract_ops {
                 // As `embed` runs the bench's batch.
                 let spread = spreads_each_image(batch);

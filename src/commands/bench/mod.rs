@@ -153,6 +153,9 @@ pub enum BenchCommand {
         // runs the file's fp32.
         #[command(flatten)]
         burn: BurnOptions,
+        /// What pixels an ONNX file takes (found as insightface finds it unless given).
+        #[arg(long, value_enum, default_value_t)]
+        onnx_input: arcface::onnx::InputConvention,
         /// Also time burn with the batch already on the device and the embeddings left there
         /// (as PyTorch's anchor times itself), next to its host-to-host figure.
         #[arg(long)]
@@ -393,6 +396,7 @@ pub fn run(what: &BenchCommand, cli_device: &Option<String>) -> Result<()> {
         }
         BenchCommand::Infer {
             model,
+            onnx_input,
             batch,
             seconds,
             photo,
@@ -417,6 +421,7 @@ pub fn run(what: &BenchCommand, cli_device: &Option<String>) -> Result<()> {
                 burn_profile: profile.clone(),
                 tract_ops: *tract_ops,
                 tract_conv: *conv,
+                onnx_input: *onnx_input,
             };
             infer(model, *batch, *seconds, engines, *json, cli_device)?;
             if let Some(photo) = photo {
