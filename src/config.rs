@@ -14,7 +14,7 @@ use crate::model::{Network, Precision};
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     // --- backbone ---
-    /// Backbone: r18, r34, r50, r100 or tiny.
+    /// Backbone: r18, r34, r50, r100, r200 or tiny.
     pub network: Network,
     /// Width of the embedding (the zoo model: 512).
     pub embedding_size: usize,

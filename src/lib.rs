@@ -3,6 +3,7 @@
 //! Data flows one way: data → model → head/loss → train loop → eval → checkpoint → export/infer.
 //! Model code is backend-neutral; the backend and device are chosen only in [`device`].
 
+pub mod arcface_torch;
 pub mod bench;
 pub mod checkpoint;
 pub mod config;
@@ -13,6 +14,7 @@ pub mod embedder;
 pub mod eval;
 pub mod export;
 pub mod fs;
+pub mod imported;
 pub mod infer;
 pub mod model;
 mod module_path;

@@ -58,7 +58,12 @@ fn summary_json_for_r100() {
 
 #[test]
 fn summary_table_for_every_shipped_config() {
-    for config in ["configs/r100.toml", "configs/r50.toml", "configs/tiny.toml"] {
+    for config in [
+        "configs/r100.toml",
+        "configs/r200.toml",
+        "configs/r50.toml",
+        "configs/tiny.toml",
+    ] {
         let out = run(&["summary", "--config", config, "--device", "cpu"]);
         assert!(out.status.success(), "{config}: {}", stderr(&out));
         let text = String::from_utf8_lossy(&out.stdout);

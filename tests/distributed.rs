@@ -6,6 +6,7 @@
 #![allow(deprecated)] // burn-tch (Device::libtorch) is deprecated upstream; see src/device.rs.
 
 mod common;
+use common::torch_reference;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -405,34 +406,6 @@ fn partial_fc_equals_pytorch_on_the_same_index() {
             );
         }
     }
-}
-
-/// Runs tests/reference/`script` with the Python of the torch venv (scripts/setup-libtorch.sh
-/// sets VIRTUAL_ENV) on `query`.
-fn torch_reference(script: &str, query: &serde_json::Value) -> serde_json::Value {
-    let python = std::env::var_os("VIRTUAL_ENV")
-        .map(|v| PathBuf::from(v).join("bin/python"))
-        .expect(
-            "VIRTUAL_ENV: run the LibTorch tests after `eval \"$(scripts/setup-libtorch.sh)\"`",
-        );
-    // -W ignore: torch warns that this venv has no numpy, which the reference does not use.
-    let mut child = Command::new(&python)
-        .args(["-W", "ignore"])
-        .arg(common::root().join("tests/reference").join(script))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{}: {e}", python.display()));
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(query.to_string().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{script} failed");
-    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 // ---------------------------------------------------------------------------------------------

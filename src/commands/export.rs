@@ -38,9 +38,17 @@ pub struct ExportArgs {
 
 #[derive(clap::Args)]
 pub struct ImportArgs {
-    /// An LResNet-E-IR ONNX file (the zoo's arcfaceresnet100-8.onnx, or one of ours).
+    /// An LResNet-E-IR ONNX file: the zoo's arcfaceresnet100-8.onnx, arcface_torch's
+    /// torch2onnx.py exports (BatchNorm folded), MXNet's, or one of ours.
+    #[arg(long, required_unless_present = "pth", conflicts_with = "pth")]
+    onnx: Option<PathBuf>,
+    /// arcface_torch's backbone.pth (torch.save of an iresnet's state dict; its training
+    /// checkpoint_gpu_*.pt too), in torch.save's zip or legacy format.
     #[arg(long)]
-    onnx: PathBuf,
+    pth: Option<PathBuf>,
+    /// The network the .pth holds (found from its names and shapes when not given).
+    #[arg(long, value_enum, requires = "pth")]
+    network: Option<arcface::model::Network>,
     /// The checkpoint to write.
     #[arg(long)]
     out: PathBuf,
@@ -95,7 +103,23 @@ pub fn export(args: &ExportArgs, cli_device: &Option<String>) -> Result<()> {
 }
 
 pub fn import(args: &ImportArgs, cli_device: &Option<String>) -> Result<()> {
-    let path = &args.onnx;
+    if let Some(path) = &args.pth {
+        let imported = arcface::arcface_torch::pth::read(path, args.network)?;
+        // Loading into our backbone checks every tensor against the model once more.
+        let device = super::device_or_cpu(cli_device)?;
+        imported
+            .backbone(&device)
+            .with_context(|| path.display().to_string())?;
+        imported.checkpoint().save(&args.out)?;
+        for note in &imported.notes {
+            println!("note: {note}");
+        }
+        return imported_line(path, &imported, &args.out, "");
+    }
+    let path = args
+        .onnx
+        .as_ref()
+        .context("give --onnx FILE or --pth FILE")?;
     let context = || path.display().to_string();
     let (proto, prepared, imported) = onnx::import::read_file(path, args.onnx_input)?;
     let device = super::device_or_cpu(cli_device)?;
@@ -113,14 +137,24 @@ pub fn import(args: &ImportArgs, cli_device: &Option<String>) -> Result<()> {
     for note in prepared.notes().iter().chain(&imported.notes) {
         println!("note: {note}");
     }
+    let agree = format!("; outputs agree within {difference:.2e} (relative)");
+    imported_line(path, &imported, &args.out, &agree)
+}
+
+fn imported_line(
+    path: &std::path::Path,
+    imported: &arcface::imported::Imported,
+    out: &std::path::Path,
+    tail: &str,
+) -> Result<()> {
     let values: usize = imported.tensors.values().map(|t| t.num_elements()).sum();
     println!(
-        "imported {} as {}, {}-d embeddings ({} values), into {}; outputs agree within {difference:.2e} (relative)",
+        "imported {} as {}, {}-d embeddings ({} values), into {}{tail}",
         path.display(),
         imported.network,
         imported.embedding_size,
         thousands(values),
-        args.out.display()
+        out.display()
     );
     Ok(())
 }

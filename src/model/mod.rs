@@ -26,11 +26,30 @@ pub enum Network {
     R34,
     R50,
     R100,
+    /// arcface_torch's iresnet200.
+    R200,
     /// Widths 8/16/32/64, one unit per stage: trains on a laptop CPU.
     Tiny,
 }
 
 impl Network {
+    /// Every network we build.
+    pub const ALL: [Network; 6] = [
+        Network::R18,
+        Network::R34,
+        Network::R50,
+        Network::R100,
+        Network::R200,
+        Network::Tiny,
+    ];
+
+    /// The network with these units per stage and widths, if we build one.
+    pub fn with_shape(units: &[usize], widths: &[usize]) -> Option<Network> {
+        Network::ALL
+            .into_iter()
+            .find(|n| n.units()[..] == *units && n.widths()[..] == *widths)
+    }
+
     /// Units per stage.
     pub fn units(self) -> [usize; 4] {
         match self {
@@ -38,6 +57,7 @@ impl Network {
             Network::R34 => [3, 4, 6, 3],
             Network::R50 => [3, 4, 14, 3],
             Network::R100 => [3, 13, 30, 3],
+            Network::R200 => [6, 26, 60, 6],
             Network::Tiny => [1, 1, 1, 1],
         }
     }
@@ -56,6 +76,7 @@ impl Network {
             Network::R34 => "r34",
             Network::R50 => "r50",
             Network::R100 => "r100",
+            Network::R200 => "r200",
             Network::Tiny => "tiny",
         }
     }
@@ -66,6 +87,11 @@ impl std::fmt::Display for Network {
         f.write_str(self.name())
     }
 }
+
+/// For errors about a shape we do not build.
+pub const NETWORKS_WE_BUILD: &str = "we build r18 [2,2,2,2], r34 [3,4,6,3], r50 [3,4,14,3], r100 \
+     [3,13,30,3] and r200 [6,26,60,6] at widths [64,128,256,512], and tiny [1,1,1,1] at \
+     [8,16,32,64]";
 
 /// Arithmetic of the backbone's convolutions and FC layer during training.
 ///

@@ -20,8 +20,8 @@ use tract_onnx::pb;
 use super::proto::{
     Dim, attr_float, attr_int, attr_ints, attr_tensor, float_tensor, float_value_info, node,
 };
+use crate::arcface_torch::torch_layout;
 use crate::checkpoint::named_tensors;
-use crate::export::safetensors::torch_tensors;
 use crate::model::IResNet;
 use crate::model::iresnet::{BN_EPS, INPUT_MEAN, INPUT_SCALE, INPUT_SIZE};
 
@@ -135,7 +135,7 @@ impl Graph {
 
 /// The ONNX model of `model`'s backbone (inference mode: BatchNorm uses running statistics).
 pub fn backbone_to_onnx(model: &IResNet, batch: Batch) -> Result<pb::ModelProto> {
-    let weights = torch_tensors(&named_tensors(model, ""))?
+    let weights = torch_layout(&named_tensors(model, ""))?
         .into_iter()
         .map(|(name, shape, values)| (name, (shape, values)))
         .collect();

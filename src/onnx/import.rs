@@ -7,13 +7,9 @@
 //! Run `load::repair_zoo_defects` first. A BatchNorm epsilon other than ours (2e-5; arcface_torch
 //! uses 1e-5) is absorbed into the running variance, so inference is unchanged.
 
-use std::collections::BTreeMap;
-
 use anyhow::{Context, Result, bail};
-use burn::tensor::TensorData;
 use tract_onnx::pb;
 
-use burn::module::Module;
 use burn::tensor::Device;
 
 use super::OnnxEmbedder;
@@ -21,21 +17,10 @@ use super::input::InputConvention;
 use super::load::{Prepared, embedder_input};
 use super::proto::attribute;
 use super::walk::{UnitShape, Walk};
-use crate::checkpoint::{Checkpoint, Meta, load_named};
-use crate::config::Config;
-use crate::data::loader::Cursor;
 use crate::embedder::{Embedder, IMAGE_VALUES};
+pub use crate::imported::Imported;
 use crate::model::iresnet::{BN_EPS, INPUT_MEAN, INPUT_SCALE, INPUT_SIZE};
-use crate::model::{IResNet, Network, backbone_config};
-
-pub struct Imported {
-    pub network: Network,
-    pub embedding_size: usize,
-    /// Our backbone paths (`layer1.0.conv1.weight`, `bn1.gamma`, …) → values.
-    pub tensors: BTreeMap<String, TensorData>,
-    /// What the user should know about the conversion.
-    pub notes: Vec<String>,
-}
+use crate::model::{IResNet, Network};
 
 /// Reads an ONNX file, repairs the zoo's defects, puts its input convention in front
 /// ([`prepare`](super::load::prepare)) and imports it: the prepared graph, what preparing did,
@@ -219,22 +204,14 @@ pub fn import(model: &pb::ModelProto) -> Result<Imported> {
         );
     }
     let units: Vec<usize> = stages.iter().map(Vec::len).collect();
-    let network = [
-        Network::R18,
-        Network::R34,
-        Network::R50,
-        Network::R100,
-        Network::Tiny,
-    ]
-    .into_iter()
-    .find(|n| n.units()[..] == units[..] && n.widths()[..] == widths[..] && stem == widths[0])
-    .with_context(|| {
-        format!(
-            "the graph has units {units:?} with widths {widths:?} (stem {stem}); we build r18 \
-                 [2,2,2,2], r34 [3,4,6,3], r50 [3,4,14,3], r100 [3,13,30,3] at widths \
-                 [64,128,256,512], and tiny [1,1,1,1] at [8,16,32,64]"
-        )
-    })?;
+    let network = Network::with_shape(&units, &widths)
+        .filter(|_| stem == widths[0])
+        .with_context(|| {
+            format!(
+                "the graph has units {units:?} with widths {widths:?} (stem {stem}); {}",
+                crate::model::NETWORKS_WE_BUILD
+            )
+        })?;
     let side = INPUT_SIZE >> 4;
     if inputs != last * side * side {
         bail!(
@@ -269,47 +246,6 @@ fn stem_scale(mean: f64, scale: f64) -> Result<f64> {
         );
     }
     Ok(scale / INPUT_SCALE as f64)
-}
-
-impl Imported {
-    /// The seed's config with the imported network's shape.
-    pub fn config(&self) -> Config {
-        Config {
-            network: self.network,
-            embedding_size: self.embedding_size,
-            ..Config::default()
-        }
-    }
-
-    /// Our backbone with the imported weights, in inference mode.
-    pub fn backbone(&self, device: &Device) -> Result<IResNet> {
-        let model = backbone_config(&self.config()).init(device);
-        load_named(model, "", &self.tensors)
-            .map(|m| m.valid())
-            .map_err(anyhow::Error::msg)
-    }
-
-    /// A checkpoint holding the backbone only (step 0, no head): for `eval`, `export`, `infer`.
-    pub fn checkpoint(&self) -> Checkpoint {
-        Checkpoint {
-            meta: Meta {
-                config: self.config(),
-                num_classes: 0,
-                step: 0,
-                cursor: Cursor::default(),
-                world_size: 1,
-                accuracy: None,
-                tensors: Vec::new(),
-                head_shards: Vec::new(),
-            },
-            crc: 0,
-            tensors: self
-                .tensors
-                .iter()
-                .map(|(k, v)| (format!("backbone.{k}"), v.clone()))
-                .collect(),
-        }
-    }
 }
 
 /// The most the file run by tract and the imported backbone may differ by (relative L2 of the

@@ -8,6 +8,7 @@ use burn::tensor::TensorData;
 use tract_onnx::pb;
 
 use super::proto::{attribute, float_values};
+use crate::arcface_torch::move_epsilon;
 use crate::model::iresnet::BN_EPS;
 
 /// Ops that carry a value through unchanged at inference.
@@ -130,11 +131,7 @@ impl<'a> Walk<'a> {
 
     /// An ungrouped Conv with symmetric "same" padding → (output, [out channels, in channels,
     /// kernel, stride], its bias if it has one).
-    pub fn conv(
-        &mut self,
-        node: &'a pb::NodeProto,
-        path: &str,
-    ) -> Result<(&'a str, [usize; 4], Option<Vec<f32>>)> {
+    pub fn conv(&mut self, node: &'a pb::NodeProto, path: &str) -> Result<ConvRead<'a>> {
         let (tensor, values) = self.constant(node, 1)?;
         let dims: Vec<usize> = tensor.dims.iter().map(|&d| d as usize).collect();
         let [out, inp, kh, kw] = dims[..] else {
@@ -258,16 +255,14 @@ impl<'a> Walk<'a> {
         let stored = attribute(node, "epsilon").map_or(1e-5, |a| a.f);
         let epsilon = stored as f64;
         if (epsilon - BN_EPS).abs() > 1e-9 {
-            // sqrt(var' + ours) = sqrt(var + theirs).
-            for v in parts[3].iter_mut() {
-                *v = (*v as f64 + epsilon - BN_EPS) as f32;
-                if *v < 0.0 {
-                    bail!(
-                        "BatchNormalization `{}`: epsilon {stored} with a running variance below \
-                         {BN_EPS} cannot be expressed with our epsilon",
-                        node.name
-                    );
-                }
+            let (head, tail) = parts.split_at_mut(3);
+            if move_epsilon(&mut head[0], &mut tail[0], epsilon, BN_EPS) {
+                self.notes.push(format!(
+                    "BatchNormalization `{}`: running variances below {:.0e}: γ rescaled there \
+                     instead",
+                    node.name,
+                    BN_EPS - epsilon
+                ));
             }
             if !self.notes.iter().any(|n| n.contains("epsilon")) {
                 self.notes.push(format!(
@@ -423,6 +418,9 @@ impl<'a> Walk<'a> {
         Ok(node)
     }
 }
+
+/// A Conv's output, [out channels, in channels, kernel, stride], and its bias if it has one.
+type ConvRead<'a> = (&'a str, [usize; 4], Option<Vec<f32>>);
 
 pub(super) struct UnitShape {
     pub width: usize,

@@ -56,6 +56,34 @@ pub fn run_reference(script: &str, input: &serde_json::Value) -> serde_json::Val
     serde_json::from_slice(&out.stdout).expect("reference output is JSON")
 }
 
+/// Runs tests/reference/`script` with the Python of the torch venv (scripts/setup-libtorch.sh
+/// sets VIRTUAL_ENV) on `query`.
+pub fn torch_reference(script: &str, query: &serde_json::Value) -> serde_json::Value {
+    let python = std::env::var_os("VIRTUAL_ENV")
+        .map(|v| PathBuf::from(v).join("bin/python"))
+        .expect(
+            "VIRTUAL_ENV: run the tests that compare with PyTorch after `eval \"$(scripts/setup-libtorch.sh)\"` (`bash .ci/run` does)",
+        );
+    // -W ignore: torch warns that this venv has no numpy, which the reference does not use.
+    let mut child = Command::new(&python)
+        .args(["-W", "ignore"])
+        .arg(root().join("tests/reference").join(script))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{}: {e}", python.display()));
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(query.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{script} failed on {query}");
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 /// The `arcface` binary built for these tests.
 pub fn arcface() -> Command {
     Command::new(env!("CARGO_BIN_EXE_arcface"))

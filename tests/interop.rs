@@ -1,0 +1,247 @@
+//! The files arcface_torch users have, written by PyTorch itself (tests/reference/
+//! arcface_torch.py, run with the torch venv's Python): its iresnet18 as `torch.save`'s
+//! backbone.pth (zip and legacy formats) and as torch2onnx.py exports it (BatchNorm folded, no
+//! normalisation inside). Each way in gives PyTorch's and onnxruntime's embedding of a real
+//! photo, and our safetensors export goes back into arcface_torch's model with strict=True.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use serde_json::json;
+
+use arcface::data::image::{decode_rgb, to_chw};
+use common::{arcface, run_reference, torch_reference};
+
+fn photo() -> PathBuf {
+    let path = common::root().join("models/photos/Tom_Hanks_54745.png");
+    assert!(
+        path.exists(),
+        "{}: run scripts/fetch-models.sh (`bash .ci/run` does)",
+        path.display()
+    );
+    path
+}
+
+fn write_f32(path: &Path, values: &[f32]) {
+    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    std::fs::write(path, bytes).unwrap();
+}
+
+fn read_f32(path: &Path) -> Vec<f32> {
+    std::fs::read(path)
+        .unwrap()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect()
+}
+
+fn normalised(v: &[f64]) -> Vec<f64> {
+    let n = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+    v.iter().map(|x| x / n).collect()
+}
+
+/// Relative L2 distance of two embeddings after L2 normalisation (what infer prints).
+fn distance(a: &[f64], b: &[f64]) -> f64 {
+    let (a, b) = (normalised(a), normalised(b));
+    a.iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).powi(2))
+        .sum::<f64>()
+        .sqrt()
+}
+
+fn floats(v: &serde_json::Value) -> Vec<f64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
+}
+
+fn run(args: &[&str]) -> (String, String) {
+    let out = arcface().args(args).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{args:?}: {stderr}");
+    (String::from_utf8_lossy(&out.stdout).into_owned(), stderr)
+}
+
+/// `arcface infer PHOTO --model MODEL --no-detect --json`: the embedding and the model facts.
+fn infer(model: &str, extra: &[&str]) -> (Vec<f64>, serde_json::Value) {
+    let photo = photo();
+    let mut args = vec![
+        "infer",
+        photo.to_str().unwrap(),
+        "--model",
+        model,
+        "--no-detect",
+        "--json",
+    ];
+    args.extend(extra);
+    let (stdout, _) = run(&args);
+    let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    (
+        floats(&json["images"][0]["faces"][0]["embedding"]),
+        json["model"].clone(),
+    )
+}
+
+#[test]
+fn arcface_torch_r18_as_pth_onnx_and_back_embeds_as_pytorch_and_onnxruntime() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
+    let rgb = decode_rgb(&std::fs::read(photo()).unwrap()).unwrap();
+    assert_eq!(rgb.dimensions(), (112, 112), "an aligned crop");
+    let mut image = vec![0f32; 3 * 112 * 112];
+    to_chw(&rgb, false, &mut image);
+    write_f32(&dir.path().join("image.f32"), &image);
+
+    let made = torch_reference(
+        "arcface_torch.py",
+        &json!({"op": "make", "network": "r18", "dir": dir.path(), "seed": 7,
+                "images": p("image.f32"), "n": 1}),
+    );
+    let torch = floats(&made["embeddings"][0]);
+    assert!(
+        made["conv_with_bias"].as_u64().unwrap() > 0
+            && !made["ops"].as_array().unwrap().contains(&json!("Sub")),
+        "the exporter folded BatchNorm and left the normalisation outside: {made}"
+    );
+
+    // onnxruntime on the exported file, fed as insightface feeds it.
+    let fed: Vec<f32> = image.iter().map(|x| (x - 127.5) / 127.5).collect();
+    write_f32(&dir.path().join("fed.f32"), &fed);
+    run_reference(
+        "onnx_models.py",
+        &json!({"op": "check", "model": p("model.onnx"), "input": p("fed.f32"), "n": 1,
+                "output": p("ort.f32")}),
+    );
+    let ort: Vec<f64> = read_f32(&dir.path().join("ort.f32"))
+        .iter()
+        .map(|&x| x as f64)
+        .collect();
+    let d = distance(&ort, &torch);
+    assert!(d < 1e-4, "onnxruntime vs PyTorch: {d}");
+
+    // The ONNX file run by tract: its convention found and said.
+    let (ours, model) = infer(&p("model.onnx"), &[]);
+    assert_eq!(model["input"], "normalized", "{model}");
+    assert_eq!(model["input_detected"], true);
+    let d = distance(&ours, &torch);
+    assert!(d < 1e-4, "infer --model model.onnx vs PyTorch: {d}");
+    // Overridden, it is fed raw pixels: not the model's embedding any more.
+    let (raw, _) = infer(&p("model.onnx"), &["--onnx-input", "raw"]);
+    assert!(distance(&raw, &torch) > 1e-2);
+
+    // import --onnx (BatchNorm folded, input scale into the stem) and import --pth, zip and
+    // legacy formats.
+    let (stdout, _) = run(&[
+        "import",
+        "--onnx",
+        &p("model.onnx"),
+        "--out",
+        &p("onnx.ckpt"),
+    ]);
+    assert!(
+        stdout.contains("BatchNorm folded") && stdout.contains("as r18, 512-d"),
+        "{stdout}"
+    );
+    for (file, ckpt) in [
+        ("backbone.pth", "pth.ckpt"),
+        ("backbone_legacy.pth", "legacy.ckpt"),
+    ] {
+        let (stdout, _) = run(&["import", "--pth", &p(file), "--out", &p(ckpt)]);
+        assert!(stdout.contains("as r18, 512-d"), "{stdout}");
+    }
+    for ckpt in ["onnx.ckpt", "pth.ckpt", "legacy.ckpt"] {
+        let (ours, _) = infer(&p(ckpt), &[]);
+        let d = distance(&ours, &torch);
+        assert!(d < 1e-4, "{ckpt} vs PyTorch: {d}");
+    }
+    // --network must be what the file holds.
+    let out = arcface()
+        .args(["import", "--pth", &p("backbone.pth"), "--network", "r50"])
+        .args(["--out", &p("r50.ckpt")])
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && e.contains("holds an r18"), "{e}");
+
+    // Back to PyTorch: strict loading into arcface_torch's model, the same embedding.
+    run(&[
+        "export",
+        "--model",
+        &p("pth.ckpt"),
+        "--safetensors",
+        &p("back.safetensors"),
+    ]);
+    let back = torch_reference(
+        "arcface_torch.py",
+        &json!({"op": "load", "network": "r18", "safetensors": p("back.safetensors"),
+                "images": p("image.f32"), "n": 1}),
+    );
+    let d = distance(&floats(&back["embeddings"][0]), &torch);
+    assert!(
+        d < 1e-4,
+        "exported safetensors in PyTorch vs the original: {d}"
+    );
+}
+
+#[test]
+fn bad_pth_files_are_refused_naming_the_file_and_tensor() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
+    torch_reference("arcface_torch.py", &json!({"op": "bad", "dir": dir.path()}));
+    std::fs::write(dir.path().join("junk.pth"), b"not a pickle at all").unwrap();
+    for (file, expected) in [
+        ("linear.pth", "no `conv1.weight`"),
+        ("not_a_state_dict.pth", "not a state dict"),
+        ("truncated.pth", "not a PyTorch file"),
+        ("junk.pth", "not a PyTorch file"),
+        ("missing.pth", "`layer3.1.bn2.running_var` is missing"),
+        (
+            "wrong_shape.pth",
+            "`layer2.0.conv1.weight` has shape [128, 64, 1, 1]",
+        ),
+    ] {
+        let out = arcface()
+            .args(["import", "--pth", &p(file), "--out", &p("x.ckpt")])
+            .output()
+            .unwrap();
+        let e = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{file} imported");
+        assert!(e.contains(file) && e.contains(expected), "{file}: {e}");
+        assert!(!e.contains("panicked"), "{e}");
+        assert!(!dir.path().join("x.ckpt").exists());
+    }
+    // The good one imports.
+    let (stdout, _) = run(&["import", "--pth", &p("good.pth"), "--out", &p("x.ckpt")]);
+    assert!(stdout.contains("as r18"), "{stdout}");
+}
+
+#[test]
+fn parameter_counts_equal_pytorch_for_arcface_torchs_iresnets() {
+    let counts = torch_reference(
+        "arcface_torch.py",
+        &json!({"op": "count", "networks": ["r50", "r100", "r200"]}),
+    );
+    for name in ["r50", "r100", "r200"] {
+        let config = format!("configs/{name}.toml");
+        let config = config.as_str();
+        let (stdout, _) = run(&["summary", "--config", config, "--device", "cpu"]);
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with("total:"))
+            .unwrap_or_else(|| panic!("{stdout}"));
+        // "total: 118,833,920 parameters (118,833,408 trainable), …": PyTorch's count
+        // includes the fixed γ of `features` (requires_grad=False is still a parameter).
+        let ours: u64 = line["total: ".len()..]
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .replace(',', "")
+            .parse()
+            .unwrap();
+        assert_eq!(ours, counts[name].as_u64().unwrap(), "{name}: {line}");
+    }
+}
