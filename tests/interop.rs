@@ -3,6 +3,7 @@
 //! backbone.pth (zip and legacy formats) and as torch2onnx.py exports it (BatchNorm folded, no
 //! normalisation inside). Each way in gives PyTorch's and onnxruntime's embedding of a real
 //! photo, and our safetensors export goes back into arcface_torch's model with strict=True.
+//! And insightface's validation numbers on a JPEG .bin, pixels decoded as PIL decodes them.
 
 mod common;
 
@@ -244,4 +245,113 @@ fn parameter_counts_equal_pytorch_for_arcface_torchs_iresnets() {
             .unwrap();
         assert_eq!(ours, counts[name].as_u64().unwrap(), "{name}: {line}");
     }
+}
+
+#[test]
+fn a_jpeg_bin_scores_as_verification_py_on_libjpeg_pixels() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
+    let photos: Vec<String> = [
+        "obama.jpg",
+        "biden.jpg",
+        "grace_hopper.jpg",
+        "astronaut.png",
+    ]
+    .iter()
+    .map(|f| photo().with_file_name(f).to_string_lossy().into_owned())
+    .collect();
+    run_reference(
+        "jpeg_bin.py",
+        &json!({"op": "write", "bin": p("jpeg.bin"), "photos": photos, "pairs": 60, "seed": 4}),
+    );
+    run(&[
+        "export",
+        "--config",
+        "configs/tiny.toml",
+        "--seed",
+        "3",
+        "--onnx",
+        &p("tiny.onnx"),
+    ]);
+    let reference = run_reference(
+        "jpeg_bin.py",
+        &json!({"op": "evaluate", "bin": p("jpeg.bin"), "model": p("tiny.onnx")}),
+    );
+    let (stdout, _) = run(&[
+        "eval",
+        "--model",
+        &p("tiny.onnx"),
+        "--bin",
+        &p("jpeg.bin"),
+        "--json",
+    ]);
+    let ours: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let ours = &ours["targets"][0];
+    let get = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap();
+    for key in ["accuracy", "std", "threshold"] {
+        assert!(
+            (get(ours, key) - get(&reference, key)).abs() < 1e-9,
+            "{key}: ours {ours}, verification.py {reference}"
+        );
+    }
+    let x = (get(ours, "xnorm") / get(&reference, "xnorm") - 1.0).abs();
+    assert!(x < 1e-4, "XNorm: ours {ours}, verification.py {reference}");
+}
+
+/// The Python with mxnet 1.9.1 (`.ci/run` makes .venv-mxnet): $ARCFACE_MXNET_PYTHON, else that.
+fn mxnet_python() -> PathBuf {
+    std::env::var_os("ARCFACE_MXNET_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| common::root().join(".venv-mxnet/bin/python"))
+}
+
+#[test]
+fn an_lresnet_exported_by_mxnet_runs_and_imports_as_mxnet_computes_it() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
+    let rgb = decode_rgb(&std::fs::read(photo()).unwrap()).unwrap();
+    let mut image = vec![0f32; 3 * 112 * 112];
+    to_chw(&rgb, false, &mut image);
+    write_f32(&dir.path().join("image.f32"), &image);
+    let python = mxnet_python();
+    let mut child = std::process::Command::new(&python)
+        .arg(common::root().join("tests/reference/mxnet_export.py"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "{}: {e} (mxnet==1.9.1 with numpy<1.24 and onnx<1.15: `bash .ci/run` makes \
+                 .venv-mxnet)",
+                python.display()
+            )
+        });
+    let request = json!({"dir": dir.path(), "images": p("image.f32"), "n": 1, "seed": 3});
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(request.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "mxnet_export.py failed");
+    let made: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for op in ["Shape", "Slice", "Concat", "Reshape", "Identity"] {
+        assert!(
+            made["ops"].as_array().unwrap().contains(&json!(op)),
+            "MXNet's exporter writes {op} around the FC layer: {made}"
+        );
+    }
+    let mxnet = floats(&made["embeddings"][0]);
+
+    let (ours, model) = infer(&p("mxnet.onnx"), &[]);
+    assert_eq!(model["input"], "raw", "Sub and Mul inside: {model}");
+    let d = distance(&ours, &mxnet);
+    assert!(d < 1e-4, "tract on MXNet's export vs MXNet: {d}");
+    let (stdout, _) = run(&["import", "--onnx", &p("mxnet.onnx"), "--out", &p("mx.ckpt")]);
+    assert!(stdout.contains("as tiny, 128-d"), "{stdout}");
+    let (ours, _) = infer(&p("mx.ckpt"), &[]);
+    let d = distance(&ours, &mxnet);
+    assert!(d < 1e-4, "imported MXNet export vs MXNet: {d}");
 }

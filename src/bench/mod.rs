@@ -27,6 +27,49 @@ pub struct DataThroughput {
     pub images_per_second_per_thread: f64,
 }
 
+/// One decoder's images per second on one thread over a dataset's first records.
+#[derive(Debug, Clone, Serialize)]
+pub struct DecodeThroughput {
+    pub decoder: &'static str,
+    pub images: usize,
+    pub images_per_second: f64,
+}
+
+/// The two JPEG decoders on the same records, one thread, each record decoded `rounds` times:
+/// the `image` crate's (training batches) and libjpeg-turbo's (validation, eval, photos).
+pub fn decoders(dir: &Path, records: usize, rounds: usize) -> Result<Vec<DecodeThroughput>> {
+    use crate::data::image::{decode_face, decode_face_exact};
+    let dataset = RecDataset::open(dir)?;
+    let n = records.min(dataset.len());
+    let samples = (0..n)
+        .map(|i| dataset.sample(i).map(|s| s.image))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut out = Vec::new();
+    type Decode = fn(&[u8]) -> Result<image::RgbImage, String>;
+    for (decoder, decode) in [
+        ("image crate (training)", decode_face as Decode),
+        (
+            "libjpeg-turbo (eval; the image crate checks first)",
+            decode_face_exact as Decode,
+        ),
+    ] {
+        let start = Instant::now();
+        for _ in 0..rounds {
+            for bytes in &samples {
+                decode(bytes).map_err(anyhow::Error::msg)?;
+            }
+        }
+        let images = n * rounds;
+        out.push(DecodeThroughput {
+            decoder,
+            images,
+            images_per_second: images as f64 / start.elapsed().as_secs_f64(),
+        });
+    }
+    Ok(out)
+}
+
 /// Decoded + flipped images per second through the real loader (prefetch included), with 1
 /// thread and with `threads`, over `batches` batches of 128 after one warm-up batch.
 pub fn data(dir: &Path, threads: usize, batches: usize) -> Result<Vec<DataThroughput>> {

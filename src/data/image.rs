@@ -59,10 +59,19 @@ fn libjpeg_rgb(bytes: &[u8]) -> Option<RgbImage> {
     .flatten()
 }
 
-/// Decodes and brings to 112×112 (bilinear resize only when the size differs).
+/// Decodes and brings to 112×112 (bilinear resize only when the size differs), with the
+/// `image` crate's decoder: what training batches use, it being the faster one here (`arcface
+/// bench data` measures both). Validation and evaluation use [`decode_face_exact`].
 pub fn decode_face(bytes: &[u8]) -> Result<RgbImage, String> {
     let rgb = decode_rgb(bytes)?;
     Ok(to_face_size(rgb))
+}
+
+/// As [`decode_face`], with JPEGs decoded by libjpeg-turbo's decoder ([`decode_photo`]): the
+/// pixels insightface's verification.py gets from mxnet's imdecode (or PIL, OpenCV), so
+/// distances near a threshold fall on the same side and `eval` gives its number to the pair.
+pub fn decode_face_exact(bytes: &[u8]) -> Result<RgbImage, String> {
+    Ok(to_face_size(decode_photo(bytes)?))
 }
 
 pub fn to_face_size(rgb: RgbImage) -> RgbImage {

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::verify::{Verification, folds, l2_normalize, squared_distance, verify};
 use crate::data::bin::PairSet;
-use crate::data::image::{decode_face, to_chw};
+use crate::data::image::{decode_face_exact, to_chw};
 use crate::embedder::{Embedder, IMAGE_VALUES};
 
 #[derive(Debug, Clone, Serialize)]
@@ -43,7 +43,8 @@ pub fn embed_images(
             .enumerate()
             .map(|(i, bytes)| {
                 let index = chunk_index * batch + i;
-                decode_face(bytes).map_err(|e| format!("image {index} (pair {}): {e}", index / 2))
+                decode_face_exact(bytes)
+                    .map_err(|e| format!("image {index} (pair {}): {e}", index / 2))
             })
             .collect::<Result<Vec<_>, String>>()?;
         for flip in [false, true] {
@@ -71,11 +72,14 @@ pub fn evaluate(
     batch: usize,
 ) -> Result<TargetResult, String> {
     let (plain, flipped) = embed_images(embedder, &set.images, batch)?;
+    // verification.py's XNorm: the mean norm over the images' embeddings and their mirror
+    // images' (its `embeddings_list` holds both).
     let xnorm = plain
         .iter()
+        .chain(&flipped)
         .map(|e| e.iter().map(|v| v * v).sum::<f32>().sqrt() as f64)
         .sum::<f64>()
-        / plain.len() as f64;
+        / (plain.len() + flipped.len()) as f64;
     let embeddings: Vec<Vec<f32>> = plain
         .iter()
         .zip(&flipped)

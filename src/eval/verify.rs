@@ -160,7 +160,7 @@ pub fn raw_pixel_verification(set: &crate::data::bin::PairSet) -> Result<Verific
         .par_iter()
         .enumerate()
         .map(|(i, bytes)| {
-            let img = crate::data::image::decode_face(bytes)
+            let img = crate::data::image::decode_face_exact(bytes)
                 .map_err(|e| format!("image {i} (pair {}): {e}", i / 2))?;
             Ok(flip_sum_embedding(&img, pixels))
         })

@@ -379,8 +379,10 @@ pub fn run(what: &BenchCommand, cli_device: &Option<String>) -> Result<()> {
             json,
         } => {
             let results = bench::data(rec, *threads, *batches)?;
+            let decoders = bench::decoders(rec, 512, 4)?;
             if *json {
-                println!("{}", serde_json::to_string_pretty(&results)?);
+                let both = serde_json::json!({ "loader": results, "decoders": decoders });
+                println!("{}", serde_json::to_string_pretty(&both)?);
             } else {
                 println!(
                     "{:>8} {:>10} {:>12} {:>18}",
@@ -391,6 +393,10 @@ pub fn run(what: &BenchCommand, cli_device: &Option<String>) -> Result<()> {
                         "{:>8} {:>10} {:>12.0} {:>18.0}",
                         r.threads, r.images, r.images_per_second, r.images_per_second_per_thread
                     );
+                }
+                println!("JPEG decoding alone, one thread:");
+                for d in &decoders {
+                    println!("  {:<50} {:>8.0} img/s", d.decoder, d.images_per_second);
                 }
             }
         }
