@@ -509,6 +509,19 @@ fn bad_onnx_files_give_errors_that_name_the_file_or_tensor() {
     let e = import_fails("bytes.onnx");
     assert!(e.contains("bn1.running_var"), "{e}");
 
+    // Two outputs: which one is the embedding is not guessed.
+    let mut two = proto.clone();
+    let graph = two.graph.as_mut().unwrap();
+    let mut extra = graph.output[0].clone();
+    extra.name = "bn1.out".into();
+    graph.output.push(extra);
+    std::fs::write(p("two.onnx"), prost_bytes(&two)).unwrap();
+    let e = import_fails("two.onnx");
+    assert!(
+        e.contains("two.onnx") && e.contains("2 outputs") && e.contains("`fc1`"),
+        "{e}"
+    );
+
     // A graph that is not an embedder (wrong input size) in eval.
     let mut small = proto.clone();
     if let Some(tract_onnx::pb::type_proto::Value::TensorType(t)) =
