@@ -2,10 +2,13 @@
 //! flow (not by names, which differ between exporters: MXNet's `stage1_unit1_conv1_weight`, our
 //! `layer1.0.conv1.weight`): stem Conv → BN → PRelu; units BN → Conv → BN → PRelu → Conv → BN
 //! plus a shortcut (identity, or Conv 1×1 → BN) → Add; then BN → Flatten → Gemm → BN. The depth
-//! (r18/r34/r50/r100/tiny) and embedding size are read off the graph.
+//! (r18/r34/r50/r100/r200/tiny) and embedding size are read off the graph.
 //!
-//! Run `load::repair_zoo_defects` first. A BatchNorm epsilon other than ours (2e-5; arcface_torch
-//! uses 1e-5) is absorbed into the running variance, so inference is unchanged.
+//! Run `load::prepare` first (the zoo's repairs, the input convention). What exporters change is
+//! read for what it computes: a BatchNorm folded into its Conv (a bias, no BatchNorm), the
+//! normalisation's scale (folded into the stem), another BatchNorm epsilon (absorbed into the
+//! running variance), shape bookkeeping around the FC layer; inference is unchanged, and
+//! `compare_outputs` checks it against the file run by tract.
 
 use anyhow::{Context, Result, bail};
 use tract_onnx::pb;
