@@ -682,16 +682,19 @@ fn two_ranks_learn() {
         start.to_str().unwrap(),
     ]));
     let bin = data.join("synth_val.bin");
-    let untrained = run_ok(&mut arcface(&[
+    // stdout alone: the JSON (stderr says what the ONNX file takes).
+    let out = arcface(&[
         "eval",
         "--model",
         start.to_str().unwrap(),
         "--bin",
         bin.to_str().unwrap(),
         "--json",
-    ]));
-    let json_start = untrained.find('{').unwrap();
-    let untrained: serde_json::Value = serde_json::from_str(&untrained[json_start..]).unwrap();
+    ])
+    .output()
+    .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let untrained: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let before = untrained["targets"][0]["accuracy"].as_f64().unwrap();
     let trained = run_ok(&mut arcface(&[
         "train",
