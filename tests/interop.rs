@@ -7,12 +7,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde_json::json;
 
 use arcface::data::image::{decode_rgb, to_chw};
-use common::{arcface, run_reference, torch_reference};
+use common::{arcface, mxnet_reference, read_f32, run_reference, torch_reference, write_f32};
 
 fn photo() -> PathBuf {
     let path = common::root().join("models/photos/Tom_Hanks_54745.png");
@@ -22,19 +22,6 @@ fn photo() -> PathBuf {
         path.display()
     );
     path
-}
-
-fn write_f32(path: &Path, values: &[f32]) {
-    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-    std::fs::write(path, bytes).unwrap();
-}
-
-fn read_f32(path: &Path) -> Vec<f32> {
-    std::fs::read(path)
-        .unwrap()
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-        .collect()
 }
 
 fn normalised(v: &[f64]) -> Vec<f64> {
@@ -298,45 +285,18 @@ fn a_jpeg_bin_scores_as_verification_py_on_libjpeg_pixels() {
     assert!(x < 1e-4, "XNorm: ours {ours}, verification.py {reference}");
 }
 
-/// The Python with mxnet 1.9.1 (`.ci/run` makes .venv-mxnet): $ARCFACE_MXNET_PYTHON, else that.
-fn mxnet_python() -> PathBuf {
-    std::env::var_os("ARCFACE_MXNET_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| common::root().join(".venv-mxnet/bin/python"))
-}
-
 #[test]
 fn an_lresnet_exported_by_mxnet_runs_and_imports_as_mxnet_computes_it() {
-    use std::io::Write;
     let dir = tempfile::tempdir().unwrap();
     let p = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
     let rgb = decode_rgb(&std::fs::read(photo()).unwrap()).unwrap();
     let mut image = vec![0f32; 3 * 112 * 112];
     to_chw(&rgb, false, &mut image);
     write_f32(&dir.path().join("image.f32"), &image);
-    let python = mxnet_python();
-    let mut child = std::process::Command::new(&python)
-        .arg(common::root().join("tests/reference/mxnet_export.py"))
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!(
-                "{}: {e} (mxnet==1.9.1 with numpy<1.24 and onnx<1.15: `bash .ci/run` makes \
-                 .venv-mxnet)",
-                python.display()
-            )
-        });
-    let request = json!({"dir": dir.path(), "images": p("image.f32"), "n": 1, "seed": 3});
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(request.to_string().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "mxnet_export.py failed");
-    let made: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let made = mxnet_reference(
+        "mxnet_export.py",
+        &json!({"dir": dir.path(), "images": p("image.f32"), "n": 1, "seed": 3}),
+    );
     for op in ["Shape", "Slice", "Concat", "Reshape", "Identity"] {
         assert!(
             made["ops"].as_array().unwrap().contains(&json!(op)),

@@ -17,20 +17,7 @@ use arcface::embedder::{Embedder, IMAGE_VALUES};
 use arcface::model::summary::count_params;
 use arcface::model::{IResNet, Network, backbone_config};
 use arcface::onnx::{self, Batch, ConvAlgorithm, InputConvention, OnnxEmbedder};
-use common::{arcface, run_reference};
-
-fn write_f32(path: &Path, values: &[f32]) {
-    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-    std::fs::write(path, bytes).unwrap();
-}
-
-fn read_f32(path: &Path) -> Vec<f32> {
-    std::fs::read(path)
-        .unwrap()
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-        .collect()
-}
+use common::{arcface, read_f32, run_reference, write_f32};
 
 /// A deterministic stream in [0, 1).
 fn uniform(seed: u64) -> impl FnMut() -> f32 {

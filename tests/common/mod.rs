@@ -24,36 +24,50 @@ pub fn python() -> PathBuf {
     }
 }
 
-/// Runs a reference script with JSON on stdin and parses its JSON stdout. Panics with a hint
-/// when Python or numpy is missing: these references are part of the proof, not optional.
-pub fn run_reference(script: &str, input: &serde_json::Value) -> serde_json::Value {
+/// Runs tests/reference/`script` with `python` (`flags` before the script), `query` as JSON on
+/// stdin, and parses its JSON stdout. Panics with `hint` (how to get that Python) when it
+/// cannot start or fails: these references are part of the proof, not optional.
+fn run_python(
+    python: &std::path::Path,
+    flags: &[&str],
+    script: &str,
+    query: &serde_json::Value,
+    hint: &str,
+) -> serde_json::Value {
     let path = root().join("tests/reference").join(script);
-    let mut child = Command::new(python())
+    let mut child = Command::new(python)
+        .args(flags)
         .arg(&path)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot start {:?} ({e}); run `bash .ci/run` once or set ARCFACE_PYTHON",
-                python()
-            )
-        });
+        .unwrap_or_else(|e| panic!("cannot start {} ({e}); {hint}", python.display()));
     child
         .stdin
         .take()
         .unwrap()
-        .write_all(input.to_string().as_bytes())
+        .write_all(query.to_string().as_bytes())
         .unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(
         out.status.success(),
-        "{} failed (numpy installed? `bash .ci/run` makes .venv with it):\n{}",
+        "{} failed on {query} ({hint}):\n{}",
         path.display(),
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).expect("reference output is JSON")
+}
+
+/// Runs a reference script with the reference venv's Python (numpy, onnxruntime, PIL…).
+pub fn run_reference(script: &str, input: &serde_json::Value) -> serde_json::Value {
+    run_python(
+        &python(),
+        &[],
+        script,
+        input,
+        "`bash .ci/run` makes .venv with numpy and the rest, or set ARCFACE_PYTHON",
+    )
 }
 
 /// Runs tests/reference/`script` with the Python of the torch venv (scripts/setup-libtorch.sh
@@ -65,23 +79,42 @@ pub fn torch_reference(script: &str, query: &serde_json::Value) -> serde_json::V
             "VIRTUAL_ENV: run the tests that compare with PyTorch after `eval \"$(scripts/setup-libtorch.sh)\"` (`bash .ci/run` does)",
         );
     // -W ignore: torch warns that this venv has no numpy, which the reference does not use.
-    let mut child = Command::new(&python)
-        .args(["-W", "ignore"])
-        .arg(root().join("tests/reference").join(script))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{}: {e}", python.display()));
-    use std::io::Write;
-    child
-        .stdin
-        .take()
+    run_python(
+        &python,
+        &["-W", "ignore"],
+        script,
+        query,
+        "the torch venv of scripts/setup-libtorch.sh",
+    )
+}
+
+/// Runs tests/reference/`script` with the Python that has mxnet 1.9.1: $ARCFACE_MXNET_PYTHON,
+/// else the repo's .venv-mxnet (made by `.ci/run`).
+pub fn mxnet_reference(script: &str, query: &serde_json::Value) -> serde_json::Value {
+    let python = std::env::var_os("ARCFACE_MXNET_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join(".venv-mxnet/bin/python"));
+    run_python(
+        &python,
+        &[],
+        script,
+        query,
+        "mxnet==1.9.1 with numpy<1.24 and onnx<1.15: `bash .ci/run` makes .venv-mxnet",
+    )
+}
+
+/// `values` as little-endian f32 bytes in `path` (how the references exchange images).
+pub fn write_f32(path: &std::path::Path, values: &[f32]) {
+    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    std::fs::write(path, bytes).unwrap();
+}
+
+pub fn read_f32(path: &std::path::Path) -> Vec<f32> {
+    std::fs::read(path)
         .unwrap()
-        .write_all(query.to_string().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{script} failed on {query}");
-    serde_json::from_slice(&out.stdout).unwrap()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect()
 }
 
 /// The `arcface` binary built for these tests.
