@@ -104,6 +104,39 @@ pub fn move_epsilon(gamma: &mut [f32], var: &mut [f32], from: f64, to: f64) -> b
     rescaled
 }
 
+/// One direction of the conversion, on our paths: the stem convolution's weights × `stem`, and
+/// every BatchNorm moved from epsilon `from` to `to` ([`move_epsilon`]). Returns the modules
+/// where γ was rescaled.
+fn convert(
+    tensors: &mut BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+    stem: f64,
+    from: f64,
+    to: f64,
+) -> Result<Vec<String>> {
+    if let Some((_, w)) = tensors.get_mut("conv1.weight") {
+        w.iter_mut().for_each(|x| *x = (*x as f64 * stem) as f32);
+    }
+    let norms: Vec<String> = tensors
+        .keys()
+        .filter_map(|k| k.strip_suffix(".running_var").map(str::to_string))
+        .collect();
+    let mut rescaled = Vec::new();
+    for module in norms {
+        let (_, mut var) = tensors
+            .remove(&format!("{module}.running_var"))
+            .expect("listed");
+        let gamma = tensors
+            .get_mut(&format!("{module}.gamma"))
+            .map(|(_, g)| g)
+            .ok_or_else(|| anyhow::anyhow!("{module}: running_var without gamma"))?;
+        if move_epsilon(gamma, &mut var, from, to) {
+            rescaled.push(module.clone());
+        }
+        tensors.insert(format!("{module}.running_var"), (vec![var.len()], var));
+    }
+    Ok(rescaled)
+}
+
 fn values(data: &TensorData, path: &str) -> Result<Vec<f32>> {
     data.clone()
         .convert::<f32>()
@@ -145,27 +178,10 @@ pub fn to_torch(backbone: &BTreeMap<String, TensorData>) -> Result<Vec<TorchTens
             (data.shape().to_vec(), values(data, path)?),
         );
     }
-    // Our stem sees (x − 127.5)/128, theirs (x − 127.5)/127.5: W·u = (W·127.5/128)·v.
-    if let Some((_, w)) = tensors.get_mut("conv1.weight") {
-        let k = INPUT_SCALE as f64 / TORCH_INPUT_SCALE;
-        w.iter_mut().for_each(|x| *x = (*x as f64 * k) as f32);
-    }
-    let norms: Vec<String> = tensors
-        .keys()
-        .filter_map(|k| k.strip_suffix(".running_var").map(str::to_string))
-        .collect();
-    for module in norms {
-        let (_, mut var) = tensors
-            .remove(&format!("{module}.running_var"))
-            .expect("listed");
-        let gamma = tensors
-            .get_mut(&format!("{module}.gamma"))
-            .map(|(_, g)| g)
-            .ok_or_else(|| anyhow::anyhow!("{module}: running_var without gamma"))?;
-        // Theirs is the smaller epsilon: the variance only grows, γ stays.
-        move_epsilon(gamma, &mut var, BN_EPS, TORCH_BN_EPS);
-        tensors.insert(format!("{module}.running_var"), (vec![var.len()], var));
-    }
+    // Our stem sees (x − 127.5)/128, theirs (x − 127.5)/127.5: W·u = (W·127.5/128)·v. Theirs
+    // is the smaller epsilon: the variances only grow, γ stays.
+    let k = INPUT_SCALE as f64 / TORCH_INPUT_SCALE;
+    convert(&mut tensors, k, BN_EPS, TORCH_BN_EPS)?;
     let folded = tensors
         .into_iter()
         .map(|(path, (shape, values))| (path, TensorData::new(values, shape)))
@@ -282,24 +298,8 @@ pub fn from_torch(
          stem convolution and the running variances (ours: raw RGB in, (x − 127.5)/128 inside, \
          ε {BN_EPS})"
     )];
-    let (_, w) = ours.get_mut("conv1.weight").expect("an iresnet has conv1");
     let k = TORCH_INPUT_SCALE / INPUT_SCALE as f64;
-    w.iter_mut().for_each(|x| *x = (*x as f64 * k) as f32);
-    let norms: Vec<String> = ours
-        .keys()
-        .filter_map(|k| k.strip_suffix(".running_var").map(str::to_string))
-        .collect();
-    let mut rescaled = Vec::new();
-    for module in norms {
-        let (_, mut var) = ours
-            .remove(&format!("{module}.running_var"))
-            .expect("listed");
-        let (_, gamma) = ours.get_mut(&format!("{module}.gamma")).expect("listed");
-        if move_epsilon(gamma, &mut var, TORCH_BN_EPS, BN_EPS) {
-            rescaled.push(module.clone());
-        }
-        ours.insert(format!("{module}.running_var"), (vec![var.len()], var));
-    }
+    let rescaled = convert(&mut ours, k, TORCH_BN_EPS, BN_EPS)?;
     if !rescaled.is_empty() {
         notes.push(format!(
             "running variances below {:.0e} in {} ({}): γ rescaled there instead",
