@@ -3,7 +3,7 @@ the same step), to set beside ours (`arcface bench train --profile`) kernel kind
 with scripts/profile_summary.py; on a GPU, or on LibTorch's CPU beside ours on libtorch-cpu.
 
 Usage: python3 torch_profile.py ANCHOR.py OUT_DIR [--batch 128] [--classes 85742] [--device cuda]
-                                 [--units 3,13,30,3] [--widths 64,128,256,512]
+                                 [--units 3,13,30,3] [--widths 64,128,256,512] [--network mbf]
                                  [--only train_fp32,infer_fp32,...] [--time N]
 Writes OUT_DIR/trace_torch_train_fp32.json, ..._train_bf16.json, ..._train_bf16_cl.json,
 trace_torch_infer_fp32.json, ..._infer_bf16_cl.json (3 steps or batches each, after 5 warm-ups;
@@ -12,6 +12,9 @@ every allocation and free (profile_memory), so that profile_summary.py can set t
 ours; `--time N` times N steps instead, unprofiled, and prints one JSON line per run. On the CPU
 (`--device cpu`, with `--units` for a smaller network of the anchor's kind, e.g. 3,4,14,3 for
 r50) that peak counts every live tensor byte, as `arcface bench train --profile` does.
+`--network mbf` (or mbf_large) puts arcface_torch's MobileFaceNet in the anchor's iresnet's
+place (tests/reference/arcface_torch.py, mobilefacenet.py module for module), for
+`arcface bench train --config configs/mbf.toml` beside it.
 """
 import argparse
 import ctypes
@@ -34,6 +37,7 @@ def load_anchor(path):
 DEVICE = "cuda"
 UNITS = (3, 13, 30, 3)
 WIDTHS = (64, 128, 256, 512)  # the anchor's
+NETWORK = None  # --network mbf: arcface_torch's MobileFaceNet instead
 TIME = 0  # --time N: time N steps without the profiler instead of recording
 
 
@@ -84,7 +88,12 @@ def record(path, fn, steps=3):
 def backbone(anchor):
     """The anchor's IResNet with UNITS, and WIDTHS put in place of its layers where they differ
     (its forward kept): at tiny widths the kernels do almost nothing and a step's time is the
-    framework's own cost of each operation, as `arcface bench train --widths` measures ours."""
+    framework's own cost of each operation, as `arcface bench train --widths` measures ours.
+    With --network, arcface_torch's MobileFaceNet of that name."""
+    if NETWORK:
+        here = os.path.dirname(os.path.abspath(__file__))
+        reference = load_anchor(os.path.join(here, "..", "tests", "reference", "arcface_torch.py"))
+        return reference.get_model(NETWORK)
     model = anchor.IResNet(layers=UNITS)
     if WIDTHS != (64, 128, 256, 512):
         nn = torch.nn
@@ -169,12 +178,15 @@ def main():
                     "(e.g. 8,8,8,8 with --batch 2: the framework's cost per operation)")
     ap.add_argument("--time", type=int, default=0, help="time this many steps (or batches) "
                     "after the warm-up instead of profiling; prints one JSON line per run")
+    ap.add_argument("--network", default=None, choices=["mbf", "mbf_large"],
+                    help="arcface_torch's MobileFaceNet instead of the anchor's iresnet")
     ap.add_argument("--only", default="", help="comma-separated: train_fp32, train_bf16, "
                     "train_bf16_cl, infer_fp32, infer_bf16, infer_bf16_cl (all but infer_bf16 by default: "
                     "the anchor's runs)")
     a = ap.parse_args()
-    global DEVICE, UNITS, WIDTHS, TIME
+    global DEVICE, UNITS, WIDTHS, TIME, NETWORK
     DEVICE = a.device
+    NETWORK = a.network
     TIME = a.time
     UNITS = tuple(int(u) for u in a.units.split(","))
     WIDTHS = tuple(int(w) for w in a.widths.split(","))

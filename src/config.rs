@@ -14,13 +14,15 @@ use crate::model::{Network, Precision};
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     // --- backbone ---
-    /// Backbone: r18, r34, r50, r100, r200 or tiny.
+    /// Backbone: r18, r34, r50, r100, r200 or tiny (iresnets), mbf or mbf_large
+    /// (MobileFaceNets).
     pub network: Network,
     /// Width of the embedding (the zoo model: 512).
     pub embedding_size: usize,
-    /// Dropout before the embedding FC layer (seed: 0.4; arcface_torch: 0).
+    /// Dropout before the embedding FC layer (seed: 0.4; arcface_torch: 0). Iresnets only.
     pub dropout: f64,
-    /// Whether γ of the last BatchNorm is trained. The seed fixes it at 1.
+    /// Whether γ of the last BatchNorm is trained. The seed fixes it at 1. Iresnets only: a
+    /// MobileFaceNet trains it, as arcface_torch's does.
     pub embedding_gamma_trainable: bool,
 
     // --- margin-softmax head ---

@@ -9,7 +9,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::checkpoint::load_backbone;
 use crate::model::iresnet::INPUT_SIZE;
-use crate::model::{IResNet, Precision, memory_format};
+use crate::model::{Backbone, Precision, memory_format};
 use crate::onnx::OnnxEmbedder;
 use crate::onnx::import::{IMPORT_TOLERANCE, compare_outputs, read_file};
 use crate::onnx::input::{Input, InputConvention};
@@ -37,7 +37,7 @@ pub struct BurnOptions {
 pub enum Embedder {
     /// A backbone in inference mode on a burn device.
     Burn {
-        model: IResNet,
+        model: Backbone,
         device: Device,
         options: BurnOptions,
         /// What the user should know about how the model got here (an ONNX file's import).
@@ -114,13 +114,13 @@ impl Embedder {
     }
 
     /// `model` on `device` in fp32, batches stored as they come (NCHW).
-    pub fn burn(model: IResNet, device: &Device) -> Embedder {
+    pub fn burn(model: impl Into<Backbone>, device: &Device) -> Embedder {
         Embedder::burn_with(model, device, BurnOptions::default())
     }
 
-    pub fn burn_with(model: IResNet, device: &Device, options: BurnOptions) -> Embedder {
+    pub fn burn_with(model: impl Into<Backbone>, device: &Device, options: BurnOptions) -> Embedder {
         Embedder::Burn {
-            model,
+            model: model.into(),
             device: device.clone(),
             options,
             notes: Vec::new(),
@@ -130,7 +130,7 @@ impl Embedder {
 
     pub fn embedding_size(&self) -> usize {
         match self {
-            Embedder::Burn { model, .. } => model.features.gamma.dims()[0],
+            Embedder::Burn { model, .. } => model.embedding_size(),
             Embedder::Onnx(onnx) => onnx.embedding_size(),
         }
     }

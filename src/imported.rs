@@ -10,7 +10,7 @@ use burn::tensor::{Device, TensorData};
 use crate::checkpoint::{Checkpoint, Meta, load_named};
 use crate::config::Config;
 use crate::data::loader::Cursor;
-use crate::model::{IResNet, Network, backbone_config};
+use crate::model::{Backbone, Network, backbone_config};
 
 pub struct Imported {
     pub network: Network,
@@ -32,7 +32,7 @@ impl Imported {
     }
 
     /// Our backbone with the imported weights, in inference mode.
-    pub fn backbone(&self, device: &Device) -> Result<IResNet> {
+    pub fn backbone(&self, device: &Device) -> Result<Backbone> {
         let model = backbone_config(&self.config()).init(device);
         load_named(model, "", &self.tensors)
             .map(|m| m.valid())

@@ -1,6 +1,6 @@
 //! The files arcface_torch users have, written by PyTorch itself (tests/reference/
-//! arcface_torch.py, run with the torch venv's Python): its iresnet18 as `torch.save`'s
-//! backbone.pth (zip and legacy formats) and as torch2onnx.py exports it (BatchNorm folded, no
+//! arcface_torch.py, run with the torch venv's Python): its iresnet18 and MobileFaceNet as
+//! `torch.save`'s backbone.pth (zip and legacy formats) and as torch2onnx.py exports it (BatchNorm folded, no
 //! normalisation inside). Each way in gives PyTorch's and onnxruntime's embedding of a real
 //! photo, and our safetensors export goes back into arcface_torch's model with strict=True.
 //! And insightface's validation numbers on a JPEG .bin, pixels decoded as PIL decodes them.
@@ -78,11 +78,7 @@ fn infer(model: &str, extra: &[&str]) -> (Vec<f64>, serde_json::Value) {
 fn arcface_torch_r18_as_pth_onnx_and_back_embeds_as_pytorch_and_onnxruntime() {
     let dir = tempfile::tempdir().unwrap();
     let p = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
-    let rgb = decode_rgb(&std::fs::read(photo()).unwrap()).unwrap();
-    assert_eq!(rgb.dimensions(), (112, 112), "an aligned crop");
-    let mut image = vec![0f32; 3 * 112 * 112];
-    to_chw(&rgb, false, &mut image);
-    write_f32(&dir.path().join("image.f32"), &image);
+    let image = photo_f32(dir.path());
 
     let made = torch_reference(
         "arcface_torch.py",
@@ -175,6 +171,84 @@ fn arcface_torch_r18_as_pth_onnx_and_back_embeds_as_pytorch_and_onnxruntime() {
     );
 }
 
+/// `arcface import FLAG FILE` says `said` and gives a checkpoint (beside FILE) whose
+/// embedding of the photo is within 1e-4 of `reference`.
+fn import_embeds_as(reference: &[f64], flag: &str, file: &str, said: &str) {
+    let ckpt = format!("{file}.ckpt");
+    let (stdout, _) = run(&["import", flag, file, "--out", &ckpt]);
+    assert!(stdout.contains(said), "{file}: {stdout}");
+    let (ours, _) = infer(&ckpt, &[]);
+    let d = distance(&ours, reference);
+    assert!(d < 1e-4, "{file} imported vs the reference: {d}");
+}
+
+/// The photo as raw RGB [3,112,112] in `dir`/image.f32.
+fn photo_f32(dir: &std::path::Path) -> Vec<f32> {
+    let rgb = decode_rgb(&std::fs::read(photo()).unwrap()).unwrap();
+    assert_eq!(rgb.dimensions(), (112, 112), "an aligned crop");
+    let mut image = vec![0f32; 3 * 112 * 112];
+    to_chw(&rgb, false, &mut image);
+    write_f32(&dir.join("image.f32"), &image);
+    image
+}
+
+/// arcface_torch's MobileFaceNet (get_mbf) with trained-like weights, as backbone.pth and as
+/// torch2onnx.py exports it: `infer` on the ONNX file (its grouped convolutions run by tract),
+/// `import --pth` (both formats), our own ONNX export (opset 8, grouped Conv) run by
+/// onnxruntime, `import --onnx` of both ONNX files, and the safetensors export loaded strict
+/// into PyTorch: each gives PyTorch's embedding of the photo within 1e-4.
+#[test]
+fn arcface_torch_mbf_as_pth_and_onnx_and_back_embeds_as_pytorch() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
+    photo_f32(dir.path());
+    let made = torch_reference(
+        "arcface_torch.py",
+        &json!({"op": "make", "network": "mbf", "dir": dir.path(), "seed": 5,
+                "images": p("image.f32"), "n": 1}),
+    );
+    let torch = floats(&made["embeddings"][0]);
+
+    let (ours, model) = infer(&p("model.onnx"), &[]);
+    assert_eq!(model["input"], "normalized", "{model}");
+    let d = distance(&ours, &torch);
+    assert!(d < 1e-4, "infer --model model.onnx (mbf) vs PyTorch: {d}");
+
+    for file in ["backbone.pth", "backbone_legacy.pth"] {
+        import_embeds_as(&torch, "--pth", &p(file), "as mbf, 512-d");
+    }
+
+    let ckpt = p("backbone.pth.ckpt");
+    run(&["export", "--model", &ckpt, "--onnx", &p("ours.onnx")]);
+    let facts = run_reference(
+        "onnx_models.py",
+        &json!({"op": "check", "model": p("ours.onnx"), "input": p("image.f32"), "n": 1,
+                "output": p("ort.f32")}),
+    );
+    assert_eq!(facts["opsets"], json!([["", 8]]), "{facts}");
+    let ort: Vec<f64> = read_f32(&dir.path().join("ort.f32"))
+        .iter()
+        .map(|&x| x as f64)
+        .collect();
+    let d = distance(&ort, &torch);
+    assert!(d < 1e-4, "our mbf ONNX export in onnxruntime vs PyTorch: {d}");
+
+    // Both ONNX files import: torch2onnx.py's (BatchNorm folded, the FC layer a MatMul) and
+    // ours (BatchNorm kept, Gemm with a zero bias).
+    for file in ["model.onnx", "ours.onnx"] {
+        import_embeds_as(&torch, "--onnx", &p(file), "as mbf, 512-d");
+    }
+
+    run(&["export", "--model", &ckpt, "--safetensors", &p("back.safetensors")]);
+    let back = torch_reference(
+        "arcface_torch.py",
+        &json!({"op": "load", "network": "mbf", "safetensors": p("back.safetensors"),
+                "images": p("image.f32"), "n": 1}),
+    );
+    let d = distance(&floats(&back["embeddings"][0]), &torch);
+    assert!(d < 1e-4, "exported mbf safetensors in PyTorch vs the original: {d}");
+}
+
 #[test]
 fn bad_pth_files_are_refused_naming_the_file_and_tensor() {
     let dir = tempfile::tempdir().unwrap();
@@ -208,13 +282,20 @@ fn bad_pth_files_are_refused_naming_the_file_and_tensor() {
 }
 
 #[test]
-fn parameter_counts_equal_pytorch_for_arcface_torchs_iresnets() {
+fn parameter_counts_equal_pytorch_for_arcface_torchs_backbones() {
+    let networks = ["r50", "r100", "r200", "mbf", "mbf_large"];
     let counts = torch_reference(
         "arcface_torch.py",
-        &json!({"op": "count", "networks": ["r50", "r100", "r200"]}),
+        &json!({"op": "count", "networks": networks}),
     );
-    for name in ["r50", "r100", "r200"] {
-        let config = format!("configs/{name}.toml");
+    let dir = tempfile::tempdir().unwrap();
+    let large = dir.path().join("mbf_large.toml");
+    std::fs::write(&large, "network = \"mbf_large\"\n").unwrap();
+    for name in networks {
+        let config = match name {
+            "mbf_large" => large.to_string_lossy().into_owned(),
+            _ => format!("configs/{name}.toml"),
+        };
         let config = config.as_str();
         let (stdout, _) = run(&["summary", "--config", config, "--device", "cpu"]);
         let line = stdout
@@ -289,10 +370,7 @@ fn a_jpeg_bin_scores_as_verification_py_on_libjpeg_pixels() {
 fn an_lresnet_exported_by_mxnet_runs_and_imports_as_mxnet_computes_it() {
     let dir = tempfile::tempdir().unwrap();
     let p = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
-    let rgb = decode_rgb(&std::fs::read(photo()).unwrap()).unwrap();
-    let mut image = vec![0f32; 3 * 112 * 112];
-    to_chw(&rgb, false, &mut image);
-    write_f32(&dir.path().join("image.f32"), &image);
+    photo_f32(dir.path());
     let made = mxnet_reference(
         "mxnet_export.py",
         &json!({"dir": dir.path(), "images": p("image.f32"), "n": 1, "seed": 3}),

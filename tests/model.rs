@@ -4,7 +4,11 @@
 mod common;
 
 use arcface::model::summary::{count_params, summarize};
-use arcface::model::{IResNetConfig, MarginSoftmaxConfig, Network, Precision};
+use arcface::config::Config;
+use arcface::model::{
+    Architecture, Backbone, IResNetConfig, MarginSoftmaxConfig, Network, Precision,
+    backbone_config,
+};
 use burn::module::Module;
 use burn::optim::momentum::MomentumConfig;
 use burn::optim::{GradientsParams, SgdConfig};
@@ -12,7 +16,19 @@ use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
 
 fn backbone(network: Network) -> IResNetConfig {
     let embedding = if network == Network::Tiny { 128 } else { 512 };
-    IResNetConfig::new(network.units(), network.widths()).with_embedding_size(embedding)
+    let Architecture::IResNet { units, widths } = network.architecture() else {
+        panic!("{network} is not an iresnet");
+    };
+    IResNetConfig::new(units, widths).with_embedding_size(embedding)
+}
+
+/// `network` as a config builds it, on `device`.
+fn built(network: Network, device: &Device) -> Backbone {
+    let config = Config {
+        network,
+        ..Config::default()
+    };
+    backbone_config(&config).init(device)
 }
 
 fn images(batch: usize, device: &Device) -> Tensor<4> {
@@ -57,7 +73,7 @@ fn r100_parameters_and_flops_are_the_published_ones() {
     let _turn = common::serial();
     // LResNet100E-IR: 65,156,160 parameters with the last BN's γ counted (fixed at 1 in the
     // seed, so 65,155,648 trainable), 24.18 GFLOPs (12.09 GMAC) per 112×112 image.
-    let model = backbone(Network::R100).init(&Device::flex().autodiff());
+    let model = built(Network::R100, &Device::flex().autodiff());
     let s = summarize(&model, "r100");
     assert_eq!(s.params, 65_156_160);
     assert_eq!(s.trainable_params, 65_155_648);
@@ -68,7 +84,7 @@ fn r100_parameters_and_flops_are_the_published_ones() {
 fn r50_parameters_match_arcface_torch() {
     let _turn = common::serial();
     // arcface_torch's iresnet50 (fp16 off, 512-d): 43,590,848 parameters.
-    let model = backbone(Network::R50).init(&Device::flex().autodiff());
+    let model = built(Network::R50, &Device::flex().autodiff());
     let s = summarize(&model, "r50");
     assert_eq!(s.params, 43_590_848);
     assert_eq!(s.trainable_params, 43_590_848 - 512);
@@ -87,7 +103,7 @@ fn summary_shapes_are_the_real_ones() {
     let _turn = common::serial();
     let device = Device::flex();
     let model = backbone(Network::Tiny).init(&device);
-    let summary = summarize(&model, "tiny");
+    let summary = summarize(&Backbone::IResNet(model.clone()), "tiny");
     let mut x = model.forward_stem(images(2, &device), Precision::Fp32);
     let mut shapes = vec![x.dims()];
     for stage in model.stages() {
@@ -110,6 +126,59 @@ fn summary_shapes_are_the_real_ones() {
         summary.stages.iter().map(|s| s.params).sum::<usize>(),
         summary.params
     );
+}
+
+/// arcface_torch's MobileFaceNets: 512-d embeddings of batches of 1 and 3, and the summary's
+/// shapes those of mobilefacenet.py (a stride-2 stem to 56×56; stages at 56, 28, 14 and 7
+/// pixels of 64·scale, 64·scale, 128·scale and 128·scale channels; mbf's first stage is its
+/// grouped convolution, inside the stem here), every parameter trainable (no fixed γ).
+#[test]
+fn mobilefacenets_embed_and_have_arcface_torchs_shapes() {
+    let _turn = common::serial();
+    let device = Device::flex();
+    for (network, expected) in [
+        (
+            Network::Mbf,
+            vec![
+                ("stem", [128, 56, 56]),
+                ("stage2", [128, 28, 28]),
+                ("stage3", [256, 14, 14]),
+                ("stage4", [256, 7, 7]),
+                ("output", [512, 1, 1]),
+            ],
+        ),
+        (
+            Network::MbfLarge,
+            vec![
+                ("stem", [256, 56, 56]),
+                ("stage1", [256, 56, 56]),
+                ("stage2", [256, 28, 28]),
+                ("stage3", [512, 14, 14]),
+                ("stage4", [512, 7, 7]),
+                ("output", [512, 1, 1]),
+            ],
+        ),
+    ] {
+        let model = built(network, &device);
+        for batch in [1, 3] {
+            let out = model.forward(images(batch, &device));
+            assert_eq!(out.dims(), [batch, 512], "{network} batch {batch}");
+            let values = out.into_data().try_to_vec::<f32>().unwrap();
+            assert!(values.iter().all(|v| v.is_finite()), "{network}");
+        }
+        let summary = summarize(&built(network, &device.clone().autodiff()), network.name());
+        let found: Vec<(&str, [usize; 3])> = summary
+            .stages
+            .iter()
+            .map(|s| (s.name.as_str(), s.output_shape))
+            .collect();
+        assert_eq!(found, expected, "{network}");
+        assert_eq!(summary.params, summary.trainable_params, "{network}");
+        assert_eq!(
+            summary.stages.iter().map(|s| s.params).sum::<usize>(),
+            summary.params
+        );
+    }
 }
 
 /// The parameters the optimiser sees are exactly the trainable ones: one backward pass gives a

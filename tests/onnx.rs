@@ -15,7 +15,7 @@ use arcface::checkpoint::{load_named, named_tensors};
 use arcface::config::Config;
 use arcface::embedder::{Embedder, IMAGE_VALUES};
 use arcface::model::summary::count_params;
-use arcface::model::{IResNet, Network, backbone_config};
+use arcface::model::{Backbone, Network, backbone_config};
 use arcface::onnx::{self, Batch, ConvAlgorithm, InputConvention, OnnxEmbedder};
 use common::{arcface, read_f32, run_reference, write_f32};
 
@@ -41,7 +41,7 @@ fn random_images(n: usize, seed: u64) -> Vec<f32> {
 
 /// A freshly initialised backbone with random BatchNorm statistics and affine parameters and
 /// PReLU slopes, so that a swapped or misplaced parameter changes the output.
-fn randomized(network: Network, embedding_size: usize, seed: u64) -> IResNet {
+fn randomized(network: Network, embedding_size: usize, seed: u64) -> Backbone {
     let config = Config {
         network,
         embedding_size,
@@ -70,7 +70,7 @@ fn randomized(network: Network, embedding_size: usize, seed: u64) -> IResNet {
     load_named(model, "", &tensors).unwrap().valid()
 }
 
-fn burn_embed(model: &IResNet, images: &[f32]) -> Vec<f32> {
+fn burn_embed(model: &Backbone, images: &[f32]) -> Vec<f32> {
     Embedder::burn(model.clone(), &Device::flex())
         .embed(images)
         .unwrap()

@@ -116,7 +116,8 @@ fn bf16_gradients_follow_fp32() {
         backbone: arcface::model::IResNetConfig::new([1, 1, 1, 1], [8, 16, 32, 64])
             .with_embedding_size(32)
             .with_dropout(0.0)
-            .init(&device),
+            .init(&device)
+            .into(),
         head: MarginSoftmaxConfig::new(10, 32)
             .with_scale(16.0)
             .init(&device),

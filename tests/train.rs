@@ -454,11 +454,12 @@ fn safetensors_export_has_arcface_torch_names_and_layouts() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let widths: Vec<String> = arcface::model::Network::Tiny
-        .widths()
-        .iter()
-        .map(|w| w.to_string())
-        .collect();
+    let arcface::model::Architecture::IResNet { widths, .. } =
+        arcface::model::Network::Tiny.architecture()
+    else {
+        unreachable!("tiny is an iresnet")
+    };
+    let widths: Vec<String> = widths.iter().map(|w| w.to_string()).collect();
     let check = std::process::Command::new(common::python())
         .arg(common::root().join("tests/reference/iresnet_names.py"))
         .args([file.to_str().unwrap(), "1,1,1,1", &widths.join(","), "32"])

@@ -1,33 +1,76 @@
-//! arcface_torch's iresnet (recognition/arcface_torch/backbones/iresnet.py) and ours: the same
-//! modules under slightly different names and conventions. Both directions are exact for
-//! inference:
+//! arcface_torch's backbones (recognition/arcface_torch/backbones/iresnet.py and
+//! mobilefacenet.py, `mbf`) and ours: the same modules under other names and conventions. Both
+//! directions are exact for inference:
 //!
 //! | | arcface_torch | ours |
 //! |---|---|---|
 //! | input | (x/255 − 0.5)/0.5 = (x − 127.5)/127.5, outside the model | raw RGB; (x − 127.5)/128 inside |
 //! | BatchNorm ε | 1e-5 | 2e-5 (the seed's MXNet `bn_eps`) |
 //! | names | `bn1.weight`, `prelu.weight`, `downsample.0` / `.1` | `bn1.gamma`, `prelu.alpha`, `downsample.conv` / `.bn` |
+//! | MobileFaceNet names | `layers.3.layers.0.layers.1.layers.0.weight` | `stage2.0.depthwise.conv.weight` (mbf.rs) |
 //! | FC weight | [out, in] | [in, out] (burn's Linear) |
 //!
 //! The input scale goes into the stem convolution's weights (the zero padding sits after the
 //! normalisation in both, so only the scale differs); the epsilon into the running variances.
 
+pub mod mbf;
 pub mod pth;
 
 use std::collections::BTreeMap;
 
 use anyhow::{Result, bail};
-use burn::tensor::TensorData;
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::tensor::{Device, Tensor, TensorData};
 
-use crate::model::Network;
-use crate::model::iresnet::{BN_EPS, INPUT_SCALE, INPUT_SIZE};
+use crate::config::Config;
+use crate::model::layers::{BN_EPS, INPUT_SCALE};
+use crate::model::{Architecture, Backbone, Network, backbone_config};
 
 /// arcface_torch's BatchNorm epsilon (every BatchNorm2d and the BatchNorm1d `features`).
 pub const TORCH_BN_EPS: f64 = 1e-5;
 /// arcface_torch's input scale: 1 / 127.5.
 pub const TORCH_INPUT_SCALE: f64 = 1.0 / 127.5;
 
-/// arcface_torch's name for one of our backbone tensor paths (without the "backbone." prefix).
+/// Which of arcface_torch's backbone files a network's names and layout follow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    IResNet,
+    MobileFaceNet,
+}
+
+impl Family {
+    pub fn of(network: Network) -> Family {
+        match network.architecture() {
+            Architecture::IResNet { .. } => Family::IResNet,
+            Architecture::MobileFaceNet { .. } => Family::MobileFaceNet,
+        }
+    }
+
+    pub fn of_backbone(backbone: &Backbone) -> Family {
+        match backbone {
+            Backbone::IResNet(_) => Family::IResNet,
+            Backbone::MobileFaceNet(_) => Family::MobileFaceNet,
+        }
+    }
+
+    /// arcface_torch's name for one of our tensor paths (without "backbone.").
+    pub fn torch_name(self, path: &str) -> String {
+        match self {
+            Family::IResNet => torch_name(path),
+            Family::MobileFaceNet => mbf::torch_name(path),
+        }
+    }
+
+    /// Our path of the first convolution, which sees the normalised input.
+    fn stem(self) -> &'static str {
+        match self {
+            Family::IResNet => "conv1.weight",
+            Family::MobileFaceNet => "stem.conv.weight",
+        }
+    }
+}
+
+/// arcface_torch's name for one of our iresnet tensor paths (without the "backbone." prefix).
 pub fn torch_name(path: &str) -> String {
     let renamed = path
         .replace(".downsample.conv.", ".downsample.0.")
@@ -42,47 +85,34 @@ pub fn torch_name(path: &str) -> String {
 /// A tensor as PyTorch sees it: name, shape, values.
 pub type TorchTensor = (String, Vec<usize>, Vec<f32>);
 
-/// The tensors (our paths → shapes) of an iresnet of this shape, in arcface_torch's module
-/// order: what a state dict must hold, no more and no less.
+/// The tensors (our paths → shapes) of our `network` at this embedding size, read off the
+/// model itself built lazily (no weights drawn): what a state dict must hold, no more and no
+/// less.
 pub fn backbone_shapes(network: Network, embedding_size: usize) -> Vec<(String, Vec<usize>)> {
-    let mut out = Vec::new();
-    let bn = |out: &mut Vec<(String, Vec<usize>)>, path: &str, c: usize| {
-        for name in ["gamma", "beta", "running_mean", "running_var"] {
-            out.push((format!("{path}.{name}"), vec![c]));
-        }
-    };
-    let widths = network.widths();
-    out.push(("conv1.weight".into(), vec![widths[0], 3, 3, 3]));
-    bn(&mut out, "bn1", widths[0]);
-    out.push(("prelu.alpha".into(), vec![widths[0]]));
-    let mut inplanes = widths[0];
-    for (s, (&units, &planes)) in network.units().iter().zip(&widths).enumerate() {
-        for u in 0..units {
-            let p = format!("layer{}.{u}", s + 1);
-            let cin = if u == 0 { inplanes } else { planes };
-            bn(&mut out, &format!("{p}.bn1"), cin);
-            out.push((format!("{p}.conv1.weight"), vec![planes, cin, 3, 3]));
-            bn(&mut out, &format!("{p}.bn2"), planes);
-            out.push((format!("{p}.prelu.alpha"), vec![planes]));
-            out.push((format!("{p}.conv2.weight"), vec![planes, planes, 3, 3]));
-            bn(&mut out, &format!("{p}.bn3"), planes);
-            if u == 0 {
-                out.push((
-                    format!("{p}.downsample.conv.weight"),
-                    vec![planes, cin, 1, 1],
-                ));
-                bn(&mut out, &format!("{p}.downsample.bn"), planes);
-            }
-        }
-        inplanes = planes;
+    struct Shapes {
+        path: Vec<String>,
+        out: Vec<(String, Vec<usize>)>,
     }
-    let last = widths[3];
-    let side = INPUT_SIZE >> 4;
-    bn(&mut out, "bn2", last);
-    out.push(("fc.weight".into(), vec![last * side * side, embedding_size]));
-    out.push(("fc.bias".into(), vec![embedding_size]));
-    bn(&mut out, "features", embedding_size);
-    out
+    impl ModuleVisitor for Shapes {
+        crate::module_path::track_module_path!();
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let shape = param.lazy_shape().dims::<D>().to_vec();
+            self.out.push((self.path.join("."), shape));
+        }
+    }
+    let config = Config {
+        network,
+        embedding_size,
+        ..Config::default()
+    };
+    let mut shapes = Shapes {
+        path: Vec::new(),
+        out: Vec::new(),
+    };
+    backbone_config(&config)
+        .init(&Device::flex())
+        .visit(&mut shapes);
+    shapes.out
 }
 
 /// Moves a BatchNorm from epsilon `from` to epsilon `to` without changing what it computes:
@@ -108,12 +138,13 @@ pub fn move_epsilon(gamma: &mut [f32], var: &mut [f32], from: f64, to: f64) -> b
 /// every BatchNorm moved from epsilon `from` to `to` ([`move_epsilon`]). Returns the modules
 /// where γ was rescaled.
 fn convert(
+    family: Family,
     tensors: &mut BTreeMap<String, (Vec<usize>, Vec<f32>)>,
     stem: f64,
     from: f64,
     to: f64,
 ) -> Result<Vec<String>> {
-    if let Some((_, w)) = tensors.get_mut("conv1.weight") {
+    if let Some((_, w)) = tensors.get_mut(family.stem()) {
         w.iter_mut().for_each(|x| *x = (*x as f64 * stem) as f32);
     }
     let norms: Vec<String> = tensors
@@ -146,7 +177,10 @@ fn values(data: &TensorData, path: &str) -> Result<Vec<f32>> {
 
 /// Our backbone tensors (paths without "backbone.") under arcface_torch's names and PyTorch's
 /// layouts, values unchanged (what our ONNX export names its weights by).
-pub fn torch_layout(backbone: &BTreeMap<String, TensorData>) -> Result<Vec<TorchTensor>> {
+pub fn torch_layout(
+    family: Family,
+    backbone: &BTreeMap<String, TensorData>,
+) -> Result<Vec<TorchTensor>> {
     let mut out = Vec::new();
     for (path, data) in backbone {
         let path = path.strip_prefix("backbone.").unwrap_or(path);
@@ -155,21 +189,21 @@ pub fn torch_layout(backbone: &BTreeMap<String, TensorData>) -> Result<Vec<Torch
         if path == "fc.weight" {
             let (rows, cols) = (shape[0], shape[1]);
             out.push((
-                torch_name(path),
+                family.torch_name(path),
                 vec![cols, rows],
                 transpose(&values, rows, cols),
             ));
         } else {
-            out.push((torch_name(path), shape, values));
+            out.push((family.torch_name(path), shape, values));
         }
     }
     Ok(out)
 }
 
-/// Our backbone tensors (paths without "backbone.") as arcface_torch's iresnet state dict,
-/// converted so that `get_model(network)` with `load_state_dict(strict=True)` gives our
-/// embeddings from (x/255 − 0.5)/0.5 input.
-pub fn to_torch(backbone: &BTreeMap<String, TensorData>) -> Result<Vec<TorchTensor>> {
+/// Our backbone tensors (paths without "backbone.") as arcface_torch's state dict of that
+/// family, converted so that `get_model(network)` with `load_state_dict(strict=True)` gives
+/// our embeddings from (x/255 − 0.5)/0.5 input.
+pub fn to_torch(family: Family, backbone: &BTreeMap<String, TensorData>) -> Result<Vec<TorchTensor>> {
     let mut tensors: BTreeMap<String, (Vec<usize>, Vec<f32>)> = BTreeMap::new();
     for (path, data) in backbone {
         let path = path.strip_prefix("backbone.").unwrap_or(path);
@@ -181,12 +215,12 @@ pub fn to_torch(backbone: &BTreeMap<String, TensorData>) -> Result<Vec<TorchTens
     // Our stem sees (x − 127.5)/128, theirs (x − 127.5)/127.5: W·u = (W·127.5/128)·v. Theirs
     // is the smaller epsilon: the variances only grow, γ stays.
     let k = INPUT_SCALE as f64 / TORCH_INPUT_SCALE;
-    convert(&mut tensors, k, BN_EPS, TORCH_BN_EPS)?;
+    convert(family, &mut tensors, k, BN_EPS, TORCH_BN_EPS)?;
     let folded = tensors
         .into_iter()
         .map(|(path, (shape, values))| (path, TensorData::new(values, shape)))
         .collect();
-    torch_layout(&folded)
+    torch_layout(family, &folded)
 }
 
 /// `values` [rows, cols] row-major → [cols, rows].
@@ -205,10 +239,7 @@ pub fn network_of(shapes: &BTreeMap<String, Vec<usize>>) -> Result<(Network, usi
         .keys()
         .any(|k| k.starts_with("layers.") || k.starts_with("conv_sep."))
     {
-        bail!(
-            "a MobileFaceNet state dict (arcface_torch's mbf: `layers.*`, `conv_sep.*`): this \
-             build imports arcface_torch's iresnets only"
-        );
+        return mbf::network_of(shapes);
     }
     let Some(stem) = shapes.get("conv1.weight") else {
         bail!(
@@ -239,7 +270,7 @@ pub fn network_of(shapes: &BTreeMap<String, Vec<usize>>) -> Result<(Network, usi
         widths.push(width);
     }
     let network = Network::with_shape(&units, &widths)
-        .filter(|n| stem.first() == Some(&n.widths()[0]))
+        .filter(|_| stem.first() == widths.first())
         .ok_or_else(|| {
             anyhow::anyhow!(
                 "an iresnet with units {units:?} and widths {widths:?}; {}",
@@ -253,7 +284,7 @@ pub fn network_of(shapes: &BTreeMap<String, Vec<usize>>) -> Result<(Network, usi
     Ok((network, embedding_size))
 }
 
-/// An arcface_torch iresnet state dict (torch names → shape, f32 values) as our backbone's
+/// An arcface_torch state dict (torch names → shape, f32 values) as our backbone's
 /// tensors: every tensor of `network` used, none missing or of another shape (each error names
 /// the key), `num_batches_tracked` ignored. Returns the tensors and notes for the user.
 pub fn from_torch(
@@ -262,9 +293,10 @@ pub fn from_torch(
     mut state: BTreeMap<String, (Vec<usize>, Vec<f32>)>,
 ) -> Result<(BTreeMap<String, TensorData>, Vec<String>)> {
     state.retain(|k, _| !k.ends_with(".num_batches_tracked"));
+    let family = Family::of(network);
     let mut ours: BTreeMap<String, (Vec<usize>, Vec<f32>)> = BTreeMap::new();
     for (path, shape) in backbone_shapes(network, embedding_size) {
-        let key = torch_name(&path);
+        let key = family.torch_name(&path);
         let Some((found, values)) = state.remove(&key) else {
             bail!("`{key}` is missing (an {network} needs it)");
         };
@@ -299,7 +331,7 @@ pub fn from_torch(
          ε {BN_EPS})"
     )];
     let k = TORCH_INPUT_SCALE / INPUT_SCALE as f64;
-    let rescaled = convert(&mut ours, k, TORCH_BN_EPS, BN_EPS)?;
+    let rescaled = convert(family, &mut ours, k, TORCH_BN_EPS, BN_EPS)?;
     if !rescaled.is_empty() {
         notes.push(format!(
             "running variances below {:.0e} in {} ({}): γ rescaled there instead",
@@ -370,11 +402,21 @@ mod tests {
             })
             .collect();
         assert_eq!(network_of(&shapes).unwrap(), (Network::R200, 256));
+        for (network, embedding) in [(Network::Mbf, 512), (Network::MbfLarge, 128)] {
+            let family = Family::of(network);
+            let shapes: BTreeMap<String, Vec<usize>> = backbone_shapes(network, embedding)
+                .into_iter()
+                .map(|(path, mut shape)| {
+                    if path == "fc.weight" {
+                        shape.reverse();
+                    }
+                    (family.torch_name(&path), shape)
+                })
+                .collect();
+            assert_eq!(network_of(&shapes).unwrap(), (network, embedding));
+        }
         let mut mbf = BTreeMap::new();
-        mbf.insert(
-            "layers.0.layers.0.conv.weight".to_string(),
-            vec![64, 1, 3, 3],
-        );
+        mbf.insert("layers.0.layers.0.weight".to_string(), vec![96, 3, 3, 3]);
         let e = network_of(&mbf).unwrap_err().to_string();
         assert!(e.contains("MobileFaceNet"), "{e}");
         let mut linear = BTreeMap::new();

@@ -17,7 +17,7 @@ use crate::model::Network;
 /// DDP module's own state dict prefixes every name with `module.`.
 const PREFIXES: [&str; 3] = ["state_dict_backbone.", "state_dict.", "module."];
 
-/// Reads `path` as an arcface_torch iresnet state dict. `network`, if given, must be what the
+/// Reads `path` as an arcface_torch iresnet or MobileFaceNet state dict. `network`, if given, must be what the
 /// file holds. Errors name the file and the tensor.
 pub fn read(path: &Path, network: Option<Network>) -> Result<Imported> {
     let context = || path.display().to_string();

@@ -195,7 +195,7 @@ const RESIDENT_CHUNK: usize = 5;
 /// the anchor's channels-last variant.
 pub fn infer_resident(
     engine: &str,
-    model: &crate::model::IResNet,
+    model: &crate::model::Backbone,
     device: &burn::tensor::Device,
     options: crate::embedder::BurnOptions,
     batch: usize,

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{Result, anyhow};
+use anyhow::{Result, anyhow, bail};
 use burn::tensor::{Device, Distribution, Tensor};
 use serde::Serialize;
 
@@ -13,7 +13,7 @@ use crate::config::Config;
 use crate::device::DeviceSpec;
 use crate::dist::Group;
 use crate::model::memory_format::channels_last;
-use crate::model::{Precision, Trainee, backbone_config, head_config};
+use crate::model::{BackboneConfig, Precision, Trainee, backbone_config, head_config};
 use crate::train::partial_fc::{PartialFc, wire_bytes};
 use crate::train::sgd::{Sgd, SgdSettings};
 use crate::train::step::{PartTimes, gradients};
@@ -170,7 +170,12 @@ pub fn train(
     // `Trainee::init`, with the widths of `options` where given.
     let mut backbone = backbone_config(config);
     if let Some(widths) = options.widths {
-        backbone.widths = widths;
+        match &mut backbone {
+            BackboneConfig::IResNet(c) => c.widths = widths,
+            BackboneConfig::MobileFaceNet(_) => {
+                bail!("--widths sets an iresnet's stage widths; {} is a MobileFaceNet", config.network)
+            }
+        }
     }
     let head = PartialFc::for_rank(config, num_classes, &group);
     let range = head.classes;

@@ -357,7 +357,7 @@ pub fn resolve(path: &Path) -> Result<(PathBuf, Option<String>), CheckpointError
 pub fn load_backbone(
     path: &Path,
     device: &burn::tensor::Device,
-) -> anyhow::Result<(crate::model::IResNet, Meta)> {
+) -> anyhow::Result<(crate::model::Backbone, Meta)> {
     let (path, note) = resolve(path)?;
     if let Some(note) = note {
         eprintln!("{note}");

@@ -87,7 +87,8 @@ pub fn export(args: &ExportArgs, cli_device: &Option<String>) -> Result<()> {
         (None, None) => bail!("give --model CKPT or --config FILE"),
     };
     if let Some(out) = &args.safetensors {
-        arcface::export::safetensors::write(&named_tensors(&model, "backbone."), out)?;
+        let family = arcface::arcface_torch::Family::of_backbone(&model);
+        arcface::export::safetensors::write(family, &named_tensors(&model, "backbone."), out)?;
         println!("wrote {source} to {}", out.display());
     }
     if let Some(out) = &args.onnx {

@@ -1,4 +1,5 @@
-//! Backbone weights as safetensors under arcface_torch's `iresnet.py` names, in PyTorch's
+//! Backbone weights as safetensors under arcface_torch's names (`iresnet.py`,
+//! `mobilefacenet.py`), in PyTorch's
 //! layouts and arcface_torch's conventions (src/arcface_torch/), so that
 //! `get_model(network).load_state_dict(safetensors.torch.load_file(f), strict=True)` gives our
 //! embeddings from (x/255 − 0.5)/0.5 input (BatchNorm's `num_batches_tracked` is left to
@@ -12,8 +13,14 @@ use anyhow::{Context, Result};
 use burn::tensor::TensorData;
 use safetensors::{Dtype, tensor::TensorView};
 
-pub fn write(backbone: &BTreeMap<String, TensorData>, path: &Path) -> Result<()> {
-    let tensors = crate::arcface_torch::to_torch(backbone)?;
+use crate::arcface_torch::Family;
+
+pub fn write(
+    family: Family,
+    backbone: &BTreeMap<String, TensorData>,
+    path: &Path,
+) -> Result<()> {
+    let tensors = crate::arcface_torch::to_torch(family, backbone)?;
     let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
         .into_iter()
         .map(|(name, shape, values)| {

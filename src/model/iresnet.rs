@@ -8,27 +8,15 @@
 
 use burn::config::Config;
 use burn::module::Module;
-use burn::nn::conv::{Conv2d, Conv2dConfig};
-use burn::nn::{
-    BatchNorm, BatchNormConfig, Dropout, DropoutConfig, Initializer, Linear, LinearConfig, PRelu,
-    PReluConfig, PaddingConfig2d,
-};
-use burn::tensor::ops::ConvOptions;
-use burn::tensor::{DType, Device, FloatDType, Tensor};
+use burn::nn::conv::Conv2d;
+use burn::nn::{BatchNorm, Dropout, DropoutConfig, Linear, LinearConfig, PRelu};
+use burn::tensor::{Device, Tensor};
 
 use super::Precision;
-use super::memory_format::conv_weight;
-use super::{batch_norm, conv, prelu};
+use super::layers::{bn, conv, conv_at, linear_at, prelu};
+use super::{batch_norm, prelu};
 
-/// BatchNorm epsilon of the seed (MXNet `bn_eps`).
-pub const BN_EPS: f64 = 2e-5;
-/// PyTorch/burn convention for MXNet's momentum 0.9.
-pub const BN_MOMENTUM: f64 = 0.1;
-/// The model takes raw 0–255 RGB and normalises inside, like the zoo's ONNX file.
-pub const INPUT_MEAN: f32 = 127.5;
-pub const INPUT_SCALE: f32 = 0.0078125;
-/// Input height and width.
-pub const INPUT_SIZE: usize = 112;
+pub use super::layers::{BN_EPS, BN_MOMENTUM, INPUT_MEAN, INPUT_SCALE, INPUT_SIZE};
 
 #[derive(Config, Debug)]
 pub struct IResNetConfig {
@@ -79,50 +67,18 @@ pub struct IResNet {
     pub features: BatchNorm,
 }
 
-fn conv(
-    in_channels: usize,
-    out_channels: usize,
-    kernel: usize,
-    stride: usize,
-    device: &Device,
-) -> Conv2d {
-    let pad = kernel / 2;
-    Conv2dConfig::new([in_channels, out_channels], [kernel, kernel])
-        .with_stride([stride, stride])
-        .with_padding(PaddingConfig2d::Explicit(pad, pad, pad, pad))
-        .with_bias(false)
-        .with_initializer(Initializer::KaimingNormal {
-            gain: std::f64::consts::SQRT_2,
-            fan_out_only: true,
-        })
-        .init(device)
-}
-
-pub(crate) fn bn(channels: usize, device: &Device) -> BatchNorm {
-    BatchNormConfig::new(channels)
-        .with_epsilon(BN_EPS)
-        .with_momentum(BN_MOMENTUM)
-        .init(device)
-}
-
-fn prelu(channels: usize, device: &Device) -> PRelu {
-    PReluConfig::new()
-        .with_num_parameters(channels)
-        .init(device)
-}
-
 impl IBasicBlock {
     fn new(in_channels: usize, out_channels: usize, stride: usize, device: &Device) -> Self {
         let downsample = (stride != 1 || in_channels != out_channels).then(|| Downsample {
-            conv: conv(in_channels, out_channels, 1, stride, device),
+            conv: conv(in_channels, out_channels, 1, stride, 0, 1, device),
             bn: bn(out_channels, device),
         });
         IBasicBlock {
             bn1: bn(in_channels, device),
-            conv1: conv(in_channels, out_channels, 3, 1, device),
+            conv1: conv(in_channels, out_channels, 3, 1, 1, 1, device),
             bn2: bn(out_channels, device),
             prelu: prelu(out_channels, device),
-            conv2: conv(out_channels, out_channels, 3, stride, device),
+            conv2: conv(out_channels, out_channels, 3, stride, 1, 1, device),
             bn3: bn(out_channels, device),
             downsample,
         }
@@ -137,60 +93,6 @@ impl IBasicBlock {
         let y = prelu::prelu(batch_norm::forward(&self.bn2, y), self.prelu.alpha.val());
         let y = batch_norm::forward(&self.bn3, conv_at(&self.conv2, y, precision));
         y + shortcut
-    }
-}
-
-/// `conv.forward(x)` through [`conv::conv2d`] (both gradients by one backend call); under
-/// [`Precision::Bf16`] in bf16 (input, weight and output), as PyTorch's autocast runs it: the
-/// activations stay bf16 through BatchNorm, PReLU and the residual sums to the next
-/// convolution, and only the fp32 weight is cast (its gradient back to fp32).
-fn conv_at(conv: &Conv2d, x: Tensor<4>, precision: Precision) -> Tensor<4> {
-    // Our convolutions all have explicit padding and no bias (burn computes `Same` privately).
-    let (top, left, bottom, right) = match conv.padding {
-        PaddingConfig2d::Explicit(top, left, bottom, right) => (top, left, bottom, right),
-        PaddingConfig2d::Valid => (0, 0, 0, 0),
-        PaddingConfig2d::Same => return conv.forward(x),
-    };
-    if conv.bias.is_some() {
-        return conv.forward(x);
-    }
-    let options = ConvOptions::new_with_padding(
-        conv.stride,
-        [(top, bottom), (left, right)],
-        conv.dilation,
-        conv.groups,
-    );
-    match precision {
-        Precision::Fp32 => conv::conv2d(x, conv.weight.val(), options),
-        Precision::Bf16 => {
-            let x = bf16(x);
-            // Cast, and channels-last where `x` is, in one copy (memory_format.rs says why).
-            let weight = conv_weight(conv.weight.val(), FloatDType::BF16, &x);
-            conv::conv2d(x, weight, options)
-        }
-    }
-}
-
-/// `x` in bf16; without a cast (and its node in the autodiff graph) when it already is.
-fn bf16<const D: usize>(x: Tensor<D>) -> Tensor<D> {
-    if x.dtype() == DType::BF16 {
-        x
-    } else {
-        x.cast(FloatDType::BF16)
-    }
-}
-
-/// `fc.forward(x)`, the product in bf16 under [`Precision::Bf16`] (output fp32).
-fn linear_at(fc: &Linear, x: Tensor<2>, precision: Precision) -> Tensor<2> {
-    if precision == Precision::Fp32 {
-        return fc.forward(x);
-    }
-    let y = bf16(x)
-        .matmul(fc.weight.val().cast(FloatDType::BF16))
-        .cast(FloatDType::F32);
-    match &fc.bias {
-        Some(b) => y + b.val().unsqueeze_dim(0),
-        None => y,
     }
 }
 
@@ -223,7 +125,7 @@ impl IResNetConfig {
         let [layer1, layer2, layer3, layer4]: [Vec<IBasicBlock>; 4] =
             layers.try_into().expect("four stages");
         IResNet {
-            conv1: conv(3, stem, 3, 1, device),
+            conv1: conv(3, stem, 3, 1, 1, 1, device),
             bn1: bn(stem, device),
             prelu: prelu(stem, device),
             layer1,

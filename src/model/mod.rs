@@ -1,19 +1,24 @@
-//! The embedder (LResNet-E-IR backbone) and the margin-softmax head.
+//! The embedder (an LResNet-E-IR or MobileFaceNet backbone) and the margin-softmax head.
 
+pub mod backbone;
 pub mod batch_norm;
 pub mod conv;
 mod flex;
 pub mod head;
 pub mod iresnet;
+pub mod layers;
 pub mod memory_format;
+pub mod mobilefacenet;
 pub mod prelu;
 pub mod summary;
 pub mod trainee;
 
 use serde::{Deserialize, Serialize};
 
+pub use backbone::{Backbone, BackboneConfig};
 pub use head::{MarginSoftmax, MarginSoftmaxConfig};
 pub use iresnet::{IResNet, IResNetConfig};
+pub use mobilefacenet::{MobileFaceNet, MobileFaceNetConfig};
 pub use trainee::Trainee;
 
 use crate::config::Config;
@@ -30,44 +35,73 @@ pub enum Network {
     R200,
     /// Widths 8/16/32/64, one unit per stage: trains on a laptop CPU.
     Tiny,
+    /// arcface_torch's MobileFaceNet (`get_mbf`): blocks (1, 4, 6, 2), scale 2.
+    Mbf,
+    /// `get_mbf_large`: blocks (2, 8, 12, 4), scale 4.
+    #[serde(rename = "mbf_large")]
+    #[value(name = "mbf_large")]
+    MbfLarge,
+}
+
+/// What a [`Network`] is built as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Architecture {
+    /// LResNet-E-IR: units per stage, output channels per stage.
+    IResNet { units: [usize; 4], widths: [usize; 4] },
+    /// MobileFaceNet: bottlenecks per stage, width multiplier.
+    MobileFaceNet { blocks: [usize; 4], scale: usize },
 }
 
 impl Network {
     /// Every network we build.
-    pub const ALL: [Network; 6] = [
+    pub const ALL: [Network; 8] = [
         Network::R18,
         Network::R34,
         Network::R50,
         Network::R100,
         Network::R200,
         Network::Tiny,
+        Network::Mbf,
+        Network::MbfLarge,
     ];
 
-    /// The network with these units per stage and widths, if we build one.
-    pub fn with_shape(units: &[usize], widths: &[usize]) -> Option<Network> {
+    pub fn architecture(self) -> Architecture {
+        let resnet = |units| Architecture::IResNet {
+            units,
+            widths: [64, 128, 256, 512],
+        };
+        match self {
+            Network::R18 => resnet([2, 2, 2, 2]),
+            Network::R34 => resnet([3, 4, 6, 3]),
+            Network::R50 => resnet([3, 4, 14, 3]),
+            Network::R100 => resnet([3, 13, 30, 3]),
+            Network::R200 => resnet([6, 26, 60, 6]),
+            Network::Tiny => Architecture::IResNet {
+                units: [1, 1, 1, 1],
+                widths: [8, 16, 32, 64],
+            },
+            Network::Mbf => Architecture::MobileFaceNet {
+                blocks: [1, 4, 6, 2],
+                scale: 2,
+            },
+            Network::MbfLarge => Architecture::MobileFaceNet {
+                blocks: [2, 8, 12, 4],
+                scale: 4,
+            },
+        }
+    }
+
+    /// The network built as `architecture`, if we build one.
+    pub fn of(architecture: Architecture) -> Option<Network> {
         Network::ALL
             .into_iter()
-            .find(|n| n.units()[..] == *units && n.widths()[..] == *widths)
+            .find(|n| n.architecture() == architecture)
     }
 
-    /// Units per stage.
-    pub fn units(self) -> [usize; 4] {
-        match self {
-            Network::R18 => [2, 2, 2, 2],
-            Network::R34 => [3, 4, 6, 3],
-            Network::R50 => [3, 4, 14, 3],
-            Network::R100 => [3, 13, 30, 3],
-            Network::R200 => [6, 26, 60, 6],
-            Network::Tiny => [1, 1, 1, 1],
-        }
-    }
-
-    /// Output channels per stage.
-    pub fn widths(self) -> [usize; 4] {
-        match self {
-            Network::Tiny => [8, 16, 32, 64],
-            _ => [64, 128, 256, 512],
-        }
+    /// The iresnet with these units per stage and widths, if we build one.
+    pub fn with_shape(units: &[usize], widths: &[usize]) -> Option<Network> {
+        let (units, widths) = (units.try_into().ok()?, widths.try_into().ok()?);
+        Network::of(Architecture::IResNet { units, widths })
     }
 
     pub fn name(self) -> &'static str {
@@ -78,6 +112,8 @@ impl Network {
             Network::R100 => "r100",
             Network::R200 => "r200",
             Network::Tiny => "tiny",
+            Network::Mbf => "mbf",
+            Network::MbfLarge => "mbf_large",
         }
     }
 }
@@ -89,9 +125,10 @@ impl std::fmt::Display for Network {
 }
 
 /// For errors about a shape we do not build.
-pub const NETWORKS_WE_BUILD: &str = "we build r18 [2,2,2,2], r34 [3,4,6,3], r50 [3,4,14,3], r100 \
-     [3,13,30,3] and r200 [6,26,60,6] at widths [64,128,256,512], and tiny [1,1,1,1] at \
-     [8,16,32,64]";
+pub const NETWORKS_WE_BUILD: &str = "we build the iresnets r18 [2,2,2,2], r34 [3,4,6,3], r50 \
+     [3,4,14,3], r100 [3,13,30,3] and r200 [6,26,60,6] at widths [64,128,256,512], tiny \
+     [1,1,1,1] at [8,16,32,64], and the MobileFaceNets mbf (blocks [1,4,6,2], scale 2) and \
+     mbf_large ([2,8,12,4], scale 4)";
 
 /// Arithmetic of the backbone's convolutions and FC layer during training.
 ///
@@ -124,12 +161,19 @@ impl std::fmt::Display for Precision {
     }
 }
 
-/// The backbone a config describes.
-pub fn backbone_config(config: &Config) -> IResNetConfig {
-    IResNetConfig::new(config.network.units(), config.network.widths())
-        .with_embedding_size(config.embedding_size)
-        .with_dropout(config.dropout)
-        .with_embedding_gamma_trainable(config.embedding_gamma_trainable)
+/// The backbone a config describes. `dropout` and `embedding_gamma_trainable` are the
+/// iresnets' (arcface_torch's MobileFaceNet has no dropout and always trains the embedding's γ).
+pub fn backbone_config(config: &Config) -> BackboneConfig {
+    match config.network.architecture() {
+        Architecture::IResNet { units, widths } => IResNetConfig::new(units, widths)
+            .with_embedding_size(config.embedding_size)
+            .with_dropout(config.dropout)
+            .with_embedding_gamma_trainable(config.embedding_gamma_trainable)
+            .into(),
+        Architecture::MobileFaceNet { blocks, scale } => MobileFaceNetConfig::new(blocks, scale)
+            .with_embedding_size(config.embedding_size)
+            .into(),
+    }
 }
 
 /// The head a config describes, for `num_classes` identities.

@@ -7,7 +7,10 @@ use burn::nn::conv::Conv2d;
 use burn::tensor::Tensor;
 use serde::Serialize;
 
-use super::iresnet::{IBasicBlock, INPUT_SIZE, IResNet};
+use super::iresnet::{IBasicBlock, IResNet};
+use super::layers::INPUT_SIZE;
+use super::mobilefacenet::{Bottleneck, MobileFaceNet};
+use super::Backbone;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct StageSummary {
@@ -92,15 +95,40 @@ pub fn count_params<M: Module>(module: &M) -> (usize, usize) {
     (counter.params, counter.trainable)
 }
 
+fn gflops(macs: u64) -> f64 {
+    2.0 * macs as f64 / 1e9
+}
+
 /// Summarises `model`; `trainable_params` is only meaningful on an autodiff device.
-pub fn summarize(model: &IResNet, network: &str) -> Summary {
-    let gflops = |macs: u64| 2.0 * macs as f64 / 1e9;
+pub fn summarize(model: &Backbone, network: &str) -> Summary {
+    let (stages, embedding_size) = match model {
+        Backbone::IResNet(m) => iresnet_stages(m),
+        Backbone::MobileFaceNet(m) => mobilefacenet_stages(m),
+    };
+    let (params, trainable_params) = count_params(model);
+    Summary {
+        network: network.to_string(),
+        input_shape: [3, INPUT_SIZE, INPUT_SIZE],
+        embedding_size,
+        params,
+        trainable_params,
+        gflops: stages.iter().map(|s| s.gflops).sum(),
+        stages,
+    }
+}
+
+/// Output channels of a convolution.
+fn channels_out(conv: &Conv2d) -> usize {
+    conv.weight.lazy_shape().dims::<4>()[0]
+}
+
+fn iresnet_stages(model: &IResNet) -> (Vec<StageSummary>, usize) {
     let mut stages = Vec::new();
 
     let (stem_macs, mut side) = conv_macs(&model.conv1, INPUT_SIZE);
     let stem_params =
         count_params(&model.conv1).0 + count_params(&model.bn1).0 + count_params(&model.prelu).0;
-    let mut channels = model.conv1.weight.lazy_shape().dims::<4>()[0];
+    let mut channels = channels_out(&model.conv1);
     stages.push(StageSummary {
         name: "stem".into(),
         output_shape: [channels, side, side],
@@ -114,7 +142,7 @@ pub fn summarize(model: &IResNet, network: &str) -> Summary {
             let (m, out) = unit_macs(unit, side);
             macs += m;
             side = out;
-            channels = unit.conv2.weight.lazy_shape().dims::<4>()[0];
+            channels = channels_out(&unit.conv2);
         }
         stages.push(StageSummary {
             name: format!("layer{}", i + 1),
@@ -133,17 +161,63 @@ pub fn summarize(model: &IResNet, network: &str) -> Summary {
             + count_params(&model.features).0,
         gflops: gflops((fc_in * embedding_size) as u64),
     });
+    (stages, embedding_size)
+}
 
-    let (params, trainable_params) = count_params(model);
-    Summary {
-        network: network.to_string(),
-        input_shape: [3, INPUT_SIZE, INPUT_SIZE],
-        embedding_size,
-        params,
-        trainable_params,
-        gflops: stages.iter().map(|s| s.gflops).sum(),
-        stages,
+fn bottleneck_macs(block: &Bottleneck, side: usize) -> (u64, usize) {
+    let (a, side) = conv_macs(&block.expand.conv, side);
+    let (b, side) = conv_macs(&block.depthwise.conv, side);
+    let (c, side) = conv_macs(&block.project.conv, side);
+    (a + b + c, side)
+}
+
+/// Stem (with arcface_torch's grouped 3×3 of mbf), the four stages (each from its stride-2
+/// bottleneck on), and the output: conv_sep, GDC, FC and the embedding's BatchNorm.
+fn mobilefacenet_stages(model: &MobileFaceNet) -> (Vec<StageSummary>, usize) {
+    let mut stages = Vec::new();
+    let (mut macs, mut side) = conv_macs(&model.stem.conv, INPUT_SIZE);
+    let mut params = count_params(&model.stem).0;
+    if let Some(block) = &model.stem_grouped {
+        let (m, out) = conv_macs(&block.conv, side);
+        (macs, side, params) = (macs + m, out, params + count_params(block).0);
     }
+    stages.push(StageSummary {
+        name: "stem".into(),
+        output_shape: [channels_out(&model.stem.conv), side, side],
+        params,
+        gflops: gflops(macs),
+    });
+    let blocks = model.bottlenecks();
+    for name in ["stage1", "stage2", "stage3", "stage4"] {
+        let (mut macs, mut params, mut channels) = (0, 0, 0);
+        for (_, block) in blocks.iter().filter(|(stage, _)| *stage == name) {
+            let (m, out) = bottleneck_macs(block, side);
+            (macs, side) = (macs + m, out);
+            params += count_params(*block).0;
+            channels = channels_out(&block.project.conv);
+        }
+        if params > 0 {
+            stages.push(StageSummary {
+                name: name.into(),
+                output_shape: [channels, side, side],
+                params,
+                gflops: gflops(macs),
+            });
+        }
+    }
+    let (a, side) = conv_macs(&model.conv_sep.conv, side);
+    let (b, _) = conv_macs(&model.gdc.conv, side);
+    let [fc_in, embedding_size] = model.fc.weight.lazy_shape().dims();
+    stages.push(StageSummary {
+        name: "output".into(),
+        output_shape: [embedding_size, 1, 1],
+        params: count_params(&model.conv_sep).0
+            + count_params(&model.gdc).0
+            + count_params(&model.fc).0
+            + count_params(&model.features).0,
+        gflops: gflops(a + b + (fc_in * embedding_size) as u64),
+    });
+    (stages, embedding_size)
 }
 
 pub fn thousands(n: usize) -> String {

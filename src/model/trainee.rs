@@ -5,12 +5,12 @@
 use burn::module::Module;
 use burn::tensor::{Device, Int, Tensor};
 
-use super::{IResNet, MarginSoftmax, Precision, backbone_config, head_config};
+use super::{Backbone, MarginSoftmax, Precision, backbone_config, head_config};
 use crate::config::Config;
 
 #[derive(Module, Debug)]
 pub struct Trainee {
-    pub backbone: IResNet,
+    pub backbone: Backbone,
     pub head: MarginSoftmax,
 }
 

@@ -23,7 +23,7 @@ use super::walk::{UnitShape, Walk};
 use crate::embedder::{Embedder, IMAGE_VALUES};
 pub use crate::imported::Imported;
 use crate::model::iresnet::{BN_EPS, INPUT_MEAN, INPUT_SCALE, INPUT_SIZE};
-use crate::model::{IResNet, Network};
+use crate::model::{Backbone, Network};
 
 /// Reads an ONNX file, repairs the zoo's defects, puts its input convention in front
 /// ([`prepare`](super::load::prepare)) and imports it: the prepared graph, what preparing did,
@@ -53,25 +53,18 @@ pub fn import(model: &pb::ModelProto) -> Result<Imported> {
         .expect("embedder_input found it");
     let (x, mean, scale) = walk.preprocess(input)?;
     let stem_scale = stem_scale(mean, scale)?;
+    let grouped = graph.node.iter().any(|n| {
+        n.op_type == "Conv" && attribute(n, "group").is_some_and(|a| a.i != 1)
+    });
+    if grouped {
+        let mut imported = super::import_mbf::import(walk, x)?;
+        scale_stem(&mut imported, "stem.conv.weight", stem_scale, scale)?;
+        return Ok(imported);
+    }
     let conv1 = walk.next(x, &["Conv"])?;
     let (x, [stem, in_channels, _, stride]) = walk.conv_bn(conv1, "conv1", "bn1")?;
     if in_channels != 3 || stride != 1 {
         bail!("the first Conv takes {in_channels} channels with stride {stride}; expected 3, 1");
-    }
-    if (stem_scale - 1.0).abs() > 1e-9 {
-        // conv(W, (x − 127.5)·s) = conv(W·s/INPUT_SCALE, (x − 127.5)·INPUT_SCALE)
-        let weight = walk.tensors["conv1.weight"].clone();
-        let shape = weight.shape().to_vec();
-        let scaled = weight
-            .try_to_vec::<f32>()
-            .map_err(|e| anyhow::anyhow!("conv1.weight: {e:?}"))?
-            .iter()
-            .map(|&w| (w as f64 * stem_scale) as f32)
-            .collect();
-        walk.put("conv1.weight".into(), shape, scaled);
-        walk.notes.push(format!(
-            "the input scale {scale:.7} folded into the stem convolution (ours is {INPUT_SCALE})"
-        ));
     }
     let c = stem;
     let mut x = walk.prelu(walk.next(x, &["PRelu"])?, "prelu", c)?;
@@ -222,12 +215,42 @@ pub fn import(model: &pb::ModelProto) -> Result<Imported> {
             gemm.name
         );
     }
-    Ok(Imported {
+    let mut imported = Imported {
         network,
         embedding_size,
         tensors: walk.tensors,
         notes: walk.notes,
-    })
+    };
+    scale_stem(&mut imported, "conv1.weight", stem_scale, scale)?;
+    Ok(imported)
+}
+
+/// The stem convolution's weights (at our path `key`) × `stem_scale`, the file's input
+/// `scale` told in a note.
+fn scale_stem(imported: &mut Imported, key: &str, stem_scale: f64, scale: f64) -> Result<()> {
+    if (stem_scale - 1.0).abs() <= 1e-9 {
+        return Ok(());
+    }
+    // conv(W, (x − 127.5)·s) = conv(W·s/INPUT_SCALE, (x − 127.5)·INPUT_SCALE)
+    let weight = imported
+        .tensors
+        .get(key)
+        .with_context(|| format!("no stem convolution `{key}` read"))?;
+    let shape = weight.shape().to_vec();
+    let scaled: Vec<f32> = weight
+        .clone()
+        .try_into_vec::<f32>()
+        .map_err(|e| anyhow::anyhow!("{key}: {e:?}"))?
+        .iter()
+        .map(|&w| (w as f64 * stem_scale) as f32)
+        .collect();
+    imported
+        .tensors
+        .insert(key.to_string(), burn::tensor::TensorData::new(scaled, shape));
+    imported.notes.push(format!(
+        "the input scale {scale:.7} folded into the stem convolution (ours is {INPUT_SCALE})"
+    ));
+    Ok(())
 }
 
 /// What the stem convolution's weights are multiplied by so that our backbone, which takes raw
@@ -258,7 +281,7 @@ pub const IMPORT_TOLERANCE: f64 = 1e-3;
 
 /// Runs the prepared file with tract and `model` on two test images (a colour ramp and a mid grey) and
 /// returns the largest relative difference of their embeddings.
-pub fn compare_outputs(proto: pb::ModelProto, model: &IResNet, device: &Device) -> Result<f64> {
+pub fn compare_outputs(proto: pb::ModelProto, model: &Backbone, device: &Device) -> Result<f64> {
     let mut images = Vec::with_capacity(2 * IMAGE_VALUES);
     for c in 0..3 {
         for y in 0..INPUT_SIZE {

@@ -1,5 +1,6 @@
-//! Following an ONNX graph's data flow from value to value and reading the LResNet-E-IR layers
-//! (Conv, BatchNormalization, PRelu, and a unit of them) out of it, as our backbone's tensors.
+//! Following an ONNX graph's data flow from value to value and reading the layers (Conv,
+//! BatchNormalization, PRelu, and an LResNet-E-IR unit of them) out of it, as our backbone's
+//! tensors.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -21,6 +22,9 @@ pub(super) struct Walk<'a> {
     producer: HashMap<&'a str, usize>,
     pub tensors: BTreeMap<String, TensorData>,
     pub notes: Vec<String>,
+    /// Grouped convolutions and any symmetric padding are read (MobileFaceNet's); otherwise
+    /// only LResNet-E-IR's ungrouped "same"-padded ones.
+    pub grouped_convolutions: bool,
 }
 
 impl<'a> Walk<'a> {
@@ -55,6 +59,7 @@ impl<'a> Walk<'a> {
             producer,
             tensors: BTreeMap::new(),
             notes: Vec::new(),
+            grouped_convolutions: false,
         }
     }
 
@@ -129,8 +134,9 @@ impl<'a> Walk<'a> {
         self.tensors.insert(path, TensorData::new(values, shape));
     }
 
-    /// An ungrouped Conv with symmetric "same" padding → (output, [out channels, in channels,
-    /// kernel, stride], its bias if it has one).
+    /// An ungrouped Conv with symmetric "same" padding (or, with `grouped_convolutions`, any
+    /// group count and equal padding on every side) → (output, [out channels, in channels per
+    /// group, kernel, stride], its bias if it has one).
     pub fn conv(&mut self, node: &'a pb::NodeProto, path: &str) -> Result<ConvRead<'a>> {
         let (tensor, values) = self.constant(node, 1)?;
         let dims: Vec<usize> = tensor.dims.iter().map(|&d| d as usize).collect();
@@ -160,16 +166,21 @@ impl<'a> Walk<'a> {
         let pads = ints("pads").unwrap_or(vec![0; 4]);
         let group = attribute(node, "group").map_or(1, |a| a.i);
         let (ph, pw) = ((kh / 2) as i64, (kw / 2) as i64);
-        if kh != kw
-            || strides.len() != 2
-            || strides[0] != strides[1]
-            || group != 1
-            || pads != [ph, pw, ph, pw]
-        {
+        let padding_ok = if self.grouped_convolutions {
+            pads.len() == 4 && pads.iter().all(|&p| p == pads[0])
+        } else {
+            group == 1 && pads == [ph, pw, ph, pw]
+        };
+        if kh != kw || strides.len() != 2 || strides[0] != strides[1] || !padding_ok {
             bail!(
                 "Conv `{}`: kernel {kh}×{kw}, strides {strides:?}, pads {pads:?}, group {group}: \
-                 not an LResNet-E-IR convolution",
-                node.name
+                 not {} convolution",
+                node.name,
+                if self.grouped_convolutions {
+                    "a MobileFaceNet"
+                } else {
+                    "an LResNet-E-IR"
+                }
             );
         }
         self.put(format!("{path}.weight"), dims.clone(), values);

@@ -7,13 +7,13 @@ use burn::tensor::Device;
 use crate::data::bin::PairSet;
 use crate::embedder::{BurnOptions, Embedder};
 use crate::eval::embed::{TargetResult, evaluate};
-use crate::model::IResNet;
+use crate::model::Backbone;
 
 /// Runs validation on every target with an inference copy of the backbone, in fp32 as
 /// arcface_torch's `CallBackVerification` (outside autocast), with the training's memory
 /// layout (`channels_last`: the same values, the kernels of the training step).
 pub fn validate(
-    backbone: &IResNet,
+    backbone: &Backbone,
     targets: &[(String, PairSet)],
     batch: usize,
     channels_last: bool,

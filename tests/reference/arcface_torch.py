@@ -1,9 +1,10 @@
-"""arcface_torch's iresnet (recognition/arcface_torch/backbones/iresnet.py), written out again
-here module for module, and the files arcface_torch makes of it: torch.save(state_dict) as
+"""arcface_torch's iresnet and MobileFaceNet (recognition/arcface_torch/backbones/iresnet.py and
+mobilefacenet.py), written out again here module for module, and the files arcface_torch makes
+of them: torch.save(state_dict) as
 backbone.pth, and torch2onnx.py's ONNX export. Run with the torch venv's Python
 (scripts/setup-libtorch.sh). One JSON request on stdin, JSON on stdout.
 
-{"op": "make", "network": "r18", "dir": D, "seed": S, "images": F32_FILE, "n": N}
+{"op": "make", "network": "r18" | "mbf" | ..., "dir": D, "seed": S, "images": F32_FILE, "n": N}
     Trained-like weights (BatchNorm statistics measured on noise images, γ, β and PReLU slopes
     that differ per channel), written as D/backbone.pth (zip), D/backbone_legacy.pth (the
     pre-1.6 format), D/model.onnx (torch2onnx.py: opset 11, input "data", eval mode, so the
@@ -103,7 +104,113 @@ UNITS = {"r18": [2, 2, 2, 2], "r34": [3, 4, 6, 3], "r50": [3, 4, 14, 3],
          "r100": [3, 13, 30, 3], "r200": [6, 26, 60, 6]}
 
 
+# mobilefacenet.py (adapted there from cavaface.pytorch), module for module.
+class Flatten(nn.Module):
+    def forward(self, x):
+        return x.view(x.size(0), -1)
+
+
+class ConvBlock(nn.Module):
+    def __init__(self, in_c, out_c, kernel=(1, 1), stride=(1, 1), padding=(0, 0), groups=1):
+        super().__init__()
+        self.layers = nn.Sequential(
+            nn.Conv2d(in_c, out_c, kernel, groups=groups, stride=stride, padding=padding,
+                      bias=False),
+            nn.BatchNorm2d(num_features=out_c),
+            nn.PReLU(num_parameters=out_c))
+
+    def forward(self, x):
+        return self.layers(x)
+
+
+class LinearBlock(nn.Module):
+    def __init__(self, in_c, out_c, kernel=(1, 1), stride=(1, 1), padding=(0, 0), groups=1):
+        super().__init__()
+        self.layers = nn.Sequential(
+            nn.Conv2d(in_c, out_c, kernel, stride, padding, groups=groups, bias=False),
+            nn.BatchNorm2d(num_features=out_c))
+
+    def forward(self, x):
+        return self.layers(x)
+
+
+class DepthWise(nn.Module):
+    def __init__(self, in_c, out_c, residual=False, kernel=(3, 3), stride=(2, 2),
+                 padding=(1, 1), groups=1):
+        super().__init__()
+        self.residual = residual
+        self.layers = nn.Sequential(
+            ConvBlock(in_c, out_c=groups, kernel=(1, 1), padding=(0, 0), stride=(1, 1)),
+            ConvBlock(groups, groups, groups=groups, kernel=kernel, padding=padding,
+                      stride=stride),
+            LinearBlock(groups, out_c, kernel=(1, 1), padding=(0, 0), stride=(1, 1)))
+
+    def forward(self, x):
+        y = self.layers(x)
+        return x + y if self.residual else y
+
+
+class Residual(nn.Module):
+    def __init__(self, c, num_block, groups, kernel=(3, 3), stride=(1, 1), padding=(1, 1)):
+        super().__init__()
+        self.layers = nn.Sequential(*[DepthWise(c, c, True, kernel, stride, padding, groups)
+                                      for _ in range(num_block)])
+
+    def forward(self, x):
+        return self.layers(x)
+
+
+class GDC(nn.Module):
+    def __init__(self, embedding_size):
+        super().__init__()
+        self.layers = nn.Sequential(
+            LinearBlock(512, 512, groups=512, kernel=(7, 7), stride=(1, 1), padding=(0, 0)),
+            Flatten(),
+            nn.Linear(512, embedding_size, bias=False),
+            nn.BatchNorm1d(embedding_size))
+
+    def forward(self, x):
+        return self.layers(x)
+
+
+class MobileFaceNet(nn.Module):
+    def __init__(self, num_features=512, blocks=(1, 4, 6, 2), scale=2):
+        super().__init__()
+        s = scale
+        self.layers = nn.ModuleList()
+        self.layers.append(ConvBlock(3, 64 * s, kernel=(3, 3), stride=(2, 2), padding=(1, 1)))
+        if blocks[0] == 1:
+            self.layers.append(ConvBlock(64 * s, 64 * s, kernel=(3, 3), stride=(1, 1),
+                                         padding=(1, 1), groups=64))
+        else:
+            self.layers.append(Residual(64 * s, num_block=blocks[0], groups=128, kernel=(3, 3),
+                                        stride=(1, 1), padding=(1, 1)))
+        self.layers.extend([
+            DepthWise(64 * s, 64 * s, kernel=(3, 3), stride=(2, 2), padding=(1, 1), groups=128),
+            Residual(64 * s, num_block=blocks[1], groups=128, kernel=(3, 3), stride=(1, 1),
+                     padding=(1, 1)),
+            DepthWise(64 * s, 128 * s, kernel=(3, 3), stride=(2, 2), padding=(1, 1), groups=256),
+            Residual(128 * s, num_block=blocks[2], groups=256, kernel=(3, 3), stride=(1, 1),
+                     padding=(1, 1)),
+            DepthWise(128 * s, 128 * s, kernel=(3, 3), stride=(2, 2), padding=(1, 1),
+                      groups=512),
+            Residual(128 * s, num_block=blocks[3], groups=256, kernel=(3, 3), stride=(1, 1),
+                     padding=(1, 1)),
+        ])
+        self.conv_sep = ConvBlock(128 * s, 512, kernel=(1, 1), stride=(1, 1), padding=(0, 0))
+        self.features = GDC(num_features)
+
+    def forward(self, x):
+        for func in self.layers:
+            x = func(x)
+        return self.features(self.conv_sep(x))
+
+
 def get_model(name, **kwargs):
+    if name == "mbf":
+        return MobileFaceNet(kwargs.get("num_features", 512))
+    if name == "mbf_large":
+        return MobileFaceNet(kwargs.get("num_features", 512), blocks=(2, 8, 12, 4), scale=4)
     return IResNet(UNITS[name], **kwargs)
 
 
@@ -191,5 +298,7 @@ def count(req):
     return {n: sum(p.numel() for p in get_model(n).parameters()) for n in req["networks"]}
 
 
-req = json.load(sys.stdin)
-json.dump({"make": make, "load": load, "count": count, "bad": bad}[req["op"]](req), sys.stdout)
+if __name__ == "__main__":
+    req = json.load(sys.stdin)
+    json.dump({"make": make, "load": load, "count": count, "bad": bad}[req["op"]](req),
+              sys.stdout)

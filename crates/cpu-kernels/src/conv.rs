@@ -5,7 +5,10 @@
 //! - input gradient: dx[n] = col2im(Wᵀ (K × Co) · g[n] (Co × P));
 //! - weight gradient: dW (Co × K) = Σₙ g[n] (Co × P) · cols(x[n])ᵀ (P × K);
 //!
-//! with K = Ci·kh·kw and P = Ho·Wo. Why not burn-flex's own (docs/PERFORMANCE.md, "CPU
+//! with K = Ci·kh·kw and P = Ho·Wo. A grouped convolution (MobileFaceNet's depthwise ones) is
+//! the same with one product per group: the column matrix's rows are ordered by channel, so
+//! group g's rows, its weights and its output channels are each one contiguous block; a
+//! depthwise one (a channel per group) is computed directly instead (`crate::depthwise`). Why not burn-flex's own (docs/PERFORMANCE.md, "CPU
 //! training"): its weight gradient is a convolution of the input by the output gradient, with
 //! batch and channel axes swapped, so two transposed copies of each tensor per layer, and an
 //! im2col whose "kernel" is the whole output map; its input gradient is a transposed
@@ -37,6 +40,8 @@ pub struct Geometry {
     pub height: usize,
     pub width: usize,
     pub channels_out: usize,
+    /// Channels split into this many independent convolutions (Ci/groups in, Co/groups out).
+    pub groups: usize,
     pub kernel: [usize; 2],
     pub stride: [usize; 2],
     /// Zeros before the first row and column (those after only shorten the output).
@@ -47,11 +52,17 @@ pub struct Geometry {
 }
 
 impl Geometry {
-    /// None where these kernels do not apply (grouped convolutions) or the shapes disagree.
+    /// None where the shapes disagree (a weight [Co, Ci/groups, kh, kw] for an [N, Ci, H, W]
+    /// input, both channel counts divisible by `groups`).
     pub fn new(x: [usize; 4], weight: [usize; 4], options: &Options) -> Option<Self> {
         let [batch, channels_in, height, width] = x;
         let [channels_out, weight_in, kh, kw] = weight;
-        if options.groups != 1 || weight_in != channels_in {
+        let groups = options.groups;
+        if groups == 0
+            || channels_in % groups != 0
+            || channels_out % groups != 0
+            || weight_in * groups != channels_in
+        {
             return None;
         }
         let out = |side: usize, axis: usize, kernel: usize| {
@@ -67,6 +78,7 @@ impl Geometry {
             height,
             width,
             channels_out,
+            groups,
             kernel: [kh, kw],
             stride: options.stride,
             padding: options.padding.map(|(begin, _)| begin),
@@ -79,6 +91,16 @@ impl Geometry {
     /// Rows of the column matrix: Ci·kh·kw.
     fn k(&self) -> usize {
         self.channels_in * self.kernel[0] * self.kernel[1]
+    }
+
+    /// Rows of one group's block of the column matrix (its weights' row length): K/groups.
+    fn group_k(&self) -> usize {
+        self.k() / self.groups
+    }
+
+    /// Output channels of one group.
+    fn group_out(&self) -> usize {
+        self.channels_out / self.groups
     }
 
     /// Output positions per channel: Ho·Wo.
@@ -105,7 +127,7 @@ impl Geometry {
 
     /// For kernel offset `offset` along an axis: the output range whose input index
     /// `o·stride + offset·dilation − padding` lies in 0..`side`.
-    fn valid(&self, axis: usize, offset: usize, side: usize, out_side: usize) -> (usize, usize) {
+    pub(crate) fn valid(&self, axis: usize, offset: usize, side: usize, out_side: usize) -> (usize, usize) {
         let (stride, shift) = (self.stride[axis], offset * self.dilation[axis]);
         let pad = self.padding[axis];
         // First o with o·stride + shift ≥ pad; last with o·stride + shift − pad < side.
@@ -119,7 +141,7 @@ impl Geometry {
 
     /// The input row or column read at output index `o` and kernel offset `offset` (valid only
     /// inside [`valid`](Self::valid)'s range).
-    fn source(&self, axis: usize, o: usize, offset: usize) -> usize {
+    pub(crate) fn source(&self, axis: usize, o: usize, offset: usize) -> usize {
         o * self.stride[axis] + offset * self.dilation[axis] - self.padding[axis]
     }
 
@@ -188,9 +210,13 @@ fn images_side_by_side(batch: usize) -> bool {
     batch >= rayon::current_num_threads()
 }
 
-/// The convolution of `x` [N, Ci, H, W] by `weight` [Co, Ci, kh, kw]: [N, Co, Ho, Wo].
+/// The convolution of `x` [N, Ci, H, W] by `weight` [Co, Ci/groups, kh, kw]: [N, Co, Ho, Wo].
 pub fn forward(g: &Geometry, x: &[f32], weight: &[f32]) -> Vec<f32> {
-    let (k, p, co) = (g.k(), g.p(), g.channels_out);
+    if crate::depthwise::applies(g) {
+        return crate::depthwise::forward(g, x, weight);
+    }
+    let (k, p) = (g.k(), g.p());
+    let (kg, cog) = (g.group_k(), g.group_out());
     let mut out = vec![0.0; g.batch * g.output_len()];
     let one = |cols: &mut Vec<f32>, x: &[f32], out: &mut [f32], threads: bool| {
         let cols = if g.is_pointwise() {
@@ -200,8 +226,12 @@ pub fn forward(g: &Geometry, x: &[f32], weight: &[f32]) -> Vec<f32> {
             g.im2col(x, cols);
             cols
         };
-        let (lhs, rhs) = (View::rows(weight, k), View::rows(cols, p));
-        matmul(out, lhs, rhs, (co, k, p), false, threads);
+        for group in 0..g.groups {
+            let lhs = View::rows(&weight[group * cog * kg..][..cog * kg], kg);
+            let rhs = View::rows(&cols[group * kg * p..][..kg * p], p);
+            let out = &mut out[group * cog * p..][..cog * p];
+            matmul(out, lhs, rhs, (cog, kg, p), false, threads);
+        }
     };
     let images = x.chunks_exact(g.input_len().max(1));
     if images_side_by_side(g.batch) {
@@ -215,6 +245,12 @@ pub fn forward(g: &Geometry, x: &[f32], weight: &[f32]) -> Vec<f32> {
         }
     }
     out
+}
+
+/// Group `group`'s block of a [rows·groups, cols] matrix.
+fn block(m: &[f32], group: usize, rows: usize, cols: usize) -> &[f32] {
+    let len = rows * cols;
+    &m[group * len..][..len]
 }
 
 /// Images per group of the weight gradient's sum: fixed by the batch alone, small enough to
@@ -233,7 +269,11 @@ pub fn gradients(
     want_x: bool,
     want_weight: bool,
 ) -> (Option<Vec<f32>>, Option<Vec<f32>>) {
+    if crate::depthwise::applies(g) {
+        return crate::depthwise::gradients(g, x, weight, grad, want_x, want_weight);
+    }
     let (k, p, co) = (g.k(), g.p(), g.channels_out);
+    let (kg, cog) = (g.group_k(), g.group_out());
     let per_group = images_per_group(g.batch);
     let mut dx = want_x.then(|| vec![0.0; g.batch * g.input_len()]);
     // One job per group of images: its slice of dx and, for dW, a partial sum of its own.
@@ -249,20 +289,28 @@ pub fn gradients(
     };
     let threads = !images_side_by_side(g.batch);
     let group = |(index, mut dx): (usize, Option<&mut [f32]>)| {
-        let mut dw = want_weight.then(|| vec![0.0; co * k]);
+        let mut dw = want_weight.then(|| vec![0.0; co * kg]);
         let (mut cols, mut dcols) = (Vec::new(), Vec::new());
         let first = index * per_group;
         for n in first..(first + per_group).min(g.batch) {
             let x = &x[n * g.input_len()..][..g.input_len()];
-            let grad = View::rows(&grad[n * g.output_len()..][..g.output_len()], p);
+            let grad = &grad[n * g.output_len()..][..g.output_len()];
             if let Some(dx) = dx.as_deref_mut() {
                 let dx = &mut dx[(n - first) * g.input_len()..][..g.input_len()];
-                let lhs = View::rows(weight, k).t();
+                // Wᵀ·g per group, into dx itself for a pointwise convolution.
+                let products = |target: &mut [f32]| {
+                    for group in 0..g.groups {
+                        let lhs = View::rows(block(weight, group, cog, kg), kg).t();
+                        let rhs = View::rows(block(grad, group, cog, p), p);
+                        let out = &mut target[group * kg * p..][..kg * p];
+                        matmul(out, lhs, rhs, (kg, cog, p), false, threads);
+                    }
+                };
                 if g.is_pointwise() {
-                    matmul(dx, lhs, grad, (k, co, p), false, threads);
+                    products(dx);
                 } else {
                     dcols.resize(k * p, 0.0);
-                    matmul(&mut dcols, lhs, grad, (k, co, p), false, threads);
+                    products(&mut dcols);
                     g.col2im(&dcols, dx);
                 }
             }
@@ -274,8 +322,12 @@ pub fn gradients(
                     g.im2col(x, &mut cols);
                     &cols
                 };
-                let rhs = View::rows(cols, p).t();
-                matmul(dw, grad, rhs, (co, p, k), n > first, threads);
+                for group in 0..g.groups {
+                    let lhs = View::rows(block(grad, group, cog, p), p);
+                    let rhs = View::rows(block(cols, group, kg, p), p).t();
+                    let out = &mut dw[group * cog * kg..][..cog * kg];
+                    matmul(out, lhs, rhs, (cog, p, kg), n > first, threads);
+                }
             }
         }
         dw
@@ -287,7 +339,7 @@ pub fn gradients(
     };
     let dw = want_weight.then(|| {
         let mut partials = partials.into_iter().flatten();
-        let mut sum = partials.next().unwrap_or_else(|| vec![0.0; co * k]);
+        let mut sum = partials.next().unwrap_or_else(|| vec![0.0; co * kg]);
         for partial in partials {
             sum.iter_mut().zip(&partial).for_each(|(s, v)| *s += v);
         }

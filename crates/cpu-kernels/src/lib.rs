@@ -1,5 +1,6 @@
 //! f32 kernels of arcface's training operations on the CPU, over NCHW data in plain slices:
-//! the bias-free 2-D convolution as im2col and one matrix product per image ([`conv`]),
+//! the bias-free 2-D convolution as im2col and one matrix product per image ([`conv`]; the
+//! depthwise one directly, [`depthwise`]),
 //! BatchNorm in training ([`batch_norm`]) and PReLU ([`prelu`]), each with its backward.
 //!
 //! burn's CPU backend (Flex) composes these from generic tensor operations; arcface plugs these
@@ -8,5 +9,6 @@
 
 pub mod batch_norm;
 pub mod conv;
+pub mod depthwise;
 pub mod matmul;
 pub mod prelu;

@@ -68,7 +68,7 @@ mod conv {
     use arcface_cpu_kernels::conv::*;
 
     /// The convolution by its definition, in f64: out[n,o,y,x] = Σ w[o,c,i,j]·x[n,c,y·s+i·d−p,
-    /// x·s+j·d−p] over positions inside the image.
+    /// x·s+j·d−p] over positions inside the image, c over the channels of o's group.
     fn definition(g: &Geometry, x: &[f32], w: &[f32]) -> Vec<f64> {
         let [kh, kw] = g.kernel;
         let mut out = vec![0.0; g.batch * g.output_len()];
@@ -77,7 +77,9 @@ mod conv {
                 for y in 0..g.out_height {
                     for xo in 0..g.out_width {
                         let mut sum = 0.0f64;
-                        for c in 0..g.channels_in {
+                        let (cig, cog) = (g.channels_in / g.groups, g.channels_out / g.groups);
+                        let group = o / cog;
+                        for c in group * cig..(group + 1) * cig {
                             for i in 0..kh {
                                 for j in 0..kw {
                                     let row = (y * g.stride[0] + i * g.dilation[0]) as isize
@@ -94,7 +96,7 @@ mod conv {
                                     let xi = ((n * g.channels_in + c) * g.height + row as usize)
                                         * g.width
                                         + col as usize;
-                                    let wi = ((o * g.channels_in + c) * kh + i) * kw + j;
+                                    let wi = ((o * cig + c - group * cig) * kh + i) * kw + j;
                                     sum += x[xi] as f64 * w[wi] as f64;
                                 }
                             }
@@ -142,17 +144,34 @@ mod conv {
             // 1×1 with zeros after the last row only: not the pointwise shortcut.
             (2, 3, 4, 5, 2, 1, 1, [1, 1], [(0, 1), (0, 0)], [1, 1]),
         ];
-        for (batch, ci, h, w, co, kh, kw, stride, padding, dilation) in cases {
+        // Grouped: MobileFaceNet's depthwise 3×3 (stride 1 and 2) and 7×7 GDC, its first block's
+        // 2-in-2-out groups, a pointwise grouped one; batches on both sides of the thread count.
+        let grouped = [
+            // (batch, ci, h, w, co, kh, kw, stride, padding, groups)
+            (3, 4, 6, 7, 4, 3, 3, [1, 1], [(1, 1), (1, 1)], 4),
+            (1, 6, 7, 6, 6, 3, 3, [2, 2], [(1, 1), (1, 1)], 6),
+            (2, 3, 7, 7, 3, 7, 7, [1, 1], [(0, 0), (0, 0)], 3),
+            (2, 4, 5, 5, 4, 3, 3, [1, 1], [(1, 1), (1, 1)], 2),
+            (9, 6, 3, 4, 4, 1, 1, [1, 1], [(0, 0), (0, 0)], 2),
+        ];
+        let all = cases
+            .into_iter()
+            .map(|(b, ci, h, w, co, kh, kw, s, p, d)| (b, ci, h, w, co, kh, kw, s, p, d, 1))
+            .chain(grouped.into_iter().map(|(b, ci, h, w, co, kh, kw, s, p, groups)| {
+                (b, ci, h, w, co, kh, kw, s, p, [1, 1], groups)
+            }));
+        for (batch, ci, h, w, co, kh, kw, stride, padding, dilation, groups) in all {
             let options = Options {
                 stride,
                 padding,
                 dilation,
-                groups: 1,
+                groups,
             };
-            let g = Geometry::new([batch, ci, h, w], [co, ci, kh, kw], &options).unwrap();
+            let weight_in = ci / groups;
+            let g = Geometry::new([batch, ci, h, w], [co, weight_in, kh, kw], &options).unwrap();
             let case = format!("{g:?}");
             let x = values(batch * g.input_len(), 0.3);
-            let wt = values(co * ci * kh * kw, 0.7);
+            let wt = values(co * weight_in * kh * kw, 0.7);
             let out = forward(&g, &x, &wt);
             close(&out, &definition(&g, &x, &wt), &format!("{case} output"));
 
@@ -186,15 +205,17 @@ mod conv {
     }
 
     #[test]
-    fn grouped_or_mismatched_convolutions_are_left_to_burn() {
+    fn mismatched_convolutions_are_left_to_burn() {
         let options = |padding: usize, groups: usize| Options {
             stride: [1, 1],
             padding: [(padding, padding); 2],
             dilation: [1, 1],
             groups,
         };
-        let grouped = options(1, 2);
-        assert!(Geometry::new([1, 4, 5, 5], [4, 2, 3, 3], &grouped).is_none());
+        // Groups that do not divide the channels, or a weight of another group width.
+        assert!(Geometry::new([1, 4, 5, 5], [3, 2, 3, 3], &options(1, 2)).is_none());
+        assert!(Geometry::new([1, 4, 5, 5], [4, 4, 3, 3], &options(1, 2)).is_none());
+        assert!(Geometry::new([1, 4, 5, 5], [4, 2, 3, 3], &options(1, 2)).is_some());
         let plain = options(0, 1);
         assert!(Geometry::new([1, 4, 5, 5], [4, 3, 3, 3], &plain).is_none());
         // A kernel larger than the padded image has no output.
