@@ -118,7 +118,11 @@ impl Embedder {
         Embedder::burn_with(model, device, BurnOptions::default())
     }
 
-    pub fn burn_with(model: impl Into<Backbone>, device: &Device, options: BurnOptions) -> Embedder {
+    pub fn burn_with(
+        model: impl Into<Backbone>,
+        device: &Device,
+        options: BurnOptions,
+    ) -> Embedder {
         Embedder::Burn {
             model: model.into(),
             device: device.clone(),

@@ -231,7 +231,10 @@ fn arcface_torch_mbf_as_pth_and_onnx_and_back_embeds_as_pytorch() {
         .map(|&x| x as f64)
         .collect();
     let d = distance(&ort, &torch);
-    assert!(d < 1e-4, "our mbf ONNX export in onnxruntime vs PyTorch: {d}");
+    assert!(
+        d < 1e-4,
+        "our mbf ONNX export in onnxruntime vs PyTorch: {d}"
+    );
 
     // Both ONNX files import: torch2onnx.py's (BatchNorm folded, the FC layer a MatMul) and
     // ours (BatchNorm kept, Gemm with a zero bias).
@@ -239,14 +242,23 @@ fn arcface_torch_mbf_as_pth_and_onnx_and_back_embeds_as_pytorch() {
         import_embeds_as(&torch, "--onnx", &p(file), "as mbf, 512-d");
     }
 
-    run(&["export", "--model", &ckpt, "--safetensors", &p("back.safetensors")]);
+    run(&[
+        "export",
+        "--model",
+        &ckpt,
+        "--safetensors",
+        &p("back.safetensors"),
+    ]);
     let back = torch_reference(
         "arcface_torch.py",
         &json!({"op": "load", "network": "mbf", "safetensors": p("back.safetensors"),
                 "images": p("image.f32"), "n": 1}),
     );
     let d = distance(&floats(&back["embeddings"][0]), &torch);
-    assert!(d < 1e-4, "exported mbf safetensors in PyTorch vs the original: {d}");
+    assert!(
+        d < 1e-4,
+        "exported mbf safetensors in PyTorch vs the original: {d}"
+    );
 }
 
 #[test]

@@ -206,11 +206,26 @@ fn libtorch_bf16_gradients_follow_fp32() {
     let _turn = common::serial();
     let flex = Device::flex();
     let (weights, images, labels) = training_case(&flex);
-    let (ours, _) = gradients(&flex, small_model, &weights, &images, &labels, Precision::Fp32, false);
+    let (ours, _) = gradients(
+        &flex,
+        small_model,
+        &weights,
+        &images,
+        &labels,
+        Precision::Fp32,
+        false,
+    );
     let largest = ours.values().map(|g| cosine(g, g).1).fold(0.0, f64::max);
     for (device_name, device, _) in libtorch_devices() {
-        let (torch, running) =
-            gradients(&device, small_model, &weights, &images, &labels, Precision::Bf16, false);
+        let (torch, running) = gradients(
+            &device,
+            small_model,
+            &weights,
+            &images,
+            &labels,
+            Precision::Bf16,
+            false,
+        );
         assert_eq!(ours.len(), torch.len());
         let mut worst = 1.0f64;
         for (name, a) in &ours {
@@ -253,7 +268,15 @@ fn libtorch_channels_last_keeps_the_trunk_nhwc() {
     let _turn = common::serial();
     let flex = Device::flex();
     let (weights, images, labels) = training_case(&flex);
-    let (ours, our_running) = gradients(&flex, small_model, &weights, &images, &labels, Precision::Fp32, false);
+    let (ours, our_running) = gradients(
+        &flex,
+        small_model,
+        &weights,
+        &images,
+        &labels,
+        Precision::Fp32,
+        false,
+    );
     // On the CPU, channels-last needs libtorch's own convolutions (src/model/memory_format.rs:
     // oneDNN crashes on some NHWC gradients); with oneDNN, the default, it is the identity.
     let cpu_plain = Tensor::<4>::from_data(images.clone(), &Device::libtorch());
@@ -284,11 +307,26 @@ fn libtorch_channels_last_keeps_the_trunk_nhwc() {
                 );
             }
         }
-        let (torch, torch_running) =
-            gradients(&device, small_model, &weights, &images, &labels, Precision::Fp32, true);
+        let (torch, torch_running) = gradients(
+            &device,
+            small_model,
+            &weights,
+            &images,
+            &labels,
+            Precision::Fp32,
+            true,
+        );
         compare_gradients(&ours, &torch, slack, device_name);
         compare_running_statistics(&weights, &our_running, &torch_running, slack, device_name);
-        let (bf16, _) = gradients(&device, small_model, &weights, &images, &labels, Precision::Bf16, true);
+        let (bf16, _) = gradients(
+            &device,
+            small_model,
+            &weights,
+            &images,
+            &labels,
+            Precision::Bf16,
+            true,
+        );
         let flat = |m: &Flat| m.values().flatten().copied().collect::<Vec<f32>>();
         let (cosine, _) = cosine(&flat(&ours), &flat(&bf16));
         assert!(
@@ -418,7 +456,10 @@ fn compare_gradients(
         checked += 1;
     }
     // Every convolution weight and every BatchNorm γ/β (but the fixed last γ) has one.
-    assert!(ours.keys().any(|k| k.contains("conv") && k.ends_with(".weight")));
+    assert!(
+        ours.keys()
+            .any(|k| k.contains("conv") && k.ends_with(".weight"))
+    );
     assert!(ours.keys().any(|k| k.ends_with(".beta")));
     assert!(checked > 30, "{checked}");
     eprintln!("{device_name}: {checked} gradients as the CPU backend's");

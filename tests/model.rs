@@ -3,11 +3,10 @@
 
 mod common;
 
-use arcface::model::summary::{count_params, summarize};
 use arcface::config::Config;
+use arcface::model::summary::{count_params, summarize};
 use arcface::model::{
-    Architecture, Backbone, IResNetConfig, MarginSoftmaxConfig, Network, Precision,
-    backbone_config,
+    Architecture, Backbone, IResNetConfig, MarginSoftmaxConfig, Network, Precision, backbone_config,
 };
 use burn::module::Module;
 use burn::optim::momentum::MomentumConfig;

@@ -13,9 +13,14 @@ use burn::tensor::Device;
 
 /// A tiny run on 20 synthetic identities × 6 images, batch 8 (15 steps per epoch).
 fn small_config(data: &Path, output: &Path, extra: &str) -> Config {
+    small_config_of("tiny", data, output, extra)
+}
+
+/// [`small_config`] with another network.
+fn small_config_of(network: &str, data: &Path, output: &Path, extra: &str) -> Config {
     common::small_synthetic(data);
     let text = format!(
-        "network = \"tiny\"\nembedding_size = 32\ndropout = 0.2\nscale = 16.0\nbatch_size = 8\nlr = 0.05\n\
+        "network = {network:?}\nembedding_size = 32\ndropout = 0.2\nscale = 16.0\nbatch_size = 8\nlr = 0.05\n\
          num_epoch = 2\nlr_steps = [20]\nrec = {data:?}\nval_targets = [\"synth_val\"]\noutput = {output:?}\n\
          frequent = 2\nverbose = 1000\nsave_every = 3\nnum_workers = 2\nkeep_checkpoints = 10\n{extra}"
     );
@@ -24,15 +29,22 @@ fn small_config(data: &Path, output: &Path, extra: &str) -> Config {
 
 #[test]
 fn resume_continues_with_identical_losses() {
-    resume_is_exact("");
+    resume_is_exact("tiny", "", (3, 5));
+}
+
+/// arcface_torch's MobileFaceNet trains, checkpoints (its momentum buffers under its own
+/// parameter paths) and resumes as exactly as the iresnets.
+#[test]
+fn a_mobilefacenet_trains_and_resumes_with_identical_losses() {
+    resume_is_exact("mbf", "", (3, 1));
 }
 
 /// Partial FC on one rank of burn's CPU backend: 60 of 200 centres a step, every positive
 /// among them and the negatives drawn from (seed, step): a resume draws the same ones.
 #[test]
 fn resume_with_sampled_centres_continues_with_identical_losses() {
-    let sampled = resume_is_exact("num_classes = 200\nsample_rate = 0.3\n");
-    let all = resume_is_exact("num_classes = 200\n");
+    let sampled = resume_is_exact("tiny", "num_classes = 200\nsample_rate = 0.3\n", (3, 5));
+    let all = resume_is_exact("tiny", "num_classes = 200\n", (3, 5));
     // Fewer negatives in the softmax: a smaller loss from the same start.
     assert!(
         sampled[0].1 < all[0].1 - 0.5,
@@ -40,8 +52,9 @@ fn resume_with_sampled_centres_continues_with_identical_losses() {
     );
 }
 
-/// 8 steps straight = 3 steps + `--resume` 5, loss for loss; the losses.
-fn resume_is_exact(extra: &str) -> Vec<(usize, f64)> {
+/// `stop` + `then` steps straight = `stop` steps + `--resume` `then`, loss for loss (3 + 5
+/// crosses no epoch end: 15 steps per epoch); the losses.
+fn resume_is_exact(network: &str, extra: &str, (stop, then): (usize, usize)) -> Vec<(usize, f64)> {
     let _turn = common::serial();
     let (data, a, b) = (
         tempfile::tempdir().unwrap(),
@@ -49,31 +62,30 @@ fn resume_is_exact(extra: &str) -> Vec<(usize, f64)> {
         tempfile::tempdir().unwrap(),
     );
     let device = Device::flex();
-    // Straight through 8 steps (crossing no epoch end: 15 per epoch).
     let straight = train(
-        &small_config(data.path(), a.path(), extra),
+        &small_config_of(network, data.path(), a.path(), extra),
         &device,
         &TrainOptions {
             resume: None,
-            max_steps: Some(8),
+            max_steps: Some(stop + then),
             init: None,
         },
     )
     .unwrap();
-    // 3 steps, stop; resume from the latest checkpoint for 5 more.
-    let config = small_config(data.path(), b.path(), extra);
+    // `stop` steps, stop; resume from the latest checkpoint for `then` more.
+    let config = small_config_of(network, data.path(), b.path(), extra);
     let first = train(
         &config,
         &device,
         &TrainOptions {
             resume: None,
-            max_steps: Some(3),
+            max_steps: Some(stop),
             init: None,
         },
     )
     .unwrap();
     assert_eq!(
-        &straight.losses[..3],
+        &straight.losses[..stop],
         &first.losses[..],
         "one seed, one config: the same first steps"
     );
@@ -82,18 +94,19 @@ fn resume_is_exact(extra: &str) -> Vec<(usize, f64)> {
         &device,
         &TrainOptions {
             resume: Some(Resume::Latest),
-            max_steps: Some(5),
+            max_steps: Some(then),
             init: None,
         },
     )
     .unwrap();
     assert_eq!(
         resumed.losses.first().unwrap().0,
-        4,
-        "the resumed run starts at step 4"
+        stop + 1,
+        "the resumed run starts at step {}",
+        stop + 1
     );
     assert_eq!(
-        &straight.losses[3..],
+        &straight.losses[stop..],
         &resumed.losses[..],
         "losses after a resume differ from the straight run"
     );

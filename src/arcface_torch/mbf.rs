@@ -110,15 +110,36 @@ mod tests {
             ("stem.conv.weight", "layers.0.layers.0.weight"),
             ("stem.bn.gamma", "layers.0.layers.1.weight"),
             ("stem.prelu.alpha", "layers.0.layers.2.weight"),
-            ("stem_grouped.bn.running_var", "layers.1.layers.1.running_var"),
-            ("stage1.1.expand.conv.weight", "layers.1.layers.1.layers.0.layers.0.weight"),
-            ("down2.depthwise.prelu.alpha", "layers.2.layers.1.layers.2.weight"),
-            ("stage2.3.project.bn.beta", "layers.3.layers.3.layers.2.layers.1.bias"),
-            ("down4.project.conv.weight", "layers.6.layers.2.layers.0.weight"),
-            ("stage4.0.depthwise.conv.weight", "layers.7.layers.0.layers.1.layers.0.weight"),
+            (
+                "stem_grouped.bn.running_var",
+                "layers.1.layers.1.running_var",
+            ),
+            (
+                "stage1.1.expand.conv.weight",
+                "layers.1.layers.1.layers.0.layers.0.weight",
+            ),
+            (
+                "down2.depthwise.prelu.alpha",
+                "layers.2.layers.1.layers.2.weight",
+            ),
+            (
+                "stage2.3.project.bn.beta",
+                "layers.3.layers.3.layers.2.layers.1.bias",
+            ),
+            (
+                "down4.project.conv.weight",
+                "layers.6.layers.2.layers.0.weight",
+            ),
+            (
+                "stage4.0.depthwise.conv.weight",
+                "layers.7.layers.0.layers.1.layers.0.weight",
+            ),
             ("conv_sep.prelu.alpha", "conv_sep.layers.2.weight"),
             ("gdc.conv.weight", "features.layers.0.layers.0.weight"),
-            ("gdc.bn.running_mean", "features.layers.0.layers.1.running_mean"),
+            (
+                "gdc.bn.running_mean",
+                "features.layers.0.layers.1.running_mean",
+            ),
             ("fc.weight", "features.layers.2.weight"),
             ("features.gamma", "features.layers.3.weight"),
         ] {

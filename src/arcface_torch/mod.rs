@@ -203,7 +203,10 @@ pub fn torch_layout(
 /// Our backbone tensors (paths without "backbone.") as arcface_torch's state dict of that
 /// family, converted so that `get_model(network)` with `load_state_dict(strict=True)` gives
 /// our embeddings from (x/255 − 0.5)/0.5 input.
-pub fn to_torch(family: Family, backbone: &BTreeMap<String, TensorData>) -> Result<Vec<TorchTensor>> {
+pub fn to_torch(
+    family: Family,
+    backbone: &BTreeMap<String, TensorData>,
+) -> Result<Vec<TorchTensor>> {
     let mut tensors: BTreeMap<String, (Vec<usize>, Vec<f32>)> = BTreeMap::new();
     for (path, data) in backbone {
         let path = path.strip_prefix("backbone.").unwrap_or(path);

@@ -173,7 +173,10 @@ pub fn train(
         match &mut backbone {
             BackboneConfig::IResNet(c) => c.widths = widths,
             BackboneConfig::MobileFaceNet(_) => {
-                bail!("--widths sets an iresnet's stage widths; {} is a MobileFaceNet", config.network)
+                bail!(
+                    "--widths sets an iresnet's stage widths; {} is a MobileFaceNet",
+                    config.network
+                )
             }
         }
     }

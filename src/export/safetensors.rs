@@ -15,11 +15,7 @@ use safetensors::{Dtype, tensor::TensorView};
 
 use crate::arcface_torch::Family;
 
-pub fn write(
-    family: Family,
-    backbone: &BTreeMap<String, TensorData>,
-    path: &Path,
-) -> Result<()> {
+pub fn write(family: Family, backbone: &BTreeMap<String, TensorData>, path: &Path) -> Result<()> {
     let tensors = crate::arcface_torch::to_torch(family, backbone)?;
     let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
         .into_iter()

@@ -116,4 +116,3 @@ pub(crate) fn linear_at(fc: &Linear, x: Tensor<2>, precision: Precision) -> Tens
         None => y,
     }
 }
-

@@ -88,7 +88,14 @@ pub struct MobileFaceNet {
 }
 
 impl ConvBlock {
-    fn new(cin: usize, cout: usize, kernel: usize, stride: usize, groups: usize, d: &Device) -> Self {
+    fn new(
+        cin: usize,
+        cout: usize,
+        kernel: usize,
+        stride: usize,
+        groups: usize,
+        d: &Device,
+    ) -> Self {
         ConvBlock {
             conv: conv(cin, cout, kernel, stride, kernel / 2, groups, d),
             bn: bn(cout, d),
@@ -110,7 +117,14 @@ impl LinearBlock {
 
 impl Bottleneck {
     /// `cin` → `inner` (depthwise, at `stride`) → `cout`.
-    fn new(cin: usize, cout: usize, inner: usize, stride: usize, residual: bool, d: &Device) -> Self {
+    fn new(
+        cin: usize,
+        cout: usize,
+        inner: usize,
+        stride: usize,
+        residual: bool,
+        d: &Device,
+    ) -> Self {
         Bottleneck {
             expand: ConvBlock::new(cin, inner, 1, 1, 1, d),
             depthwise: ConvBlock::new(inner, inner, 3, stride, inner, d),
@@ -145,7 +159,10 @@ impl MobileFaceNetConfig {
         // whatever the scale: 128 in the first two stages, 256 after, 512 in the last
         // downsampling.
         let (stem_grouped, stage1) = if b1 == 1 {
-            (Some(ConvBlock::new(narrow, narrow, 3, 1, 64, d)), Vec::new())
+            (
+                Some(ConvBlock::new(narrow, narrow, 3, 1, 64, d)),
+                Vec::new(),
+            )
         } else {
             (None, stage(b1, narrow, 128, d))
         };
@@ -170,7 +187,15 @@ impl MobileFaceNetConfig {
             stage4: stage(b4, wide, 256, d),
             conv_sep: ConvBlock::new(wide, HEAD_CHANNELS, 1, 1, 1, d),
             gdc: LinearBlock {
-                conv: conv(HEAD_CHANNELS, HEAD_CHANNELS, FINAL_SIDE, 1, 0, HEAD_CHANNELS, d),
+                conv: conv(
+                    HEAD_CHANNELS,
+                    HEAD_CHANNELS,
+                    FINAL_SIDE,
+                    1,
+                    0,
+                    HEAD_CHANNELS,
+                    d,
+                ),
                 bn: bn(HEAD_CHANNELS, d),
             },
             fc,

@@ -47,7 +47,10 @@ pub enum Network {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Architecture {
     /// LResNet-E-IR: units per stage, output channels per stage.
-    IResNet { units: [usize; 4], widths: [usize; 4] },
+    IResNet {
+        units: [usize; 4],
+        widths: [usize; 4],
+    },
     /// MobileFaceNet: bottlenecks per stage, width multiplier.
     MobileFaceNet { blocks: [usize; 4], scale: usize },
 }

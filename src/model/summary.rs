@@ -7,10 +7,10 @@ use burn::nn::conv::Conv2d;
 use burn::tensor::Tensor;
 use serde::Serialize;
 
+use super::Backbone;
 use super::iresnet::{IBasicBlock, IResNet};
 use super::layers::INPUT_SIZE;
 use super::mobilefacenet::{Bottleneck, MobileFaceNet};
-use super::Backbone;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct StageSummary {

@@ -298,12 +298,23 @@ fn mobilefacenet(g: &mut Graph, model: &MobileFaceNet, x: String) -> Result<Stri
     }
     let x = conv_block(g, "conv_sep", &model.conv_sep, &x)?;
     let x = linear_block(g, "features.layers.0", &model.gdc, &x)?;
-    let x = g.add("Flatten", "features.layers.1", &[&x], vec![attr_int("axis", 1)]);
+    let x = g.add(
+        "Flatten",
+        "features.layers.1",
+        &[&x],
+        vec![attr_int("axis", 1)],
+    );
     let weight = g.weight("features.layers.2.weight", None)?;
     let embedding_size = model.features.gamma.dims()[0];
     let zeros = vec![0.0; embedding_size];
     let bias = "features.layers.2.zero_bias";
-    g.initializers.push(float_tensor(bias, &[embedding_size], &zeros));
-    let x = g.add("Gemm", "features.layers.2", &[&x, &weight, bias], gemm_attributes());
+    g.initializers
+        .push(float_tensor(bias, &[embedding_size], &zeros));
+    let x = g.add(
+        "Gemm",
+        "features.layers.2",
+        &[&x, &weight, bias],
+        gemm_attributes(),
+    );
     g.batch_norm("features.layers.3", &model.features, &x)
 }

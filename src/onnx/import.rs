@@ -2,7 +2,8 @@
 //! flow (not by names, which differ between exporters: MXNet's `stage1_unit1_conv1_weight`, our
 //! `layer1.0.conv1.weight`): stem Conv → BN → PRelu; units BN → Conv → BN → PRelu → Conv → BN
 //! plus a shortcut (identity, or Conv 1×1 → BN) → Add; then BN → Flatten → Gemm → BN. The depth
-//! (r18/r34/r50/r100/r200/tiny) and embedding size are read off the graph.
+//! (r18/r34/r50/r100/r200/tiny) and embedding size are read off the graph. A graph with grouped
+//! convolutions is read as a MobileFaceNet instead (`import_mbf.rs`).
 //!
 //! Run `load::prepare` first (the zoo's repairs, the input convention). What exporters change is
 //! read for what it computes: a BatchNorm folded into its Conv (a bias, no BatchNorm), the
@@ -39,7 +40,7 @@ pub fn read_file(
     Ok((proto, prepared, imported))
 }
 
-/// Reads the backbone out of a prepared LResNet-E-IR graph (raw 0–255 input).
+/// Reads the backbone out of a prepared LResNet-E-IR or MobileFaceNet graph (raw 0–255 input).
 pub fn import(model: &pb::ModelProto) -> Result<Imported> {
     let graph = model.graph.as_ref().context("no graph")?;
     let mut walk = Walk::new(graph);
@@ -53,9 +54,10 @@ pub fn import(model: &pb::ModelProto) -> Result<Imported> {
         .expect("embedder_input found it");
     let (x, mean, scale) = walk.preprocess(input)?;
     let stem_scale = stem_scale(mean, scale)?;
-    let grouped = graph.node.iter().any(|n| {
-        n.op_type == "Conv" && attribute(n, "group").is_some_and(|a| a.i != 1)
-    });
+    let grouped = graph
+        .node
+        .iter()
+        .any(|n| n.op_type == "Conv" && attribute(n, "group").is_some_and(|a| a.i != 1));
     if grouped {
         let mut imported = super::import_mbf::import(walk, x)?;
         scale_stem(&mut imported, "stem.conv.weight", stem_scale, scale)?;
@@ -244,9 +246,10 @@ fn scale_stem(imported: &mut Imported, key: &str, stem_scale: f64, scale: f64) -
         .iter()
         .map(|&w| (w as f64 * stem_scale) as f32)
         .collect();
-    imported
-        .tensors
-        .insert(key.to_string(), burn::tensor::TensorData::new(scaled, shape));
+    imported.tensors.insert(
+        key.to_string(),
+        burn::tensor::TensorData::new(scaled, shape),
+    );
     imported.notes.push(format!(
         "the input scale {scale:.7} folded into the stem convolution (ours is {INPUT_SCALE})"
     ));

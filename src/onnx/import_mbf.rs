@@ -40,8 +40,11 @@ pub(super) fn import(mut walk: Walk<'_>, x: &str) -> Result<Imported> {
     {
         let i = layers.len();
         inputs.push(x.clone());
-        let (y, [out, ..]) = walk.conv_bn(conv, &format!("conv{i}.conv"), &format!("conv{i}.bn"))?;
-        let shape = walk.tensors[&format!("conv{i}.conv.weight")].shape().to_vec();
+        let (y, [out, ..]) =
+            walk.conv_bn(conv, &format!("conv{i}.conv"), &format!("conv{i}.bn"))?;
+        let shape = walk.tensors[&format!("conv{i}.conv.weight")]
+            .shape()
+            .to_vec();
         let mut y = y;
         let mut prelu = false;
         if let [node] = walk.next_nodes(y).as_slice()
@@ -121,14 +124,23 @@ pub(super) fn import(mut walk: Walk<'_>, x: &str) -> Result<Imported> {
 fn read_fc(walk: &mut Walk<'_>, fc: &tract_onnx::pb::NodeProto) -> Result<(usize, usize)> {
     let (w, values) = walk.constant(fc, 1)?;
     let [a, b] = w.dims[..] else {
-        bail!("{} `{}`: weight `{}` has shape {:?}", fc.op_type, fc.name, w.name, w.dims);
+        bail!(
+            "{} `{}`: weight `{}` has shape {:?}",
+            fc.op_type,
+            fc.name,
+            w.name,
+            w.dims
+        );
     };
     let (a, b) = (a as usize, b as usize);
     let gemm = fc.op_type == "Gemm";
     let get = |name: &str, default: f32| attribute(fc, name).map_or(default, |a| a.f);
     let trans = |name: &str| attribute(fc, name).map_or(0, |a| a.i);
     if gemm && (get("alpha", 1.0) != 1.0 || trans("transA") != 0) {
-        bail!("Gemm `{}`: alpha or transA differ from a plain fully connected layer", fc.name);
+        bail!(
+            "Gemm `{}`: alpha or transA differ from a plain fully connected layer",
+            fc.name
+        );
     }
     // MatMul and Gemm without transB multiply by [in, out], as burn stores it.
     let (inputs, outputs, weight) = if gemm && trans("transB") == 1 {
@@ -167,8 +179,7 @@ fn match_network(layers: &[Layer], embedding_size: usize) -> Result<(Network, Ve
         let fits = convs.len() == layers.len()
             && convs.iter().zip(layers).all(|((path, shape), layer)| {
                 let prefix = path.strip_suffix(".conv.weight").unwrap_or(path);
-                let residual = prefix.ends_with(".project")
-                    && prefix.starts_with("stage");
+                let residual = prefix.ends_with(".project") && prefix.starts_with("stage");
                 *shape == layer.shape
                     && has(&format!("{prefix}.prelu.alpha")) == layer.prelu
                     && residual == layer.residual

@@ -157,9 +157,13 @@ mod conv {
         let all = cases
             .into_iter()
             .map(|(b, ci, h, w, co, kh, kw, s, p, d)| (b, ci, h, w, co, kh, kw, s, p, d, 1))
-            .chain(grouped.into_iter().map(|(b, ci, h, w, co, kh, kw, s, p, groups)| {
-                (b, ci, h, w, co, kh, kw, s, p, [1, 1], groups)
-            }));
+            .chain(
+                grouped
+                    .into_iter()
+                    .map(|(b, ci, h, w, co, kh, kw, s, p, groups)| {
+                        (b, ci, h, w, co, kh, kw, s, p, [1, 1], groups)
+                    }),
+            );
         for (batch, ci, h, w, co, kh, kw, stride, padding, dilation, groups) in all {
             let options = Options {
                 stride,
