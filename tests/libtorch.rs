@@ -174,28 +174,6 @@ fn fp32_gradients_equal_the_cpu_backends(
     }
 }
 
-/// arcface_torch's MobileFaceNet at 32-d with a head of 10 classes.
-fn small_mbf(device: &Device) -> Trainee {
-    let config = arcface::config::Config {
-        network: arcface::model::Network::Mbf,
-        embedding_size: 32,
-        scale: 16.0,
-        ..Default::default()
-    };
-    Trainee::init(&config, 10, 0..10, device)
-}
-
-/// MobileFaceNet's grouped and depthwise convolutions on libtorch's kernels (their fused
-/// backward) against ours on the CPU backend: the same gradients and running statistics.
-#[test]
-fn libtorch_mobilefacenet_gradients_equal_the_cpu_backends() {
-    let _turn = common::serial();
-    let flex = Device::flex();
-    let weights = named_tensors(&small_mbf(&flex), "");
-    let (_, images, labels) = training_case(&flex);
-    fp32_gradients_equal_the_cpu_backends(small_mbf, &weights, &images, &labels);
-}
-
 /// bf16 (Precision::Bf16: activations bf16 from each convolution to the next, BatchNorm's and
 /// PReLU's parameters fp32, as PyTorch's autocast) on LibTorch, where libtorch's kernels take
 /// the mixed types themselves, against fp32 on burn's CPU backend: the gradients point the same
