@@ -127,7 +127,13 @@ impl Geometry {
 
     /// For kernel offset `offset` along an axis: the output range whose input index
     /// `o·stride + offset·dilation − padding` lies in 0..`side`.
-    pub(crate) fn valid(&self, axis: usize, offset: usize, side: usize, out_side: usize) -> (usize, usize) {
+    pub(crate) fn valid(
+        &self,
+        axis: usize,
+        offset: usize,
+        side: usize,
+        out_side: usize,
+    ) -> (usize, usize) {
         let (stride, shift) = (self.stride[axis], offset * self.dilation[axis]);
         let pad = self.padding[axis];
         // First o with o·stride + shift ≥ pad; last with o·stride + shift − pad < side.

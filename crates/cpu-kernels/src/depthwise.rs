@@ -49,7 +49,11 @@ fn each_row(
 
 /// The convolution of `x` [N, C, H, W] by `weight` [C, 1, kh, kw]: [N, C, Ho, Wo].
 pub fn forward(g: &Geometry, x: &[f32], weight: &[f32]) -> Vec<f32> {
-    let (hw, p, k) = (g.height * g.width, g.out_height * g.out_width, g.kernel[0] * g.kernel[1]);
+    let (hw, p, k) = (
+        g.height * g.width,
+        g.out_height * g.out_width,
+        g.kernel[0] * g.kernel[1],
+    );
     let offsets = offsets(g);
     let mut out = vec![0.0; g.batch * g.output_len()];
     let stride = g.stride[1];
@@ -87,7 +91,11 @@ pub fn gradients(
     want_x: bool,
     want_weight: bool,
 ) -> (Option<Vec<f32>>, Option<Vec<f32>>) {
-    let (hw, p, k) = (g.height * g.width, g.out_height * g.out_width, g.kernel[0] * g.kernel[1]);
+    let (hw, p, k) = (
+        g.height * g.width,
+        g.out_height * g.out_width,
+        g.kernel[0] * g.kernel[1],
+    );
     let offsets = offsets(g);
     let stride = g.stride[1];
     let dx = want_x.then(|| {
