@@ -17,7 +17,7 @@ pub mod fs;
 pub mod imported;
 pub mod infer;
 pub mod model;
-mod module_path;
+pub mod module_path;
 pub mod onnx;
 pub mod profile;
 pub mod progress;

@@ -81,12 +81,12 @@ fn gradients(
     // Paths as checkpoints name them: an enum's variant (`Backbone::IResNet`) is no step.
     impl burn::module::ModuleVisitor for Collect<'_> {
         fn enter_module(&mut self, name: &str, container: &str) {
-            if !container.starts_with("Enum:") {
+            if !arcface::module_path::is_variant(container) {
                 self.1.push(name.to_string());
             }
         }
         fn exit_module(&mut self, _: &str, container: &str) {
-            if !container.starts_with("Enum:") {
+            if !arcface::module_path::is_variant(container) {
                 self.1.pop();
             }
         }
