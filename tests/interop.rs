@@ -92,19 +92,7 @@ fn arcface_torch_r18_as_pth_onnx_and_back_embeds_as_pytorch_and_onnxruntime() {
         "the exporter folded BatchNorm and left the normalisation outside: {made}"
     );
 
-    // onnxruntime on the exported file, fed as insightface feeds it.
-    let fed: Vec<f32> = image.iter().map(|x| (x - 127.5) / 127.5).collect();
-    write_f32(&dir.path().join("fed.f32"), &fed);
-    run_reference(
-        "onnx_models.py",
-        &json!({"op": "check", "model": p("model.onnx"), "input": p("fed.f32"), "n": 1,
-                "output": p("ort.f32")}),
-    );
-    let ort: Vec<f64> = read_f32(&dir.path().join("ort.f32"))
-        .iter()
-        .map(|&x| x as f64)
-        .collect();
-    let d = distance(&ort, &torch);
+    let d = distance(&onnxruntime_on_normalised(dir.path(), &image), &torch);
     assert!(d < 1e-4, "onnxruntime vs PyTorch: {d}");
 
     // The ONNX file run by tract: its convention found and said.
@@ -171,6 +159,23 @@ fn arcface_torch_r18_as_pth_onnx_and_back_embeds_as_pytorch_and_onnxruntime() {
     );
 }
 
+/// onnxruntime's embedding by `dir`/model.onnx (torch2onnx.py's export) of the raw RGB
+/// `image`, fed as insightface feeds it: (x − 127.5)/127.5.
+fn onnxruntime_on_normalised(dir: &std::path::Path, image: &[f32]) -> Vec<f64> {
+    let p = |name: &str| dir.join(name).to_string_lossy().into_owned();
+    let fed: Vec<f32> = image.iter().map(|x| (x - 127.5) / 127.5).collect();
+    write_f32(&dir.join("fed.f32"), &fed);
+    run_reference(
+        "onnx_models.py",
+        &json!({"op": "check", "model": p("model.onnx"), "input": p("fed.f32"), "n": 1,
+                "output": p("ort_torch.f32")}),
+    );
+    read_f32(&dir.join("ort_torch.f32"))
+        .iter()
+        .map(|&x| x as f64)
+        .collect()
+}
+
 /// `arcface import FLAG FILE` says `said` and gives a checkpoint (beside FILE) whose
 /// embedding of the photo is within 1e-4 of `reference`.
 fn import_embeds_as(reference: &[f64], flag: &str, file: &str, said: &str) {
@@ -193,21 +198,26 @@ fn photo_f32(dir: &std::path::Path) -> Vec<f32> {
 }
 
 /// arcface_torch's MobileFaceNet (get_mbf) with trained-like weights, as backbone.pth and as
-/// torch2onnx.py exports it: `infer` on the ONNX file (its grouped convolutions run by tract),
-/// `import --pth` (both formats), our own ONNX export (opset 8, grouped Conv) run by
-/// onnxruntime, `import --onnx` of both ONNX files, and the safetensors export loaded strict
-/// into PyTorch: each gives PyTorch's embedding of the photo within 1e-4.
+/// torch2onnx.py exports it: onnxruntime and `infer` on the ONNX file (its grouped convolutions
+/// run by tract), `import --pth` (both formats), our own ONNX export (opset 8, grouped Conv)
+/// run by onnxruntime, `import --onnx` of both ONNX files, and the safetensors export loaded
+/// strict into PyTorch: each gives PyTorch's embedding of the photo within 1e-4.
 #[test]
 fn arcface_torch_mbf_as_pth_and_onnx_and_back_embeds_as_pytorch() {
     let dir = tempfile::tempdir().unwrap();
     let p = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
-    photo_f32(dir.path());
+    let image = photo_f32(dir.path());
     let made = torch_reference(
         "arcface_torch.py",
         &json!({"op": "make", "network": "mbf", "dir": dir.path(), "seed": 5,
                 "images": p("image.f32"), "n": 1}),
     );
     let torch = floats(&made["embeddings"][0]);
+    let d = distance(&onnxruntime_on_normalised(dir.path(), &image), &torch);
+    assert!(
+        d < 1e-4,
+        "onnxruntime on torch2onnx.py's mbf vs PyTorch: {d}"
+    );
 
     let (ours, model) = infer(&p("model.onnx"), &[]);
     assert_eq!(model["input"], "normalized", "{model}");

@@ -13,6 +13,14 @@ backbone.pth, and torch2onnx.py's ONNX export. Run with the torch venv's Python
 {"op": "load", "network": "r18", "safetensors": F, "images": F32_FILE, "n": N}
     get_model(network).load_state_dict(safetensors.torch.load_file(F), strict=True) and its
     embeddings of the images.
+{"op": "gradients", "network": "mbf", "num_features": E, "safetensors": F, "images": F32_FILE,
+ "n": N, "labels": [...], "eps": EPS, "input_scale": K, "margin": M, "scale": S, "out": G}
+    One training step's gradients in float64 and in float32: F holds the backbone's state dict
+    (its running statistics too) and `head.weight` [classes, E], the class centres. The model in
+    train mode with every BatchNorm's eps set to EPS, input (x - 127.5)·K, the ArcFace loss
+    (cos(θ + M) with insightface's th/mm fallback, ×S, mean cross-entropy). Writes G
+    (safetensors, float64 values): `NAME` for float64's gradient of each parameter and
+    `head.weight`, `NAME@fp32` for float32's. Returns both losses.
 {"op": "count", "networks": [...]}
     Parameters of each network as PyTorch counts them (sum of p.numel() over parameters()).
 {"op": "bad", "dir": D}
@@ -20,6 +28,7 @@ backbone.pth, and torch2onnx.py's ONNX export. Run with the torch venv's Python
     dict, a truncated zip, a missing tensor, a tensor of the wrong shape.
 """
 import json
+import math
 import os
 import sys
 
@@ -294,11 +303,52 @@ def bad(req):
     return {}
 
 
+def arcface_loss(embeddings, centres, labels, margin, scale):
+    """insightface's ArcFace (CombinedMarginLoss with m1 = 1, m3 = 0), from the formulas."""
+    e = embeddings / embeddings.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    w = centres / centres.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    cos = (e @ w.t()).clamp(-1.0, 1.0)
+    rows = torch.arange(len(labels))
+    target = cos[rows, labels]
+    sin = (1.0 - target * target).clamp_min(1e-12).sqrt()
+    phi = target * math.cos(margin) - sin * math.sin(margin)
+    th, mm = math.cos(math.pi - margin), math.sin(math.pi - margin) * margin
+    phi = torch.where(target > th, phi, target - mm)
+    logits = cos.clone()
+    logits[rows, labels] = phi
+    return nn.functional.cross_entropy(logits * scale, labels)
+
+
+def gradients(req):
+    from safetensors.torch import load_file, save_file
+    state = load_file(req["safetensors"])
+    centres = state.pop("head.weight")
+    labels = torch.tensor(req["labels"], dtype=torch.int64)
+    out, losses = {}, {}
+    for dtype, suffix in ((torch.float64, ""), (torch.float32, "@fp32")):
+        model = get_model(req["network"], num_features=req["num_features"])
+        model.load_state_dict(state, strict=True)
+        model = model.to(dtype).train()
+        for m in model.modules():
+            if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+                m.eps = req["eps"]
+        head = nn.Parameter(centres.to(dtype))
+        x = (images(req).to(dtype) - 127.5) * req["input_scale"]
+        loss = arcface_loss(model(x), head, labels, req["margin"], req["scale"])
+        loss.backward()
+        for name, p in list(model.named_parameters()) + [("head.weight", head)]:
+            out[name + suffix] = p.grad.detach().to(torch.float64).contiguous()
+        losses["fp64" if not suffix else "fp32"] = loss.item()
+    save_file(out, req["out"])
+    return losses
+
+
 def count(req):
     return {n: sum(p.numel() for p in get_model(n).parameters()) for n in req["networks"]}
 
 
 if __name__ == "__main__":
     req = json.load(sys.stdin)
-    json.dump({"make": make, "load": load, "count": count, "bad": bad}[req["op"]](req),
+    json.dump({"make": make, "load": load, "gradients": gradients, "count": count,
+               "bad": bad}[req["op"]](req),
               sys.stdout)
