@@ -50,7 +50,7 @@ fn small_model(device: &Device) -> Trainee {
 /// Gradients of one training loss of the model `make` builds, by parameter path, computed on
 /// `device` from the weights and inputs given as host data; and the BatchNorm running
 /// statistics that forward left.
-fn gradients(
+fn gradients_of(
     make: fn(&Device) -> Trainee,
     device: &Device,
     weights: &std::collections::BTreeMap<String, TensorData>,
@@ -153,28 +153,33 @@ fn libtorch_gradients_equal_the_cpu_backends() {
     );
     let flex = Device::flex();
     let (weights, images, labels) = training_case(&flex);
-    let (ours, our_running) = gradients(
-        small_model,
-        &flex,
-        &weights,
-        &images,
-        &labels,
-        Precision::Fp32,
-        false,
-    );
+    let (ours, our_running) = gradients(&flex, &weights, &images, &labels, Precision::Fp32, false);
     for (device_name, device, slack) in libtorch_devices() {
-        let (torch, torch_running) = gradients(
-            small_model,
-            &device,
-            &weights,
-            &images,
-            &labels,
-            Precision::Fp32,
-            false,
-        );
+        let (torch, torch_running) =
+            gradients(&device, &weights, &images, &labels, Precision::Fp32, false);
         compare_gradients(&ours, &torch, slack, device_name);
         compare_running_statistics(&weights, &our_running, &torch_running, slack, device_name);
     }
+}
+
+/// [`gradients_of`] the small iresnet.
+fn gradients(
+    device: &Device,
+    weights: &Named,
+    images: &TensorData,
+    labels: &TensorData,
+    precision: Precision,
+    nhwc: bool,
+) -> (Flat, Flat) {
+    gradients_of(
+        small_model,
+        device,
+        weights,
+        images,
+        labels,
+        precision,
+        nhwc,
+    )
 }
 
 /// arcface_torch's MobileFaceNet (`mbf`) at 32-d with an ArcFace head of 10 classes.
@@ -301,7 +306,7 @@ fn mobilefacenet_gradients_are_pytorchs() {
             .map(|(k, v)| (k.clone(), v.iter().map(|&x| x as f64).collect()))
             .collect()
     };
-    let (ours, _) = gradients(
+    let (ours, _) = gradients_of(
         small_mbf,
         &flex,
         &weights,
@@ -312,7 +317,7 @@ fn mobilefacenet_gradients_are_pytorchs() {
     );
     let mut runs = vec![("flex", widen(&ours), 1.0)];
     for (device_name, device, slack) in libtorch_devices() {
-        let (torch, _) = gradients(
+        let (torch, _) = gradients_of(
             small_mbf,
             &device,
             &weights,
@@ -386,26 +391,11 @@ fn libtorch_bf16_gradients_follow_fp32() {
     let _turn = common::serial();
     let flex = Device::flex();
     let (weights, images, labels) = training_case(&flex);
-    let (ours, _) = gradients(
-        small_model,
-        &flex,
-        &weights,
-        &images,
-        &labels,
-        Precision::Fp32,
-        false,
-    );
+    let (ours, _) = gradients(&flex, &weights, &images, &labels, Precision::Fp32, false);
     let largest = ours.values().map(|g| cosine(g, g).1).fold(0.0, f64::max);
     for (device_name, device, _) in libtorch_devices() {
-        let (torch, running) = gradients(
-            small_model,
-            &device,
-            &weights,
-            &images,
-            &labels,
-            Precision::Bf16,
-            false,
-        );
+        let (torch, running) =
+            gradients(&device, &weights, &images, &labels, Precision::Bf16, false);
         assert_eq!(ours.len(), torch.len());
         let mut worst = 1.0f64;
         for (name, a) in &ours {
@@ -448,15 +438,7 @@ fn libtorch_channels_last_keeps_the_trunk_nhwc() {
     let _turn = common::serial();
     let flex = Device::flex();
     let (weights, images, labels) = training_case(&flex);
-    let (ours, our_running) = gradients(
-        small_model,
-        &flex,
-        &weights,
-        &images,
-        &labels,
-        Precision::Fp32,
-        false,
-    );
+    let (ours, our_running) = gradients(&flex, &weights, &images, &labels, Precision::Fp32, false);
     // On the CPU, channels-last needs libtorch's own convolutions (src/model/memory_format.rs:
     // oneDNN crashes on some NHWC gradients); with oneDNN, the default, it is the identity.
     let cpu_plain = Tensor::<4>::from_data(images.clone(), &Device::libtorch());
@@ -487,26 +469,11 @@ fn libtorch_channels_last_keeps_the_trunk_nhwc() {
                 );
             }
         }
-        let (torch, torch_running) = gradients(
-            small_model,
-            &device,
-            &weights,
-            &images,
-            &labels,
-            Precision::Fp32,
-            true,
-        );
+        let (torch, torch_running) =
+            gradients(&device, &weights, &images, &labels, Precision::Fp32, true);
         compare_gradients(&ours, &torch, slack, device_name);
         compare_running_statistics(&weights, &our_running, &torch_running, slack, device_name);
-        let (bf16, _) = gradients(
-            small_model,
-            &device,
-            &weights,
-            &images,
-            &labels,
-            Precision::Bf16,
-            true,
-        );
+        let (bf16, _) = gradients(&device, &weights, &images, &labels, Precision::Bf16, true);
         let flat = |m: &Flat| m.values().flatten().copied().collect::<Vec<f32>>();
         let (cosine, _) = cosine(&flat(&ours), &flat(&bf16));
         assert!(
