@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::device::DeviceSpec;
-use crate::model::{Network, Precision};
+use crate::model::{Architecture, Network, Precision};
 
 /// Everything a run needs. Absent keys take the seed recipe's value (LResNet100E-IR, ArcFace).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -19,10 +19,11 @@ pub struct Config {
     pub network: Network,
     /// Width of the embedding (the zoo model: 512).
     pub embedding_size: usize,
-    /// Dropout before the embedding FC layer (seed: 0.4; arcface_torch: 0). Iresnets only.
+    /// Dropout before the embedding FC layer (seed: 0.4; arcface_torch: 0). Iresnets only: a
+    /// MobileFaceNet's file may set it to 0 or leave it out.
     pub dropout: f64,
     /// Whether γ of the last BatchNorm is trained. The seed fixes it at 1. Iresnets only: a
-    /// MobileFaceNet trains it, as arcface_torch's does.
+    /// MobileFaceNet trains it, as arcface_torch's does (its file may say `true` or leave it out).
     pub embedding_gamma_trainable: bool,
 
     // --- margin-softmax head ---
@@ -208,8 +209,44 @@ impl Config {
         })?;
         config
             .validate()
+            .and_then(|()| config.check_iresnet_keys(text))
             .map_err(|(key, message)| located(key.to_string(), message))?;
         Ok(config)
+    }
+
+    /// `dropout` and `embedding_gamma_trainable` shape the iresnets only. Written in the file of
+    /// a MobileFaceNet with a value it cannot honour, they would be ignored in silence: refused.
+    /// (Absent keys take the seed's defaults, dropout 0.4 among them, which a MobileFaceNet
+    /// does not use; only what the user wrote is checked.)
+    fn check_iresnet_keys(&self, text: &str) -> Result<(), (&'static str, String)> {
+        if !matches!(
+            self.network.architecture(),
+            Architecture::MobileFaceNet { .. }
+        ) {
+            return Ok(());
+        }
+        // The text deserialised a moment ago, so it parses as a table too.
+        let written = text.parse::<toml::Table>().unwrap_or_default();
+        let network = self.network.name();
+        if written.contains_key("dropout") && self.dropout != 0.0 {
+            return Err((
+                "dropout",
+                format!(
+                    "{network} has no dropout (arcface_torch's MobileFaceNet has none); \
+                     remove the key or set it to 0"
+                ),
+            ));
+        }
+        if written.contains_key("embedding_gamma_trainable") && !self.embedding_gamma_trainable {
+            return Err((
+                "embedding_gamma_trainable",
+                format!(
+                    "{network} trains the embedding BatchNorm's γ, as arcface_torch's \
+                     MobileFaceNet does; a fixed γ is the iresnets' option: remove the key"
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Identities for the class-centre matrix: `num_classes` if set, else the dataset's
@@ -338,5 +375,38 @@ fn toml_message(error: &toml::de::Error, text: &str) -> String {
             format!("{message} (line {line}, column {column})")
         }
         None => message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("x.toml"))
+    }
+
+    #[test]
+    fn a_mobilefacenet_refuses_the_iresnets_keys_it_cannot_honour() {
+        for (text, key) in [
+            ("network = \"mbf\"\ndropout = 0.4\n", "dropout"),
+            ("network = \"mbf_large\"\ndropout = 0.1\n", "dropout"),
+            (
+                "network = \"mbf\"\nembedding_gamma_trainable = false\n",
+                "embedding_gamma_trainable",
+            ),
+        ] {
+            let err = parse(text).unwrap_err();
+            assert_eq!(err.key, key, "{text}");
+            assert!(err.to_string().contains("x.toml"), "{err}");
+        }
+        // What a MobileFaceNet does anyway, and the defaults, are accepted.
+        for text in [
+            "network = \"mbf\"\n",
+            "network = \"mbf\"\ndropout = 0.0\nembedding_gamma_trainable = true\n",
+            "network = \"r50\"\ndropout = 0.2\nembedding_gamma_trainable = false\n",
+        ] {
+            parse(text).unwrap_or_else(|e| panic!("{text}: {e}"));
+        }
     }
 }

@@ -128,6 +128,12 @@ fn bad_values_name_the_key() {
         ("sample_rate = 0.0\n", "sample_rate"),
         ("sample_rate = 1.5\n", "sample_rate"),
         ("sample_rate = -0.1\n", "sample_rate"),
+        // The iresnets' keys, in a MobileFaceNet's file: values it could not honour.
+        ("network = \"mbf\"\ndropout = 0.4\n", "dropout"),
+        (
+            "network = \"mbf\"\nembedding_gamma_trainable = false\n",
+            "embedding_gamma_trainable",
+        ),
     ] {
         let (out, path, _dir) = summary_of(text);
         assert!(!out.status.success(), "{text}");

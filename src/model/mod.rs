@@ -165,7 +165,8 @@ impl std::fmt::Display for Precision {
 }
 
 /// The backbone a config describes. `dropout` and `embedding_gamma_trainable` are the
-/// iresnets' (arcface_torch's MobileFaceNet has no dropout and always trains the embedding's γ).
+/// iresnets' (arcface_torch's MobileFaceNet has no dropout and always trains the embedding's γ;
+/// `Config::parse` refuses a MobileFaceNet's file that asks otherwise).
 pub fn backbone_config(config: &Config) -> BackboneConfig {
     match config.network.architecture() {
         Architecture::IResNet { units, widths } => IResNetConfig::new(units, widths)
