@@ -64,6 +64,10 @@ pub struct Config {
     pub val_targets: Vec<String>,
     /// Decoding threads of the data loader.
     pub num_workers: usize,
+    /// Training records that fail to decode mid-run are skipped (another image of the batch
+    /// takes their place), each named once in the log; past this many the run stops naming the
+    /// last ones (`arcface inspect --verify` finds them all beforehand).
+    pub max_skipped_records: usize,
     /// Generate synthetic identities into `rec` when it does not exist (CPU demos).
     pub synthetic: Option<SyntheticSpec>,
 
@@ -141,6 +145,7 @@ impl Default for Config {
                 .map(String::from)
                 .to_vec(),
             num_workers: 2,
+            max_skipped_records: 100,
             synthetic: None,
             output: PathBuf::from("checkpoints/r100"),
             seed: 2048,

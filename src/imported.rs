@@ -51,6 +51,8 @@ impl Imported {
                 accuracy: None,
                 tensors: Vec::new(),
                 head_shards: Vec::new(),
+                run: None,
+                skipped_records: Vec::new(),
             },
             crc: 0,
             tensors: self

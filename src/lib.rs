@@ -22,6 +22,7 @@ pub mod onnx;
 pub mod profile;
 pub mod progress;
 pub mod seed;
+pub mod signals;
 pub mod train;
 
 pub use config::Config;

@@ -59,6 +59,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(error) if error.downcast_ref::<arcface::signals::Stopped>().is_some() => {
+            // Stopped on a signal with a checkpoint written: not an error, a request to be
+            // started again (Slurm --requeue, torchrun, a retrying script).
+            eprintln!("{error}");
+            ExitCode::from(arcface::signals::EXIT_RESUME)
+        }
         Err(error) => {
             // One line per rank of a distributed run, each saying whose it is.
             match std::env::var("RANK") {

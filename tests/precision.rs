@@ -60,6 +60,7 @@ fn bf16_loss_follows_fp32() {
                 resume: None,
                 max_steps: Some(15),
                 init: None,
+                overwrite: false,
             },
         )
         .unwrap();

@@ -71,6 +71,7 @@ fn resume_is_exact(network: &str, extra: &str, (stop, then): (usize, usize)) -> 
             resume: None,
             max_steps: Some(stop + then),
             init: None,
+            overwrite: false,
         },
     )
     .unwrap();
@@ -83,6 +84,7 @@ fn resume_is_exact(network: &str, extra: &str, (stop, then): (usize, usize)) -> 
             resume: None,
             max_steps: Some(stop),
             init: None,
+            overwrite: false,
         },
     )
     .unwrap();
@@ -98,6 +100,7 @@ fn resume_is_exact(network: &str, extra: &str, (stop, then): (usize, usize)) -> 
             resume: Some(Resume::Latest),
             max_steps: Some(then),
             init: None,
+            overwrite: false,
         },
     )
     .unwrap();
@@ -129,6 +132,7 @@ fn a_damaged_checkpoint_is_rejected() {
             resume: None,
             max_steps: Some(3),
             init: None,
+            overwrite: false,
         },
     )
     .unwrap();
@@ -144,6 +148,7 @@ fn a_damaged_checkpoint_is_rejected() {
             resume: Some(Resume::Path(path.clone())),
             max_steps: Some(1),
             init: None,
+            overwrite: false,
         },
     )
     .expect_err("a damaged checkpoint must not load")
@@ -169,6 +174,7 @@ fn nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint() {
             resume: None,
             max_steps: Some(15),
             init: None,
+            overwrite: false,
         },
     )
     .expect_err("training must stop")
@@ -201,6 +207,7 @@ fn a_full_disk_stops_training_and_keeps_the_last_checkpoint() {
         resume,
         max_steps: Some(steps),
         init: None,
+        overwrite: false,
     };
     // save_every = 3: step 3 is written, step 6 meets the full disk.
     let step3 = arcface::checkpoint::step_path(out.path(), 3);
@@ -208,7 +215,8 @@ fn a_full_disk_stops_training_and_keeps_the_last_checkpoint() {
     let tmp6 = step6.with_extension("ckpt.tmp");
     std::os::unix::fs::symlink("/dev/full", &tmp6).unwrap();
     std::os::unix::fs::symlink("/dev/full", out.path().join("training.log")).unwrap();
-    let err = train(&config, &Device::flex(), &options(None, 6))
+    // `--resume auto`: the folder holds no checkpoint, only the links made here.
+    let err = train(&config, &Device::flex(), &options(Some(Resume::Auto), 6))
         .expect_err("a checkpoint that cannot be written must stop training");
     let err = format!("{err:#}");
     println!("{err}");
@@ -254,6 +262,7 @@ fn synthetic_data_is_generated_whole_on_first_use() {
         resume: None,
         max_steps: Some(1),
         init: None,
+        overwrite: false,
     };
     train(&config, &Device::flex(), &options).unwrap();
     assert!(!partial.exists());
@@ -274,6 +283,7 @@ fn tensorboard_files_read_back_with_tensorboard() {
             resume: None,
             max_steps: Some(4),
             init: None,
+            overwrite: false,
         },
     )
     .unwrap();
@@ -381,6 +391,7 @@ fn eval_cli_reports_every_target_as_json_and_draws_the_roc() {
             resume: None,
             max_steps: Some(2),
             init: None,
+            overwrite: false,
         },
     )
     .unwrap();
@@ -433,6 +444,7 @@ fn resume_without_a_checkpoint_says_so() {
             resume: Some(Resume::Latest),
             max_steps: Some(1),
             init: None,
+            overwrite: false,
         },
     )
     .expect_err("nothing to resume from")
@@ -452,6 +464,7 @@ fn safetensors_export_has_arcface_torch_names_and_layouts() {
             resume: None,
             max_steps: Some(1),
             init: None,
+            overwrite: false,
         },
     )
     .unwrap()
@@ -514,6 +527,7 @@ fn keeps_the_last_k_step_checkpoints_and_the_best() {
             resume: None,
             max_steps: Some(5),
             init: None,
+            overwrite: false,
         },
     )
     .unwrap();
@@ -594,6 +608,7 @@ fn init_starts_the_backbone_from_a_checkpoint() {
         &TrainOptions {
             resume: Some(Resume::Latest),
             init: Some(from),
+            overwrite: false,
             max_steps: Some(1),
         },
     )
@@ -616,6 +631,7 @@ fn a_label_outside_the_class_count_is_named() {
             resume: None,
             max_steps: Some(15),
             init: None,
+            overwrite: false,
         },
     )
     .map(|_| ())

@@ -51,6 +51,14 @@ pub struct Meta {
     /// file). In a shard file: the one entry describing itself.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub head_shards: Vec<shards::HeadShard>,
+    /// The training run this checkpoint belongs to, named when the run started fresh and kept
+    /// by every resume (None: written before runs were named). Pruning and best.ckpt touch
+    /// only the files of their own run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<String>,
+    /// Keys of the training records that failed to decode and were skipped so far.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped_records: Vec<u64>,
 }
 
 fn one() -> usize {
@@ -222,6 +230,34 @@ impl Checkpoint {
         Ok(crc)
     }
 
+    /// The header alone (no CRC check: that needs the whole file, [`Checkpoint::load`]).
+    pub fn read_meta(path: &Path) -> Result<Meta, CheckpointError> {
+        use std::io::Read;
+        let damaged = |message: String| CheckpointError::Damaged {
+            path: path.to_path_buf(),
+            message,
+        };
+        let mut file = std::fs::File::open(path).map_err(io_err(path))?;
+        let mut start = [0u8; 20];
+        file.read_exact(&mut start)
+            .map_err(|_| damaged("not an arcface checkpoint (too short)".into()))?;
+        if &start[..8] != MAGIC {
+            return Err(damaged("not an arcface checkpoint (wrong magic)".into()));
+        }
+        let header_len = u64::from_le_bytes(start[12..20].try_into().unwrap());
+        let file_len = file.metadata().map_err(io_err(path))?.len();
+        if header_len > file_len {
+            return Err(damaged("header runs past the end".into()));
+        }
+        let mut header = vec![0u8; header_len as usize];
+        file.read_exact(&mut header)
+            .map_err(|_| damaged("header runs past the end".into()))?;
+        let mut header: serde_json::Value =
+            serde_json::from_slice(&header).map_err(|e| damaged(format!("bad header: {e}")))?;
+        migrate_cursor(&mut header);
+        serde_json::from_value(header).map_err(|e| damaged(format!("bad header: {e}")))
+    }
+
     pub fn load(path: &Path) -> Result<Checkpoint, CheckpointError> {
         let bytes = std::fs::read(path).map_err(io_err(path))?;
         let damaged = |message: String| CheckpointError::Damaged {
@@ -315,14 +351,26 @@ pub fn list(dir: &Path) -> Vec<PathBuf> {
     found
 }
 
-/// Keeps the newest `keep` step checkpoints; the head shards of the others go with them.
-pub fn prune(dir: &Path, keep: usize) -> Result<(), CheckpointError> {
-    let all = list(dir);
-    for old in &all[..all.len().saturating_sub(keep)] {
+/// Keeps the newest `keep` step checkpoints of run `run`; the head shards of the others go
+/// with them. Files of another run, and files whose header cannot be read, are not touched.
+pub fn prune(dir: &Path, keep: usize, run: &Option<String>) -> Result<(), CheckpointError> {
+    let own: Vec<PathBuf> = list(dir)
+        .into_iter()
+        .filter(|p| Checkpoint::read_meta(p).is_ok_and(|m| &m.run == run))
+        .collect();
+    for old in &own[..own.len().saturating_sub(keep)] {
         std::fs::remove_file(old).map_err(io_err(old))?;
         shards::remove_shards_of(old)?;
     }
     Ok(())
+}
+
+/// Checks a checkpoint whole: the main file's CRC and every head shard it lists (present, its
+/// CRC and step those of the manifest). Returns the loaded main file.
+pub fn verify(path: &Path) -> Result<Checkpoint, CheckpointError> {
+    let ckpt = Checkpoint::load(path)?;
+    shards::verify_all(path, &ckpt)?;
+    Ok(ckpt)
 }
 
 /// The checkpoint file `path` names: the file itself, or for a folder (a training run's

@@ -1,10 +1,10 @@
-//! The head of a model-parallel run in shard files: rank r of W writes its centres and their
-//! momentum to `<main file>.head-<r>-of-<W>` (the checkpoint format, one entry in
-//! `head_shards` describing itself); rank 0 writes the main file, which lists every shard with
-//! its class range and CRC, last, after every shard is on disk. A checkpoint exists when its
-//! main file does (`list` sees only those), so a rank killed at any moment of a save leaves the
-//! previous checkpoint the newest; a shard that is missing, or not the one the manifest wrote
-//! (another save's, damaged), is an error naming the file.
+//! The head of a model-parallel run in shard files: `<main file>.head-<r>-of-<W>` holds rank r's
+//! centres and their momentum (the checkpoint format, one entry in `head_shards` describing
+//! itself). Rank 0 writes every shard, the others' received over the process group
+//! (`train::save`), then the main file, which lists each with its class range and CRC, last. A
+//! checkpoint exists when its main file does (`list` sees only those), so a rank killed at any
+//! moment of a save leaves the previous checkpoint the newest; a shard that is missing, or not
+//! the one the manifest wrote (another save's, damaged), is an error naming the file.
 //!
 //! Any world size reads any checkpoint: the rows a rank needs are cut from the shards (or from
 //! the head inside a one-rank checkpoint) that overlap them.
@@ -66,33 +66,51 @@ fn remove(path: &Path) -> Result<(), CheckpointError> {
     }
 }
 
-/// Rank `rank`'s own shard files in `dir` of step checkpoints up to `step`, but for the newest
-/// `keep` of them, deleted (on machines that do not share the output folder, each rank's
-/// shards are only on its own). Shards of later steps, left by a save that a kill interrupted,
-/// stay until a save of that step replaces them.
-pub fn prune_own(dir: &Path, rank: usize, step: usize, keep: usize) -> Result<(), CheckpointError> {
-    let mut own: Vec<(usize, PathBuf)> = std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let (main, shard) = name.split_once(".ckpt.head-")?;
-            let shard_rank: usize = shard.split_once("-of-")?.0.parse().ok()?;
-            let shard_step: usize = main.strip_prefix("step-")?.parse().ok()?;
-            (shard_rank == rank && shard_step <= step).then(|| (shard_step, e.path()))
-        })
-        .collect();
-    own.sort();
-    let mut steps: Vec<usize> = own.iter().map(|(s, _)| *s).collect();
-    steps.dedup();
-    let oldest_kept = steps.len().checked_sub(keep.max(1)).map(|i| steps[i]);
-    for (shard_step, path) in own {
-        if oldest_kept.is_some_and(|oldest| shard_step < oldest) {
-            remove(&path)?;
-        }
+/// Every shard the main file `path` lists, checked against the manifest (present, the same
+/// CRC and step): a sharded checkpoint is whole only with all of them.
+pub fn verify_all(path: &Path, ckpt: &Checkpoint) -> Result<(), CheckpointError> {
+    for shard in &ckpt.meta.head_shards {
+        load_shard(path, ckpt, shard)?;
     }
     Ok(())
+}
+
+/// The shard file `shard` of the checkpoint `ckpt` (read from `path`), checked as
+/// [`verify_all`] says.
+fn load_shard(
+    path: &Path,
+    ckpt: &Checkpoint,
+    shard: &HeadShard,
+) -> Result<Checkpoint, CheckpointError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let file = dir.join(&shard.file);
+    let mismatch = |message: String| CheckpointError::Mismatch {
+        path: file.clone(),
+        message,
+    };
+    let c = match Checkpoint::load(&file) {
+        Ok(c) => c,
+        Err(CheckpointError::Io { error, .. }) if error.kind() == std::io::ErrorKind::NotFound => {
+            return Err(mismatch(format!(
+                "head shard of rank {} missing, named by {}: copy every `.head-*` file beside it",
+                shard.rank,
+                path.display()
+            )));
+        }
+        Err(e) => return Err(e),
+    };
+    if c.crc != shard.crc || c.meta.step != ckpt.meta.step {
+        return Err(mismatch(format!(
+            "not the shard {} lists (CRC {:08x} and step {}, the manifest says {:08x} and step \
+             {}): a shard of another save",
+            path.display(),
+            c.crc,
+            c.meta.step,
+            shard.crc,
+            ckpt.meta.step
+        )));
+    }
+    Ok(c)
 }
 
 /// The head's rows `start..start + len` of checkpoint `ckpt` (read from `path`) as
@@ -171,7 +189,6 @@ pub fn head_rows(
     if ckpt.meta.head_shards.is_empty() {
         take(path, ckpt, 0, classes, start, start + len)?;
     } else {
-        let dir = path.parent().unwrap_or(Path::new("."));
         let mut covered = 0;
         for shard in &ckpt.meta.head_shards {
             covered += shard.len;
@@ -182,38 +199,8 @@ pub fn head_rows(
             if from >= to {
                 continue;
             }
-            let file = dir.join(&shard.file);
-            let c = match Checkpoint::load(&file) {
-                Ok(c) => c,
-                Err(CheckpointError::Io { error, .. })
-                    if error.kind() == std::io::ErrorKind::NotFound =>
-                {
-                    return Err(mismatch(
-                        &file,
-                        format!(
-                            "head shard of rank {} missing, named by {}: copy every rank's \
-                             `.head-*` files beside it (each rank writes its own)",
-                            shard.rank,
-                            path.display()
-                        ),
-                    ));
-                }
-                Err(e) => return Err(e),
-            };
-            if c.crc != shard.crc || c.meta.step != ckpt.meta.step {
-                return Err(mismatch(
-                    &file,
-                    format!(
-                        "not the shard {} lists (CRC {:08x} and step {}, the manifest says \
-                         {:08x} and step {}): a shard of another save",
-                        path.display(),
-                        c.crc,
-                        c.meta.step,
-                        shard.crc,
-                        ckpt.meta.step
-                    ),
-                ));
-            }
+            let file = path.parent().unwrap_or(Path::new(".")).join(&shard.file);
+            let c = load_shard(path, ckpt, shard)?;
             take(&file, &c, shard.start, shard.len, from, to)?;
         }
         if covered != classes {
@@ -250,6 +237,8 @@ mod tests {
             accuracy: None,
             tensors: Vec::new(),
             head_shards,
+            run: None,
+            skipped_records: Vec::new(),
         }
     }
 
@@ -368,27 +357,15 @@ mod tests {
         );
     }
 
-    /// Each rank's pruning removes its own shards of older steps, keeping the newest `keep`
-    /// up to the step just saved; a later step's shard (an interrupted save's) stays.
+    /// A pruned checkpoint's shards go with it, of any world size; another step's stay.
     #[test]
-    fn ranks_prune_their_own_old_shards() {
+    fn a_pruned_checkpoints_shards_go_with_it() {
         let dir = tempfile::tempdir().unwrap();
-        for step in [3, 6, 9, 12] {
+        for step in [6, 9] {
             for rank in 0..2 {
                 std::fs::write(shard_path(&step_path(dir.path(), step), rank, 2), b"").unwrap();
             }
         }
-        prune_own(dir.path(), 1, 9, 2).unwrap();
-        let mut left: Vec<String> = std::fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        left.sort();
-        let want: Vec<String> = [(3, 0), (6, 0), (6, 1), (9, 0), (9, 1), (12, 0), (12, 1)]
-            .iter()
-            .map(|&(s, r)| format!("step-{s:09}.ckpt.head-{r}-of-2"))
-            .collect();
-        assert_eq!(left, want);
         remove_shards_of(&step_path(dir.path(), 6)).unwrap();
         assert!(!shard_path(&step_path(dir.path(), 6), 0, 2).exists());
         assert!(shard_path(&step_path(dir.path(), 9), 0, 2).exists());

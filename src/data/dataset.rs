@@ -25,6 +25,14 @@ pub enum DatasetError {
     },
     #[error("{path}: {message}")]
     Layout { path: PathBuf, message: String },
+    /// A record whose label is no identity of the data set: the data and its `property`
+    /// disagree, which no skipping mends.
+    #[error("{path}: key {key}: {message}")]
+    Label {
+        path: PathBuf,
+        key: u64,
+        message: String,
+    },
 }
 
 /// Where an image lives.
@@ -177,14 +185,15 @@ impl RecDataset {
         let (header, image) = self.header_at(entry.key, entry.offset)?;
         let label = header.identity();
         if !(label >= 0.0 && label.fract() == 0.0 && (label as usize) < self.num_classes()) {
-            return Err(self.record_error(
-                entry.key,
-                format!(
+            return Err(DatasetError::Label {
+                path: self.rec.path().to_path_buf(),
+                key: entry.key,
+                message: format!(
                     "label {label} is not an identity in [0, {}) (property says {} classes)",
                     self.num_classes(),
                     self.num_classes()
                 ),
-            ));
+            });
         }
         Ok(Sample {
             key: entry.key,

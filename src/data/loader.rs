@@ -61,6 +61,9 @@ pub struct Batch {
     pub keys: Vec<u64>,
     /// The cursor *after* this batch: store it to resume with the next one.
     pub next: Cursor,
+    /// Records of this batch that failed to decode, (key, what the reader said): another image
+    /// of the batch took each one's place (`decode_batch`).
+    pub skipped: Vec<(u64, String)>,
 }
 
 impl Batch {
@@ -161,24 +164,66 @@ fn decode_into(
     Ok((sample.label, sample.key))
 }
 
-/// Decodes the listed samples in parallel into one batch.
+/// Decodes the listed samples in parallel into one batch. A sample that fails to decode is
+/// replaced by the next one of the batch that decodes (its image, flip and label; the same
+/// choice on every run, so a resume stays exact) and listed in `skipped`; a batch of which no
+/// sample decodes is the first one's error, and so is a label outside the class count.
 pub fn decode_batch(
     dataset: &RecDataset,
     samples: &[(usize, bool)],
     next: Cursor,
 ) -> Result<Batch, DatasetError> {
     let mut images = vec![0u8; samples.len() * IMAGE_BYTES];
-    let meta: Vec<(u32, u64)> = images
+    let decoded: Vec<Result<(u32, u64), DatasetError>> = images
         .par_chunks_mut(IMAGE_BYTES)
         .zip(samples.par_iter())
         .map(|(out, &(index, flip))| decode_into(dataset, index, flip, out))
-        .collect::<Result<_, _>>()?;
-    let (labels, keys) = meta.into_iter().unzip();
+        .collect();
+    if let Some(label) = decoded
+        .iter()
+        .position(|d| matches!(d, Err(DatasetError::Label { .. })))
+    {
+        return Err(decoded
+            .into_iter()
+            .nth(label)
+            .and_then(Result::err)
+            .expect("an error"));
+    }
+    let Some(good) = decoded.iter().position(Result::is_ok) else {
+        let first = decoded.into_iter().next().and_then(Result::err);
+        return Err(first.expect("a batch has samples"));
+    };
+    let n = samples.len();
+    let mut skipped = Vec::new();
+    let (mut labels, mut keys) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for i in 0..n {
+        let stand_in = match &decoded[i] {
+            Ok(_) => i,
+            Err(e) => {
+                let key = dataset.images[samples[i].0].key;
+                skipped.push((key, e.to_string()));
+                (i + 1..n)
+                    .chain(0..i)
+                    .find(|&j| decoded[j].is_ok())
+                    .unwrap_or(good)
+            }
+        };
+        if stand_in != i {
+            images.copy_within(
+                stand_in * IMAGE_BYTES..(stand_in + 1) * IMAGE_BYTES,
+                i * IMAGE_BYTES,
+            );
+        }
+        let (label, key) = decoded[stand_in].as_ref().copied().expect("decoded");
+        labels.push(label);
+        keys.push(key);
+    }
     Ok(Batch {
         images,
         labels,
         keys,
         next,
+        skipped,
     })
 }
 

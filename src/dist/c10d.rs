@@ -168,6 +168,31 @@ impl Engine {
         self.group.broadcast(&primitive, 0)
     }
 
+    /// `tensor` to rank `peer` ([`Engine::recv`] there).
+    pub fn send<const D: usize>(&self, tensor: Tensor<D>, peer: usize) -> Result<(), String> {
+        let mut primitive = tensor
+            .try_into_primitive::<LibTorch>()
+            .map_err(|e| format!("send of a tensor off LibTorch: {e:?}"))?;
+        if !primitive.tensor.is_contiguous() {
+            primitive = burn_tch::TchTensor::new(primitive.tensor.contiguous());
+        }
+        self.group.send(&primitive, peer)
+    }
+
+    /// What rank `peer` sends, into a new tensor of `shape` on `device`.
+    pub fn recv<const D: usize>(
+        &self,
+        shape: [usize; D],
+        peer: usize,
+        device: &Device,
+    ) -> Result<Tensor<D>, String> {
+        let primitive = Tensor::<D>::zeros(shape, device)
+            .try_into_primitive::<LibTorch>()
+            .map_err(|e| format!("recv off LibTorch: {e:?}"))?;
+        self.group.recv(&primitive, peer)?;
+        Ok(Tensor::from_primitive::<LibTorch>(primitive))
+    }
+
     /// Every rank's rows of `tensor` ([n, d], the same shape on every rank) stacked by rank:
     /// [world · n, d].
     pub fn all_gather_rows(&self, tensor: Tensor<2>) -> Result<Tensor<2>, String> {

@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, anyhow};
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Device, Tensor, TensorData};
 
 use super::Launch;
 
@@ -34,6 +34,17 @@ impl Engine {
         match *self {}
     }
     pub fn broadcast_in_place<const D: usize>(&self, _: Tensor<D>) -> Result<(), String> {
+        match *self {}
+    }
+    pub fn send<const D: usize>(&self, _: Tensor<D>, _: usize) -> Result<(), String> {
+        match *self {}
+    }
+    pub fn recv<const D: usize>(
+        &self,
+        _: [usize; D],
+        _: usize,
+        _: &Device,
+    ) -> Result<Tensor<D>, String> {
         match *self {}
     }
 }
@@ -171,6 +182,76 @@ impl Group {
         self.run(what, tensor, |e, t| e.all_gather_rows(t))
     }
 
+    /// Rank 0's `values` on every rank (the others' are ignored; as many on every rank).
+    pub fn broadcast_i64(&self, values: &[i64], what: &str) -> Result<Vec<i64>> {
+        let mut all = self.all_gather_i64(values, what)?;
+        all.truncate(values.len());
+        Ok(all)
+    }
+
+    /// Rank 0's list (of any length) on every rank; the others pass anything.
+    pub fn broadcast_list(&self, values: &[i64], what: &str) -> Result<Vec<i64>> {
+        let len = self.broadcast_i64(&[values.len() as i64], what)?[0] as usize;
+        let mut padded = values.to_vec();
+        padded.resize(len, 0);
+        self.broadcast_i64(&padded, what)
+    }
+
+    /// Every rank's list (of any length), by rank: for the rare, short lists of bad records.
+    pub fn all_gather_lists(&self, values: &[i64], what: &str) -> Result<Vec<Vec<i64>>> {
+        let lens = self.all_gather(values.len() as i64, what)?;
+        let longest = lens.iter().copied().max().unwrap_or(0) as usize;
+        let mut padded = values.to_vec();
+        padded.resize(longest, 0);
+        let all = self.all_gather_i64(&padded, what)?;
+        Ok(lens
+            .iter()
+            .enumerate()
+            .map(|(rank, &n)| all[rank * longest..rank * longest + n as usize].to_vec())
+            .collect())
+    }
+
+    /// Rank 0's host data (`Some` there; the others pass None) on every rank as `shape`, f32.
+    pub fn broadcast_data(
+        &self,
+        data: Option<TensorData>,
+        shape: &[usize],
+        what: &str,
+    ) -> Result<TensorData> {
+        let Some(engine) = &self.engine else {
+            return data.ok_or_else(|| anyhow!("{what}: nothing to broadcast"));
+        };
+        let flat = [shape.iter().product()];
+        let tensor = match data {
+            Some(d) => Tensor::<1>::from_data(reshaped(d.convert::<f32>(), &flat), &self.device),
+            None => Tensor::<1>::zeros(flat, &self.device),
+        };
+        engine
+            .broadcast_in_place(tensor.clone())
+            .map_err(|e| self.failed(what, e))?;
+        Ok(reshaped(tensor.into_data().convert::<f32>(), shape))
+    }
+
+    /// Host data to rank `peer`, which takes it with [`Group::recv_data`].
+    pub fn send_data(&self, data: TensorData, peer: usize, what: &str) -> Result<()> {
+        let numel = data.shape().iter().product::<usize>();
+        let tensor =
+            Tensor::<1>::from_data(reshaped(data.convert::<f32>(), &[numel]), &self.device);
+        self.run(what, (), |e, ()| e.send(tensor, peer))
+    }
+
+    /// What rank `peer` sends with [`Group::send_data`], as `shape` (f32).
+    pub fn recv_data(&self, shape: &[usize], peer: usize, what: &str) -> Result<TensorData> {
+        let Some(engine) = &self.engine else {
+            return Err(anyhow!("{what}: a single rank receives from no one"));
+        };
+        let numel = shape.iter().product::<usize>();
+        let tensor = engine
+            .recv([numel], peer, &self.device)
+            .map_err(|e| self.failed(what, e))?;
+        Ok(reshaped(tensor.into_data().convert::<f32>(), shape))
+    }
+
     /// Checks that every rank holds the same `value` (a hash of something that must agree);
     /// the error names the ranks that differ from rank 0.
     pub fn agree(&self, value: u32, what: &str) -> Result<()> {
@@ -237,4 +318,10 @@ impl Group {
             engine.stop_heartbeat();
         }
     }
+}
+
+/// The same values under another shape of as many elements.
+fn reshaped(data: TensorData, shape: &[usize]) -> TensorData {
+    let (bytes, _, dtype) = data.into_parts();
+    TensorData::from_bytes(bytes, shape.to_vec(), dtype)
 }

@@ -45,6 +45,9 @@ fn describe(status: ExitStatus) -> String {
 /// Runs this executable with `args` as `nproc` ranks on this machine, waits for all of them;
 /// Ok only when every rank succeeded. `timeout` is the run's `dist_timeout`.
 pub fn run_local(nproc: usize, args: &[OsString], timeout: Duration) -> Result<()> {
+    // This process now starts ranks rather than being one: stop signals are forwarded.
+    crate::signals::watch(crate::signals::Role::Launcher)
+        .context("taking the stop signals (SIGTERM, SIGINT, SIGUSR1)")?;
     let exe = std::env::current_exe().context("locating the arcface executable")?;
     let port = free_port()?;
     // As torchrun: one OpenMP thread per rank unless told otherwise, or the ranks' libtorch
@@ -85,12 +88,26 @@ pub fn run_local(nproc: usize, args: &[OsString], timeout: Duration) -> Result<(
         children.push((rank, child));
     }
     let mut failures = Vec::new();
+    let mut resumable = 0;
     let mut deadline: Option<Instant> = None;
+    let mut forwarded = 0;
     while !children.is_empty() {
+        // A stop signal to this launcher (a scheduler's SIGTERM, Ctrl-C) goes on to every rank,
+        // which checkpoints with the others (a copy the terminal also sent them counts once).
+        let (received, signal) = crate::signals::received();
+        if received > forwarded {
+            forwarded = received;
+            for (_, child) in &children {
+                unsafe { libc::kill(child.id() as libc::pid_t, signal) };
+            }
+        }
         let mut still = Vec::with_capacity(children.len());
         for (rank, mut child) in children {
             match child.try_wait()? {
                 Some(status) if status.success() => {}
+                Some(status) if status.code() == Some(i32::from(crate::signals::EXIT_RESUME)) => {
+                    resumable += 1;
+                }
                 Some(status) => {
                     failures.push(format!("rank {rank} {}", describe(status)));
                     // The others are given the time of a collective's timeout to see it.
@@ -110,6 +127,13 @@ pub fn run_local(nproc: usize, args: &[OsString], timeout: Duration) -> Result<(
             break;
         }
         std::thread::sleep(Duration::from_millis(200));
+    }
+    if failures.is_empty() && resumable > 0 {
+        return Err(crate::signals::Stopped(format!(
+            "{resumable} of {nproc} ranks stopped on a signal with a checkpoint: run the same \
+             command with --resume auto to continue"
+        ))
+        .into());
     }
     if !failures.is_empty() {
         bail!(

@@ -1,15 +1,20 @@
 //! The training loop (arcface_torch's `train_v2.py`, in Rust): SGD on backbone + margin head,
 //! data parallel over the ranks of a process group (`crate::dist`), validation every `verbose`
 //! steps and each epoch end, checkpoints every `save_every` steps and each epoch end, exact
-//! resume. Rank 0 alone validates, logs and writes checkpoints; the others train.
+//! resume. Rank 0 alone validates, logs, reads and writes checkpoints; the others train. A stop
+//! signal (`crate::signals`) ends the run after the step it arrives in, with a checkpoint.
 
 mod inputs;
 pub mod monitor;
 pub mod partial_fc;
+mod preempt;
+pub mod run_folder;
+mod save;
 pub mod schedule;
 pub mod sgd;
 #[cfg(feature = "tch")]
 mod sgd_fused;
+mod skipped;
 mod state;
 pub mod step;
 mod tensorboard;
@@ -23,21 +28,26 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use burn::tensor::Device;
 
-use crate::checkpoint;
 use crate::config::Config;
 use crate::data::loader::{Loader, LoaderConfig};
 use crate::dist::Group;
 use crate::eval::embed::TargetResult;
 use monitor::Monitor;
+use preempt::{agree_after_step, stop_with_checkpoint};
+use save::checkpoint_now;
 use schedule::Schedule;
-use state::{State, save, start_or_resume};
+use state::{State, claim_folder, start_or_resume};
 use step::{StepFailure, one_step};
 
 /// Where to resume from.
 #[derive(Debug, Clone)]
 pub enum Resume {
-    /// The newest step checkpoint in the config's output folder.
+    /// The newest whole step checkpoint in the config's output folder (`--resume`); none is an
+    /// error.
     Latest,
+    /// The same, or a fresh start where the folder has no checkpoint yet (`--resume auto`: the
+    /// one command line a restarting launcher repeats).
+    Auto,
     Path(PathBuf),
 }
 
@@ -58,6 +68,9 @@ pub struct TrainOptions {
     /// Start the backbone from this checkpoint's (fine-tuning; e.g. one made by `arcface
     /// import`); the head, optimizer and step start fresh.
     pub init: Option<PathBuf>,
+    /// A fresh run in a folder that holds an earlier one removes that run's files first
+    /// (`--overwrite`); else it is refused.
+    pub overwrite: bool,
 }
 
 /// Trains as `config` says, alone on `device`.
@@ -74,6 +87,11 @@ pub fn train_with(
     options: &TrainOptions,
 ) -> Result<TrainReport> {
     crate::device::set_cudnn_benchmark(config.cudnn_benchmark);
+    anyhow::ensure!(
+        options.init.is_none() || matches!(options.resume, None | Some(Resume::Auto)),
+        "--init starts a new run and --resume continues one: give one of them (or --resume auto, \
+         which uses --init only while the run has no checkpoint)"
+    );
     // Ranks started with different configs (or options) would train different models, or
     // different numbers of steps, without a word.
     let mut started = serde_json::to_vec(config).expect("a config serialises");
@@ -81,13 +99,22 @@ pub fn train_with(
     group
         .agree(crc32fast::hash(&started), "the configs and options")
         .context("start every rank with the same config file and options")?;
-    let (dataset, num_classes) = open_data(config, group)?;
     let mut notes = Vec::new();
+    let claim = claim_folder(config, options, group, &mut notes)?;
+    let (dataset, num_classes) = open_data(config, group)?;
     let targets = match group.is_main() {
         true => inputs::load_targets(config, &mut notes)?,
         false => Vec::new(),
     };
-    let mut state = start_or_resume(config, num_classes, device, group, options, &mut notes)?;
+    let mut state = start_or_resume(
+        config,
+        num_classes,
+        device,
+        group,
+        options,
+        claim,
+        &mut notes,
+    )?;
     if let Some(link) = crate::dist::link_report(group)? {
         notes.insert(0, link);
     }
@@ -189,6 +216,18 @@ pub fn train_with(
         if state.step.is_multiple_of(config.frequent) {
             rate.restart();
         }
+        let stop = agree_after_step(&mut state, &batch, config, group, monitor.as_mut())?;
+        if let Some(why) = stop {
+            return Err(stop_with_checkpoint(
+                config,
+                num_classes,
+                group,
+                &mut state,
+                &mut report,
+                monitor.as_mut(),
+                &why,
+            ));
+        }
 
         let epoch_end = loader.plan.epoch_done(state.cursor);
         let mut accuracy = None;
@@ -199,14 +238,15 @@ pub fn train_with(
             rate.restart();
         }
         if epoch_end || state.step.is_multiple_of(config.save_every) || state.step == last_step {
-            let path = checkpoint::step_path(&config.output, state.step);
-            // Every rank has finished this step: the checkpoint is of a step all reached.
-            group.barrier(&format!("checkpoint at step {}", state.step))?;
-            save(config, num_classes, group, &state, &path, accuracy)?;
-            if let Some(m) = &mut monitor {
-                after_save(config, &mut state, &path, accuracy, m)?;
-            }
-            report.last_checkpoint = Some(path);
+            checkpoint_now(
+                config,
+                num_classes,
+                group,
+                &mut state,
+                &mut report,
+                monitor.as_mut(),
+                accuracy,
+            )?;
         }
     }
     group.barrier("end of training")?;
@@ -290,28 +330,4 @@ fn open_data(
     std::fs::create_dir_all(&config.output)
         .with_context(|| format!("creating {}", config.output.display()))?;
     Ok((dataset, num_classes))
-}
-
-/// Rank 0's part after a checkpoint is written: the pruning of old ones, best.ckpt (the main
-/// file: the backbone for eval and export; its head shards stay those of its step) when the
-/// accuracy is a new best.
-fn after_save(
-    config: &Config,
-    state: &mut State,
-    path: &std::path::Path,
-    accuracy: Option<f64>,
-    monitor: &mut Monitor,
-) -> Result<()> {
-    checkpoint::prune(&config.output, config.keep_checkpoints)?;
-    if let Some(acc) = accuracy.filter(|&a| state.best.is_none_or(|b| a > b)) {
-        state.best = Some(acc);
-        let best = config.output.join("best.ckpt");
-        checkpoint::copy_atomic(path, &best)?;
-        monitor.line(&format!(
-            "new best mean accuracy {acc:.5}: {}",
-            best.display()
-        ));
-    }
-    monitor.flush();
-    Ok(())
 }

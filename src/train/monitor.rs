@@ -34,13 +34,17 @@ impl Monitor {
             .append(true)
             .open(&log_path)
             .map_err(|e| anyhow::anyhow!("{}: {e}", log_path.display()))?;
+        let mut events = EventFile::create(&tb_dir)?;
+        // The resumed run logs from the step after its checkpoint's: the earlier run's lines of
+        // that step stay, later ones go.
+        events.start_at(start_step + 1)?;
         let bar = crate::progress::bar(total_steps as u64, "train");
         bar.set_position(start_step as u64);
         bar.reset_eta();
         Ok(Monitor {
             bar,
             log: Some((log, log_path)),
-            tensorboard: Some(EventFile::create(&tb_dir)?),
+            tensorboard: Some(events),
         })
     }
 

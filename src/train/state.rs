@@ -1,17 +1,21 @@
-//! What a run carries from step to step, how it starts (fresh, `--init`, or `--resume`) and how
-//! it is saved: the model (the backbone, and this rank's centres of the model-parallel head),
-//! the optimizer's momentum, the step and the loader's cursor.
+//! What a run carries from step to step and how it starts: fresh, `--init`, or from a
+//! checkpoint. Only rank 0 reads files (its output folder); it sends every other rank what that
+//! rank needs over the process group, so that machines without a shared disk resume too: the
+//! backbone and its momentum (broadcast), each rank's centres of the model-parallel head and
+//! their momentum (sent to it alone), the step, the loader's cursor and the skipped records.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use burn::tensor::Device;
+use burn::tensor::{Device, TensorData};
 
-use super::partial_fc::PartialFc;
+use super::TrainOptions;
+use super::partial_fc::{ClassRange, PartialFc};
+use super::run_folder::Claim;
 use super::sgd::{Sgd, SgdSettings};
-use super::{Resume, TrainOptions};
-use crate::checkpoint::shards::{self, HeadShard};
-use crate::checkpoint::{self, Checkpoint, Meta, load_named, named_tensors};
+use crate::checkpoint::shards;
+use crate::checkpoint::{Checkpoint, load_named};
 use crate::config::Config;
 use crate::data::loader::Cursor;
 use crate::dist::Group;
@@ -26,33 +30,26 @@ pub struct State {
     pub cursor: Cursor,
     /// The best mean validation accuracy so far (rank 0's; for best.ckpt).
     pub best: Option<f64>,
-}
-
-/// The checkpoint to resume from, if any.
-fn resume_path(config: &Config, resume: &Option<Resume>) -> Result<Option<PathBuf>> {
-    Ok(match resume {
-        None => None,
-        Some(Resume::Path(p)) => Some(p.clone()),
-        Some(Resume::Latest) => match checkpoint::list(&config.output).pop() {
-            Some(p) => Some(p),
-            None => bail!("--resume: no step-*.ckpt in {}", config.output.display()),
-        },
-    })
+    /// The run's name, in every checkpoint it writes (rank 0's; `run_folder`).
+    pub run: Option<String>,
+    /// Keys of the training records skipped so far as undecodable (the same on every rank).
+    pub skipped: BTreeSet<u64>,
 }
 
 /// The run's state at its first step: the config's seeded initialisation, the backbone of
-/// `--init`, or everything of `--resume` (its head re-cut for this world size); then, as DDP
-/// does, rank 0's backbone on every rank, checked to be bit-identical. `device` is this rank's
-/// (without autodiff); notes for the log are pushed onto `notes`.
+/// `--init`, or everything of the checkpoint rank 0's `claim` chose (its head re-cut for this
+/// world size); then, as DDP does, rank 0's backbone on every rank, checked to be
+/// bit-identical. `claim` is rank 0's (None on the others); `device` is this rank's (without
+/// autodiff); notes for the log are pushed onto `notes`.
 pub fn start_or_resume(
     config: &Config,
     num_classes: usize,
     device: &Device,
     group: &Group,
     options: &TrainOptions,
+    claim: Option<Claim>,
     notes: &mut Vec<String>,
 ) -> Result<State> {
-    let resume_from = resume_path(config, &options.resume)?;
     let head = PartialFc::for_rank(config, num_classes, group);
     let classes = head.classes.start..head.classes.end();
     let mut state = State {
@@ -67,33 +64,30 @@ pub fn start_or_resume(
         step: 0,
         cursor: Cursor::default(),
         best: None,
+        run: None,
+        skipped: BTreeSet::new(),
     };
-    if let Some(path) = &options.init {
-        if resume_from.is_some() {
-            bail!("--init starts a new run and --resume continues one: give one of them");
+    let (run, from) = match claim {
+        Some(c) => (c.run, c.from),
+        None => (None, None),
+    };
+    state.run = run;
+    // Rank 0 says whether it resumes; the others follow.
+    let resumed = group.broadcast_i64(&[i64::from(from.is_some())], "whether the run resumes")?;
+    if resumed[0] == 1 {
+        if let Some(path) = options.init.as_ref().filter(|_| group.is_main()) {
+            notes.push(format!(
+                "--init {} not used: the run resumes from its checkpoint, which started from it",
+                path.display()
+            ));
         }
-        let ckpt = Checkpoint::load(path)?;
-        state.model.backbone = load_named(state.model.backbone, "backbone.", &ckpt.tensors)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        notes.push(format!(
-            "backbone initialised from {} ({}, step {})",
-            path.display(),
-            ckpt.meta.config.network,
-            ckpt.meta.step
-        ));
+        state = resume(state, config, num_classes, from, device, group, notes)?;
+    } else if let Some(path) = &options.init {
+        // Rank 0's backbone goes to every rank just below: only it reads the file.
+        if group.is_main() {
+            init_backbone(&mut state, path, notes)?;
+        }
     }
-    if let Some(path) = resume_from {
-        state = resume(state, config, num_classes, &path, device, notes)?;
-    }
-    // Each rank read its own copy of the checkpoint (a shared output folder, or one copied to
-    // every machine): the same one, or the ranks would start from different places.
-    let position = format!(
-        "{} {} {}",
-        state.step, state.cursor.epoch, state.cursor.sample
-    );
-    group
-        .agree(crc32fast::hash(position.as_bytes()), "the resumed step and loader position")
-        .context("--resume found different checkpoints on the ranks' machines: give every machine the same output folder (a shared file system) or --resume FILE")?;
     group.broadcast_module(&state.model.backbone)?;
     // Also on one rank: burn draws weights lazily, at first use, which is here (or in the
     // broadcast just before, in the same parameter order), so a seed gives the same start at
@@ -116,6 +110,19 @@ pub fn start_or_resume(
     Ok(state)
 }
 
+fn init_backbone(state: &mut State, path: &Path, notes: &mut Vec<String>) -> Result<()> {
+    let ckpt = Checkpoint::load(path)?;
+    state.model.backbone = load_named(state.model.backbone.clone(), "backbone.", &ckpt.tensors)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    notes.push(format!(
+        "backbone initialised from {} ({}, step {})",
+        path.display(),
+        ckpt.meta.config.network,
+        ckpt.meta.step
+    ));
+    Ok(())
+}
+
 fn sampling(head: &PartialFc) -> String {
     match head.sample_rate < 1.0 {
         true => format!(
@@ -127,169 +134,225 @@ fn sampling(head: &PartialFc) -> String {
     }
 }
 
+/// The checkpoint's state on every rank. Rank 0 holds `from` (the others None).
 fn resume(
     mut state: State,
     config: &Config,
     num_classes: usize,
-    path: &Path,
+    from: Option<(PathBuf, Checkpoint)>,
     device: &Device,
+    group: &Group,
     notes: &mut Vec<String>,
 ) -> Result<State> {
-    let ckpt = Checkpoint::load(path)?;
-    let mismatch = |what: &str| anyhow::anyhow!("{}: {what}", path.display());
-    if ckpt.meta.num_classes != num_classes {
-        return Err(mismatch(&format!(
-            "checkpoint has {} classes, the data {num_classes}",
-            ckpt.meta.num_classes
-        )));
+    if let Some((path, ckpt)) = &from {
+        check_compatible(config, num_classes, path, ckpt)?;
     }
-    let range = state.head.classes;
-    let (weight, head_momentum) = shards::head_rows(path, &ckpt, range.start, range.len)?;
-    let mut head_tensors = std::collections::BTreeMap::new();
-    head_tensors.insert(shards::WEIGHT.to_string(), weight);
-    let Trainee { backbone, head } = state.model;
-    state.model = Trainee {
-        backbone: load_named(backbone, "backbone.", &ckpt.tensors).map_err(|e| mismatch(&e))?,
-        head: load_named(head, "head.", &head_tensors).map_err(|e| mismatch(&e))?,
+    // Rank 0's position, and which momentum buffers exist, to all.
+    let position = from.as_ref().map_or(vec![0; 4], |(_, c)| {
+        let m = &c.meta;
+        vec![
+            m.step as i64,
+            m.cursor.epoch as i64,
+            m.cursor.sample as i64,
+            m.world_size as i64,
+        ]
+    });
+    let position = group.broadcast_i64(&position, "the resumed step and loader position")?;
+    state.step = position[0] as usize;
+    state.cursor = Cursor {
+        epoch: position[1] as usize,
+        sample: position[2] as usize,
     };
-    let mut momentum: std::collections::BTreeMap<String, _> = ckpt
-        .tensors
-        .iter()
-        .filter(|(k, _)| k.starts_with("momentum.backbone."))
-        .filter_map(|(k, v)| {
-            k.strip_prefix("momentum.")
-                .map(|k| (k.to_string(), v.clone()))
-        })
-        .collect();
+    let skipped: Vec<i64> = from.as_ref().map_or(Vec::new(), |(_, c)| {
+        c.meta.skipped_records.iter().map(|&k| k as i64).collect()
+    });
+    let skipped = group.broadcast_list(&skipped, "the skipped records")?;
+    state.skipped = skipped.into_iter().map(|k| k as u64).collect();
+
+    let mut momentum = backbone_momentum(from.as_ref().map(|(_, c)| c), group)?;
+    let (weight, head_momentum) = head_rows_of_ranks(&from, state.head.classes, config, group)?;
     if let Some(m) = head_momentum {
         momentum.insert(shards::WEIGHT.to_string(), m);
     }
+    let mut head_tensors = BTreeMap::new();
+    head_tensors.insert(shards::WEIGHT.to_string(), weight);
+    let Trainee { backbone, head } = state.model;
+    let mismatch = |e: String| match &from {
+        Some((path, _)) => anyhow::anyhow!("{}: {e}", path.display()),
+        None => anyhow::anyhow!("rank {}: the resumed state: {e}", group.rank()),
+    };
+    state.model = Trainee {
+        // The other ranks get rank 0's backbone in the start's broadcast.
+        backbone: match &from {
+            Some((_, ckpt)) => {
+                load_named(backbone, "backbone.", &ckpt.tensors).map_err(mismatch)?
+            }
+            None => backbone,
+        },
+        head: load_named(head, "head.", &head_tensors).map_err(mismatch)?,
+    };
     state.sgd.load_state(momentum, device);
-    state.step = ckpt.meta.step;
-    state.cursor = ckpt.meta.cursor;
-    // The best so far, so a resumed run only replaces best.ckpt with a better one.
-    let best = config.output.join("best.ckpt");
-    state.best = Checkpoint::load(&best).ok().and_then(|b| b.meta.accuracy);
-    notes.push(format!(
-        "resumed from {} at step {} (epoch {}, sample {}; written by {} rank(s))",
-        path.display(),
-        state.step,
-        state.cursor.epoch,
-        state.cursor.sample,
-        ckpt.meta.world_size
-    ));
+    if let Some((path, ckpt)) = &from {
+        // The best of this run so far, so a resumed run only replaces best.ckpt with a better one.
+        let best = config.output.join("best.ckpt");
+        state.best = Checkpoint::read_meta(&best)
+            .ok()
+            .filter(|b| b.run == ckpt.meta.run)
+            .and_then(|b| b.accuracy);
+        notes.push(format!(
+            "resumed from {} at step {} (epoch {}, sample {}; written by {} rank(s))",
+            path.display(),
+            state.step,
+            state.cursor.epoch,
+            state.cursor.sample,
+            ckpt.meta.world_size
+        ));
+    }
     Ok(state)
 }
 
-/// Writes `state` as the checkpoint `path`, every rank of `group` taking part after all
-/// reached the same step: one rank writes the one file; several write their head shards, then
-/// rank 0 the main file listing them, last. Each rank then prunes its own old shards.
-pub fn save(
-    config: &Config,
-    num_classes: usize,
-    group: &Group,
-    state: &State,
-    path: &Path,
-    accuracy: Option<f64>,
-) -> Result<()> {
-    let meta = |tensors_of_shard: Vec<HeadShard>| Meta {
-        config: config.clone(),
-        num_classes,
-        step: state.step,
-        cursor: state.cursor,
-        world_size: group.world(),
-        accuracy,
-        tensors: Vec::new(),
-        head_shards: tensors_of_shard,
-    };
-    let context = |p: &Path| {
-        format!(
-            "writing checkpoint {} (the previous checkpoints are intact)",
-            p.display()
-        )
-    };
-    let momentum = state.sgd.state();
-    let mut tensors = named_tensors(&state.model.backbone, "backbone.");
-    tensors.extend(
-        momentum
-            .iter()
-            .filter(|(k, _)| k.starts_with("backbone."))
-            .map(|(k, v)| (format!("momentum.{k}"), v.clone())),
-    );
-    let head_weight = named_tensors(&state.model.head, "head.")
-        .remove(shards::WEIGHT)
-        .expect("the head has a weight");
-    let head_momentum = momentum.get(shards::WEIGHT).cloned();
-    let mut head_shards = Vec::new();
-    if group.world() == 1 {
-        tensors.insert(shards::WEIGHT.into(), head_weight);
-        tensors.extend(head_momentum.map(|m| (shards::MOMENTUM.to_string(), m)));
-    } else {
-        let range = state.head.classes;
-        let shard_path = shards::shard_path(path, group.rank(), group.world());
-        let entry = HeadShard {
-            file: shard_path
-                .file_name()
-                .expect("a file")
-                .to_string_lossy()
-                .into_owned(),
-            rank: group.rank(),
-            start: range.start,
-            len: range.len,
-            crc: 0,
-        };
-        let mut shard_tensors = std::collections::BTreeMap::new();
-        shard_tensors.insert(shards::WEIGHT.to_string(), head_weight);
-        shard_tensors.extend(head_momentum.map(|m| (shards::MOMENTUM.to_string(), m)));
-        let written = Checkpoint {
-            meta: meta(vec![entry.clone()]),
-            tensors: shard_tensors,
-            crc: 0,
-        }
-        .save(&shard_path);
-        // Every rank learns whether every shard is on disk, and rank 0 their CRCs, before the
-        // main file may exist; a rank that failed says why, the others name it.
-        let crc = written.as_ref().map_or(-1, |&c| i64::from(c));
-        let crcs = group.all_gather(crc, "gathering the head shards' CRCs")?;
-        if let Err(e) = written {
-            return Err(anyhow::Error::new(e).context(context(&shard_path)));
-        }
-        if let Some(rank) = crcs.iter().position(|&c| c < 0) {
+/// A checkpoint of another network, embedding or class count is refused by name, before its
+/// tensors are compared one by one.
+fn check_compatible(config: &Config, classes: usize, path: &Path, ckpt: &Checkpoint) -> Result<()> {
+    let theirs = &ckpt.meta.config;
+    let differ = [
+        (
+            "network",
+            theirs.network.to_string(),
+            config.network.to_string(),
+        ),
+        (
+            "embedding_size",
+            theirs.embedding_size.to_string(),
+            config.embedding_size.to_string(),
+        ),
+        (
+            "number of classes",
+            ckpt.meta.num_classes.to_string(),
+            classes.to_string(),
+        ),
+    ];
+    for (what, was, is) in differ {
+        if was != is {
             bail!(
-                "{}: rank {rank} could not write its head shard (its log says why); the \
-                 previous checkpoints are intact",
+                "{}: a checkpoint of {what} {was}, this run's is {is}: it is of another run; \
+                 give this run an `output` of its own",
                 path.display()
             );
         }
-        for (rank, crc) in crcs.into_iter().enumerate() {
-            let shard = shards::shard_path(path, rank, group.world());
-            let range =
-                crate::train::partial_fc::ClassRange::of_rank(num_classes, group.world(), rank);
-            head_shards.push(HeadShard {
-                file: shard
-                    .file_name()
-                    .expect("a file")
-                    .to_string_lossy()
-                    .into_owned(),
-                rank,
-                start: range.start,
-                len: range.len,
-                crc: crc as u32,
-            });
-        }
-    }
-    if group.is_main() {
-        Checkpoint {
-            meta: meta(head_shards),
-            tensors,
-            crc: 0,
-        }
-        .save(path)
-        .with_context(|| context(path))?;
-    }
-    if group.world() > 1 {
-        let dir = path.parent().unwrap_or(Path::new("."));
-        shards::prune_own(dir, group.rank(), state.step, config.keep_checkpoints)?;
     }
     Ok(())
+}
+
+/// The backbone's momentum buffers of rank 0's checkpoint on every rank: names and sizes first,
+/// then each buffer.
+fn backbone_momentum(
+    ckpt: Option<&Checkpoint>,
+    group: &Group,
+) -> Result<BTreeMap<String, TensorData>> {
+    let held: BTreeMap<String, TensorData> = ckpt.map_or(BTreeMap::new(), |c| {
+        c.tensors
+            .iter()
+            .filter_map(|(k, v)| {
+                let name = k.strip_prefix("momentum.")?;
+                name.starts_with("backbone.")
+                    .then(|| (name.to_string(), v.clone()))
+            })
+            .collect()
+    });
+    if group.world() == 1 {
+        return Ok(held);
+    }
+    let index: Vec<(String, usize)> = held
+        .iter()
+        .map(|(k, v)| (k.clone(), v.num_elements()))
+        .collect();
+    let bytes = serde_json::to_vec(&index).expect("names serialise");
+    let bytes = group.broadcast_list(
+        &bytes.iter().map(|&b| i64::from(b)).collect::<Vec<_>>(),
+        "the momentum buffers' names",
+    )?;
+    let bytes: Vec<u8> = bytes.into_iter().map(|b| b as u8).collect();
+    let index: Vec<(String, usize)> =
+        serde_json::from_slice(&bytes).context("the momentum buffers' names from rank 0")?;
+    let mut out = BTreeMap::new();
+    for (name, numel) in index {
+        let mine = held.get(&name).cloned();
+        let data =
+            group.broadcast_data(mine, &[numel], &format!("broadcast of momentum {name}"))?;
+        out.insert(name, data);
+    }
+    Ok(out)
+}
+
+/// This rank's centres `range` of the head (and their momentum, if the checkpoint has it):
+/// rank 0 cuts every rank's rows from the checkpoint's head (any world size wrote it) and sends
+/// each its own.
+fn head_rows_of_ranks(
+    from: &Option<(PathBuf, Checkpoint)>,
+    range: ClassRange,
+    config: &Config,
+    group: &Group,
+) -> Result<(TensorData, Option<TensorData>)> {
+    let e = config.embedding_size;
+    let Some((path, ckpt)) = from else {
+        let has_momentum = group.broadcast_i64(&[0], "whether the head has momentum")?[0] == 1;
+        let what = "the head's centres from rank 0";
+        let weight = group.recv_data(&[range.len, e], 0, what)?;
+        let momentum = match has_momentum {
+            true => Some(group.recv_data(&[range.len * e], 0, what)?),
+            false => None,
+        };
+        return Ok((weight, momentum));
+    };
+    let (weight, momentum) = shards::head_rows(path, ckpt, range.start, range.len)?;
+    if group.world() > 1 {
+        let has_momentum = i64::from(momentum.is_some());
+        group.broadcast_i64(&[has_momentum], "whether the head has momentum")?;
+        let classes = ckpt.meta.num_classes;
+        for rank in 1..group.world() {
+            let theirs = ClassRange::of_rank(classes, group.world(), rank);
+            let (w, m) = shards::head_rows(path, ckpt, theirs.start, theirs.len)?;
+            let what = format!("sending rank {rank} its centres");
+            group.send_data(w, rank, &what)?;
+            if m.is_some() != (has_momentum == 1) {
+                bail!(
+                    "{}: some head shards have momentum, others not",
+                    path.display()
+                );
+            }
+            if let Some(m) = m {
+                group.send_data(m, rank, &what)?;
+            }
+        }
+    }
+    Ok((weight, momentum))
+}
+
+/// Rank 0 decides how the run starts from what its output folder holds (`run_folder`), before
+/// any work; every rank learns whether it could, and stops with it if not.
+pub(super) fn claim_folder(
+    config: &Config,
+    options: &TrainOptions,
+    group: &Group,
+    notes: &mut Vec<String>,
+) -> Result<Option<Claim>> {
+    let claim = match group.is_main() {
+        true => Some(super::run_folder::claim(
+            &config.output,
+            &options.resume,
+            options.overwrite,
+            notes,
+        )),
+        false => None,
+    };
+    let ok = claim.as_ref().is_none_or(Result::is_ok);
+    let ok = group.broadcast_i64(&[i64::from(ok)], "checking the output folder")?[0] == 1;
+    match claim {
+        Some(c) => c.map(Some),
+        None if ok => Ok(None),
+        None => anyhow::bail!(
+            "rank 0 could not start the run in its output folder (its error says why)"
+        ),
+    }
 }

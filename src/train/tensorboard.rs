@@ -14,7 +14,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use protobuf::Message;
-use tensorboard_proto::event::Event;
+use tensorboard_proto::event::{Event, SessionLog, SessionLog_SessionStatus};
 use tensorboard_rs::record_writer::RecordWriter;
 
 pub struct EventFile {
@@ -61,6 +61,20 @@ impl EventFile {
         event.set_step(step as i64);
         event.set_summary(tensorboard_rs::summary::scalar(tag, value));
         self.write(&event)
+    }
+
+    /// A SessionLog START at `step`: TensorBoard then discards what earlier files of the folder
+    /// logged at `step` and after (its `purge_orphaned_data`), so a run resumed from a
+    /// checkpoint behind its last logged step shows each step once.
+    pub fn start_at(&mut self, step: usize) -> Result<()> {
+        let mut log = SessionLog::new();
+        log.set_status(SessionLog_SessionStatus::START);
+        let mut event = Event::new();
+        event.set_wall_time(now());
+        event.set_step(step as i64);
+        event.set_session_log(log);
+        self.write(&event)?;
+        self.flush()
     }
 
     /// Writes what is buffered; a full disk shows here at the latest.

@@ -144,3 +144,5 @@ pub fn small_synthetic(data: &std::path::Path) {
         .unwrap();
     }
 }
+
+pub mod ranks;

@@ -185,4 +185,29 @@ char* arcface_c10d_all_gather(void* group, const at::Tensor* input, const at::Te
   }
 }
 
+// Point to point: `tensor` to rank `peer` (send) or from it into `tensor` (recv). Rank 0 gathers
+// the head's shards into the checkpoint it writes, and sends each rank its rows on resume, so
+// that no rank but 0 needs the output folder (machines without a shared disk).
+char* arcface_c10d_send(void* group, const at::Tensor* tensor, int peer) {
+  try {
+    auto* g = static_cast<Group*>(group);
+    std::vector<at::Tensor> tensors{*tensor};
+    wait(g, g->backend->send(tensors, peer, 0));
+    return nullptr;
+  } catch (const std::exception& e) {
+    return fail(e);
+  }
+}
+
+char* arcface_c10d_recv(void* group, const at::Tensor* tensor, int peer) {
+  try {
+    auto* g = static_cast<Group*>(group);
+    std::vector<at::Tensor> tensors{*tensor};
+    wait(g, g->backend->recv(tensors, peer, 0));
+    return nullptr;
+  } catch (const std::exception& e) {
+    return fail(e);
+  }
+}
+
 }  // extern "C"

@@ -271,6 +271,38 @@ impl ProcessGroup {
             unreachable!("no ProcessGroup without the shim")
         }
     }
+
+    /// `tensor` (contiguous) to rank `peer`, which receives it with [`ProcessGroup::recv`].
+    pub fn send(&self, tensor: &TchTensor, peer: usize) -> Result<(), String> {
+        #[cfg(fused_ops)]
+        {
+            let error = unsafe {
+                ffi::arcface_c10d_send(self.raw, tensor.tensor.as_ptr() as *const _, peer as c_int)
+            };
+            crate::fused::ffi::take_error(error, "send")
+        }
+        #[cfg(not(fused_ops))]
+        {
+            let _ = (tensor, peer);
+            unreachable!("no ProcessGroup without the shim")
+        }
+    }
+
+    /// Rank `peer`'s [`ProcessGroup::send`] into `tensor` (contiguous, of the sent shape).
+    pub fn recv(&self, tensor: &TchTensor, peer: usize) -> Result<(), String> {
+        #[cfg(fused_ops)]
+        {
+            let error = unsafe {
+                ffi::arcface_c10d_recv(self.raw, tensor.tensor.as_ptr() as *const _, peer as c_int)
+            };
+            crate::fused::ffi::take_error(error, "recv")
+        }
+        #[cfg(not(fused_ops))]
+        {
+            let _ = (tensor, peer);
+            unreachable!("no ProcessGroup without the shim")
+        }
+    }
 }
 
 impl Drop for ProcessGroup {
@@ -336,5 +368,9 @@ mod ffi {
             input: *const C_tensor,
             output: *const C_tensor,
         ) -> *mut c_char;
+        pub fn arcface_c10d_send(group: *mut c_void, tensor: *const C_tensor, peer: c_int)
+        -> *mut c_char;
+        pub fn arcface_c10d_recv(group: *mut c_void, tensor: *const C_tensor, peer: c_int)
+        -> *mut c_char;
     }
 }
