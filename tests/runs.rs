@@ -6,7 +6,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::ranks::{self, arcface, losses, signal, text, wait_for_step};
@@ -156,31 +156,33 @@ fn resume_auto_starts_or_continues_and_skips_a_damaged_checkpoint() {
     let cfg = readme_config(dir.path(), "save_every = 1\nkeep_checkpoints = 5\n");
     let cfg = cfg.to_str().unwrap();
     let out = dir.path().join("out");
-    let said = run_ok(&[
+    // A backbone to fine-tune from: --init with --resume auto is used while the run is fresh.
+    let source = tempfile::tempdir().unwrap();
+    let source_cfg = readme_config(source.path(), "");
+    run_ok(&[
         "train",
         "--config",
-        cfg,
-        "--resume",
-        "auto",
+        source_cfg.to_str().unwrap(),
         "--max-steps",
-        "2",
+        "1",
     ]);
+    let init = step_path(&source.path().join("out"), 1);
+    let init = init.to_str().unwrap();
+    let fresh = ["train", "--config", cfg, "--resume", "auto", "--init", init];
+    let said = run_ok(&[&fresh[..], &["--max-steps", "2"]].concat());
     assert!(said.contains("--resume auto: no checkpoint in"), "{said}");
+    assert!(
+        said.contains(&format!("backbone initialised from {init}")),
+        "{said}"
+    );
     // Damage step 2: auto takes step 1 and says why.
     let two = step_path(&out, 2);
     let mut bytes = std::fs::read(&two).unwrap();
     let n = bytes.len();
     bytes[n / 2] ^= 0x5a;
     std::fs::write(&two, bytes).unwrap();
-    let said = run_ok(&[
-        "train",
-        "--config",
-        cfg,
-        "--resume",
-        "auto",
-        "--max-steps",
-        "1",
-    ]);
+    let said = run_ok(&[&fresh[..], &["--max-steps", "1"]].concat());
+    assert!(said.contains(&format!("--init {init} not used")), "{said}");
     assert!(
         said.contains(&format!("warning: skipping {}", two.display()))
             && said.contains("checksum mismatch"),
@@ -400,4 +402,59 @@ fn undecodable_records_are_skipped_named_and_limited() {
         broken.iter().any(|k| said.contains(&format!("keys {k}"))),
         "{said}"
     );
+}
+
+/// A run killed (-9) after it logged steps beyond its last checkpoint, then resumed with
+/// `--resume auto`: TensorBoard's own reader shows every step once, the resumed run's (its
+/// SessionLog START discards the killed run's later steps).
+#[test]
+fn a_killed_and_resumed_run_shows_each_step_once_in_tensorboard() {
+    let dir = tempfile::tempdir().unwrap();
+    let extra = "frequent = 1\nnum_epoch = 40\nsave_every = 4\nlr_steps = [100000]\n";
+    let cfg = readme_config(dir.path(), extra);
+    let out = dir.path().join("out");
+    let mut child = arcface(&["train", "--config", cfg.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_step(&out, 6, &mut child);
+    signal(child.id(), "KILL");
+    child.wait().unwrap();
+    let logged = *losses(&out).keys().next_back().unwrap();
+    let saved = Checkpoint::read_meta(&arcface::checkpoint::list(&out).pop().unwrap())
+        .unwrap()
+        .step;
+    assert!(
+        logged > saved,
+        "logged {logged}, saved {saved}: nothing to discard"
+    );
+    let more = (12 - saved).to_string();
+    let args = [
+        "train",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--resume",
+        "auto",
+    ];
+    run_ok(&[&args[..], &["--max-steps", &more]].concat());
+
+    let reader = Command::new(common::python())
+        .arg(common::root().join("tests/reference/tensorboard_tags.py"))
+        .arg(out.join("tensorboard"))
+        .output()
+        .unwrap();
+    assert!(
+        reader.status.success(),
+        "{}",
+        String::from_utf8_lossy(&reader.stderr)
+    );
+    let tags: serde_json::Value = serde_json::from_slice(&reader.stdout).unwrap();
+    let steps: Vec<u64> = tags["train/loss"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p[0].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps, (1..=12).collect::<Vec<u64>>(), "{tags}");
 }
