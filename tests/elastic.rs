@@ -313,3 +313,36 @@ fn a_second_signal_exits_at_once() {
     );
     assert!(arcface::checkpoint::list(&dir.path().join("out")).is_empty());
 }
+
+/// Three records that fail to decode, met by either rank: every rank learns every key (rank 0's
+/// log names them all, once), the count is over the ranks, and the run trains through them.
+#[test]
+fn two_ranks_skip_undecodable_records_and_count_them_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = data(dir.path());
+    let broken = [5u64, 40, 77];
+    common::break_images(&data, &broken);
+    let output = dir.path().join("out");
+    let cfg = config(dir.path(), "bad.toml", &data, &output, "num_epoch = 3\n");
+    let said = run_ok(&mut arcface(&[
+        "train",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--nproc-per-node",
+        "2",
+    ]));
+    let log = std::fs::read_to_string(output.join("training.log")).unwrap();
+    for key in broken {
+        let named = log.matches(&format!("key {key}")).count();
+        assert_eq!(named, 1, "key {key} named {named} times in:\n{log}\n{said}");
+    }
+    assert!(log.contains("3 record(s) skipped so far"), "{log}");
+    // Rank 1 met some of them: their keys reached rank 0 over the group.
+    assert!(log.contains("on rank 1, which does not decode"), "{log}");
+    let last = arcface::checkpoint::list(&output).pop().unwrap();
+    let mut skipped = arcface::checkpoint::Checkpoint::read_meta(&last)
+        .unwrap()
+        .skipped_records;
+    skipped.sort();
+    assert_eq!(skipped, broken);
+}

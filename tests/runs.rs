@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::break_images;
 use common::ranks::{self, arcface, losses, signal, text, wait_for_step};
 
 use arcface::checkpoint::{Checkpoint, step_path};
@@ -318,27 +319,6 @@ fn sigterm_checkpoints_and_resume_auto_continues_exactly() {
     let out = early.path().join("out");
     assert!(said.contains("stopped by SIGTERM at step 1"), "{said}");
     Checkpoint::load(&step_path(&out, 1)).unwrap();
-}
-
-/// The records at `keys` of the folder `data` made undecodable in place: their image's first
-/// bytes (after the 24-byte IR header) zeroed, so no decoder takes them for an image.
-fn break_images(data: &Path, keys: &[u64]) {
-    let idx = std::fs::read_to_string(data.join("train.idx")).unwrap();
-    let offsets: BTreeMap<u64, u64> = idx
-        .lines()
-        .filter_map(|l| {
-            let (k, o) = l.split_once('\t')?;
-            Some((k.trim().parse().ok()?, o.trim().parse().ok()?))
-        })
-        .collect();
-    let mut rec = std::fs::read(data.join("train.rec")).unwrap();
-    for key in keys {
-        let at = offsets[key] as usize;
-        let flag = u32::from_le_bytes(rec[at + 8..at + 12].try_into().unwrap()) as usize;
-        let image = at + 8 + 24 + 4 * flag;
-        rec[image..image + 8].fill(0);
-    }
-    std::fs::write(data.join("train.rec"), rec).unwrap();
 }
 
 /// Three records that fail to decode: `inspect --verify` lists them beforehand; training goes

@@ -145,4 +145,25 @@ pub fn small_synthetic(data: &std::path::Path) {
     }
 }
 
+/// The records at `keys` of the folder `data` made undecodable in place: their image's first
+/// bytes (after the 24-byte IR header) zeroed, so no decoder takes them for an image.
+pub fn break_images(data: &std::path::Path, keys: &[u64]) {
+    let idx = std::fs::read_to_string(data.join("train.idx")).unwrap();
+    let offsets: std::collections::BTreeMap<u64, u64> = idx
+        .lines()
+        .filter_map(|l| {
+            let (k, o) = l.split_once('\t')?;
+            Some((k.trim().parse().ok()?, o.trim().parse().ok()?))
+        })
+        .collect();
+    let mut rec = std::fs::read(data.join("train.rec")).unwrap();
+    for key in keys {
+        let at = offsets[key] as usize;
+        let flag = u32::from_le_bytes(rec[at + 8..at + 12].try_into().unwrap()) as usize;
+        let image = at + 8 + 24 + 4 * flag;
+        rec[image..image + 8].fill(0);
+    }
+    std::fs::write(data.join("train.rec"), rec).unwrap();
+}
+
 pub mod ranks;
