@@ -40,8 +40,9 @@ pub(super) fn agree_after_step(
     }))
 }
 
-/// The run stopped by `why` at the step just done: its checkpoint written (unless that step's
-/// exists already), said in the log; the error that makes `arcface` exit with "resume me".
+/// The run stopped by `why` at the step just done (before its validation and any scheduled
+/// save): its checkpoint written, said in the log; the error that makes `arcface` exit with
+/// "resume me".
 pub(super) fn stop_with_checkpoint(
     config: &Config,
     num_classes: usize,
@@ -52,17 +53,16 @@ pub(super) fn stop_with_checkpoint(
     why: &str,
 ) -> anyhow::Error {
     let path = checkpoint::step_path(&config.output, state.step);
-    if report.last_checkpoint.as_ref() != Some(&path)
-        && let Err(e) = checkpoint_now(
-            config,
-            num_classes,
-            group,
-            state,
-            report,
-            monitor.as_deref_mut(),
-            None,
-        )
-    {
+    let saved = checkpoint_now(
+        config,
+        num_classes,
+        group,
+        state,
+        report,
+        monitor.as_deref_mut(),
+        None,
+    );
+    if let Err(e) = saved {
         return e.context(format!("stopping on {why} at step {}", state.step));
     }
     let said = format!(
