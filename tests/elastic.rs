@@ -168,7 +168,7 @@ fn torchrun_restarts_a_killed_rank_and_the_job_ends_as_an_uninterrupted_one() {
 /// Two "machines" that share no disk: each rank runs in a folder of its own with the same
 /// config (`output = "out"`, relative). Only rank 0's folder gets checkpoints (every rank's head
 /// shard in it); `--resume auto` resumes both ranks from it, the losses those of a run in one
-/// shared folder. SIGTERM to rank 1 alone then stops both at the same step, each exiting 75,
+/// shared folder. SIGUSR1 to rank 1 alone then stops both at the same step, each exiting 75,
 /// with a checkpoint in rank 0's folder.
 #[test]
 fn ranks_without_a_shared_disk_resume_from_rank_0s_folder() {
@@ -247,7 +247,7 @@ fn ranks_without_a_shared_disk_resume_from_rank_0s_folder() {
         whole_head(&step_ckpt(&out0, 6))
     );
 
-    // SIGTERM to rank 1 alone: both stop at one step.
+    // SIGUSR1 (Slurm's warning before the time limit) to rank 1 alone: both stop at one step.
     std::fs::write(
         &cfg,
         std::fs::read_to_string(&cfg)
@@ -257,7 +257,7 @@ fn ranks_without_a_shared_disk_resume_from_rank_0s_folder() {
     .unwrap();
     let mut children = run(&["--resume", "auto"]);
     wait_for_step(&out0, 9, &mut children[0]);
-    signal(children[1].id(), "TERM");
+    signal(children[1].id(), "USR1");
     let mut said = Vec::new();
     for child in children {
         let out = wait_exit(child, Duration::from_secs(60));
@@ -278,7 +278,8 @@ fn ranks_without_a_shared_disk_resume_from_rank_0s_folder() {
         said[0]
     );
     assert!(
-        said[1].contains("SIGTERM: finishing this step"),
+        said[1].contains("SIGUSR1: finishing this step")
+            && said[1].contains("in rank 0's output folder"),
         "{}",
         said[1]
     );

@@ -243,7 +243,7 @@ fn resume_auto_starts_or_continues_and_skips_a_damaged_checkpoint() {
 
 /// SIGTERM mid-epoch: the step ends, a checkpoint of it is written, the exit status is 75
 /// ("resume me") within a step and a checkpoint's time; `--resume auto` then continues with
-/// the losses of an uninterrupted run. SIGTERM before the first step has ended leaves a
+/// the losses of an uninterrupted run. SIGINT (Ctrl-C) before the first step has ended leaves a
 /// resumable checkpoint of step 1.
 #[test]
 fn sigterm_checkpoints_and_resume_auto_continues_exactly() {
@@ -312,12 +312,12 @@ fn sigterm_checkpoints_and_resume_auto_continues_exactly() {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(150));
-    signal(child.id(), "TERM");
+    signal(child.id(), "INT");
     let done = child.wait_with_output().unwrap();
     let said = text(&done);
     assert_eq!(done.status.code(), Some(75), "{said}");
     let out = early.path().join("out");
-    assert!(said.contains("stopped by SIGTERM at step 1"), "{said}");
+    assert!(said.contains("stopped by SIGINT at step 1"), "{said}");
     Checkpoint::load(&step_path(&out, 1)).unwrap();
 }
 

@@ -65,9 +65,13 @@ pub(super) fn stop_with_checkpoint(
     if let Err(e) = saved {
         return e.context(format!("stopping on {why} at step {}", state.step));
     }
+    let whose = match group.is_main() {
+        true => "",
+        false => " in rank 0's output folder",
+    };
     let said = format!(
-        "stopped by {why} at step {} (epoch {}) with checkpoint {}: run the same command with \
-         --resume auto to continue",
+        "stopped by {why} at step {} (epoch {}) with checkpoint {}{whose}: run the same command \
+         with --resume auto to continue",
         state.step,
         state.cursor.epoch,
         path.display()
