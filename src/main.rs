@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
-use commands::{bench, data, eval, export, infer, summary, train};
+use commands::{bench, data, eval, export, import, infer, summary, train};
 
 #[derive(Parser)]
 #[command(
@@ -37,8 +37,9 @@ enum Command {
     Export(export::ExportArgs),
     /// Faces in photos: detect (MTCNN), align, embed, compare.
     Infer(infer::InferArgs),
-    /// Read an LResNet-E-IR ONNX file's weights (e.g. the model zoo's) into a checkpoint.
-    Import(export::ImportArgs),
+    /// Another tool's model into a checkpoint: an ONNX embedder (LResNet-E-IR or MobileFaceNet:
+    /// the model zoo's, arcface_torch's, MXNet's) or arcface_torch's backbone.pth.
+    Import(import::ImportArgs),
     /// Synthetic face-like identities in insightface's formats (train.rec/.idx/property and
     /// synth_val.bin with pairs of identities not in training), deterministic by seed.
     Synth(data::SynthArgs),
@@ -83,7 +84,7 @@ fn run(cli: &Cli) -> Result<()> {
         Command::Train(args) => train::run(args, device),
         Command::Eval(args) => eval::run(args, device),
         Command::Export(args) => export::export(args, device),
-        Command::Import(args) => export::import(args, device),
+        Command::Import(args) => import::run(args, device),
         Command::Infer(args) => infer::run(args, device),
         Command::Synth(args) => data::synth(args),
         Command::Pack(args) => data::pack(args),

@@ -545,3 +545,41 @@ fn bench_infer_resident_adds_a_row_on_the_device() {
         ]
     );
 }
+
+/// The README's command list and `arcface --help` name the same subcommands: a command added,
+/// renamed or removed on one side only fails here.
+#[test]
+fn readme_and_help_list_the_same_subcommands() {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let section = readme
+        .split("\n## Commands\n")
+        .nth(1)
+        .expect("README has a `## Commands` section");
+    let section = section.split("\n## ").next().unwrap();
+    let documented: std::collections::BTreeSet<String> = section
+        .lines()
+        .filter_map(|l| l.strip_prefix("    arcface "))
+        .filter_map(|rest| rest.split_whitespace().next())
+        .map(String::from)
+        .collect();
+    let help = run(&["--help"]);
+    assert!(help.status.success());
+    let help = String::from_utf8_lossy(&help.stdout).into_owned();
+    let listed: std::collections::BTreeSet<String> = help
+        .split("Commands:")
+        .nth(1)
+        .expect("--help lists the commands")
+        .split("\n\n")
+        .next()
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|name| *name != "help")
+        .map(String::from)
+        .collect();
+    assert!(listed.len() >= 10, "{help}");
+    assert_eq!(
+        documented, listed,
+        "README's `## Commands` and `arcface --help`"
+    );
+}

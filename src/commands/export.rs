@@ -1,17 +1,16 @@
-//! `arcface export` (safetensors, opset-8 ONNX) and `arcface import` (an LResNet-E-IR ONNX
-//! file's weights into our checkpoint).
+//! `arcface export`: a checkpoint's backbone (or a config's fresh one) as safetensors under
+//! arcface_torch's names or as an opset-8 ONNX embedder; `import` is its reverse (`import.rs`).
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 
 use burn::module::Module;
 
 use arcface::checkpoint::{load_backbone, named_tensors};
 use arcface::config::Config;
 use arcface::model::backbone_config;
-use arcface::model::summary::thousands;
-use arcface::onnx::{self, Batch, InputConvention};
+use arcface::onnx::{self, Batch};
 
 #[derive(clap::Args)]
 pub struct ExportArgs {
@@ -34,27 +33,6 @@ pub struct ExportArgs {
     /// The ONNX file's batch dimension: a number, or `dynamic`.
     #[arg(long, default_value = "dynamic")]
     batch: Batch,
-}
-
-#[derive(clap::Args)]
-pub struct ImportArgs {
-    /// An LResNet-E-IR ONNX file: the zoo's arcfaceresnet100-8.onnx, arcface_torch's
-    /// torch2onnx.py exports (BatchNorm folded), MXNet's, or one of ours.
-    #[arg(long, required_unless_present = "pth", conflicts_with = "pth")]
-    onnx: Option<PathBuf>,
-    /// arcface_torch's backbone.pth (torch.save of an iresnet's state dict; its training
-    /// checkpoint_gpu_*.pt too), in torch.save's zip or legacy format.
-    #[arg(long)]
-    pth: Option<PathBuf>,
-    /// The network the .pth holds (found from its names and shapes when not given).
-    #[arg(long, value_enum, requires = "pth")]
-    network: Option<arcface::model::Network>,
-    /// The checkpoint to write.
-    #[arg(long)]
-    out: PathBuf,
-    /// What pixels the ONNX file takes (found as insightface finds it unless given).
-    #[arg(long, value_enum, default_value_t)]
-    onnx_input: InputConvention,
 }
 
 pub fn export(args: &ExportArgs, cli_device: &Option<String>) -> Result<()> {
@@ -100,62 +78,5 @@ pub fn export(args: &ExportArgs, cli_device: &Option<String>) -> Result<()> {
             args.batch
         );
     }
-    Ok(())
-}
-
-pub fn import(args: &ImportArgs, cli_device: &Option<String>) -> Result<()> {
-    if let Some(path) = &args.pth {
-        let imported = arcface::arcface_torch::pth::read(path, args.network)?;
-        // Loading into our backbone checks every tensor against the model once more.
-        let device = super::device_or_cpu(cli_device)?;
-        imported
-            .backbone(&device)
-            .with_context(|| path.display().to_string())?;
-        imported.checkpoint().save(&args.out)?;
-        for note in &imported.notes {
-            println!("note: {note}");
-        }
-        return imported_line(path, &imported, &args.out, "");
-    }
-    let path = args
-        .onnx
-        .as_ref()
-        .context("give --onnx FILE or --pth FILE")?;
-    let context = || path.display().to_string();
-    let (proto, prepared, imported) = onnx::import::read_file(path, args.onnx_input)?;
-    let device = super::device_or_cpu(cli_device)?;
-    let model = imported.backbone(&device).with_context(context)?;
-    // The file, run by tract, and our model with its weights must agree.
-    let difference = onnx::import::compare_outputs(proto, &model, &device).with_context(context)?;
-    if difference > onnx::import::IMPORT_TOLERANCE {
-        bail!(
-            "{}: our backbone with the file's weights differs from the file run by tract by \
-             {difference:.2e} (relative): not imported (a graph we misread; please report it)",
-            path.display()
-        );
-    }
-    imported.checkpoint().save(&args.out)?;
-    for note in prepared.notes().iter().chain(&imported.notes) {
-        println!("note: {note}");
-    }
-    let agree = format!("; outputs agree within {difference:.2e} (relative)");
-    imported_line(path, &imported, &args.out, &agree)
-}
-
-fn imported_line(
-    path: &std::path::Path,
-    imported: &arcface::imported::Imported,
-    out: &std::path::Path,
-    tail: &str,
-) -> Result<()> {
-    let values: usize = imported.tensors.values().map(|t| t.num_elements()).sum();
-    println!(
-        "imported {} as {}, {}-d embeddings ({} values), into {}{tail}",
-        path.display(),
-        imported.network,
-        imported.embedding_size,
-        thousands(values),
-        out.display()
-    );
     Ok(())
 }

@@ -6,6 +6,7 @@ pub mod data;
 pub mod eval;
 pub mod export;
 mod ijb;
+pub mod import;
 pub mod infer;
 pub mod summary;
 pub mod train;
