@@ -85,7 +85,7 @@ pub struct Config {
     pub keep_checkpoints: usize,
     /// "cpu", "cuda", "cuda:0", "cuda:0,1,2,3" or "libtorch-cpu" (see `device.rs`); several
     /// CUDA devices train data parallel, one process each, `batch_size` images each
-    /// (`src/dist/`).
+    /// (`src/distributed/`).
     pub device: String,
     /// Seconds a rank waits in a collective (or at the rendezvous) for the others before the run
     /// stops naming the rank that died or hangs (torch.distributed's `timeout`, also 30 min).

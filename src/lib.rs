@@ -9,7 +9,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod device;
-pub mod dist;
+pub mod distributed;
 pub mod embedder;
 pub mod eval;
 pub mod export;

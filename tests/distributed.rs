@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use arcface::checkpoint::{Checkpoint, load_named, named_tensors};
 use arcface::data::synth::{SynthConfig, generate};
-use arcface::dist::{Group, Launch};
+use arcface::distributed::{Group, Launch};
 use arcface::model::{MarginSoftmax, MarginSoftmaxConfig};
 use arcface::train::partial_fc::{ClassRange, PartialFc};
 use arcface::train::sgd::{Sgd, SgdSettings};
@@ -886,7 +886,7 @@ fn torchrun_on_one_node_and_on_two() {
 #[test]
 fn nccl_is_built_and_refuses_cleanly_without_a_gpu() {
     assert!(
-        arcface::dist::has_nccl(),
+        arcface::distributed::has_nccl(),
         "the c10d shim was built without ProcessGroupNCCL: run scripts/setup-libtorch.sh (it \
          installs nvidia-cuda-crt and nvidia-cuda-cccl) and rebuild"
     );

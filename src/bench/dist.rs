@@ -5,7 +5,7 @@
 use anyhow::Result;
 use serde::Serialize;
 
-use crate::dist::{Group, bus_bandwidth};
+use crate::distributed::{Group, bus_bandwidth};
 
 #[derive(Debug, Serialize)]
 pub struct AllReduceRow {

@@ -11,7 +11,7 @@ use burn::tensor::{Device, Distribution, Tensor};
 use serde::Serialize;
 
 use super::peak_host_mib;
-use crate::dist::Group;
+use crate::distributed::Group;
 use crate::model::MarginSoftmaxConfig;
 use crate::train::partial_fc::{PartialFc, wire_bytes};
 use crate::train::sgd::{Sgd, SgdSettings};

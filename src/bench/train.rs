@@ -11,7 +11,7 @@ use super::gpu_memory::GpuMemorySampler;
 use super::peak_host_mib;
 use crate::config::Config;
 use crate::device::DeviceSpec;
-use crate::dist::Group;
+use crate::distributed::Group;
 use crate::model::memory_format::channels_last;
 use crate::model::{BackboneConfig, Precision, Trainee, backbone_config, head_config};
 use crate::train::partial_fc::{PartialFc, wire_bytes};
@@ -314,7 +314,7 @@ pub fn train(
         optimizer_ms: ms(optimizer),
         sample_rate: config.sample_rate,
         head_bytes_per_rank: 3 * 4 * head_parameters as u64,
-        all_reduce_bytes_per_rank: crate::dist::ring_bytes(4 * trainable as u64, world),
+        all_reduce_bytes_per_rank: crate::distributed::ring_bytes(4 * trainable as u64, world),
         head_bytes_sent_per_rank: wire_bytes(world, b, config.embedding_size),
         loss,
         peak_host_mib: peak_host_mib(),

@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 
 use arcface::config::Config;
 use arcface::device::DeviceSpec;
-use arcface::dist;
+use arcface::distributed;
 use arcface::signals;
 use arcface::train;
 
@@ -44,7 +44,7 @@ pub struct TrainArgs {
 pub fn run(args: &TrainArgs, cli_device: &Option<String>) -> Result<()> {
     // First of all, so that a stop signal at any moment from here on ends in a checkpoint
     // (after the first step, if it comes before). A launcher of ranks forwards them instead
-    // (`dist::spawn`).
+    // (`distributed::spawn`).
     signals::watch(signals::Role::Rank)
         .context("taking the stop signals (SIGTERM, SIGINT, SIGUSR1)")?;
     let config = Config::load(&args.config)?;
@@ -53,7 +53,8 @@ pub fn run(args: &TrainArgs, cli_device: &Option<String>) -> Result<()> {
         .parse()
         .with_context(|| format!("selecting device `{text}`"))?;
     let timeout = Duration::from_secs(config.dist_timeout);
-    let Some((_, device, mut group)) = dist::rank_or_spawn(&spec, args.nproc_per_node, timeout)?
+    let Some((_, device, mut group)) =
+        distributed::rank_or_spawn(&spec, args.nproc_per_node, timeout)?
     else {
         return Ok(());
     };

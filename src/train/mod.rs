@@ -1,5 +1,5 @@
 //! The training loop (arcface_torch's `train_v2.py`, in Rust): SGD on backbone + margin head,
-//! data parallel over the ranks of a process group (`crate::dist`), validation every `verbose`
+//! data parallel over the ranks of a process group (`crate::distributed`), validation every `verbose`
 //! steps and each epoch end, checkpoints every `save_every` steps and each epoch end, exact
 //! resume. Rank 0 alone validates, logs, reads and writes checkpoints; the others train. A stop
 //! signal (`crate::signals`) ends the run after the step it arrives in, with a checkpoint.
@@ -30,7 +30,7 @@ use burn::tensor::Device;
 
 use crate::config::Config;
 use crate::data::loader::{Loader, LoaderConfig};
-use crate::dist::Group;
+use crate::distributed::Group;
 use crate::eval::embed::TargetResult;
 use monitor::Monitor;
 use preempt::{agree_after_step, stop_with_checkpoint};
@@ -115,7 +115,7 @@ pub fn train_with(
         claim,
         &mut notes,
     )?;
-    if let Some(link) = crate::dist::link_report(group)? {
+    if let Some(link) = crate::distributed::link_report(group)? {
         notes.insert(0, link);
     }
 

@@ -27,7 +27,7 @@ use anyhow::{Result, bail};
 use burn::tensor::{Int, Tensor, TensorData};
 use rand::Rng;
 
-use crate::dist::Group;
+use crate::distributed::Group;
 use crate::model::MarginSoftmax;
 use crate::model::head::l2_normalize;
 
@@ -339,8 +339,8 @@ impl PartialFc {
 pub fn wire_bytes(world: usize, batch: usize, embedding: usize) -> u64 {
     let rows = (world * batch) as u64;
     let gather = (world as u64 - 1) * batch as u64 * (4 * embedding as u64 + 8);
-    let reduce = crate::dist::ring_bytes(rows * 4, world) * 3
-        + crate::dist::ring_bytes(rows * 4 * embedding as u64, world);
+    let reduce = crate::distributed::ring_bytes(rows * 4, world) * 3
+        + crate::distributed::ring_bytes(rows * 4 * embedding as u64, world);
     if world == 1 { 0 } else { gather + reduce }
 }
 

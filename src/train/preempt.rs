@@ -13,7 +13,7 @@ use super::state::State;
 use crate::checkpoint;
 use crate::config::Config;
 use crate::data::loader::Batch;
-use crate::dist::Group;
+use crate::distributed::Group;
 
 /// After every step the ranks agree on whether any was asked to stop (a signal to one rank
 /// stops all at the same step) and learn the records this step skipped. A stop is what to say

@@ -17,7 +17,7 @@ use super::state::State;
 use crate::checkpoint::shards::{self, HeadShard};
 use crate::checkpoint::{self, Checkpoint, Meta, named_tensors};
 use crate::config::Config;
-use crate::dist::Group;
+use crate::distributed::Group;
 
 /// Writes `state` as the checkpoint `path` (rank 0's folder); `accuracy` is its validation's.
 pub fn save(

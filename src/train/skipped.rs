@@ -10,7 +10,7 @@ use super::monitor::Monitor;
 use super::state::State;
 use crate::config::Config;
 use crate::data::loader::Batch;
-use crate::dist::Group;
+use crate::distributed::Group;
 
 /// The records this step's batches skipped, on every rank: new ones named (this rank's with
 /// the decoder's message; rank 0's log names the others' keys too), then the limit checked.

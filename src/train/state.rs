@@ -18,7 +18,7 @@ use crate::checkpoint::shards;
 use crate::checkpoint::{Checkpoint, load_named};
 use crate::config::Config;
 use crate::data::loader::Cursor;
-use crate::dist::Group;
+use crate::distributed::Group;
 use crate::model::Trainee;
 
 pub struct State {
@@ -92,7 +92,7 @@ pub fn start_or_resume(
     // Also on one rank: burn draws weights lazily, at first use, which is here (or in the
     // broadcast just before, in the same parameter order), so a seed gives the same start at
     // every world size.
-    let checksum = crate::dist::checksum(&state.model.backbone);
+    let checksum = crate::distributed::checksum(&state.model.backbone);
     group.agree(checksum, "the start's backbone weights and buffers")?;
     if group.world() > 1 {
         let range = state.head.classes;

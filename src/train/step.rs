@@ -13,7 +13,7 @@ use super::sgd::global_grad_norm;
 use super::state::State;
 use crate::config::Config;
 use crate::data::loader::Batch;
-use crate::dist::Group;
+use crate::distributed::Group;
 use crate::model::memory_format::channels_last;
 use crate::model::{MarginSoftmax, Precision, Trainee};
 

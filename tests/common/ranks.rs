@@ -11,7 +11,7 @@ use arcface::checkpoint::Checkpoint;
 
 /// A port nobody listens on now (asked of the OS).
 pub fn free_port() -> u16 {
-    arcface::dist::spawn::free_port().unwrap()
+    arcface::distributed::spawn::free_port().unwrap()
 }
 
 /// The variables torchrun sets, for rank `rank` of `world` on one machine.
@@ -69,7 +69,7 @@ pub fn arcface(args: &[&str]) -> Command {
         .args(args)
         .env("OMP_NUM_THREADS", "1")
         .stdin(Stdio::null());
-    for name in arcface::dist::VARIABLES {
+    for name in arcface::distributed::VARIABLES {
         command.env_remove(name);
     }
     command
@@ -164,7 +164,7 @@ pub fn torchrun() -> Command {
         .unwrap_or_else(|| PathBuf::from("torchrun"));
     let mut command = Command::new(path);
     command.env("OMP_NUM_THREADS", "1").stdin(Stdio::null());
-    for name in arcface::dist::VARIABLES {
+    for name in arcface::distributed::VARIABLES {
         command.env_remove(name);
     }
     command

@@ -186,12 +186,12 @@ impl SystemInfo {
         };
     }
 
-    /// arcface: the c10d shim (src/dist/c10d.cpp): ProcessGroupGloo always, with gloo's headers
+    /// arcface: the c10d shim (src/distributed/c10d.cpp): ProcessGroupGloo always, with gloo's headers
     /// from vendor/gloo (the wheel lacks them); ProcessGroupNCCL where the torch build has CUDA
     /// and the CUDA runtime and NCCL headers of its nvidia wheels are there (nvidia-cuda-crt and
     /// nvidia-cuda-cccl complete them: scripts/setup-libtorch.sh installs both).
     fn make_c10d(&self, use_cuda: bool) {
-        println!("cargo:rerun-if-changed=src/dist/c10d.cpp");
+        println!("cargo:rerun-if-changed=src/distributed/c10d.cpp");
         let gloo = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("manifest dir"))
             .join("../gloo");
         let mut build = cc::Build::new();
@@ -205,7 +205,7 @@ impl SystemInfo {
             .flag("-Wno-interference-size")
             .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={}", self.cxx11_abi))
             .define("USE_C10D_GLOO", None)
-            .file("src/dist/c10d.cpp");
+            .file("src/distributed/c10d.cpp");
         // <site-packages>/torch/include → <site-packages>/nvidia/...
         let site = self
             .libtorch_include_dirs

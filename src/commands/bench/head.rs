@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
 use arcface::bench::{HeadBenchOptions, HeadThroughput, head};
-use arcface::dist::Group;
+use arcface::distributed::Group;
 
 /// PyTorch's numbers for one sample rate (scripts/bench_partial_fc.py's JSON).
 #[derive(Debug, Serialize, serde::Deserialize)]

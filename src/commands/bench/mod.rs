@@ -12,7 +12,7 @@ use infer::{Engines, detection, infer};
 use arcface::bench;
 use arcface::config::Config;
 use arcface::device::DeviceSpec;
-use arcface::dist;
+use arcface::distributed;
 use arcface::embedder::BurnOptions;
 use arcface::model::Precision;
 use arcface::onnx::ConvAlgorithm;
@@ -222,7 +222,8 @@ pub fn run(what: &BenchCommand, cli_device: &Option<String>) -> Result<()> {
                 widths,
             };
             let timeout = std::time::Duration::from_secs(config.dist_timeout);
-            let Some((spec, device, group)) = dist::rank_or_spawn(&spec, *nproc_per_node, timeout)?
+            let Some((spec, device, group)) =
+                distributed::rank_or_spawn(&spec, *nproc_per_node, timeout)?
             else {
                 return Ok(());
             };
@@ -299,7 +300,7 @@ pub fn run(what: &BenchCommand, cli_device: &Option<String>) -> Result<()> {
                 .with_context(|| format!("selecting device `{text}`"))?;
             let timeout = std::time::Duration::from_secs(600);
             let Some((spec, device, mut group)) =
-                dist::rank_or_spawn(&spec, *nproc_per_node, timeout)?
+                distributed::rank_or_spawn(&spec, *nproc_per_node, timeout)?
             else {
                 return Ok(());
             };
@@ -337,7 +338,8 @@ pub fn run(what: &BenchCommand, cli_device: &Option<String>) -> Result<()> {
                 .parse()
                 .with_context(|| format!("selecting device `{text}`"))?;
             let timeout = std::time::Duration::from_secs(*timeout);
-            let Some((_, _, mut group)) = dist::rank_or_spawn(&spec, *nproc_per_node, timeout)?
+            let Some((_, _, mut group)) =
+                distributed::rank_or_spawn(&spec, *nproc_per_node, timeout)?
             else {
                 return Ok(());
             };

@@ -76,7 +76,7 @@ pub fn forward<const D: usize>(bn: &BatchNorm, x: Tensor<D>) -> Tensor<D> {
 /// the thread folds it in as the mean of the threads' pending values, dividing by their count
 /// even when it is 1: one more kernel per statistic and step, 308 per r100 step on LibTorch.
 /// Writing through `Module::map` sets the shared value directly. That is right here because
-/// each model is trained by one thread (one process per device: src/dist/), so each statistic
+/// each model is trained by one thread (one process per device: src/distributed/), so each statistic
 /// has one writer.
 ///
 /// `forward` takes a layer's statistics out with an empty tensor in their place and puts the

@@ -20,7 +20,7 @@ mod element;
 pub mod fused;
 /// arcface: libtorch's c10d (TCPStore, ProcessGroupGloo / ProcessGroupNCCL) for multi-process
 /// training (see the module).
-pub mod dist;
+pub mod distributed;
 mod ops;
 mod tensor;
 

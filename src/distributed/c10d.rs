@@ -1,5 +1,5 @@
 //! The engine under a [`super::Group`] of several processes: libtorch's c10d through burn-tch's
-//! shim (vendor/burn-tch/src/dist/): the TCPStore rendezvous rank 0 serves, the process group
+//! shim (vendor/burn-tch/src/distributed/): the TCPStore rendezvous rank 0 serves, the process group
 //! (Gloo on the CPU, NCCL on CUDA), and a heartbeat per rank in the store, so that a rank that
 //! died or hangs can be named when a collective fails (c10d's own errors name a peer's
 //! address at best, and Gloo's "Connection closed by peer" not even which rank it was).
@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use burn::backend::LibTorch;
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use burn_tch::dist::{Backend, ProcessGroup, ReduceOp, Store};
+use burn_tch::distributed::{Backend, ProcessGroup, ReduceOp, Store};
 
 use super::Launch;
 
@@ -304,5 +304,5 @@ impl Engine {
 
 /// Whether this build's shim has ProcessGroupNCCL.
 pub fn has_nccl() -> bool {
-    burn_tch::dist::has_nccl()
+    burn_tch::distributed::has_nccl()
 }
