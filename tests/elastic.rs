@@ -286,6 +286,23 @@ fn ranks_without_a_shared_disk_resume_from_rank_0s_folder() {
     whole_head(&step_ckpt(&out0, step));
 }
 
+/// Whether a socket of this machine listens on TCP `port` (read from /proc, not by connecting:
+/// a connect polled at a port nobody listens on yet can connect to itself and take the port).
+fn listening(port: u16) -> bool {
+    ["/proc/net/tcp", "/proc/net/tcp6"].iter().any(|table| {
+        std::fs::read_to_string(table)
+            .unwrap_or_default()
+            .lines()
+            .skip(1)
+            .any(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                let local_port = fields.get(1).and_then(|a| a.rsplit(':').next());
+                local_port.and_then(|p| u16::from_str_radix(p, 16).ok()) == Some(port)
+                    && fields.get(3) == Some(&"0A")
+            })
+    })
+}
+
 /// A second signal, 2 s or more after the first, ends a rank at once (128 + SIGTERM), here one
 /// still waiting at the rendezvous for a rank that never comes.
 #[test]
@@ -294,12 +311,19 @@ fn a_second_signal_exits_at_once() {
     let data = data(dir.path());
     let cfg = config(dir.path(), "alone.toml", &data, &dir.path().join("out"), "");
     let mut command = arcface(&["train", "--config", cfg.to_str().unwrap()]);
-    let child = rank_env(&mut command, 0, 2, free_port())
+    let port = free_port();
+    let mut child = rank_env(&mut command, 0, 2, port)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    // Rank 0 serves the rendezvous once it has started (the signals are taken before that).
+    let waited = Instant::now();
+    while !listening(port) {
+        assert!(child.try_wait().unwrap().is_none(), "rank 0 ended early");
+        assert!(waited.elapsed() < Duration::from_secs(60), "no rendezvous");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     signal(child.id(), "TERM");
     std::thread::sleep(Duration::from_millis(2500));
     let again = Instant::now();

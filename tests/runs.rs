@@ -243,8 +243,8 @@ fn resume_auto_starts_or_continues_and_skips_a_damaged_checkpoint() {
 
 /// SIGTERM mid-epoch: the step ends, a checkpoint of it is written, the exit status is 75
 /// ("resume me") within a step and a checkpoint's time; `--resume auto` then continues with
-/// the losses of an uninterrupted run. SIGINT (Ctrl-C) before the first step has ended leaves a
-/// resumable checkpoint of step 1.
+/// the losses of an uninterrupted run. SIGINT (Ctrl-C) before the first checkpoint leaves a
+/// resumable one, of the step under way.
 #[test]
 fn sigterm_checkpoints_and_resume_auto_continues_exactly() {
     let dir = tempfile::tempdir().unwrap();
@@ -303,22 +303,37 @@ fn sigterm_checkpoints_and_resume_auto_continues_exactly() {
         "the final weights differ from an uninterrupted run's"
     );
 
-    // Before any step has ended.
+    // Before the first checkpoint: as soon as the output folder exists (the signals are taken
+    // by then; the first step is still ahead or under way).
     let early = tempfile::tempdir().unwrap();
     let cfg = readme_config(early.path(), extra);
-    let child = arcface(&["train", "--config", cfg.to_str().unwrap()])
+    let out = early.path().join("out");
+    let mut child = arcface(&["train", "--config", cfg.to_str().unwrap()])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(150));
+    let waited = Instant::now();
+    while !out.exists() {
+        assert!(child.try_wait().unwrap().is_none(), "the run ended early");
+        assert!(
+            waited.elapsed() < Duration::from_secs(60),
+            "no output folder"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
     signal(child.id(), "INT");
     let done = child.wait_with_output().unwrap();
     let said = text(&done);
     assert_eq!(done.status.code(), Some(75), "{said}");
-    let out = early.path().join("out");
-    assert!(said.contains("stopped by SIGINT at step 1"), "{said}");
-    Checkpoint::load(&step_path(&out, 1)).unwrap();
+    let written = arcface::checkpoint::list(&out);
+    assert_eq!(written.len(), 1, "{written:?}");
+    let step = Checkpoint::load(&written[0]).unwrap().meta.step;
+    assert!(step <= 2, "stopped at step {step}");
+    assert!(
+        said.contains(&format!("stopped by SIGINT at step {step}")),
+        "{said}"
+    );
 }
 
 /// Three records that fail to decode: `inspect --verify` lists them beforehand; training goes
