@@ -600,12 +600,7 @@ fn two_ranks_learn() {
         .lines()
         .rfind(|l| l.starts_with("synth_val at step"))
         .unwrap_or_else(|| panic!("no validation in:\n{trained}"));
-    let after: f64 = line
-        .split("accuracy ")
-        .nth(1)
-        .unwrap()
-        .split(' ')
-        .next()
+    let after: f64 = common::word_after(line, "accuracy ")
         .unwrap()
         .parse()
         .unwrap();

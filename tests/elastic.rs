@@ -17,6 +17,19 @@ use common::ranks::*;
 /// A run that goes on for hundreds of steps unless stopped; checkpoints only when told to.
 const LONG: &str = "num_epoch = 50\nsave_every = 1000\nlr_steps = [100000]\n";
 
+/// `arcface train --config cfg --nproc-per-node 2 extra…`: two ranks started by arcface itself.
+fn two_ranks(cfg: &Path, extra: &[&str]) -> std::process::Command {
+    let mut args = vec![
+        "train",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--nproc-per-node",
+        "2",
+    ];
+    args.extend_from_slice(extra);
+    arcface(&args)
+}
+
 fn wait_exit(child: Child, within: Duration) -> std::process::Output {
     let started = Instant::now();
     let out = child.wait_with_output().unwrap();
@@ -35,20 +48,9 @@ fn sigterm_to_the_launcher_checkpoints_and_resume_auto_continues_exactly() {
     let (straight, stopped) = (dir.path().join("straight"), dir.path().join("stopped"));
     let a = config(dir.path(), "a.toml", &data, &straight, LONG);
     let b = config(dir.path(), "b.toml", &data, &stopped, LONG);
-    let two = |cfg: &Path, extra: &[&str]| {
-        let mut args = vec![
-            "train",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--nproc-per-node",
-            "2",
-        ];
-        args.extend_from_slice(extra);
-        arcface(&args)
-    };
-    run_ok(&mut two(&a, &["--max-steps", "16"]));
+    run_ok(&mut two_ranks(&a, &["--max-steps", "16"]));
 
-    let mut launcher = two(&b, &[])
+    let mut launcher = two_ranks(&b, &[])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -76,7 +78,10 @@ fn sigterm_to_the_launcher_checkpoints_and_resume_auto_continues_exactly() {
     whole_head(&path);
 
     let more = (16 - step).to_string();
-    run_ok(&mut two(&b, &["--resume", "auto", "--max-steps", &more]));
+    run_ok(&mut two_ranks(
+        &b,
+        &["--resume", "auto", "--max-steps", &more],
+    ));
     assert_eq!(losses(&straight), losses(&stopped));
     assert_eq!(
         whole_head(&step_ckpt(&straight, 16)),
@@ -104,13 +109,7 @@ fn torchrun_restarts_a_killed_rank_and_the_job_ends_as_an_uninterrupted_one() {
     let extra = "num_epoch = 3\n";
     let a = config(dir.path(), "a.toml", &data, &straight, extra);
     let b = config(dir.path(), "b.toml", &data, &restarted, extra);
-    run_ok(&mut arcface(&[
-        "train",
-        "--config",
-        a.to_str().unwrap(),
-        "--nproc-per-node",
-        "2",
-    ]));
+    run_ok(&mut two_ranks(&a, &[]));
 
     let exe = env!("CARGO_BIN_EXE_arcface");
     let mut job = torchrun()
@@ -147,12 +146,7 @@ fn torchrun_restarts_a_killed_rank_and_the_job_ends_as_an_uninterrupted_one() {
         .lines()
         .find_map(|l| l.split("resumed from ").nth(1))
         .unwrap_or_else(|| panic!("no resume in:\n{log}"));
-    let at: usize = resumed
-        .split("at step ")
-        .nth(1)
-        .unwrap()
-        .split(' ')
-        .next()
+    let at: usize = common::word_after(resumed, "at step ")
         .unwrap()
         .parse()
         .unwrap();
@@ -176,15 +170,7 @@ fn ranks_without_a_shared_disk_resume_from_rank_0s_folder() {
     let data = data(dir.path());
     let shared = dir.path().join("shared");
     let a = config(dir.path(), "a.toml", &data, &shared, "");
-    run_ok(&mut arcface(&[
-        "train",
-        "--config",
-        a.to_str().unwrap(),
-        "--nproc-per-node",
-        "2",
-        "--max-steps",
-        "6",
-    ]));
+    run_ok(&mut two_ranks(&a, &["--max-steps", "6"]));
 
     let machines = [dir.path().join("machine0"), dir.path().join("machine1")];
     let cfg = config(dir.path(), "apart.toml", &data, Path::new("out"), "");
@@ -349,13 +335,7 @@ fn two_ranks_skip_undecodable_records_and_count_them_together() {
     common::break_images(&data, &broken);
     let output = dir.path().join("out");
     let cfg = config(dir.path(), "bad.toml", &data, &output, "num_epoch = 3\n");
-    let said = run_ok(&mut arcface(&[
-        "train",
-        "--config",
-        cfg.to_str().unwrap(),
-        "--nproc-per-node",
-        "2",
-    ]));
+    let said = run_ok(&mut two_ranks(&cfg, &[]));
     let log = std::fs::read_to_string(output.join("training.log")).unwrap();
     for key in broken {
         let named = log.matches(&format!("key {key}")).count();

@@ -6,7 +6,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::break_images;
@@ -434,17 +434,7 @@ fn a_killed_and_resumed_run_shows_each_step_once_in_tensorboard() {
     ];
     run_ok(&[&args[..], &["--max-steps", &more]].concat());
 
-    let reader = Command::new(common::python())
-        .arg(common::root().join("tests/reference/tensorboard_tags.py"))
-        .arg(out.join("tensorboard"))
-        .output()
-        .unwrap();
-    assert!(
-        reader.status.success(),
-        "{}",
-        String::from_utf8_lossy(&reader.stderr)
-    );
-    let tags: serde_json::Value = serde_json::from_slice(&reader.stdout).unwrap();
+    let tags = common::tensorboard_scalars(&out.join("tensorboard"));
     let steps: Vec<u64> = tags["train/loss"]
         .as_array()
         .unwrap()

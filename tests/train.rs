@@ -287,17 +287,7 @@ fn tensorboard_files_read_back_with_tensorboard() {
         },
     )
     .unwrap();
-    let reader = std::process::Command::new(common::python())
-        .arg(common::root().join("tests/reference/tensorboard_tags.py"))
-        .arg(out.path().join("tensorboard"))
-        .output()
-        .unwrap();
-    assert!(
-        reader.status.success(),
-        "{}",
-        String::from_utf8_lossy(&reader.stderr)
-    );
-    let tags: serde_json::Value = serde_json::from_slice(&reader.stdout).unwrap();
+    let tags = common::tensorboard_scalars(&out.path().join("tensorboard"));
     for tag in [
         "train/loss",
         "train/lr",

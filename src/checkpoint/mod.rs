@@ -241,21 +241,15 @@ impl Checkpoint {
         let mut start = [0u8; 20];
         file.read_exact(&mut start)
             .map_err(|_| damaged("not an arcface checkpoint (too short)".into()))?;
-        if &start[..8] != MAGIC {
-            return Err(damaged("not an arcface checkpoint (wrong magic)".into()));
-        }
-        let header_len = u64::from_le_bytes(start[12..20].try_into().unwrap());
+        let header_len = header_length(&start).map_err(damaged)?;
         let file_len = file.metadata().map_err(io_err(path))?.len();
-        if header_len > file_len {
+        if header_len as u64 > file_len {
             return Err(damaged("header runs past the end".into()));
         }
-        let mut header = vec![0u8; header_len as usize];
+        let mut header = vec![0u8; header_len];
         file.read_exact(&mut header)
             .map_err(|_| damaged("header runs past the end".into()))?;
-        let mut header: serde_json::Value =
-            serde_json::from_slice(&header).map_err(|e| damaged(format!("bad header: {e}")))?;
-        migrate_cursor(&mut header);
-        serde_json::from_value(header).map_err(|e| damaged(format!("bad header: {e}")))
+        parse_header(&header).map_err(damaged)
     }
 
     pub fn load(path: &Path) -> Result<Checkpoint, CheckpointError> {
@@ -275,21 +269,11 @@ impl Checkpoint {
                     .into(),
             ));
         }
-        let version = u32::from_le_bytes(body[8..12].try_into().unwrap());
-        if version != VERSION {
-            return Err(damaged(format!(
-                "checkpoint format version {version}, this build reads {VERSION}"
-            )));
-        }
-        let header_len = u64::from_le_bytes(body[12..20].try_into().unwrap()) as usize;
+        let header_len = header_length(&body[..20]).map_err(damaged)?;
         let header = body
             .get(20..20 + header_len)
             .ok_or_else(|| damaged("header runs past the end".into()))?;
-        let mut header: serde_json::Value =
-            serde_json::from_slice(header).map_err(|e| damaged(format!("bad header: {e}")))?;
-        migrate_cursor(&mut header);
-        let meta: Meta =
-            serde_json::from_value(header).map_err(|e| damaged(format!("bad header: {e}")))?;
+        let meta = parse_header(header).map_err(damaged)?;
         let mut pos = 20 + header_len;
         let mut tensors = BTreeMap::new();
         for entry in &meta.tensors {
@@ -318,6 +302,28 @@ impl Checkpoint {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect()
     }
+}
+
+/// The header's length from a file's first 20 bytes (magic, format version, length).
+fn header_length(start: &[u8]) -> Result<usize, String> {
+    if &start[..8] != MAGIC {
+        return Err("not an arcface checkpoint (wrong magic)".into());
+    }
+    let version = u32::from_le_bytes(start[8..12].try_into().unwrap());
+    if version != VERSION {
+        return Err(format!(
+            "checkpoint format version {version}, this build reads {VERSION}"
+        ));
+    }
+    Ok(u64::from_le_bytes(start[12..20].try_into().unwrap()) as usize)
+}
+
+/// The JSON header, older layouts migrated.
+fn parse_header(header: &[u8]) -> Result<Meta, String> {
+    let mut header: serde_json::Value =
+        serde_json::from_slice(header).map_err(|e| format!("bad header: {e}"))?;
+    migrate_cursor(&mut header);
+    serde_json::from_value(header).map_err(|e| format!("bad header: {e}"))
 }
 
 /// Copies a written checkpoint to `to`, atomically as [`Checkpoint::save`] writes.

@@ -211,6 +211,24 @@ impl Group {
             .collect())
     }
 
+    /// Rank 0's outcome of what it alone does (`mine`: Some there, None on the others), known
+    /// to every rank: rank 0 gets its result back; the others Ok(None) where it succeeded, else
+    /// the error `failed` makes (rank 0 says why). On one rank, `mine` itself.
+    pub fn outcome_of_main<T>(
+        &self,
+        mine: Option<Result<T>>,
+        what: &str,
+        failed: impl FnOnce() -> anyhow::Error,
+    ) -> Result<Option<T>> {
+        let ok = mine.as_ref().is_none_or(Result::is_ok);
+        let ok = self.broadcast_i64(&[i64::from(ok)], what)?[0] == 1;
+        match mine {
+            Some(result) => result.map(Some),
+            None if ok => Ok(None),
+            None => Err(failed()),
+        }
+    }
+
     /// Rank 0's host data (`Some` there; the others pass None) on every rank as `shape`, f32.
     pub fn broadcast_data(
         &self,

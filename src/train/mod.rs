@@ -33,7 +33,7 @@ use crate::data::loader::{Loader, LoaderConfig};
 use crate::distributed::Group;
 use crate::eval::embed::TargetResult;
 use monitor::Monitor;
-use preempt::{agree_after_step, stop_with_checkpoint};
+use preempt::{agree_after_step, stopped};
 use save::checkpoint_now;
 use schedule::Schedule;
 use state::{State, claim_folder, start_or_resume};
@@ -216,28 +216,24 @@ pub fn train_with(
         if state.step.is_multiple_of(config.frequent) {
             rate.restart();
         }
+        // A stop signal skips the step's validation and checkpoints it whether or not a save
+        // was due.
         let stop = agree_after_step(&mut state, &batch, config, group, monitor.as_mut())?;
-        if let Some(why) = stop {
-            return Err(stop_with_checkpoint(
-                config,
-                num_classes,
-                group,
-                &mut state,
-                &mut report,
-                monitor.as_mut(),
-                &why,
-            ));
-        }
-
         let epoch_end = loader.plan.epoch_done(state.cursor);
         let mut accuracy = None;
-        if epoch_end || state.step.is_multiple_of(config.verbose) || state.step == last_step {
+        let validate_now =
+            epoch_end || state.step.is_multiple_of(config.verbose) || state.step == last_step;
+        if stop.is_none() && validate_now {
             if let Some(m) = &mut monitor {
                 accuracy = validate_on_main(&state, &targets, config, device, m, &mut report)?;
             }
             rate.restart();
         }
-        if epoch_end || state.step.is_multiple_of(config.save_every) || state.step == last_step {
+        if stop.is_some()
+            || epoch_end
+            || state.step.is_multiple_of(config.save_every)
+            || state.step == last_step
+        {
             checkpoint_now(
                 config,
                 num_classes,
@@ -246,7 +242,14 @@ pub fn train_with(
                 &mut report,
                 monitor.as_mut(),
                 accuracy,
-            )?;
+            )
+            .map_err(|e| match &stop {
+                Some(why) => e.context(format!("stopping on {why} at step {}", state.step)),
+                None => e,
+            })?;
+        }
+        if let Some(why) = stop {
+            return Err(stopped(config, group, &state, monitor.as_mut(), &why));
         }
     }
     group.barrier("end of training")?;

@@ -1,13 +1,11 @@
 //! Preemption in the loop: after every step the ranks agree on whether a stop signal reached
 //! any of them (`crate::signals`), so that all stop at the same step, write one checkpoint
-//! together and exit with "resume me"; the same agreement carries the count of records the
-//! step skipped (`skipped`).
+//! together (the loop's own save) and exit with "resume me"; the same agreement carries the
+//! count of records the step skipped (`skipped`).
 
 use anyhow::Result;
 
-use super::TrainReport;
 use super::monitor::Monitor;
-use super::save::checkpoint_now;
 use super::skipped;
 use super::state::State;
 use crate::checkpoint;
@@ -40,31 +38,16 @@ pub(super) fn agree_after_step(
     }))
 }
 
-/// The run stopped by `why` at the step just done (before its validation and any scheduled
-/// save): its checkpoint written, said in the log; the error that makes `arcface` exit with
-/// "resume me".
-pub(super) fn stop_with_checkpoint(
+/// The run stopped by `why` at the step just done, its checkpoint written (the loop skipped its
+/// validation): said in the log; the error that makes `arcface` exit with "resume me".
+pub(super) fn stopped(
     config: &Config,
-    num_classes: usize,
     group: &mut Group,
-    state: &mut State,
-    report: &mut TrainReport,
-    mut monitor: Option<&mut Monitor>,
+    state: &State,
+    monitor: Option<&mut Monitor>,
     why: &str,
 ) -> anyhow::Error {
     let path = checkpoint::step_path(&config.output, state.step);
-    let saved = checkpoint_now(
-        config,
-        num_classes,
-        group,
-        state,
-        report,
-        monitor.as_deref_mut(),
-        None,
-    );
-    if let Err(e) = saved {
-        return e.context(format!("stopping on {why} at step {}", state.step));
-    }
     let whose = match group.is_main() {
         true => "",
         false => " in rank 0's output folder",

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use burn::tensor::TensorData;
 
 use super::TrainReport;
@@ -56,8 +56,17 @@ pub fn save(
             gather_shards(num_classes, group, head, path, &meta)?,
         ),
     };
+    let what = "whether the checkpoint was written";
     if !group.is_main() {
-        return ok_from_main(group, path);
+        return group
+            .outcome_of_main::<()>(None, what, || {
+                anyhow::anyhow!(
+                    "{}: rank 0 could not write the checkpoint (its log says why); the previous \
+                     checkpoints are intact",
+                    path.display()
+                )
+            })
+            .map(drop);
     }
     let mut tensors = named_tensors(&state.model.backbone, "backbone.");
     tensors.extend(
@@ -81,11 +90,11 @@ pub fn save(
         Err(e) => Err(e),
     };
     // Every rank learns whether the checkpoint exists: the others stop with rank 0 if not.
-    if group.world() > 1 {
-        let ok = i64::from(written.is_ok());
-        group.broadcast_i64(&[ok], "whether the checkpoint was written")?;
-    }
-    written
+    group
+        .outcome_of_main(Some(written), what, || {
+            unreachable!("rank 0 has its outcome")
+        })
+        .map(drop)
 }
 
 fn context(path: &Path) -> String {
@@ -173,20 +182,6 @@ fn receive(
         tensors.insert(shards::MOMENTUM.to_string(), momentum);
     }
     Ok(tensors)
-}
-
-/// A rank other than 0 after sending its centres: Ok once rank 0 says the checkpoint is
-/// written, else the error naming it.
-fn ok_from_main(group: &Group, path: &Path) -> Result<()> {
-    let ok = group.broadcast_i64(&[0], "whether the checkpoint was written")?[0];
-    if ok != 1 {
-        bail!(
-            "{}: rank 0 could not write the checkpoint (its log says why); the previous \
-             checkpoints are intact",
-            path.display()
-        );
-    }
-    Ok(())
 }
 
 /// A checkpoint of the step every rank has just finished, then rank 0's pruning and best.ckpt.

@@ -337,22 +337,10 @@ pub(super) fn claim_folder(
     group: &Group,
     notes: &mut Vec<String>,
 ) -> Result<Option<Claim>> {
-    let claim = match group.is_main() {
-        true => Some(super::run_folder::claim(
-            &config.output,
-            &options.resume,
-            options.overwrite,
-            notes,
-        )),
-        false => None,
-    };
-    let ok = claim.as_ref().is_none_or(Result::is_ok);
-    let ok = group.broadcast_i64(&[i64::from(ok)], "checking the output folder")?[0] == 1;
-    match claim {
-        Some(c) => c.map(Some),
-        None if ok => Ok(None),
-        None => anyhow::bail!(
-            "rank 0 could not start the run in its output folder (its error says why)"
-        ),
-    }
+    let claim = group.is_main().then(|| {
+        super::run_folder::claim(&config.output, &options.resume, options.overwrite, notes)
+    });
+    group.outcome_of_main(claim, "checking the output folder", || {
+        anyhow::anyhow!("rank 0 could not start the run in its output folder (its error says why)")
+    })
 }

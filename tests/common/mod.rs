@@ -166,4 +166,25 @@ pub fn break_images(data: &std::path::Path, keys: &[u64]) {
     std::fs::write(data.join("train.rec"), rec).unwrap();
 }
 
+/// Every scalar tag of the TensorBoard folder `dir` as TensorBoard's own EventAccumulator reads
+/// it (tests/reference/tensorboard_tags.py): {tag: [[step, value], ...]}.
+pub fn tensorboard_scalars(dir: &std::path::Path) -> serde_json::Value {
+    let reader = Command::new(python())
+        .arg(root().join("tests/reference/tensorboard_tags.py"))
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(
+        reader.status.success(),
+        "{}",
+        String::from_utf8_lossy(&reader.stderr)
+    );
+    serde_json::from_slice(&reader.stdout).unwrap()
+}
+
+/// The word after the first `marker` in `text` ("… at step 6 (epoch …" → "6").
+pub fn word_after<'a>(text: &'a str, marker: &str) -> Option<&'a str> {
+    text.split(marker).nth(1)?.split(' ').next()
+}
+
 pub mod ranks;

@@ -98,7 +98,7 @@ pub fn losses(output: &Path) -> BTreeMap<usize, String> {
         .filter_map(|line| {
             let rest = line.strip_prefix("step ")?;
             let step: usize = rest.split('/').next()?.parse().ok()?;
-            let loss = rest.split(" loss ").nth(1)?.split(' ').next()?.to_string();
+            let loss = super::word_after(rest, " loss ")?.to_string();
             Some((step, loss))
         })
         .collect()
