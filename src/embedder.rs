@@ -7,12 +7,14 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use burn::tensor::{Device, Tensor, TensorData};
 
+use tract_onnx::pb;
+
 use crate::checkpoint::load_backbone;
+use crate::interop::onnx::import::read_file;
+use crate::interop::onnx::input::{Input, InputConvention};
 use crate::model::iresnet::INPUT_SIZE;
 use crate::model::{Backbone, Precision, memory_format};
-use crate::onnx::OnnxEmbedder;
-use crate::onnx::import::{IMPORT_TOLERANCE, compare_outputs, read_file};
-use crate::onnx::input::{Input, InputConvention};
+use crate::tract::OnnxEmbedder;
 
 /// Values in one [3,112,112] image.
 pub const IMAGE_VALUES: usize = 3 * INPUT_SIZE * INPUT_SIZE;
@@ -54,7 +56,7 @@ impl Embedder {
     /// fp32 on burn's CPU device; on a LibTorch device or in bf16 its weights are imported into
     /// our backbone, which then runs on `device` as a checkpoint would.
     ///
-    /// `input` says what pixels an ONNX file takes (src/onnx/input.rs); a checkpoint takes raw
+    /// `input` says what pixels an ONNX file takes (src/interop/onnx/input.rs); a checkpoint takes raw
     /// RGB 0–255, and `--onnx-input` with one is refused.
     pub fn load(
         path: &Path,
@@ -88,15 +90,7 @@ impl Embedder {
         let model = imported.backbone(device).with_context(not_ours)?;
         // As `arcface import`: the file run by tract and our backbone must agree, or the import
         // misread it.
-        let difference =
-            compare_outputs(proto, &model, device).with_context(|| path.display().to_string())?;
-        if difference > IMPORT_TOLERANCE {
-            bail!(
-                "{}: our backbone with the file's weights differs from the file run by tract by \
-                 {difference:.2e} (relative): not imported",
-                path.display()
-            );
-        }
+        check_import(path, proto, &model, device)?;
         let mut notes = prepared.notes();
         notes.extend(imported.notes);
         notes.push(format!(
@@ -192,4 +186,68 @@ impl Embedder {
 pub fn is_onnx(path: &Path) -> bool {
     path.extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("onnx"))
+}
+
+/// Runs the prepared file with tract and the backbone imported from it side by side
+/// ([`compare_outputs`]) and refuses the import, naming the file, where they differ by more
+/// than [`IMPORT_TOLERANCE`]; returns the difference.
+pub fn check_import(
+    path: &Path,
+    proto: pb::ModelProto,
+    model: &Backbone,
+    device: &Device,
+) -> Result<f64> {
+    let difference =
+        compare_outputs(proto, model, device).with_context(|| path.display().to_string())?;
+    if difference > IMPORT_TOLERANCE {
+        bail!(
+            "{}: our backbone with the file's weights differs from the file run by tract by \
+             {difference:.2e} (relative): not imported (a graph we misread; please report it)",
+            path.display()
+        );
+    }
+    Ok(difference)
+}
+
+/// The most the file run by tract and the imported backbone may differ by (relative L2 of the
+/// embeddings): float rounding stays far below it (~1e-5 on r100), any misread weight far
+/// above.
+pub const IMPORT_TOLERANCE: f64 = 1e-3;
+
+/// Runs the prepared file with tract and `model` on two test images (a colour ramp and a mid grey) and
+/// returns the largest relative difference of their embeddings.
+pub fn compare_outputs(proto: pb::ModelProto, model: &Backbone, device: &Device) -> Result<f64> {
+    let mut images = Vec::with_capacity(2 * IMAGE_VALUES);
+    for c in 0..3 {
+        for y in 0..INPUT_SIZE {
+            for x in 0..INPUT_SIZE {
+                images.push(((x * 2 + y + c * 40) % 256) as f32);
+            }
+        }
+    }
+    images.extend(std::iter::repeat_n(128.0, IMAGE_VALUES));
+    // The prepared graph takes raw pixels whatever the file's own convention was.
+    let file = OnnxEmbedder::from_proto_with(proto, Default::default(), InputConvention::Raw)?
+        .embed(&images)?;
+    let ours = Embedder::burn(model.clone(), device).embed(&images)?;
+    let e = file.len() / 2;
+    if ours.len() != file.len() {
+        bail!(
+            "the file gives {e}-d embeddings, the imported model {}",
+            ours.len() / 2
+        );
+    }
+    Ok(file
+        .chunks(e)
+        .zip(ours.chunks(e))
+        .map(|(a, b)| {
+            let diff = a
+                .iter()
+                .zip(b)
+                .map(|(x, y)| ((x - y) as f64).powi(2))
+                .sum::<f64>();
+            let norm = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>();
+            (diff / norm.max(1e-30)).sqrt()
+        })
+        .fold(0.0, f64::max))
 }

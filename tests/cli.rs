@@ -456,7 +456,7 @@ fn export_tiny(dir: &Path) -> std::path::PathBuf {
 }
 
 /// `bench infer --tract-ops` times tract's plan node by node: every PRelu of the tiny net runs
-/// as one operation (src/onnx/prelu.rs), and the table rides along with the throughputs.
+/// as one operation (src/tract/prelu.rs), and the table rides along with the throughputs.
 #[test]
 fn bench_infer_shows_where_tracts_time_goes() {
     let dir = tempfile::tempdir().unwrap();
@@ -491,7 +491,7 @@ fn bench_infer_shows_where_tracts_time_goes() {
             .and_then(|t| t["nodes"].as_u64())
     };
     // The stem's and one per unit, less those taken into a Winograd convolution (the tiny
-    // net's two: src/onnx/winograd/fusion.rs); no comparison-and-select expansion left.
+    // net's two: src/tract/winograd/fusion.rs); no comparison-and-select expansion left.
     assert_eq!(nodes("PRelu"), Some(3), "{ops:?}");
     assert_eq!(nodes("WinogradOutput"), Some(2), "{ops:?}");
     assert_eq!((nodes("Iff"), nodes("GT")), (None, None), "{ops:?}");

@@ -38,7 +38,7 @@ struct NoBatchNorm {
     fc: Linear,
 }
 
-/// The backbone and this rank's centres, stepped by one SGD as training steps a `Trainee`.
+/// The backbone and this rank's centres, stepped by one SGD as training steps a `BackboneAndHead`.
 #[derive(Module, Debug)]
 struct Whole {
     backbone: NoBatchNorm,
@@ -1001,7 +1001,7 @@ fn benches_report_the_group() {
     // The ring sends 2(n−1)/n = 1 gradient's bytes at n = 2; the backbone's trainable
     // parameters are those `summary` counts less the head's.
     let summary = run_ok(
-        &mut arcface(&["summary", "--config", "configs/tiny.toml", "--json"])
+        arcface(&["summary", "--config", "configs/tiny.toml", "--json"])
             .current_dir(common::root()),
     );
     let s: serde_json::Value =

@@ -9,7 +9,6 @@ use arcface::data::synth::{SynthConfig, generate};
 use arcface::embedder::Embedder;
 use arcface::eval::embed::evaluate;
 use arcface::eval::verify::raw_pixel_verification;
-use arcface::model::backbone_config;
 use arcface::train::{TrainOptions, train};
 use burn::module::Module;
 use burn::tensor::Device;
@@ -39,7 +38,7 @@ fn a_few_minutes_of_training_beat_the_untrained_network_by_far() {
 
     let set = PairSet::read(&data.path().join("synth_val.bin")).unwrap();
     device.seed(config.seed);
-    let untrained = Embedder::burn(backbone_config(&config).init(&device).valid(), &device);
+    let untrained = Embedder::burn(config.backbone().init(&device).valid(), &device);
     let before = evaluate(&untrained, &set, "synth_val", 64)
         .unwrap()
         .accuracy;

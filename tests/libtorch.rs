@@ -10,7 +10,7 @@ mod common;
 
 use arcface::checkpoint::named_tensors;
 use arcface::model::memory_format::{channels_last, conv_weight};
-use arcface::model::{Backbone, IResNetConfig, MarginSoftmaxConfig, Precision, Trainee};
+use arcface::model::{Backbone, BackboneAndHead, IResNetConfig, MarginSoftmaxConfig, Precision};
 use burn::module::Module;
 use burn::optim::GradientsParams;
 use burn::tensor::{DType, Device, Distribution, FloatDType, Int, Tensor, TensorData};
@@ -34,8 +34,8 @@ fn iresnet(backbone: Backbone) -> arcface::model::IResNet {
 }
 
 /// A tiny LResNet-E-IR (one unit per stage) with an ArcFace head of 10 classes.
-fn small_model(device: &Device) -> Trainee {
-    Trainee {
+fn small_model(device: &Device) -> BackboneAndHead {
+    BackboneAndHead {
         backbone: IResNetConfig::new([1, 1, 1, 1], [8, 16, 32, 64])
             .with_embedding_size(32)
             .with_dropout(0.0)
@@ -51,7 +51,7 @@ fn small_model(device: &Device) -> Trainee {
 /// `device` from the weights and inputs given as host data; and the BatchNorm running
 /// statistics that forward left.
 fn gradients_of(
-    make: fn(&Device) -> Trainee,
+    make: fn(&Device) -> BackboneAndHead,
     device: &Device,
     weights: &std::collections::BTreeMap<String, TensorData>,
     images: &TensorData,
@@ -183,14 +183,14 @@ fn gradients(
 }
 
 /// arcface_torch's MobileFaceNet (`mbf`) at 32-d with an ArcFace head of 10 classes.
-fn small_mbf(device: &Device) -> Trainee {
+fn small_mbf(device: &Device) -> BackboneAndHead {
     let config = arcface::config::Config {
         network: arcface::model::Network::Mbf,
         embedding_size: 32,
         scale: 16.0,
         ..Default::default()
     };
-    Trainee::init(&config, 10, 0..10, device)
+    config.init_model(10, 0..10, device)
 }
 
 /// PyTorch's gradients of the small MobileFaceNet's loss (tests/reference/arcface_torch.py,
@@ -201,7 +201,7 @@ fn pytorch_mbf_gradients(
     images: &TensorData,
     labels: &TensorData,
 ) -> (Flat64, Flat64) {
-    use arcface::arcface_torch::{Family, torch_layout};
+    use arcface::interop::arcface_torch::{Family, torch_layout};
     use arcface::model::layers::{BN_EPS, INPUT_SCALE};
     let dir = tempfile::tempdir().unwrap();
     let backbone: Named = weights
@@ -676,8 +676,10 @@ fn libtorch_inference_equals_the_cpu_backends() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("small.onnx");
     let model = arcface::checkpoint::load_named(small_model(&flex).backbone, "", &weights).unwrap();
-    let proto = arcface::onnx::backbone_to_onnx(&model, arcface::onnx::Batch::Dynamic).unwrap();
-    arcface::onnx::export::write(&proto, &file).unwrap();
+    let proto =
+        arcface::interop::onnx::backbone_to_onnx(&model, arcface::interop::onnx::Batch::Dynamic)
+            .unwrap();
+    arcface::interop::onnx::export::write(&proto, &file).unwrap();
     for (device_name, device, slack) in libtorch_devices() {
         let options = arcface::embedder::BurnOptions::default();
         let embedder =
@@ -713,7 +715,7 @@ impl Drop for OneDnnOff {
 
 /// Σ over parameters of sum(w ⊙ c) with fixed random c per parameter and `round`: its gradient
 /// is exactly c on any backend, so two optimizers can be fed identical gradients.
-fn linear_loss(model: &Trainee, round: u64) -> Tensor<1> {
+fn linear_loss(model: &BackboneAndHead, round: u64) -> Tensor<1> {
     struct Sum {
         round: u64,
         index: u64,

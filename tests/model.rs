@@ -6,7 +6,7 @@ mod common;
 use arcface::config::Config;
 use arcface::model::summary::{count_params, summarize};
 use arcface::model::{
-    Architecture, Backbone, IResNetConfig, MarginSoftmaxConfig, Network, Precision, backbone_config,
+    Architecture, Backbone, IResNetConfig, MarginSoftmaxConfig, Network, Precision,
 };
 use burn::module::Module;
 use burn::optim::momentum::MomentumConfig;
@@ -27,7 +27,7 @@ fn built(network: Network, device: &Device) -> Backbone {
         network,
         ..Config::default()
     };
-    backbone_config(&config).init(device)
+    config.backbone().init(device)
 }
 
 fn images(batch: usize, device: &Device) -> Tensor<4> {

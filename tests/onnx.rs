@@ -14,9 +14,10 @@ use serde_json::json;
 use arcface::checkpoint::{load_named, named_tensors};
 use arcface::config::Config;
 use arcface::embedder::{Embedder, IMAGE_VALUES};
+use arcface::interop::onnx::{self, Batch, InputConvention};
 use arcface::model::summary::count_params;
-use arcface::model::{Backbone, Network, backbone_config};
-use arcface::onnx::{self, Batch, ConvAlgorithm, InputConvention, OnnxEmbedder};
+use arcface::model::{Backbone, Network};
+use arcface::tract::{ConvAlgorithm, OnnxEmbedder};
 use common::{arcface, read_f32, run_reference, write_f32};
 
 /// A deterministic stream in [0, 1).
@@ -49,7 +50,7 @@ fn randomized(network: Network, embedding_size: usize, seed: u64) -> Backbone {
     };
     let device = Device::flex();
     device.seed(seed);
-    let model = backbone_config(&config).init(&device);
+    let model = config.backbone().init(&device);
     let mut u = uniform(seed);
     let tensors: BTreeMap<String, TensorData> = named_tensors(&model, "")
         .into_iter()
@@ -168,7 +169,7 @@ fn check_export(network: Network, embedding_size: usize) {
     // im2col everywhere.
     let tract = OnnxEmbedder::load(&file).unwrap();
     // Every 3×3 stride-1 convolution with 7×7 outputs or more: F(4×4) from 28×28 up, F(2×2)
-    // at 14×14 (src/onnx/winograd/mod.rs, tile_edge); the BatchNorm before and the PReLU after
+    // at 14×14 (src/tract/winograd/mod.rs, tile_edge); the BatchNorm before and the PReLU after
     // each unit's first convolution taken in, but in the 7×7 stage (fusion.rs).
     let (f4x4, f2x2, unit_convs) = match network {
         Network::R18 => (7, 3, 7),
@@ -216,7 +217,7 @@ fn r100_export_passes_the_checker_and_runs_equal_in_onnxruntime_tract_and_burn()
 /// worker waiting in that join that picked up another caller's image re-entered it and aborted
 /// the process ("RefCell already borrowed", seen in CI when two tests embedded at once; this
 /// test did so 3 times in 3). The spread mode now has a pool of its own, for one caller at a
-/// time (src/onnx/run.rs).
+/// time (src/tract/run.rs).
 #[test]
 fn callers_embedding_at_once_get_what_each_gets_alone() {
     let dir = tempfile::tempdir().unwrap();
@@ -231,8 +232,8 @@ fn callers_embedding_at_once_get_what_each_gets_alone() {
     let threads = rayon::current_num_threads();
     let one = random_images(1, 3);
     let batch = random_images(threads.max(2), 4);
-    assert!(onnx::spreads_each_image(1) || threads == 1);
-    assert!(!onnx::spreads_each_image(threads.max(2)));
+    assert!(arcface::tract::spreads_each_image(1) || threads == 1);
+    assert!(!arcface::tract::spreads_each_image(threads.max(2)));
     let (one_alone, batch_alone) = (tract.embed(&one).unwrap(), tract.embed(&batch).unwrap());
     std::thread::scope(|scope| {
         let callers = [
@@ -405,7 +406,7 @@ fn import_export_import_round_trip_is_exact() {
     let dir = tempfile::tempdir().unwrap();
     let model = randomized(Network::Tiny, 128, 3);
     let first = onnx::backbone_to_onnx(&model, Batch::Fixed(2)).unwrap();
-    let (_, dims) = onnx::load::data_input(first.graph.as_ref().unwrap()).unwrap();
+    let (_, dims) = onnx::signature::data_input(first.graph.as_ref().unwrap()).unwrap();
     assert_eq!(
         dims,
         [Some(2), Some(3), Some(112), Some(112)],

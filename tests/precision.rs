@@ -113,7 +113,7 @@ fn bf16_gradients_follow_fp32() {
     let _turn = common::serial();
     let device = Device::flex().autodiff();
     device.seed(11);
-    let model = arcface::model::Trainee {
+    let model = arcface::model::BackboneAndHead {
         backbone: arcface::model::IResNetConfig::new([1, 1, 1, 1], [8, 16, 32, 64])
             .with_embedding_size(32)
             .with_dropout(0.0)

@@ -13,9 +13,11 @@ use crate::data::loader::{Cursor, Loader, LoaderConfig};
 pub mod dist;
 mod gpu_memory;
 mod head;
+mod references;
 mod train;
 
 pub use head::{HeadBenchOptions, HeadThroughput, head};
+pub use references::{TorchHead, onnxruntime, pytorch_head};
 pub use train::{TrainBenchOptions, TrainThroughput, train};
 
 #[derive(Debug, Serialize)]
@@ -38,15 +40,14 @@ pub struct DecodeThroughput {
 /// The two JPEG decoders on the same records, one thread, each record decoded `rounds` times:
 /// the `image` crate's (training batches) and libjpeg-turbo's (validation, eval, photos).
 pub fn decoders(dir: &Path, records: usize, rounds: usize) -> Result<Vec<DecodeThroughput>> {
-    use crate::data::image::{decode_face, decode_face_exact};
+    use crate::data::image::{DecodeError, decode_face, decode_face_exact};
     let dataset = RecDataset::open(dir)?;
     let n = records.min(dataset.len());
     let samples = (0..n)
         .map(|i| dataset.sample(i).map(|s| s.image))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        .collect::<Result<Vec<_>, _>>()?;
     let mut out = Vec::new();
-    type Decode = fn(&[u8]) -> Result<image::RgbImage, String>;
+    type Decode = fn(&[u8]) -> Result<image::RgbImage, DecodeError>;
     for (decoder, decode) in [
         ("image crate (training)", decode_face as Decode),
         (
@@ -57,7 +58,7 @@ pub fn decoders(dir: &Path, records: usize, rounds: usize) -> Result<Vec<DecodeT
         let start = Instant::now();
         for _ in 0..rounds {
             for bytes in &samples {
-                decode(bytes).map_err(anyhow::Error::msg)?;
+                decode(bytes)?;
             }
         }
         let images = n * rounds;
@@ -89,8 +90,7 @@ pub fn data(dir: &Path, threads: usize, batches: usize) -> Result<Vec<DataThroug
             world: 1,
             flip: true,
         };
-        let loader =
-            Loader::new(dataset.clone(), config, Cursor::default()).map_err(anyhow::Error::msg)?;
+        let loader = Loader::new(dataset.clone(), config, Cursor::default())?;
         loader.next_batch()?;
         let start = Instant::now();
         let mut images = 0;
@@ -228,4 +228,45 @@ pub fn infer_resident(
     }
     let seconds = start.elapsed().as_secs_f64();
     Ok(InferThroughput::new(engine, batch, done, seconds))
+}
+
+/// MTCNN detection and alignment of one photo's faces, timed.
+#[derive(Debug, Serialize)]
+pub struct DetectionThroughput {
+    pub photo: std::path::PathBuf,
+    pub width: u32,
+    pub height: u32,
+    pub faces: usize,
+    pub runs: usize,
+    pub ms_per_photo: f64,
+}
+
+/// Detection + alignment of every face of `photo` with the MTCNN weights in `mtcnn`, repeated
+/// for at least `seconds` (and twice).
+pub fn detection(photo: &Path, mtcnn: &Path, seconds: f64) -> Result<DetectionThroughput> {
+    use crate::infer::{Mtcnn, MtcnnConfig, align_face, read_image};
+    let image = read_image(photo)?;
+    let detector = Mtcnn::load(mtcnn, MtcnnConfig::default())?;
+    let once = || -> Result<usize> {
+        let faces = detector.detect(&image)?;
+        Ok(faces
+            .iter()
+            .filter_map(|f| align_face(&image, &f.landmarks))
+            .count())
+    };
+    let faces = once()?;
+    let start = Instant::now();
+    let mut runs = 0;
+    while runs < 2 || start.elapsed().as_secs_f64() < seconds {
+        once()?;
+        runs += 1;
+    }
+    Ok(DetectionThroughput {
+        photo: photo.to_path_buf(),
+        width: image.width(),
+        height: image.height(),
+        faces,
+        runs,
+        ms_per_photo: start.elapsed().as_secs_f64() * 1e3 / runs as f64,
+    })
 }

@@ -13,7 +13,7 @@ use crate::config::Config;
 use crate::device::DeviceSpec;
 use crate::distributed::Group;
 use crate::model::memory_format::channels_last;
-use crate::model::{BackboneConfig, Precision, Trainee, backbone_config, head_config};
+use crate::model::{BackboneAndHead, BackboneConfig, Precision};
 use crate::train::partial_fc::{PartialFc, wire_bytes};
 use crate::train::sgd::{Sgd, SgdSettings};
 use crate::train::step::{PartTimes, gradients};
@@ -124,10 +124,10 @@ impl Bench {
     /// part waited for and timed, the optimizer into `optimizer`.
     fn step(
         &mut self,
-        model: Trainee,
+        model: BackboneAndHead,
         step: usize,
         times: Option<(&mut PartTimes, &mut f64)>,
-    ) -> Result<(Trainee, f64)> {
+    ) -> Result<(BackboneAndHead, f64)> {
         let (images, labels) = &self.inputs[step % INPUT_SETS];
         let (parts, optimizer) = match times {
             Some((p, o)) => (Some(p), Some(o)),
@@ -153,9 +153,96 @@ impl Bench {
     }
 }
 
+/// Parameter counts of the benchmarked model.
+struct Counts {
+    parameters: usize,
+    trainable: usize,
+    head: usize,
+}
+
+impl Bench {
+    /// The model as `BackboneAndHead::init` starts it, with the widths of `options` where
+    /// given, rank 0's backbone broadcast, and `INPUT_SETS` random batches.
+    fn new(
+        config: &Config,
+        num_classes: usize,
+        device: &Device,
+        group: Group,
+        options: &TrainBenchOptions,
+    ) -> Result<(Bench, BackboneAndHead, Counts)> {
+        let train_device = device.clone().autodiff();
+        let mut backbone = config.backbone();
+        if let Some(widths) = options.widths {
+            match &mut backbone {
+                BackboneConfig::IResNet(c) => c.widths = widths,
+                BackboneConfig::MobileFaceNet(_) => {
+                    bail!(
+                        "--widths sets an iresnet's stage widths; {} is a MobileFaceNet",
+                        config.network
+                    )
+                }
+            }
+        }
+        let head = PartialFc::for_rank(config, num_classes, &group);
+        let range = head.classes;
+        let model = BackboneAndHead {
+            head: config.head(num_classes).init_rows(
+                range.start,
+                range.len,
+                config.seed,
+                &train_device,
+            ),
+            backbone: backbone.init(&train_device),
+        };
+        group.broadcast_module(&model.backbone)?;
+        let counts = Counts {
+            parameters: crate::model::summary::count_params(&model).0,
+            trainable: crate::model::summary::count_params(&model.backbone).1,
+            head: crate::model::summary::count_params(&model.head).0,
+        };
+        let b = config.batch_size;
+        let rank = group.rank();
+        let inputs = (0..INPUT_SETS)
+            .map(|set| {
+                let d = &train_device;
+                let images =
+                    Tensor::<4>::random([b, 3, 112, 112], Distribution::Uniform(0.0, 255.0), d);
+                // Once, as PyTorch's anchor converts its inputs once.
+                let images = channels_last(images, config.channels_last);
+                let labels: Vec<u32> = (0..b)
+                    .map(|i| (spread(set, rank, i) % num_classes as u64) as u32)
+                    .collect();
+                (images, labels)
+            })
+            .collect();
+        let bench = Bench {
+            device: device.clone(),
+            group,
+            head,
+            sgd: Sgd::new(SgdSettings {
+                momentum: config.momentum,
+                weight_decay: config.weight_decay,
+                no_decay_on_norm_and_prelu: false,
+            }),
+            inputs,
+            precision: config.precision,
+        };
+        Ok((bench, model, counts))
+    }
+}
+
+/// Peak GPU memory over the timed steps: nvidia-smi's sampling and libtorch's allocator.
+struct GpuPeaks {
+    sampled_mib: Option<f64>,
+    allocated_mib: Option<f64>,
+    reserved_mib: Option<f64>,
+}
+
 /// Training steps on random input tensors as one rank of `group` on `device`: `warmup` untimed
 /// steps, `steps` steps back to back for the step time, then `steps` more with a wait after
 /// each part for forward, backward, all-reduce and optimizer apart.
+// Long because it is the benchmark's script, phase after phase as a reader checks it against
+// PyTorch's anchor (warm-up, back-to-back steps, memory peaks, parts, profile).
 pub fn train(
     config: &Config,
     num_classes: usize,
@@ -166,63 +253,7 @@ pub fn train(
     options: &TrainBenchOptions,
 ) -> Result<TrainThroughput> {
     crate::device::set_cudnn_benchmark(config.cudnn_benchmark);
-    let train_device = device.clone().autodiff();
-    // `Trainee::init`, with the widths of `options` where given.
-    let mut backbone = backbone_config(config);
-    if let Some(widths) = options.widths {
-        match &mut backbone {
-            BackboneConfig::IResNet(c) => c.widths = widths,
-            BackboneConfig::MobileFaceNet(_) => {
-                bail!(
-                    "--widths sets an iresnet's stage widths; {} is a MobileFaceNet",
-                    config.network
-                )
-            }
-        }
-    }
-    let head = PartialFc::for_rank(config, num_classes, &group);
-    let range = head.classes;
-    let mut model = Trainee {
-        head: head_config(config, num_classes).init_rows(
-            range.start,
-            range.len,
-            config.seed,
-            &train_device,
-        ),
-        backbone: backbone.init(&train_device),
-    };
-    group.broadcast_module(&model.backbone)?;
-    let (parameters, _) = crate::model::summary::count_params(&model);
-    let trainable = crate::model::summary::count_params(&model.backbone).1;
-    let head_parameters = crate::model::summary::count_params(&model.head).0;
-    let b = config.batch_size;
-    let rank = group.rank();
-    let inputs = (0..INPUT_SETS)
-        .map(|set| {
-            let d = &train_device;
-            let images =
-                Tensor::<4>::random([b, 3, 112, 112], Distribution::Uniform(0.0, 255.0), d);
-            // Once, as PyTorch's anchor converts its inputs once.
-            let images = channels_last(images, config.channels_last);
-            let labels: Vec<u32> = (0..b)
-                .map(|i| (spread(set, rank, i) % num_classes as u64) as u32)
-                .collect();
-            (images, labels)
-        })
-        .collect();
-    let world = group.world();
-    let mut bench = Bench {
-        device: device.clone(),
-        group,
-        head,
-        sgd: Sgd::new(SgdSettings {
-            momentum: config.momentum,
-            weight_decay: config.weight_decay,
-            no_decay_on_norm_and_prelu: false,
-        }),
-        inputs,
-        precision: config.precision,
-    };
+    let (mut bench, mut model, counts) = Bench::new(config, num_classes, device, group, options)?;
     let steps = steps.max(1);
     let mut step = 0;
     for _ in 0..options.warmup {
@@ -266,8 +297,11 @@ pub fn train(
             .0;
         step += 1;
     }
-    let peak_gpu_mib = sampler.and_then(GpuMemorySampler::stop);
-
+    let gpu = GpuPeaks {
+        sampled_mib: sampler.and_then(GpuMemorySampler::stop),
+        allocated_mib: largest(|p| p.0),
+        reserved_mib: largest(|p| p.1),
+    };
     let profile = match &options.profile {
         Some(trace) => {
             // The profiled steps' model is not needed after them.
@@ -286,12 +320,69 @@ pub fn train(
     };
     bench.group.barrier("end of the benchmark")?;
     bench.group.finish();
-
     let ms = |seconds: f64| seconds / steps as f64 * 1e3;
-    Ok(TrainThroughput {
+    let times = [
+        ms(parts.forward),
+        ms(parts.head),
+        ms(parts.head_collectives),
+        ms(parts.backward),
+        ms(parts.all_reduce),
+        ms(optimizer),
+    ];
+    let measured = Measured {
+        steps,
+        step_ms,
+        times,
+        loss,
+        gpu,
+        profile,
+    };
+    Ok(throughput(
+        config,
+        num_classes,
+        spec,
+        &bench,
+        &counts,
+        options,
+        measured,
+    ))
+}
+
+/// What the timed steps measured.
+struct Measured {
+    steps: usize,
+    step_ms: f64,
+    /// Forward, head, head collectives, backward, all-reduce and optimizer, ms per step.
+    times: [f64; 6],
+    loss: f64,
+    gpu: GpuPeaks,
+    profile: Option<PathBuf>,
+}
+
+/// The report: what was measured, with what it was measured on.
+fn throughput(
+    config: &Config,
+    num_classes: usize,
+    spec: &DeviceSpec,
+    bench: &Bench,
+    counts: &Counts,
+    options: &TrainBenchOptions,
+    m: Measured,
+) -> TrainThroughput {
+    let world = bench.group.world();
+    let b = config.batch_size;
+    let [
+        forward_ms,
+        head_ms,
+        head_collectives_ms,
+        backward_ms,
+        all_reduce_ms,
+        optimizer_ms,
+    ] = m.times;
+    TrainThroughput {
         network: config.network.name().to_string(),
         widths: options.widths,
-        parameters,
+        parameters: counts.parameters,
         precision: config.precision.to_string(),
         channels_last: config.channels_last,
         device: match spec {
@@ -303,27 +394,30 @@ pub fn train(
         batch_size: b,
         num_classes,
         warmup_steps: options.warmup,
-        steps,
-        step_ms,
-        images_per_second: (b * world) as f64 / step_ms * 1e3,
-        forward_ms: ms(parts.forward),
-        head_ms: ms(parts.head),
-        head_collectives_ms: ms(parts.head_collectives),
-        backward_ms: ms(parts.backward),
-        all_reduce_ms: ms(parts.all_reduce),
-        optimizer_ms: ms(optimizer),
+        steps: m.steps,
+        step_ms: m.step_ms,
+        images_per_second: (b * world) as f64 / m.step_ms * 1e3,
+        forward_ms,
+        head_ms,
+        head_collectives_ms,
+        backward_ms,
+        all_reduce_ms,
+        optimizer_ms,
         sample_rate: config.sample_rate,
-        head_bytes_per_rank: 3 * 4 * head_parameters as u64,
-        all_reduce_bytes_per_rank: crate::distributed::ring_bytes(4 * trainable as u64, world),
+        head_bytes_per_rank: 3 * 4 * counts.head as u64,
+        all_reduce_bytes_per_rank: crate::distributed::ring_bytes(
+            4 * counts.trainable as u64,
+            world,
+        ),
         head_bytes_sent_per_rank: wire_bytes(world, b, config.embedding_size),
-        loss,
+        loss: m.loss,
         peak_host_mib: peak_host_mib(),
-        peak_gpu_mib,
-        peak_allocated_mib: largest(|p| p.0),
-        peak_reserved_mib: largest(|p| p.1),
+        peak_gpu_mib: m.gpu.sampled_mib,
+        peak_allocated_mib: m.gpu.allocated_mib,
+        peak_reserved_mib: m.gpu.reserved_mib,
         libtorch_fused_kernels: crate::device::libtorch_fused_kernels(),
-        profile,
-    })
+        profile: m.profile,
+    }
 }
 
 /// Labels spread over the classes (a multiplicative hash), different per set, rank and row.

@@ -14,14 +14,17 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
-use burn::tensor::{Tensor, TensorData};
+use burn::module::Module;
+use burn::tensor::TensorData;
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
 use crate::data::loader::Cursor;
 
+mod named;
 pub mod shards;
+
+pub use named::{TensorMismatch, load_named, named_tensors};
 
 const MAGIC: &[u8; 8] = b"ARCFCKPT";
 const VERSION: u32 = 1;
@@ -113,82 +116,6 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
     }
 }
 
-/// All float tensors of a module (parameters and BatchNorm statistics) by path.
-pub fn named_tensors<M: Module>(module: &M, prefix: &str) -> BTreeMap<String, TensorData> {
-    struct Collect<'a> {
-        prefix: &'a str,
-        path: Vec<String>,
-        out: BTreeMap<String, TensorData>,
-    }
-    impl ModuleVisitor for Collect<'_> {
-        crate::module_path::track_module_path!();
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            let name = format!("{}{}", self.prefix, self.path.join("."));
-            self.out
-                .insert(name, param.val().to_data().convert::<f32>());
-        }
-    }
-    let mut c = Collect {
-        prefix,
-        path: Vec::new(),
-        out: BTreeMap::new(),
-    };
-    module.visit(&mut c);
-    c.out
-}
-
-/// Replaces every float tensor of `module` by the one stored under its path; a missing name
-/// or a shape that differs is an error naming the tensor.
-pub fn load_named<M: Module>(
-    module: M,
-    prefix: &str,
-    tensors: &BTreeMap<String, TensorData>,
-) -> Result<M, String> {
-    struct Load<'a> {
-        prefix: &'a str,
-        path: Vec<String>,
-        tensors: &'a BTreeMap<String, TensorData>,
-        errors: Vec<String>,
-    }
-    impl ModuleMapper for Load<'_> {
-        crate::module_path::track_module_path!();
-        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-            let name = format!("{}{}", self.prefix, self.path.join("."));
-            let (id, tensor, mapper) = param.consume();
-            let Some(data) = self.tensors.get(&name) else {
-                self.errors.push(format!("tensor `{name}` is missing"));
-                return Param::from_mapped_value(id, tensor, mapper);
-            };
-            if data.shape().as_slice() != tensor.shape().as_slice() {
-                self.errors.push(format!(
-                    "tensor `{name}` has shape {:?}, the model needs {:?}",
-                    data.shape().as_slice(),
-                    tensor.shape().as_slice()
-                ));
-                return Param::from_mapped_value(id, tensor, mapper);
-            }
-            let require_grad = tensor.is_require_grad();
-            let mut loaded = Tensor::<D>::from_data(data.clone(), &tensor.device());
-            if require_grad {
-                loaded = loaded.require_grad();
-            }
-            Param::from_mapped_value(id, loaded, mapper)
-        }
-    }
-    let mut l = Load {
-        prefix,
-        path: Vec::new(),
-        tensors,
-        errors: Vec::new(),
-    };
-    let module = module.map(&mut l);
-    if l.errors.is_empty() {
-        Ok(module)
-    } else {
-        Err(l.errors.join("; "))
-    }
-}
-
 impl Checkpoint {
     /// Writes atomically (`crate::fs::write_atomically`): a kill at any moment leaves the
     /// previous file at `path`, or none. Returns the file's CRC-32 (its last four bytes).
@@ -233,54 +160,47 @@ impl Checkpoint {
     /// The header alone (no CRC check: that needs the whole file, [`Checkpoint::load`]).
     pub fn read_meta(path: &Path) -> Result<Meta, CheckpointError> {
         use std::io::Read;
-        let damaged = |message: String| CheckpointError::Damaged {
-            path: path.to_path_buf(),
-            message,
-        };
+        let damaged = |message: &str| damaged(path, message);
         let mut file = std::fs::File::open(path).map_err(io_err(path))?;
         let mut start = [0u8; 20];
         file.read_exact(&mut start)
-            .map_err(|_| damaged("not an arcface checkpoint (too short)".into()))?;
-        let header_len = header_length(&start).map_err(damaged)?;
+            .map_err(|_| damaged("not an arcface checkpoint (too short)"))?;
+        let header_len = header_length(&start, path)?;
         let file_len = file.metadata().map_err(io_err(path))?.len();
         if header_len as u64 > file_len {
-            return Err(damaged("header runs past the end".into()));
+            return Err(damaged("header runs past the end"));
         }
         let mut header = vec![0u8; header_len];
         file.read_exact(&mut header)
-            .map_err(|_| damaged("header runs past the end".into()))?;
-        parse_header(&header).map_err(damaged)
+            .map_err(|_| damaged("header runs past the end"))?;
+        parse_header(&header, path)
     }
 
     pub fn load(path: &Path) -> Result<Checkpoint, CheckpointError> {
         let bytes = std::fs::read(path).map_err(io_err(path))?;
-        let damaged = |message: String| CheckpointError::Damaged {
-            path: path.to_path_buf(),
-            message,
-        };
+        let damaged = |message: &str| damaged(path, message);
         if bytes.len() < 24 || &bytes[..8] != MAGIC {
-            return Err(damaged("not an arcface checkpoint (wrong magic)".into()));
+            return Err(damaged("not an arcface checkpoint (wrong magic)"));
         }
         let (body, crc) = bytes.split_at(bytes.len() - 4);
         let crc = u32::from_le_bytes(crc.try_into().unwrap());
         if crc32fast::hash(body) != crc {
             return Err(damaged(
-                "checksum mismatch: the file is damaged or truncated; use an earlier checkpoint"
-                    .into(),
+                "checksum mismatch: the file is damaged or truncated; use an earlier checkpoint",
             ));
         }
-        let header_len = header_length(&body[..20]).map_err(damaged)?;
+        let header_len = header_length(&body[..20], path)?;
         let header = body
             .get(20..20 + header_len)
-            .ok_or_else(|| damaged("header runs past the end".into()))?;
-        let meta = parse_header(header).map_err(damaged)?;
+            .ok_or_else(|| damaged("header runs past the end"))?;
+        let meta = parse_header(header, path)?;
         let mut pos = 20 + header_len;
         let mut tensors = BTreeMap::new();
         for entry in &meta.tensors {
             let n: usize = entry.shape.iter().product();
             let raw = body
                 .get(pos..pos + 4 * n)
-                .ok_or_else(|| damaged(format!("tensor `{}` runs past the end", entry.name)))?;
+                .ok_or_else(|| damaged(&format!("tensor `{}` runs past the end", entry.name)))?;
             let values: Vec<f32> = raw
                 .chunks_exact(4)
                 .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
@@ -304,26 +224,35 @@ impl Checkpoint {
     }
 }
 
-/// The header's length from a file's first 20 bytes (magic, format version, length).
-fn header_length(start: &[u8]) -> Result<usize, String> {
+fn damaged(path: &Path, message: &str) -> CheckpointError {
+    CheckpointError::Damaged {
+        path: path.to_path_buf(),
+        message: message.to_string(),
+    }
+}
+
+/// The header's length from the first 20 bytes of the file `path` (magic, format version,
+/// length).
+fn header_length(start: &[u8], path: &Path) -> Result<usize, CheckpointError> {
     if &start[..8] != MAGIC {
-        return Err("not an arcface checkpoint (wrong magic)".into());
+        return Err(damaged(path, "not an arcface checkpoint (wrong magic)"));
     }
     let version = u32::from_le_bytes(start[8..12].try_into().unwrap());
     if version != VERSION {
-        return Err(format!(
-            "checkpoint format version {version}, this build reads {VERSION}"
+        return Err(damaged(
+            path,
+            &format!("checkpoint format version {version}, this build reads {VERSION}"),
         ));
     }
     Ok(u64::from_le_bytes(start[12..20].try_into().unwrap()) as usize)
 }
 
-/// The JSON header, older layouts migrated.
-fn parse_header(header: &[u8]) -> Result<Meta, String> {
-    let mut header: serde_json::Value =
-        serde_json::from_slice(header).map_err(|e| format!("bad header: {e}"))?;
+/// The JSON header of the file `path`, older layouts migrated.
+fn parse_header(header: &[u8], path: &Path) -> Result<Meta, CheckpointError> {
+    let bad = |e: serde_json::Error| damaged(path, &format!("bad header: {e}"));
+    let mut header: serde_json::Value = serde_json::from_slice(header).map_err(bad)?;
     migrate_cursor(&mut header);
-    serde_json::from_value(header).map_err(|e| format!("bad header: {e}"))
+    serde_json::from_value(header).map_err(bad)
 }
 
 /// Copies a written checkpoint to `to`, atomically as [`Checkpoint::save`] writes.
@@ -418,7 +347,7 @@ pub fn load_backbone(
     }
     let path = path.as_path();
     let ckpt = Checkpoint::load(path)?;
-    let model = crate::model::backbone_config(&ckpt.meta.config).init(device);
+    let model = ckpt.meta.config.backbone().init(device);
     let model = load_named(model, "backbone.", &ckpt.tensors)
         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     Ok((model.valid(), ckpt.meta))

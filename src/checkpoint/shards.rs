@@ -113,6 +113,13 @@ fn load_shard(
     Ok(c)
 }
 
+fn mismatch(path: &Path, message: String) -> CheckpointError {
+    CheckpointError::Mismatch {
+        path: path.to_path_buf(),
+        message,
+    }
+}
+
 /// The head's rows `start..start + len` of checkpoint `ckpt` (read from `path`) as
 /// ([len, E] weight, [len · E] momentum if it had one): from the file itself when the head is
 /// inside, else from the overlapping shards, each checked against the manifest.
@@ -122,10 +129,6 @@ pub fn head_rows(
     start: usize,
     len: usize,
 ) -> Result<(TensorData, Option<TensorData>), CheckpointError> {
-    let mismatch = |path: &Path, message: String| CheckpointError::Mismatch {
-        path: path.to_path_buf(),
-        message,
-    };
     let classes = ckpt.meta.num_classes;
     if start + len > classes {
         return Err(mismatch(
@@ -136,58 +139,14 @@ pub fn head_rows(
             ),
         ));
     }
-    let mut weight = Vec::new();
-    let mut momentum = Vec::new();
-    let mut has_momentum = true;
-    let mut width = None;
-    let mut take = |file: &Path,
-                    c: &Checkpoint,
-                    first: usize,
-                    rows: usize,
-                    from: usize,
-                    to: usize|
-     -> Result<(), CheckpointError> {
-        let w = c
-            .tensors
-            .get(WEIGHT)
-            .ok_or_else(|| mismatch(file, format!("tensor `{WEIGHT}` is missing")))?;
-        let shape = w.shape().to_vec();
-        if shape.len() != 2 || shape[0] != rows {
-            return Err(mismatch(
-                file,
-                format!("`{WEIGHT}` has shape {shape:?}, the manifest says {rows} rows"),
-            ));
-        }
-        let e = shape[1];
-        if *width.get_or_insert(e) != e {
-            return Err(mismatch(
-                file,
-                format!("`{WEIGHT}` is {e} wide, other shards not"),
-            ));
-        }
-        let values = w.as_slice::<f32>().expect("checkpoints hold f32");
-        weight.extend_from_slice(&values[(from - first) * e..(to - first) * e]);
-        match c.tensors.get(MOMENTUM) {
-            Some(m) => {
-                let m = m.as_slice::<f32>().expect("checkpoints hold f32");
-                if m.len() != rows * e {
-                    return Err(mismatch(
-                        file,
-                        format!(
-                            "`{MOMENTUM}` has {} values, the weight {}",
-                            m.len(),
-                            rows * e
-                        ),
-                    ));
-                }
-                momentum.extend_from_slice(&m[(from - first) * e..(to - first) * e]);
-            }
-            None => has_momentum = false,
-        }
-        Ok(())
+    let mut rows = Rows {
+        weight: Vec::new(),
+        momentum: Vec::new(),
+        has_momentum: true,
+        width: None,
     };
     if ckpt.meta.head_shards.is_empty() {
-        take(path, ckpt, 0, classes, start, start + len)?;
+        rows.take(path, ckpt, 0..classes, start..start + len)?;
     } else {
         let mut covered = 0;
         for shard in &ckpt.meta.head_shards {
@@ -201,7 +160,7 @@ pub fn head_rows(
             }
             let file = path.parent().unwrap_or(Path::new(".")).join(&shard.file);
             let c = load_shard(path, ckpt, shard)?;
-            take(&file, &c, shard.start, shard.len, from, to)?;
+            rows.take(&file, &c, shard.start..shard.start + shard.len, from..to)?;
         }
         if covered != classes {
             return Err(mismatch(
@@ -210,9 +169,73 @@ pub fn head_rows(
             ));
         }
     }
-    let e = width.unwrap_or(0);
-    let momentum = has_momentum.then(|| TensorData::new(momentum, [len * e]));
-    Ok((TensorData::new(weight, [len, e]), momentum))
+    let e = rows.width.unwrap_or(0);
+    let momentum = rows
+        .has_momentum
+        .then(|| TensorData::new(rows.momentum, [len * e]));
+    Ok((TensorData::new(rows.weight, [len, e]), momentum))
+}
+
+/// Head rows collected from one file after another.
+struct Rows {
+    weight: Vec<f32>,
+    momentum: Vec<f32>,
+    /// Whether every file so far had momentum.
+    has_momentum: bool,
+    /// The embedding width, once a file has told it.
+    width: Option<usize>,
+}
+
+impl Rows {
+    /// Rows `wanted` of the file `file` (checkpoint `c`), which holds rows `held`.
+    fn take(
+        &mut self,
+        file: &Path,
+        c: &Checkpoint,
+        held: std::ops::Range<usize>,
+        wanted: std::ops::Range<usize>,
+    ) -> Result<(), CheckpointError> {
+        let rows = held.len();
+        let w = c
+            .tensors
+            .get(WEIGHT)
+            .ok_or_else(|| mismatch(file, format!("tensor `{WEIGHT}` is missing")))?;
+        let shape = w.shape().to_vec();
+        if shape.len() != 2 || shape[0] != rows {
+            return Err(mismatch(
+                file,
+                format!("`{WEIGHT}` has shape {shape:?}, the manifest says {rows} rows"),
+            ));
+        }
+        let e = shape[1];
+        if *self.width.get_or_insert(e) != e {
+            return Err(mismatch(
+                file,
+                format!("`{WEIGHT}` is {e} wide, other shards not"),
+            ));
+        }
+        let span = (wanted.start - held.start) * e..(wanted.end - held.start) * e;
+        let values = w.as_slice::<f32>().expect("checkpoints hold f32");
+        self.weight.extend_from_slice(&values[span.clone()]);
+        match c.tensors.get(MOMENTUM) {
+            Some(m) => {
+                let m = m.as_slice::<f32>().expect("checkpoints hold f32");
+                if m.len() != rows * e {
+                    return Err(mismatch(
+                        file,
+                        format!(
+                            "`{MOMENTUM}` has {} values, the weight {}",
+                            m.len(),
+                            rows * e
+                        ),
+                    ));
+                }
+                self.momentum.extend_from_slice(&m[span]);
+            }
+            None => self.has_momentum = false,
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

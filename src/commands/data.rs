@@ -71,8 +71,8 @@ pub fn synth(args: &SynthArgs) -> Result<()> {
     let bar = progress::bar(0, "synth");
     synth::generate(&args.out, &config, &bar)?;
     bar.finish_and_clear();
-    let baseline = verify::raw_pixel_verification(&PairSet::read(&args.out.join("synth_val.bin"))?)
-        .map_err(anyhow::Error::msg)?;
+    let baseline =
+        verify::raw_pixel_verification(&PairSet::read(&args.out.join("synth_val.bin"))?)?;
     println!(
         "wrote {} images of {} identities and {} validation pairs ({} identities not in training) to {}",
         args.identities * args.images_per_identity,

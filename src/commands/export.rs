@@ -9,8 +9,7 @@ use burn::module::Module;
 
 use arcface::checkpoint::{load_backbone, named_tensors};
 use arcface::config::Config;
-use arcface::model::backbone_config;
-use arcface::onnx::{self, Batch};
+use arcface::interop::onnx::{self, Batch};
 
 #[derive(clap::Args)]
 pub struct ExportArgs {
@@ -52,7 +51,7 @@ pub fn export(args: &ExportArgs, cli_device: &Option<String>) -> Result<()> {
             let device = super::device_or_cpu(cli_device)?;
             let seed = args.seed.unwrap_or(config.seed);
             device.seed(seed);
-            let model = backbone_config(&config).init(&device).valid();
+            let model = config.backbone().init(&device).valid();
             (
                 model,
                 format!(
@@ -65,8 +64,8 @@ pub fn export(args: &ExportArgs, cli_device: &Option<String>) -> Result<()> {
         (None, None) => bail!("give --model CKPT or --config FILE"),
     };
     if let Some(out) = &args.safetensors {
-        let family = arcface::arcface_torch::Family::of_backbone(&model);
-        arcface::export::safetensors::write(family, &named_tensors(&model, "backbone."), out)?;
+        let family = arcface::interop::arcface_torch::Family::of_backbone(&model);
+        arcface::interop::safetensors::write(family, &named_tensors(&model, "backbone."), out)?;
         println!("wrote {source} to {}", out.display());
     }
     if let Some(out) = &args.onnx {

@@ -4,10 +4,11 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 
+use arcface::embedder::check_import;
+use arcface::interop::onnx::{self, InputConvention};
 use arcface::model::summary::thousands;
-use arcface::onnx::{self, InputConvention};
 
 #[derive(clap::Args)]
 pub struct ImportArgs {
@@ -32,7 +33,7 @@ pub struct ImportArgs {
 
 pub fn run(args: &ImportArgs, cli_device: &Option<String>) -> Result<()> {
     if let Some(path) = &args.pth {
-        let imported = arcface::arcface_torch::pth::read(path, args.network)?;
+        let imported = arcface::interop::arcface_torch::pth::read(path, args.network)?;
         // Loading into our backbone checks every tensor against the model once more.
         let device = super::device_or_cpu(cli_device)?;
         imported
@@ -53,14 +54,7 @@ pub fn run(args: &ImportArgs, cli_device: &Option<String>) -> Result<()> {
     let device = super::device_or_cpu(cli_device)?;
     let model = imported.backbone(&device).with_context(context)?;
     // The file, run by tract, and our model with its weights must agree.
-    let difference = onnx::import::compare_outputs(proto, &model, &device).with_context(context)?;
-    if difference > onnx::import::IMPORT_TOLERANCE {
-        bail!(
-            "{}: our backbone with the file's weights differs from the file run by tract by \
-             {difference:.2e} (relative): not imported (a graph we misread; please report it)",
-            path.display()
-        );
-    }
+    let difference = check_import(path, proto, &model, &device)?;
     imported.checkpoint().save(&args.out)?;
     for note in prepared.notes().iter().chain(&imported.notes) {
         println!("note: {note}");
@@ -71,7 +65,7 @@ pub fn run(args: &ImportArgs, cli_device: &Option<String>) -> Result<()> {
 
 fn imported_line(
     path: &std::path::Path,
-    imported: &arcface::imported::Imported,
+    imported: &arcface::interop::imported::Imported,
     out: &std::path::Path,
     tail: &str,
 ) -> Result<()> {

@@ -8,7 +8,7 @@ use serde_json::json;
 
 use arcface::embedder::BurnOptions;
 use arcface::infer::{ImageResult, Mtcnn, MtcnnConfig, Pipeline, cosine};
-use arcface::onnx::InputConvention;
+use arcface::interop::onnx::InputConvention;
 use arcface::progress;
 
 #[derive(clap::Args)]

@@ -5,7 +5,6 @@ pub mod bench;
 pub mod data;
 pub mod eval;
 pub mod export;
-mod ijb;
 pub mod import;
 pub mod infer;
 pub mod summary;
@@ -18,7 +17,7 @@ use burn::tensor::Device;
 
 use arcface::device;
 use arcface::embedder::{BurnOptions, Embedder};
-use arcface::onnx::InputConvention;
+use arcface::interop::onnx::InputConvention;
 
 /// `--device`, else the CPU, for commands without a config. They run on one device: a list of
 /// GPUs (training's data parallelism) is refused rather than cut to its first.

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 
 use arcface::config::Config;
-use arcface::model::{backbone_config, summary};
+use arcface::model::summary;
 
 #[derive(clap::Args)]
 pub struct SummaryArgs {
@@ -33,7 +33,7 @@ pub fn run(args: &SummaryArgs, cli_device: &Option<String>) -> Result<()> {
     let device = super::device_or_cpu(cli_device)?;
     // Built lazily on an autodiff device: shapes and counts need no weights, and the
     // autodiff device is what knows which parameters are trainable.
-    let model = backbone_config(&config).init(&device.autodiff());
+    let model = config.backbone().init(&device.autodiff());
     let summary = summary::summarize(&model, config.network.name());
     // The head is sized by the dataset, which may not be here yet: report it if known.
     let num_classes = config.resolve_num_classes().ok();

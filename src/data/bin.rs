@@ -58,9 +58,9 @@ impl PairSet {
             path: path.to_path_buf(),
             message,
         };
-        let document = pickle::load(bytes).map_err(|message| BinError::Pickle {
+        let document = pickle::load(bytes).map_err(|e| BinError::Pickle {
             path: path.to_path_buf(),
-            message,
+            message: e.to_string(),
         })?;
         let (bins, issame) = match &document.root {
             Value::Tuple(items) if items.len() == 2 => (items[0].clone(), items[1].clone()),

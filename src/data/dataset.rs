@@ -175,7 +175,8 @@ impl RecDataset {
 
     fn header_at(&self, key: u64, offset: u64) -> Result<(IrHeader, Vec<u8>), DatasetError> {
         let (payload, _) = self.rec.read_at(offset)?;
-        let (header, body) = IrHeader::unpack(&payload).map_err(|m| self.record_error(key, m))?;
+        let (header, body) =
+            IrHeader::unpack(&payload).map_err(|e| self.record_error(key, e.to_string()))?;
         Ok((header, body.to_vec()))
     }
 

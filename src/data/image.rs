@@ -7,18 +7,29 @@ use image::{ImageFormat, RgbImage};
 /// Side of the aligned face crops everything here works on.
 pub const FACE_SIZE: u32 = 112;
 
+/// Why bytes gave no image. The caller adds which file or record they came from.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("not an image ({len} bytes starting {head})")]
+    NotAnImage { len: usize, head: String },
+    #[error("cannot decode {format:?} image: {source}")]
+    Damaged {
+        format: ImageFormat,
+        source: image::ImageError,
+    },
+}
+
 /// Decodes JPEG or PNG bytes to RGB; errors say what the bytes are not.
-pub fn decode_rgb(bytes: &[u8]) -> Result<RgbImage, String> {
+pub fn decode_rgb(bytes: &[u8]) -> Result<RgbImage, DecodeError> {
     let format = image::guess_format(bytes).map_err(|_| {
         let head: Vec<String> = bytes.iter().take(4).map(|b| format!("{b:02x}")).collect();
-        format!(
-            "not an image ({} bytes starting {})",
-            bytes.len(),
-            head.join(" ")
-        )
+        DecodeError::NotAnImage {
+            len: bytes.len(),
+            head: head.join(" "),
+        }
     })?;
     let decoded = image::load_from_memory_with_format(bytes, format)
-        .map_err(|e| format!("cannot decode {format:?} image: {e}"))?;
+        .map_err(|source| DecodeError::Damaged { format, source })?;
     Ok(decoded.into_rgb8())
 }
 
@@ -27,7 +38,7 @@ pub fn decode_rgb(bytes: &[u8]) -> Result<RgbImage, String> {
 /// sees: the `image` crate's decoder differs by up to a few levels on some pixels, enough to move
 /// a face scored near a threshold. The `image` crate decodes first, so a bad file gets its clear
 /// error; other formats and colour spaces libjpeg cannot give as RGB keep its result.
-pub fn decode_photo(bytes: &[u8]) -> Result<RgbImage, String> {
+pub fn decode_photo(bytes: &[u8]) -> Result<RgbImage, DecodeError> {
     let checked = decode_rgb(bytes)?;
     if image::guess_format(bytes).ok() == Some(ImageFormat::Jpeg)
         && let Some(exact) = libjpeg_rgb(bytes)
@@ -62,7 +73,7 @@ fn libjpeg_rgb(bytes: &[u8]) -> Option<RgbImage> {
 /// Decodes and brings to 112×112 (bilinear resize only when the size differs), with the
 /// `image` crate's decoder: what training batches use, it being the faster one here (`arcface
 /// bench data` measures both). Validation and evaluation use [`decode_face_exact`].
-pub fn decode_face(bytes: &[u8]) -> Result<RgbImage, String> {
+pub fn decode_face(bytes: &[u8]) -> Result<RgbImage, DecodeError> {
     let rgb = decode_rgb(bytes)?;
     Ok(to_face_size(rgb))
 }
@@ -70,7 +81,7 @@ pub fn decode_face(bytes: &[u8]) -> Result<RgbImage, String> {
 /// As [`decode_face`], with JPEGs decoded by libjpeg-turbo's decoder ([`decode_photo`]): the
 /// pixels insightface's verification.py gets from mxnet's imdecode (or PIL, OpenCV), so
 /// distances near a threshold fall on the same side and `eval` gives its number to the pair.
-pub fn decode_face_exact(bytes: &[u8]) -> Result<RgbImage, String> {
+pub fn decode_face_exact(bytes: &[u8]) -> Result<RgbImage, DecodeError> {
     Ok(to_face_size(decode_photo(bytes)?))
 }
 

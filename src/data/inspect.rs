@@ -2,6 +2,7 @@
 
 use std::path::Path;
 
+use anyhow::Context;
 use rayon::prelude::*;
 use serde::Serialize;
 
@@ -89,17 +90,13 @@ fn inspect_rec(
     let mut decoded = 0;
     if verify || want_labels {
         progress.set_length(dataset.len() as u64);
-        let results: Vec<Result<(u32, bool), String>> = (0..dataset.len())
+        let results: Vec<anyhow::Result<(u32, bool)>> = (0..dataset.len())
             .into_par_iter()
             .map(|i| {
-                let sample = dataset.sample(i).map_err(|e| e.to_string())?;
+                let sample = dataset.sample(i)?;
                 let ok = if verify {
-                    decode_face(&sample.image).map_err(|e| {
-                        format!(
-                            "{}: key {}: {e}",
-                            dir.join("train.rec").display(),
-                            sample.key
-                        )
+                    decode_face(&sample.image).with_context(|| {
+                        format!("{}: key {}", dir.join("train.rec").display(), sample.key)
                     })?;
                     true
                 } else {
@@ -116,7 +113,7 @@ fn inspect_rec(
                     list.push(label);
                     decoded += usize::from(ok);
                 }
-                Err(e) => errors.push(e),
+                Err(e) => errors.push(format!("{e:#}")),
             }
         }
         if verify {
@@ -204,7 +201,7 @@ fn inspect_bin(path: &Path, verify: bool, progress: &indicatif::ProgressBar) -> 
     let mut decoded = 0;
     if verify {
         progress.set_length(set.images.len() as u64);
-        let results: Vec<Result<(), String>> = set
+        let results: Vec<anyhow::Result<()>> = set
             .images
             .par_iter()
             .enumerate()
@@ -212,13 +209,13 @@ fn inspect_bin(path: &Path, verify: bool, progress: &indicatif::ProgressBar) -> 
                 progress.inc(1);
                 decode_face(bytes)
                     .map(|_| ())
-                    .map_err(|e| format!("{}: pair {} image {i}: {e}", path.display(), i / 2))
+                    .with_context(|| format!("{}: pair {} image {i}", path.display(), i / 2))
             })
             .collect();
         for r in results {
             match r {
                 Ok(()) => decoded += 1,
-                Err(e) => errors.push(e),
+                Err(e) => errors.push(format!("{e:#}")),
             }
         }
     }

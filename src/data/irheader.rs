@@ -5,6 +5,15 @@
 /// Bytes of the fixed part.
 pub const HEADER_LEN: usize = 24;
 
+/// A record too short for the header it announces. The caller adds the file and the key.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum HeaderError {
+    #[error("record of {len} bytes is shorter than the {HEADER_LEN}-byte IRHeader")]
+    Short { len: usize },
+    #[error("IRHeader flag {flag} announces {flag} labels, more than the {len}-byte record holds")]
+    Labels { flag: u32, len: usize },
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct IrHeader {
     pub flag: u32,
@@ -45,12 +54,9 @@ impl IrHeader {
     }
 
     /// Splits a record payload into its header and the rest (the image bytes).
-    pub fn unpack(payload: &[u8]) -> Result<(IrHeader, &[u8]), String> {
+    pub fn unpack(payload: &[u8]) -> Result<(IrHeader, &[u8]), HeaderError> {
         if payload.len() < HEADER_LEN {
-            return Err(format!(
-                "record of {} bytes is shorter than the {HEADER_LEN}-byte IRHeader",
-                payload.len()
-            ));
+            return Err(HeaderError::Short { len: payload.len() });
         }
         let u32_at = |i: usize| u32::from_le_bytes(payload[i..i + 4].try_into().unwrap());
         let u64_at = |i: usize| u64::from_le_bytes(payload[i..i + 8].try_into().unwrap());
@@ -61,11 +67,9 @@ impl IrHeader {
             .checked_mul(4)
             .and_then(|n| n.checked_add(HEADER_LEN))
             .filter(|&end| end <= payload.len())
-            .ok_or_else(|| {
-                format!(
-                    "IRHeader flag {flag} announces {flag} labels, more than the {}-byte record holds",
-                    payload.len()
-                )
+            .ok_or(HeaderError::Labels {
+                flag,
+                len: payload.len(),
             })?;
         let labels = payload[HEADER_LEN..labels_end]
             .chunks_exact(4)
@@ -130,7 +134,12 @@ mod tests {
         assert!(IrHeader::unpack(&[0; 10]).is_err());
         let mut bad = IrHeader::scalar(1.0, 0).pack(&[]);
         bad[0..4].copy_from_slice(&1000u32.to_le_bytes());
-        assert!(IrHeader::unpack(&bad).unwrap_err().contains("flag 1000"));
+        assert!(
+            IrHeader::unpack(&bad)
+                .unwrap_err()
+                .to_string()
+                .contains("flag 1000")
+        );
         bad[0..4].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(IrHeader::unpack(&bad).is_err());
     }

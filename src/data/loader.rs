@@ -155,10 +155,10 @@ fn decode_into(
     out: &mut [u8],
 ) -> Result<(u32, u64), DatasetError> {
     let sample = dataset.sample(index)?;
-    let rgb = decode_face(&sample.image).map_err(|message| DatasetError::Record {
+    let rgb = decode_face(&sample.image).map_err(|e| DatasetError::Record {
         path: dataset.dir().join("train.rec"),
         key: sample.key,
-        message,
+        message: e.to_string(),
     })?;
     to_chw(&rgb, flip, out);
     Ok((sample.label, sample.key))
@@ -240,31 +240,33 @@ impl Loader {
         dataset: Arc<RecDataset>,
         config: LoaderConfig,
         start: Cursor,
-    ) -> Result<Loader, String> {
+    ) -> anyhow::Result<Loader> {
         if config.batch_size == 0 || config.world == 0 || config.rank >= config.world {
-            return Err(format!(
+            anyhow::bail!(
                 "invalid loader set-up: batch_size {}, rank {} of {}",
-                config.batch_size, config.rank, config.world
-            ));
+                config.batch_size,
+                config.rank,
+                config.world
+            );
         }
         let plan = Plan {
             images: dataset.len(),
             config: config.clone(),
         };
         if plan.batches_per_epoch() == 0 {
-            return Err(format!(
+            anyhow::bail!(
                 "{}: {} images are fewer than one global batch ({} per rank × {} ranks)",
                 dataset.dir().display(),
                 dataset.len(),
                 config.batch_size,
                 config.world
-            ));
+            );
         }
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(config.num_workers.max(1))
             .thread_name(|i| format!("loader-{i}"))
             .build()
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| anyhow::anyhow!("starting the loader's threads: {e}"))?;
         let (sender, receiver) = sync_channel(config.prefetch.max(1));
         let worker_plan = plan.clone();
         let worker = std::thread::Builder::new()
@@ -293,7 +295,7 @@ impl Loader {
                     };
                 }
             })
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| anyhow::anyhow!("starting the loader's threads: {e}"))?;
         Ok(Loader {
             receiver: Some(receiver),
             worker: Some(worker),

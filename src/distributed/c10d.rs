@@ -91,7 +91,7 @@ fn store_role(rank: usize) -> (bool, String) {
 impl Engine {
     /// Meets the other ranks at MASTER_ADDR:MASTER_PORT (rank 0 serves the store there) and
     /// forms the process group: NCCL for CUDA, Gloo for LibTorch's CPU.
-    pub fn join(launch: &Launch, cuda: bool, timeout: Duration) -> Result<Engine, String> {
+    pub fn join(launch: &Launch, cuda: bool, timeout: Duration) -> anyhow::Result<Engine> {
         let backend = match cuda {
             true => Backend::Nccl,
             false => Backend::Gloo,
@@ -102,14 +102,15 @@ impl Engine {
         let store = Store::connect(&l.master_addr, l.master_port, serve, l.world, ms, &prefix)
             .map_err(|e| {
                 if l.rank == 0 {
-                    format!(
+                    anyhow::anyhow!(
                         "rank 0 could not serve the rendezvous at {}:{}: {e}. Is the port in use \
                          (another run, a stale process)? Pick another MASTER_PORT \
                          (torchrun --master_port)",
-                        l.master_addr, l.master_port
+                        l.master_addr,
+                        l.master_port
                     )
                 } else {
-                    format!(
+                    anyhow::anyhow!(
                         "rank {} could not reach rank 0's rendezvous at {}:{} within {} s: {e}. \
                          Check MASTER_ADDR, MASTER_PORT and that rank 0 started",
                         l.rank,
@@ -120,10 +121,11 @@ impl Engine {
                 }
             })?;
         let interface = std::env::var("GLOO_SOCKET_IFNAME").ok();
-        let group = ProcessGroup::new(&store, backend, l.rank, l.world, ms, interface.as_deref())
-            .map_err(|e| format!("rank {}: forming the process group: {e}", l.rank))?;
+        let group =
+            ProcessGroup::new(&store, backend, l.rank, l.world, ms, interface.as_deref())
+                .map_err(|e| anyhow::anyhow!("rank {}: forming the process group: {e}", l.rank))?;
         let beats = Store::connect(&l.master_addr, l.master_port, false, l.world, ms, &prefix)
-            .map_err(|e| format!("rank {}: second store connection: {e}", l.rank))?;
+            .map_err(|e| anyhow::anyhow!("rank {}: second store connection: {e}", l.rank))?;
         Ok(Engine {
             group,
             launch: launch.clone(),
@@ -133,12 +135,12 @@ impl Engine {
 
     /// The element-wise sum over the ranks of `tensor`, written into it (or into a contiguous
     /// copy: c10d's collectives take contiguous tensors only); pass one nothing else reads.
-    pub fn all_reduce_sum<const D: usize>(&self, tensor: Tensor<D>) -> Result<Tensor<D>, String> {
+    pub fn all_reduce_sum<const D: usize>(&self, tensor: Tensor<D>) -> anyhow::Result<Tensor<D>> {
         self.all_reduce(tensor, ReduceOp::Sum)
     }
 
     /// The element-wise maximum over the ranks, as [`Engine::all_reduce_sum`].
-    pub fn all_reduce_max<const D: usize>(&self, tensor: Tensor<D>) -> Result<Tensor<D>, String> {
+    pub fn all_reduce_max<const D: usize>(&self, tensor: Tensor<D>) -> anyhow::Result<Tensor<D>> {
         self.all_reduce(tensor, ReduceOp::Max)
     }
 
@@ -146,37 +148,43 @@ impl Engine {
         &self,
         tensor: Tensor<D>,
         op: ReduceOp,
-    ) -> Result<Tensor<D>, String> {
+    ) -> anyhow::Result<Tensor<D>> {
         let mut primitive = tensor
             .try_into_primitive::<LibTorch>()
-            .map_err(|e| format!("all-reduce of a tensor off LibTorch: {e:?}"))?;
+            .map_err(|e| anyhow::anyhow!("all-reduce of a tensor off LibTorch: {e:?}"))?;
         if !primitive.tensor.is_contiguous() {
             primitive = burn_tch::TchTensor::new(primitive.tensor.contiguous());
         }
-        self.group.all_reduce(&primitive, op)?;
+        self.group
+            .all_reduce(&primitive, op)
+            .map_err(anyhow::Error::msg)?;
         Ok(Tensor::from_primitive::<LibTorch>(primitive))
     }
 
     /// Rank 0's values of `tensor` written into every rank's, in place (its storage).
-    pub fn broadcast_in_place<const D: usize>(&self, tensor: Tensor<D>) -> Result<(), String> {
+    pub fn broadcast_in_place<const D: usize>(&self, tensor: Tensor<D>) -> anyhow::Result<()> {
         let primitive = tensor
             .try_into_primitive::<LibTorch>()
-            .map_err(|e| format!("broadcast of a tensor off LibTorch: {e:?}"))?;
+            .map_err(|e| anyhow::anyhow!("broadcast of a tensor off LibTorch: {e:?}"))?;
         if !primitive.tensor.is_contiguous() {
-            return Err("broadcast of a non-contiguous tensor".into());
+            anyhow::bail!("broadcast of a non-contiguous tensor");
         }
-        self.group.broadcast(&primitive, 0)
+        self.group
+            .broadcast(&primitive, 0)
+            .map_err(anyhow::Error::msg)
     }
 
     /// `tensor` to rank `peer` ([`Engine::recv`] there).
-    pub fn send<const D: usize>(&self, tensor: Tensor<D>, peer: usize) -> Result<(), String> {
+    pub fn send<const D: usize>(&self, tensor: Tensor<D>, peer: usize) -> anyhow::Result<()> {
         let mut primitive = tensor
             .try_into_primitive::<LibTorch>()
-            .map_err(|e| format!("send of a tensor off LibTorch: {e:?}"))?;
+            .map_err(|e| anyhow::anyhow!("send of a tensor off LibTorch: {e:?}"))?;
         if !primitive.tensor.is_contiguous() {
             primitive = burn_tch::TchTensor::new(primitive.tensor.contiguous());
         }
-        self.group.send(&primitive, peer)
+        self.group
+            .send(&primitive, peer)
+            .map_err(anyhow::Error::msg)
     }
 
     /// What rank `peer` sends, into a new tensor of `shape` on `device`.
@@ -185,48 +193,54 @@ impl Engine {
         shape: [usize; D],
         peer: usize,
         device: &Device,
-    ) -> Result<Tensor<D>, String> {
+    ) -> anyhow::Result<Tensor<D>> {
         let primitive = Tensor::<D>::zeros(shape, device)
             .try_into_primitive::<LibTorch>()
-            .map_err(|e| format!("recv off LibTorch: {e:?}"))?;
-        self.group.recv(&primitive, peer)?;
+            .map_err(|e| anyhow::anyhow!("recv off LibTorch: {e:?}"))?;
+        self.group
+            .recv(&primitive, peer)
+            .map_err(anyhow::Error::msg)?;
         Ok(Tensor::from_primitive::<LibTorch>(primitive))
     }
 
     /// Every rank's rows of `tensor` ([n, d], the same shape on every rank) stacked by rank:
     /// [world · n, d].
-    pub fn all_gather_rows(&self, tensor: Tensor<2>) -> Result<Tensor<2>, String> {
+    pub fn all_gather_rows(&self, tensor: Tensor<2>) -> anyhow::Result<Tensor<2>> {
         let [n, d] = tensor.dims();
         let output = Tensor::<2>::zeros([self.launch.world * n, d], &tensor.device());
         let mut input = tensor
             .try_into_primitive::<LibTorch>()
-            .map_err(|e| format!("all-gather of a tensor off LibTorch: {e:?}"))?;
+            .map_err(|e| anyhow::anyhow!("all-gather of a tensor off LibTorch: {e:?}"))?;
         if !input.tensor.is_contiguous() {
             input = burn_tch::TchTensor::new(input.tensor.contiguous());
         }
         let output = output
             .try_into_primitive::<LibTorch>()
-            .map_err(|e| format!("all-gather off LibTorch: {e:?}"))?;
-        self.group.all_gather(&input, &output)?;
+            .map_err(|e| anyhow::anyhow!("all-gather off LibTorch: {e:?}"))?;
+        self.group
+            .all_gather(&input, &output)
+            .map_err(anyhow::Error::msg)?;
         Ok(Tensor::from_primitive::<LibTorch>(output))
     }
 
     /// Every rank's `values` (the same count on every rank), concatenated by rank.
-    pub fn all_gather_i64(&self, values: &[i64], device: &Device) -> Result<Vec<i64>, String> {
+    pub fn all_gather_i64(&self, values: &[i64], device: &Device) -> anyhow::Result<Vec<i64>> {
         let input =
             Tensor::<1, Int>::from_data(TensorData::new(values.to_vec(), [values.len()]), device);
         let output = Tensor::<1, Int>::zeros([self.launch.world * values.len()], device);
         let prim = |t: Tensor<1, Int>| {
             t.try_into_primitive::<LibTorch>()
-                .map_err(|e| format!("all-gather off LibTorch: {e:?}"))
+                .map_err(|e| anyhow::anyhow!("all-gather off LibTorch: {e:?}"))
         };
         let output_primitive = prim(output)?;
-        self.group.all_gather(&prim(input)?, &output_primitive)?;
+        self.group
+            .all_gather(&prim(input)?, &output_primitive)
+            .map_err(anyhow::Error::msg)?;
         Tensor::<1, Int>::from_primitive::<LibTorch>(output_primitive)
             .into_data()
             .convert::<i64>()
             .try_to_vec::<i64>()
-            .map_err(|e| format!("{e:?}"))
+            .map_err(|e| anyhow::anyhow!("all-gather's values: {e:?}"))
     }
 
     /// Which ranks stopped, as far as their heartbeats tell: read now and again after

@@ -23,7 +23,7 @@ impl Group {
         struct Broadcast<'a> {
             engine: &'a Engine,
             path: Vec<String>,
-            error: Option<(String, String)>,
+            error: Option<(String, anyhow::Error)>,
         }
         impl ModuleVisitor for Broadcast<'_> {
             crate::module_path::track_module_path!();

@@ -21,22 +21,22 @@ pub(super) enum Engine {}
 #[cfg(not(feature = "tch"))]
 #[allow(clippy::unused_self)]
 impl Engine {
-    pub fn all_reduce_sum<const D: usize>(&self, _: Tensor<D>) -> Result<Tensor<D>, String> {
+    pub fn all_reduce_sum<const D: usize>(&self, _: Tensor<D>) -> anyhow::Result<Tensor<D>> {
         match *self {}
     }
-    pub fn all_reduce_max<const D: usize>(&self, _: Tensor<D>) -> Result<Tensor<D>, String> {
+    pub fn all_reduce_max<const D: usize>(&self, _: Tensor<D>) -> anyhow::Result<Tensor<D>> {
         match *self {}
     }
-    pub fn all_gather_rows(&self, _: Tensor<2>) -> Result<Tensor<2>, String> {
+    pub fn all_gather_rows(&self, _: Tensor<2>) -> anyhow::Result<Tensor<2>> {
         match *self {}
     }
-    pub fn all_gather_i64(&self, _: &[i64], _: &Device) -> Result<Vec<i64>, String> {
+    pub fn all_gather_i64(&self, _: &[i64], _: &Device) -> anyhow::Result<Vec<i64>> {
         match *self {}
     }
-    pub fn broadcast_in_place<const D: usize>(&self, _: Tensor<D>) -> Result<(), String> {
+    pub fn broadcast_in_place<const D: usize>(&self, _: Tensor<D>) -> anyhow::Result<()> {
         match *self {}
     }
-    pub fn send<const D: usize>(&self, _: Tensor<D>, _: usize) -> Result<(), String> {
+    pub fn send<const D: usize>(&self, _: Tensor<D>, _: usize) -> anyhow::Result<()> {
         match *self {}
     }
     pub fn recv<const D: usize>(
@@ -44,7 +44,7 @@ impl Engine {
         _: [usize; D],
         _: usize,
         _: &Device,
-    ) -> Result<Tensor<D>, String> {
+    ) -> anyhow::Result<Tensor<D>> {
         match *self {}
     }
 }
@@ -91,7 +91,7 @@ impl Group {
             Err(anyhow!(
                 "{launch}: distributed training runs on libtorch's c10d, which this binary was \
                  built without. Rebuild with `--features tch` after `eval \"$(scripts/setup-libtorch.sh)\"` \
-                 (README, GPU set-up) and train with device = \"cuda\" or \"libtorch-cpu\""
+                 (docs/USAGE.md, GPU set-up) and train with device = \"cuda\" or \"libtorch-cpu\""
             ))
         }
     }
@@ -116,14 +116,14 @@ impl Group {
 
     /// The error of a failed collective: what it was, which rank stopped (from the heartbeats),
     /// c10d's own message.
-    pub(super) fn failed(&self, what: &str, message: String) -> anyhow::Error {
+    pub(super) fn failed(&self, what: &str, message: anyhow::Error) -> anyhow::Error {
         #[cfg(feature = "tch")]
         if let Some(engine) = &self.engine {
             let diagnosis = engine.diagnose();
             engine.linger_for_diagnoses();
-            return anyhow!("{what} failed: {diagnosis}. c10d said: {message}");
+            return anyhow!("{what} failed: {diagnosis}. c10d said: {message:#}");
         }
-        anyhow!("{what}: {message}")
+        anyhow!("{what}: {message:#}")
     }
 
     /// `collective` of `value` on the engine; on a single rank, `value` itself (every
@@ -132,7 +132,7 @@ impl Group {
         &self,
         what: &str,
         value: V,
-        collective: impl FnOnce(&Engine, V) -> Result<V, String>,
+        collective: impl FnOnce(&Engine, V) -> anyhow::Result<V>,
     ) -> Result<V> {
         match &self.engine {
             None => Ok(value),

@@ -47,12 +47,12 @@ impl Launch {
     /// The launch this process is part of: None where none of the variables is set (a plain
     /// single-process run); an error naming what is wrong where some are set but not all, or
     /// disagree.
-    pub fn from_env() -> Result<Option<Launch>, String> {
+    pub fn from_env() -> anyhow::Result<Option<Launch>> {
         Launch::from_vars(|name| std::env::var(name).ok())
     }
 
     /// As [`Launch::from_env`], with the variables looked up by `get`.
-    pub fn from_vars(get: impl Fn(&str) -> Option<String>) -> Result<Option<Launch>, String> {
+    pub fn from_vars(get: impl Fn(&str) -> Option<String>) -> anyhow::Result<Option<Launch>> {
         let values: Vec<Option<String>> = VARIABLES.iter().map(|name| get(name)).collect();
         if values.iter().all(Option::is_none) {
             return Ok(None);
@@ -69,18 +69,18 @@ impl Launch {
                 .zip(&values)
                 .filter_map(|(name, v)| v.as_ref().map(|v| format!("{name}={v}")))
                 .collect();
-            return Err(format!(
+            anyhow::bail!(
                 "distributed launch: {} set but {} missing; torchrun sets all six ({}), and a \
                  script that starts the ranks itself (Slurm) must too: docs/DISTRIBUTED.md",
                 set.join(" "),
                 missing.join(", "),
                 VARIABLES.join(", ")
-            ));
+            );
         }
         let value = |i: usize| values[i].as_deref().expect("checked above").trim();
-        let number = |i: usize| -> Result<usize, String> {
+        let number = |i: usize| -> anyhow::Result<usize> {
             value(i).parse().map_err(|_| {
-                format!(
+                anyhow::anyhow!(
                     "distributed launch: {}={:?} is not a non-negative integer",
                     VARIABLES[i],
                     value(i)
@@ -94,7 +94,7 @@ impl Launch {
             local_world: number(3)?,
             master_addr: value(4).to_string(),
             master_port: value(5).parse().map_err(|_| {
-                format!(
+                anyhow::anyhow!(
                     "distributed launch: MASTER_PORT={:?} is not a port (1-65535)",
                     value(5)
                 )
@@ -126,7 +126,7 @@ impl Launch {
             None
         };
         match problem {
-            Some(p) => Err(format!("distributed launch: {p}")),
+            Some(p) => anyhow::bail!("distributed launch: {p}"),
             None => Ok(Some(launch)),
         }
     }
@@ -142,7 +142,7 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        Launch::from_vars(|name| map.get(name).cloned())
+        Launch::from_vars(|name| map.get(name).cloned()).map_err(|e| e.to_string())
     }
 
     const TORCHRUN: [(&str, &str); 6] = [

@@ -70,6 +70,8 @@ pub fn group_for(
 }
 
 /// How this process takes part in a run on `spec`.
+// One per process, decided once at start-up: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Start {
     /// Start this many ranks on this machine ([`spawn::run_local`]) and wait for them.
     Spawn(usize),
@@ -85,7 +87,7 @@ enum Start {
 /// is one rank and joins the others; else several listed GPUs or `nproc_per_node` > 1 mean
 /// starting that many ranks here; else it runs alone.
 fn start(spec: &DeviceSpec, nproc_per_node: Option<usize>, timeout: Duration) -> Result<Start> {
-    let launch = Launch::from_env().map_err(anyhow::Error::msg)?;
+    let launch = Launch::from_env()?;
     let local_ranks = match (spec, nproc_per_node) {
         (_, Some(0)) => bail!("--nproc-per-node must be at least 1"),
         (DeviceSpec::Cuda(list), Some(n)) if n != list.len() => bail!(

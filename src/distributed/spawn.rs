@@ -61,7 +61,42 @@ pub fn run_local(nproc: usize, args: &[OsString], timeout: Duration) -> Result<(
     });
     let mut children: Vec<(usize, Child)> = Vec::with_capacity(nproc);
     for rank in 0..nproc {
-        let mut command = Command::new(&exe);
+        let ranks = Ranks {
+            nproc,
+            port,
+            omp_threads: &omp_threads,
+        };
+        children.push((rank, ranks.spawn(&exe, args, rank)?));
+    }
+    let (failures, resumable) = wait_for(children, timeout)?;
+    if failures.is_empty() && resumable > 0 {
+        return Err(crate::signals::Stopped(format!(
+            "{resumable} of {nproc} ranks stopped on a signal with a checkpoint: run the same \
+             command with --resume auto to continue"
+        ))
+        .into());
+    }
+    if !failures.is_empty() {
+        bail!(
+            "{} of {nproc} ranks failed: {}",
+            failures.len(),
+            failures.join("; ")
+        );
+    }
+    Ok(())
+}
+
+/// What every rank of one local run shares.
+struct Ranks<'a> {
+    nproc: usize,
+    port: u16,
+    omp_threads: &'a str,
+}
+
+impl Ranks<'_> {
+    /// Starts rank `rank`: this executable with `args` and the variables torchrun would set.
+    fn spawn(&self, exe: &std::path::Path, args: &[OsString], rank: usize) -> Result<Child> {
+        let mut command = Command::new(exe);
         // A rank whose launcher is gone (killed, a job cancelled) stops too, rather than
         // training on alone.
         #[cfg(target_os = "linux")]
@@ -74,19 +109,24 @@ pub fn run_local(nproc: usize, args: &[OsString], timeout: Duration) -> Result<(
                 Ok(())
             });
         }
-        let child = command
+        command
             .args(args)
             .env("RANK", rank.to_string())
-            .env("WORLD_SIZE", nproc.to_string())
+            .env("WORLD_SIZE", self.nproc.to_string())
             .env("LOCAL_RANK", rank.to_string())
-            .env("LOCAL_WORLD_SIZE", nproc.to_string())
+            .env("LOCAL_WORLD_SIZE", self.nproc.to_string())
             .env("MASTER_ADDR", "127.0.0.1")
-            .env("MASTER_PORT", port.to_string())
-            .env("OMP_NUM_THREADS", &omp_threads)
+            .env("MASTER_PORT", self.port.to_string())
+            .env("OMP_NUM_THREADS", self.omp_threads)
             .spawn()
-            .with_context(|| format!("starting rank {rank} ({})", exe.display()))?;
-        children.push((rank, child));
+            .with_context(|| format!("starting rank {rank} ({})", exe.display()))
     }
+}
+
+/// Waits for every rank, forwarding stop signals to them; a rank that fails gives the others
+/// `timeout` (and 30 s) to see it before they are stopped. The failures, and how many ranks
+/// stopped with a checkpoint to resume from.
+fn wait_for(mut children: Vec<(usize, Child)>, timeout: Duration) -> Result<(Vec<String>, usize)> {
     let mut failures = Vec::new();
     let mut resumable = 0;
     let mut deadline: Option<Instant> = None;
@@ -128,19 +168,5 @@ pub fn run_local(nproc: usize, args: &[OsString], timeout: Duration) -> Result<(
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    if failures.is_empty() && resumable > 0 {
-        return Err(crate::signals::Stopped(format!(
-            "{resumable} of {nproc} ranks stopped on a signal with a checkpoint: run the same \
-             command with --resume auto to continue"
-        ))
-        .into());
-    }
-    if !failures.is_empty() {
-        bail!(
-            "{} of {nproc} ranks failed: {}",
-            failures.len(),
-            failures.join("; ")
-        );
-    }
-    Ok(())
+    Ok((failures, resumable))
 }

@@ -2,6 +2,7 @@
 //! embedding = l2norm(e(image) + e(flipped image)), XNorm = mean L2 norm of the unflipped raw
 //! embeddings, the 10-fold accuracy, and TAR at FAR = 1e-3 (`calculate_val`).
 
+use anyhow::Context;
 use rayon::prelude::*;
 use serde::Serialize;
 
@@ -32,7 +33,7 @@ pub fn embed_images(
     embedder: &Embedder,
     images: &[Vec<u8>],
     batch: usize,
-) -> Result<(Embeddings, Embeddings), String> {
+) -> anyhow::Result<(Embeddings, Embeddings)> {
     let batch = batch.max(1);
     let mut plain = Vec::with_capacity(images.len());
     let mut flipped = Vec::with_capacity(images.len());
@@ -44,15 +45,15 @@ pub fn embed_images(
             .map(|(i, bytes)| {
                 let index = chunk_index * batch + i;
                 decode_face_exact(bytes)
-                    .map_err(|e| format!("image {index} (pair {}): {e}", index / 2))
+                    .with_context(|| format!("image {index} (pair {})", index / 2))
             })
-            .collect::<Result<Vec<_>, String>>()?;
+            .collect::<anyhow::Result<Vec<_>>>()?;
         for flip in [false, true] {
             let mut data = vec![0f32; chunk.len() * IMAGE_VALUES];
             data.par_chunks_mut(IMAGE_VALUES)
                 .zip(&decoded)
                 .for_each(|(out, rgb)| to_chw(rgb, flip, out));
-            let values = embedder.embed(&data).map_err(|e| format!("{e:#}"))?;
+            let values = embedder.embed(&data)?;
             let rows = values.chunks_exact(e).map(<[f32]>::to_vec);
             if flip {
                 flipped.extend(rows)
@@ -70,7 +71,7 @@ pub fn evaluate(
     set: &PairSet,
     name: &str,
     batch: usize,
-) -> Result<TargetResult, String> {
+) -> anyhow::Result<TargetResult> {
     let (plain, flipped) = embed_images(embedder, &set.images, batch)?;
     // verification.py's XNorm: the mean norm over the images' embeddings and their mirror
     // images' (its `embeddings_list` holds both).

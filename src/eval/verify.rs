@@ -147,7 +147,8 @@ pub fn flip_sum_embedding(
 
 /// The protocol with raw pixels, (x − 127.5) / 128 as the model's input, as the "embedding":
 /// the baseline a learned embedder has to beat.
-pub fn raw_pixel_verification(set: &crate::data::bin::PairSet) -> Result<Verification, String> {
+pub fn raw_pixel_verification(set: &crate::data::bin::PairSet) -> anyhow::Result<Verification> {
+    use anyhow::Context;
     use rayon::prelude::*;
     let pixels = |img: &image::RgbImage| {
         img.as_raw()
@@ -161,10 +162,10 @@ pub fn raw_pixel_verification(set: &crate::data::bin::PairSet) -> Result<Verific
         .enumerate()
         .map(|(i, bytes)| {
             let img = crate::data::image::decode_face_exact(bytes)
-                .map_err(|e| format!("image {i} (pair {}): {e}", i / 2))?;
+                .with_context(|| format!("image {i} (pair {})", i / 2))?;
             Ok(flip_sum_embedding(&img, pixels))
         })
-        .collect::<Result<Vec<Vec<f32>>, String>>()?;
+        .collect::<anyhow::Result<Vec<Vec<f32>>>>()?;
     let dist: Vec<f32> = embeddings
         .chunks(2)
         .map(|p| squared_distance(&p[0], &p[1]))

@@ -74,7 +74,7 @@ fn read_net(path: &Path) -> Result<tract_onnx::pb::ModelProto> {
             path.display()
         );
     }
-    let onnx = crate::onnx::prelu::onnx_reader();
+    let onnx = crate::tract::prelu::onnx_reader();
     onnx.proto_model_for_path(path)
         .and_then(|proto| onnx.model_for_proto_model(&proto).map(|_| proto))
         .map_err(|e| {
@@ -90,7 +90,7 @@ fn plan(
     proto: &tract_onnx::pb::ModelProto,
     input: Option<[usize; 4]>,
 ) -> TractResult<Arc<TypedSimplePlan>> {
-    let mut model = crate::onnx::prelu::onnx_reader().model_for_proto_model(proto)?;
+    let mut model = crate::tract::prelu::onnx_reader().model_for_proto_model(proto)?;
     if let Some(shape) = input {
         model = model.with_input_fact(0, f32::fact(shape).into())?;
     }

@@ -5,7 +5,7 @@
 //! depthwise convolution, then FC and BatchNorm) to the embedding.
 //!
 //! The layers are arcface_torch's one for one; their names here say what each is, and
-//! `crate::arcface_torch::mbf` maps them to its `layers.N.layers.M` names. As for the
+//! `crate::interop::arcface_torch::mbf` maps them to its `layers.N.layers.M` names. As for the
 //! iresnets, the input is raw RGB normalised inside ((x − 127.5)/128), BatchNorm ε is the
 //! seed's 2e-5 (arcface_torch's 1e-5 is folded in at import and export), and convolutions and
 //! the FC layer are Kaiming-normal over fan-out as arcface_torch initialises them. Unlike the

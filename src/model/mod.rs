@@ -1,6 +1,7 @@
 //! The embedder (an LResNet-E-IR or MobileFaceNet backbone) and the margin-softmax head.
 
 pub mod backbone;
+pub mod backbone_and_head;
 pub mod batch_norm;
 pub mod conv;
 mod flex;
@@ -11,17 +12,14 @@ pub mod memory_format;
 pub mod mobilefacenet;
 pub mod prelu;
 pub mod summary;
-pub mod trainee;
 
 use serde::{Deserialize, Serialize};
 
 pub use backbone::{Backbone, BackboneConfig};
+pub use backbone_and_head::BackboneAndHead;
 pub use head::{MarginSoftmax, MarginSoftmaxConfig};
 pub use iresnet::{IResNet, IResNetConfig};
 pub use mobilefacenet::{MobileFaceNet, MobileFaceNetConfig};
-pub use trainee::Trainee;
-
-use crate::config::Config;
 
 /// The backbones of insightface's model zoo, plus a tiny one for CPU demos and tests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -162,28 +160,4 @@ impl std::fmt::Display for Precision {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())
     }
-}
-
-/// The backbone a config describes. `dropout` and `embedding_gamma_trainable` are the
-/// iresnets' (arcface_torch's MobileFaceNet has no dropout and always trains the embedding's γ;
-/// `Config::parse` refuses a MobileFaceNet's file that asks otherwise).
-pub fn backbone_config(config: &Config) -> BackboneConfig {
-    match config.network.architecture() {
-        Architecture::IResNet { units, widths } => IResNetConfig::new(units, widths)
-            .with_embedding_size(config.embedding_size)
-            .with_dropout(config.dropout)
-            .with_embedding_gamma_trainable(config.embedding_gamma_trainable)
-            .into(),
-        Architecture::MobileFaceNet { blocks, scale } => MobileFaceNetConfig::new(blocks, scale)
-            .with_embedding_size(config.embedding_size)
-            .into(),
-    }
-}
-
-/// The head a config describes, for `num_classes` identities.
-pub fn head_config(config: &Config, num_classes: usize) -> MarginSoftmaxConfig {
-    MarginSoftmaxConfig::new(num_classes, config.embedding_size)
-        .with_margins(config.margin_list)
-        .with_scale(config.scale)
-        .with_easy_margin(config.easy_margin)
 }

@@ -11,9 +11,8 @@ mod preempt;
 pub mod run_folder;
 mod save;
 pub mod schedule;
+mod setup;
 pub mod sgd;
-#[cfg(feature = "tch")]
-mod sgd_fused;
 mod skipped;
 mod state;
 pub mod step;
@@ -23,20 +22,19 @@ mod validation;
 pub use validation::validate;
 
 use std::path::PathBuf;
-use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use burn::tensor::Device;
 
 use crate::config::Config;
-use crate::data::loader::{Loader, LoaderConfig};
+use crate::data::loader::Batch;
 use crate::distributed::Group;
 use crate::eval::embed::TargetResult;
 use monitor::Monitor;
 use preempt::{agree_after_step, stopped};
 use save::checkpoint_now;
-use schedule::Schedule;
-use state::{State, claim_folder, start_or_resume};
+use setup::{Run, set_up};
+use state::State;
 use step::{StepFailure, one_step};
 
 /// Where to resume from.
@@ -79,168 +77,48 @@ pub fn train(config: &Config, device: &Device, options: &TrainOptions) -> Result
 }
 
 /// Trains as `config` says as one rank of `group` on `device` (its own: one process per
-/// device), `batch_size` images per rank and step.
+/// device), `batch_size` images per rank and step. As train_v2.py: start or resume, then per
+/// step the batch, one step, and validation and a checkpoint when due.
 pub fn train_with(
     config: &Config,
     device: &Device,
     group: &mut Group,
     options: &TrainOptions,
 ) -> Result<TrainReport> {
-    crate::device::set_cudnn_benchmark(config.cudnn_benchmark);
-    anyhow::ensure!(
-        options.init.is_none() || matches!(options.resume, None | Some(Resume::Auto)),
-        "--init starts a new run and --resume continues one: give one of them (or --resume auto, \
-         which uses --init only while the run has no checkpoint)"
-    );
-    // Ranks started with different configs (or options) would train different models, or
-    // different numbers of steps, without a word.
-    let mut started = serde_json::to_vec(config).expect("a config serialises");
-    started.extend(format!("{options:?}").bytes());
-    group
-        .agree(crc32fast::hash(&started), "the configs and options")
-        .context("start every rank with the same config file and options")?;
-    let mut notes = Vec::new();
-    let claim = claim_folder(config, options, group, &mut notes)?;
-    let (dataset, num_classes) = open_data(config, group)?;
-    let targets = match group.is_main() {
-        true => inputs::load_targets(config, &mut notes)?,
-        false => Vec::new(),
-    };
-    let mut state = start_or_resume(
-        config,
-        num_classes,
-        device,
-        group,
-        options,
-        claim,
-        &mut notes,
-    )?;
-    if let Some(link) = crate::distributed::link_report(group)? {
-        notes.insert(0, link);
-    }
-
-    let loader_config = LoaderConfig {
-        batch_size: config.batch_size,
-        seed: config.seed,
-        num_workers: config.num_workers,
-        prefetch: 4,
-        rank: group.rank(),
-        world: group.world(),
-        flip: true,
-    };
-    let loader =
-        Loader::new(dataset.clone(), loader_config, state.cursor).map_err(anyhow::Error::msg)?;
-    // After the loader's own check (a world the data cannot feed says so first).
-    anyhow::ensure!(
-        num_classes >= group.world(),
-        "{num_classes} identities cannot be split over {} ranks (each rank holds a range of the \
-         class centres): use at most {num_classes} ranks",
-        group.world()
-    );
-    let per_epoch = loader.plan.batches_per_epoch();
-    let total_steps = per_epoch * config.num_epoch;
-    let schedule = Schedule {
-        kind: config.lr_schedule,
-        base_lr: config.lr,
-        warmup_steps: per_epoch * config.warmup_epoch,
-        total_steps,
-        lr_steps: config.lr_steps.clone(),
-    };
-    let last_step = options
-        .max_steps
-        .map_or(total_steps, |m| (state.step + m).min(total_steps));
-
-    let mut monitor = match group.is_main() {
-        true => Some(Monitor::new(&config.output, total_steps, state.step)?),
-        false => None,
-    };
-    if let Some(m) = &mut monitor {
-        m.line(&format!(
-            "{} images of {num_classes} identities, {per_epoch} steps per epoch of {} images, {total_steps} steps in {} epochs, {} precision",
-            dataset.len(),
-            loader.plan.global_batch(),
-            config.num_epoch,
-            config.precision
-        ));
-        if group.world() > 1 {
-            notes.insert(
-                0,
-                format!(
-                    "data parallel over {} ranks ({}), {} images per rank and step",
-                    group.world(),
-                    group.backend(),
-                    config.batch_size
-                ),
-            );
-        }
-        for n in &notes {
-            m.line(n);
-        }
-    }
+    let (mut run, mut state) = set_up(config, device, group, options)?;
     let train_device = device.clone().autodiff();
     let mut report = TrainReport::default();
-    let mut rate = Rate::start();
-    while state.step < last_step {
-        let batch = loader.next_batch()?;
-        let (epoch, lr) = (state.cursor.epoch, schedule.lr(state.step));
-        let failed_at = state.step;
-        let step;
-        (state, step) = match one_step(state, &batch, config, group, &train_device, lr) {
-            Ok(done) => done,
-            Err(StepFailure::NotFinite { what, advice }) => {
-                let last = report.last_checkpoint.as_ref();
-                let last = last.map_or("none yet".into(), |p| p.display().to_string());
-                if let Some(m) = &mut monitor {
-                    m.flush();
-                }
-                anyhow::bail!(
-                    "{what} at step {failed_at} (epoch {epoch}): training stopped; the last good checkpoint is {last}. Try {advice}"
-                );
-            }
-            Err(StepFailure::Error(e)) => return Err(e),
-        };
-        report.losses.push((state.step, step.loss));
-        rate.add(loader.plan.global_batch());
-        if let Some(m) = &mut monitor {
-            m.train_step(
-                state.step,
-                total_steps,
-                epoch,
-                lr,
-                step.loss,
-                step.grad_norm,
-                rate.per_second(),
-                config.frequent,
-            );
-        }
-        if state.step.is_multiple_of(config.frequent) {
-            rate.restart();
-        }
+    while state.step < run.last_step {
+        let batch = run.loader.next_batch()?;
+        state = step_and_log(
+            &mut run,
+            state,
+            &batch,
+            config,
+            group,
+            &train_device,
+            &mut report,
+        )?;
         // A stop signal skips the step's validation and checkpoints it whether or not a save
         // was due.
-        let stop = agree_after_step(&mut state, &batch, config, group, monitor.as_mut())?;
-        let epoch_end = loader.plan.epoch_done(state.cursor);
+        let stop = agree_after_step(&mut state, &batch, config, group, run.monitor.as_mut())?;
+        let epoch_end = run.loader.plan.epoch_done(state.cursor);
         let mut accuracy = None;
-        let validate_now =
-            epoch_end || state.step.is_multiple_of(config.verbose) || state.step == last_step;
-        if stop.is_none() && validate_now {
-            if let Some(m) = &mut monitor {
-                accuracy = validate_on_main(&state, &targets, config, device, m, &mut report)?;
+        if stop.is_none() && run.validation_due(state.step, epoch_end, config) {
+            if let Some(m) = &mut run.monitor {
+                accuracy = validate_on_main(&state, &run.targets, config, device, m, &mut report)?;
             }
-            rate.restart();
+            run.rate.restart();
         }
-        if stop.is_some()
-            || epoch_end
-            || state.step.is_multiple_of(config.save_every)
-            || state.step == last_step
-        {
+        if stop.is_some() || run.save_due(state.step, epoch_end, config) {
+            let monitor = run.monitor.as_mut();
             checkpoint_now(
                 config,
-                num_classes,
+                run.num_classes,
                 group,
                 &mut state,
                 &mut report,
-                monitor.as_mut(),
+                monitor,
                 accuracy,
             )
             .map_err(|e| match &stop {
@@ -249,12 +127,12 @@ pub fn train_with(
             })?;
         }
         if let Some(why) = stop {
-            return Err(stopped(config, group, &state, monitor.as_mut(), &why));
+            return Err(stopped(config, group, &state, run.monitor.as_mut(), &why));
         }
     }
     group.barrier("end of training")?;
     group.finish();
-    if let Some(m) = &mut monitor {
+    if let Some(m) = &mut run.monitor {
         m.bar.finish_and_clear();
         m.line(&format!("done at step {}", state.step));
         m.flush();
@@ -262,31 +140,52 @@ pub fn train_with(
     Ok(report)
 }
 
-/// Images per second over all ranks since the last restart.
-struct Rate {
-    since: Instant,
-    images: usize,
-}
-
-impl Rate {
-    fn start() -> Rate {
-        Rate {
-            since: Instant::now(),
-            images: 0,
+/// One optimiser step on `batch` at the schedule's rate, its loss kept and shown; a loss or
+/// gradient that is not finite ends the run naming the last good checkpoint.
+fn step_and_log(
+    run: &mut Run,
+    state: State,
+    batch: &Batch,
+    config: &Config,
+    group: &mut Group,
+    train_device: &Device,
+    report: &mut TrainReport,
+) -> Result<State> {
+    let (epoch, lr) = (state.cursor.epoch, run.schedule.lr(state.step));
+    let failed_at = state.step;
+    let (state, step) = match one_step(state, batch, config, group, train_device, lr) {
+        Ok(done) => done,
+        Err(StepFailure::NotFinite { what, advice }) => {
+            let last = report.last_checkpoint.as_ref();
+            let last = last.map_or("none yet".into(), |p| p.display().to_string());
+            if let Some(m) = &mut run.monitor {
+                m.flush();
+            }
+            anyhow::bail!(
+                "{what} at step {failed_at} (epoch {epoch}): training stopped; the last good checkpoint is {last}. Try {advice}"
+            );
         }
+        Err(StepFailure::Error(e)) => return Err(e),
+    };
+    report.losses.push((state.step, step.loss));
+    run.rate.add(run.loader.plan.global_batch());
+    if let Some(m) = &mut run.monitor {
+        let rate = run.rate.per_second();
+        m.train_step(
+            state.step,
+            run.total_steps,
+            epoch,
+            lr,
+            step.loss,
+            step.grad_norm,
+            rate,
+            config.frequent,
+        );
     }
-
-    fn add(&mut self, images: usize) {
-        self.images += images;
+    if state.step.is_multiple_of(config.frequent) {
+        run.rate.restart();
     }
-
-    fn per_second(&self) -> f64 {
-        self.images as f64 / self.since.elapsed().as_secs_f64()
-    }
-
-    fn restart(&mut self) {
-        *self = Rate::start();
-    }
+    Ok(state)
 }
 
 /// Rank 0's validation of every target (none configured: nothing), reported and kept; the mean
@@ -313,24 +212,4 @@ fn validate_on_main(
     let accuracy = validation::mean_accuracy(&results);
     report.validations.push((state.step, results));
     Ok(accuracy)
-}
-
-/// The training set and its class count; synthetic data is generated by rank 0 alone while the
-/// others wait for it.
-fn open_data(
-    config: &Config,
-    group: &Group,
-) -> Result<(std::sync::Arc<crate::data::dataset::RecDataset>, usize)> {
-    let opened = match group.is_main() {
-        true => Some(inputs::open_dataset(config)?),
-        false => None,
-    };
-    group.barrier("opening the training data")?;
-    let (dataset, num_classes) = match opened {
-        Some(o) => o,
-        None => inputs::open_dataset(config)?,
-    };
-    std::fs::create_dir_all(&config.output)
-        .with_context(|| format!("creating {}", config.output.display()))?;
-    Ok((dataset, num_classes))
 }

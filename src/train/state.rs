@@ -19,10 +19,10 @@ use crate::checkpoint::{Checkpoint, load_named};
 use crate::config::Config;
 use crate::data::loader::Cursor;
 use crate::distributed::Group;
-use crate::model::Trainee;
+use crate::model::BackboneAndHead;
 
 pub struct State {
-    pub model: Trainee,
+    pub model: BackboneAndHead,
     /// Which centres this rank holds and how a step samples them.
     pub head: PartialFc,
     pub sgd: Sgd,
@@ -54,7 +54,7 @@ pub fn start_or_resume(
     let classes = head.classes.start..head.classes.end();
     let mut state = State {
         // Seeded: two runs of one config start from the same weights, at any world size.
-        model: Trainee::init(config, num_classes, classes, &device.clone().autodiff()),
+        model: config.init_model(num_classes, classes, &device.clone().autodiff()),
         head,
         sgd: Sgd::new(SgdSettings {
             momentum: config.momentum,
@@ -176,12 +176,12 @@ fn resume(
     }
     let mut head_tensors = BTreeMap::new();
     head_tensors.insert(shards::WEIGHT.to_string(), weight);
-    let Trainee { backbone, head } = state.model;
-    let mismatch = |e: String| match &from {
+    let BackboneAndHead { backbone, head } = state.model;
+    let mismatch = |e: crate::checkpoint::TensorMismatch| match &from {
         Some((path, _)) => anyhow::anyhow!("{}: {e}", path.display()),
         None => anyhow::anyhow!("rank {}: the resumed state: {e}", group.rank()),
     };
-    state.model = Trainee {
+    state.model = BackboneAndHead {
         // The other ranks get rank 0's backbone in the start's broadcast.
         backbone: match &from {
             Some((_, ckpt)) => {

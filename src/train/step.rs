@@ -15,7 +15,7 @@ use crate::config::Config;
 use crate::data::loader::Batch;
 use crate::distributed::Group;
 use crate::model::memory_format::channels_last;
-use crate::model::{MarginSoftmax, Precision, Trainee};
+use crate::model::{BackboneAndHead, MarginSoftmax, Precision};
 
 /// Seed path of the per-step backend seed (dropout).
 const STEP_SEED: u64 = 3;
@@ -72,7 +72,7 @@ pub struct Gradients {
 /// rows. With `times`, every part is waited for and timed.
 #[allow(clippy::too_many_arguments)]
 pub fn gradients(
-    model: &Trainee,
+    model: &BackboneAndHead,
     head: &PartialFc,
     images: Tensor<4>,
     labels: &[u32],

@@ -1,6 +1,6 @@
 //! Validation during training: every target with an inference copy of the backbone.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use burn::module::Module;
 use burn::tensor::Device;
 
@@ -27,8 +27,7 @@ pub fn validate(
     targets
         .iter()
         .map(|(name, set)| {
-            evaluate(&embedder, set, name, batch)
-                .map_err(|e| anyhow::anyhow!("validation {name}: {e}"))
+            evaluate(&embedder, set, name, batch).with_context(|| format!("validation {name}"))
         })
         .collect()
 }

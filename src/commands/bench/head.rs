@@ -1,22 +1,84 @@
 //! `arcface bench head`: partial FC's step at a large class count over sample rates, and with
 //! `--torch` arcface_torch's PartialFC_V2 on the same sizes in the same call (the ratio).
 
-use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
-use arcface::bench::{HeadBenchOptions, HeadThroughput, head};
+use arcface::bench::{self, HeadBenchOptions, HeadThroughput, TorchHead, head};
+use arcface::device::DeviceSpec;
+use arcface::distributed;
 use arcface::distributed::Group;
 
-/// PyTorch's numbers for one sample rate (scripts/bench_partial_fc.py's JSON).
-#[derive(Debug, Serialize, serde::Deserialize)]
-pub struct TorchHead {
-    pub head_ms: f64,
-    pub optimizer_ms: f64,
-    pub step_ms: f64,
-    pub threads: usize,
-    pub torch: String,
+#[derive(clap::Args)]
+pub struct HeadArgs {
+    #[arg(long, default_value_t = 1_000_000)]
+    classes: usize,
+    #[arg(long, default_value_t = 512)]
+    embedding_size: usize,
+    /// Embeddings per rank and step.
+    #[arg(long, default_value_t = 128)]
+    batch: usize,
+    #[arg(long, value_delimiter = ',', default_value = "1,0.3,0.1")]
+    sample_rates: Vec<f64>,
+    #[arg(long, default_value_t = 3)]
+    steps: usize,
+    #[arg(long, default_value_t = 1)]
+    warmup: usize,
+    /// Also run PyTorch's PartialFC_V2 (CPU, world size 1) and print the ratio.
+    #[arg(long)]
+    torch: bool,
+    /// Ranks to start on this machine (LibTorch's CPU).
+    #[arg(long)]
+    nproc_per_node: Option<usize>,
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: &HeadArgs, cli_device: &Option<String>) -> Result<()> {
+    let HeadArgs {
+        classes,
+        embedding_size,
+        batch,
+        sample_rates,
+        steps,
+        warmup,
+        torch,
+        nproc_per_node,
+        json,
+    } = args;
+    let text = cli_device.as_deref().unwrap_or("cpu");
+    let spec: DeviceSpec = text
+        .parse()
+        .with_context(|| format!("selecting device `{text}`"))?;
+    let timeout = std::time::Duration::from_secs(600);
+    let Some((spec, device, mut group)) =
+        distributed::rank_or_spawn(&spec, *nproc_per_node, timeout)?
+    else {
+        return Ok(());
+    };
+    let torch_device = match &spec {
+        DeviceSpec::Cuda(indices) => format!("cuda:{}", indices[0]),
+        _ => "cpu".to_string(),
+    };
+    let options = bench::HeadBenchOptions {
+        classes: *classes,
+        embedding_size: *embedding_size,
+        batch: *batch,
+        sample_rate: 1.0,
+        warmup: *warmup,
+        steps: (*steps).max(1),
+    };
+    rates(
+        &options,
+        sample_rates,
+        *torch,
+        &torch_device,
+        &device,
+        &mut group,
+        *json,
+    )?;
+    Ok(())
 }
 
 #[derive(Debug, Serialize)]
@@ -29,7 +91,7 @@ struct Row {
 
 /// Runs the head's benchmark for each of `rates`, PyTorch's too with `torch` on
 /// `torch_device` (rank 0 prints).
-pub fn run(
+pub fn rates(
     options: &HeadBenchOptions,
     rates: &[f64],
     torch: bool,
@@ -49,7 +111,7 @@ pub fn run(
         };
         let ours = head(&o, device, group)?;
         let pytorch = match torch && group.is_main() {
-            true => Some(pytorch(&o, torch_device)?),
+            true => Some(bench::pytorch_head(&o, torch_device)?),
             false => None,
         };
         let speedup = pytorch.as_ref().map(|p| p.step_ms / ours.step_ms);
@@ -101,40 +163,4 @@ pub fn run(
             .fold(0.0, f64::max)
     );
     Ok(())
-}
-
-/// scripts/bench_partial_fc.py on `device` ("cpu", "cuda:0") with the same sizes; Python from
-/// ARCFACE_TORCH_PYTHON, else the venv of scripts/setup-libtorch.sh (VIRTUAL_ENV), else python3.
-fn pytorch(o: &HeadBenchOptions, device: &str) -> Result<TorchHead> {
-    let python = std::env::var("ARCFACE_TORCH_PYTHON")
-        .ok()
-        .or_else(|| {
-            std::env::var("VIRTUAL_ENV")
-                .ok()
-                .map(|v| format!("{v}/bin/python"))
-        })
-        .unwrap_or_else(|| "python3".into());
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/bench_partial_fc.py");
-    let output = std::process::Command::new(&python)
-        .arg(&script)
-        .args(["--classes", &o.classes.to_string()])
-        .args(["--embedding", &o.embedding_size.to_string()])
-        .args(["--batch", &o.batch.to_string()])
-        .args(["--sample-rate", &o.sample_rate.to_string()])
-        .args(["--steps", &o.steps.to_string()])
-        .args(["--warmup", &o.warmup.to_string()])
-        .args(["--device", device])
-        .arg("--json")
-        .output()
-        .with_context(|| format!("running {python} {}", script.display()))?;
-    if !output.status.success() {
-        bail!(
-            "{} failed (is torch installed for {python}? set ARCFACE_TORCH_PYTHON): {}",
-            script.display(),
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
-    let line = String::from_utf8_lossy(&output.stdout);
-    serde_json::from_str(line.trim())
-        .with_context(|| format!("{}: unexpected output `{}`", script.display(), line.trim()))
 }

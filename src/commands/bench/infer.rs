@@ -3,14 +3,102 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use anyhow::Result;
 
 use arcface::bench::{self, InferThroughput};
 use arcface::checkpoint::load_backbone;
 use arcface::embedder::{BurnOptions, Embedder, is_onnx};
+use arcface::interop::onnx::{self, Batch};
 use arcface::model::Precision;
-use arcface::onnx::op_profile::OpTime;
-use arcface::onnx::{self, Batch, ConvAlgorithm, OnnxEmbedder, spreads_each_image};
+use arcface::tract::op_profile::OpTime;
+use arcface::tract::{ConvAlgorithm, OnnxEmbedder, spreads_each_image};
+
+#[derive(clap::Args)]
+pub struct InferArgs {
+    /// A checkpoint (.ckpt) or an LResNet-E-IR ONNX file.
+    #[arg(long)]
+    model: PathBuf,
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    /// Time each engine at least this long.
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+    /// Also time MTCNN detection + alignment of every face on this photo (ms per photo).
+    #[arg(long)]
+    photo: Option<PathBuf>,
+    /// MTCNN weights for --photo (scripts/fetch-models.sh).
+    #[arg(long, default_value = "models/mtcnn")]
+    mtcnn: PathBuf,
+    /// Also time onnxruntime on the same ONNX file with scripts/bench_onnxruntime.py
+    /// (Python: $ARCFACE_PYTHON, else python3; needs numpy and onnxruntime).
+    #[arg(long)]
+    onnxruntime: bool,
+    /// How tract computes the 3×3 convolutions (Winograd where it pays, or its im2col).
+    #[arg(long, value_enum, default_value_t = ConvAlgorithm::Winograd)]
+    conv: ConvAlgorithm,
+    /// Also time tract's plan node by node on N images and print the time per operation
+    /// kind: where tract's time goes. One image on one thread, as a batch runs each of its
+    /// images; on all threads when --batch is below the thread count, as a lone image runs.
+    #[arg(long, value_name = "N", conflicts_with = "burn_only")]
+    tract_ops: Option<usize>,
+    /// Time burn alone (on --device), not tract: for GPUs, where tract's CPU figure is moot.
+    #[arg(long, conflicts_with = "onnxruntime")]
+    burn_only: bool,
+    // How burn computes (--precision, --channels-last), in both of its rows; tract always
+    // runs the file's fp32.
+    #[command(flatten)]
+    burn: BurnOptions,
+    /// What pixels an ONNX file takes (found as insightface finds it unless given).
+    #[arg(long, value_enum, default_value_t)]
+    onnx_input: arcface::interop::onnx::InputConvention,
+    /// Also time burn with the batch already on the device and the embeddings left there
+    /// (as PyTorch's anchor times itself), next to its host-to-host figure.
+    #[arg(long)]
+    resident: bool,
+    /// Then record 3 more burn batches with libtorch's profiler into this Chrome trace
+    /// (LibTorch builds only).
+    #[arg(long)]
+    profile: Option<PathBuf>,
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: &InferArgs, cli_device: &Option<String>) -> Result<()> {
+    let InferArgs {
+        model,
+        onnx_input,
+        batch,
+        seconds,
+        photo,
+        mtcnn,
+        onnxruntime,
+        conv,
+        tract_ops,
+        burn_only,
+        burn,
+        resident,
+        profile,
+        json,
+    } = args;
+    if let Some(trace) = profile {
+        arcface::profile::prepare(trace)?;
+    }
+    let engines = Engines {
+        tract: !burn_only,
+        onnxruntime: *onnxruntime,
+        burn: *burn,
+        burn_resident: *resident,
+        burn_profile: profile.clone(),
+        tract_ops: *tract_ops,
+        tract_conv: *conv,
+        onnx_input: *onnx_input,
+    };
+    infer(model, *batch, *seconds, engines, *json, cli_device)?;
+    if let Some(photo) = photo {
+        detection(photo, mtcnn, *seconds, *json)?;
+    }
+    Ok(())
+}
 
 /// Which engines run next to burn.
 pub(super) struct Engines {
@@ -95,7 +183,7 @@ pub(super) fn infer(
             results.push(bench::infer(name, &tract, batch, seconds, None)?);
         }
         if engines.onnxruntime {
-            results.push(onnxruntime(&onnx_file, batch, seconds)?);
+            results.push(bench::onnxruntime(&onnx_file, batch, seconds)?);
         }
         Ok((results, op_times))
     })();
@@ -109,6 +197,13 @@ pub(super) fn infer(
         }
         return Ok(());
     }
+    print_results(&results, &op_times, engines.tract_ops.is_some(), batch);
+    Ok(())
+}
+
+/// The engines' throughputs as a table, each as a multiple of the last row's, and tract's
+/// time per operation when asked.
+fn print_results(results: &[InferThroughput], op_times: &[OpTime], tract_ops: bool, batch: usize) {
     let reference = results.last().map_or(1.0, |r| r.images_per_second);
     let reference_name = results.last().map_or("", |r| r.engine.as_str()).to_string();
     println!(
@@ -119,7 +214,7 @@ pub(super) fn infer(
         "img/s",
         format!("× {}", short(&reference_name))
     );
-    for r in &results {
+    for r in results {
         println!(
             "{:<24} {:>6} {:>8} {:>10.2} {:>12.2}",
             r.engine,
@@ -129,16 +224,15 @@ pub(super) fn infer(
             r.images_per_second / reference
         );
     }
-    if engines.tract_ops.is_some() {
+    if tract_ops {
         let threads = if spreads_each_image(batch) {
             let n = rayon::current_num_threads();
             format!("all {n} threads, as a batch of {batch} runs")
         } else {
             "one thread, as a batch runs each image".to_string()
         };
-        print_op_times(&op_times, &threads);
+        print_op_times(op_times, &threads);
     }
-    Ok(())
 }
 
 fn print_op_times(times: &[OpTime], threads: &str) {
@@ -171,64 +265,20 @@ fn tempfile_path(model: &Path) -> PathBuf {
     std::env::temp_dir().join(format!("arcface-bench-{stem}-{}.onnx", std::process::id()))
 }
 
-fn onnxruntime(file: &Path, batch: usize, seconds: f64) -> Result<InferThroughput> {
-    let python = std::env::var("ARCFACE_PYTHON").unwrap_or_else(|_| "python3".into());
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/bench_onnxruntime.py");
-    let output = std::process::Command::new(&python)
-        .arg(&script)
-        .arg(file)
-        .args([
-            "--batch",
-            &batch.to_string(),
-            "--seconds",
-            &seconds.to_string(),
-        ])
-        .output()
-        .with_context(|| format!("running {python} {}", script.display()))?;
-    if !output.status.success() {
-        bail!(
-            "{} failed (is onnxruntime installed for {python}? set ARCFACE_PYTHON): {}",
-            script.display(),
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
-    let line = String::from_utf8_lossy(&output.stdout);
-    serde_json::from_str(line.trim())
-        .with_context(|| format!("{}: unexpected output `{}`", script.display(), line.trim()))
-}
-
 /// Detection + alignment of every face of `photo`, repeated for at least `seconds`.
 pub(super) fn detection(photo: &Path, mtcnn: &Path, seconds: f64, json: bool) -> Result<()> {
-    use arcface::infer::{Mtcnn, MtcnnConfig, align_face, read_image};
-    let image = read_image(photo)?;
-    let detector = Mtcnn::load(mtcnn, MtcnnConfig::default())?;
-    let once = || -> Result<usize> {
-        let faces = detector.detect(&image)?;
-        Ok(faces
-            .iter()
-            .filter_map(|f| align_face(&image, &f.landmarks))
-            .count())
-    };
-    let faces = once()?;
-    let start = std::time::Instant::now();
-    let mut runs = 0;
-    while runs < 2 || start.elapsed().as_secs_f64() < seconds {
-        once()?;
-        runs += 1;
-    }
-    let ms = start.elapsed().as_secs_f64() * 1e3 / runs as f64;
+    let d = bench::detection(photo, mtcnn, seconds)?;
     if json {
-        println!(
-            "{}",
-            serde_json::json!({"photo": photo, "width": image.width(), "height": image.height(),
-                               "faces": faces, "runs": runs, "ms_per_photo": ms})
-        );
+        println!("{}", serde_json::to_string(&d)?);
     } else {
         println!(
-            "detect + align: {} ({}×{}, {faces} faces): {ms:.1} ms per photo over {runs} runs",
+            "detect + align: {} ({}×{}, {} faces): {:.1} ms per photo over {} runs",
             photo.display(),
-            image.width(),
-            image.height()
+            d.width,
+            d.height,
+            d.faces,
+            d.ms_per_photo,
+            d.runs
         );
     }
     Ok(())

@@ -70,7 +70,18 @@ impl IjbSet {
             scores: Vec::new(),
             pairs: Vec::new(),
         };
-        for (n, f) in lines(&media_path)? {
+        set.read_media(&media_path)?;
+        set.read_points(&points_path, &media_path)?;
+        set.read_pairs(&pair_path, &media_path)?;
+        if set.pairs.is_empty() {
+            bail!("{}: no pairs", pair_path.display());
+        }
+        Ok(set)
+    }
+
+    /// The crops with their template and media ids: `<t>_face_tid_mid.txt`.
+    fn read_media(&mut self, media_path: &Path) -> Result<()> {
+        for (n, f) in lines(media_path)? {
             if f.len() != 3 {
                 bail!(
                     "{} line {n}: {} fields, expected 3 (name template media)",
@@ -78,12 +89,17 @@ impl IjbSet {
                     f.len()
                 );
             }
-            set.crops.push(f[0].clone());
-            set.templates
-                .push(field(&media_path, n, "template", &f[1])?);
-            set.medias.push(field(&media_path, n, "media", &f[2])?);
+            self.crops.push(f[0].clone());
+            self.templates
+                .push(field(media_path, n, "template", &f[1])?);
+            self.medias.push(field(media_path, n, "media", &f[2])?);
         }
-        for (i, (n, f)) in lines(&points_path)?.into_iter().enumerate() {
+        Ok(())
+    }
+
+    /// Each crop's five landmarks and detector score, in the media file's order: `<t>_name_5pts_score.txt`.
+    fn read_points(&mut self, points_path: &Path, media_path: &Path) -> Result<()> {
+        for (i, (n, f)) in lines(points_path)?.into_iter().enumerate() {
             if f.len() != 12 {
                 bail!(
                     "{} line {n}: {} fields, expected 12 (name, 5 landmarks x y, score)",
@@ -91,7 +107,7 @@ impl IjbSet {
                     f.len()
                 );
             }
-            match set.crops.get(i) {
+            match self.crops.get(i) {
                 Some(name) if *name == f[0] => {}
                 Some(name) => bail!(
                     "{} line {n}: crop `{}`, but {} lists `{name}` there: the two files must list the crops in one order",
@@ -102,29 +118,34 @@ impl IjbSet {
                 None => bail!(
                     "{} line {n}: more crops than the {} of {}",
                     points_path.display(),
-                    set.crops.len(),
+                    self.crops.len(),
                     media_path.display()
                 ),
             }
             let mut points = [[0f32; 2]; 5];
             for (k, p) in points.iter_mut().enumerate() {
-                p[0] = field(&points_path, n, "landmark", &f[1 + 2 * k])?;
-                p[1] = field(&points_path, n, "landmark", &f[2 + 2 * k])?;
+                p[0] = field(points_path, n, "landmark", &f[1 + 2 * k])?;
+                p[1] = field(points_path, n, "landmark", &f[2 + 2 * k])?;
             }
-            set.landmarks.push(points);
-            set.scores.push(field(&points_path, n, "score", &f[11])?);
+            self.landmarks.push(points);
+            self.scores.push(field(points_path, n, "score", &f[11])?);
         }
-        if set.landmarks.len() != set.crops.len() {
+        if self.landmarks.len() != self.crops.len() {
             bail!(
                 "{} lists {} crops, {} lists {}",
                 points_path.display(),
-                set.landmarks.len(),
+                self.landmarks.len(),
                 media_path.display(),
-                set.crops.len()
+                self.crops.len()
             );
         }
-        let known: std::collections::HashSet<u64> = set.templates.iter().copied().collect();
-        for (n, f) in lines(&pair_path)? {
+        Ok(())
+    }
+
+    /// The template pairs and their labels: `<t>_template_pair_label.txt`.
+    fn read_pairs(&mut self, pair_path: &Path, media_path: &Path) -> Result<()> {
+        let known: std::collections::HashSet<u64> = self.templates.iter().copied().collect();
+        for (n, f) in lines(pair_path)? {
             if f.len() != 3 {
                 bail!(
                     "{} line {n}: {} fields, expected 3 (t1 t2 label)",
@@ -132,8 +153,8 @@ impl IjbSet {
                     f.len()
                 );
             }
-            let t1: u64 = field(&pair_path, n, "template", &f[0])?;
-            let t2: u64 = field(&pair_path, n, "template", &f[1])?;
+            let t1: u64 = field(pair_path, n, "template", &f[0])?;
+            let t2: u64 = field(pair_path, n, "template", &f[1])?;
             for t in [t1, t2] {
                 if !known.contains(&t) {
                     bail!(
@@ -151,12 +172,9 @@ impl IjbSet {
                     pair_path.display()
                 ),
             };
-            set.pairs.push((t1, t2, label));
+            self.pairs.push((t1, t2, label));
         }
-        if set.pairs.is_empty() {
-            bail!("{}: no pairs", pair_path.display());
-        }
-        Ok(set)
+        Ok(())
     }
 
     /// The crop file of image `i`.

@@ -1,0 +1,421 @@
+//! The training configuration: one TOML file, keys named as in insightface's `arcface_torch`
+//! configs where one exists. Unknown keys are rejected and every error names the file and the key.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::device::DeviceSpec;
+use crate::model::{Architecture, Network, Precision};
+
+mod build;
+
+/// Everything a run needs. Absent keys take the seed recipe's value (LResNet100E-IR, ArcFace).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    // --- backbone ---
+    /// Backbone: r18, r34, r50, r100, r200 or tiny (iresnets), mbf or mbf_large
+    /// (MobileFaceNets).
+    pub network: Network,
+    /// Width of the embedding (the zoo model: 512).
+    pub embedding_size: usize,
+    /// Dropout before the embedding FC layer (seed: 0.4; arcface_torch: 0). Iresnets only: a
+    /// MobileFaceNet's file may set it to 0 or leave it out.
+    pub dropout: f64,
+    /// Whether γ of the last BatchNorm is trained. The seed fixes it at 1. Iresnets only: a
+    /// MobileFaceNet trains it, as arcface_torch's does (its file may say `true` or leave it out).
+    pub embedding_gamma_trainable: bool,
+
+    // --- margin-softmax head ---
+    /// Combined margin (m1, m2, m3): target logit s·(cos(m1·θ + m2) − m3).
+    /// ArcFace [1.0, 0.5, 0.0]; CosFace [1.0, 0.0, 0.35].
+    pub margin_list: [f64; 3],
+    /// Logit scale s.
+    pub scale: f64,
+    /// insightface's `easy_margin`: apply the margin only where cos θ > 0.
+    pub easy_margin: bool,
+    /// Fraction of each rank's class centres a step uses (arcface_torch's partial FC,
+    /// PartialFC_V2): ⌊sample_rate · centres⌋, every positive among them; 1 uses all.
+    pub sample_rate: f64,
+    /// Number of identities; by default read from the dataset's `property` file.
+    pub num_classes: Option<usize>,
+
+    // --- optimisation ---
+    /// Images per device and step.
+    pub batch_size: usize,
+    pub lr: f64,
+    pub momentum: f64,
+    pub weight_decay: f64,
+    /// "steps" (seed: lr ÷ 10 at each of `lr_steps`) or "poly" (arcface_torch).
+    pub lr_schedule: LrSchedule,
+    /// Global steps at which the "steps" schedule divides the learning rate by 10.
+    pub lr_steps: Vec<usize>,
+    pub num_epoch: usize,
+    pub warmup_epoch: usize,
+    /// Clip gradients to this global L2 norm (none when absent).
+    pub clip_grad_norm: Option<f64>,
+    /// Weight decay on BatchNorm γ/β and PReLU slopes too (the seed and arcface_torch: yes).
+    pub decay_norm_and_prelu: bool,
+
+    // --- data ---
+    /// Folder with train.rec, train.idx, property and the validation .bin files.
+    pub rec: PathBuf,
+    /// Validation sets, each `<rec>/<name>.bin`.
+    pub val_targets: Vec<String>,
+    /// Decoding threads of the data loader.
+    pub num_workers: usize,
+    /// Training records that fail to decode mid-run are skipped (another image of the batch
+    /// takes their place), each named once in the log; past this many the run stops naming the
+    /// last ones (`arcface inspect --verify` finds them all beforehand).
+    pub max_skipped_records: usize,
+    /// Generate synthetic identities into `rec` when it does not exist (CPU demos).
+    pub synthetic: Option<SyntheticSpec>,
+
+    // --- run ---
+    /// Folder for checkpoints, logs and TensorBoard files.
+    pub output: PathBuf,
+    pub seed: u64,
+    /// Log every `frequent` steps.
+    pub frequent: usize,
+    /// Validate every `verbose` steps (and at every epoch end).
+    pub verbose: usize,
+    /// Checkpoint every `save_every` steps (and at every epoch end).
+    pub save_every: usize,
+    /// Step checkpoints kept besides `best.ckpt`.
+    pub keep_checkpoints: usize,
+    /// "cpu", "cuda", "cuda:0", "cuda:0,1,2,3" or "libtorch-cpu" (see `device.rs`); several
+    /// CUDA devices train data parallel, one process each, `batch_size` images each
+    /// (`src/distributed/`).
+    pub device: String,
+    /// Seconds a rank waits in a collective (or at the rendezvous) for the others before the run
+    /// stops naming the rank that died or hangs (torch.distributed's `timeout`, also 30 min).
+    pub dist_timeout: u64,
+    /// "fp32", or "bf16": mixed precision as PyTorch's autocast (`model::Precision`).
+    pub precision: Precision,
+    /// cuDNN picks the fastest convolution algorithms by timing them (LibTorch CUDA only).
+    pub cudnn_benchmark: bool,
+    /// The images enter the backbone stored channels-last (NHWC), and the activations stay so,
+    /// in training and in validation (LibTorch only; PyTorch's
+    /// `memory_format=torch.channels_last`; `model::memory_format`).
+    pub channels_last: bool,
+}
+
+/// What `arcface synth` makes, for a config whose data folder may not exist yet.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyntheticSpec {
+    pub identities: usize,
+    pub images_per_identity: usize,
+    pub val_pairs: usize,
+    pub seed: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LrSchedule {
+    Steps,
+    Poly,
+}
+
+impl Default for Config {
+    /// The seed recipe: LResNet100E-IR, 512-d, ArcFace (1, 0.5, 0), s = 64, SGD 0.1/0.9/5e-4.
+    fn default() -> Self {
+        Config {
+            network: Network::R100,
+            embedding_size: 512,
+            dropout: 0.4,
+            embedding_gamma_trainable: false,
+            margin_list: [1.0, 0.5, 0.0],
+            scale: 64.0,
+            easy_margin: false,
+            sample_rate: 1.0,
+            num_classes: None,
+            batch_size: 128,
+            lr: 0.1,
+            momentum: 0.9,
+            weight_decay: 5e-4,
+            lr_schedule: LrSchedule::Steps,
+            lr_steps: vec![100_000, 160_000, 220_000],
+            num_epoch: 20,
+            warmup_epoch: 0,
+            clip_grad_norm: None,
+            decay_norm_and_prelu: true,
+            rec: PathBuf::from("data/faces_emore"),
+            val_targets: ["lfw", "cfp_fp", "cfp_ff", "agedb_30"]
+                .map(String::from)
+                .to_vec(),
+            num_workers: 2,
+            max_skipped_records: 100,
+            synthetic: None,
+            output: PathBuf::from("checkpoints/r100"),
+            seed: 2048,
+            frequent: 10,
+            verbose: 2000,
+            save_every: 2000,
+            keep_checkpoints: 3,
+            dist_timeout: 1800,
+            device: "cpu".to_string(),
+            precision: Precision::Fp32,
+            cudnn_benchmark: true,
+            channels_last: false,
+        }
+    }
+}
+
+/// A configuration problem, located by file and key.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    /// Dotted key path, empty when the problem is not tied to one key.
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}: {}", self.file.display(), self.message)
+        } else {
+            write!(
+                f,
+                "{}: key `{}`: {}",
+                self.file.display(),
+                self.key,
+                self.message
+            )
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a TOML file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_path_buf(),
+            key: String::new(),
+            message: format!("cannot read the config file: {e}"),
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates TOML text; `origin` only names the source in errors.
+    pub fn parse(text: &str, origin: &Path) -> Result<Config, ConfigError> {
+        let located = |key: String, message: String| ConfigError {
+            file: origin.to_path_buf(),
+            key,
+            message,
+        };
+        let deserializer = toml::Deserializer::parse(text)
+            .map_err(|e| located(String::new(), toml_message(&e, text)))?;
+        let config: Config = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+            let key = e.path().to_string();
+            let key = if key == "." { String::new() } else { key };
+            located(key, toml_message(e.inner(), text))
+        })?;
+        config
+            .validate()
+            .and_then(|()| config.check_iresnet_keys(text))
+            .map_err(|(key, message)| located(key.to_string(), message))?;
+        Ok(config)
+    }
+
+    /// `dropout` and `embedding_gamma_trainable` shape the iresnets only. Written in the file of
+    /// a MobileFaceNet with a value it cannot honour, they would be ignored in silence: refused.
+    /// (Absent keys take the seed's defaults, dropout 0.4 among them, which a MobileFaceNet
+    /// does not use; only what the user wrote is checked.)
+    fn check_iresnet_keys(&self, text: &str) -> Result<(), (&'static str, String)> {
+        if !matches!(
+            self.network.architecture(),
+            Architecture::MobileFaceNet { .. }
+        ) {
+            return Ok(());
+        }
+        // The text deserialised a moment ago, so it parses as a table too.
+        let written = text.parse::<toml::Table>().unwrap_or_default();
+        let network = self.network.name();
+        if written.contains_key("dropout") && self.dropout != 0.0 {
+            return Err((
+                "dropout",
+                format!(
+                    "{network} has no dropout (arcface_torch's MobileFaceNet has none); \
+                     remove the key or set it to 0"
+                ),
+            ));
+        }
+        if written.contains_key("embedding_gamma_trainable") && !self.embedding_gamma_trainable {
+            return Err((
+                "embedding_gamma_trainable",
+                format!(
+                    "{network} trains the embedding BatchNorm's γ, as arcface_torch's \
+                     MobileFaceNet does; a fixed γ is the iresnets' option: remove the key"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Identities for the class-centre matrix: `num_classes` if set, else the dataset's
+    /// `property` file.
+    pub fn resolve_num_classes(&self) -> anyhow::Result<usize> {
+        match self.num_classes {
+            Some(n) => Ok(n),
+            None => Ok(crate::data::property::Property::read(&self.rec)?.num_classes),
+        }
+    }
+
+    /// Checks values that parse but make no sense; returns the offending key and why.
+    // Long because it is one table, a row per key, in the struct's order: split, the rows
+    // would be harder to check against the keys.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        let [m1, m2, m3] = self.margin_list;
+        let checks: [(&'static str, bool, String); 19] = [
+            (
+                "embedding_size",
+                self.embedding_size > 0,
+                "must be > 0".into(),
+            ),
+            (
+                "dropout",
+                (0.0..1.0).contains(&self.dropout),
+                "must be in [0, 1)".into(),
+            ),
+            (
+                "margin_list",
+                m1 > 0.0 && (0.0..std::f64::consts::PI).contains(&m2) && m3 >= 0.0,
+                format!(
+                    "[m1, m2, m3] = {:?}: need m1 > 0, 0 <= m2 < pi, m3 >= 0",
+                    self.margin_list
+                ),
+            ),
+            (
+                "scale",
+                self.scale > 0.0 && self.scale.is_finite(),
+                "must be > 0".into(),
+            ),
+            (
+                "sample_rate",
+                (0.0..=1.0).contains(&self.sample_rate) && self.sample_rate > 0.0,
+                "must be in (0, 1]".into(),
+            ),
+            (
+                "num_classes",
+                self.num_classes != Some(0),
+                "must be > 0".into(),
+            ),
+            (
+                "batch_size",
+                self.batch_size >= 2,
+                // BatchNorm normalises each channel over the batch: the embedding's BatchNorm
+                // sees one value per channel at batch 1 (PyTorch refuses that too).
+                "must be at least 2 (BatchNorm trains on batch statistics)".into(),
+            ),
+            (
+                "lr",
+                self.lr > 0.0 && self.lr.is_finite(),
+                "must be > 0".into(),
+            ),
+            (
+                "momentum",
+                (0.0..1.0).contains(&self.momentum),
+                "must be in [0, 1)".into(),
+            ),
+            (
+                "weight_decay",
+                self.weight_decay >= 0.0,
+                "must be >= 0".into(),
+            ),
+            (
+                "lr_steps",
+                self.lr_steps.windows(2).all(|w| w[0] < w[1]),
+                "must be strictly increasing".into(),
+            ),
+            ("num_epoch", self.num_epoch > 0, "must be > 0".into()),
+            (
+                "warmup_epoch",
+                self.warmup_epoch < self.num_epoch,
+                "must be smaller than num_epoch".into(),
+            ),
+            (
+                "clip_grad_norm",
+                self.clip_grad_norm.is_none_or(|c| c > 0.0),
+                "must be > 0".into(),
+            ),
+            (
+                "frequent",
+                self.frequent > 0 && self.verbose > 0,
+                "frequent and verbose must be > 0".into(),
+            ),
+            ("save_every", self.save_every > 0, "must be > 0".into()),
+            (
+                "keep_checkpoints",
+                self.keep_checkpoints > 0,
+                "must be > 0".into(),
+            ),
+            ("dist_timeout", self.dist_timeout > 0, "must be > 0".into()),
+            (
+                "synthetic",
+                self.synthetic.as_ref().is_none_or(|s| {
+                    s.identities >= 2 && s.images_per_identity >= 1 && s.val_pairs >= 20
+                }),
+                "needs identities >= 2, images_per_identity >= 1, val_pairs >= 20".into(),
+            ),
+        ];
+        if let Some((key, _, message)) = checks.into_iter().find(|(_, ok, _)| !ok) {
+            return Err((key, message));
+        }
+        if let Err(e) = self.device.parse::<DeviceSpec>() {
+            return Err(("device", e.to_string()));
+        }
+        Ok(())
+    }
+}
+
+/// toml's message with the line and column of its span (its own Display prints a multi-line
+/// snippet, which reads badly after our "file: key:" prefix).
+fn toml_message(error: &toml::de::Error, text: &str) -> String {
+    let message = error.message().trim_end().to_string();
+    match error.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("{message} (line {line}, column {column})")
+        }
+        None => message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("x.toml"))
+    }
+
+    #[test]
+    fn a_mobilefacenet_refuses_the_iresnets_keys_it_cannot_honour() {
+        for (text, key) in [
+            ("network = \"mbf\"\ndropout = 0.4\n", "dropout"),
+            ("network = \"mbf_large\"\ndropout = 0.1\n", "dropout"),
+            (
+                "network = \"mbf\"\nembedding_gamma_trainable = false\n",
+                "embedding_gamma_trainable",
+            ),
+        ] {
+            let err = parse(text).unwrap_err();
+            assert_eq!(err.key, key, "{text}");
+            assert!(err.to_string().contains("x.toml"), "{err}");
+        }
+        // What a MobileFaceNet does anyway, and the defaults, are accepted.
+        for text in [
+            "network = \"mbf\"\n",
+            "network = \"mbf\"\ndropout = 0.0\nembedding_gamma_trainable = true\n",
+            "network = \"r50\"\ndropout = 0.2\nembedding_gamma_trainable = false\n",
+        ] {
+            parse(text).unwrap_or_else(|e| panic!("{text}: {e}"));
+        }
+    }
+}

@@ -1,3 +1,0 @@
-//! Exporting trained weights for other tools.
-
-pub mod safetensors;

@@ -1,0 +1,150 @@
+//! [`Sgd::step`] on LibTorch: the whole model in a few launches of libtorch's fused SGD kernel
+//! (`torch.optim.SGD(fused=True)`), in place, as PyTorch updates a module's parameters. The
+//! generic path costs six elementwise kernels per parameter: ~2,800 launches per r100 step,
+//! which left the GPU idle while the CPU queued them (docs/PERFORMANCE.md). Same arithmetic,
+//! same momentum buffers (flat, by path), so checkpoints and resume are unchanged.
+#![allow(deprecated)] // burn-tch is deprecated upstream; see device.rs.
+
+use burn::backend::LibTorch;
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::optim::GradientsParams;
+use burn::tensor::{Device, Tensor};
+use burn_tch::TchTensor;
+use burn_tch::fused::{SgdStep, sgd_in_place};
+
+use super::{Sgd, SgdSettings, is_norm_or_prelu};
+
+/// One parameter with a gradient, as libtorch tensors.
+struct Entry {
+    path: String,
+    weight: TchTensor,
+    grad: TchTensor,
+    numel: usize,
+    device: Device,
+}
+
+/// Collects every parameter with a gradient; `ok` turns false at the first one that is not a
+/// LibTorch tensor (the caller then takes the generic path, nothing changed).
+struct Collect<'a> {
+    grads: &'a GradientsParams,
+    prefix: &'a str,
+    path: Vec<String>,
+    entries: Vec<Entry>,
+    ok: bool,
+}
+
+impl ModuleVisitor for Collect<'_> {
+    crate::module_path::track_module_path!();
+
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if !self.ok {
+            return;
+        }
+        let Some(grad) = self.grads.get::<D>(param.id) else {
+            return;
+        };
+        let inner = param.val().inner();
+        let numel = inner.shape().num_elements();
+        let device = inner.device();
+        match (
+            inner.try_into_primitive::<LibTorch>(),
+            grad.try_into_primitive::<LibTorch>(),
+        ) {
+            (Ok(weight), Ok(grad)) => self.entries.push(Entry {
+                path: format!("{}{}", self.prefix, self.path.join(".")),
+                weight,
+                grad,
+                numel,
+                device,
+            }),
+            _ => self.ok = false,
+        }
+    }
+}
+
+/// Steps `module` in place on LibTorch; false (and nothing changed) where a parameter is not a
+/// LibTorch tensor or libtorch's kernels are off.
+pub(super) fn step_in_place<M: Module>(
+    sgd: &mut Sgd,
+    settings: &SgdSettings,
+    module: &M,
+    grads: &GradientsParams,
+    lr: f64,
+    grad_scale: f64,
+    prefix: &str,
+) -> bool {
+    if !crate::device::libtorch_fused_kernels() {
+        return false;
+    }
+    let mut collect = Collect {
+        grads,
+        prefix,
+        path: Vec::new(),
+        entries: Vec::new(),
+        ok: true,
+    };
+    module.visit(&mut collect);
+    let Collect { entries, ok, .. } = collect;
+    if !ok || entries.is_empty() {
+        return false;
+    }
+    // One fused call per (weight decay, first step) group.
+    let mut groups: [[Vec<&Entry>; 2]; 2] = Default::default();
+    for e in &entries {
+        let decay = !(settings.no_decay_on_norm_and_prelu && is_norm_or_prelu(&e.path));
+        let first = settings.momentum != 0.0 && !sgd.momentum.contains_key(&e.path);
+        groups[decay as usize][first as usize].push(e);
+    }
+    let mut written = false;
+    for (decay, by_first) in groups.iter().enumerate() {
+        for (first, group) in by_first.iter().enumerate() {
+            if group.is_empty() {
+                continue;
+            }
+            let mut buffers = Vec::new();
+            let mut refused = None;
+            if settings.momentum != 0.0 {
+                for e in group {
+                    let buffer = sgd.momentum.entry(e.path.clone()).or_insert_with(|| {
+                        // Written, not read, on a first step.
+                        Tensor::<1>::zeros([e.numel], &e.device)
+                    });
+                    match buffer.clone().try_into_primitive::<LibTorch>() {
+                        Ok(b) => buffers.push(b),
+                        Err(error) => {
+                            refused =
+                                Some(format!("momentum of {} off LibTorch: {error:?}", e.path))
+                        }
+                    }
+                }
+            }
+            let step = SgdStep {
+                weight_decay: if decay == 1 {
+                    settings.weight_decay
+                } else {
+                    0.0
+                },
+                momentum: settings.momentum,
+                lr,
+                grad_scale,
+                is_first_step: first == 1,
+            };
+            let params: Vec<TchTensor> = group.iter().map(|e| e.weight.clone()).collect();
+            let grads_of: Vec<TchTensor> = group.iter().map(|e| e.grad.clone()).collect();
+            let outcome = match refused {
+                Some(message) => Err(message),
+                None => sgd_in_place(&params, &grads_of, &buffers, &step),
+            };
+            if let Err(message) = outcome {
+                // Refused up front (buffers, shapes, devices): nothing of this group was written. Before
+                // any group was, the generic path can still take the step; after, it would step
+                // those groups twice.
+                assert!(!written, "SGD step: {message}");
+                eprintln!("warning: libtorch's fused SGD refused ({message}); generic SGD instead");
+                return false;
+            }
+            written = true;
+        }
+    }
+    true
+}
