@@ -22,6 +22,7 @@ use crate::config::Config;
 use crate::data::loader::Cursor;
 
 mod named;
+pub mod save;
 pub mod shards;
 
 pub use named::{TensorMismatch, load_named, named_tensors};

@@ -164,6 +164,20 @@ impl Default for Config {
     }
 }
 
+/// A value that parses but makes no sense, by key; [`ConfigError`] adds the file.
+#[derive(Debug, thiserror::Error)]
+#[error("`{key}` {message}")]
+pub struct BadValue {
+    pub key: &'static str,
+    pub message: String,
+}
+
+impl BadValue {
+    fn new(key: &'static str, message: String) -> BadValue {
+        BadValue { key, message }
+    }
+}
+
 /// A configuration problem, located by file and key.
 #[derive(Debug, thiserror::Error)]
 pub struct ConfigError {
@@ -217,7 +231,7 @@ impl Config {
         config
             .validate()
             .and_then(|()| config.check_iresnet_keys(text))
-            .map_err(|(key, message)| located(key.to_string(), message))?;
+            .map_err(|e| located(e.key.to_string(), e.message))?;
         Ok(config)
     }
 
@@ -225,7 +239,7 @@ impl Config {
     /// a MobileFaceNet with a value it cannot honour, they would be ignored in silence: refused.
     /// (Absent keys take the seed's defaults, dropout 0.4 among them, which a MobileFaceNet
     /// does not use; only what the user wrote is checked.)
-    fn check_iresnet_keys(&self, text: &str) -> Result<(), (&'static str, String)> {
+    fn check_iresnet_keys(&self, text: &str) -> Result<(), BadValue> {
         if !matches!(
             self.network.architecture(),
             Architecture::MobileFaceNet { .. }
@@ -236,7 +250,7 @@ impl Config {
         let written = text.parse::<toml::Table>().unwrap_or_default();
         let network = self.network.name();
         if written.contains_key("dropout") && self.dropout != 0.0 {
-            return Err((
+            return Err(BadValue::new(
                 "dropout",
                 format!(
                     "{network} has no dropout (arcface_torch's MobileFaceNet has none); \
@@ -245,7 +259,7 @@ impl Config {
             ));
         }
         if written.contains_key("embedding_gamma_trainable") && !self.embedding_gamma_trainable {
-            return Err((
+            return Err(BadValue::new(
                 "embedding_gamma_trainable",
                 format!(
                     "{network} trains the embedding BatchNorm's γ, as arcface_torch's \
@@ -268,7 +282,7 @@ impl Config {
     /// Checks values that parse but make no sense; returns the offending key and why.
     // Long because it is one table, a row per key, in the struct's order: split, the rows
     // would be harder to check against the keys.
-    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+    pub fn validate(&self) -> Result<(), BadValue> {
         let [m1, m2, m3] = self.margin_list;
         let checks: [(&'static str, bool, String); 19] = [
             (
@@ -363,10 +377,10 @@ impl Config {
             ),
         ];
         if let Some((key, _, message)) = checks.into_iter().find(|(_, ok, _)| !ok) {
-            return Err((key, message));
+            return Err(BadValue::new(key, message));
         }
         if let Err(e) = self.device.parse::<DeviceSpec>() {
-            return Err(("device", e.to_string()));
+            return Err(BadValue::new("device", e.to_string()));
         }
         Ok(())
     }

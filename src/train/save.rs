@@ -1,21 +1,23 @@
 //! Writing a checkpoint, every rank taking part after all reached the same step. One rank writes
-//! the one file. Several: rank 0 writes every rank's head shard, receiving the others' centres
-//! and momentum one rank at a time (send/recv), then the main file that lists them, last. Only
+//! the one file. Several: rank 0 receives the others' centres and momentum one rank at a time
+//! (send/recv) as the checkpoint room writes each rank's head shard, then the main file that
+//! lists them, last (`checkpoint::save`). Only
 //! rank 0 needs the output folder, so machines without a shared disk train and resume alike;
 //! docs/DISTRIBUTED.md has the bytes this moves at scale.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use burn::tensor::TensorData;
 
 use super::TrainReport;
 use super::monitor::Monitor;
 use super::partial_fc::ClassRange;
 use super::state::State;
-use crate::checkpoint::shards::{self, HeadShard};
-use crate::checkpoint::{self, Checkpoint, Meta, named_tensors};
+use crate::checkpoint::save::{Head, HeadPart};
+use crate::checkpoint::shards;
+use crate::checkpoint::{self, Meta, named_tensors};
 use crate::config::Config;
 use crate::distributed::Group;
 
@@ -28,7 +30,7 @@ pub fn save(
     path: &Path,
     accuracy: Option<f64>,
 ) -> Result<()> {
-    let meta = |head_shards: Vec<HeadShard>| Meta {
+    let meta = Meta {
         config: config.clone(),
         num_classes,
         step: state.step,
@@ -36,7 +38,7 @@ pub fn save(
         world_size: group.world(),
         accuracy,
         tensors: Vec::new(),
-        head_shards,
+        head_shards: Vec::new(),
         run: state.run.clone(),
         skipped_records: state.skipped.iter().copied().collect(),
     };
@@ -48,25 +50,28 @@ pub fn save(
     let mut head = BTreeMap::new();
     head.insert(shards::WEIGHT.to_string(), head_weight);
     head.extend(head_momentum.map(|m| (shards::MOMENTUM.to_string(), m)));
-    // One rank: the head inside the main file; several: in shard files beside it.
-    let (inside, head_shards) = match group.world() {
-        1 => (head, Ok(Vec::new())),
-        _ => (
-            BTreeMap::new(),
-            gather_shards(num_classes, group, head, path, &meta)?,
-        ),
-    };
     let what = "whether the checkpoint was written";
-    if !group.is_main() {
-        return group
-            .outcome_of_main::<()>(None, what, || {
-                anyhow::anyhow!(
-                    "{}: rank 0 could not write the checkpoint (its log says why); the previous \
-                     checkpoints are intact",
-                    path.display()
-                )
-            })
-            .map(drop);
+    if group.world() > 1 {
+        // Every rank has momentum after its first step, or none does (momentum = 0).
+        let has_momentum = head.contains_key(shards::MOMENTUM);
+        group.agree(u32::from(has_momentum), "whether the head has momentum")?;
+        if !group.is_main() {
+            let sending = "sending this rank's centres to rank 0 for the checkpoint";
+            for name in [shards::WEIGHT, shards::MOMENTUM] {
+                if let Some(data) = head.remove(name) {
+                    group.send_data(data, 0, sending)?;
+                }
+            }
+            return group
+                .outcome_of_main::<()>(None, what, || {
+                    anyhow::anyhow!(
+                        "{}: rank 0 could not write the checkpoint (its log says why); the \
+                         previous checkpoints are intact",
+                        path.display()
+                    )
+                })
+                .map(drop);
+        }
     }
     let mut tensors = named_tensors(&state.model.backbone, "backbone.");
     tensors.extend(
@@ -75,94 +80,40 @@ pub fn save(
             .filter(|(k, _)| k.starts_with("backbone."))
             .map(|(k, v)| (format!("momentum.{k}"), v.clone())),
     );
-    let written = match head_shards {
-        Ok(shards) => {
-            tensors.extend(inside);
-            Checkpoint {
-                meta: meta(shards),
-                tensors,
-                crc: 0,
+    // One rank: the head inside the main file; several: each rank's part received in turn and
+    // written as a shard beside it.
+    let world = group.world();
+    let parts = match world {
+        1 => Head::Inside(head),
+        _ => {
+            let width = head[shards::WEIGHT].shape()[1];
+            let has_momentum = head.contains_key(shards::MOMENTUM);
+            let mut own = Some(head);
+            Head::Sharded {
+                world,
+                parts: (0..world).map(move |rank| {
+                    let range = ClassRange::of_rank(num_classes, world, rank);
+                    let tensors = match own.take() {
+                        Some(own) => own,
+                        None => receive(group, rank, range, width, has_momentum)?,
+                    };
+                    Ok(HeadPart {
+                        rank,
+                        start: range.start,
+                        len: range.len,
+                        tensors,
+                    })
+                }),
             }
-            .save(path)
-            .with_context(|| context(path))
-            .map(drop)
         }
-        Err(e) => Err(e),
     };
+    let written = checkpoint::save::save(path, meta, tensors, parts)?.map(drop);
     // Every rank learns whether the checkpoint exists: the others stop with rank 0 if not.
     group
         .outcome_of_main(Some(written), what, || {
             unreachable!("rank 0 has its outcome")
         })
         .map(drop)
-}
-
-fn context(path: &Path) -> String {
-    format!(
-        "writing checkpoint {} (the previous checkpoints are intact)",
-        path.display()
-    )
-}
-
-/// Rank 0: every rank's shard file written (its own, then each other's as received), the
-/// manifest's entries returned; a write that fails keeps receiving, so that no rank waits
-/// forever, and is the Err. The other ranks: their centres sent to rank 0 (the outer Ok is the
-/// collectives', the inner one rank 0's writes, which it reports afterwards).
-fn gather_shards(
-    num_classes: usize,
-    group: &Group,
-    own: BTreeMap<String, TensorData>,
-    path: &Path,
-    meta: &dyn Fn(Vec<HeadShard>) -> Meta,
-) -> Result<Result<Vec<HeadShard>>> {
-    // Every rank has momentum after its first step, or none does (momentum = 0).
-    let has_momentum = own.contains_key(shards::MOMENTUM);
-    group.agree(u32::from(has_momentum), "whether the head has momentum")?;
-    if !group.is_main() {
-        let what = "sending this rank's centres to rank 0 for the checkpoint";
-        for name in [shards::WEIGHT, shards::MOMENTUM] {
-            if let Some(data) = own.get(name) {
-                group.send_data(data.clone(), 0, what)?;
-            }
-        }
-        return Ok(Ok(Vec::new()));
-    }
-    let mut entries = Vec::with_capacity(group.world());
-    let mut failed: Option<anyhow::Error> = None;
-    let width = own[shards::WEIGHT].shape()[1];
-    for rank in 0..group.world() {
-        let range = ClassRange::of_rank(num_classes, group.world(), rank);
-        let tensors = match rank {
-            0 => own.clone(),
-            _ => receive(group, rank, range, width, has_momentum)?,
-        };
-        if failed.is_some() {
-            continue;
-        }
-        let shard_path = shards::shard_path(path, rank, group.world());
-        let file = shard_path.file_name().expect("a file");
-        let entry = HeadShard {
-            file: file.to_string_lossy().into_owned(),
-            rank,
-            start: range.start,
-            len: range.len,
-            crc: 0,
-        };
-        let written = Checkpoint {
-            meta: meta(vec![entry.clone()]),
-            tensors,
-            crc: 0,
-        }
-        .save(&shard_path);
-        match written {
-            Ok(crc) => entries.push(HeadShard { crc, ..entry }),
-            Err(e) => failed = Some(anyhow::Error::new(e).context(context(&shard_path))),
-        }
-    }
-    Ok(match failed {
-        Some(e) => Err(e),
-        None => Ok(entries),
-    })
 }
 
 /// Rank `rank`'s centres `range` (and their momentum), as it sends them.

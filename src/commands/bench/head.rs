@@ -1,7 +1,6 @@
 //! `arcface bench head`: partial FC's step at a large class count over sample rates, and with
 //! `--torch` arcface_torch's PartialFC_V2 on the same sizes in the same call (the ratio).
 
-
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 

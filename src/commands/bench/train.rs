@@ -88,8 +88,8 @@ pub fn run(args: &TrainArgs, cli_device: &Option<String>) -> Result<()> {
     }
     if let Some(r) = sample_rate {
         config.sample_rate = *r;
-        if let Err((key, why)) = config.validate() {
-            bail!("--sample-rate {r}: `{key}` {why}");
+        if let Err(e) = config.validate() {
+            bail!("--sample-rate {r}: {e}");
         }
     }
     config.channels_last |= *channels_last;
