@@ -128,6 +128,7 @@ fn bad_values_name_the_key() {
         ("sample_rate = 0.0\n", "sample_rate"),
         ("sample_rate = 1.5\n", "sample_rate"),
         ("sample_rate = -0.1\n", "sample_rate"),
+        ("poly_power = 0.0\n", "poly_power"),
         // The iresnets' keys, in a MobileFaceNet's file: values it could not honour.
         ("network = \"mbf\"\ndropout = 0.4\n", "dropout"),
         (

@@ -5,9 +5,10 @@ mod common;
 
 use std::path::Path;
 
-use arcface::config::Config;
+use arcface::config::{Config, LrSchedule};
 use arcface::eval::embed::tar_at_far;
 use arcface::eval::verify::{l2_normalize, squared_distance, verify};
+use arcface::train::schedule::Schedule;
 use arcface::train::{Resume, TrainOptions, train};
 use burn::tensor::Device;
 
@@ -630,4 +631,36 @@ fn a_label_outside_the_class_count_is_named() {
     assert!(err.contains("is not an identity in [0, 10)"), "{err}");
     assert!(err.contains(&data.path().display().to_string()), "{err}");
     assert!(err.contains("train.rec: key "), "{err}");
+}
+
+/// `lr_schedule = "poly"` is arcface_torch's: the rate of every step equals the one
+/// PolynomialLRWarmup gives it as train_v2.py steps the scheduler in PyTorch
+/// (tests/reference/lr_scheduler.py): the full rate at the first step, the warmup, the decay
+/// at powers 1 (arcface_torch's) and 2, and the steps past the end.
+#[test]
+fn poly_schedule_is_arcface_torchs_step_by_step() {
+    let total = 1000;
+    for (warmup, power) in [(100, 1.0), (0, 1.0), (37, 2.0)] {
+        let query = serde_json::json!({
+            "base_lr": 0.1, "warmup": warmup, "total": total, "power": power, "steps": total + 5,
+        });
+        let reference = common::torch_reference("lr_scheduler.py", &query);
+        let theirs: Vec<f64> = serde_json::from_value(reference["lr"].clone()).unwrap();
+        assert_eq!(theirs.len(), total + 5);
+        let ours = Schedule {
+            kind: LrSchedule::Poly,
+            base_lr: 0.1,
+            warmup_steps: warmup,
+            total_steps: total,
+            lr_steps: Vec::new(),
+            poly_power: power,
+        };
+        for (step, &t) in theirs.iter().enumerate() {
+            let o = ours.lr(step);
+            assert!(
+                (o - t).abs() <= 1e-12 + 1e-9 * t.abs(),
+                "warmup {warmup}, power {power}, step {step}: ours {o}, PyTorch {t}"
+            );
+        }
+    }
 }

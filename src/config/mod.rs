@@ -48,8 +48,12 @@ pub struct Config {
     pub lr: f64,
     pub momentum: f64,
     pub weight_decay: f64,
-    /// "steps" (seed: lr ÷ 10 at each of `lr_steps`) or "poly" (arcface_torch).
+    /// "steps" (seed: lr ÷ 10 at each of `lr_steps`) or "poly" (arcface_torch's
+    /// PolynomialLRWarmup: base · (1 − progress)^`poly_power` after a linear warmup).
     pub lr_schedule: LrSchedule,
+    /// The power of the "poly" decay: 1 (linear) as arcface_torch's train_v2.py trains; before
+    /// this key existed "poly" decayed with 2.
+    pub poly_power: f64,
     /// Global steps at which the "steps" schedule divides the learning rate by 10.
     pub lr_steps: Vec<usize>,
     pub num_epoch: usize,
@@ -137,6 +141,7 @@ impl Default for Config {
             momentum: 0.9,
             weight_decay: 5e-4,
             lr_schedule: LrSchedule::Steps,
+            poly_power: 1.0,
             lr_steps: vec![100_000, 160_000, 220_000],
             num_epoch: 20,
             warmup_epoch: 0,
@@ -284,7 +289,7 @@ impl Config {
     // would be harder to check against the keys.
     pub fn validate(&self) -> Result<(), BadValue> {
         let [m1, m2, m3] = self.margin_list;
-        let checks: [(&'static str, bool, String); 19] = [
+        let checks: [(&'static str, bool, String); 20] = [
             (
                 "embedding_size",
                 self.embedding_size > 0,
@@ -346,6 +351,11 @@ impl Config {
                 "must be strictly increasing".into(),
             ),
             ("num_epoch", self.num_epoch > 0, "must be > 0".into()),
+            (
+                "poly_power",
+                self.poly_power > 0.0 && self.poly_power.is_finite(),
+                "must be > 0".into(),
+            ),
             (
                 "warmup_epoch",
                 self.warmup_epoch < self.num_epoch,

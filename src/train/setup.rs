@@ -90,6 +90,7 @@ pub fn set_up(
         warmup_steps: per_epoch * config.warmup_epoch,
         total_steps,
         lr_steps: config.lr_steps.clone(),
+        poly_power: config.poly_power,
     };
     let last_step = options
         .max_steps
