@@ -129,6 +129,10 @@ fn bad_values_name_the_key() {
         ("sample_rate = 1.5\n", "sample_rate"),
         ("sample_rate = -0.1\n", "sample_rate"),
         ("poly_power = 0.0\n", "poly_power"),
+        (
+            "interclass_filtering_threshold = 1.0\n",
+            "interclass_filtering_threshold",
+        ),
         // The iresnets' keys, in a MobileFaceNet's file: values it could not honour.
         ("network = \"mbf\"\ndropout = 0.4\n", "dropout"),
         (

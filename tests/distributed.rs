@@ -278,9 +278,11 @@ fn partial_fc_equals_pytorch_on_the_same_index() {
         );
         let full = TensorData::new(weight, [CLASSES, E]);
         let margins: [f64; 3] = serde_json::from_value(input["margins"].clone()).unwrap();
+        let threshold = input["threshold"].as_f64().unwrap();
         let mut head = MarginSoftmaxConfig::new(pfc.classes.len, E)
             .with_margins(margins)
             .with_scale(16.0)
+            .with_interclass_filtering_threshold(threshold)
             .init(&device);
         head = load_named(
             head,
@@ -313,11 +315,20 @@ fn partial_fc_equals_pytorch_on_the_same_index() {
     let weight: Vec<f32> = (0..CLASSES * E).map(|i| value(i, 2)).collect();
     // Labels on both ranks' halves of the classes, one repeated (a positive once).
     let labels: Vec<u32> = vec![3, 30, 17, 3, 40, 0, 21, 8, 35, 20, 19, 1];
-    // ArcFace, CosFace, and the combined margin with m1 ≠ 1 (SphereFace's angle factor).
-    for margins in [[1.0, 0.5, 0.0], [1.0, 0.0, 0.35], [1.2, 0.2, 0.1]] {
+    // ArcFace, CosFace, and the combined margin with m1 ≠ 1 (SphereFace's angle factor); then
+    // ArcFace with arcface_torch's interclass filtering (at 0.2 about a quarter of these
+    // 8-d cosines are above it).
+    let mut unfiltered_loss = None;
+    for (margins, threshold) in [
+        ([1.0, 0.5, 0.0], 0.0),
+        ([1.0, 0.0, 0.35], 0.0),
+        ([1.2, 0.2, 0.1], 0.0),
+        ([1.0, 0.5, 0.0], 0.2),
+    ] {
         let dir = tempfile::tempdir().unwrap();
         let input = serde_json::json!({
             "embeddings": embeddings, "weight": weight, "labels": labels, "margins": margins,
+            "threshold": threshold,
         });
         let ranks = run_ranks(
             "partial_fc_equals_pytorch_on_the_same_index",
@@ -346,11 +357,20 @@ fn partial_fc_equals_pytorch_on_the_same_index() {
         }
         let query = serde_json::json!({
             "embeddings": embeddings, "weight": weight, "labels": labels, "margins": margins,
-            "scale": 16.0, "world": 2, "rows_per_rank": ROWS, "embedding_size": E,
+            "threshold": threshold, "scale": 16.0, "world": 2, "rows_per_rank": ROWS, "embedding_size": E,
             "ranges": ranks.iter().map(|r| [r["start"].clone(), r["len"].clone()]).collect::<Vec<_>>(),
             "indices": ranks.iter().map(|r| r["index"].clone()).collect::<Vec<_>>(),
         });
         let want = torch_reference("partial_fc.py", &query);
+        // The filtering case must filter: its loss is not ArcFace's without it.
+        let reference_loss = want["loss"].as_f64().unwrap();
+        match threshold > 0.0 {
+            false => unfiltered_loss = unfiltered_loss.or(Some(reference_loss)),
+            true => assert!(
+                (reference_loss - unfiltered_loss.unwrap()).abs() > 1e-3,
+                "filtering at {threshold} changed nothing ({reference_loss})"
+            ),
+        }
         let close = |what: &str, ours: &serde_json::Value, theirs: &serde_json::Value| {
             let ours: Vec<f64> = serde_json::from_value(ours.clone()).unwrap();
             let theirs: Vec<f64> = serde_json::from_value(theirs.clone()).unwrap();

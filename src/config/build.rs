@@ -36,6 +36,7 @@ impl Config {
             .with_margins(self.margin_list)
             .with_scale(self.scale)
             .with_easy_margin(self.easy_margin)
+            .with_interclass_filtering_threshold(self.interclass_filtering_threshold)
     }
 
     /// The backbone and head this config describes, for `num_classes` identities of which this

@@ -39,6 +39,10 @@ pub struct Config {
     /// Fraction of each rank's class centres a step uses (arcface_torch's partial FC,
     /// PartialFC_V2): ⌊sample_rate · centres⌋, every positive among them; 1 uses all.
     pub sample_rate: f64,
+    /// arcface_torch's `interclass_filtering_threshold`: the head sets every non-target cosine
+    /// above it to 0 (for web-crawled data, where one person can be two identities); 0, the
+    /// default, turns it off.
+    pub interclass_filtering_threshold: f64,
     /// Number of identities; by default read from the dataset's `property` file.
     pub num_classes: Option<usize>,
 
@@ -142,6 +146,7 @@ impl Default for Config {
             weight_decay: 5e-4,
             lr_schedule: LrSchedule::Steps,
             poly_power: 1.0,
+            interclass_filtering_threshold: 0.0,
             lr_steps: vec![100_000, 160_000, 220_000],
             num_epoch: 20,
             warmup_epoch: 0,
@@ -289,7 +294,7 @@ impl Config {
     // would be harder to check against the keys.
     pub fn validate(&self) -> Result<(), BadValue> {
         let [m1, m2, m3] = self.margin_list;
-        let checks: [(&'static str, bool, String); 20] = [
+        let checks: [(&'static str, bool, String); 21] = [
             (
                 "embedding_size",
                 self.embedding_size > 0,
@@ -351,6 +356,11 @@ impl Config {
                 "must be strictly increasing".into(),
             ),
             ("num_epoch", self.num_epoch > 0, "must be > 0".into()),
+            (
+                "interclass_filtering_threshold",
+                (0.0..1.0).contains(&self.interclass_filtering_threshold),
+                "must be in [0, 1): 0 turns it off".into(),
+            ),
             (
                 "poly_power",
                 self.poly_power > 0.0 && self.poly_power.is_finite(),

@@ -27,6 +27,10 @@ pub struct MarginSoftmaxConfig {
     pub scale: f64,
     #[config(default = false)]
     pub easy_margin: bool,
+    /// arcface_torch's `interclass_filtering_threshold`: non-target cosines above it are set to
+    /// 0 ([`MarginSoftmax::filter_interclass`]); 0 turns it off.
+    #[config(default = 0.0)]
+    pub interclass_filtering_threshold: f64,
 }
 
 /// The class-centre matrix [num_classes, embedding_size] (row per identity, as insightface's
@@ -39,6 +43,7 @@ pub struct MarginSoftmax {
     pub m3: f64,
     pub scale: f64,
     pub easy_margin: bool,
+    pub interclass_filtering_threshold: f64,
 }
 
 impl MarginSoftmaxConfig {
@@ -57,6 +62,7 @@ impl MarginSoftmaxConfig {
             m3,
             scale: self.scale,
             easy_margin: self.easy_margin,
+            interclass_filtering_threshold: self.interclass_filtering_threshold,
         }
     }
 }
@@ -104,6 +110,7 @@ impl MarginSoftmaxConfig {
             m3,
             scale: self.scale,
             easy_margin: self.easy_margin,
+            interclass_filtering_threshold: self.interclass_filtering_threshold,
         }
     }
 }
@@ -120,6 +127,35 @@ impl MarginSoftmax {
         let e = l2_normalize(embeddings);
         let w = l2_normalize(self.weight.val());
         e.matmul(w.transpose()).clamp(-1.0, 1.0)
+    }
+
+    /// arcface_torch's interclass filtering (CombinedMarginLoss with
+    /// `interclass_filtering_threshold` > 0): every cosine above the threshold that is not its
+    /// row's target is set to 0, by a constant mask as its `no_grad` block makes it, so that a
+    /// centre too close to the embedding (the same person under two identities, in web-crawled
+    /// data) stops pushing it away. `target` [B, 1] is each row's target column and `here`
+    /// [B, 1] 1.0 where the row has one among these columns, else 0.0 (Partial FC: another
+    /// rank holds it; then every cosine above the threshold is zeroed). Off at 0.
+    pub fn filter_interclass(
+        &self,
+        cos: Tensor<2>,
+        target: Tensor<2, Int>,
+        here: Tensor<2>,
+    ) -> Tensor<2> {
+        let threshold = self.interclass_filtering_threshold;
+        if threshold <= 0.0 {
+            return cos;
+        }
+        let plain = cos.clone().inner();
+        let dirty = plain.clone().greater_elem(threshold).float();
+        let is_target = plain.zeros_like().scatter(
+            1,
+            target.inner(),
+            here.inner(),
+            burn::tensor::IndexingUpdateOp::Add,
+        );
+        let filtered = dirty * (is_target.neg() + 1.0);
+        cos * (filtered.neg() + 1.0)
     }
 
     /// The target's margin-adjusted cosine from its plain cosine (any shape).
@@ -153,8 +189,12 @@ impl MarginSoftmax {
 
     /// Scaled logits with the margin on each row's target class: [B, E], [B] → [B, C].
     pub fn logits(&self, embeddings: Tensor<2>, labels: Tensor<1, Int>) -> Tensor<2> {
-        let cos = self.cosine(embeddings);
         let index = labels.unsqueeze_dim::<2>(1);
+        let mut cos = self.cosine(embeddings);
+        if self.interclass_filtering_threshold > 0.0 {
+            let every_row = Tensor::<2>::ones([cos.dims()[0], 1], &cos.device());
+            cos = self.filter_interclass(cos, index.clone(), every_row);
+        }
         let cos_target = cos.clone().gather(1, index.clone());
         let delta = self.target_cosine(cos_target.clone()) - cos_target;
         // Add (target' − target) at the label: one scatter instead of a [B, C] mask.

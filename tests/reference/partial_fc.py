@@ -4,7 +4,7 @@ simulated in one process, in float64.
 Reads JSON on stdin: {"embeddings": [W*B*E], "weight": [C*E] (the whole centre matrix),
 "labels": [W*B], "margins": [m1, m2, m3], "scale": s, "world": W, "rows_per_rank": B,
 "embedding_size": E, "ranges": [[start, len] per rank], "indices": [[sampled local centres] per
-rank]}. Writes {"loss", "embedding_grads": [per rank, B*E], "weight_grads": [per rank, len*E]}.
+rank], "threshold": T (optional)}. Writes {"loss", "embedding_grads": [per rank, B*E], "weight_grads": [per rank, len*E]}.
 
 Follows PartialFC_V2.forward: embeddings and labels all-gathered (concatenated in rank order);
 on each rank labels outside its range set to -1, the others made local and mapped into the
@@ -14,6 +14,8 @@ is the softmax cross-entropy over all ranks' columns, which is what its all-redu
 compute: here the ranks' logits are concatenated and torch's cross_entropy takes the mean.
 The margin is differentiated by autograd (cos(arccos(c) + m2) with the seed's th/mm fallback;
 c - m3 for CosFace), not edited under no_grad as arcface_torch's CombinedMarginLoss does.
+With "threshold" > 0, CombinedMarginLoss's interclass filtering: under no_grad, a mask of the
+logits above the threshold, the targets left out of it, and the logits multiplied by 1 - mask.
 """
 import json
 import math
@@ -40,6 +42,7 @@ def main():
     world, rows, e = q["world"], q["rows_per_rank"], q["embedding_size"]
     m1, m2, m3 = q["margins"]
     s = q["scale"]
+    threshold = q.get("threshold", 0.0)
     t = lambda v: torch.tensor(v, dtype=torch.float64)
     embeddings_all = t(q["embeddings"]).view(world * rows, e)
     weight = t(q["weight"]).view(-1, e)
@@ -62,6 +65,11 @@ def main():
         logits = F.linear(F.normalize(embeddings), F.normalize(shard[index])).clamp(-1, 1)
         rows_here = torch.where(labels.view(-1) != -1)[0]
         cols_here = labels[rows_here].view(-1)
+        if threshold > 0:
+            with torch.no_grad():
+                dirty = (logits > threshold).double()
+                dirty[rows_here, cols_here] = 0.0
+            logits = logits * (1.0 - dirty)
         target = margin(logits[rows_here, cols_here], m1, m2, m3)
         logits = logits.index_put((rows_here, cols_here), target) * s
         shards.append(shard)

@@ -192,7 +192,8 @@ impl PartialFc {
 }
 
 /// Cosines of the gathered embeddings against the normalised (sampled) centres, clamped to
-/// [−1, 1], the margin on each row's target where this rank holds it, times the scale.
+/// [−1, 1], filtered (`interclass_filtering_threshold`), the margin on each row's target where
+/// this rank holds it, times the scale.
 fn margin_logits(head: &MarginSoftmax, gathered: Tensor<2>, targets: &Targets) -> Logits {
     let device = gathered.device();
     let weight = head.weight.val().inner();
@@ -225,6 +226,7 @@ fn margin_logits(head: &MarginSoftmax, gathered: Tensor<2>, targets: &Targets) -
         .collect();
     let target = Tensor::<2, Int>::from_data(TensorData::new(target, [rows, 1]), &device);
     let here = Tensor::<2>::from_data(TensorData::new(here, [rows, 1]), &device);
+    let cos = head.filter_interclass(cos, target.clone(), here.clone());
     let target_ad = target.clone().autodiff();
     let cos_target = cos.clone().gather(1, target_ad.clone());
     let delta = (head.target_cosine(cos_target.clone()) - cos_target) * here.clone().autodiff();
