@@ -3,7 +3,7 @@ per-channel random values, as a trained model has, for `arcface bench infer`.
 
 A freshly initialised backbone (γ = 1, β = 0, mean 0, var 1, every slope 0.25) lets tract fold
 those layers into scalar operations, which a trained model never allows; timing such a file
-flatters tract (docs/PERFORMANCE.md). Convolution and FC weights are kept.
+flatters tract (docs/HISTORY.md, "CPU inference"). Convolution and FC weights are kept.
 
     python scripts/randomize_onnx_stats.py IN.onnx OUT.onnx [--seed S]
 """

@@ -119,7 +119,7 @@ impl DeviceSpec {
                 // ARCFACE_TCH_ONEDNN=0: libtorch's own CPU convolutions instead of oneDNN's, as
                 // `torch.backends.mkldnn.enabled = False`. Channels-last then takes effect on the
                 // CPU too (src/model/memory_format.rs), so that a profile here shows the
-                // operators a GPU step runs (docs/PERFORMANCE.md); slower otherwise.
+                // operators a GPU step runs (docs/HISTORY.md); slower otherwise.
                 if std::env::var_os("ARCFACE_TCH_ONEDNN").is_some_and(|v| v == "0") {
                     burn_tch::fused::set_mkldnn_enabled(false);
                 }

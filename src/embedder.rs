@@ -52,7 +52,7 @@ pub enum Embedder {
 
 impl Embedder {
     /// Anything but `X.onnx` is read as an `arcface train` checkpoint. An ONNX file runs with
-    /// tract (the fastest on the CPU: docs/PERFORMANCE.md) where tract can do what is asked,
+    /// tract (the fastest on the CPU: docs/HISTORY.md) where tract can do what is asked,
     /// fp32 on burn's CPU device; on a LibTorch device or in bf16 its weights are imported into
     /// our backbone, which then runs on `device` as a checkpoint would.
     ///

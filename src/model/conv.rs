@@ -6,7 +6,7 @@
 //! (vendor/burn-tch): two dispatches per layer where PyTorch makes one, 105 per r50 step against
 //! 53. This operation hands both wanted gradients to one call, which runs the same kernels; what
 //! it saves is host time per launch on a GPU (on the CPU the difference is within noise:
-//! docs/PERFORMANCE.md, "Both convolution gradients in one call"). On burn's CPU backend both
+//! docs/HISTORY.md, "Both convolution gradients in one call"). On burn's CPU backend both
 //! directions run our im2col + gemm kernels (crates/cpu-kernels through `src/model/flex/`),
 //! ~4× faster than burn's own there.
 // burn-tch (LibTorch) is deprecated upstream; see device.rs.

@@ -2,7 +2,7 @@
 //! `x.to(memory_format=torch.channels_last)`: the values and the shape [N, C, H, W] stay what
 //! they are; only the order in memory changes, and with it the kernels libtorch picks. cuDNN's
 //! bf16 convolutions run much faster on NHWC (PyTorch's r100 bf16 step: up to 1.9× with
-//! channels-last on an H200, docs/PERFORMANCE.md). libtorch's convolutions, BatchNorm, PReLU and
+//! channels-last on an H200, docs/HISTORY.md). libtorch's convolutions, BatchNorm, PReLU and
 //! elementwise kernels all write their output in their input's layout, so converting the images
 //! once keeps the whole trunk NHWC, backward included; [`conv_weight`] gives the convolutions
 //! their bf16 weights in the same layout. On LibTorch's CPU with oneDNN (see below) and on other
@@ -37,7 +37,7 @@ pub fn channels_last(x: Tensor<4>, on: bool) -> Tensor<4> {
 /// makes an NHWC copy of the weight in the forward and another in the backward, and hands the
 /// weight's gradient back NHWC, which the fused SGD copies to NCHW: three copies per 3×3
 /// convolution and step (297 per r100 step in bf16, against PyTorch's 1; profiled on LibTorch's
-/// CPU, docs/PERFORMANCE.md). Here the cast writes NHWC at once, and the gradient's cast back to
+/// CPU, docs/HISTORY.md). Here the cast writes NHWC at once, and the gradient's cast back to
 /// fp32 writes NCHW at once: no copy beyond the two casts that autocast makes too.
 pub fn conv_weight(weight: Tensor<4>, dtype: FloatDType, x: &Tensor<4>) -> Tensor<4> {
     Tensor::from_dispatch(<Dispatch as MemoryFormatOp>::conv_weight_op(

@@ -1,6 +1,6 @@
 //! Where tract's time goes: every node of an embedder's plan timed as it runs, summed per kind
 //! of operation (`arcface bench infer --tract-ops`). This is how the PRelu operation
-//! (src/tract/prelu.rs) was found to be worth writing; docs/PERFORMANCE.md has the tables.
+//! (src/tract/prelu.rs) was found to be worth writing; docs/HISTORY.md has the tables.
 
 use std::collections::HashMap;
 use std::time::Instant;

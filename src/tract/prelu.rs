@@ -2,7 +2,7 @@
 //!
 //! tract-onnx expands `PRelu` into three nodes (`x > 0`, `x · slope`, a select), each a full
 //! pass over the activation with two temporaries. On r100 that cost 42 ms of a 314 ms image on
-//! one core, where onnxruntime's single PRelu kernel takes 7 ms (docs/PERFORMANCE.md). The
+//! one core, where onnxruntime's single PRelu kernel takes 7 ms (docs/HISTORY.md). The
 //! face models (our backbones and MTCNN) apply one slope per channel, so the common case here is
 //! one multiply-or-keep per value, plane by plane; any other slope shape ONNX allows
 //! (unidirectional broadcasting) takes a general path.

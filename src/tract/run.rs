@@ -1,7 +1,7 @@
 //! Running an ONNX embedder with tract (pure Rust). The plan is specialised to one image
 //! [1,3,112,112]; a batch runs its images on rayon's threads side by side, which on a few cores
 //! beats one batched plan (whose im2col is a separate pass), and a lone image spreads its matrix
-//! products over the threads instead (measured; docs/PERFORMANCE.md).
+//! products over the threads instead (measured; docs/HISTORY.md).
 
 use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock, TryLockError};
@@ -176,7 +176,7 @@ pub fn spreads_each_image(n: usize) -> bool {
 /// on the caller's thread: from outside the pool every fork is a cross-thread hand-off, and the
 /// workers, spinning for work after each fork, compete with the caller's thread for the cores
 /// during the passes that run on one thread (measured, r100 batch 1 on 2 cores:
-/// docs/PERFORMANCE.md).
+/// docs/HISTORY.md).
 ///
 /// Why a pool of its own, used by one caller at a time: tract keeps a thread's matrix-product
 /// scratch space borrowed (a thread-local `RefCell`) across the rayon join it forks a product

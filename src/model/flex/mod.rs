@@ -2,7 +2,7 @@
 //! the one the README's commands and the tests train on: the f32 kernels of
 //! crates/cpu-kernels, plugged into the operations that `conv.rs`, `batch_norm/` and `prelu.rs`
 //! of the parent folder define with their backwards (other types take burn's arithmetic).
-//! Their effect is measured in docs/PERFORMANCE.md, "CPU training".
+//! Their effect is measured in docs/HISTORY.md, "CPU training".
 
 #[cfg(test)]
 mod tests;

@@ -130,7 +130,7 @@ impl Geometry {
 }
 
 /// The output tile edge for a convolution where Winograd pays on a CPU, or None. Measured
-/// with tract 0.23.9 on a 2-core Zen 4, one image, r100's shapes (docs/PERFORMANCE.md):
+/// with tract 0.23.9 on a 2-core Zen 4, one image, r100's shapes (docs/HISTORY.md):
 /// F(4×4) beats F(2×2) from 28×28 outputs up (7×7 tiles and more: 28² 128→128 2.08 → 1.60 ms,
 /// 112² 64→64 13.2 → 8.6), and loses at 14×14, where its 4×4 tiles cover 16×16 outputs
 /// (31 % wasted) and its products are too narrow (1.46 → 1.82 ms). F(2×2) beats im2col down

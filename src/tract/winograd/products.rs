@@ -3,7 +3,7 @@
 //! optimises into its matrix kernels, so tract still does the arithmetic. The split is for a lone
 //! image: tract spreads one product over the cores poorly at these sizes (r100's 14×14 layer:
 //! 1.46 ms on one core, 1.38 on two), while the two halves side by side take 0.72 ms (measured,
-//! docs/PERFORMANCE.md). In a batch, where each core has an image, the halves run one after the
+//! docs/HISTORY.md). In a batch, where each core has an image, the halves run one after the
 //! other.
 
 use tract_linalg::multithread::{Executor, multithread_tract_scope};

@@ -1,5 +1,5 @@
 //! The input and output transforms of Winograd F(m×m, 3×3), m = 2 or 4, as tract operations.
-//! Both are memory-bound passes; how they are laid out was measured (docs/PERFORMANCE.md).
+//! Both are memory-bound passes; how they are laid out was measured (docs/HISTORY.md).
 
 use std::ops::Range;
 
@@ -117,7 +117,7 @@ fn input_f4([d0, d1, d2, d3, d4, d5]: [f32; 6]) -> [f32; 6] {
 
 // The transforms are plain loops that LLVM vectorises. Built for baseline x86-64 they get
 // 4-wide SSE2; where the CPU has AVX2 and FMA they run as copies compiled for those, 8-wide
-// (measured: docs/PERFORMANCE.md). Rust never contracts a·b + c into a fused multiply-add, so
+// (measured: docs/HISTORY.md). Rust never contracts a·b + c into a fused multiply-add, so
 // both copies compute the same values. The copies are whole functions with
 // `#[target_feature]` around `#[inline(always)]` bodies (`with_avx2_copy!`): a closure handed
 // to one such function is not inlined into it and stays baseline (checked in the disassembly).

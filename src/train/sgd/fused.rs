@@ -1,7 +1,7 @@
 //! [`Sgd::step`] on LibTorch: the whole model in a few launches of libtorch's fused SGD kernel
 //! (`torch.optim.SGD(fused=True)`), in place, as PyTorch updates a module's parameters. The
 //! generic path costs six elementwise kernels per parameter: ~2,800 launches per r100 step,
-//! which left the GPU idle while the CPU queued them (docs/PERFORMANCE.md). Same arithmetic,
+//! which left the GPU idle while the CPU queued them (docs/HISTORY.md). Same arithmetic,
 //! same momentum buffers (flat, by path), so checkpoints and resume are unchanged.
 #![allow(deprecated)] // burn-tch is deprecated upstream; see device.rs.
 
