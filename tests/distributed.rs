@@ -450,17 +450,7 @@ fn two_ranks_resume_exactly_and_on_one_rank() {
     let (straight, split) = (dir.path().join("straight"), dir.path().join("split"));
     let a = config(dir.path(), "a.toml", &data, &straight, "");
     let b = config(dir.path(), "b.toml", &data, &split, "");
-    let two = |cfg: &Path, extra: &[&str]| {
-        let mut args = vec![
-            "train",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--nproc-per-node",
-            "2",
-        ];
-        args.extend_from_slice(extra);
-        run_ok(&mut arcface(&args))
-    };
+    let two = |cfg: &Path, extra: &[&str]| run_ok(&mut two_ranks(cfg, extra));
     let log = two(&a, &["--max-steps", "6"]);
     two(&b, &["--max-steps", "3"]);
     two(&b, &["--max-steps", "3", "--resume"]);

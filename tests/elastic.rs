@@ -17,19 +17,6 @@ use common::ranks::*;
 /// A run that goes on for hundreds of steps unless stopped; checkpoints only when told to.
 const LONG: &str = "num_epoch = 50\nsave_every = 1000\nlr_steps = [100000]\n";
 
-/// `arcface train --config cfg --nproc-per-node 2 extra…`: two ranks started by arcface itself.
-fn two_ranks(cfg: &Path, extra: &[&str]) -> std::process::Command {
-    let mut args = vec![
-        "train",
-        "--config",
-        cfg.to_str().unwrap(),
-        "--nproc-per-node",
-        "2",
-    ];
-    args.extend_from_slice(extra);
-    arcface(&args)
-}
-
 fn wait_exit(child: Child, within: Duration) -> std::process::Output {
     let started = Instant::now();
     let out = child.wait_with_output().unwrap();

@@ -161,8 +161,8 @@ struct Counts {
 }
 
 impl Bench {
-    /// The model as `BackboneAndHead::init` starts it, with the widths of `options` where
-    /// given, rank 0's backbone broadcast, and `INPUT_SETS` random batches.
+    /// The backbone and this rank's centres as the config describes them (the widths of
+    /// `options` where given), rank 0's backbone broadcast, and `INPUT_SETS` random batches.
     fn new(
         config: &Config,
         num_classes: usize,
@@ -320,19 +320,11 @@ pub fn train(
     };
     bench.group.barrier("end of the benchmark")?;
     bench.group.finish();
-    let ms = |seconds: f64| seconds / steps as f64 * 1e3;
-    let times = [
-        ms(parts.forward),
-        ms(parts.head),
-        ms(parts.head_collectives),
-        ms(parts.backward),
-        ms(parts.all_reduce),
-        ms(optimizer),
-    ];
     let measured = Measured {
         steps,
         step_ms,
-        times,
+        parts,
+        optimizer,
         loss,
         gpu,
         profile,
@@ -352,8 +344,9 @@ pub fn train(
 struct Measured {
     steps: usize,
     step_ms: f64,
-    /// Forward, head, head collectives, backward, all-reduce and optimizer, ms per step.
-    times: [f64; 6],
+    /// Seconds in each part over the `steps` timed apart.
+    parts: PartTimes,
+    optimizer: f64,
     loss: f64,
     gpu: GpuPeaks,
     profile: Option<PathBuf>,
@@ -371,14 +364,7 @@ fn throughput(
 ) -> TrainThroughput {
     let world = bench.group.world();
     let b = config.batch_size;
-    let [
-        forward_ms,
-        head_ms,
-        head_collectives_ms,
-        backward_ms,
-        all_reduce_ms,
-        optimizer_ms,
-    ] = m.times;
+    let ms = |seconds: f64| seconds / m.steps as f64 * 1e3;
     TrainThroughput {
         network: config.network.name().to_string(),
         widths: options.widths,
@@ -397,12 +383,12 @@ fn throughput(
         steps: m.steps,
         step_ms: m.step_ms,
         images_per_second: (b * world) as f64 / m.step_ms * 1e3,
-        forward_ms,
-        head_ms,
-        head_collectives_ms,
-        backward_ms,
-        all_reduce_ms,
-        optimizer_ms,
+        forward_ms: ms(m.parts.forward),
+        head_ms: ms(m.parts.head),
+        head_collectives_ms: ms(m.parts.head_collectives),
+        backward_ms: ms(m.parts.backward),
+        all_reduce_ms: ms(m.parts.all_reduce),
+        optimizer_ms: ms(m.optimizer),
         sample_rate: config.sample_rate,
         head_bytes_per_rank: 3 * 4 * counts.head as u64,
         all_reduce_bytes_per_rank: crate::distributed::ring_bytes(

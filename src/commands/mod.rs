@@ -19,6 +19,12 @@ use arcface::device;
 use arcface::embedder::{BurnOptions, Embedder};
 use arcface::interop::onnx::InputConvention;
 
+/// The device `text` names (`--device`, or a config's `device`), the error saying which.
+pub fn device_spec(text: &str) -> Result<device::DeviceSpec> {
+    text.parse()
+        .with_context(|| format!("selecting device `{text}`"))
+}
+
 /// `--device`, else the CPU, for commands without a config. They run on one device: a list of
 /// GPUs (training's data parallelism) is refused rather than cut to its first.
 pub fn device_or_cpu(cli_device: &Option<String>) -> Result<Device> {

@@ -9,7 +9,6 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 
 use arcface::config::Config;
-use arcface::device::DeviceSpec;
 use arcface::distributed;
 use arcface::signals;
 use arcface::train;
@@ -49,9 +48,7 @@ pub fn run(args: &TrainArgs, cli_device: &Option<String>) -> Result<()> {
         .context("taking the stop signals (SIGTERM, SIGINT, SIGUSR1)")?;
     let config = Config::load(&args.config)?;
     let text = cli_device.as_deref().unwrap_or(&config.device);
-    let spec: DeviceSpec = text
-        .parse()
-        .with_context(|| format!("selecting device `{text}`"))?;
+    let spec = super::device_spec(text)?;
     let timeout = Duration::from_secs(config.dist_timeout);
     let Some((_, device, mut group)) =
         distributed::rank_or_spawn(&spec, args.nproc_per_node, timeout)?

@@ -195,3 +195,16 @@ pub fn wait_for_step(output: &Path, step: usize, child: &mut Child) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// `arcface train --config cfg --nproc-per-node 2 extra…`: two ranks started by arcface itself.
+pub fn two_ranks(cfg: &Path, extra: &[&str]) -> Command {
+    let mut args = vec![
+        "train",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--nproc-per-node",
+        "2",
+    ];
+    args.extend_from_slice(extra);
+    arcface(&args)
+}

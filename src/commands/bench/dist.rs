@@ -1,10 +1,9 @@
 //! `arcface bench dist`: the process group's all-reduce bus bandwidth over message sizes
 //! (nccl-tests' definition).
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 use arcface::bench;
-use arcface::device::DeviceSpec;
 use arcface::distributed;
 
 #[derive(clap::Args)]
@@ -34,9 +33,7 @@ pub fn run(args: &DistArgs, cli_device: &Option<String>) -> Result<()> {
         json,
     } = args;
     let text = cli_device.as_deref().unwrap_or("libtorch-cpu");
-    let spec: DeviceSpec = text
-        .parse()
-        .with_context(|| format!("selecting device `{text}`"))?;
+    let spec = super::super::device_spec(text)?;
     let timeout = std::time::Duration::from_secs(*timeout);
     let Some((_, _, mut group)) = distributed::rank_or_spawn(&spec, *nproc_per_node, timeout)?
     else {

@@ -1,7 +1,7 @@
 //! `arcface bench head`: partial FC's step at a large class count over sample rates, and with
 //! `--torch` arcface_torch's PartialFC_V2 on the same sizes in the same call (the ratio).
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use serde::Serialize;
 
 use arcface::bench::{self, HeadBenchOptions, HeadThroughput, TorchHead, head};
@@ -47,9 +47,7 @@ pub fn run(args: &HeadArgs, cli_device: &Option<String>) -> Result<()> {
         json,
     } = args;
     let text = cli_device.as_deref().unwrap_or("cpu");
-    let spec: DeviceSpec = text
-        .parse()
-        .with_context(|| format!("selecting device `{text}`"))?;
+    let spec = super::super::device_spec(text)?;
     let timeout = std::time::Duration::from_secs(600);
     let Some((spec, device, mut group)) =
         distributed::rank_or_spawn(&spec, *nproc_per_node, timeout)?

@@ -3,11 +3,10 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 
 use arcface::bench::{self, TrainThroughput};
 use arcface::config::Config;
-use arcface::device::DeviceSpec;
 use arcface::distributed;
 use arcface::model::Precision;
 
@@ -97,9 +96,7 @@ pub fn run(args: &TrainArgs, cli_device: &Option<String>) -> Result<()> {
         .or_else(|| config.resolve_num_classes().ok())
         .unwrap_or(1000);
     let text = cli_device.as_deref().unwrap_or(&config.device);
-    let spec: DeviceSpec = text
-        .parse()
-        .with_context(|| format!("selecting device `{text}`"))?;
+    let spec = super::super::device_spec(text)?;
     let options = bench::TrainBenchOptions {
         warmup: *warmup,
         profile: profile.clone(),

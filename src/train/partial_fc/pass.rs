@@ -6,7 +6,7 @@
 use std::time::Instant;
 
 use anyhow::{Result, bail};
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use super::PartialFc;
 use crate::distributed::Group;
@@ -56,6 +56,9 @@ impl Collectives<'_> {
 struct Targets {
     /// The local centres a step uses, sorted (None: all of them).
     index: Option<Vec<usize>>,
+    /// The same as a tensor on the step's device, for the forward's select and the backward's
+    /// scatter.
+    index_tensor: Option<Tensor<1, Int>>,
     /// Each row's target column among them, or None where another rank holds its identity.
     columns: Vec<Option<usize>>,
 }
@@ -104,7 +107,7 @@ impl PartialFc {
             let gathered = g.all_gather_rows(embeddings.clone(), "all-gather of the embeddings")?;
             Ok((all_labels, gathered))
         })?;
-        let targets = self.targets(&all_labels, step);
+        let targets = self.targets(&all_labels, step, &gathered.device());
         let logits = margin_logits(head, gathered, &targets);
         let (loss, p) = dist_cross_entropy(&logits, &mut collectives)?;
 
@@ -129,7 +132,7 @@ impl PartialFc {
             .run(|g| g.all_reduce_sum(embedding_grad, "all-reduce of the embeddings' gradients"))?;
         let embedding_grad =
             embedding_grad.narrow(0, group.rank() * batch, batch) * group.world() as f64;
-        let weight_grad = self.scatter_rows(head, sampled_grad, &targets.index);
+        let weight_grad = self.scatter_rows(head, sampled_grad, &targets.index_tensor);
         Ok(HeadPass {
             loss,
             embedding_grad,
@@ -141,7 +144,7 @@ impl PartialFc {
 
     /// This rank's positives (the distinct gathered labels in its range), the centres a step
     /// uses, and each row's target column among them.
-    fn targets(&self, all_labels: &[i64], step: usize) -> Targets {
+    fn targets(&self, all_labels: &[i64], step: usize, device: &Device) -> Targets {
         let range = self.classes;
         let mut positives: Vec<usize> = all_labels
             .iter()
@@ -165,7 +168,16 @@ impl PartialFc {
                 })
             })
             .collect();
-        Targets { index, columns }
+        let index_tensor = index.as_ref().map(|ix| {
+            let ix: Vec<i64> = ix.iter().map(|&i| i as i64).collect();
+            let n = ix.len();
+            Tensor::<1, Int>::from_data(TensorData::new(ix, [n]), device)
+        });
+        Targets {
+            index,
+            index_tensor,
+            columns,
+        }
     }
 
     /// The sampled centres' gradient as the gradient of all of this rank's centres (zero rows
@@ -174,17 +186,15 @@ impl PartialFc {
         &self,
         head: &MarginSoftmax,
         sampled_grad: Tensor<2>,
-        index: &Option<Vec<usize>>,
+        index: &Option<Tensor<1, Int>>,
     ) -> Tensor<2> {
-        let Some(ix) = index else {
+        let Some(index) = index else {
             return sampled_grad;
         };
         let device = sampled_grad.device();
-        let ix: Vec<i64> = ix.iter().map(|&i| i as i64).collect();
-        let n = ix.len();
         Tensor::<2>::zeros([self.classes.len, head.weight.dims()[1]], &device).select_assign(
             0,
-            Tensor::<1, Int>::from_data(TensorData::new(ix, [n]), &device),
+            index.clone(),
             sampled_grad,
             burn::tensor::IndexingUpdateOp::Add,
         )
@@ -197,15 +207,8 @@ impl PartialFc {
 fn margin_logits(head: &MarginSoftmax, gathered: Tensor<2>, targets: &Targets) -> Logits {
     let device = gathered.device();
     let weight = head.weight.val().inner();
-    let sampled = match &targets.index {
-        Some(ix) => {
-            let ix: Vec<i64> = ix.iter().map(|&i| i as i64).collect();
-            let n = ix.len();
-            weight.select(
-                0,
-                Tensor::<1, Int>::from_data(TensorData::new(ix, [n]), &device),
-            )
-        }
+    let sampled = match &targets.index_tensor {
+        Some(index) => weight.select(0, index.clone()),
         None => weight,
     };
     let rows = targets.columns.len();
