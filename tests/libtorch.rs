@@ -29,7 +29,7 @@ fn libtorch_devices() -> Vec<(&'static str, Device, f32)> {
 fn iresnet(backbone: Backbone) -> arcface::model::IResNet {
     match backbone {
         Backbone::IResNet(m) => m,
-        Backbone::MobileFaceNet(_) => panic!("not an iresnet"),
+        _ => panic!("not an iresnet"),
     }
 }
 
@@ -73,34 +73,10 @@ fn gradients_of(
         .filter(|(name, _)| name.contains(".running_"))
         .map(|(name, data)| (name, data.try_to_vec::<f32>().unwrap()))
         .collect();
-    let mut out = std::collections::BTreeMap::new();
-    struct Collect<'a>(
-        &'a GradientsParams,
-        Vec<String>,
-        &'a mut std::collections::BTreeMap<String, Vec<f32>>,
-    );
-    // Paths as checkpoints name them: an enum's variant (`Backbone::IResNet`) is no step.
-    impl burn::module::ModuleVisitor for Collect<'_> {
-        fn enter_module(&mut self, name: &str, container: &str) {
-            if !arcface::module_path::is_variant(container) {
-                self.1.push(name.to_string());
-            }
-        }
-        fn exit_module(&mut self, _: &str, container: &str) {
-            if !arcface::module_path::is_variant(container) {
-                self.1.pop();
-            }
-        }
-        fn visit_float<const D: usize>(&mut self, p: &burn::module::Param<Tensor<D>>) {
-            if let Some(g) = self.0.get::<D>(p.id) {
-                self.2.insert(
-                    self.1.join("."),
-                    g.into_data().convert::<f32>().try_to_vec().unwrap(),
-                );
-            }
-        }
-    }
-    model.visit(&mut Collect(&grads, Vec::new(), &mut out));
+    let out = arcface::checkpoint::named_gradients(&model, &grads)
+        .into_iter()
+        .map(|(name, data)| (name, data.try_to_vec::<f32>().unwrap()))
+        .collect();
     (out, running)
 }
 

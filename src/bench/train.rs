@@ -175,9 +175,9 @@ impl Bench {
         if let Some(widths) = options.widths {
             match &mut backbone {
                 BackboneConfig::IResNet(c) => c.widths = widths,
-                BackboneConfig::MobileFaceNet(_) => {
+                BackboneConfig::MobileFaceNet(_) | BackboneConfig::Vit(_) => {
                     bail!(
-                        "--widths sets an iresnet's stage widths; {} is a MobileFaceNet",
+                        "--widths sets an iresnet's stage widths; {} is not an iresnet",
                         config.network
                     )
                 }

@@ -25,7 +25,7 @@ mod named;
 pub mod save;
 pub mod shards;
 
-pub use named::{TensorMismatch, load_named, named_tensors};
+pub use named::{TensorMismatch, load_named, named_gradients, named_tensors};
 
 const MAGIC: &[u8; 8] = b"ARCFCKPT";
 const VERSION: u32 = 1;

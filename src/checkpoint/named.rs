@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
+use burn::optim::GradientsParams;
 use burn::tensor::{Tensor, TensorData};
 
 /// All float tensors of a module (parameters and BatchNorm statistics) by path.
@@ -23,6 +24,34 @@ pub fn named_tensors<M: Module>(module: &M, prefix: &str) -> BTreeMap<String, Te
     }
     let mut c = Collect {
         prefix,
+        path: Vec::new(),
+        out: BTreeMap::new(),
+    };
+    module.visit(&mut c);
+    c.out
+}
+
+/// The gradients `grads` holds for `module`'s parameters, by path (f32).
+pub fn named_gradients<M: Module>(
+    module: &M,
+    grads: &GradientsParams,
+) -> BTreeMap<String, TensorData> {
+    struct Collect<'a> {
+        grads: &'a GradientsParams,
+        path: Vec<String>,
+        out: BTreeMap<String, TensorData>,
+    }
+    impl ModuleVisitor for Collect<'_> {
+        crate::module_path::track_module_path!();
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if let Some(g) = self.grads.get::<D>(param.id) {
+                let data = g.into_data().convert::<f32>();
+                self.out.insert(self.path.join("."), data);
+            }
+        }
+    }
+    let mut c = Collect {
+        grads,
         path: Vec::new(),
         out: BTreeMap::new(),
     };

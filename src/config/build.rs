@@ -8,13 +8,14 @@ use burn::tensor::Device;
 use super::Config;
 use crate::model::{
     Architecture, BackboneAndHead, BackboneConfig, IResNetConfig, MarginSoftmaxConfig,
-    MobileFaceNetConfig,
+    MobileFaceNetConfig, VitConfig,
 };
 
 impl Config {
     /// The backbone this config describes. `dropout` and `embedding_gamma_trainable` are the
-    /// iresnets' (arcface_torch's MobileFaceNet has no dropout and always trains the
-    /// embedding's γ; `Config::parse` refuses a MobileFaceNet's file that asks otherwise).
+    /// iresnets' (arcface_torch's MobileFaceNet and ViT have no dropout and always train the
+    /// embedding's γ; `Config::parse` refuses their files that ask otherwise);
+    /// `drop_path_rate` and `mask_ratio` the ViTs'.
     pub fn backbone(&self) -> BackboneConfig {
         match self.network.architecture() {
             Architecture::IResNet { units, widths } => IResNetConfig::new(units, widths)
@@ -27,7 +28,30 @@ impl Config {
                     .with_embedding_size(self.embedding_size)
                     .into()
             }
+            Architecture::Vit {
+                width,
+                depth,
+                heads,
+            } => {
+                let (drop_path_rate, mask_ratio) = self.vit_regularisation();
+                VitConfig::new(width, depth)
+                    .with_heads(heads)
+                    .with_drop_path_rate(drop_path_rate)
+                    .with_mask_ratio(mask_ratio)
+                    .with_embedding_size(self.embedding_size)
+                    .into()
+            }
         }
+    }
+
+    /// A ViT's drop-path rate and mask ratio: the config's where it sets them, else the
+    /// network's own (get_model's); (0, 0) for the other backbones.
+    pub fn vit_regularisation(&self) -> (f64, f64) {
+        let (drop_path, mask) = self.network.vit_regularisation().unwrap_or((0.0, 0.0));
+        (
+            self.drop_path_rate.unwrap_or(drop_path),
+            self.mask_ratio.unwrap_or(mask),
+        )
     }
 
     /// The margin-softmax head this config describes, for `num_classes` identities.

@@ -17,7 +17,8 @@ mod build;
 pub struct Config {
     // --- backbone ---
     /// Backbone: r18, r34, r50, r100, r200 or tiny (iresnets), mbf or mbf_large
-    /// (MobileFaceNets).
+    /// (MobileFaceNets), vit_t, vit_s, vit_b, vit_l, their WebFace variants as arcface_torch
+    /// names them, or vit_tiny (Vision Transformers).
     pub network: Network,
     /// Width of the embedding (the zoo model: 512).
     pub embedding_size: usize,
@@ -27,6 +28,12 @@ pub struct Config {
     /// Whether γ of the last BatchNorm is trained. The seed fixes it at 1. Iresnets only: a
     /// MobileFaceNet trains it, as arcface_torch's does (its file may say `true` or leave it out).
     pub embedding_gamma_trainable: bool,
+    /// A ViT's stochastic depth at its last block (vit.py's `drop_path_rate`); by default the
+    /// network's (vit_t 0.1, the `_dp005` variants 0.05). ViTs only.
+    pub drop_path_rate: Option<f64>,
+    /// Share of a ViT's 144 tokens masked in training (vit.py's `mask_ratio`); by default the
+    /// network's. ViTs only.
+    pub mask_ratio: Option<f64>,
 
     // --- margin-softmax head ---
     /// Combined margin (m1, m2, m3): target logit s·(cos(m1·θ + m2) − m3).
@@ -135,6 +142,8 @@ impl Default for Config {
             embedding_size: 512,
             dropout: 0.4,
             embedding_gamma_trainable: false,
+            drop_path_rate: None,
+            mask_ratio: None,
             margin_list: [1.0, 0.5, 0.0],
             scale: 64.0,
             easy_margin: false,
@@ -240,30 +249,43 @@ impl Config {
         })?;
         config
             .validate()
-            .and_then(|()| config.check_iresnet_keys(text))
+            .and_then(|()| config.check_backbone_keys(text))
             .map_err(|e| located(e.key.to_string(), e.message))?;
         Ok(config)
     }
 
-    /// `dropout` and `embedding_gamma_trainable` shape the iresnets only. Written in the file of
-    /// a MobileFaceNet with a value it cannot honour, they would be ignored in silence: refused.
-    /// (Absent keys take the seed's defaults, dropout 0.4 among them, which a MobileFaceNet
-    /// does not use; only what the user wrote is checked.)
-    fn check_iresnet_keys(&self, text: &str) -> Result<(), BadValue> {
-        if !matches!(
-            self.network.architecture(),
-            Architecture::MobileFaceNet { .. }
-        ) {
-            return Ok(());
-        }
+    /// `dropout` and `embedding_gamma_trainable` shape the iresnets only, `drop_path_rate` and
+    /// `mask_ratio` the ViTs only. Written in the file of another backbone with a value it
+    /// cannot honour, they would be ignored in silence: refused. (Absent keys take the seed's
+    /// defaults, dropout 0.4 among them, which only an iresnet uses; only what the user wrote is
+    /// checked.)
+    fn check_backbone_keys(&self, text: &str) -> Result<(), BadValue> {
         // The text deserialised a moment ago, so it parses as a table too.
         let written = text.parse::<toml::Table>().unwrap_or_default();
         let network = self.network.name();
+        let architecture = self.network.architecture();
+        if !matches!(architecture, Architecture::Vit { .. }) {
+            for key in ["drop_path_rate", "mask_ratio"] {
+                if written.contains_key(key) {
+                    return Err(BadValue::new(
+                        key,
+                        format!("{network} is not a Vision Transformer; remove the key"),
+                    ));
+                }
+            }
+        }
+        if matches!(architecture, Architecture::IResNet { .. }) {
+            return Ok(());
+        }
+        let family = match architecture {
+            Architecture::Vit { .. } => "ViT",
+            _ => "MobileFaceNet",
+        };
         if written.contains_key("dropout") && self.dropout != 0.0 {
             return Err(BadValue::new(
                 "dropout",
                 format!(
-                    "{network} has no dropout (arcface_torch's MobileFaceNet has none); \
+                    "{network} has no dropout (arcface_torch's {family} has none); \
                      remove the key or set it to 0"
                 ),
             ));
@@ -273,7 +295,7 @@ impl Config {
                 "embedding_gamma_trainable",
                 format!(
                     "{network} trains the embedding BatchNorm's γ, as arcface_torch's \
-                     MobileFaceNet does; a fixed γ is the iresnets' option: remove the key"
+                     {family} does; a fixed γ is the iresnets' option: remove the key"
                 ),
             ));
         }
@@ -399,6 +421,21 @@ impl Config {
         if let Some((key, _, message)) = checks.into_iter().find(|(_, ok, _)| !ok) {
             return Err(BadValue::new(key, message));
         }
+        if let Architecture::Vit {
+            width,
+            depth,
+            heads,
+        } = self.network.architecture()
+        {
+            let (drop_path_rate, mask_ratio) = self.vit_regularisation();
+            let vit = crate::model::VitConfig::new(width, depth)
+                .with_heads(heads)
+                .with_drop_path_rate(drop_path_rate)
+                .with_mask_ratio(mask_ratio);
+            if let Some((key, message)) = vit.problem() {
+                return Err(BadValue::new(key, message));
+            }
+        }
         if let Err(e) = self.device.parse::<DeviceSpec>() {
             return Err(BadValue::new("device", e.to_string()));
         }
@@ -451,5 +488,54 @@ mod tests {
         ] {
             parse(text).unwrap_or_else(|e| panic!("{text}: {e}"));
         }
+    }
+
+    #[test]
+    fn vit_keys_are_checked_and_kept_to_vits() {
+        for (text, key, says) in [
+            (
+                "network = \"vit_t\"\nmask_ratio = 1.0\n",
+                "mask_ratio",
+                "[0, 1)",
+            ),
+            (
+                "network = \"vit_t\"\nmask_ratio = -0.1\n",
+                "mask_ratio",
+                "[0, 1)",
+            ),
+            (
+                "network = \"vit_s\"\ndrop_path_rate = -0.1\n",
+                "drop_path_rate",
+                "[0, 1)",
+            ),
+            (
+                "network = \"r50\"\ndrop_path_rate = 0.1\n",
+                "drop_path_rate",
+                "not a Vision",
+            ),
+            (
+                "network = \"mbf\"\nmask_ratio = 0.0\n",
+                "mask_ratio",
+                "not a Vision",
+            ),
+            (
+                "network = \"vit_b\"\ndropout = 0.2\n",
+                "dropout",
+                "ViT has none",
+            ),
+            (
+                "network = \"vit_tiny\"\nembedding_size = 0\n",
+                "embedding_size",
+                "> 0",
+            ),
+        ] {
+            let err = parse(text).unwrap_err();
+            assert_eq!(err.key, key, "{text}");
+            assert!(err.to_string().contains(says), "{text}: {err}");
+        }
+        let config = parse("network = \"vit_b_dp005_mask_005\"\n").unwrap();
+        assert_eq!(config.vit_regularisation(), (0.05, 0.05));
+        let config = parse("network = \"vit_t\"\nmask_ratio = 0.0\n").unwrap();
+        assert_eq!(config.vit_regularisation(), (0.1, 0.0));
     }
 }

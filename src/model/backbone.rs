@@ -1,4 +1,5 @@
-//! The backbone a config names: an iresnet (LResNet-E-IR) or a MobileFaceNet, one module type
+//! The backbone a config names: an iresnet (LResNet-E-IR), a MobileFaceNet or a Vision
+//! Transformer, one module type
 //! for training, checkpoints, export and inference to carry. Parameter paths are the
 //! variant's own ("backbone.layer1.0.conv1.weight", "backbone.stem.conv.weight"): the
 //! variant's name is not part of them (`crate::module_path`), so checkpoints of iresnets read
@@ -8,7 +9,10 @@ use burn::module::Module;
 use burn::nn::BatchNorm;
 use burn::tensor::{Device, Tensor};
 
-use super::{IResNet, IResNetConfig, MobileFaceNet, MobileFaceNetConfig, Precision};
+use super::{
+    IResNet, IResNetConfig, MobileFaceNet, MobileFaceNetConfig, Precision, VisionTransformer,
+    VitConfig,
+};
 
 // A handful exist per process (the model, a copy for validation), each holding its weights
 // by handle: the 7 kB difference in the enum itself costs nothing, and a box would stand in
@@ -18,12 +22,14 @@ use super::{IResNet, IResNetConfig, MobileFaceNet, MobileFaceNetConfig, Precisio
 pub enum Backbone {
     IResNet(IResNet),
     MobileFaceNet(MobileFaceNet),
+    Vit(VisionTransformer),
 }
 
 #[derive(Debug, Clone)]
 pub enum BackboneConfig {
     IResNet(IResNetConfig),
     MobileFaceNet(MobileFaceNetConfig),
+    Vit(VitConfig),
 }
 
 impl BackboneConfig {
@@ -31,6 +37,7 @@ impl BackboneConfig {
         match self {
             BackboneConfig::IResNet(c) => Backbone::IResNet(c.init(device)),
             BackboneConfig::MobileFaceNet(c) => Backbone::MobileFaceNet(c.init(device)),
+            BackboneConfig::Vit(c) => Backbone::Vit(c.init(device)),
         }
     }
 }
@@ -44,6 +51,12 @@ impl From<IResNetConfig> for BackboneConfig {
 impl From<MobileFaceNetConfig> for BackboneConfig {
     fn from(config: MobileFaceNetConfig) -> Self {
         BackboneConfig::MobileFaceNet(config)
+    }
+}
+
+impl From<VitConfig> for BackboneConfig {
+    fn from(config: VitConfig) -> Self {
+        BackboneConfig::Vit(config)
     }
 }
 
@@ -64,14 +77,16 @@ impl Backbone {
         match self {
             Backbone::IResNet(m) => m.forward_at(images, precision),
             Backbone::MobileFaceNet(m) => m.forward_at(images, precision),
+            Backbone::Vit(m) => m.forward_at(images, precision),
         }
     }
 
-    /// The embedding's BatchNorm (the last layer of both).
+    /// The embedding's BatchNorm (the last layer of each).
     pub fn features(&self) -> &BatchNorm {
         match self {
             Backbone::IResNet(m) => &m.features,
             Backbone::MobileFaceNet(m) => &m.features,
+            Backbone::Vit(m) => &m.features,
         }
     }
 
@@ -83,7 +98,7 @@ impl Backbone {
     pub fn iresnet(&self) -> Option<&IResNet> {
         match self {
             Backbone::IResNet(m) => Some(m),
-            Backbone::MobileFaceNet(_) => None,
+            Backbone::MobileFaceNet(_) | Backbone::Vit(_) => None,
         }
     }
 }

@@ -1,4 +1,5 @@
-//! The embedder (an LResNet-E-IR or MobileFaceNet backbone) and the margin-softmax head.
+//! The embedder (an LResNet-E-IR, MobileFaceNet or Vision Transformer backbone) and the
+//! margin-softmax head.
 
 pub mod backbone;
 pub mod backbone_and_head;
@@ -12,6 +13,7 @@ pub mod memory_format;
 pub mod mobilefacenet;
 pub mod prelu;
 pub mod summary;
+pub mod vit;
 
 use serde::{Deserialize, Serialize};
 
@@ -20,6 +22,7 @@ pub use backbone_and_head::BackboneAndHead;
 pub use head::{MarginSoftmax, MarginSoftmaxConfig};
 pub use iresnet::{IResNet, IResNetConfig};
 pub use mobilefacenet::{MobileFaceNet, MobileFaceNetConfig};
+pub use vit::{VisionTransformer, VitConfig};
 
 /// The backbones of insightface's model zoo, plus a tiny one for CPU demos and tests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -39,6 +42,43 @@ pub enum Network {
     #[serde(rename = "mbf_large")]
     #[value(name = "mbf_large")]
     MbfLarge,
+    /// arcface_torch's `vit_t`: width 256, 12 blocks, drop path 0.1, mask 0.1.
+    #[serde(rename = "vit_t")]
+    #[value(name = "vit_t")]
+    VitT,
+    /// `vit_t_dp005_mask0` (its WebFace42M recipe): drop path 0.05, no masking.
+    #[serde(rename = "vit_t_dp005_mask0")]
+    #[value(name = "vit_t_dp005_mask0")]
+    VitTDp005Mask0,
+    /// `vit_s`: width 512, 12 blocks.
+    #[serde(rename = "vit_s")]
+    #[value(name = "vit_s")]
+    VitS,
+    /// `vit_s_dp005_mask_0`.
+    #[serde(rename = "vit_s_dp005_mask_0")]
+    #[value(name = "vit_s_dp005_mask_0")]
+    VitSDp005Mask0,
+    /// `vit_b`: width 512, 24 blocks.
+    #[serde(rename = "vit_b")]
+    #[value(name = "vit_b")]
+    VitB,
+    /// `vit_b_dp005_mask_005`.
+    #[serde(rename = "vit_b_dp005_mask_005")]
+    #[value(name = "vit_b_dp005_mask_005")]
+    VitBDp005Mask005,
+    /// Width 768, 24 blocks, drop path 0.1, mask 0.1 (get_model has only the WebFace variant
+    /// below; this is it with vit_b's regularisation).
+    #[serde(rename = "vit_l")]
+    #[value(name = "vit_l")]
+    VitL,
+    /// `vit_l_dp005_mask_005`.
+    #[serde(rename = "vit_l_dp005_mask_005")]
+    #[value(name = "vit_l_dp005_mask_005")]
+    VitLDp005Mask005,
+    /// Width 64, 4 blocks, 8 heads, no drop path or masking: trains on a laptop CPU.
+    #[serde(rename = "vit_tiny")]
+    #[value(name = "vit_tiny")]
+    VitTiny,
 }
 
 /// What a [`Network`] is built as.
@@ -51,11 +91,17 @@ pub enum Architecture {
     },
     /// MobileFaceNet: bottlenecks per stage, width multiplier.
     MobileFaceNet { blocks: [usize; 4], scale: usize },
+    /// Vision Transformer: token width, blocks, attention heads.
+    Vit {
+        width: usize,
+        depth: usize,
+        heads: usize,
+    },
 }
 
 impl Network {
     /// Every network we build.
-    pub const ALL: [Network; 8] = [
+    pub const ALL: [Network; 17] = [
         Network::R18,
         Network::R34,
         Network::R50,
@@ -64,9 +110,23 @@ impl Network {
         Network::Tiny,
         Network::Mbf,
         Network::MbfLarge,
+        Network::VitT,
+        Network::VitTDp005Mask0,
+        Network::VitS,
+        Network::VitSDp005Mask0,
+        Network::VitB,
+        Network::VitBDp005Mask005,
+        Network::VitL,
+        Network::VitLDp005Mask005,
+        Network::VitTiny,
     ];
 
     pub fn architecture(self) -> Architecture {
+        let vit = |width, depth, heads| Architecture::Vit {
+            width,
+            depth,
+            heads,
+        };
         let resnet = |units| Architecture::IResNet {
             units,
             widths: [64, 128, 256, 512],
@@ -89,7 +149,27 @@ impl Network {
                 blocks: [2, 8, 12, 4],
                 scale: 4,
             },
+            Network::VitT | Network::VitTDp005Mask0 => vit(256, 12, 8),
+            Network::VitS | Network::VitSDp005Mask0 => vit(512, 12, 8),
+            Network::VitB | Network::VitBDp005Mask005 => vit(512, 24, 8),
+            Network::VitL | Network::VitLDp005Mask005 => vit(768, 24, 8),
+            Network::VitTiny => vit(64, 4, 8),
         }
+    }
+
+    /// A ViT's (drop_path_rate, mask_ratio) as get_model builds it; None for the others.
+    pub fn vit_regularisation(self) -> Option<(f64, f64)> {
+        match self {
+            Network::VitT | Network::VitS | Network::VitB | Network::VitL => Some((0.1, 0.1)),
+            Network::VitTDp005Mask0 | Network::VitSDp005Mask0 => Some((0.05, 0.0)),
+            Network::VitBDp005Mask005 | Network::VitLDp005Mask005 => Some((0.05, 0.05)),
+            Network::VitTiny => Some((0.0, 0.0)),
+            _ => None,
+        }
+    }
+
+    pub fn is_vit(self) -> bool {
+        matches!(self.architecture(), Architecture::Vit { .. })
     }
 
     /// The network built as `architecture`, if we build one.
@@ -115,6 +195,15 @@ impl Network {
             Network::Tiny => "tiny",
             Network::Mbf => "mbf",
             Network::MbfLarge => "mbf_large",
+            Network::VitT => "vit_t",
+            Network::VitTDp005Mask0 => "vit_t_dp005_mask0",
+            Network::VitS => "vit_s",
+            Network::VitSDp005Mask0 => "vit_s_dp005_mask_0",
+            Network::VitB => "vit_b",
+            Network::VitBDp005Mask005 => "vit_b_dp005_mask_005",
+            Network::VitL => "vit_l",
+            Network::VitLDp005Mask005 => "vit_l_dp005_mask_005",
+            Network::VitTiny => "vit_tiny",
         }
     }
 }
@@ -129,7 +218,9 @@ impl std::fmt::Display for Network {
 pub const NETWORKS_WE_BUILD: &str = "we build the iresnets r18 [2,2,2,2], r34 [3,4,6,3], r50 \
      [3,4,14,3], r100 [3,13,30,3] and r200 [6,26,60,6] at widths [64,128,256,512], tiny \
      [1,1,1,1] at [8,16,32,64], and the MobileFaceNets mbf (blocks [1,4,6,2], scale 2) and \
-     mbf_large ([2,8,12,4], scale 4)";
+     mbf_large ([2,8,12,4], scale 4), and the Vision Transformers vit_t (width 256, 12 blocks), \
+     vit_s (512, 12), vit_b (512, 24), vit_l (768, 24), their WebFace variants and vit_tiny \
+     (64, 4)";
 
 /// Arithmetic of the backbone's convolutions and FC layer during training.
 ///

@@ -11,6 +11,7 @@ use super::Backbone;
 use super::iresnet::{IBasicBlock, IResNet};
 use super::layers::INPUT_SIZE;
 use super::mobilefacenet::{Bottleneck, MobileFaceNet};
+use super::vit::{Block, PATCH, TOKENS, VisionTransformer};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct StageSummary {
@@ -104,6 +105,7 @@ pub fn summarize(model: &Backbone, network: &str) -> Summary {
     let (stages, embedding_size) = match model {
         Backbone::IResNet(m) => iresnet_stages(m),
         Backbone::MobileFaceNet(m) => mobilefacenet_stages(m),
+        Backbone::Vit(m) => vit_stages(m),
     };
     let (params, trainable_params) = count_params(model);
     Summary {
@@ -216,6 +218,57 @@ fn mobilefacenet_stages(model: &MobileFaceNet) -> (Vec<StageSummary>, usize) {
             + count_params(&model.fc).0
             + count_params(&model.features).0,
         gflops: gflops(a + b + (fc_in * embedding_size) as u64),
+    });
+    (stages, embedding_size)
+}
+
+/// Multiply-adds of one ViT block over one image's 144 tokens: its four Linear layers, and the
+/// two attention products q·kᵀ and attention·v (144² · D each; vit.py's `extra_gflops`, which
+/// ptflops does not see).
+fn block_macs(block: &Block) -> u64 {
+    let linear = |fc: &burn::nn::Linear| -> u64 {
+        let [d_in, d_out] = fc.weight.lazy_shape().dims();
+        (TOKENS * d_in * d_out) as u64
+    };
+    let [width] = block.norm1.gamma.lazy_shape().dims();
+    linear(&block.attn.qkv)
+        + linear(&block.attn.proj)
+        + linear(&block.mlp.fc1)
+        + linear(&block.mlp.fc2)
+        + 2 * (TOKENS * TOKENS * width) as u64
+}
+
+/// Patch embedding (the stride-9 convolution, positions, mask token), the blocks, and the
+/// output: final LayerNorm and the feature head. Token maps are shown as D × 12 × 12.
+fn vit_stages(model: &VisionTransformer) -> (Vec<StageSummary>, usize) {
+    let width = model.width();
+    let grid = INPUT_SIZE / PATCH;
+    let (patch_macs, _) = conv_macs(&model.patch_embed.proj, INPUT_SIZE);
+    let mut stages = vec![StageSummary {
+        name: "patches".into(),
+        output_shape: [width, grid, grid],
+        params: count_params(&model.patch_embed).0
+            + count_params(&model.pos_embed).0
+            + count_params(&model.mask_token).0,
+        gflops: gflops(patch_macs),
+    }];
+    stages.push(StageSummary {
+        name: "blocks".into(),
+        output_shape: [width, grid, grid],
+        params: model.blocks.iter().map(|b| count_params(b).0).sum(),
+        gflops: gflops(model.blocks.iter().map(block_macs).sum()),
+    });
+    let [flat, _] = model.flat_fc.weight.lazy_shape().dims();
+    let [_, embedding_size] = model.fc.weight.lazy_shape().dims();
+    stages.push(StageSummary {
+        name: "output".into(),
+        output_shape: [embedding_size, 1, 1],
+        params: count_params(&model.norm).0
+            + count_params(&model.flat_fc).0
+            + count_params(&model.flat_bn).0
+            + count_params(&model.fc).0
+            + count_params(&model.features).0,
+        gflops: gflops((flat * width + width * embedding_size) as u64),
     });
     (stages, embedding_size)
 }

@@ -15,6 +15,7 @@
 
 pub mod mbf;
 pub mod pth;
+pub mod vit;
 
 use std::collections::BTreeMap;
 
@@ -26,7 +27,8 @@ use crate::config::Config;
 use crate::model::layers::{BN_EPS, INPUT_SCALE};
 use crate::model::{Architecture, Backbone, Network};
 
-/// arcface_torch's BatchNorm epsilon (every BatchNorm2d and the BatchNorm1d `features`).
+/// arcface_torch's BatchNorm epsilon (every BatchNorm2d and the BatchNorm1d `features` of the
+/// iresnets and MobileFaceNet).
 pub const TORCH_BN_EPS: f64 = 1e-5;
 /// arcface_torch's input scale: 1 / 127.5.
 pub const TORCH_INPUT_SCALE: f64 = 1.0 / 127.5;
@@ -36,6 +38,7 @@ pub const TORCH_INPUT_SCALE: f64 = 1.0 / 127.5;
 pub enum Family {
     IResNet,
     MobileFaceNet,
+    Vit,
 }
 
 impl Family {
@@ -43,6 +46,7 @@ impl Family {
         match network.architecture() {
             Architecture::IResNet { .. } => Family::IResNet,
             Architecture::MobileFaceNet { .. } => Family::MobileFaceNet,
+            Architecture::Vit { .. } => Family::Vit,
         }
     }
 
@@ -50,6 +54,7 @@ impl Family {
         match backbone {
             Backbone::IResNet(_) => Family::IResNet,
             Backbone::MobileFaceNet(_) => Family::MobileFaceNet,
+            Backbone::Vit(_) => Family::Vit,
         }
     }
 
@@ -58,6 +63,16 @@ impl Family {
         match self {
             Family::IResNet => torch_name(path),
             Family::MobileFaceNet => mbf::torch_name(path),
+            Family::Vit => vit::torch_name(path),
+        }
+    }
+
+    /// arcface_torch's BatchNorm epsilon in this family: 1e-5 (PyTorch's default) in the
+    /// iresnets and MobileFaceNet, vit.py's own 2e-5 in the ViT's feature head.
+    pub fn torch_bn_eps(self) -> f64 {
+        match self {
+            Family::IResNet | Family::MobileFaceNet => TORCH_BN_EPS,
+            Family::Vit => BN_EPS,
         }
     }
 
@@ -66,6 +81,7 @@ impl Family {
         match self {
             Family::IResNet => "conv1.weight",
             Family::MobileFaceNet => "stem.conv.weight",
+            Family::Vit => "patch_embed.proj.weight",
         }
     }
 }
@@ -80,6 +96,12 @@ pub fn torch_name(path: &str) -> String {
         Some((module, "beta")) => format!("{module}.bias"),
         _ => renamed,
     }
+}
+
+/// Whether a tensor is a Linear layer's weight, [in, out] in burn and [out, in] in PyTorch: the
+/// only 2-D weights any backbone has (convolutions' are 4-D, norms' 1-D).
+pub fn is_linear_weight(path: &str, shape: &[usize]) -> bool {
+    shape.len() == 2 && path.ends_with(".weight")
 }
 
 /// A tensor as PyTorch sees it: name, shape, values.
@@ -184,7 +206,7 @@ pub fn torch_layout(
         let path = path.strip_prefix("backbone.").unwrap_or(path);
         let shape = data.shape().to_vec();
         let values = values(data, path)?;
-        if path == "fc.weight" {
+        if is_linear_weight(path, &shape) {
             let (rows, cols) = (shape[0], shape[1]);
             out.push((
                 family.torch_name(path),
@@ -216,7 +238,7 @@ pub fn to_torch(
     // Our stem sees (x − 127.5)/128, theirs (x − 127.5)/127.5: W·u = (W·127.5/128)·v. Theirs
     // is the smaller epsilon: the variances only grow, γ stays.
     let k = INPUT_SCALE as f64 / TORCH_INPUT_SCALE;
-    convert(family, &mut tensors, k, BN_EPS, TORCH_BN_EPS)?;
+    convert(family, &mut tensors, k, BN_EPS, family.torch_bn_eps())?;
     let folded = tensors
         .into_iter()
         .map(|(path, (shape, values))| (path, TensorData::new(values, shape)))
@@ -241,6 +263,9 @@ pub fn network_of(shapes: &BTreeMap<String, Vec<usize>>) -> Result<(Network, usi
         .any(|k| k.starts_with("layers.") || k.starts_with("conv_sep."))
     {
         return mbf::network_of(shapes);
+    }
+    if shapes.contains_key("pos_embed") {
+        return vit::network_of(shapes);
     }
     let Some(stem) = shapes.get("conv1.weight") else {
         bail!(
@@ -301,7 +326,8 @@ pub fn from_torch(
         let Some((found, values)) = state.remove(&key) else {
             bail!("`{key}` is missing (an {network} needs it)");
         };
-        let expected = if path == "fc.weight" {
+        let linear = is_linear_weight(&path, &shape);
+        let expected = if linear {
             vec![shape[1], shape[0]]
         } else {
             shape.clone()
@@ -312,7 +338,7 @@ pub fn from_torch(
         if !same {
             bail!("`{key}` has shape {found:?}; an {network} has {expected:?} there");
         }
-        let values = if path == "fc.weight" {
+        let values = if linear {
             transpose(&values, shape[1], shape[0])
         } else {
             values
@@ -326,17 +352,24 @@ pub fn from_torch(
             state.len() - 1
         );
     }
-    let mut notes = vec![format!(
-        "arcface_torch's input (x − 127.5)/127.5 and BatchNorm ε {TORCH_BN_EPS} folded into the \
-         stem convolution and the running variances (ours: raw RGB in, (x − 127.5)/128 inside, \
-         ε {BN_EPS})"
-    )];
+    let torch_eps = family.torch_bn_eps();
+    let mut notes = vec![if torch_eps == BN_EPS {
+        "arcface_torch's input (x − 127.5)/127.5 folded into the patch convolution (ours: raw \
+         RGB in, (x − 127.5)/128 inside)"
+            .to_string()
+    } else {
+        format!(
+            "arcface_torch's input (x − 127.5)/127.5 and BatchNorm ε {torch_eps} folded into the \
+             stem convolution and the running variances (ours: raw RGB in, (x − 127.5)/128 \
+             inside, ε {BN_EPS})"
+        )
+    }];
     let k = TORCH_INPUT_SCALE / INPUT_SCALE as f64;
-    let rescaled = convert(family, &mut ours, k, TORCH_BN_EPS, BN_EPS)?;
+    let rescaled = convert(family, &mut ours, k, family.torch_bn_eps(), BN_EPS)?;
     if !rescaled.is_empty() {
         notes.push(format!(
             "running variances below {:.0e} in {} ({}): γ rescaled there instead",
-            BN_EPS - TORCH_BN_EPS,
+            BN_EPS - torch_eps,
             rescaled.len(),
             rescaled.join(", ")
         ));

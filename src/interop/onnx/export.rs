@@ -156,6 +156,10 @@ pub fn backbone_to_onnx(model: &Backbone, batch: Batch) -> Result<pb::ModelProto
     let (description, features) = match model {
         Backbone::IResNet(m) => ("LResNet-E-IR", iresnet(&mut g, m, x)?),
         Backbone::MobileFaceNet(m) => ("MobileFaceNet", mobilefacenet(&mut g, m, x)?),
+        Backbone::Vit(_) => bail!(
+            "ONNX export of a Vision Transformer is not written yet; export --safetensors \
+             gives arcface_torch's vit.py state dict, which its torch2onnx.py exports"
+        ),
     };
     // The zoo's output name.
     let last = g.nodes.last_mut().expect("features node");
