@@ -192,6 +192,7 @@ fn equals_vit_py(config: VitConfig, n: usize, masked: bool, flex_floor: f64) {
     #[allow(unused_mut)] // LibTorch joins with `--features tch`.
     let mut devices = vec![("flex", flex.clone())];
     #[cfg(feature = "tch")]
+    #[allow(deprecated)] // burn-tch (LibTorch) is deprecated upstream; see src/device.rs.
     devices.push(("libtorch-cpu", Device::libtorch()));
     let mut failures = Vec::new();
     for (name, device) in devices {
@@ -260,4 +261,131 @@ fn vit_t_trains_as_vit_py() {
         .with_drop_path_rate(0.0)
         .with_mask_ratio(0.1);
     equals_vit_py(config, 6, true, 5e-3);
+}
+
+/// arcface_torch's ViT as backbone.pth (torch.save of a state dict with trained-like BatchNorm
+/// statistics) imports as our vit_tiny and embeds a real photo as PyTorch does; exported back
+/// to safetensors it is the state dict it came from.
+#[test]
+fn arcface_torchs_vit_pth_imports_and_exports_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
+    let config = arcface::config::Config {
+        network: Network::VitTiny,
+        embedding_size: 32,
+        ..Default::default()
+    };
+    let mut weights = {
+        let _turn = common::serial();
+        let flex = Device::flex();
+        flex.seed(21);
+        named_tensors(&config.backbone().init(&flex), "")
+    };
+    // Running statistics a trained network could have (not the 0 and 1 of a fresh one).
+    for (path, data) in weights.iter_mut() {
+        let n = data.shape()[0];
+        let value: fn(usize) -> f32 = if path.ends_with("running_var") {
+            |i| 0.5 + (i % 7) as f32 * 0.25
+        } else if path.ends_with("running_mean") {
+            |i| (i % 5) as f32 * 0.1 - 0.2
+        } else {
+            continue;
+        };
+        *data = TensorData::new((0..n).map(value).collect::<Vec<f32>>(), [n]);
+    }
+    let state = dir.path().join("state.safetensors");
+    arcface::interop::safetensors::write(Family::Vit, &weights, &state).unwrap();
+    let photo = common::root().join("models/photos/Tom_Hanks_54745.png");
+    assert!(
+        photo.exists(),
+        "{}: run scripts/fetch-models.sh",
+        photo.display()
+    );
+    let rgb = arcface::data::image::decode_rgb(&std::fs::read(&photo).unwrap()).unwrap();
+    let mut image = vec![0f32; 3 * 112 * 112];
+    arcface::data::image::to_chw(&rgb, false, &mut image);
+    common::write_f32(&dir.path().join("image.f32"), &image);
+    let made = common::torch_reference(
+        "vit.py",
+        &json!({"op": "pth", "width": 64, "depth": 4, "heads": 8, "embedding": 32,
+                "safetensors": state, "dir": dir.path(), "images": p("image.f32"), "n": 1}),
+    );
+    let torch: Vec<f64> = serde_json::from_value(made["embeddings"][0].clone()).unwrap();
+
+    let run = |args: &[&str]| -> String {
+        let out = common::arcface().args(args).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    };
+    let stdout = run(&[
+        "import",
+        "--pth",
+        &p("backbone.pth"),
+        "--out",
+        &p("vit.ckpt"),
+    ]);
+    assert!(stdout.contains("as vit_tiny, 32-d"), "{stdout}");
+    let photo = photo.to_string_lossy();
+    let json = run(&[
+        "infer",
+        &photo,
+        "--model",
+        &p("vit.ckpt"),
+        "--no-detect",
+        "--json",
+    ]);
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let ours: Vec<f64> =
+        serde_json::from_value(json["images"][0]["faces"][0]["embedding"].clone()).unwrap();
+    let unit = |v: &[f64]| -> Vec<f64> {
+        let n = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+        v.iter().map(|x| x / n).collect()
+    };
+    let d = distance(&unit(&ours), &unit(&torch));
+    assert!(d < 1e-4, "infer on the imported .pth vs PyTorch: {d:.2e}");
+
+    run(&[
+        "export",
+        "--model",
+        &p("vit.ckpt"),
+        "--safetensors",
+        &p("back.safetensors"),
+    ]);
+    let read = |path: &str| -> BTreeMap<String, Vec<f32>> {
+        let bytes = std::fs::read(path).unwrap();
+        let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        file.tensors()
+            .into_iter()
+            .map(|(name, view)| {
+                let values = view.data().chunks_exact(4);
+                (
+                    name,
+                    values
+                        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                        .collect(),
+                )
+            })
+            .collect()
+    };
+    let (before, after) = (read(&state.to_string_lossy()), read(&p("back.safetensors")));
+    assert_eq!(
+        before.keys().collect::<Vec<_>>(),
+        after.keys().collect::<Vec<_>>()
+    );
+    for (name, values) in &before {
+        let (a, b): (Vec<f64>, Vec<f64>) = values
+            .iter()
+            .zip(&after[name])
+            .map(|(&x, &y)| (f64::from(x), f64::from(y)))
+            .unzip();
+        assert!(
+            distance(&b, &a) < 1e-6,
+            "{name} changed on the way through import"
+        );
+    }
 }

@@ -5,6 +5,10 @@ stdin, JSON on stdout.
 
 {"op": "count", "networks": [...]}
     Parameters of get_model(name) for each name (sum of p.numel() over parameters()).
+{"op": "pth", "width": D, "depth": L, "heads": H, "embedding": E, "safetensors": F,
+ "dir": DIR, "images": F32_FILE, "n": N}
+    The ViT loaded strict from F, saved as arcface_torch saves it (torch.save(state_dict) as
+    DIR/backbone.pth); returns its eval-mode embeddings of the N raw RGB images.
 {"op": "step", "width": D, "depth": L, "heads": H, "embedding": E, "mask_ratio": R,
  "safetensors": F, "images": F32_FILE, "n": N, "order": [[...], ...] | null,
  "direction": F32_FILE, "out": G}
@@ -155,6 +159,17 @@ def step(q):
     return {"loss": loss}
 
 
+def pth(q):
+    model = VisionTransformer(q["width"], q["depth"], q["heads"], q["embedding"])
+    model.load_state_dict(load_file(q["safetensors"]), strict=True)
+    model.eval()
+    torch.save(model.state_dict(), f'{q["dir"]}/backbone.pth')
+    images = read_f32(q["images"], (q["n"], 3, 112, 112))
+    with torch.no_grad():
+        embeddings = model((images / 255 - 0.5) / 0.5)
+    return {"embeddings": embeddings.tolist()}
+
+
 def count(q):
     out = {}
     for name in q["networks"]:
@@ -167,4 +182,4 @@ def count(q):
 
 if __name__ == "__main__":
     query = json.load(sys.stdin)
-    print(json.dumps({"step": step, "count": count}[query["op"]](query)))
+    print(json.dumps({"step": step, "pth": pth, "count": count}[query["op"]](query)))
