@@ -443,6 +443,48 @@ fn world_size_one_is_a_plain_run_exactly() {
     assert_eq!(tensors(&step_ckpt(&plain, 4)), tensors(&step_ckpt(&one, 4)));
 }
 
+/// AdamW on two ranks: 3 + 3 steps with a resume equal 6 straight (both moments of every
+/// rank's centres in its shard, the backbone's in the main file), and the 2-rank checkpoint
+/// resumes on one rank, the centres' moments re-cut with the centres.
+#[test]
+fn adamw_on_two_ranks_resumes_exactly_and_on_one_rank() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = data(dir.path());
+    let (straight, split) = (dir.path().join("straight"), dir.path().join("split"));
+    let adamw = "optimizer = \"adamw\"\nlr = 0.001\nweight_decay = 0.1\nsample_rate = 0.5\n";
+    let a = config(dir.path(), "a.toml", &data, &straight, adamw);
+    let b = config(dir.path(), "b.toml", &data, &split, adamw);
+    let two = |cfg: &Path, extra: &[&str]| run_ok(&mut two_ranks(cfg, extra));
+    two(&a, &["--max-steps", "6"]);
+    two(&b, &["--max-steps", "3"]);
+    two(&b, &["--max-steps", "3", "--resume"]);
+    assert_eq!(losses(&straight), losses(&split));
+    let head = whole_head(&step_ckpt(&split, 6));
+    for name in ["exp_avg.head.weight", "exp_avg_sq.head.weight"] {
+        assert_eq!(head[name].len(), head["head.weight"].len(), "{name}");
+    }
+    assert!(head.keys().any(|k| k.starts_with("exp_avg_sq.backbone.")));
+    assert!(!head.keys().any(|k| k.starts_with("momentum.")));
+    assert_eq!(head, whole_head(&step_ckpt(&straight, 6)));
+    let one = arcface(&[
+        "train",
+        "--config",
+        b.to_str().unwrap(),
+        "--resume",
+        step_ckpt(&split, 6).to_str().unwrap(),
+        "--max-steps",
+        "2",
+    ])
+    .output()
+    .unwrap();
+    assert!(one.status.success(), "{}", text(&one));
+    let end = whole_head(&step_ckpt(&split, 8));
+    assert_eq!(
+        end["exp_avg.head.weight"].len(),
+        head["exp_avg.head.weight"].len()
+    );
+}
+
 #[test]
 fn two_ranks_resume_exactly_and_on_one_rank() {
     let dir = tempfile::tempdir().unwrap();

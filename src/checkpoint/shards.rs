@@ -9,6 +9,7 @@
 //! Any world size reads any checkpoint: the rows a rank needs are cut from the shards (or from
 //! the head inside a one-rank checkpoint) that overlap them.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use burn::tensor::TensorData;
@@ -120,15 +121,21 @@ fn mismatch(path: &Path, message: String) -> CheckpointError {
     }
 }
 
+/// Whether a checkpoint tensor is an optimiser buffer of the head's centres
+/// ("momentum.head.weight", "exp_avg.head.weight", …): cut by rows with them.
+pub fn is_head_buffer(name: &str) -> bool {
+    name.len() > WEIGHT.len() && name.ends_with(&format!(".{WEIGHT}"))
+}
+
 /// The head's rows `start..start + len` of checkpoint `ckpt` (read from `path`) as
-/// ([len, E] weight, [len · E] momentum if it had one): from the file itself when the head is
-/// inside, else from the overlapping shards, each checked against the manifest.
+/// ([len, E] weight, its optimiser buffers by name, [len · E] each): from the file itself when
+/// the head is inside, else from the overlapping shards, each checked against the manifest.
 pub fn head_rows(
     path: &Path,
     ckpt: &Checkpoint,
     start: usize,
     len: usize,
-) -> Result<(TensorData, Option<TensorData>), CheckpointError> {
+) -> Result<(TensorData, BTreeMap<String, TensorData>), CheckpointError> {
     let classes = ckpt.meta.num_classes;
     if start + len > classes {
         return Err(mismatch(
@@ -141,8 +148,7 @@ pub fn head_rows(
     }
     let mut rows = Rows {
         weight: Vec::new(),
-        momentum: Vec::new(),
-        has_momentum: true,
+        buffers: None,
         width: None,
     };
     if ckpt.meta.head_shards.is_empty() {
@@ -170,18 +176,21 @@ pub fn head_rows(
         }
     }
     let e = rows.width.unwrap_or(0);
-    let momentum = rows
-        .has_momentum
-        .then(|| TensorData::new(rows.momentum, [len * e]));
-    Ok((TensorData::new(rows.weight, [len, e]), momentum))
+    let buffers = rows
+        .buffers
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(name, values)| (name, TensorData::new(values, [len * e])))
+        .collect();
+    Ok((TensorData::new(rows.weight, [len, e]), buffers))
 }
 
 /// Head rows collected from one file after another.
 struct Rows {
     weight: Vec<f32>,
-    momentum: Vec<f32>,
-    /// Whether every file so far had momentum.
-    has_momentum: bool,
+    /// The optimiser buffers' rows, by name: the first file's names, which every other must
+    /// hold too.
+    buffers: Option<BTreeMap<String, Vec<f32>>>,
     /// The embedding width, once a file has told it.
     width: Option<usize>,
 }
@@ -217,22 +226,30 @@ impl Rows {
         let span = (wanted.start - held.start) * e..(wanted.end - held.start) * e;
         let values = w.as_slice::<f32>().expect("checkpoints hold f32");
         self.weight.extend_from_slice(&values[span.clone()]);
-        match c.tensors.get(MOMENTUM) {
-            Some(m) => {
-                let m = m.as_slice::<f32>().expect("checkpoints hold f32");
-                if m.len() != rows * e {
-                    return Err(mismatch(
-                        file,
-                        format!(
-                            "`{MOMENTUM}` has {} values, the weight {}",
-                            m.len(),
-                            rows * e
-                        ),
-                    ));
-                }
-                self.momentum.extend_from_slice(&m[span]);
+        let names: Vec<&String> = c.tensors.keys().filter(|k| is_head_buffer(k)).collect();
+        let buffers = self
+            .buffers
+            .get_or_insert_with(|| names.iter().map(|&n| (n.clone(), Vec::new())).collect());
+        if !names.iter().copied().eq(buffers.keys()) {
+            return Err(mismatch(
+                file,
+                format!(
+                    "the head's optimiser buffers are {names:?} here, {:?} in other shards",
+                    buffers.keys().collect::<Vec<_>>()
+                ),
+            ));
+        }
+        for (name, out) in buffers.iter_mut() {
+            let m = c.tensors[name]
+                .as_slice::<f32>()
+                .expect("checkpoints hold f32");
+            if m.len() != rows * e {
+                return Err(mismatch(
+                    file,
+                    format!("`{name}` has {} values, the weight {}", m.len(), rows * e),
+                ));
             }
-            None => self.has_momentum = false,
+            out.extend_from_slice(&m[span.clone()]);
         }
         Ok(())
     }
@@ -288,11 +305,14 @@ mod tests {
             };
             let mut tensors = BTreeMap::new();
             tensors.insert(WEIGHT.to_string(), rows(start, len, 1.0));
-            let m = rows(start, len, -1.0);
-            tensors.insert(
-                MOMENTUM.to_string(),
-                TensorData::new(m.try_to_vec::<f32>().unwrap(), [len * E]),
-            );
+            // SGD's one buffer and AdamW's second, each [len · E].
+            for (name, sign) in [(MOMENTUM, -1.0), ("exp_avg_sq.head.weight", -2.0)] {
+                let m = rows(start, len, sign);
+                tensors.insert(
+                    name.to_string(),
+                    TensorData::new(m.try_to_vec::<f32>().unwrap(), [len * E]),
+                );
+            }
             let crc = Checkpoint {
                 meta: meta(6, vec![entry.clone()]),
                 tensors,
@@ -316,7 +336,7 @@ mod tests {
         main: &Path,
         start: usize,
         len: usize,
-    ) -> Result<(TensorData, Option<TensorData>), CheckpointError> {
+    ) -> Result<(TensorData, BTreeMap<String, TensorData>), CheckpointError> {
         head_rows(main, &Checkpoint::load(main).unwrap(), start, len)
     }
 
@@ -330,13 +350,15 @@ mod tests {
                 let (base, extra) = (CLASSES / world, CLASSES % world);
                 let start = base * rank + rank.min(extra);
                 let len = base + usize::from(rank < extra);
-                let (w, m) = cut(&main, start, len).unwrap();
+                let (w, buffers) = cut(&main, start, len).unwrap();
                 assert_eq!(w, rows(start, len, 1.0), "world {world} rank {rank}");
-                let m = m.expect("momentum");
-                assert_eq!(
-                    m.try_to_vec::<f32>().unwrap(),
-                    rows(start, len, -1.0).try_to_vec::<f32>().unwrap()
-                );
+                assert_eq!(buffers.len(), 2);
+                for (name, sign) in [(MOMENTUM, -1.0), ("exp_avg_sq.head.weight", -2.0)] {
+                    assert_eq!(
+                        buffers[name].try_to_vec::<f32>().unwrap(),
+                        rows(start, len, sign).try_to_vec::<f32>().unwrap()
+                    );
+                }
             }
         }
     }

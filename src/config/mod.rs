@@ -6,10 +6,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::device::DeviceSpec;
-use crate::model::{Architecture, Network, Precision};
+use crate::model::{Network, Precision};
 
 mod build;
+mod checks;
 
 /// Everything a run needs. Absent keys take the seed recipe's value (LResNet100E-IR, ArcFace).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -56,7 +56,11 @@ pub struct Config {
     // --- optimisation ---
     /// Images per device and step.
     pub batch_size: usize,
+    /// "sgd" (with `momentum`, the seed's and arcface_torch's iresnet recipes) or "adamw"
+    /// (torch.optim.AdamW, β (0.9, 0.999), ε 1e-8: arcface_torch's ViT recipes).
+    pub optimizer: OptimizerKind,
     pub lr: f64,
+    /// SGD's momentum (not AdamW's: a file that sets it with "adamw" is refused).
     pub momentum: f64,
     pub weight_decay: f64,
     /// "steps" (seed: lr ÷ 10 at each of `lr_steps`) or "poly" (arcface_torch's
@@ -127,6 +131,23 @@ pub struct SyntheticSpec {
     pub seed: u64,
 }
 
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerKind {
+    #[default]
+    Sgd,
+    Adamw,
+}
+
+impl fmt::Display for OptimizerKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            OptimizerKind::Sgd => "sgd",
+            OptimizerKind::Adamw => "adamw",
+        })
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LrSchedule {
@@ -150,6 +171,7 @@ impl Default for Config {
             sample_rate: 1.0,
             num_classes: None,
             batch_size: 128,
+            optimizer: OptimizerKind::Sgd,
             lr: 0.1,
             momentum: 0.9,
             weight_decay: 5e-4,
@@ -249,57 +271,9 @@ impl Config {
         })?;
         config
             .validate()
-            .and_then(|()| config.check_backbone_keys(text))
+            .and_then(|()| config.check_written_keys(text))
             .map_err(|e| located(e.key.to_string(), e.message))?;
         Ok(config)
-    }
-
-    /// `dropout` and `embedding_gamma_trainable` shape the iresnets only, `drop_path_rate` and
-    /// `mask_ratio` the ViTs only. Written in the file of another backbone with a value it
-    /// cannot honour, they would be ignored in silence: refused. (Absent keys take the seed's
-    /// defaults, dropout 0.4 among them, which only an iresnet uses; only what the user wrote is
-    /// checked.)
-    fn check_backbone_keys(&self, text: &str) -> Result<(), BadValue> {
-        // The text deserialised a moment ago, so it parses as a table too.
-        let written = text.parse::<toml::Table>().unwrap_or_default();
-        let network = self.network.name();
-        let architecture = self.network.architecture();
-        if !matches!(architecture, Architecture::Vit { .. }) {
-            for key in ["drop_path_rate", "mask_ratio"] {
-                if written.contains_key(key) {
-                    return Err(BadValue::new(
-                        key,
-                        format!("{network} is not a Vision Transformer; remove the key"),
-                    ));
-                }
-            }
-        }
-        if matches!(architecture, Architecture::IResNet { .. }) {
-            return Ok(());
-        }
-        let family = match architecture {
-            Architecture::Vit { .. } => "ViT",
-            _ => "MobileFaceNet",
-        };
-        if written.contains_key("dropout") && self.dropout != 0.0 {
-            return Err(BadValue::new(
-                "dropout",
-                format!(
-                    "{network} has no dropout (arcface_torch's {family} has none); \
-                     remove the key or set it to 0"
-                ),
-            ));
-        }
-        if written.contains_key("embedding_gamma_trainable") && !self.embedding_gamma_trainable {
-            return Err(BadValue::new(
-                "embedding_gamma_trainable",
-                format!(
-                    "{network} trains the embedding BatchNorm's γ, as arcface_torch's \
-                     {family} does; a fixed γ is the iresnets' option: remove the key"
-                ),
-            ));
-        }
-        Ok(())
     }
 
     /// Identities for the class-centre matrix: `num_classes` if set, else the dataset's
@@ -309,137 +283,6 @@ impl Config {
             Some(n) => Ok(n),
             None => Ok(crate::data::property::Property::read(&self.rec)?.num_classes),
         }
-    }
-
-    /// Checks values that parse but make no sense; returns the offending key and why.
-    // Long because it is one table, a row per key, in the struct's order: split, the rows
-    // would be harder to check against the keys.
-    pub fn validate(&self) -> Result<(), BadValue> {
-        let [m1, m2, m3] = self.margin_list;
-        let checks: [(&'static str, bool, String); 21] = [
-            (
-                "embedding_size",
-                self.embedding_size > 0,
-                "must be > 0".into(),
-            ),
-            (
-                "dropout",
-                (0.0..1.0).contains(&self.dropout),
-                "must be in [0, 1)".into(),
-            ),
-            (
-                "margin_list",
-                m1 > 0.0 && (0.0..std::f64::consts::PI).contains(&m2) && m3 >= 0.0,
-                format!(
-                    "[m1, m2, m3] = {:?}: need m1 > 0, 0 <= m2 < pi, m3 >= 0",
-                    self.margin_list
-                ),
-            ),
-            (
-                "scale",
-                self.scale > 0.0 && self.scale.is_finite(),
-                "must be > 0".into(),
-            ),
-            (
-                "sample_rate",
-                (0.0..=1.0).contains(&self.sample_rate) && self.sample_rate > 0.0,
-                "must be in (0, 1]".into(),
-            ),
-            (
-                "num_classes",
-                self.num_classes != Some(0),
-                "must be > 0".into(),
-            ),
-            (
-                "batch_size",
-                self.batch_size >= 2,
-                // BatchNorm normalises each channel over the batch: the embedding's BatchNorm
-                // sees one value per channel at batch 1 (PyTorch refuses that too).
-                "must be at least 2 (BatchNorm trains on batch statistics)".into(),
-            ),
-            (
-                "lr",
-                self.lr > 0.0 && self.lr.is_finite(),
-                "must be > 0".into(),
-            ),
-            (
-                "momentum",
-                (0.0..1.0).contains(&self.momentum),
-                "must be in [0, 1)".into(),
-            ),
-            (
-                "weight_decay",
-                self.weight_decay >= 0.0,
-                "must be >= 0".into(),
-            ),
-            (
-                "lr_steps",
-                self.lr_steps.windows(2).all(|w| w[0] < w[1]),
-                "must be strictly increasing".into(),
-            ),
-            ("num_epoch", self.num_epoch > 0, "must be > 0".into()),
-            (
-                "interclass_filtering_threshold",
-                (0.0..1.0).contains(&self.interclass_filtering_threshold),
-                "must be in [0, 1): 0 turns it off".into(),
-            ),
-            (
-                "poly_power",
-                self.poly_power > 0.0 && self.poly_power.is_finite(),
-                "must be > 0".into(),
-            ),
-            (
-                "warmup_epoch",
-                self.warmup_epoch < self.num_epoch,
-                "must be smaller than num_epoch".into(),
-            ),
-            (
-                "clip_grad_norm",
-                self.clip_grad_norm.is_none_or(|c| c > 0.0),
-                "must be > 0".into(),
-            ),
-            (
-                "frequent",
-                self.frequent > 0 && self.verbose > 0,
-                "frequent and verbose must be > 0".into(),
-            ),
-            ("save_every", self.save_every > 0, "must be > 0".into()),
-            (
-                "keep_checkpoints",
-                self.keep_checkpoints > 0,
-                "must be > 0".into(),
-            ),
-            ("dist_timeout", self.dist_timeout > 0, "must be > 0".into()),
-            (
-                "synthetic",
-                self.synthetic.as_ref().is_none_or(|s| {
-                    s.identities >= 2 && s.images_per_identity >= 1 && s.val_pairs >= 20
-                }),
-                "needs identities >= 2, images_per_identity >= 1, val_pairs >= 20".into(),
-            ),
-        ];
-        if let Some((key, _, message)) = checks.into_iter().find(|(_, ok, _)| !ok) {
-            return Err(BadValue::new(key, message));
-        }
-        if let Architecture::Vit {
-            width,
-            depth,
-            heads,
-        } = self.network.architecture()
-        {
-            let (drop_path_rate, mask_ratio) = self.vit_regularisation();
-            let vit = crate::model::VitConfig::new(width, depth)
-                .with_heads(heads)
-                .with_drop_path_rate(drop_path_rate)
-                .with_mask_ratio(mask_ratio);
-            if let Some((key, message)) = vit.problem() {
-                return Err(BadValue::new(key, message));
-            }
-        }
-        if let Err(e) = self.device.parse::<DeviceSpec>() {
-            return Err(BadValue::new("device", e.to_string()));
-        }
-        Ok(())
     }
 }
 

@@ -1,11 +1,13 @@
-//! The training loop (arcface_torch's `train_v2.py`, in Rust): SGD on backbone + margin head,
+//! The training loop (arcface_torch's `train_v2.py`, in Rust): SGD or AdamW on backbone + margin head,
 //! data parallel over the ranks of a process group (`crate::distributed`), validation every `verbose`
 //! steps and each epoch end, checkpoints every `save_every` steps and each epoch end, exact
 //! resume. Rank 0 alone validates, logs, reads and writes checkpoints; the others train. A stop
 //! signal (`crate::signals`) ends the run after the step it arrives in, with a checkpoint.
 
+mod adamw;
 mod inputs;
 pub mod monitor;
+pub mod optimizer;
 pub mod partial_fc;
 mod preempt;
 pub mod run_folder;

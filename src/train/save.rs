@@ -1,5 +1,5 @@
 //! Writing a checkpoint, every rank taking part after all reached the same step. One rank writes
-//! the one file. Several: rank 0 receives the others' centres and momentum one rank at a time
+//! the one file. Several: rank 0 receives the others' centres and their optimiser buffers one rank at a time
 //! (send/recv) as the checkpoint room writes each rank's head shard, then the main file that
 //! lists them, last (`checkpoint::save`). Only
 //! rank 0 needs the output folder, so machines without a shared disk train and resume alike;
@@ -42,25 +42,34 @@ pub fn save(
         run: state.run.clone(),
         skipped_records: state.skipped.iter().copied().collect(),
     };
-    let momentum = state.sgd.state();
+    let buffers = state.optimizer.state();
     let head_weight = named_tensors(&state.model.head, "head.")
         .remove(shards::WEIGHT)
         .expect("the head has a weight");
-    let head_momentum = momentum.get(shards::WEIGHT).cloned();
     let mut head = BTreeMap::new();
     head.insert(shards::WEIGHT.to_string(), head_weight);
-    head.extend(head_momentum.map(|m| (shards::MOMENTUM.to_string(), m)));
+    // The centres' buffers, once the optimiser has stepped (none before the first step).
+    let head_buffers: Vec<String> = state
+        .optimizer
+        .head_buffers()
+        .into_iter()
+        .filter(|name| buffers.contains_key(name))
+        .collect();
+    for name in &head_buffers {
+        head.insert(name.clone(), buffers[name].clone());
+    }
     let what = "whether the checkpoint was written";
     if group.world() > 1 {
-        // Every rank has momentum after its first step, or none does (momentum = 0).
-        let has_momentum = head.contains_key(shards::MOMENTUM);
-        group.agree(u32::from(has_momentum), "whether the head has momentum")?;
+        // Every rank has stepped as many times as the others: the same buffers everywhere.
+        group.agree(
+            head_buffers.len() as u32,
+            "which optimiser buffers the head has",
+        )?;
         if !group.is_main() {
             let sending = "sending this rank's centres to rank 0 for the checkpoint";
-            for name in [shards::WEIGHT, shards::MOMENTUM] {
-                if let Some(data) = head.remove(name) {
-                    group.send_data(data, 0, sending)?;
-                }
+            for name in std::iter::once(shards::WEIGHT.to_string()).chain(head_buffers) {
+                let data = head.remove(&name).expect("listed");
+                group.send_data(data, 0, sending)?;
             }
             return group
                 .outcome_of_main::<()>(None, what, || {
@@ -74,12 +83,9 @@ pub fn save(
         }
     }
     let mut tensors = named_tensors(&state.model.backbone, "backbone.");
-    tensors.extend(
-        momentum
-            .iter()
-            .filter(|(k, _)| k.starts_with("backbone."))
-            .map(|(k, v)| (format!("momentum.{k}"), v.clone())),
-    );
+    tensors.extend(buffers.into_iter().filter(|(k, _)| {
+        crate::train::optimizer::buffer_of(k).is_some_and(|(_, path)| path.starts_with("backbone."))
+    }));
     // One rank: the head inside the main file; several: each rank's part received in turn and
     // written as a shard beside it.
     let world = group.world();
@@ -87,7 +93,6 @@ pub fn save(
         1 => Head::Inside(head),
         _ => {
             let width = head[shards::WEIGHT].shape()[1];
-            let has_momentum = head.contains_key(shards::MOMENTUM);
             let mut own = Some(head);
             Head::Sharded {
                 world,
@@ -95,7 +100,7 @@ pub fn save(
                     let range = ClassRange::of_rank(num_classes, world, rank);
                     let tensors = match own.take() {
                         Some(own) => own,
-                        None => receive(group, rank, range, width, has_momentum)?,
+                        None => receive(group, rank, range, width, &head_buffers)?,
                     };
                     Ok(HeadPart {
                         rank,
@@ -116,21 +121,21 @@ pub fn save(
         .map(drop)
 }
 
-/// Rank `rank`'s centres `range` (and their momentum), as it sends them.
+/// Rank `rank`'s centres `range` and their optimiser buffers `names`, as it sends them.
 fn receive(
     group: &Group,
     rank: usize,
     range: ClassRange,
     width: usize,
-    has_momentum: bool,
+    names: &[String],
 ) -> Result<BTreeMap<String, TensorData>> {
     let what = format!("receiving rank {rank}'s centres for the checkpoint");
     let mut tensors = BTreeMap::new();
     let weight = group.recv_data(&[range.len, width], rank, &what)?;
     tensors.insert(shards::WEIGHT.to_string(), weight);
-    if has_momentum {
-        let momentum = group.recv_data(&[range.len * width], rank, &what)?;
-        tensors.insert(shards::MOMENTUM.to_string(), momentum);
+    for name in names {
+        let buffer = group.recv_data(&[range.len * width], rank, &what)?;
+        tensors.insert(name.clone(), buffer);
     }
     Ok(tensors)
 }

@@ -1,8 +1,9 @@
 //! What a run carries from step to step and how it starts: fresh, `--init`, or from a
 //! checkpoint. Only rank 0 reads files (its output folder); it sends every other rank what that
 //! rank needs over the process group, so that machines without a shared disk resume too: the
-//! backbone and its momentum (broadcast), each rank's centres of the model-parallel head and
-//! their momentum (sent to it alone), the step, the loader's cursor and the skipped records.
+//! backbone and its optimiser state (broadcast), each rank's centres of the model-parallel head
+//! and their optimiser state (sent to it alone), the step, the loader's cursor and the skipped
+//! records.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -11,9 +12,9 @@ use anyhow::{Context, Result, bail};
 use burn::tensor::{Device, TensorData};
 
 use super::TrainOptions;
+use super::optimizer::{Optimizer, buffer_of};
 use super::partial_fc::{ClassRange, PartialFc};
 use super::run_folder::Claim;
-use super::sgd::{Sgd, SgdSettings};
 use crate::checkpoint::shards;
 use crate::checkpoint::{Checkpoint, load_named};
 use crate::config::Config;
@@ -25,7 +26,7 @@ pub struct State {
     pub model: BackboneAndHead,
     /// Which centres this rank holds and how a step samples them.
     pub head: PartialFc,
-    pub sgd: Sgd,
+    pub optimizer: Optimizer,
     pub step: usize,
     pub cursor: Cursor,
     /// The best mean validation accuracy so far (rank 0's; for best.ckpt).
@@ -56,11 +57,7 @@ pub fn start_or_resume(
         // Seeded: two runs of one config start from the same weights, at any world size.
         model: config.init_model(num_classes, classes, &device.clone().autodiff()),
         head,
-        sgd: Sgd::new(SgdSettings {
-            momentum: config.momentum,
-            weight_decay: config.weight_decay,
-            no_decay_on_norm_and_prelu: !config.decay_norm_and_prelu,
-        }),
+        optimizer: Optimizer::of(config),
         step: 0,
         cursor: Cursor::default(),
         best: None,
@@ -147,7 +144,7 @@ fn resume(
     if let Some((path, ckpt)) = &from {
         check_compatible(config, num_classes, path, ckpt)?;
     }
-    // Rank 0's position, and which momentum buffers exist, to all.
+    // Rank 0's position, and which optimiser buffers exist, to all.
     let position = from.as_ref().map_or(vec![0; 4], |(_, c)| {
         let m = &c.meta;
         vec![
@@ -169,11 +166,9 @@ fn resume(
     let skipped = group.broadcast_list(&skipped, "the skipped records")?;
     state.skipped = skipped.into_iter().map(|k| k as u64).collect();
 
-    let mut momentum = backbone_momentum(from.as_ref().map(|(_, c)| c), group)?;
-    let (weight, head_momentum) = head_rows_of_ranks(&from, state.head.classes, config, group)?;
-    if let Some(m) = head_momentum {
-        momentum.insert(shards::WEIGHT.to_string(), m);
-    }
+    let mut buffers = backbone_buffers(from.as_ref().map(|(_, c)| c), group)?;
+    let (weight, head_buffers) = head_rows_of_ranks(&from, state.head.classes, config, group)?;
+    buffers.extend(head_buffers);
     let mut head_tensors = BTreeMap::new();
     head_tensors.insert(shards::WEIGHT.to_string(), weight);
     let BackboneAndHead { backbone, head } = state.model;
@@ -191,7 +186,7 @@ fn resume(
         },
         head: load_named(head, "head.", &head_tensors).map_err(mismatch)?,
     };
-    state.sgd.load_state(momentum, device);
+    state.optimizer.load_state(buffers, device);
     if let Some((path, ckpt)) = &from {
         // The best of this run so far, so a resumed run only replaces best.ckpt with a better one.
         let best = config.output.join("best.ckpt");
@@ -231,6 +226,11 @@ fn check_compatible(config: &Config, classes: usize, path: &Path, ckpt: &Checkpo
             ckpt.meta.num_classes.to_string(),
             classes.to_string(),
         ),
+        (
+            "optimizer",
+            theirs.optimizer.to_string(),
+            config.optimizer.to_string(),
+        ),
     ];
     for (what, was, is) in differ {
         if was != is {
@@ -244,20 +244,17 @@ fn check_compatible(config: &Config, classes: usize, path: &Path, ckpt: &Checkpo
     Ok(())
 }
 
-/// The backbone's momentum buffers of rank 0's checkpoint on every rank: names and sizes first,
-/// then each buffer.
-fn backbone_momentum(
+/// The backbone's optimiser buffers of rank 0's checkpoint on every rank: names and sizes
+/// first, then each buffer.
+fn backbone_buffers(
     ckpt: Option<&Checkpoint>,
     group: &Group,
 ) -> Result<BTreeMap<String, TensorData>> {
     let held: BTreeMap<String, TensorData> = ckpt.map_or(BTreeMap::new(), |c| {
         c.tensors
             .iter()
-            .filter_map(|(k, v)| {
-                let name = k.strip_prefix("momentum.")?;
-                name.starts_with("backbone.")
-                    .then(|| (name.to_string(), v.clone()))
-            })
+            .filter(|(k, _)| buffer_of(k).is_some_and(|(_, path)| path.starts_with("backbone.")))
+            .map(|(k, v)| (k.clone(), v.clone()))
             .collect()
     });
     if group.world() == 1 {
@@ -267,66 +264,69 @@ fn backbone_momentum(
         .iter()
         .map(|(k, v)| (k.clone(), v.num_elements()))
         .collect();
-    let bytes = serde_json::to_vec(&index).expect("names serialise");
-    let bytes = group.broadcast_list(
-        &bytes.iter().map(|&b| i64::from(b)).collect::<Vec<_>>(),
-        "the momentum buffers' names",
-    )?;
-    let bytes: Vec<u8> = bytes.into_iter().map(|b| b as u8).collect();
-    let index: Vec<(String, usize)> =
-        serde_json::from_slice(&bytes).context("the momentum buffers' names from rank 0")?;
+    let index = broadcast_json(&index, group, "the optimiser buffers' names")?;
     let mut out = BTreeMap::new();
     for (name, numel) in index {
         let mine = held.get(&name).cloned();
-        let data =
-            group.broadcast_data(mine, &[numel], &format!("broadcast of momentum {name}"))?;
+        let data = group.broadcast_data(mine, &[numel], &format!("broadcast of {name}"))?;
         out.insert(name, data);
     }
     Ok(out)
 }
 
-/// This rank's centres `range` of the head (and their momentum, if the checkpoint has it):
-/// rank 0 cuts every rank's rows from the checkpoint's head (any world size wrote it) and sends
-/// each its own.
+/// Rank 0's `value` on every rank, as JSON.
+fn broadcast_json<T: serde::Serialize + serde::de::DeserializeOwned>(
+    value: &T,
+    group: &Group,
+    what: &str,
+) -> Result<T> {
+    let bytes = serde_json::to_vec(value).expect("plain data serialises");
+    let bytes = group.broadcast_list(
+        &bytes.iter().map(|&b| i64::from(b)).collect::<Vec<_>>(),
+        what,
+    )?;
+    let bytes: Vec<u8> = bytes.into_iter().map(|b| b as u8).collect();
+    serde_json::from_slice(&bytes).with_context(|| format!("{what} from rank 0"))
+}
+
+/// This rank's centres `range` of the head (and their optimiser buffers, if the checkpoint
+/// has them): rank 0 cuts every rank's rows from the checkpoint's head (any world size wrote
+/// it) and sends each its own.
 fn head_rows_of_ranks(
     from: &Option<(PathBuf, Checkpoint)>,
     range: ClassRange,
     config: &Config,
     group: &Group,
-) -> Result<(TensorData, Option<TensorData>)> {
+) -> Result<(TensorData, BTreeMap<String, TensorData>)> {
     let e = config.embedding_size;
+    let what = "the head's optimiser buffers' names";
     let Some((path, ckpt)) = from else {
-        let has_momentum = group.broadcast_i64(&[0], "whether the head has momentum")?[0] == 1;
+        let names: Vec<String> = broadcast_json(&Vec::<String>::new(), group, what)?;
         let what = "the head's centres from rank 0";
         let weight = group.recv_data(&[range.len, e], 0, what)?;
-        let momentum = match has_momentum {
-            true => Some(group.recv_data(&[range.len * e], 0, what)?),
-            false => None,
-        };
-        return Ok((weight, momentum));
+        let mut buffers = BTreeMap::new();
+        for name in names {
+            buffers.insert(name, group.recv_data(&[range.len * e], 0, what)?);
+        }
+        return Ok((weight, buffers));
     };
-    let (weight, momentum) = shards::head_rows(path, ckpt, range.start, range.len)?;
+    let (weight, buffers) = shards::head_rows(path, ckpt, range.start, range.len)?;
     if group.world() > 1 {
-        let has_momentum = i64::from(momentum.is_some());
-        group.broadcast_i64(&[has_momentum], "whether the head has momentum")?;
+        let names: Vec<String> = buffers.keys().cloned().collect();
+        broadcast_json(&names, group, what)?;
         let classes = ckpt.meta.num_classes;
         for rank in 1..group.world() {
             let theirs = ClassRange::of_rank(classes, group.world(), rank);
-            let (w, m) = shards::head_rows(path, ckpt, theirs.start, theirs.len)?;
+            let (w, mut b) = shards::head_rows(path, ckpt, theirs.start, theirs.len)?;
             let what = format!("sending rank {rank} its centres");
             group.send_data(w, rank, &what)?;
-            if m.is_some() != (has_momentum == 1) {
-                bail!(
-                    "{}: some head shards have momentum, others not",
-                    path.display()
-                );
-            }
-            if let Some(m) = m {
-                group.send_data(m, rank, &what)?;
+            for name in &names {
+                let data = b.remove(name).expect("every shard holds the same buffers");
+                group.send_data(data, rank, &what)?;
             }
         }
     }
-    Ok((weight, momentum))
+    Ok((weight, buffers))
 }
 
 /// Rank 0 decides how the run starts from what its output folder holds (`run_folder`), before

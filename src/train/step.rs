@@ -154,7 +154,7 @@ pub fn backbone_and_head_gradients<M: burn::module::Module>(
     })
 }
 
-/// Forward, backward, gradient averaging and the SGD update at learning rate `lr` on `batch`;
+/// Forward, backward, gradient averaging and the optimiser's update at learning rate `lr` on `batch`;
 /// `device` is this rank's (autodiff). A failed step ends the run, and its state with it.
 pub fn one_step(
     mut state: State,
@@ -200,7 +200,9 @@ pub fn one_step(
     let scale = config
         .clip_grad_norm
         .map_or(1.0, |c| (c / (grad_norm + 1e-6)).min(1.0));
-    state.model = state.sgd.step(state.model, &mut grads, lr, scale, "");
+    state.model = state
+        .optimizer
+        .step(state.model, &mut grads, lr, scale, state.step, "");
     state.step += 1;
     state.cursor = batch.next;
     Ok((state, StepOutcome { loss, grad_norm }))

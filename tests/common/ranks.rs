@@ -134,11 +134,12 @@ pub fn start_ranks(cfg: &Path, world: usize, port: u16, extra: &[&str]) -> Vec<C
 }
 
 /// The checkpoint at `path` loaded with its whole head (every shard checked against its
-/// manifest): its tensors, the head's as `head.weight` / `momentum.head.weight` of all classes.
+/// manifest): its tensors, the head's as `head.weight` and its optimiser buffers
+/// (`momentum.head.weight`, …) of all classes.
 pub fn whole_head(path: &Path) -> BTreeMap<String, Vec<f32>> {
     let ckpt = Checkpoint::load(path).unwrap_or_else(|e| panic!("{e}"));
     let classes = ckpt.meta.num_classes;
-    let (weight, momentum) = arcface::checkpoint::shards::head_rows(path, &ckpt, 0, classes)
+    let (weight, buffers) = arcface::checkpoint::shards::head_rows(path, &ckpt, 0, classes)
         .unwrap_or_else(|e| panic!("{e}"));
     let mut all: BTreeMap<String, Vec<f32>> = ckpt
         .tensors
@@ -146,11 +147,8 @@ pub fn whole_head(path: &Path) -> BTreeMap<String, Vec<f32>> {
         .map(|(k, v)| (k, v.try_to_vec::<f32>().unwrap()))
         .collect();
     all.insert("head.weight".into(), weight.try_to_vec::<f32>().unwrap());
-    if let Some(m) = momentum {
-        all.insert(
-            "momentum.head.weight".into(),
-            m.try_to_vec::<f32>().unwrap(),
-        );
+    for (name, buffer) in buffers {
+        all.insert(name, buffer.try_to_vec::<f32>().unwrap());
     }
     all
 }
