@@ -13,11 +13,11 @@
 
 use std::collections::BTreeMap;
 
-use burn::module::{Module, ModuleMapper, Param};
+use burn::module::Module;
 use burn::optim::GradientsParams;
 use burn::tensor::Tensor;
 
-use super::sgd::is_norm_or_prelu;
+use super::update::{is_norm_or_prelu, update_params};
 
 #[derive(Debug, Clone)]
 pub struct AdamWSettings {
@@ -33,61 +33,6 @@ pub struct AdamW {
     pub settings: AdamWSettings,
     pub exp_avg: BTreeMap<String, Tensor<1>>,
     pub exp_avg_sq: BTreeMap<String, Tensor<1>>,
-}
-
-struct StepMapper<'a> {
-    adamw: &'a mut AdamW,
-    grads: &'a mut GradientsParams,
-    lr: f64,
-    grad_scale: f64,
-    /// 1 − β1^t and √(1 − β2^t).
-    corrections: (f64, f64),
-    prefix: &'a str,
-    path: Vec<String>,
-}
-
-impl ModuleMapper for StepMapper<'_> {
-    crate::module_path::track_module_path!();
-
-    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        let (id, tensor, mapper) = param.consume();
-        let Some(grad) = self.grads.remove::<D>(id) else {
-            return Param::from_mapped_value(id, tensor, mapper);
-        };
-        let path = format!("{}{}", self.prefix, self.path.join("."));
-        let require_grad = tensor.is_require_grad();
-        let settings = &self.adamw.settings;
-        let (beta1, beta2) = settings.betas;
-        let shape = tensor.shape();
-        let mut weight = tensor.inner();
-        let decay = !(settings.no_decay_on_norm_and_prelu && is_norm_or_prelu(&path));
-        if decay && settings.weight_decay != 0.0 {
-            weight = weight * (1.0 - self.lr * settings.weight_decay);
-        }
-        let mut g = grad.flatten::<1>(0, D - 1);
-        if self.grad_scale != 1.0 {
-            g = g * self.grad_scale;
-        }
-        let m = match self.adamw.exp_avg.remove(&path) {
-            Some(m) => m.clone() + (g.clone() - m) * (1.0 - beta1),
-            None => g.clone() * (1.0 - beta1),
-        };
-        let squared = g.square() * (1.0 - beta2);
-        let v = match self.adamw.exp_avg_sq.remove(&path) {
-            Some(v) => v * beta2 + squared,
-            None => squared,
-        };
-        let (correction1, correction2_sqrt) = self.corrections;
-        let denom = v.clone().sqrt() / correction2_sqrt + settings.eps;
-        let update = (m.clone() / denom) * (self.lr / correction1);
-        self.adamw.exp_avg.insert(path.clone(), m);
-        self.adamw.exp_avg_sq.insert(path, v);
-        let mut updated = Tensor::from_inner(weight - update.reshape(shape));
-        if require_grad {
-            updated = updated.require_grad();
-        }
-        Param::from_mapped_value(id, updated, mapper)
-    }
 }
 
 impl AdamW {
@@ -112,16 +57,33 @@ impl AdamW {
     ) -> M {
         let (beta1, beta2) = self.settings.betas;
         let t = t.max(1) as i32;
-        let corrections = (1.0 - beta1.powi(t), (1.0 - beta2.powi(t)).sqrt());
-        let mut mapper = StepMapper {
-            adamw: self,
-            grads,
-            lr,
-            grad_scale,
-            corrections,
-            prefix,
-            path: Vec::new(),
-        };
-        module.map(&mut mapper)
+        let (correction1, correction2_sqrt) = (1.0 - beta1.powi(t), (1.0 - beta2.powi(t)).sqrt());
+        let settings = self.settings.clone();
+        let (exp_avg, exp_avg_sq) = (&mut self.exp_avg, &mut self.exp_avg_sq);
+        update_params(module, grads, prefix, &mut |path, mut weight, grad| {
+            let decay = !(settings.no_decay_on_norm_and_prelu && is_norm_or_prelu(path));
+            if decay && settings.weight_decay != 0.0 {
+                weight = weight * (1.0 - lr * settings.weight_decay);
+            }
+            let g = if grad_scale != 1.0 {
+                grad * grad_scale
+            } else {
+                grad
+            };
+            let m = match exp_avg.remove(path) {
+                Some(m) => m.clone() + (g.clone() - m) * (1.0 - beta1),
+                None => g.clone() * (1.0 - beta1),
+            };
+            let squared = g.square() * (1.0 - beta2);
+            let v = match exp_avg_sq.remove(path) {
+                Some(v) => v * beta2 + squared,
+                None => squared,
+            };
+            let denom = v.clone().sqrt() / correction2_sqrt + settings.eps;
+            let update = (m.clone() / denom) * (lr / correction1);
+            exp_avg.insert(path.to_string(), m);
+            exp_avg_sq.insert(path.to_string(), v);
+            weight - update
+        })
     }
 }

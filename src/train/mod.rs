@@ -19,6 +19,7 @@ mod skipped;
 mod state;
 pub mod step;
 mod tensorboard;
+mod update;
 mod validation;
 
 pub use validation::validate;

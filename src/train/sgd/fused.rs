@@ -12,7 +12,8 @@ use burn::tensor::{Device, Tensor};
 use burn_tch::TchTensor;
 use burn_tch::fused::{SgdStep, sgd_in_place};
 
-use super::{Sgd, SgdSettings, is_norm_or_prelu};
+use super::super::update::is_norm_or_prelu;
+use super::{Sgd, SgdSettings};
 
 /// One parameter with a gradient, as libtorch tensors.
 struct Entry {

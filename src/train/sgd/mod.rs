@@ -12,7 +12,9 @@ mod fused;
 
 use std::collections::BTreeMap;
 
-use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
+use burn::module::{Module, ModuleVisitor, Param};
+
+use super::update::{is_norm_or_prelu, update_params};
 use burn::optim::GradientsParams;
 use burn::tensor::{Tensor, TensorData};
 
@@ -29,11 +31,6 @@ pub struct SgdSettings {
 pub struct Sgd {
     pub settings: Option<SgdSettings>,
     pub momentum: BTreeMap<String, Tensor<1>>,
-}
-
-/// Parameters of BatchNorm (gamma/beta) and PReLU (alpha) by their path.
-pub(super) fn is_norm_or_prelu(path: &str) -> bool {
-    path.ends_with(".gamma") || path.ends_with(".beta") || path.ends_with(".alpha")
 }
 
 struct NormVisitor<'a> {
@@ -59,56 +56,6 @@ pub fn global_grad_norm<M: Module>(module: &M, grads: &GradientsParams) -> f64 {
     module.visit(&mut v);
     v.sum
         .map_or(0.0, |s| (s.into_scalar::<f32>() as f64).sqrt())
-}
-
-struct StepMapper<'a> {
-    sgd: &'a mut Sgd,
-    settings: SgdSettings,
-    grads: &'a mut GradientsParams,
-    lr: f64,
-    grad_scale: f64,
-    prefix: &'a str,
-    path: Vec<String>,
-}
-
-impl ModuleMapper for StepMapper<'_> {
-    crate::module_path::track_module_path!();
-
-    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        let (id, tensor, mapper) = param.consume();
-        let Some(grad) = self.grads.remove::<D>(id) else {
-            return Param::from_mapped_value(id, tensor, mapper);
-        };
-        let path = format!("{}{}", self.prefix, self.path.join("."));
-        let require_grad = tensor.is_require_grad();
-        let weight = tensor.inner();
-        let mut g = if self.grad_scale != 1.0 {
-            grad * self.grad_scale
-        } else {
-            grad
-        };
-        let decay = !(self.settings.no_decay_on_norm_and_prelu && is_norm_or_prelu(&path));
-        if decay && self.settings.weight_decay != 0.0 {
-            g = g + weight.clone() * self.settings.weight_decay;
-        }
-        let update = if self.settings.momentum != 0.0 {
-            let buf = match self.sgd.momentum.remove(&path) {
-                Some(flat) => flat.reshape(weight.shape()) * self.settings.momentum + g,
-                None => g,
-            };
-            self.sgd
-                .momentum
-                .insert(path, buf.clone().flatten(0, D - 1));
-            buf
-        } else {
-            g
-        };
-        let mut updated = Tensor::from_inner(weight - update * self.lr);
-        if require_grad {
-            updated = updated.require_grad();
-        }
-        Param::from_mapped_value(id, updated, mapper)
-    }
 }
 
 impl Sgd {
@@ -154,15 +101,28 @@ impl Sgd {
         if fused::step_in_place(self, &settings, &module, grads, lr, grad_scale, prefix) {
             return module;
         }
-        let mut mapper = StepMapper {
-            sgd: self,
-            settings,
-            grads,
-            lr,
-            grad_scale,
-            prefix,
-            path: Vec::new(),
-        };
-        module.map(&mut mapper)
+        let sgd = self;
+        update_params(module, grads, prefix, &mut |path, weight, grad| {
+            let mut g = if grad_scale != 1.0 {
+                grad * grad_scale
+            } else {
+                grad
+            };
+            let decay = !(settings.no_decay_on_norm_and_prelu && is_norm_or_prelu(path));
+            if decay && settings.weight_decay != 0.0 {
+                g = g + weight.clone() * settings.weight_decay;
+            }
+            let update = if settings.momentum != 0.0 {
+                let buf = match sgd.momentum.remove(path) {
+                    Some(buf) => buf * settings.momentum + g,
+                    None => g,
+                };
+                sgd.momentum.insert(path.to_string(), buf.clone());
+                buf
+            } else {
+                g
+            };
+            weight - update * lr
+        })
     }
 }
