@@ -443,7 +443,7 @@ fn world_size_one_is_a_plain_run_exactly() {
     assert_eq!(tensors(&step_ckpt(&plain, 4)), tensors(&step_ckpt(&one, 4)));
 }
 
-/// AdamW on two ranks: 3 + 3 steps with a resume equal 6 straight (both moments of every
+/// AdamW with two micro-batches per step on two ranks: 3 + 3 steps with a resume equal 6 straight (both moments of every
 /// rank's centres in its shard, the backbone's in the main file), and the 2-rank checkpoint
 /// resumes on one rank, the centres' moments re-cut with the centres.
 #[test]
@@ -451,7 +451,7 @@ fn adamw_on_two_ranks_resumes_exactly_and_on_one_rank() {
     let dir = tempfile::tempdir().unwrap();
     let data = data(dir.path());
     let (straight, split) = (dir.path().join("straight"), dir.path().join("split"));
-    let adamw = "optimizer = \"adamw\"\nlr = 0.001\nweight_decay = 0.1\nsample_rate = 0.5\n";
+    let adamw = "optimizer = \"adamw\"\nlr = 0.001\nweight_decay = 0.1\nsample_rate = 0.5\ngradient_acc = 2\n";
     let a = config(dir.path(), "a.toml", &data, &straight, adamw);
     let b = config(dir.path(), "b.toml", &data, &split, adamw);
     let two = |cfg: &Path, extra: &[&str]| run_ok(&mut two_ranks(cfg, extra));

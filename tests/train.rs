@@ -59,6 +59,63 @@ fn resume_with_sampled_centres_continues_with_identical_losses() {
     );
 }
 
+/// gradient_acc = 2 with micro-batches of 8: a checkpoint lands between optimiser steps (a
+/// step takes 16 images) and a resume continues exactly.
+#[test]
+fn gradient_accumulation_resumes_with_identical_losses() {
+    resume_is_exact("tiny", "gradient_acc = 2\n", (3, 2));
+}
+
+/// One step of two accumulated micro-batches sees what two steps of one micro-batch each see
+/// from the same weights: the same images in the same order, its loss their mean. (lr 1e-9:
+/// the first of the two steps leaves the weights as they were, to float precision; the ViT has
+/// no dropout to draw.) The schedule, logs and `max_steps` count optimiser steps.
+#[test]
+fn accumulated_micro_batches_are_the_steps_they_replace() {
+    let _turn = common::serial();
+    let (data, a, b) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let device = Device::flex();
+    let options = |steps| TrainOptions {
+        resume: None,
+        max_steps: Some(steps),
+        init: None,
+        overwrite: false,
+    };
+    let still = "lr = 1e-9\nmomentum = 0.0\nweight_decay = 0.0\n";
+    let parse = |dir: &Path, extra: &str| {
+        let text = format!(
+            "network = \"vit_tiny\"\nembedding_size = 32\nscale = 16.0\nbatch_size = 4\n\
+             num_epoch = 2\nrec = {:?}\nval_targets = [\"synth_val\"]\noutput = {dir:?}\n\
+             verbose = 1000\nsave_every = 100\n{still}{extra}",
+            data.path()
+        );
+        Config::parse(&text, Path::new("acc.toml")).unwrap()
+    };
+    common::small_synthetic(data.path());
+    let accumulated = train(&parse(a.path(), "gradient_acc = 2\n"), &device, &options(2)).unwrap();
+    let single = train(&parse(b.path(), ""), &device, &options(4)).unwrap();
+    assert_eq!(
+        accumulated.losses.len(),
+        2,
+        "max_steps counts optimiser steps"
+    );
+    for step in 0..2 {
+        let (x, y) = (single.losses[2 * step].1, single.losses[2 * step + 1].1);
+        let mean = accumulated.losses[step].1;
+        assert!(
+            (mean - (x + y) / 2.0).abs() < 1e-4,
+            "step {step}: {mean} is not the mean of {x} and {y}"
+        );
+        assert!((x - y).abs() > 1e-3, "two different micro-batches");
+    }
+    let log = std::fs::read_to_string(a.path().join("training.log")).unwrap();
+    assert!(log.contains("of 8 images in 2 micro-batches of 4"), "{log}");
+}
+
 /// AdamW's moments and step count go into the checkpoint and come back: on an iresnet with
 /// Partial FC sampling (the centres' moments cut with the centres) and on a ViT.
 #[test]

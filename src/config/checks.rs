@@ -11,7 +11,7 @@ impl Config {
     // would be harder to check against the keys.
     pub fn validate(&self) -> Result<(), BadValue> {
         let [m1, m2, m3] = self.margin_list;
-        let checks: [(&'static str, bool, String); 21] = [
+        let checks: [(&'static str, bool, String); 22] = [
             (
                 "embedding_size",
                 self.embedding_size > 0,
@@ -51,6 +51,11 @@ impl Config {
                 // BatchNorm normalises each channel over the batch: the embedding's BatchNorm
                 // sees one value per channel at batch 1 (PyTorch refuses that too).
                 "must be at least 2 (BatchNorm trains on batch statistics)".into(),
+            ),
+            (
+                "gradient_acc",
+                self.gradient_acc >= 1,
+                "must be at least 1 (micro-batches per optimiser step)".into(),
             ),
             (
                 "lr",

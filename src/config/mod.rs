@@ -54,8 +54,13 @@ pub struct Config {
     pub num_classes: Option<usize>,
 
     // --- optimisation ---
-    /// Images per device and step.
+    /// Images per device and forward pass (a micro-batch when `gradient_acc` > 1).
     pub batch_size: usize,
+    /// Micro-batches of `batch_size` per optimiser step (arcface_torch's key): their gradients
+    /// summed and divided by their number, so that a step equals one on the `gradient_acc`
+    /// times larger batch but for BatchNorm, which normalises each micro-batch on its own.
+    /// The schedule, `max_steps`, logs and checkpoints count optimiser steps.
+    pub gradient_acc: usize,
     /// "sgd" (with `momentum`, the seed's and arcface_torch's iresnet recipes) or "adamw"
     /// (torch.optim.AdamW, β (0.9, 0.999), ε 1e-8: arcface_torch's ViT recipes).
     pub optimizer: OptimizerKind,
@@ -171,6 +176,7 @@ impl Default for Config {
             sample_rate: 1.0,
             num_classes: None,
             batch_size: 128,
+            gradient_acc: 1,
             optimizer: OptimizerKind::Sgd,
             lr: 0.1,
             momentum: 0.9,

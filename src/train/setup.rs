@@ -99,9 +99,10 @@ pub fn set_up(
         true => {
             let mut m = Monitor::new(&config.output, total_steps, state.step)?;
             m.line(&format!(
-                "{} images of {num_classes} identities, {per_epoch} steps per epoch of {} images, {total_steps} steps in {} epochs, {} precision",
+                "{} images of {num_classes} identities, {per_epoch} steps per epoch of {} images{}, {total_steps} steps in {} epochs, {} precision",
                 dataset.len(),
                 loader.plan.global_batch(),
+                micro_batches(config),
                 config.num_epoch,
                 config.precision
             ));
@@ -169,7 +170,8 @@ fn open_loader(
     state: &State,
 ) -> Result<Loader> {
     let loader_config = LoaderConfig {
-        batch_size: config.batch_size,
+        // A step's micro-batches come as one batch, cut in the step.
+        batch_size: config.batch_size * config.gradient_acc,
         seed: config.seed,
         num_workers: config.num_workers,
         prefetch: 4,
@@ -182,11 +184,20 @@ fn open_loader(
 
 fn data_parallel(config: &Config, group: &Group) -> String {
     format!(
-        "data parallel over {} ranks ({}), {} images per rank and step",
+        "data parallel over {} ranks ({}), {} images per rank and step{}",
         group.world(),
         group.backend(),
-        config.batch_size
+        config.batch_size * config.gradient_acc,
+        micro_batches(config)
     )
+}
+
+/// ", in K micro-batches of N" where the config accumulates gradients.
+fn micro_batches(config: &Config) -> String {
+    match config.gradient_acc {
+        1 => String::new(),
+        k => format!(" in {k} micro-batches of {}", config.batch_size),
+    }
 }
 
 /// Images per second over all ranks since the last restart.

@@ -5,6 +5,7 @@
 //! and on this rank's centres.
 
 use anyhow::Result;
+use burn::module::Module;
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Tensor};
 
@@ -171,20 +172,25 @@ pub fn one_step(
     }
     device.seed(crate::seed::mix(config.seed, &path));
     let images = channels_last(batch.images_tensor(device), config.channels_last);
+    let micro_batches = config.gradient_acc.max(1);
     let Gradients {
         loss,
         mut grads,
         norm: grad_norm,
-    } = gradients(
-        &state.model,
-        &state.head,
-        images,
-        &batch.labels,
-        config.precision,
-        group,
-        state.step,
-        None,
-    )?;
+    } = if micro_batches == 1 {
+        gradients(
+            &state.model,
+            &state.head,
+            images,
+            &batch.labels,
+            config.precision,
+            group,
+            state.step,
+            None,
+        )?
+    } else {
+        accumulated_gradients(&state, images, &batch.labels, config, group, micro_batches)?
+    };
     if !loss.is_finite() {
         return Err(StepFailure::NotFinite {
             what: format!("loss is {loss}"),
@@ -197,13 +203,87 @@ pub fn one_step(
             advice: "a lower lr or clip_grad_norm = 5",
         });
     }
+    // Accumulated gradients are the micro-batches' sum: the step takes their mean.
     let scale = config
         .clip_grad_norm
-        .map_or(1.0, |c| (c / (grad_norm + 1e-6)).min(1.0));
+        .map_or(1.0, |c| (c / (grad_norm + 1e-6)).min(1.0))
+        / micro_batches as f64;
     state.model = state
         .optimizer
         .step(state.model, &mut grads, lr, scale, state.step, "");
     state.step += 1;
     state.cursor = batch.next;
     Ok((state, StepOutcome { loss, grad_norm }))
+}
+
+/// `gradient_acc` > 1: the batch's `micro_batches` slices each through [`gradients`] (its own
+/// forward, BatchNorm statistics, Partial FC sample and all-reduce, as arcface_torch's
+/// micro-steps), the gradients summed. The loss is their mean, the mean over every row of the
+/// step, and the norm is that of the mean gradient, what clipping looks at; the caller divides
+/// the sum by `micro_batches` in the update. Partial FC draws micro-batch k of step t with
+/// t·K + k.
+fn accumulated_gradients(
+    state: &State,
+    images: Tensor<4>,
+    labels: &[u32],
+    config: &Config,
+    group: &Group,
+    micro_batches: usize,
+) -> Result<Gradients> {
+    let rows = labels.len() / micro_batches;
+    let mut sum = GradientsParams::new();
+    let mut loss = 0.0;
+    for k in 0..micro_batches {
+        let part = gradients(
+            &state.model,
+            &state.head,
+            images.clone().narrow(0, k * rows, rows),
+            &labels[k * rows..(k + 1) * rows],
+            config.precision,
+            group,
+            state.step * micro_batches + k,
+            None,
+        )?;
+        loss += part.loss / micro_batches as f64;
+        add_gradients(&state.model, &mut sum, part.grads);
+    }
+    let norm = whole_grad_norm(&state.model, &sum, group)? / micro_batches as f64;
+    Ok(Gradients {
+        loss,
+        grads: sum,
+        norm,
+    })
+}
+
+/// `sum` += `grads`, parameter by parameter of `model`.
+fn add_gradients(model: &BackboneAndHead, sum: &mut GradientsParams, mut grads: GradientsParams) {
+    struct Add<'a> {
+        sum: &'a mut GradientsParams,
+        grads: &'a mut GradientsParams,
+    }
+    impl burn::module::ModuleVisitor for Add<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<D>>) {
+            if let Some(g) = self.grads.remove::<D>(param.id) {
+                let total = match self.sum.remove::<D>(param.id) {
+                    Some(s) => s + g,
+                    None => g,
+                };
+                self.sum.register::<D>(param.id, total);
+            }
+        }
+    }
+    model.visit(&mut Add {
+        sum,
+        grads: &mut grads,
+    });
+}
+
+/// The L2 norm of the backbone's gradient (the same on every rank) and every rank's centres'.
+fn whole_grad_norm(model: &BackboneAndHead, grads: &GradientsParams, group: &Group) -> Result<f64> {
+    let backbone = global_grad_norm(&model.backbone, grads);
+    let head = grads
+        .get::<2>(model.head.weight.id)
+        .map_or(0.0, |g| g.square().sum().into_scalar::<f32>() as f64);
+    let head = group.sum(&[head], "all-reduce of the centres' gradient norm")?[0];
+    Ok((backbone * backbone + head).sqrt())
 }
