@@ -67,3 +67,41 @@ fn a_few_minutes_of_training_beat_the_untrained_network_by_far() {
         / 20.0;
     assert!(last < first * 0.8, "loss {first:.3} -> {last:.3}");
 }
+
+/// configs/vit_tiny.toml, shortened to 60 identities × 20 images for two epochs (74 AdamW steps
+/// with a one-epoch warmup): a ViT learns from scratch on the CPU too. Measured: 0.68 untrained,
+/// 0.95 after, in ~2.5 minutes on 2 cores.
+#[test]
+fn a_small_vit_with_adamw_beats_its_untrained_self() {
+    let (data, out) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    generate(
+        data.path(),
+        &SynthConfig::new(60, 20, 400, 9),
+        &indicatif::ProgressBar::hidden(),
+    )
+    .unwrap();
+    let mut config =
+        Config::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/vit_tiny.toml")).unwrap();
+    config.rec = data.path().to_path_buf();
+    config.output = out.path().to_path_buf();
+    config.synthetic = None;
+    config.frequent = 20;
+    let device = Device::flex();
+    let set = PairSet::read(&data.path().join("synth_val.bin")).unwrap();
+    device.seed(config.seed);
+    let untrained = Embedder::burn(config.backbone().init(&device).valid(), &device);
+    let before = evaluate(&untrained, &set, "synth_val", 64)
+        .unwrap()
+        .accuracy;
+    let report = train(&config, &device, &TrainOptions::default()).unwrap();
+    let (_, results) = report.validations.last().unwrap();
+    let after = results[0].accuracy;
+    println!(
+        "vit_tiny: untrained {before:.4}, trained {after:.4} ({} steps)",
+        report.losses.len()
+    );
+    assert!(
+        after >= before + 0.15,
+        "trained {after:.4} vs untrained {before:.4}"
+    );
+}
