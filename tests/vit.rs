@@ -385,3 +385,33 @@ fn arcface_torchs_vit_pth_imports_and_exports_back() {
         );
     }
 }
+
+/// Mixed precision (`precision = "bf16"`): the Linear layers and the patch convolution in bf16,
+/// q·kᵀ, the softmax, LayerNorm and BatchNorm in fp32, as vit.py under autocast. The forward
+/// stays within bf16's reach of fp32's (8 bits of mantissa; measured 4.3e-3 relative on both),
+/// and is not fp32's (bf16 did run), on burn's CPU backend and on LibTorch.
+#[test]
+fn bf16_stays_near_fp32() {
+    let _turn = common::serial();
+    let config = VitConfig::new(64, 2).with_embedding_size(32);
+    let flex = Device::flex();
+    flex.seed(3);
+    let weights = named_tensors(&config.init(&flex), "");
+    let images =
+        Tensor::<4>::random([4, 3, 112, 112], Distribution::Uniform(0.0, 255.0), &flex).into_data();
+    #[allow(unused_mut)] // LibTorch joins with `--features tch`.
+    let mut devices = vec![("flex", flex.clone())];
+    #[cfg(feature = "tch")]
+    #[allow(deprecated)] // burn-tch (LibTorch) is deprecated upstream; see src/device.rs.
+    devices.push(("libtorch-cpu", Device::libtorch()));
+    for (name, device) in devices {
+        let model = arcface::checkpoint::load_named(config.init(&device), "", &weights).unwrap();
+        let embed = |precision| {
+            let x = Tensor::<4>::from_data(images.clone(), &device);
+            f64s(&model.forward_at(x, precision).into_data())
+        };
+        let (fp32, bf16) = (embed(Precision::Fp32), embed(Precision::Bf16));
+        let d = distance(&bf16, &fp32);
+        assert!(d < 3e-2 && d > 1e-5, "{name}: bf16 is {d:.2e} from fp32");
+    }
+}
