@@ -443,6 +443,23 @@ fn world_size_one_is_a_plain_run_exactly() {
     assert_eq!(tensors(&step_ckpt(&plain, 4)), tensors(&step_ckpt(&one, 4)));
 }
 
+/// `arcface train --config CFG --resume CKPT --max-steps STEPS` on one rank, which must succeed.
+fn resume_on_one_rank(cfg: &Path, ckpt: &Path, steps: usize) {
+    let steps = steps.to_string();
+    let (cfg, ckpt) = (cfg.to_str().unwrap(), ckpt.to_str().unwrap());
+    let args = [
+        "train",
+        "--config",
+        cfg,
+        "--resume",
+        ckpt,
+        "--max-steps",
+        &steps,
+    ];
+    let one = arcface(&args).output().unwrap();
+    assert!(one.status.success(), "{}", text(&one));
+}
+
 /// AdamW with two micro-batches per step on two ranks: 3 + 3 steps with a resume equal 6 straight (both moments of every
 /// rank's centres in its shard, the backbone's in the main file), and the 2-rank checkpoint
 /// resumes on one rank, the centres' moments re-cut with the centres.
@@ -466,18 +483,7 @@ fn adamw_on_two_ranks_resumes_exactly_and_on_one_rank() {
     assert!(head.keys().any(|k| k.starts_with("exp_avg_sq.backbone.")));
     assert!(!head.keys().any(|k| k.starts_with("momentum.")));
     assert_eq!(head, whole_head(&step_ckpt(&straight, 6)));
-    let one = arcface(&[
-        "train",
-        "--config",
-        b.to_str().unwrap(),
-        "--resume",
-        step_ckpt(&split, 6).to_str().unwrap(),
-        "--max-steps",
-        "2",
-    ])
-    .output()
-    .unwrap();
-    assert!(one.status.success(), "{}", text(&one));
+    resume_on_one_rank(&b, &step_ckpt(&split, 6), 2);
     let end = whole_head(&step_ckpt(&split, 8));
     assert_eq!(
         end["exp_avg.head.weight"].len(),
@@ -532,18 +538,7 @@ fn two_ranks_resume_exactly_and_on_one_rank() {
 
     // The 2-rank checkpoint of step 6 (48 samples in) resumed on one rank: it continues with
     // sample 48 at 4 per step, to the end of epoch 0 (sample 120) at step 6 + 18.
-    let one = arcface(&[
-        "train",
-        "--config",
-        b.to_str().unwrap(),
-        "--resume",
-        step_ckpt(&split, 6).to_str().unwrap(),
-        "--max-steps",
-        "18",
-    ])
-    .output()
-    .unwrap();
-    assert!(one.status.success(), "{}", text(&one));
+    resume_on_one_rank(&b, &step_ckpt(&split, 6), 18);
     let log = std::fs::read_to_string(split.join("training.log")).unwrap();
     assert!(
         log.contains("at step 6 (epoch 0, sample 48; written by 2 rank(s))"),

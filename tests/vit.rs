@@ -325,7 +325,10 @@ fn arcface_torchs_vit_pth_imports_and_exports_back() {
         "--out",
         &p("vit.ckpt"),
     ]);
-    assert!(stdout.contains("as vit_tiny, 32-d"), "{stdout}");
+    assert!(
+        stdout.contains("as vit_tiny, 32-d") && stdout.contains("with 8 attention heads"),
+        "{stdout}"
+    );
     let photo = photo.to_string_lossy();
     let json = run(&[
         "infer",

@@ -1,8 +1,9 @@
 //! One optimizer step of one rank, as arcface_torch's train_v2.py runs it: the backbone's
 //! forward on this rank's batch, the model-parallel head's forward and backward
 //! (`partial_fc`), the backbone's backward from the embeddings' gradient, the backbone's
-//! gradients averaged over the ranks (DDP), and SGD on the backbone (the same update everywhere)
-//! and on this rank's centres.
+//! gradients averaged over the ranks (DDP), and the optimiser (SGD or AdamW) on the backbone
+//! (the same update everywhere) and on this rank's centres; with `gradient_acc`, all of it but
+//! the update once per micro-batch.
 
 use anyhow::Result;
 use burn::module::Module;
@@ -155,7 +156,8 @@ pub fn backbone_and_head_gradients<M: burn::module::Module>(
     })
 }
 
-/// Forward, backward, gradient averaging and the optimiser's update at learning rate `lr` on `batch`;
+/// Forward, backward, gradient averaging and the optimiser's update at learning rate `lr` on
+/// `batch`;
 /// `device` is this rank's (autodiff). A failed step ends the run, and its state with it.
 pub fn one_step(
     mut state: State,

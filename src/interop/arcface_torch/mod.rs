@@ -364,6 +364,14 @@ pub fn from_torch(
              inside, ε {BN_EPS})"
         )
     }];
+    if family == Family::Vit {
+        notes.push(format!(
+            "read with {} attention heads: a state dict does not record them, and every ViT of \
+             arcface_torch's get_model has {}",
+            vit::HEADS,
+            vit::HEADS
+        ));
+    }
     let k = TORCH_INPUT_SCALE / INPUT_SCALE as f64;
     let rescaled = convert(family, &mut ours, k, family.torch_bn_eps(), BN_EPS)?;
     if !rescaled.is_empty() {
