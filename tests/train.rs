@@ -17,20 +17,27 @@ fn small_config(data: &Path, output: &Path, extra: &str) -> Config {
     small_config_of("tiny", data, output, extra)
 }
 
-/// [`small_config`] with another network.
+/// [`small_config`] with another network. `extra`'s keys replace the defaults of the same name.
 fn small_config_of(network: &str, data: &Path, output: &Path, extra: &str) -> Config {
     common::small_synthetic(data);
     // Dropout is the iresnets' (a MobileFaceNet's or ViT's config refuses it).
     let dropout = if network.starts_with("mbf") || network.starts_with("vit") {
-        0.0
+        "0.0"
     } else {
-        0.2
+        "0.2"
     };
-    let text = format!(
-        "network = {network:?}\nembedding_size = 32\ndropout = {dropout:?}\nscale = 16.0\nbatch_size = 8\nlr = 0.05\n\
-         num_epoch = 2\nlr_steps = [20]\nrec = {data:?}\nval_targets = [\"synth_val\"]\noutput = {output:?}\n\
-         frequent = 2\nverbose = 1000\nsave_every = 3\nnum_workers = 2\nkeep_checkpoints = 10\n{extra}"
+    let mut text = format!(
+        "network = {network:?}\nembedding_size = 32\ndropout = {dropout}\nscale = 16.0\n\
+         num_epoch = 2\nlr_steps = [20]\nrec = {data:?}\nval_targets = [\"synth_val\"]\n\
+         output = {output:?}\nfrequent = 2\nverbose = 1000\nsave_every = 3\nnum_workers = 2\n\
+         keep_checkpoints = 10\n"
     );
+    for (key, default) in [("batch_size", "8"), ("lr", "0.05")] {
+        if !extra.contains(&format!("{key} =")) {
+            text.push_str(&format!("{key} = {default}\n"));
+        }
+    }
+    text.push_str(extra);
     Config::parse(&text, Path::new("test.toml")).unwrap()
 }
 
@@ -85,17 +92,10 @@ fn accumulated_micro_batches_are_the_steps_they_replace() {
         init: None,
         overwrite: false,
     };
-    let still = "lr = 1e-9\nmomentum = 0.0\nweight_decay = 0.0\n";
+    let still = "batch_size = 4\nlr = 1e-9\nmomentum = 0.0\nweight_decay = 0.0\n";
     let parse = |dir: &Path, extra: &str| {
-        let text = format!(
-            "network = \"vit_tiny\"\nembedding_size = 32\nscale = 16.0\nbatch_size = 4\n\
-             num_epoch = 2\nrec = {:?}\nval_targets = [\"synth_val\"]\noutput = {dir:?}\n\
-             verbose = 1000\nsave_every = 100\n{still}{extra}",
-            data.path()
-        );
-        Config::parse(&text, Path::new("acc.toml")).unwrap()
+        small_config_of("vit_tiny", data.path(), dir, &format!("{still}{extra}"))
     };
-    common::small_synthetic(data.path());
     let accumulated = train(&parse(a.path(), "gradient_acc = 2\n"), &device, &options(2)).unwrap();
     let single = train(&parse(b.path(), ""), &device, &options(4)).unwrap();
     assert_eq!(

@@ -142,17 +142,13 @@ pub fn backbone_and_head_gradients<M: burn::module::Module>(
     lap(times.as_deref_mut().map(|t| &mut t.backward))?;
     group.average_gradients(backbone, &mut grads)?;
     lap(times.map(|t| &mut t.all_reduce))?;
-    // The centres' squared norm is summed over the ranks (each holds its own); the
-    // backbone's averaged gradient is the same everywhere.
-    let head_norm2 = pass.weight_grad.clone().square().sum().into_scalar::<f32>() as f64;
-    let backbone_norm = global_grad_norm(backbone, &grads);
     grads.register::<2>(centres.weight.id, pass.weight_grad);
-    let head_norm2 = group.sum(&[head_norm2], "all-reduce of the centres' gradient norm")?[0];
+    let norm = whole_grad_norm(backbone, centres, &grads, group)?;
     Ok(Gradients {
         // The same on every rank: the head's cross-entropy spans them.
         loss: pass.loss,
         grads,
-        norm: (backbone_norm * backbone_norm + head_norm2).sqrt(),
+        norm,
     })
 }
 
@@ -249,7 +245,8 @@ fn accumulated_gradients(
         loss += part.loss / micro_batches as f64;
         add_gradients(&state.model, &mut sum, part.grads);
     }
-    let norm = whole_grad_norm(&state.model, &sum, group)? / micro_batches as f64;
+    let norm = whole_grad_norm(&state.model.backbone, &state.model.head, &sum, group)?
+        / micro_batches as f64;
     Ok(Gradients {
         loss,
         grads: sum,
@@ -280,11 +277,17 @@ fn add_gradients(model: &BackboneAndHead, sum: &mut GradientsParams, mut grads: 
     });
 }
 
-/// The L2 norm of the backbone's gradient (the same on every rank) and every rank's centres'.
-fn whole_grad_norm(model: &BackboneAndHead, grads: &GradientsParams, group: &Group) -> Result<f64> {
-    let backbone = global_grad_norm(&model.backbone, grads);
+/// The L2 norm of the backbone's gradient (averaged: the same on every rank) and every rank's
+/// centres' (each holds its own: their squared norms summed over the ranks).
+fn whole_grad_norm<M: Module>(
+    backbone: &M,
+    centres: &MarginSoftmax,
+    grads: &GradientsParams,
+    group: &Group,
+) -> Result<f64> {
+    let backbone = global_grad_norm(backbone, grads);
     let head = grads
-        .get::<2>(model.head.weight.id)
+        .get::<2>(centres.weight.id)
         .map_or(0.0, |g| g.square().sum().into_scalar::<f32>() as f64);
     let head = group.sum(&[head], "all-reduce of the centres' gradient norm")?[0];
     Ok((backbone * backbone + head).sqrt())
