@@ -80,8 +80,8 @@ impl Embedder {
         }
         let not_ours = || {
             format!(
-                "{}: off burn's CPU device or in bf16 an ONNX file runs as our LResNet-E-IR with \
-                 its weights, and this one does not import (`--device cpu` in fp32 runs any ONNX \
+                "{}: off burn's CPU device or in bf16 an ONNX file runs as our backbone with its \
+                 weights (LResNet-E-IR, MobileFaceNet, ViT), and this one does not import (`--device cpu` in fp32 runs any ONNX \
                  embedder with tract)",
                 path.display()
             )

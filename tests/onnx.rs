@@ -60,6 +60,8 @@ fn randomized(network: Network, embedding_size: usize, seed: u64) -> Backbone {
                 "beta" | "running_mean" => (-0.1, 0.1),
                 "running_var" => (0.5, 2.0),
                 "alpha" => (0.1, 0.4),
+                // Zero at init in a ViT's Linear layers: a dropped bias would go unseen.
+                "bias" => (-0.1, 0.1),
                 _ => return (name, data),
             };
             let shape = data.shape().to_vec();
@@ -209,6 +211,125 @@ fn r18_export_passes_the_checker_and_runs_equal_in_onnxruntime_tract_and_burn() 
 #[test]
 fn r100_export_passes_the_checker_and_runs_equal_in_onnxruntime_tract_and_burn() {
     check_export(Network::R100, 512);
+}
+
+/// `model` with its qkv weights ×4: vit.py's init (σ 0.02) gives near-uniform attention, in
+/// which a wrong scale or softmax axis hardly shows.
+fn with_peaked_attention(model: Backbone) -> Backbone {
+    let tensors: BTreeMap<String, TensorData> = named_tensors(&model, "")
+        .into_iter()
+        .map(|(name, data)| {
+            if !name.ends_with("attn.qkv.weight") {
+                return (name, data);
+            }
+            let shape = data.shape().to_vec();
+            let values: Vec<f32> = data.iter::<f32>().map(|v| 4.0 * v).collect();
+            (name, TensorData::new(values, shape))
+        })
+        .collect();
+    load_named(model, "", &tensors).unwrap()
+}
+
+/// A ViT's opset-8 export (export_vit.rs: LayerNorm, attention and ReLU6 in opset 8's
+/// operators) passes the checker, and onnxruntime, tract and our burn forward (which
+/// tests/vit.rs holds to vit.py in PyTorch) give the same embeddings; vit_t at batch 2 too.
+#[test]
+fn vit_export_passes_the_checker_and_runs_equal_in_onnxruntime_tract_and_burn() {
+    for (network, embedding_size, n) in [(Network::VitTiny, 128, 3), (Network::VitT, 512, 2)] {
+        let dir = tempfile::tempdir().unwrap();
+        let model = with_peaked_attention(randomized(network, embedding_size, 9));
+        let file = dir.path().join("vit.onnx");
+        onnx::export::write(
+            &onnx::backbone_to_onnx(&model, Batch::Dynamic).unwrap(),
+            &file,
+        )
+        .unwrap();
+        let images = random_images(n, 13);
+        let (reference, facts) = onnxruntime(&file, &images, dir.path());
+        assert_eq!(facts["opsets"], json!([["", 8]]));
+        assert_eq!(facts["input_dims"], json!(["N", 3, 112, 112]));
+        assert_eq!(facts["output_dims"], json!(["N", embedding_size]));
+        assert_eq!(
+            facts["ops"],
+            json!([
+                "Add",
+                "BatchNormalization",
+                "Clip",
+                "Constant",
+                "Conv",
+                "Div",
+                "Flatten",
+                "Gather",
+                "Gemm",
+                "MatMul",
+                "Mul",
+                "ReduceMean",
+                "Relu",
+                "Reshape",
+                "Softmax",
+                "Sqrt",
+                "Sub",
+                "Transpose"
+            ])
+        );
+        assert_eq!(facts["initializers_in_inputs"], true);
+        // Every parameter but the training-only mask token (width D), and the zero biases of
+        // the two bias-free Gemms (D + E).
+        let (params, _) = count_params(&model);
+        assert_eq!(facts["parameters"], params + embedding_size);
+        let names: Vec<String> = serde_json::from_value(facts["names"].clone()).unwrap();
+        for name in [
+            "patch_embed.proj.bias",
+            "pos_embed",
+            "blocks.3.attn.qkv.weight",
+            "blocks.3.norm2.weight",
+            "blocks.0.mlp.fc2.bias",
+            "feature.0.weight",
+            "feature.3.running_var",
+        ] {
+            assert!(names.contains(&name.to_string()), "{name} in {names:?}");
+        }
+        assert!(!names.contains(&"mask_token".to_string()));
+        let ours = burn_embed(&model, &images);
+        let tract = OnnxEmbedder::load(&file).unwrap().embed(&images).unwrap();
+        let b = relative(&ours, &reference, embedding_size);
+        let t = relative(&tract, &reference, embedding_size);
+        println!("{network} batch {n} vs onnxruntime: burn {b:.2e}, tract {t:.2e}");
+        assert!(b < 1e-4, "burn vs onnxruntime: {b}");
+        assert!(t < 1e-4, "tract vs onnxruntime: {t}");
+
+        // Imported back (import_vit.rs), every tensor bit for bit but the mask token, which
+        // the graph does not hold.
+        let mut proto = onnx::load::read_model(&file).unwrap();
+        onnx::load::prepare(&mut proto, InputConvention::Auto).unwrap();
+        let imported = onnx::import::import(&proto).unwrap();
+        assert_eq!(
+            (imported.network, imported.embedding_size),
+            (network, embedding_size)
+        );
+        let mut ours = named_tensors(&model, "");
+        let width = ours["pos_embed"].shape()[2];
+        ours.insert("mask_token".into(), TensorData::zeros::<f32, _>([1, 1, width]));
+        assert_eq!(imported.tensors, ours, "import gives back every tensor");
+
+        // A weight of the wrong shape: the error names the node and the tensor it should be.
+        let proto = onnx::load::read_model(&file).unwrap();
+        let mut graph = proto.graph.clone().unwrap();
+        let fc1 = graph
+            .initializer
+            .iter_mut()
+            .find(|t| t.name == "blocks.1.mlp.fc1.weight")
+            .unwrap();
+        fc1.dims.swap(0, 1);
+        let mut altered = proto.clone();
+        altered.graph = Some(graph);
+        onnx::load::prepare(&mut altered, InputConvention::Auto).unwrap();
+        let e = format!("{:#}", onnx::import::import(&altered).err().unwrap());
+        assert!(
+            e.contains("blocks.1.mlp.fc1.weight_t") && e.contains("`blocks.1.mlp.fc1.weight`"),
+            "{e}"
+        );
+    }
 }
 
 /// Callers embedding at once, two a single image each (spread over every thread) and one a

@@ -260,8 +260,9 @@ fn vit_t_trains_as_vit_py() {
 }
 
 /// arcface_torch's ViT as backbone.pth (torch.save of a state dict with trained-like BatchNorm
-/// statistics) imports as our vit_tiny and embeds a real photo as PyTorch does; exported back
-/// to safetensors it is the state dict it came from.
+/// statistics) and as torch2onnx.py's ONNX file imports as our vit_tiny and embeds a real photo
+/// as PyTorch does, and so does our ONNX export of it; exported back to safetensors it is the
+/// state dict it came from.
 #[test]
 fn arcface_torchs_vit_pth_imports_and_exports_back() {
     let dir = tempfile::tempdir().unwrap();
@@ -277,17 +278,23 @@ fn arcface_torchs_vit_pth_imports_and_exports_back() {
         flex.seed(21);
         named_tensors(&config.backbone().init(&flex), "")
     };
-    // Running statistics a trained network could have (not the 0 and 1 of a fresh one).
-    for (path, data) in weights.iter_mut() {
+    // Running statistics, LayerNorm affines and biases a trained network could have (not the
+    // 0 and 1 of a fresh one, which hide a swapped or dropped one), each tensor its own.
+    for (k, (path, data)) in weights.iter_mut().enumerate() {
         let n = data.shape()[0];
-        let value: fn(usize) -> f32 = if path.ends_with("running_var") {
-            |i| 0.5 + (i % 7) as f32 * 0.25
+        let value: fn(usize, usize) -> f32 = if path.ends_with("running_var") {
+            |i, _| 0.5 + (i % 7) as f32 * 0.25
         } else if path.ends_with("running_mean") {
-            |i| (i % 5) as f32 * 0.1 - 0.2
+            |i, _| (i % 5) as f32 * 0.1 - 0.2
+        } else if path.ends_with("gamma") {
+            |i, k| 0.8 + ((i + k) % 9) as f32 * 0.05
+        } else if path.ends_with("beta") || path.ends_with("bias") {
+            |i, k| ((i + 3 * k) % 11) as f32 * 0.02 - 0.1
         } else {
             continue;
         };
-        *data = TensorData::new((0..n).map(value).collect::<Vec<f32>>(), [n]);
+        let values: Vec<f32> = (0..n).map(|i| value(i, k)).collect();
+        *data = TensorData::new(values, [n]);
     }
     let state = dir.path().join("state.safetensors");
     arcface::interop::safetensors::write(Family::Vit, &weights, &state).unwrap();
@@ -330,23 +337,38 @@ fn arcface_torchs_vit_pth_imports_and_exports_back() {
         "{stdout}"
     );
     let photo = photo.to_string_lossy();
-    let json = run(&[
-        "infer",
-        &photo,
-        "--model",
-        &p("vit.ckpt"),
-        "--no-detect",
-        "--json",
-    ]);
-    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
-    let ours: Vec<f64> =
-        serde_json::from_value(json["images"][0]["faces"][0]["embedding"].clone()).unwrap();
     let unit = |v: &[f64]| -> Vec<f64> {
         let n = v.iter().map(|x| x * x).sum::<f64>().sqrt();
         v.iter().map(|x| x / n).collect()
     };
-    let d = distance(&unit(&ours), &unit(&torch));
+    // `infer`'s embedding of the photo by `model`, against PyTorch's.
+    let distance_to_torch = |model: &str| -> f64 {
+        let json = run(&["infer", &photo, "--model", model, "--no-detect", "--json"]);
+        let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+        let ours: Vec<f64> =
+            serde_json::from_value(json["images"][0]["faces"][0]["embedding"].clone()).unwrap();
+        distance(&unit(&ours), &unit(&torch))
+    };
+    let d = distance_to_torch(&p("vit.ckpt"));
     assert!(d < 1e-4, "infer on the imported .pth vs PyTorch: {d:.2e}");
+
+    // torch2onnx.py's export (opset 11, LayerNorm spelt out, the Linear weights transposed under
+    // new names, equal initializers shared through Identity) runs in tract and imports; our
+    // opset-8 export of the import imports back.
+    let d = distance_to_torch(&p("model.onnx"));
+    assert!(d < 1e-4, "infer on torch2onnx.py's file vs PyTorch: {d:.2e}");
+    for (file, out) in [("model.onnx", "onnx.ckpt"), ("ours.onnx", "ours.ckpt")] {
+        if file == "ours.onnx" {
+            run(&["export", "--model", &p("onnx.ckpt"), "--onnx", &p(file)]);
+        }
+        let stdout = run(&["import", "--onnx", &p(file), "--out", &p(out)]);
+        assert!(
+            stdout.contains("as vit_tiny, 32-d") && stdout.contains("(8 heads)"),
+            "{stdout}"
+        );
+        let d = distance_to_torch(&p(out));
+        assert!(d < 1e-4, "infer on {file} imported vs PyTorch: {d:.2e}");
+    }
 
     run(&[
         "export",

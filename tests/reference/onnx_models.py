@@ -48,7 +48,9 @@ def check(req):
         "output_dims": [d.dim_param or d.dim_value for d in model.graph.output[0].type.tensor_type.shape.dim],
         "ops": ops,
         "initializers_in_inputs": all(n in input_names for n in inits),
-        "parameters": int(sum(v.size for k, v in inits.items() if "running_" not in k and "moving_" not in k)),
+        # Float weights: a ViT's int64 reshape shapes and gather indices are not parameters.
+        "parameters": int(sum(v.size for k, v in inits.items()
+                              if v.dtype == np.float32 and "running_" not in k and "moving_" not in k)),
         "values": int(sum(v.size for v in inits.values())),
         "names": sorted(inits),
         "prelu_slope_shapes": [list(s) for s in prelu_shapes],

@@ -8,7 +8,8 @@ stdin, JSON on stdout.
 {"op": "pth", "width": D, "depth": L, "heads": H, "embedding": E, "safetensors": F,
  "dir": DIR, "images": F32_FILE, "n": N}
     The ViT loaded strict from F, saved as arcface_torch saves it (torch.save(state_dict) as
-    DIR/backbone.pth); returns its eval-mode embeddings of the N raw RGB images.
+    DIR/backbone.pth) and exports it (torch2onnx.py, DIR/model.onnx); returns its eval-mode
+    embeddings of the N raw RGB images.
 {"op": "step", "width": D, "depth": L, "heads": H, "embedding": E, "mask_ratio": R,
  "safetensors": F, "images": F32_FILE, "n": N, "order": [[...], ...] | null,
  "direction": F32_FILE, "out": G}
@@ -164,6 +165,16 @@ def pth(q):
     model.load_state_dict(load_file(q["safetensors"]), strict=True)
     model.eval()
     torch.save(model.state_dict(), f'{q["dir"]}/backbone.pth')
+    # torch2onnx.py's convert_onnx: a normalised random image, input "data", opset 11, a
+    # symbolic batch written into the file afterwards (its Reshapes keep the traced batch 1).
+    img = (torch.randint(0, 255, (1, 3, 112, 112)).float() / 255.0 - 0.5) / 0.5
+    out = f'{q["dir"]}/model.onnx'
+    torch.onnx.export(model, img, out, input_names=["data"], keep_initializers_as_inputs=False,
+                      verbose=False, opset_version=11, dynamo=False)
+    import onnx
+    m = onnx.load(out)
+    m.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "None"
+    onnx.save(m, out)
     images = read_f32(q["images"], (q["n"], 3, 112, 112))
     with torch.no_grad():
         embeddings = model((images / 255 - 0.5) / 0.5)

@@ -2,8 +2,10 @@
 //! [N,3,112,112] raw RGB 0–255, normalised inside by Sub/Mul, output `fc1` float32 [N,E] (not
 //! L2-normalised). Conv (grouped for MobileFaceNet's depthwise layers, which opset 8 allows),
 //! BatchNormalization (spatial, 1-D parameters), PRelu with (C,1,1) slopes, Add, Flatten, Gemm
-//! (MobileFaceNet's bias-free FC with a zero bias: opset 8's Gemm requires one); no Dropout. Initializers carry arcface_torch's names and layouts (the
-//! names of our safetensors export), so they are readable and stable across exports.
+//! (bias-free FCs with a zero bias: opset 8's Gemm requires one); no Dropout. A Vision
+//! Transformer adds the ops of its blocks (`export_vit.rs`). Initializers carry arcface_torch's
+//! names and layouts (the names of our safetensors export), so they are readable and stable
+//! across exports.
 //!
 //! IR version 3 is the one ONNX released with opset 8 (as the zoo's file); it requires every
 //! initializer to be listed among the graph inputs too, which old runtimes rely on.
@@ -19,7 +21,8 @@ use prost::Message;
 use tract_onnx::pb;
 
 use super::proto::{
-    Dim, attr_float, attr_int, attr_ints, attr_tensor, float_tensor, float_value_info, node,
+    Dim, attr_float, attr_int, attr_ints, attr_tensor, float_tensor, float_value_info,
+    int64_tensor, node, value_info,
 };
 use crate::checkpoint::named_tensors;
 use crate::interop::arcface_torch::{Family, torch_layout};
@@ -53,16 +56,16 @@ impl std::str::FromStr for Batch {
     }
 }
 
-struct Graph {
+pub(super) struct Graph {
     /// arcface_torch name → (PyTorch-layout shape, values).
-    weights: BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+    pub(super) weights: BTreeMap<String, (Vec<usize>, Vec<f32>)>,
     nodes: Vec<pb::NodeProto>,
     initializers: Vec<pb::TensorProto>,
 }
 
 impl Graph {
     /// Moves the weight `name` into the initializers; its name is the value name.
-    fn weight(&mut self, name: &str, shape: Option<Vec<usize>>) -> Result<String> {
+    pub(super) fn weight(&mut self, name: &str, shape: Option<Vec<usize>>) -> Result<String> {
         let (stored, values) = self
             .weights
             .remove(name)
@@ -72,7 +75,7 @@ impl Graph {
         Ok(name.to_string())
     }
 
-    fn add(
+    pub(super) fn add(
         &mut self,
         op: &str,
         name: &str,
@@ -83,31 +86,70 @@ impl Graph {
         name.to_string()
     }
 
-    fn constant(&mut self, name: &str, value: f32) -> String {
+    pub(super) fn constant(&mut self, name: &str, value: f32) -> String {
         let tensor = float_tensor(name, &[1], &[value]);
         self.add("Constant", name, &[], vec![attr_tensor("value", tensor)])
     }
 
-    fn conv(&mut self, module: &str, conv: &Conv2d, x: &str) -> Result<String> {
-        let PaddingConfig2d::Explicit(top, left, bottom, right) = conv.padding else {
-            bail!("{module}: only explicit paddings are exported");
+    /// An int64 initializer (a Reshape's shape, a Gather's index): opset 8's Constant node
+    /// holds floats only.
+    pub(super) fn int64_initializer(
+        &mut self,
+        name: &str,
+        dims: &[usize],
+        values: &[i64],
+    ) -> String {
+        self.initializers.push(int64_tensor(name, dims, values));
+        name.to_string()
+    }
+
+    pub(super) fn conv(&mut self, module: &str, conv: &Conv2d, x: &str) -> Result<String> {
+        let pads = match conv.padding {
+            PaddingConfig2d::Explicit(top, left, bottom, right) => [top, left, bottom, right],
+            PaddingConfig2d::Valid => [0; 4],
+            _ => bail!("{module}: only explicit or no paddings are exported"),
         };
-        if conv.bias.is_some() || conv.dilation != [1, 1] {
-            bail!("{module}: only bias-free, undilated convolutions are exported");
+        if conv.dilation != [1, 1] {
+            bail!("{module}: only undilated convolutions are exported");
         }
         let [kh, kw] = conv.kernel_size;
-        let weight = self.weight(&format!("{module}.weight"), None)?;
+        let mut inputs = vec![
+            x.to_string(),
+            self.weight(&format!("{module}.weight"), None)?,
+        ];
+        if conv.bias.is_some() {
+            inputs.push(self.weight(&format!("{module}.bias"), None)?);
+        }
         let attrs = vec![
             attr_ints("kernel_shape", &[kh as i64, kw as i64]),
             attr_ints("strides", &conv.stride.map(|s| s as i64)),
-            attr_ints("pads", &[top, left, bottom, right].map(|p| p as i64)),
+            attr_ints("pads", &pads.map(|p| p as i64)),
             attr_ints("dilations", &[1, 1]),
             attr_int("group", conv.groups as i64),
         ];
-        Ok(self.add("Conv", module, &[x, &weight], attrs))
+        let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+        Ok(self.add("Conv", module, &inputs, attrs))
     }
 
-    fn batch_norm(&mut self, module: &str, bn: &BatchNorm, x: &str) -> Result<String> {
+    /// A fully connected layer on [N, in] as Gemm (B transposed: PyTorch's [out, in] weight);
+    /// a bias-free one gets a zero bias `{module}.zero_bias`, which opset 8's Gemm requires.
+    pub(super) fn gemm(&mut self, module: &str, x: &str, bias: bool) -> Result<String> {
+        let name = format!("{module}.weight");
+        let out_features = self.weights.get(&name).map(|(s, _)| s[0]).unwrap_or(0);
+        let weight = self.weight(&name, None)?;
+        let bias = if bias {
+            self.weight(&format!("{module}.bias"), None)?
+        } else {
+            let zero = format!("{module}.zero_bias");
+            let zeros = vec![0.0; out_features];
+            self.initializers
+                .push(float_tensor(&zero, &[out_features], &zeros));
+            zero
+        };
+        Ok(self.add("Gemm", module, &[x, &weight, &bias], gemm_attributes()))
+    }
+
+    pub(super) fn batch_norm(&mut self, module: &str, bn: &BatchNorm, x: &str) -> Result<String> {
         if (bn.epsilon - BN_EPS).abs() > 1e-12 {
             bail!(
                 "{module}: BatchNorm epsilon {} (the model's is {BN_EPS})",
@@ -156,10 +198,7 @@ pub fn backbone_to_onnx(model: &Backbone, batch: Batch) -> Result<pb::ModelProto
     let (description, features) = match model {
         Backbone::IResNet(m) => ("LResNet-E-IR", iresnet(&mut g, m, x)?),
         Backbone::MobileFaceNet(m) => ("MobileFaceNet", mobilefacenet(&mut g, m, x)?),
-        Backbone::Vit(_) => bail!(
-            "ONNX export of a Vision Transformer is not written yet; export --safetensors \
-             gives arcface_torch's vit.py state dict, which its torch2onnx.py exports"
-        ),
+        Backbone::Vit(m) => ("Vision Transformer", super::export_vit::vit(&mut g, m, x)?),
     };
     // The zoo's output name.
     let last = g.nodes.last_mut().expect("features node");
@@ -181,7 +220,7 @@ pub fn backbone_to_onnx(model: &Backbone, batch: Batch) -> Result<pb::ModelProto
     )];
     input.extend(g.initializers.iter().map(|t| {
         let dims: Vec<Dim> = t.dims.iter().map(|&d| Dim::Fixed(d as usize)).collect();
-        float_value_info(&t.name, &dims)
+        value_info(&t.name, &dims, t.data_type)
     }));
     let graph = pb::GraphProto {
         node: g.nodes,
@@ -241,9 +280,7 @@ fn iresnet(g: &mut Graph, model: &IResNet, x: String) -> Result<String> {
     }
     let x = g.batch_norm("bn2", &model.bn2, &x)?;
     let x = g.add("Flatten", "flatten", &[&x], vec![attr_int("axis", 1)]);
-    let weight = g.weight("fc.weight", None)?;
-    let bias = g.weight("fc.bias", None)?;
-    let x = g.add("Gemm", "fc", &[&x, &weight, &bias], gemm_attributes());
+    let x = g.gemm("fc", &x, true)?;
     g.batch_norm("features", &model.features, &x)
 }
 
@@ -308,17 +345,6 @@ fn mobilefacenet(g: &mut Graph, model: &MobileFaceNet, x: String) -> Result<Stri
         &[&x],
         vec![attr_int("axis", 1)],
     );
-    let weight = g.weight("features.layers.2.weight", None)?;
-    let embedding_size = model.features.gamma.dims()[0];
-    let zeros = vec![0.0; embedding_size];
-    let bias = "features.layers.2.zero_bias";
-    g.initializers
-        .push(float_tensor(bias, &[embedding_size], &zeros));
-    let x = g.add(
-        "Gemm",
-        "features.layers.2",
-        &[&x, &weight, bias],
-        gemm_attributes(),
-    );
+    let x = g.gemm("features.layers.2", &x, false)?;
     g.batch_norm("features.layers.3", &model.features, &x)
 }

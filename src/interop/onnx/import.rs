@@ -3,7 +3,8 @@
 //! `layer1.0.conv1.weight`): stem Conv → BN → PRelu; units BN → Conv → BN → PRelu → Conv → BN
 //! plus a shortcut (identity, or Conv 1×1 → BN) → Add; then BN → Flatten → Gemm → BN. The depth
 //! (r18/r34/r50/r100/r200/tiny) and embedding size are read off the graph. A graph with grouped
-//! convolutions is read as a MobileFaceNet instead (`import_mobilefacenet.rs`).
+//! convolutions is read as a MobileFaceNet instead (`import_mobilefacenet.rs`), one with attention
+//! (a Softmax) as a Vision Transformer (`import_vit.rs`).
 //!
 //! Run `load::prepare` first (the zoo's repairs, the input convention). What exporters change is
 //! read for what it computes: a BatchNorm folded into its Conv (a bias, no BatchNorm), the
@@ -37,7 +38,8 @@ pub fn read_file(
     Ok((proto, prepared, imported))
 }
 
-/// Reads the backbone out of a prepared LResNet-E-IR or MobileFaceNet graph (raw 0–255 input).
+/// Reads the backbone out of a prepared LResNet-E-IR, MobileFaceNet or ViT graph (raw 0–255
+/// input).
 pub fn import(model: &pb::ModelProto) -> Result<Imported> {
     let graph = model.graph.as_ref().context("no graph")?;
     let mut walk = Walk::new(graph);
@@ -55,6 +57,11 @@ pub fn import(model: &pb::ModelProto) -> Result<Imported> {
         .node
         .iter()
         .any(|n| n.op_type == "Conv" && attribute(n, "group").is_some_and(|a| a.i != 1));
+    if graph.node.iter().any(|n| n.op_type == "Softmax") {
+        let mut imported = super::import_vit::import(walk, x)?;
+        scale_stem(&mut imported, "patch_embed.proj.weight", stem_scale, scale)?;
+        return Ok(imported);
+    }
     if grouped {
         let mut imported = super::import_mobilefacenet::import(walk, x)?;
         scale_stem(&mut imported, "stem.conv.weight", stem_scale, scale)?;

@@ -63,6 +63,18 @@ pub fn float_tensor(name: &str, dims: &[usize], values: &[f32]) -> pb::TensorPro
     }
 }
 
+/// An int64 tensor (a Reshape's shape, a Gather's index; `dims` empty for a scalar).
+pub fn int64_tensor(name: &str, dims: &[usize], values: &[i64]) -> pb::TensorProto {
+    debug_assert_eq!(dims.iter().product::<usize>(), values.len(), "{name}");
+    pb::TensorProto {
+        name: name.into(),
+        dims: dims.iter().map(|&d| d as i64).collect(),
+        data_type: DataType::Int64 as i32,
+        raw_data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        ..Default::default()
+    }
+}
+
 /// One dimension of a value's shape: fixed, or a named symbol (dynamic batch).
 #[derive(Debug, Clone, Copy)]
 pub enum Dim {
@@ -71,6 +83,11 @@ pub enum Dim {
 }
 
 pub fn float_value_info(name: &str, dims: &[Dim]) -> pb::ValueInfoProto {
+    value_info(name, dims, DataType::Float as i32)
+}
+
+/// A value's name, element type (ONNX's `DataType` number) and shape.
+pub fn value_info(name: &str, dims: &[Dim], elem_type: i32) -> pb::ValueInfoProto {
     let dim = dims
         .iter()
         .map(|d| Dimension {
@@ -86,7 +103,7 @@ pub fn float_value_info(name: &str, dims: &[Dim]) -> pb::ValueInfoProto {
         r#type: Some(pb::TypeProto {
             denotation: String::new(),
             value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
-                elem_type: DataType::Float as i32,
+                elem_type,
                 shape: Some(pb::TensorShapeProto { dim }),
             })),
         }),

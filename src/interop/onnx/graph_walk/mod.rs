@@ -16,7 +16,7 @@ use super::proto::{attribute, float_values};
 pub(super) const PASS_THROUGH: [&str; 2] = ["Identity", "Dropout"];
 
 pub(super) struct Walk<'a> {
-    nodes: &'a [pb::NodeProto],
+    pub(super) nodes: &'a [pb::NodeProto],
     constants: HashMap<&'a str, &'a pb::TensorProto>,
     consumers: HashMap<&'a str, Vec<usize>>,
     producer: HashMap<&'a str, usize>,
@@ -42,6 +42,14 @@ impl<'a> Walk<'a> {
                     node.output.first(),
                     attribute(node, "value").and_then(|a| a.t.as_ref()),
                 )
+            {
+                constants.insert(out.as_str(), t);
+            }
+            // PyTorch's exporter shares equal initializers (a fresh model's LayerNorm γs) and
+            // hands each use its own Identity of the one.
+            if PASS_THROUGH.contains(&node.op_type.as_str())
+                && let (Some(input), Some(out)) = (node.input.first(), node.output.first())
+                && let Some(&t) = constants.get(input.as_str())
             {
                 constants.insert(out.as_str(), t);
             }
@@ -108,6 +116,11 @@ impl<'a> Walk<'a> {
                 ops.join(" or ")
             ),
         }
+    }
+
+    /// The constant (initializer, Constant node, or an Identity of one) named `value`.
+    pub fn constant_named(&self, value: &str) -> Option<&'a pb::TensorProto> {
+        self.constants.get(value).copied()
     }
 
     pub fn constant(
