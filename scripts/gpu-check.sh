@@ -17,7 +17,8 @@
 # DEVICE (cuda), CONFIG (configs/r100.toml), BATCH (128), CLASSES (85742), STEPS (20),
 # RUN_TIMEOUT (240 s for each of our runs), SKIP_GENERIC=1 (no run without libtorch's kernels),
 # SKIP_TRAIN=1 (no training run on synthetic identities), SKIP_INFER=1 (no inference runs),
-# SKIP_TORCH_PROFILE=1 (PyTorch's anchor timed but not profiled),
+# SKIP_TORCH_PROFILE=1 (PyTorch's anchor timed but not profiled), SKIP_VIT=1 (no vit_t runs;
+# VIT_BATCH, default 128, their batch),
 # SKIP_ANCHOR=1 (a dry run without CUDA: DEVICE=libtorch-cpu CONFIG=configs/tiny.toml).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -163,6 +164,28 @@ if [ -z "${SKIP_TRAIN:-}" ]; then
     rm -rf "$run_dir"
 fi
 
+# arcface_torch's vit_t recipe (configs/vit_t.toml: vit_t_dp005_mask0, AdamW) in fp32 and bf16,
+# ours against vit.py run by scripts/torch_profile.py (tests/reference/vit.py, AdamW, the same
+# batch and classes, sample rate 1 on both sides: the anchor's head is a full softmax).
+if [ -z "${SKIP_VIT:-}" ]; then
+    vit_batch="${VIT_BATCH:-128}"
+    for what in fp32 bf16; do
+        log "ours: vit_t $what"
+        timeout "${RUN_TIMEOUT:-240}" "$bin" bench train --config configs/vit_t.toml --batch-size "$vit_batch" \
+            --num-classes "$classes" --sample-rate 1 --steps "$steps" --device "$device" --precision "$what" --json \
+            > "$logs/ours_vit_t_$what.json" 2> "$logs/ours_vit_t_$what.err" \
+            || log "ours vit_t $what failed: see $logs/ours_vit_t_$what.err"
+    done
+    if [ -z "${SKIP_ANCHOR:-}" ]; then
+        log "anchor: vit_t"
+        case "$device" in cuda*) torch_device=cuda ;; *) torch_device=cpu ;; esac
+        timeout 600 "$python" scripts/torch_profile.py "$anchor" "$logs" --device "$torch_device" \
+            --network vit_t_dp005_mask0 --optimizer adamw --batch "$vit_batch" --classes "$classes" \
+            --time "$steps" --only train_fp32,train_bf16 > "$logs/torch_vit_t.jsonl" 2> "$logs/torch_vit_t.err" \
+            || log "anchor vit_t failed: see $logs/torch_vit_t.err"
+    fi
+fi
+
 if [ -n "$profile" ] && [ -z "${SKIP_ANCHOR:-}" ] && [ -z "${SKIP_TORCH_PROFILE:-}" ]; then
     log "anchor: torch.profiler"
     timeout 300 "$python" scripts/torch_profile.py "$anchor" "$logs" --batch "$batch" --classes "$classes" \
@@ -246,6 +269,17 @@ for what, theirs in (("fp32", "train_fp32"), ("bf16_cl", "train_bf16_cl")):
     if ours_run:
         versus = f", PyTorch {t['ms_per_step']:.1f} ms (ours at {t['ms_per_step'] / ours_run['step_ms']:.2f}x its speed)" if t else ""
         print(f"launch-bound step {what} (widths 8, batch 2): ours {ours_run['step_ms']:.1f} ms{versus}")
+vit = {}
+try:
+    with open(os.path.join(logs, "torch_vit_t.jsonl")) as f:
+        vit = {r["run"]: r for r in map(json.loads, (l for l in f if l.strip().startswith("{")))}
+except OSError:
+    pass
+for what in ("fp32", "bf16"):
+    ours_run, t = load(f"ours_vit_t_{what}.json"), vit.get(f"train_{what}")
+    if ours_run:
+        versus = f", PyTorch {t['ms_per_step']:.1f} ms (ours at {t['ms_per_step'] / ours_run['step_ms']:.2f}x its speed)" if t else ""
+        print(f"vit_t train {what} (AdamW, batch {ours_run['batch_size']}): ours {ours_run['step_ms']:.1f} ms{versus}")
 mib = lambda v: f"{v:.0f} MiB" if v else "n/a"
 for name, r in (("fp32", fp32), ("bf16", bf16), ("bf16 channels-last", bf16_cl)):
     if r:

@@ -3,7 +3,8 @@ the same step), to set beside ours (`arcface bench train --profile`) kernel kind
 with scripts/profile_summary.py; on a GPU, or on LibTorch's CPU beside ours on libtorch-cpu.
 
 Usage: python3 torch_profile.py ANCHOR.py OUT_DIR [--batch 128] [--classes 85742] [--device cuda]
-                                 [--units 3,13,30,3] [--widths 64,128,256,512] [--network mbf]
+                                 [--units 3,13,30,3] [--widths 64,128,256,512] [--network mbf|vit_t]
+                                 [--optimizer sgd|adamw]
                                  [--only train_fp32,infer_fp32,...] [--time N]
 Writes OUT_DIR/trace_torch_train_fp32.json, ..._train_bf16.json, ..._train_bf16_cl.json,
 trace_torch_infer_fp32.json, ..._infer_bf16_cl.json (3 steps or batches each, after 5 warm-ups;
@@ -14,7 +15,10 @@ ours; `--time N` times N steps instead, unprofiled, and prints one JSON line per
 r50) that peak counts every live tensor byte, as `arcface bench train --profile` does.
 `--network mbf` (or mbf_large) puts arcface_torch's MobileFaceNet in the anchor's iresnet's
 place (tests/reference/arcface_torch.py, mobilefacenet.py module for module), for
-`arcface bench train --config configs/mbf.toml` beside it.
+`arcface bench train --config configs/mbf.toml` beside it; `--network vit_t` (or vit_s, vit_b,
+vit_tiny) arcface_torch's ViT (tests/reference/vit.py, vit.py module for module), masking 10 %
+of the tokens in training as vit.py does, for `--config configs/vit_t.toml`. `--optimizer
+adamw` steps with torch.optim.AdamW (weight decay 0.1, as the ViT recipes) instead of SGD.
 """
 import argparse
 import ctypes
@@ -37,7 +41,14 @@ def load_anchor(path):
 DEVICE = "cuda"
 UNITS = (3, 13, 30, 3)
 WIDTHS = (64, 128, 256, 512)  # the anchor's
-NETWORK = None  # --network mbf: arcface_torch's MobileFaceNet instead
+NETWORK = None  # --network mbf or vit_t: arcface_torch's MobileFaceNet or ViT instead
+OPTIMIZER = "sgd"
+# --network's ViTs: (width, depth, heads, mask ratio in training). vit.py masks 10 % whatever
+# get_model asks (its random_masking is called without the ratio); vit_tiny is ours.
+# The WebFace recipes' `_mask0` variants (configs/vit_t.toml, vit_s.toml) mask nothing.
+VITS = {"vit_t": (256, 12, 8, 0.1), "vit_t_dp005_mask0": (256, 12, 8, 0.0),
+        "vit_s": (512, 12, 8, 0.1), "vit_s_dp005_mask_0": (512, 12, 8, 0.0),
+        "vit_b": (512, 24, 8, 0.1), "vit_tiny": (64, 4, 8, 0.1)}
 TIME = 0  # --time N: time N steps without the profiler instead of recording
 
 
@@ -89,9 +100,11 @@ def backbone(anchor):
     """The anchor's IResNet with UNITS, and WIDTHS put in place of its layers where they differ
     (its forward kept): at tiny widths the kernels do almost nothing and a step's time is the
     framework's own cost of each operation, as `arcface bench train --widths` measures ours.
-    With --network, arcface_torch's MobileFaceNet of that name."""
+    With --network, arcface_torch's MobileFaceNet or ViT of that name."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    if NETWORK in VITS:
+        return vit(load_anchor(os.path.join(here, "..", "tests", "reference", "vit.py")))
     if NETWORK:
-        here = os.path.dirname(os.path.abspath(__file__))
         reference = load_anchor(os.path.join(here, "..", "tests", "reference", "arcface_torch.py"))
         return reference.get_model(NETWORK)
     model = anchor.IResNet(layers=UNITS)
@@ -111,14 +124,36 @@ def backbone(anchor):
     return model
 
 
+def vit(reference):
+    """The ViT of --network; in train mode it masks as vit.py's random_masking (argsort of
+    uniform noise per image), in eval mode nothing."""
+    width, depth, heads, mask_ratio = VITS[NETWORK]
+    model = reference.VisionTransformer(width, depth, heads, 512, mask_ratio)
+    forward = model.forward
+
+    def masked(x):
+        if not model.training or mask_ratio == 0:
+            return forward(x)
+        noise = torch.rand(x.shape[0], 144, device=x.device)
+        return forward(x, torch.argsort(noise, dim=1))
+
+    model.forward = masked
+    return model
+
+
+def optimizer(params):
+    if OPTIMIZER == "adamw":
+        return torch.optim.AdamW(params, lr=1e-3, weight_decay=0.1)
+    return torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=5e-4)
+
+
 def train(anchor, out, batch, classes, amp, channels_last, name):
     torch.manual_seed(0)
     model = backbone(anchor).to(DEVICE)
     head = anchor.ArcFace(512, classes).to(DEVICE)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    opt = torch.optim.SGD(list(model.parameters()) + list(head.parameters()),
-                          lr=0.1, momentum=0.9, weight_decay=5e-4)
+    opt = optimizer(list(model.parameters()) + list(head.parameters()))
     xs = [torch.rand(batch, 3, 112, 112, device=DEVICE) * 2 - 1 for _ in range(4)]
     if channels_last:
         xs = [x.contiguous(memory_format=torch.channels_last) for x in xs]
@@ -178,15 +213,17 @@ def main():
                     "(e.g. 8,8,8,8 with --batch 2: the framework's cost per operation)")
     ap.add_argument("--time", type=int, default=0, help="time this many steps (or batches) "
                     "after the warm-up instead of profiling; prints one JSON line per run")
-    ap.add_argument("--network", default=None, choices=["mbf", "mbf_large"],
-                    help="arcface_torch's MobileFaceNet instead of the anchor's iresnet")
+    ap.add_argument("--network", default=None, choices=["mbf", "mbf_large", *VITS],
+                    help="arcface_torch's MobileFaceNet or ViT instead of the anchor's iresnet")
+    ap.add_argument("--optimizer", default="sgd", choices=["sgd", "adamw"])
     ap.add_argument("--only", default="", help="comma-separated: train_fp32, train_bf16, "
                     "train_bf16_cl, infer_fp32, infer_bf16, infer_bf16_cl (all but infer_bf16 by default: "
                     "the anchor's runs)")
     a = ap.parse_args()
-    global DEVICE, UNITS, WIDTHS, TIME, NETWORK
+    global DEVICE, UNITS, WIDTHS, TIME, NETWORK, OPTIMIZER
     DEVICE = a.device
     NETWORK = a.network
+    OPTIMIZER = a.optimizer
     TIME = a.time
     UNITS = tuple(int(u) for u in a.units.split(","))
     WIDTHS = tuple(int(w) for w in a.widths.split(","))

@@ -318,6 +318,33 @@ fn head_is_sized_from_the_property_file() {
     assert_eq!(v["head_params"], 85742 * 512);
 }
 
+/// `bench train` steps the config's optimizer: AdamW for configs/vit_tiny.toml.
+#[test]
+fn bench_train_runs_a_vit_with_its_optimizer() {
+    let out = run(&[
+        "bench",
+        "train",
+        "--config",
+        "configs/vit_tiny.toml",
+        "--batch-size",
+        "2",
+        "--num-classes",
+        "10",
+        "--steps",
+        "1",
+        "--warmup",
+        "1",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (&v["network"], &v["optimizer"]),
+        (&serde_json::json!("vit_tiny"), &serde_json::json!("adamw"))
+    );
+    assert!(v["loss"].as_f64().unwrap().is_finite(), "{v}");
+}
+
 /// `bench train` on the tiny net: every part timed, the parts adding up to about the step,
 /// `--channels-last` taken, and `--profile` refused up front where libtorch's profiler is not
 /// built in.

@@ -309,7 +309,10 @@ fn vit_export_passes_the_checker_and_runs_equal_in_onnxruntime_tract_and_burn() 
         );
         let mut ours = named_tensors(&model, "");
         let width = ours["pos_embed"].shape()[2];
-        ours.insert("mask_token".into(), TensorData::zeros::<f32, _>([1, 1, width]));
+        ours.insert(
+            "mask_token".into(),
+            TensorData::zeros::<f32, _>([1, 1, width]),
+        );
         assert_eq!(imported.tensors, ours, "import gives back every tensor");
 
         // A weight of the wrong shape: the error names the node and the tensor it should be.

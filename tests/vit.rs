@@ -356,7 +356,10 @@ fn arcface_torchs_vit_pth_imports_and_exports_back() {
     // new names, equal initializers shared through Identity) runs in tract and imports; our
     // opset-8 export of the import imports back.
     let d = distance_to_torch(&p("model.onnx"));
-    assert!(d < 1e-4, "infer on torch2onnx.py's file vs PyTorch: {d:.2e}");
+    assert!(
+        d < 1e-4,
+        "infer on torch2onnx.py's file vs PyTorch: {d:.2e}"
+    );
     for (file, out) in [("model.onnx", "onnx.ckpt"), ("ours.onnx", "ours.ckpt")] {
         if file == "ours.onnx" {
             run(&["export", "--model", &p("onnx.ckpt"), "--onnx", &p(file)]);

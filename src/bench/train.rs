@@ -14,8 +14,8 @@ use crate::device::DeviceSpec;
 use crate::distributed::Group;
 use crate::model::memory_format::channels_last;
 use crate::model::{BackboneAndHead, BackboneConfig, Precision};
+use crate::train::optimizer::Optimizer;
 use crate::train::partial_fc::{PartialFc, wire_bytes};
-use crate::train::sgd::{Sgd, SgdSettings};
 use crate::train::step::{PartTimes, gradients};
 
 /// Batches of inputs the steps take in turn (as PyTorch's anchor does), so that no step sees
@@ -44,6 +44,8 @@ pub struct TrainThroughput {
     /// statistics are state, not parameters).
     pub parameters: usize,
     pub precision: String,
+    /// The config's optimizer ("sgd", "adamw"), which the steps run.
+    pub optimizer: String,
     /// Images and activations stored channels-last (LibTorch).
     pub channels_last: bool,
     /// This rank's device.
@@ -106,7 +108,8 @@ struct Bench {
     device: Device,
     group: Group,
     head: PartialFc,
-    sgd: Sgd,
+    /// The config's (SGD or AdamW), as training builds it.
+    optimizer: Optimizer,
     /// `INPUT_SETS` sets of (images, labels).
     inputs: Vec<(Tensor<4>, Vec<u32>)>,
     precision: Precision,
@@ -120,8 +123,8 @@ impl Bench {
             .map_err(|e| anyhow!("waiting for device {:?}: {e:?}", self.device))
     }
 
-    /// One step as training runs it (`train::step::gradients`, then SGD); with `times`, each
-    /// part waited for and timed, the optimizer into `optimizer`.
+    /// One step as training runs it (`train::step::gradients`, then the config's optimizer);
+    /// with `times`, each part waited for and timed, the optimizer into `optimizer`.
     fn step(
         &mut self,
         model: BackboneAndHead,
@@ -144,7 +147,9 @@ impl Bench {
             parts,
         )?;
         let start = Instant::now();
-        let model = self.sgd.step(model, &mut g.grads, 0.01, 1.0, "");
+        let model = self
+            .optimizer
+            .step(model, &mut g.grads, 0.01, 1.0, step, "");
         if let Some(o) = optimizer {
             self.sync()?;
             *o += start.elapsed().as_secs_f64();
@@ -219,11 +224,7 @@ impl Bench {
             device: device.clone(),
             group,
             head,
-            sgd: Sgd::new(SgdSettings {
-                momentum: config.momentum,
-                weight_decay: config.weight_decay,
-                no_decay_on_norm_and_prelu: false,
-            }),
+            optimizer: Optimizer::of(config),
             inputs,
             precision: config.precision,
         };
@@ -370,6 +371,7 @@ fn throughput(
         widths: options.widths,
         parameters: counts.parameters,
         precision: config.precision.to_string(),
+        optimizer: config.optimizer.to_string(),
         channels_last: config.channels_last,
         device: match spec {
             DeviceSpec::Cuda(indices) => format!("cuda:{}", indices[0]),

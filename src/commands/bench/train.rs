@@ -143,7 +143,7 @@ fn print_line(r: &TrainThroughput) {
         ),
     };
     println!(
-        "{}{widths} {}{} on {}{ranks} batch {} per rank, classes {} at sample rate {} (head {:.1} MB per rank): forward {:.1} ms, head {:.1} ms, backward {:.1} ms, optimizer {:.1} ms, step {:.1} ms, {:.1} img/s, loss {:.3}, peak host memory {:.0} MiB{gpu}",
+        "{}{widths} {}{} on {}{ranks} batch {} per rank, classes {} at sample rate {} (head {:.1} MB per rank): forward {:.1} ms, head {:.1} ms, backward {:.1} ms, optimizer ({}) {:.1} ms, step {:.1} ms, {:.1} img/s, loss {:.3}, peak host memory {:.0} MiB{gpu}",
         r.network,
         r.precision,
         if r.channels_last {
@@ -159,6 +159,7 @@ fn print_line(r: &TrainThroughput) {
         r.forward_ms,
         r.head_ms,
         r.backward_ms,
+        r.optimizer,
         r.optimizer_ms,
         r.step_ms,
         r.images_per_second,

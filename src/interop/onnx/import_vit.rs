@@ -96,7 +96,10 @@ pub(super) fn import(mut walk: Walk, x: &str) -> Result<Imported> {
     walk.batch_norm(batch_norms[0], "flat_bn")?;
     let d = width;
     let mut expected = vec![
-        ("patch_embed.proj.weight".to_string(), vec![d, 3, PATCH, PATCH]),
+        (
+            "patch_embed.proj.weight".to_string(),
+            vec![d, 3, PATCH, PATCH],
+        ),
         ("patch_embed.proj.bias".into(), vec![d]),
         ("pos_embed".into(), vec![1, TOKENS, d]),
     ];
@@ -140,7 +143,10 @@ pub(super) fn import(mut walk: Walk, x: &str) -> Result<Imported> {
 
 /// The weights `node` uses, appended in its input order.
 fn read_uses(walk: &Walk, node: &pb::NodeProto, uses: &mut Vec<Use>) -> Result<()> {
-    if matches!(node.op_type.as_str(), "Constant" | "Identity" | "Dropout" | "Shape") {
+    if matches!(
+        node.op_type.as_str(),
+        "Constant" | "Identity" | "Dropout" | "Shape"
+    ) {
         return Ok(());
     }
     for (i, input) in node.input.iter().enumerate() {
