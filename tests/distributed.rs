@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use arcface::checkpoint::{Checkpoint, load_named, named_tensors};
 use arcface::data::synth::{SynthConfig, generate};
 use arcface::distributed::{Group, Launch};
-use arcface::model::{MarginSoftmax, MarginSoftmaxConfig};
+use arcface::model::{AdaFaceMargin, MarginSoftmax, MarginSoftmaxConfig};
 use arcface::train::partial_fc::{ClassRange, PartialFc};
 use arcface::train::sgd::{Sgd, SgdSettings};
 use arcface::train::step::backbone_and_head_gradients;
@@ -99,9 +99,10 @@ fn three_steps(
     group: &mut Group,
     rows: std::ops::Range<usize>,
     sample_rate: f64,
+    adaface: Option<AdaFaceMargin>,
 ) -> BTreeMap<String, Vec<f32>> {
     let device = Device::libtorch().autodiff();
-    let pfc = PartialFc::new(CLASSES, group.world(), group.rank(), sample_rate, 9);
+    let mut pfc = PartialFc::new(CLASSES, group.world(), group.rank(), sample_rate, 9);
     let mut start = start.clone();
     let shard = rows_of(&start["head.weight"], pfc.classes);
     start.insert("head.weight".into(), shard);
@@ -109,6 +110,7 @@ fn three_steps(
         backbone: NoBatchNorm::new(&device),
         head: MarginSoftmaxConfig::new(pfc.classes.len, WIDTH)
             .with_scale(SCALE)
+            .with_adaface(adaface)
             .init(&device),
     };
     let mut model = load_named(fresh, "", &start).unwrap();
@@ -125,7 +127,7 @@ fn three_steps(
         let mut g = backbone_and_head_gradients(
             &model.backbone,
             embeddings,
-            (&model.head, &pfc),
+            (&model.head, &mut pfc),
             labels,
             group,
             step,
@@ -134,10 +136,16 @@ fn three_steps(
         .unwrap();
         model = sgd.step(model, &mut g.grads, 0.1, 1.0, "");
     }
-    named_tensors(&model, "")
+    let mut weights: BTreeMap<String, Vec<f32>> = named_tensors(&model, "")
         .into_iter()
         .map(|(k, v)| (k, v.convert::<f32>().to_vec().unwrap()))
-        .collect()
+        .collect();
+    let norms = pfc.norm_statistics;
+    weights.insert(
+        "adaface norm statistics".into(),
+        vec![norms.mean as f32, norms.std as f32],
+    );
+    weights
 }
 
 fn as_data(weights: &BTreeMap<String, (Vec<usize>, Vec<f32>)>) -> BTreeMap<String, TensorData> {
@@ -191,11 +199,28 @@ fn as_rank() -> Option<(Group, serde_json::Value, String)> {
 /// their rank) plus DDP's averaging is the single-device step.
 #[test]
 fn two_ranks_of_b_update_like_one_rank_of_2b() {
+    two_ranks_against_one("two_ranks_of_b_update_like_one_rank_of_2b", None);
+}
+
+/// The same with AdaFace's head: its norm statistics over the global batch (every rank's rows,
+/// gathered) are one rank's over 2B, and so is every update they margin.
+#[test]
+fn adaface_on_two_ranks_updates_like_one_rank() {
+    let margin = AdaFaceMargin {
+        m: 0.4,
+        h: 1.0,
+        t_alpha: 0.5,
+    };
+    two_ranks_against_one("adaface_on_two_ranks_updates_like_one_rank", Some(margin));
+}
+
+/// The body of the two tests above, `test` their name (the ranks run it again).
+fn two_ranks_against_one(test: &str, adaface: Option<AdaFaceMargin>) {
     if let Some((mut group, input, out)) = as_rank() {
         let start: BTreeMap<String, (Vec<usize>, Vec<f32>)> =
             serde_json::from_value(input).unwrap();
         let rows = group.rank() * B..(group.rank() + 1) * B;
-        let weights = three_steps(&as_data(&start), &mut group, rows, 1.0);
+        let weights = three_steps(&as_data(&start), &mut group, rows, 1.0, adaface);
         group.finish();
         std::fs::write(&out, serde_json::to_vec(&weights).unwrap()).unwrap();
         return;
@@ -216,16 +241,18 @@ fn two_ranks_of_b_update_like_one_rank_of_2b() {
             )
         })
         .collect();
-    let one = three_steps(&as_data(&start), &mut Group::single(&device), 0..2 * B, 1.0);
-    let ranks: Vec<BTreeMap<String, Vec<f32>>> = run_ranks(
-        "two_ranks_of_b_update_like_one_rank_of_2b",
-        2,
-        dir.path(),
-        &serde_json::to_value(&start).unwrap(),
-    )
-    .into_iter()
-    .map(|v| serde_json::from_value(v).unwrap())
-    .collect();
+    let one = three_steps(
+        &as_data(&start),
+        &mut Group::single(&device),
+        0..2 * B,
+        1.0,
+        adaface,
+    );
+    let ranks: Vec<BTreeMap<String, Vec<f32>>> =
+        run_ranks(test, 2, dir.path(), &serde_json::to_value(&start).unwrap())
+            .into_iter()
+            .map(|v| serde_json::from_value(v).unwrap())
+            .collect();
     let mut moved = 0.0f32;
     for (name, a) in &one {
         // The backbone: one identical update everywhere, bit for bit. The head: the shards
@@ -241,7 +268,15 @@ fn two_ranks_of_b_update_like_one_rank_of_2b() {
             }
         };
         assert_eq!(a.len(), b.len(), "{name}");
-        for ((x, y), w0) in a.iter().zip(&b).zip(&start[name].1) {
+        let Some((_, w0)) = start.get(name) else {
+            // The norm statistics: AdaFace's move from head.py's (20, 100), alike.
+            assert_eq!(adaface.is_some(), a != &[20.0, 100.0], "{name} {a:?}");
+            for (x, y) in a.iter().zip(&b) {
+                assert!((x - y).abs() <= 1e-5 * x.abs(), "{name}: {a:?} and {b:?}");
+            }
+            continue;
+        };
+        for ((x, y), w0) in a.iter().zip(&b).zip(w0) {
             assert!(
                 (x - y).abs() <= 1e-5 * x.abs().max(1.0),
                 "{name}: 1 rank × 2B gives {x}, 2 ranks × B {y}"
@@ -267,7 +302,7 @@ fn partial_fc_equals_pytorch_on_the_same_index() {
     const E: usize = 8;
     if let Some((mut group, input, out)) = as_rank() {
         let device = Device::libtorch();
-        let pfc = PartialFc::new(CLASSES, group.world(), group.rank(), 0.5, 3);
+        let mut pfc = PartialFc::new(CLASSES, group.world(), group.rank(), 0.5, 3);
         let embeddings: Vec<f32> = serde_json::from_value(input["embeddings"].clone()).unwrap();
         let weight: Vec<f32> = serde_json::from_value(input["weight"].clone()).unwrap();
         let labels: Vec<u32> = serde_json::from_value(input["labels"].clone()).unwrap();

@@ -255,3 +255,150 @@ fn arcface_target_logit_at_the_edges() {
         "non-targets are s·cos = 0: {l:?}"
     );
 }
+
+/// AdaFace's head (`head = "adaface"`) as training runs it (Partial FC on one rank, all
+/// centres) against mk-minchul/AdaFace's head.py in PyTorch float64 (tests/reference/adaface.py)
+/// on three batches in a row: the logits, the loss, the gradients of the embeddings (before
+/// normalisation, through it) and of the centres, and the norms' running mean and std after
+/// each batch, within 1e-5. Once with the published m, h, t_alpha, once with h 1 and t_alpha
+/// 0.5, where ĝ reaches ±1 and a near-parallel row of large norm hits the angle's floor ε.
+#[test]
+fn adaface_equals_head_py() {
+    use arcface::distributed::Group;
+    use arcface::model::{AdaFaceMargin, NormStatistics};
+    use arcface::train::partial_fc::PartialFc;
+    let (batch, dim, classes) = (8, 16, 11);
+    let device = Device::flex();
+    let weight = values(classes * dim, 3);
+    let batches: Vec<(Vec<f32>, Vec<i64>)> = (0..3u64)
+        .map(|b| {
+            let mut x = values(batch * dim, 20 + b);
+            let labels: Vec<i64> = (0..batch)
+                .map(|i| ((i as u64 * 7 + b) % 11) as i64)
+                .collect();
+            for (i, row) in x.chunks_mut(dim).enumerate() {
+                // Norms from ~1 to ~100, each row leaning towards its centre (a target far
+                // below the rest would meet DistCrossEntropy's floor under its probability,
+                // 1e-30, which head.py's cross-entropy lacks); the last row nearly its centre
+                // at a large norm.
+                let scale = 0.5 + (i * i) as f32 * (1.0 + b as f32);
+                let centre = &weight[labels[i] as usize * dim..][..dim];
+                for (d, v) in row.iter_mut().enumerate() {
+                    *v = match i == batch - 1 {
+                        true => 30.0 * centre[d] + 0.01 * *v,
+                        false => scale * (centre[d] + 0.7 * *v),
+                    };
+                }
+            }
+            (x, labels)
+        })
+        .collect();
+    for margin in [
+        AdaFaceMargin {
+            m: 0.4,
+            h: 0.333,
+            t_alpha: 0.01,
+        },
+        AdaFaceMargin {
+            m: 0.5,
+            h: 1.0,
+            t_alpha: 0.5,
+        },
+    ] {
+        // head.py's kernel is our centre matrix transposed: [E, C].
+        let kernel: Vec<f32> = (0..dim * classes)
+            .map(|k| weight[(k % classes) * dim + k / classes])
+            .collect();
+        let want = common::torch_reference(
+            "adaface.py",
+            &json!({"m": margin.m, "h": margin.h, "s": 64.0, "t_alpha": margin.t_alpha,
+                    "embedding_size": dim, "classes": classes, "kernel": kernel,
+                    "batches": batches.iter().map(|(x, l)| json!({"x": x, "labels": l}))
+                        .collect::<Vec<_>>()}),
+        );
+        let mut head = MarginSoftmaxConfig::new(classes, dim)
+            .with_adaface(Some(margin))
+            .init(&device);
+        head.weight = Param::from_tensor(tensor2(&weight, [classes, dim], &device));
+        let group = Group::single(&device);
+        let mut pfc = PartialFc::new(classes, 1, 0, 1.0, 1);
+        let (mut saturated, mut floored) = (0, 0);
+        for (b, (x, labels)) in batches.iter().enumerate() {
+            let want = &want[b];
+            let close = |what: &str, ours: &[f32], theirs: &serde_json::Value| {
+                let theirs: Vec<f64> = serde_json::from_value(theirs.clone()).unwrap();
+                assert_eq!(ours.len(), theirs.len(), "{what}");
+                let scale = theirs.iter().fold(1.0f64, |m, v| m.max(v.abs()));
+                for (i, (&a, t)) in ours.iter().zip(&theirs).enumerate() {
+                    assert!(
+                        (a as f64 - t).abs() <= 1e-5 * scale,
+                        "{margin:?} batch {b}: {what}[{i}] ours {a}, head.py {t}"
+                    );
+                }
+            };
+            let mut before = pfc.norm_statistics;
+            let l = Tensor::<1, Int>::from_data(TensorData::new(labels.clone(), [batch]), &device);
+            let logits = head.logits_with(tensor2(x, [batch, dim], &device), l, &mut before);
+            close(
+                "logits",
+                &logits.into_data().try_to_vec::<f32>().unwrap(),
+                &want["logits"],
+            );
+            let labels: Vec<u32> = labels.iter().map(|&l| l as u32).collect();
+            let pass = pfc
+                .forward_backward(
+                    &head,
+                    tensor2(x, [batch, dim], &device),
+                    &labels,
+                    &group,
+                    b,
+                    false,
+                )
+                .unwrap();
+            assert_eq!(
+                pfc.norm_statistics, before,
+                "logits_with and training agree"
+            );
+            let NormStatistics { mean, std } = pfc.norm_statistics;
+            close(
+                "batch_mean, batch_std",
+                &[mean as f32, std as f32],
+                &json!([want["batch_mean"], want["batch_std"]]),
+            );
+            close("loss", &[pass.loss as f32], &json!([want["loss"]]));
+            close(
+                "embedding gradient",
+                &pass.embedding_grad.into_data().try_to_vec::<f32>().unwrap(),
+                &want["x_grad"],
+            );
+            let grad: Vec<f32> = pass.weight_grad.into_data().try_to_vec().unwrap();
+            let grad_t: Vec<f32> = (0..dim * classes)
+                .map(|k| grad[(k % classes) * dim + k / classes])
+                .collect();
+            close("centre gradient", &grad_t, &want["kernel_grad"]);
+            // ĝ of each row from head.py's statistics after the batch: the strong case
+            // saturates some at ±1; the last row's angle θ − m·ĝ is at the floor ε, where its
+            // target logit is s·(cos ε − m − m·ĝ).
+            let (mean, std) = (
+                want["batch_mean"].as_f64().unwrap(),
+                want["batch_std"].as_f64().unwrap(),
+            );
+            let g: Vec<f64> = x
+                .chunks(dim)
+                .map(|row| {
+                    let norm = row.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt();
+                    ((norm.clamp(0.001, 100.0) - mean) / (std + 1e-3) * margin.h).clamp(-1.0, 1.0)
+                })
+                .collect();
+            saturated += g.iter().filter(|v| v.abs() == 1.0).count();
+            let last = batch - 1;
+            let target = want["logits"][last * classes + labels[last] as usize]
+                .as_f64()
+                .unwrap();
+            let floor = 64.0 * (1e-3f64.cos() - margin.m - margin.m * g[last]);
+            floored += usize::from((target - floor).abs() < 1e-6);
+        }
+        assert_eq!(floored, 3, "{margin:?}: the last rows at the angle's floor");
+        assert_eq!(saturated > 0, margin.h == 1.0, "{margin:?}: ĝ at ±1");
+    }
+}

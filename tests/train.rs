@@ -129,6 +129,21 @@ fn adamw_resumes_with_identical_losses() {
     resume_is_exact("vit_tiny", adamw, (3, 2));
 }
 
+/// AdaFace's head resumes exactly: the norms' running statistics are in the checkpoint (at
+/// t_alpha 0.5 and h 1 they move enough that restarting them from head.py's (20, 100) changes
+/// the losses after the resume), with Partial FC sampling.
+#[test]
+fn adaface_resumes_with_identical_losses() {
+    let adaface = "head = \"adaface\"\nadaface_h = 1.0\nadaface_t_alpha = 0.5\n";
+    let losses = resume_is_exact(
+        "tiny",
+        &format!("{adaface}num_classes = 200\nsample_rate = 0.3\n"),
+        (3, 3),
+    );
+    let combined = resume_is_exact("tiny", "num_classes = 200\nsample_rate = 0.3\n", (1, 1));
+    assert_ne!(losses[0], combined[0], "the head is AdaFace's");
+}
+
 /// Ten AdamW steps on given gradients, learning rates and clipping factors equal
 /// torch.optim.AdamW's (tests/reference/adamw.py) within 1e-6 relative, decay on every
 /// parameter as arcface_torch's.

@@ -57,7 +57,7 @@ pub struct HeadThroughput {
 /// The head's step on `device` as rank of `group`: `warmup` untimed steps, then `steps` timed.
 pub fn head(options: &HeadBenchOptions, device: &Device, group: &Group) -> Result<HeadThroughput> {
     let o = options;
-    let pfc = PartialFc::new(o.classes, group.world(), group.rank(), o.sample_rate, 1);
+    let mut pfc = PartialFc::new(o.classes, group.world(), group.rank(), o.sample_rate, 1);
     let range = pfc.classes;
     let ad = device.clone().autodiff();
     let mut centres = MarginSoftmaxConfig::new(o.classes, o.embedding_size).init_rows(

@@ -138,7 +138,7 @@ impl Bench {
         };
         let mut g = gradients(
             &model,
-            &self.head,
+            &mut self.head,
             images.clone(),
             labels,
             self.precision,

@@ -63,6 +63,9 @@ pub struct Meta {
     /// Keys of the training records that failed to decode and were skipped so far.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub skipped_records: Vec<u64>,
+    /// An AdaFace head's running statistics of the feature norms (None: another head).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adaface_norms: Option<crate::model::NormStatistics>,
 }
 
 fn one() -> usize {

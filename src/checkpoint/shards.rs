@@ -279,6 +279,7 @@ mod tests {
             head_shards,
             run: None,
             skipped_records: Vec::new(),
+            adaface_norms: None,
         }
     }
 

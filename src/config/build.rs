@@ -5,10 +5,10 @@ use std::ops::Range;
 
 use burn::tensor::Device;
 
-use super::Config;
+use super::{Config, HeadKind};
 use crate::model::{
-    Architecture, BackboneAndHead, BackboneConfig, IResNetConfig, MarginSoftmaxConfig,
-    MobileFaceNetConfig, VitConfig,
+    AdaFaceMargin, Architecture, BackboneAndHead, BackboneConfig, IResNetConfig,
+    MarginSoftmaxConfig, MobileFaceNetConfig, VitConfig,
 };
 
 impl Config {
@@ -61,6 +61,14 @@ impl Config {
             .with_scale(self.scale)
             .with_easy_margin(self.easy_margin)
             .with_interclass_filtering_threshold(self.interclass_filtering_threshold)
+            .with_adaface(match self.head {
+                HeadKind::Margin => None,
+                HeadKind::Adaface => Some(AdaFaceMargin {
+                    m: self.adaface_m,
+                    h: self.adaface_h,
+                    t_alpha: self.adaface_t_alpha,
+                }),
+            })
     }
 
     /// The backbone and head this config describes, for `num_classes` identities of which this

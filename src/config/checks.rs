@@ -1,7 +1,7 @@
 //! The checks of a parsed config: values that make no sense, and keys written for another
 //! backbone or optimiser than the one the file names.
 
-use super::{BadValue, Config, OptimizerKind};
+use super::{BadValue, Config, HeadKind, OptimizerKind};
 use crate::device::DeviceSpec;
 use crate::model::Architecture;
 
@@ -11,7 +11,7 @@ impl Config {
     // would be harder to check against the keys.
     pub fn validate(&self) -> Result<(), BadValue> {
         let [m1, m2, m3] = self.margin_list;
-        let checks: [(&'static str, bool, String); 22] = [
+        let checks: [(&'static str, bool, String); 25] = [
             (
                 "embedding_size",
                 self.embedding_size > 0,
@@ -29,6 +29,21 @@ impl Config {
                     "[m1, m2, m3] = {:?}: need m1 > 0, 0 <= m2 < pi, m3 >= 0",
                     self.margin_list
                 ),
+            ),
+            (
+                "adaface_m",
+                (0.0..std::f64::consts::FRAC_PI_2).contains(&self.adaface_m),
+                "must be in [0, pi/2)".into(),
+            ),
+            (
+                "adaface_h",
+                self.adaface_h > 0.0 && self.adaface_h.is_finite(),
+                "must be > 0".into(),
+            ),
+            (
+                "adaface_t_alpha",
+                self.adaface_t_alpha > 0.0 && self.adaface_t_alpha <= 1.0,
+                "must be in (0, 1]".into(),
             ),
             (
                 "scale",
@@ -143,7 +158,8 @@ impl Config {
     }
 
     /// `dropout` and `embedding_gamma_trainable` shape the iresnets only, `drop_path_rate` and
-    /// `mask_ratio` the ViTs only, `momentum` is SGD's. Written in the file of another backbone
+    /// `mask_ratio` the ViTs only, `momentum` is SGD's, `margin_list` and `easy_margin` the
+    /// combined margin's, `adaface_*` AdaFace's. Written in the file of another backbone
     /// or optimiser with a value it cannot honour, they would be ignored in silence: refused. (Absent keys take the seed's
     /// defaults, dropout 0.4 among them, which only an iresnet uses; only what the user wrote is
     /// checked.)
@@ -161,6 +177,16 @@ impl Config {
                     ));
                 }
             }
+        }
+        let (other, foreign): (&str, &[&str]) = match self.head {
+            HeadKind::Margin => ("margin", &["adaface_m", "adaface_h", "adaface_t_alpha"]),
+            HeadKind::Adaface => ("adaface", &["margin_list", "easy_margin"]),
+        };
+        if let Some(key) = foreign.iter().find(|k| written.contains_key(**k)) {
+            return Err(BadValue::new(
+                key,
+                format!("is not a key of head = \"{other}\": remove it or set `head`"),
+            ));
         }
         if self.optimizer == OptimizerKind::Adamw && written.contains_key("momentum") {
             return Err(BadValue::new(

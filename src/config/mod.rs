@@ -36,9 +36,18 @@ pub struct Config {
     pub mask_ratio: Option<f64>,
 
     // --- margin-softmax head ---
+    /// "margin" (the combined margin of `margin_list`) or "adaface" (mk-minchul/AdaFace's
+    /// margin, set by each image's feature norm against the norms' running statistics).
+    pub head: HeadKind,
     /// Combined margin (m1, m2, m3): target logit s·(cos(m1·θ + m2) − m3).
     /// ArcFace [1.0, 0.5, 0.0]; CosFace [1.0, 0.0, 0.35].
     pub margin_list: [f64; 3],
+    /// AdaFace's m (its scripts' 0.4): the angular margin −m·ĝ and additive m + m·ĝ.
+    pub adaface_m: f64,
+    /// AdaFace's h (0.333): the norm's z-score times h is ĝ, clipped to [−1, 1].
+    pub adaface_h: f64,
+    /// AdaFace's t_alpha (0.01): the rate of the norms' running mean and std.
+    pub adaface_t_alpha: f64,
     /// Logit scale s.
     pub scale: f64,
     /// insightface's `easy_margin`: apply the margin only where cos θ > 0.
@@ -138,6 +147,23 @@ pub struct SyntheticSpec {
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+pub enum HeadKind {
+    #[default]
+    Margin,
+    Adaface,
+}
+
+impl fmt::Display for HeadKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            HeadKind::Margin => "margin",
+            HeadKind::Adaface => "adaface",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum OptimizerKind {
     #[default]
     Sgd,
@@ -170,7 +196,11 @@ impl Default for Config {
             embedding_gamma_trainable: false,
             drop_path_rate: None,
             mask_ratio: None,
+            head: HeadKind::Margin,
             margin_list: [1.0, 0.5, 0.0],
+            adaface_m: 0.4,
+            adaface_h: 0.333,
+            adaface_t_alpha: 0.01,
             scale: 64.0,
             easy_margin: false,
             sample_rate: 1.0,
@@ -386,5 +416,49 @@ mod tests {
         assert_eq!(config.vit_regularisation(), (0.05, 0.05));
         let config = parse("network = \"vit_t\"\nmask_ratio = 0.0\n").unwrap();
         assert_eq!(config.vit_regularisation(), (0.1, 0.0));
+    }
+
+    #[test]
+    fn adaface_keys_are_checked_and_kept_to_its_head() {
+        let adaface = "head = \"adaface\"\n";
+        for (text, key, says) in [
+            (format!("{adaface}adaface_h = 0.0\n"), "adaface_h", "> 0"),
+            (
+                format!("{adaface}adaface_m = -0.1\n"),
+                "adaface_m",
+                "[0, pi/2)",
+            ),
+            (
+                format!("{adaface}adaface_t_alpha = 0\n"),
+                "adaface_t_alpha",
+                "(0, 1]",
+            ),
+            (
+                format!("{adaface}margin_list = [1.0, 0.5, 0.0]\n"),
+                "margin_list",
+                "\"adaface\"",
+            ),
+            (
+                format!("{adaface}easy_margin = true\n"),
+                "easy_margin",
+                "\"adaface\"",
+            ),
+            ("adaface_m = 0.4\n".into(), "adaface_m", "head = \"margin\""),
+            (
+                "head = \"margin\"\nadaface_h = 0.3\n".into(),
+                "adaface_h",
+                "remove it",
+            ),
+            ("head = \"adaface2\"\n".into(), "head", "adaface"),
+        ] {
+            let err = parse(&text).unwrap_err();
+            assert_eq!(err.key, key, "{text}");
+            assert!(err.to_string().contains(says), "{text}: {err}");
+        }
+        let config = parse(&format!("{adaface}adaface_m = 0.5\nscale = 32.0\n")).unwrap();
+        let head = config.head(10).init(&burn::tensor::Device::flex());
+        let margin = head.adaface.unwrap();
+        assert_eq!((margin.m, margin.h, margin.t_alpha), (0.5, 0.333, 0.01));
+        assert_eq!(head.scale, 32.0);
     }
 }

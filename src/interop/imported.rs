@@ -51,6 +51,7 @@ impl Imported {
                 head_shards: Vec::new(),
                 run: None,
                 skipped_records: Vec::new(),
+                adaface_norms: None,
             },
             crc: 0,
             tensors: self

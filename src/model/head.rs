@@ -1,12 +1,15 @@
-//! Combined margin softmax (insightface): logits s·cos θ_j between the normalised embedding and
-//! the normalised class centres; the target class gets s·(cos(m1·θ + m2) − m3).
-//! ArcFace is (1, 0.5, 0), CosFace (1, 0, 0.35), SphereFace-like (m1 > 1, 0, 0).
+//! Margin softmax: logits s·cos θ_j between the normalised embedding and the normalised class
+//! centres; the target class gets insightface's combined margin s·(cos(m1·θ + m2) − m3) —
+//! ArcFace is (1, 0.5, 0), CosFace (1, 0, 0.35), SphereFace-like (m1 > 1, 0, 0) — or AdaFace's
+//! (`adaface.rs`), which the norms of the embeddings set.
 
 use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::nn::Initializer;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Distribution, Int, Tensor};
+
+use super::adaface::{AdaFaceMargin, NormStatistics};
 
 /// Keeps divisions by a norm finite for an all-zero vector.
 const NORM_EPS: f32 = 1e-12;
@@ -31,6 +34,9 @@ pub struct MarginSoftmaxConfig {
     /// 0 ([`MarginSoftmax::filter_interclass`]); 0 turns it off.
     #[config(default = 0.0)]
     pub interclass_filtering_threshold: f64,
+    /// AdaFace's margin instead of the combined one (`margins` and `easy_margin` unused then).
+    #[config(default = "None")]
+    pub adaface: Option<AdaFaceMargin>,
 }
 
 /// The class-centre matrix [num_classes, embedding_size] (row per identity, as insightface's
@@ -44,6 +50,8 @@ pub struct MarginSoftmax {
     pub scale: f64,
     pub easy_margin: bool,
     pub interclass_filtering_threshold: f64,
+    #[module(skip)]
+    pub adaface: Option<AdaFaceMargin>,
 }
 
 impl MarginSoftmaxConfig {
@@ -63,6 +71,7 @@ impl MarginSoftmaxConfig {
             scale: self.scale,
             easy_margin: self.easy_margin,
             interclass_filtering_threshold: self.interclass_filtering_threshold,
+            adaface: self.adaface,
         }
     }
 }
@@ -111,6 +120,7 @@ impl MarginSoftmaxConfig {
             scale: self.scale,
             easy_margin: self.easy_margin,
             interclass_filtering_threshold: self.interclass_filtering_threshold,
+            adaface: self.adaface,
         }
     }
 }
@@ -122,11 +132,38 @@ pub fn l2_normalize(x: Tensor<2>) -> Tensor<2> {
 }
 
 impl MarginSoftmax {
+    /// How far from ±1 the cosines are clamped: 0, or AdaFace's ε (head.py's "for stability").
+    pub fn cosine_bound(&self) -> f64 {
+        match self.adaface {
+            Some(_) => 1.0 - super::adaface::EPS,
+            None => 1.0,
+        }
+    }
+
     /// cos θ between every embedding and every class centre: [B, E] → [B, C].
     pub fn cosine(&self, embeddings: Tensor<2>) -> Tensor<2> {
         let e = l2_normalize(embeddings);
         let w = l2_normalize(self.weight.val());
-        e.matmul(w.transpose()).clamp(-1.0, 1.0)
+        let bound = self.cosine_bound();
+        e.matmul(w.transpose()).clamp(-bound, bound)
+    }
+
+    /// The targets' margin cosines [N, 1] from their cosines `cos` [N, 1]: the combined
+    /// margin's, or AdaFace's from the norms of `embeddings` [N, E] (the rows before
+    /// normalisation; read, not differentiated), which first go into `statistics`.
+    pub fn margin_targets(
+        &self,
+        cos: Tensor<2>,
+        embeddings: &Tensor<2>,
+        statistics: &mut NormStatistics,
+    ) -> Tensor<2> {
+        match &self.adaface {
+            None => self.target_cosine(cos),
+            Some(adaface) => {
+                let scaler = adaface.scaler_column(embeddings.clone(), statistics, &cos.device());
+                adaface.target_cosine(cos, scaler)
+            }
+        }
     }
 
     /// arcface_torch's interclass filtering (CombinedMarginLoss with
@@ -187,19 +224,30 @@ impl MarginSoftmax {
         if m3 != 0.0 { adjusted - m3 } else { adjusted }
     }
 
-    /// Scaled logits with the margin on each row's target class: [B, E], [B] → [B, C].
-    pub fn logits(&self, embeddings: Tensor<2>, labels: Tensor<1, Int>) -> Tensor<2> {
+    /// Scaled logits with the margin on each row's target class: [B, E], [B] → [B, C]; AdaFace
+    /// folds this batch into `statistics`.
+    pub fn logits_with(
+        &self,
+        embeddings: Tensor<2>,
+        labels: Tensor<1, Int>,
+        statistics: &mut NormStatistics,
+    ) -> Tensor<2> {
         let index = labels.unsqueeze_dim::<2>(1);
-        let mut cos = self.cosine(embeddings);
+        let mut cos = self.cosine(embeddings.clone());
         if self.interclass_filtering_threshold > 0.0 {
             let every_row = Tensor::<2>::ones([cos.dims()[0], 1], &cos.device());
             cos = self.filter_interclass(cos, index.clone(), every_row);
         }
         let cos_target = cos.clone().gather(1, index.clone());
-        let delta = self.target_cosine(cos_target.clone()) - cos_target;
+        let delta = self.margin_targets(cos_target.clone(), &embeddings, statistics) - cos_target;
         // Add (target' − target) at the label: one scatter instead of a [B, C] mask.
         let with_margin = cos.scatter(1, index, delta, burn::tensor::IndexingUpdateOp::Add);
         with_margin * self.scale
+    }
+
+    /// [`MarginSoftmax::logits_with`] from AdaFace's initial statistics (one batch's use).
+    pub fn logits(&self, embeddings: Tensor<2>, labels: Tensor<1, Int>) -> Tensor<2> {
+        self.logits_with(embeddings, labels, &mut NormStatistics::default())
     }
 
     /// Mean softmax cross-entropy over the margin logits: [B, E], [B] → scalar [1].

@@ -1,6 +1,7 @@
 //! The embedder (an LResNet-E-IR, MobileFaceNet or Vision Transformer backbone) and the
 //! margin-softmax head.
 
+pub mod adaface;
 pub mod backbone;
 pub mod backbone_and_head;
 pub mod batch_norm;
@@ -17,6 +18,7 @@ pub mod vit;
 
 use serde::{Deserialize, Serialize};
 
+pub use adaface::{AdaFaceMargin, NormStatistics};
 pub use backbone::{Backbone, BackboneConfig};
 pub use backbone_and_head::BackboneAndHead;
 pub use head::{MarginSoftmax, MarginSoftmaxConfig};

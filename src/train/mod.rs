@@ -184,6 +184,8 @@ fn step_and_log(
             rate,
             config.frequent,
         );
+        let adaface = state.model.head.adaface.map(|_| state.head.norm_statistics);
+        m.norm_statistics(state.step, config.frequent, adaface);
     }
     if state.step.is_multiple_of(config.frequent) {
         run.rate.restart();

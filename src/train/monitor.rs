@@ -14,6 +14,7 @@ use indicatif::ProgressBar;
 
 use super::tensorboard::EventFile;
 use crate::eval::embed::TargetResult;
+use crate::model::NormStatistics;
 
 pub struct Monitor {
     pub bar: ProgressBar,
@@ -113,6 +114,15 @@ impl Monitor {
             "step {step}/{total_steps} epoch {epoch} loss {loss:.4} lr {lr:.5} grad_norm {grad_norm:.3} {img_per_s:.1} img/s"
         ));
         self.flush();
+    }
+
+    /// AdaFace's running mean and std of the feature norms (None: another head), as TensorBoard
+    /// scalars every `frequent` steps: where the margins' quality scale sits.
+    pub fn norm_statistics(&mut self, step: usize, frequent: usize, norms: Option<NormStatistics>) {
+        if let Some(norms) = norms.filter(|_| step.is_multiple_of(frequent)) {
+            self.scalar("train/adaface_norm_mean", norms.mean, step);
+            self.scalar("train/adaface_norm_std", norms.std, step);
+        }
     }
 
     pub fn validation(&mut self, step: usize, results: &[TargetResult]) {

@@ -41,6 +41,7 @@ pub fn save(
         head_shards: Vec::new(),
         run: state.run.clone(),
         skipped_records: state.skipped.iter().copied().collect(),
+        adaface_norms: state.model.head.adaface.map(|_| state.head.norm_statistics),
     };
     let buffers = state.optimizer.state();
     let head_weight = named_tensors(&state.model.head, "head.")

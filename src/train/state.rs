@@ -20,7 +20,7 @@ use crate::checkpoint::{Checkpoint, load_named};
 use crate::config::Config;
 use crate::data::loader::Cursor;
 use crate::distributed::Group;
-use crate::model::BackboneAndHead;
+use crate::model::{BackboneAndHead, NormStatistics};
 
 pub struct State {
     pub model: BackboneAndHead,
@@ -104,6 +104,14 @@ pub fn start_or_resume(
     } else if config.sample_rate < 1.0 {
         notes.push(format!("partial FC: {}", sampling(&state.head)));
     }
+    if let Some(adaface) = &state.model.head.adaface {
+        let norms = state.head.norm_statistics;
+        notes.push(format!(
+            "AdaFace head: m {}, h {}, t_alpha {}; the feature norms' running mean {:.4} and std \
+             {:.4} (TensorBoard: train/adaface_norm_*)",
+            adaface.m, adaface.h, adaface.t_alpha, norms.mean, norms.std
+        ));
+    }
     Ok(state)
 }
 
@@ -165,6 +173,17 @@ fn resume(
     });
     let skipped = group.broadcast_list(&skipped, "the skipped records")?;
     state.skipped = skipped.into_iter().map(|k| k as u64).collect();
+    // AdaFace's statistics, bit for bit (the same on every rank, as they were when saved).
+    let norms = from
+        .as_ref()
+        .and_then(|(_, c)| c.meta.adaface_norms)
+        .unwrap_or_default();
+    let bits = [norms.mean, norms.std].map(|v| v.to_bits() as i64);
+    let bits = group.broadcast_i64(&bits, "AdaFace's norm statistics")?;
+    state.head.norm_statistics = NormStatistics {
+        mean: f64::from_bits(bits[0] as u64),
+        std: f64::from_bits(bits[1] as u64),
+    };
 
     let mut buffers = backbone_buffers(from.as_ref().map(|(_, c)| c), group)?;
     let (weight, head_buffers) = head_rows_of_ranks(&from, state.head.classes, config, group)?;
@@ -231,6 +250,7 @@ fn check_compatible(config: &Config, classes: usize, path: &Path, ckpt: &Checkpo
             theirs.optimizer.to_string(),
             config.optimizer.to_string(),
         ),
+        ("head", theirs.head.to_string(), config.head.to_string()),
     ];
     for (what, was, is) in differ {
         if was != is {

@@ -75,7 +75,7 @@ pub struct Gradients {
 #[allow(clippy::too_many_arguments)]
 pub fn gradients(
     model: &BackboneAndHead,
-    head: &PartialFc,
+    head: &mut PartialFc,
     images: Tensor<4>,
     labels: &[u32],
     precision: Precision,
@@ -108,7 +108,7 @@ pub fn gradients(
 pub fn backbone_and_head_gradients<M: burn::module::Module>(
     backbone: &M,
     embeddings: Tensor<2>,
-    (centres, head): (&MarginSoftmax, &PartialFc),
+    (centres, head): (&MarginSoftmax, &mut PartialFc),
     labels: &[u32],
     group: &Group,
     step: usize,
@@ -178,7 +178,7 @@ pub fn one_step(
     } = if micro_batches == 1 {
         gradients(
             &state.model,
-            &state.head,
+            &mut state.head,
             images,
             &batch.labels,
             config.precision,
@@ -187,7 +187,14 @@ pub fn one_step(
             None,
         )?
     } else {
-        accumulated_gradients(&state, images, &batch.labels, config, group, micro_batches)?
+        accumulated_gradients(
+            &mut state,
+            images,
+            &batch.labels,
+            config,
+            group,
+            micro_batches,
+        )?
     };
     if !loss.is_finite() {
         return Err(StepFailure::NotFinite {
@@ -221,7 +228,7 @@ pub fn one_step(
 /// the sum by `micro_batches` in the update. Partial FC draws micro-batch k of step t with
 /// t·K + k.
 fn accumulated_gradients(
-    state: &State,
+    state: &mut State,
     images: Tensor<4>,
     labels: &[u32],
     config: &Config,
@@ -234,7 +241,7 @@ fn accumulated_gradients(
     for k in 0..micro_batches {
         let part = gradients(
             &state.model,
-            &state.head,
+            &mut state.head,
             images.clone().narrow(0, k * rows, rows),
             &labels[k * rows..(k + 1) * rows],
             config.precision,

@@ -26,6 +26,7 @@ mod pass;
 use rand::Rng;
 
 use crate::distributed::Group;
+use crate::model::NormStatistics;
 
 pub use pass::HeadPass;
 
@@ -58,7 +59,9 @@ impl ClassRange {
     }
 }
 
-/// This rank's part of the head: which identities it holds and how many centres a step uses.
+/// This rank's part of the head: which identities it holds, how many centres a step uses, and
+/// AdaFace's running statistics of the feature norms (the same on every rank: they come from
+/// the gathered rows).
 #[derive(Debug, Clone)]
 pub struct PartialFc {
     pub num_classes: usize,
@@ -66,6 +69,8 @@ pub struct PartialFc {
     pub sample_rate: f64,
     pub seed: u64,
     rank: usize,
+    /// Moved by every step of an AdaFace head (unused by the combined margin).
+    pub norm_statistics: NormStatistics,
 }
 
 impl PartialFc {
@@ -77,6 +82,7 @@ impl PartialFc {
             sample_rate,
             seed,
             rank,
+            norm_statistics: NormStatistics::default(),
         }
     }
 

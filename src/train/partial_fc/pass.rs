@@ -10,8 +10,8 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use super::PartialFc;
 use crate::distributed::Group;
-use crate::model::MarginSoftmax;
 use crate::model::head::l2_normalize;
+use crate::model::{MarginSoftmax, NormStatistics};
 
 /// DistCrossEntropy's floor under a target's probability before the log.
 const PROB_FLOOR: f64 = 1e-30;
@@ -77,10 +77,11 @@ struct Logits {
 
 impl PartialFc {
     /// The head's forward and backward for this rank's `embeddings` ([B, E], without autodiff)
-    /// and `labels` at step `step`, with `head` holding this rank's centres. `timed` waits for
-    /// the device around each collective to measure them (benchmarks).
+    /// and `labels` at step `step`, with `head` holding this rank's centres; an AdaFace head
+    /// moves `norm_statistics`. `timed` waits for the device around each collective to measure
+    /// them (benchmarks).
     pub fn forward_backward(
-        &self,
+        &mut self,
         head: &MarginSoftmax,
         embeddings: Tensor<2>,
         labels: &[u32],
@@ -108,7 +109,7 @@ impl PartialFc {
             Ok((all_labels, gathered))
         })?;
         let targets = self.targets(&all_labels, step, &gathered.device());
-        let logits = margin_logits(head, gathered, &targets);
+        let logits = margin_logits(head, gathered, &targets, &mut self.norm_statistics);
         let (loss, p) = dist_cross_entropy(&logits, &mut collectives)?;
 
         // A scalar whose gradient on the logits is (p − onehot)/N: DistCrossEntropy's backward.
@@ -202,9 +203,15 @@ impl PartialFc {
 }
 
 /// Cosines of the gathered embeddings against the normalised (sampled) centres, clamped to
-/// [−1, 1], filtered (`interclass_filtering_threshold`), the margin on each row's target where
-/// this rank holds it, times the scale.
-fn margin_logits(head: &MarginSoftmax, gathered: Tensor<2>, targets: &Targets) -> Logits {
+/// [−1, 1] (AdaFace: ±(1 − ε)), filtered (`interclass_filtering_threshold`), the margin on each
+/// row's target where this rank holds it, times the scale. AdaFace's statistics take in every
+/// rank's rows, the same on every rank.
+fn margin_logits(
+    head: &MarginSoftmax,
+    gathered: Tensor<2>,
+    targets: &Targets,
+    statistics: &mut NormStatistics,
+) -> Logits {
     let device = gathered.device();
     let weight = head.weight.val().inner();
     let sampled = match &targets.index_tensor {
@@ -212,11 +219,12 @@ fn margin_logits(head: &MarginSoftmax, gathered: Tensor<2>, targets: &Targets) -
         None => weight,
     };
     let rows = targets.columns.len();
-    let e = gathered.autodiff().require_grad();
+    let e = gathered.clone().autodiff().require_grad();
     let w = sampled.autodiff().require_grad();
+    let bound = head.cosine_bound();
     let cos = l2_normalize(e.clone())
         .matmul(l2_normalize(w.clone()).transpose())
-        .clamp(-1.0, 1.0);
+        .clamp(-bound, bound);
     let target: Vec<i64> = targets
         .columns
         .iter()
@@ -232,7 +240,8 @@ fn margin_logits(head: &MarginSoftmax, gathered: Tensor<2>, targets: &Targets) -
     let cos = head.filter_interclass(cos, target.clone(), here.clone());
     let target_ad = target.clone().autodiff();
     let cos_target = cos.clone().gather(1, target_ad.clone());
-    let delta = (head.target_cosine(cos_target.clone()) - cos_target) * here.clone().autodiff();
+    let margin = head.margin_targets(cos_target.clone(), &gathered, statistics);
+    let delta = (margin - cos_target) * here.clone().autodiff();
     let logits = cos.scatter(1, target_ad, delta, burn::tensor::IndexingUpdateOp::Add) * head.scale;
     Logits {
         logits,
