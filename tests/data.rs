@@ -309,6 +309,7 @@ fn loader(ds: &Arc<RecDataset>, rank: usize, world: usize, start: Cursor) -> Loa
         rank,
         world,
         flip: true,
+        augment: Default::default(),
     };
     Loader::new(ds.clone(), config, start).unwrap()
 }

@@ -144,6 +144,22 @@ fn adaface_resumes_with_identical_losses() {
     assert_ne!(losses[0], combined[0], "the head is AdaFace's");
 }
 
+/// AdaFace's augmentations on (every one at 0.5): a resume continues exactly, every draw from
+/// (seed, epoch, position); and they change what training sees.
+#[test]
+fn augmented_training_resumes_with_identical_losses() {
+    let augmented = resume_is_exact(
+        "tiny",
+        "augment = \"adaface\"\ncrop_augmentation_prob = 0.5\nlow_res_augmentation_prob = 0.5\nphotometric_augmentation_prob = 0.5\n",
+        (3, 3),
+    );
+    let plain = resume_is_exact("tiny", "", (1, 1));
+    assert_ne!(
+        augmented[0], plain[0],
+        "the augmentations changed the first batch"
+    );
+}
+
 /// Ten AdamW steps on given gradients, learning rates and clipping factors equal
 /// torch.optim.AdamW's (tests/reference/adamw.py) within 1e-6 relative, decay on every
 /// parameter as arcface_torch's.

@@ -7,6 +7,7 @@ use std::time::Instant;
 use anyhow::Result;
 use serde::Serialize;
 
+use crate::data::augment::Augmentations;
 use crate::data::dataset::RecDataset;
 use crate::data::loader::{Cursor, Loader, LoaderConfig};
 
@@ -22,6 +23,8 @@ pub use train::{TrainBenchOptions, TrainThroughput, train};
 
 #[derive(Debug, Serialize)]
 pub struct DataThroughput {
+    /// Which augmentations were on ("flip only", "adaface preset", or one of them always).
+    pub augment: &'static str,
     pub threads: usize,
     pub images: usize,
     pub seconds: f64,
@@ -71,41 +74,83 @@ pub fn decoders(dir: &Path, records: usize, rounds: usize) -> Result<Vec<DecodeT
     Ok(out)
 }
 
-/// Decoded + flipped images per second through the real loader (prefetch included), with 1
-/// thread and with `threads`, over `batches` batches of 128 after one warm-up batch.
-pub fn data(dir: &Path, threads: usize, batches: usize) -> Result<Vec<DataThroughput>> {
+/// The augmentation settings `bench data` runs: the flip alone, AdaFace's preset (each 0.2), and
+/// each augmentation on every image.
+pub fn augmentation_settings() -> Vec<(&'static str, Augmentations)> {
+    let off = Augmentations::default();
+    vec![
+        ("flip only", off),
+        (
+            "adaface preset (0.2 each)",
+            Augmentations {
+                crop: 0.2,
+                low_res: 0.2,
+                photometric: 0.2,
+            },
+        ),
+        ("crop always", Augmentations { crop: 1.0, ..off }),
+        (
+            "low resolution always",
+            Augmentations {
+                low_res: 1.0,
+                ..off
+            },
+        ),
+        (
+            "photometric always",
+            Augmentations {
+                photometric: 1.0,
+                ..off
+            },
+        ),
+    ]
+}
+
+/// Decoded, augmented and flipped images per second through the real loader (prefetch
+/// included), for each of `settings`, with 1 thread and with `threads`, over `batches` batches
+/// of 128 after one warm-up batch.
+pub fn data(
+    dir: &Path,
+    threads: usize,
+    batches: usize,
+    settings: &[(&'static str, Augmentations)],
+) -> Result<Vec<DataThroughput>> {
     let dataset = Arc::new(RecDataset::open(dir)?);
     let mut counts = vec![1];
     if threads > 1 {
         counts.push(threads);
     }
     let mut results = Vec::new();
-    for t in counts {
-        let config = LoaderConfig {
-            batch_size: 128,
-            seed: 1,
-            num_workers: t,
-            prefetch: 2,
-            rank: 0,
-            world: 1,
-            flip: true,
-        };
-        let loader = Loader::new(dataset.clone(), config, Cursor::default())?;
-        loader.next_batch()?;
-        let start = Instant::now();
-        let mut images = 0;
-        for _ in 0..batches {
-            images += loader.next_batch()?.len();
+    for &(name, augment) in settings {
+        for &t in &counts {
+            let config = LoaderConfig {
+                batch_size: 128,
+                seed: 1,
+                num_workers: t,
+                prefetch: 2,
+                rank: 0,
+                world: 1,
+                flip: true,
+                augment,
+            };
+            let loader = Loader::new(dataset.clone(), config, Cursor::default())?;
+            loader.next_batch()?;
+            let start = Instant::now();
+            let mut images = 0;
+            for _ in 0..batches {
+                images += loader.next_batch()?.len();
+            }
+            let seconds = start.elapsed().as_secs_f64();
+            let rate = images as f64 / seconds;
+            results.push(DataThroughput {
+                augment: name,
+                threads: t,
+                images,
+                seconds,
+                images_per_second: rate,
+                images_per_second_per_thread: rate / t as f64,
+            });
         }
-        let seconds = start.elapsed().as_secs_f64();
-        let rate = images as f64 / seconds;
-        results.push(DataThroughput {
-            threads: t,
-            images,
-            seconds,
-            images_per_second: rate,
-            images_per_second_per_thread: rate / t as f64,
-        });
     }
     Ok(results)
 }

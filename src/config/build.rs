@@ -5,11 +5,15 @@ use std::ops::Range;
 
 use burn::tensor::Device;
 
-use super::{Config, HeadKind};
+use super::{AugmentPreset, Config, HeadKind};
+use crate::data::augment::Augmentations;
 use crate::model::{
     AdaFaceMargin, Architecture, BackboneAndHead, BackboneConfig, IResNetConfig,
     MarginSoftmaxConfig, MobileFaceNetConfig, VitConfig,
 };
+
+/// Each of AdaFace's augmentations in its published scripts.
+const ADAFACE_PROBABILITY: f64 = 0.2;
 
 impl Config {
     /// The backbone this config describes. `dropout` and `embedding_gamma_trainable` are the
@@ -52,6 +56,19 @@ impl Config {
             self.drop_path_rate.unwrap_or(drop_path),
             self.mask_ratio.unwrap_or(mask),
         )
+    }
+
+    /// The augmentations' probabilities: the preset's, each overridden by its key if written.
+    pub fn augmentations(&self) -> Augmentations {
+        let preset = match self.augment {
+            AugmentPreset::None => 0.0,
+            AugmentPreset::Adaface => ADAFACE_PROBABILITY,
+        };
+        Augmentations {
+            crop: self.crop_augmentation_prob.unwrap_or(preset),
+            low_res: self.low_res_augmentation_prob.unwrap_or(preset),
+            photometric: self.photometric_augmentation_prob.unwrap_or(preset),
+        }
     }
 
     /// The margin-softmax head this config describes, for `num_classes` identities.

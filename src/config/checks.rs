@@ -136,6 +136,21 @@ impl Config {
         if let Some((key, _, message)) = checks.into_iter().find(|(_, ok, _)| !ok) {
             return Err(BadValue::new(key, message));
         }
+        for (key, p) in [
+            ("crop_augmentation_prob", self.crop_augmentation_prob),
+            ("low_res_augmentation_prob", self.low_res_augmentation_prob),
+            (
+                "photometric_augmentation_prob",
+                self.photometric_augmentation_prob,
+            ),
+        ] {
+            if p.is_some_and(|p| !(0.0..=1.0).contains(&p)) {
+                return Err(BadValue::new(
+                    key,
+                    "must be in [0, 1]: a probability".into(),
+                ));
+            }
+        }
         if let Architecture::Vit {
             width,
             depth,

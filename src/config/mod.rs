@@ -62,6 +62,19 @@ pub struct Config {
     /// Number of identities; by default read from the dataset's `property` file.
     pub num_classes: Option<usize>,
 
+    // --- augmentation ---
+    /// "none" (insightface's horizontal flip only) or "adaface" (AdaFace's crop, low-resolution
+    /// and photometric augmentations, each with probability 0.2, before the flip); the three
+    /// keys below override its probabilities one by one.
+    pub augment: AugmentPreset,
+    /// AdaFace's crop: a RandomResizedCrop box kept in place, the rest zeroed.
+    pub crop_augmentation_prob: Option<f64>,
+    /// AdaFace's low resolution: down to 20–100 % of the side and back up, with cv2's
+    /// interpolations drawn.
+    pub low_res_augmentation_prob: Option<f64>,
+    /// AdaFace's ColorJitter: brightness, contrast, saturation factors in [0.5, 1.5].
+    pub photometric_augmentation_prob: Option<f64>,
+
     // --- optimisation ---
     /// Images per device and forward pass (a micro-batch when `gradient_acc` > 1).
     pub batch_size: usize,
@@ -147,6 +160,14 @@ pub struct SyntheticSpec {
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+pub enum AugmentPreset {
+    #[default]
+    None,
+    Adaface,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum HeadKind {
     #[default]
     Margin,
@@ -205,6 +226,10 @@ impl Default for Config {
             easy_margin: false,
             sample_rate: 1.0,
             num_classes: None,
+            augment: AugmentPreset::None,
+            crop_augmentation_prob: None,
+            low_res_augmentation_prob: None,
+            photometric_augmentation_prob: None,
             batch_size: 128,
             gradient_acc: 1,
             optimizer: OptimizerKind::Sgd,
@@ -416,6 +441,36 @@ mod tests {
         assert_eq!(config.vit_regularisation(), (0.05, 0.05));
         let config = parse("network = \"vit_t\"\nmask_ratio = 0.0\n").unwrap();
         assert_eq!(config.vit_regularisation(), (0.1, 0.0));
+    }
+
+    #[test]
+    fn augmentation_presets_and_keys() {
+        let off = parse("").unwrap().augmentations();
+        assert!(off.is_off());
+        let adaface = parse("augment = \"adaface\"\n").unwrap().augmentations();
+        assert_eq!(
+            (adaface.crop, adaface.low_res, adaface.photometric),
+            (0.2, 0.2, 0.2)
+        );
+        let mixed = parse("augment = \"adaface\"\nlow_res_augmentation_prob = 0.5\n")
+            .unwrap()
+            .augmentations();
+        assert_eq!((mixed.crop, mixed.low_res), (0.2, 0.5));
+        let alone = parse("photometric_augmentation_prob = 1.0\n")
+            .unwrap()
+            .augmentations();
+        assert_eq!((alone.crop, alone.photometric), (0.0, 1.0));
+        for (text, key) in [
+            ("crop_augmentation_prob = 1.5\n", "crop_augmentation_prob"),
+            (
+                "low_res_augmentation_prob = -0.1\n",
+                "low_res_augmentation_prob",
+            ),
+            ("augment = \"dali\"\n", "augment"),
+        ] {
+            let err = parse(text).unwrap_err();
+            assert_eq!(err.key, key, "{text}");
+        }
     }
 
     #[test]

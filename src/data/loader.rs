@@ -1,5 +1,6 @@
 //! The training loader: per-epoch shuffling by seed, sharding across ranks as PyTorch's
-//! DistributedSampler, parallel JPEG decoding with random horizontal flips, batches of raw
+//! DistributedSampler, parallel JPEG decoding with the augmentations (`augment`) and random
+//! horizontal flips, batches of raw
 //! 0–255 RGB in NCHW, a bounded prefetch queue, and a cursor (epoch, sample) that a checkpoint
 //! stores so a resume continues with the next sample, on any number of ranks.
 //!
@@ -15,13 +16,15 @@ use rand::seq::SliceRandom;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use super::augment::{Augmentations, Drawn};
 use super::dataset::{DatasetError, RecDataset};
 use super::image::{FACE_SIZE, decode_face, to_chw};
 
 const SIDE: usize = FACE_SIZE as usize;
-/// Seed paths of the epoch shuffles and the flips.
+/// Seed paths of the epoch shuffles, the flips and the augmentations.
 const SHUFFLE: u64 = 1;
 const FLIP: u64 = 2;
+const AUGMENT: u64 = 3;
 /// Bytes of one image in a batch.
 pub const IMAGE_BYTES: usize = 3 * SIDE * SIDE;
 
@@ -42,6 +45,16 @@ pub struct LoaderConfig {
     pub world: usize,
     /// Random horizontal flip with probability ½ (insightface's only training augmentation).
     pub flip: bool,
+    /// AdaFace's augmentations, before the flip (all off by default).
+    pub augment: Augmentations,
+}
+
+/// One sample of a batch: its image, whether it is flipped, and its augmentations.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pick {
+    pub index: usize,
+    pub flip: bool,
+    pub augment: Drawn,
 }
 
 /// Where the loader stands: the epoch and the number of samples of its permutation already
@@ -132,35 +145,49 @@ impl Plan {
         order
     }
 
-    /// (image index, flip) of this rank's samples in the global batch that starts at sample
-    /// `start` of `epoch`'s permutation `order`: positions start + rank + world·j.
-    pub fn batch(&self, order: &[usize], epoch: usize, start: usize) -> Vec<(usize, bool)> {
+    /// This rank's samples in the global batch that starts at sample `start` of `epoch`'s
+    /// permutation `order` (positions start + rank + world·j), each drawn from (seed, epoch,
+    /// position).
+    pub fn batch(&self, order: &[usize], epoch: usize, start: usize) -> Vec<Pick> {
         let c = &self.config;
         (0..c.batch_size)
             .map(|j| start + c.rank + c.world * j)
             .map(|pos| {
                 let flip = c.flip
                     && crate::seed::rng(c.seed, &[FLIP, epoch as u64, pos as u64]).random_bool(0.5);
-                (order[pos], flip)
+                let augment = match c.augment.is_off() {
+                    true => Drawn::default(),
+                    false => {
+                        let path = [AUGMENT, epoch as u64, pos as u64];
+                        c.augment.draw(SIDE, &mut crate::seed::rng(c.seed, &path))
+                    }
+                };
+                Pick {
+                    index: order[pos],
+                    flip,
+                    augment,
+                }
             })
             .collect()
     }
 }
 
-/// Decodes one sample into `out` (3×112×112, CHW), flipped if asked.
+/// Decodes one sample into `out` (3×112×112, CHW), augmented and flipped as `pick` says.
 fn decode_into(
     dataset: &RecDataset,
-    index: usize,
-    flip: bool,
+    pick: &Pick,
     out: &mut [u8],
 ) -> Result<(u32, u64), DatasetError> {
-    let sample = dataset.sample(index)?;
-    let rgb = decode_face(&sample.image).map_err(|e| DatasetError::Record {
+    let sample = dataset.sample(pick.index)?;
+    let mut rgb = decode_face(&sample.image).map_err(|e| DatasetError::Record {
         path: dataset.dir().join("train.rec"),
         key: sample.key,
         message: e.to_string(),
     })?;
-    to_chw(&rgb, flip, out);
+    if !pick.augment.is_empty() {
+        pick.augment.apply(&mut rgb, SIDE);
+    }
+    to_chw(&rgb, pick.flip, out);
     Ok((sample.label, sample.key))
 }
 
@@ -170,14 +197,14 @@ fn decode_into(
 /// sample decodes is the first one's error, and so is a label outside the class count.
 pub fn decode_batch(
     dataset: &RecDataset,
-    samples: &[(usize, bool)],
+    samples: &[Pick],
     next: Cursor,
 ) -> Result<Batch, DatasetError> {
     let mut images = vec![0u8; samples.len() * IMAGE_BYTES];
     let decoded: Vec<Result<(u32, u64), DatasetError>> = images
         .par_chunks_mut(IMAGE_BYTES)
         .zip(samples.par_iter())
-        .map(|(out, &(index, flip))| decode_into(dataset, index, flip, out))
+        .map(|(out, pick)| decode_into(dataset, pick, out))
         .collect();
     if let Some(label) = decoded
         .iter()
@@ -200,7 +227,7 @@ pub fn decode_batch(
         let stand_in = match &decoded[i] {
             Ok(_) => i,
             Err(e) => {
-                let key = dataset.images[samples[i].0].key;
+                let key = dataset.images[samples[i].index].key;
                 skipped.push((key, e.to_string()));
                 (i + 1..n)
                     .chain(0..i)

@@ -1,5 +1,6 @@
 //! Datasets in insightface's on-disk formats.
 
+pub mod augment;
 pub mod bin;
 pub mod dataset;
 pub mod image;

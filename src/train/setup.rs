@@ -75,6 +75,14 @@ pub fn set_up(
         notes.insert(0, link);
     }
     let loader = open_loader(config, dataset.clone(), group, &state)?;
+    let augment = config.augmentations();
+    if !augment.is_off() {
+        notes.push(format!(
+            "augmentations before the flip (AdaFace's): crop {}, low resolution {}, \
+             photometric {}",
+            augment.crop, augment.low_res, augment.photometric
+        ));
+    }
     // After the loader's own check (a world the data cannot feed says so first).
     anyhow::ensure!(
         num_classes >= group.world(),
@@ -178,6 +186,7 @@ fn open_loader(
         rank: group.rank(),
         world: group.world(),
         flip: true,
+        augment: config.augmentations(),
     };
     Loader::new(dataset, loader_config, state.cursor)
 }

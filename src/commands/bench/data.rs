@@ -1,5 +1,6 @@
-//! `arcface bench data`: decoded and flipped images per second through the loader, and the
-//! two JPEG decoders alone.
+//! `arcface bench data`: decoded, augmented and flipped images per second through the loader
+//! (the flip alone, AdaFace's preset, each augmentation always), and the two JPEG decoders
+//! alone.
 
 use std::path::PathBuf;
 
@@ -26,20 +27,20 @@ pub fn run(args: &DataArgs) -> Result<()> {
         batches,
         json,
     } = args;
-    let results = bench::data(rec, *threads, *batches)?;
+    let results = bench::data(rec, *threads, *batches, &bench::augmentation_settings())?;
     let decoders = bench::decoders(rec, 512, 4)?;
     if *json {
         let both = serde_json::json!({ "loader": results, "decoders": decoders });
         println!("{}", serde_json::to_string_pretty(&both)?);
     } else {
         println!(
-            "{:>8} {:>10} {:>12} {:>18}",
-            "threads", "images", "img/s", "img/s per thread"
+            "{:<28} {:>8} {:>10} {:>12} {:>18}",
+            "augmentations", "threads", "images", "img/s", "img/s per thread"
         );
         for r in &results {
             println!(
-                "{:>8} {:>10} {:>12.0} {:>18.0}",
-                r.threads, r.images, r.images_per_second, r.images_per_second_per_thread
+                "{:<28} {:>8} {:>10} {:>12.0} {:>18.0}",
+                r.augment, r.threads, r.images, r.images_per_second, r.images_per_second_per_thread
             );
         }
         println!("JPEG decoding alone, one thread:");

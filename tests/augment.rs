@@ -1,0 +1,292 @@
+//! AdaFace's augmentations (src/data/augment/) against the libraries its augmenter.py calls
+//! (tests/reference/augment.py: cv2.resize, Pillow's ImageEnhance) on a real aligned face, and
+//! their draws against the distributions augmenter.py draws from.
+
+mod common;
+
+use arcface::data::augment::photometric::{self, Adjust};
+use arcface::data::augment::resize::{Interpolation, resize};
+use arcface::data::augment::{Augmentations, Drawn};
+use arcface::data::image::decode_rgb;
+use serde_json::json;
+
+const SIDE: usize = 112;
+
+fn face() -> Vec<u8> {
+    let path = common::root().join("models/photos/Tom_Hanks_54745.png");
+    assert!(
+        path.exists(),
+        "{}: run scripts/fetch-models.sh (`bash .ci/run` does)",
+        path.display()
+    );
+    let rgb = decode_rgb(&std::fs::read(&path).unwrap()).unwrap();
+    assert_eq!(rgb.dimensions(), (112, 112), "an aligned crop");
+    rgb.into_raw()
+}
+
+/// A 112×112 colour crop of scikit-image's astronaut.png (her face): the aligned face above is
+/// greyscale, which saturation leaves alone.
+fn colour_face() -> Vec<u8> {
+    let path = common::root().join("models/photos/astronaut.png");
+    assert!(
+        path.exists(),
+        "{}: run scripts/fetch-models.sh",
+        path.display()
+    );
+    let rgb = decode_rgb(&std::fs::read(&path).unwrap()).unwrap();
+    image::imageops::crop_imm(&rgb, 180, 70, 112, 112)
+        .to_image()
+        .into_raw()
+}
+
+/// (largest difference in grey levels, share of values that differ at all).
+fn differences(ours: &[u8], theirs: &[u8]) -> (u8, f64) {
+    assert_eq!(ours.len(), theirs.len());
+    let worst = ours
+        .iter()
+        .zip(theirs)
+        .map(|(a, b)| a.abs_diff(*b))
+        .max()
+        .unwrap();
+    let differing = ours.iter().zip(theirs).filter(|(a, b)| a != b).count();
+    (worst, differing as f64 / ours.len() as f64)
+}
+
+/// Down and back up with every pair of cv2's interpolations, at sides AdaFace draws (22 to
+/// 111: int(r·112), r in [0.2, 1)), equal cv2.resize within two grey levels, one resampling
+/// within one, nearest exactly. OpenCV's 8-bit linear, cubic and Lanczos paths quantise each
+/// weight to 11 bits and its linear one truncates between the passes, where ours sums in f32
+/// and rounds once: up to a level on each resampling (measured: on up to 32 % of the values
+/// after down-and-up with Lanczos-4, 12 % with linear, under 1 % with cubic).
+#[test]
+fn low_resolution_equals_cv2_resize() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = face();
+    std::fs::write(dir.path().join("face.u8"), &image).unwrap();
+    let mut cases = Vec::new();
+    for &small in &[22, 37, 56, 89, 111] {
+        for down in Interpolation::ALL {
+            for up in Interpolation::ALL {
+                cases.push((small, down, up));
+            }
+        }
+    }
+    let query: Vec<_> = cases
+        .iter()
+        .map(|(s, d, u)| json!([s, d.name(), u.name()]))
+        .collect();
+    common::run_reference(
+        "augment.py",
+        &json!({"image": dir.path().join("face.u8"), "resize": query, "adjust": [],
+                "out": dir.path()}),
+    );
+    let mut worst_share = 0.0f64;
+    for (k, &(small, down, up)) in cases.iter().enumerate() {
+        let theirs = std::fs::read(dir.path().join(format!("resize_{k}.u8"))).unwrap();
+        let ours = resize(&resize(&image, SIDE, small, down), small, SIDE, up);
+        let (worst, share) = differences(&ours, &theirs);
+        // One resampling of cv2's small image is within a level; down and up, the two levels'
+        // differences can meet.
+        let allowed = match (down, up) {
+            (Interpolation::Nearest, Interpolation::Nearest) => 0,
+            (_, Interpolation::Nearest) => 1,
+            _ => 2,
+        };
+        assert!(
+            worst <= allowed && share < 0.35,
+            "{small}px {down:?}/{up:?}: {worst} levels apart ({:.1} % of values differ)",
+            100.0 * share
+        );
+        worst_share = worst_share.max(share);
+    }
+    println!(
+        "low resolution vs cv2: at most one level, on at most {:.1} % of values",
+        100.0 * worst_share
+    );
+    // The down-and-up loses detail: the face is not what it was.
+    let blurred = resize(
+        &resize(&image, SIDE, 22, Interpolation::Area),
+        22,
+        SIDE,
+        Interpolation::Linear,
+    );
+    assert!(differences(&blurred, &image).1 > 0.5);
+}
+
+/// Brightness, contrast and saturation at factors across ColorJitter's [0.5, 1.5], on a colour
+/// face, equal Pillow's ImageEnhance (torchvision's adjust_* on a PIL image) within a grey level: Pillow
+/// blends in single precision and truncates, as ours does; the level is where one float
+/// product lands on either side of an integer.
+#[test]
+fn photometric_equals_pillow() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = colour_face();
+    std::fs::write(dir.path().join("face.u8"), &image).unwrap();
+    let mut cases = Vec::new();
+    for factor in [0.5f32, 0.77, 1.0, 1.23, 1.5] {
+        cases.push(Adjust::Brightness(factor));
+        cases.push(Adjust::Contrast(factor));
+        cases.push(Adjust::Saturation(factor));
+    }
+    let query: Vec<_> = cases
+        .iter()
+        .map(|a| match a {
+            Adjust::Brightness(f) => json!(["brightness", f]),
+            Adjust::Contrast(f) => json!(["contrast", f]),
+            Adjust::Saturation(f) => json!(["saturation", f]),
+        })
+        .collect();
+    common::run_reference(
+        "augment.py",
+        &json!({"image": dir.path().join("face.u8"), "resize": [], "adjust": query,
+                "out": dir.path()}),
+    );
+    for (k, &adjust) in cases.iter().enumerate() {
+        let theirs = std::fs::read(dir.path().join(format!("adjust_{k}.u8"))).unwrap();
+        let mut ours = image.clone();
+        photometric::apply(&mut ours, adjust);
+        let (worst, share) = differences(&ours, &theirs);
+        assert!(
+            worst <= 1 && share < 0.01,
+            "{adjust:?}: {worst} levels, {share:.4} of values"
+        );
+        if !matches!(adjust, Adjust::Brightness(f) | Adjust::Contrast(f) | Adjust::Saturation(f) if f == 1.0)
+        {
+            assert!(
+                differences(&ours, &image).1 > 0.1,
+                "{adjust:?} changed the image"
+            );
+        }
+    }
+}
+
+/// The crop keeps its box where it is and zeroes the rest (augmenter.py's crop_augment).
+#[test]
+fn crop_zeroes_outside_its_box() {
+    let image = face();
+    let mut ours = image.clone();
+    let drawn = Drawn {
+        crop: Some([10, 30, 50, 40]),
+        ..Default::default()
+    };
+    drawn.apply(&mut ours, SIDE);
+    for y in 0..SIDE {
+        for x in 0..SIDE {
+            let at = (y * SIDE + x) * 3;
+            let inside = (10..60).contains(&y) && (30..70).contains(&x);
+            let want: &[u8] = if inside {
+                &image[at..at + 3]
+            } else {
+                &[0, 0, 0]
+            };
+            assert_eq!(&ours[at..at + 3], want, "({x}, {y})");
+        }
+    }
+}
+
+/// Over 20,000 draws with AdaFace's 0.2 each: each augmentation's frequency, the small side
+/// uniform over int(r·112) for r in [0.2, 1), the five interpolations and six photometric
+/// orders equally likely, the factors uniform in [0.5, 1.5], and the crop boxes within the
+/// image with torchvision's area and aspect bounds (up to the rounding of their sides) — each
+/// within 4.5 standard errors.
+#[test]
+fn draws_follow_augmenter_py() {
+    let n = 20_000;
+    let p = Augmentations {
+        crop: 0.2,
+        low_res: 0.2,
+        photometric: 0.2,
+    };
+    let mut rng = arcface::seed::rng(7, &[]);
+    let draws: Vec<Drawn> = (0..n).map(|_| p.draw(SIDE, &mut rng)).collect();
+    let near = |what: &str, got: f64, mean: f64, sd: f64, count: usize| {
+        let se = sd / (count as f64).sqrt();
+        assert!(
+            (got - mean).abs() < 4.5 * se,
+            "{what}: {got} vs {mean} ± {se}"
+        );
+    };
+    let share =
+        |f: &dyn Fn(&Drawn) -> bool| draws.iter().filter(|d| f(d)).count() as f64 / n as f64;
+    let bernoulli = (0.2f64 * 0.8).sqrt();
+    near(
+        "crop frequency",
+        share(&|d| d.crop.is_some()),
+        0.2,
+        bernoulli,
+        n,
+    );
+    near(
+        "low-res frequency",
+        share(&|d| d.low_res.is_some()),
+        0.2,
+        bernoulli,
+        n,
+    );
+    near(
+        "photometric frequency",
+        share(&|d| d.photometric.is_some()),
+        0.2,
+        bernoulli,
+        n,
+    );
+
+    let low: Vec<_> = draws.iter().filter_map(|d| d.low_res).collect();
+    // int(r·112) for r uniform in [0.2, 1): 22..=111, each of the 90 sides 1/89.6 likely but
+    // the first (r in [0.2, 23/112)) a little less: the mean of floor(U(22.4, 112)).
+    let sides: Vec<f64> = low.iter().map(|l| l.0 as f64).collect();
+    let mean = sides.iter().sum::<f64>() / sides.len() as f64;
+    near(
+        "small side",
+        mean,
+        (22.4 + 112.0) / 2.0 - 0.5,
+        89.6 / 12f64.sqrt(),
+        sides.len(),
+    );
+    assert!(low.iter().all(|l| (22..=111).contains(&l.0)));
+    for mode in Interpolation::ALL {
+        let downs = low.iter().filter(|l| l.1 == mode).count() as f64 / low.len() as f64;
+        let ups = low.iter().filter(|l| l.2 == mode).count() as f64 / low.len() as f64;
+        let sd = (0.2f64 * 0.8).sqrt();
+        near(&format!("{mode:?} down"), downs, 0.2, sd, low.len());
+        near(&format!("{mode:?} up"), ups, 0.2, sd, low.len());
+    }
+
+    let photometric: Vec<&Vec<Adjust>> = draws
+        .iter()
+        .filter_map(|d| d.photometric.as_ref())
+        .collect();
+    let firsts = photometric
+        .iter()
+        .filter(|a| matches!(a[0], Adjust::Brightness(_)))
+        .count() as f64
+        / photometric.len() as f64;
+    near(
+        "brightness first",
+        firsts,
+        1.0 / 3.0,
+        (2.0f64 / 9.0).sqrt(),
+        photometric.len(),
+    );
+    let factors: Vec<f64> = photometric
+        .iter()
+        .flat_map(|a| a.iter())
+        .map(|a| match a {
+            Adjust::Brightness(f) | Adjust::Contrast(f) | Adjust::Saturation(f) => *f as f64,
+        })
+        .collect();
+    assert!(factors.iter().all(|f| (0.5..1.5).contains(f)));
+    let mean = factors.iter().sum::<f64>() / factors.len() as f64;
+    near("factor", mean, 1.0, 1.0 / 12f64.sqrt(), factors.len());
+
+    for [top, left, h, w] in draws.iter().filter_map(|d| d.crop) {
+        assert!(top + h <= SIDE && left + w <= SIDE && h > 0 && w > 0);
+        let area = (h * w) as f64 / (SIDE * SIDE) as f64;
+        assert!(area > 0.18 && area <= 1.0, "{h}x{w}");
+        let aspect = w as f64 / h as f64;
+        assert!(
+            (0.72..=1.39).contains(&aspect) || (h, w) == (SIDE, SIDE),
+            "{h}x{w}"
+        );
+    }
+}
