@@ -9,6 +9,7 @@
 pub mod device;
 pub mod fs;
 pub mod module_path;
+pub mod picture;
 pub mod profile;
 pub mod progress;
 pub mod seed;

@@ -290,3 +290,66 @@ fn draws_follow_augmenter_py() {
         );
     }
 }
+
+/// `inspect DATA --grid out.png`: a row per image (spread over the dataset), its original
+/// first, as decoded, then the draws; AdaFace's preset changes some draws beyond a flip, and
+/// with `--augment none` every draw is the original or its mirror image.
+#[test]
+fn inspect_draws_the_augmentation_grid() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    common::small_synthetic(&data);
+    let dataset = arcface::data::dataset::RecDataset::open(&data).unwrap();
+    let (rows, draws) = (3usize, 6usize);
+    let (cell_w, cell_h) = (168u32, 170u32);
+    let cell = |grid: &image::RgbImage, col: u32, row: u32| -> Vec<u8> {
+        image::imageops::crop_imm(grid, col * cell_w, row * cell_h, 112, 112)
+            .to_image()
+            .into_raw()
+    };
+    let mut changed = [0, 0];
+    for (k, augment) in ["adaface", "none"].iter().enumerate() {
+        let png = dir.path().join(format!("{augment}.png"));
+        let out = common::arcface()
+            .arg("inspect")
+            .arg(&data)
+            .args([
+                "--augment",
+                augment,
+                "--rows",
+                "3",
+                "--draws",
+                "6",
+                "--grid",
+            ])
+            .arg(&png)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let grid = image::open(&png).unwrap().into_rgb8();
+        assert_eq!(
+            grid.dimensions(),
+            ((draws as u32 + 1) * cell_w, rows as u32 * cell_h)
+        );
+        for row in 0..rows {
+            let sample = dataset.sample(row * dataset.len() / rows).unwrap();
+            let original = arcface::data::image::decode_face(&sample.image).unwrap();
+            assert_eq!(cell(&grid, 0, row as u32), original.as_raw().clone());
+            let mut mirror = original.clone();
+            image::imageops::flip_horizontal_in_place(&mut mirror);
+            for d in 1..=draws as u32 {
+                let seen = cell(&grid, d, row as u32);
+                if seen != *original.as_raw() && seen != *mirror.as_raw() {
+                    changed[k] += 1;
+                }
+            }
+        }
+    }
+    // 18 draws at 0.2 each of three: none changed would happen with probability 0.512^18.
+    assert!(changed[0] > 0, "the preset changed no draw");
+    assert_eq!(changed[1], 0, "--augment none only flips");
+}

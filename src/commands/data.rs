@@ -2,11 +2,13 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
+use arcface::config::AugmentPreset;
 use arcface::data::bin::PairSet;
+use arcface::data::dataset::RecDataset;
 use arcface::data::synth::{self, SynthConfig};
-use arcface::data::{inspect, pack};
+use arcface::data::{grid, inspect, pack};
 use arcface::eval::verify;
 use arcface::progress;
 
@@ -56,6 +58,19 @@ pub struct InspectArgs {
     /// List the identity of every image in key order (folders).
     #[arg(long)]
     labels: bool,
+    /// Write a PNG of training images as the loader hands them to the model: each original
+    /// beside `--draws` augmented versions, labelled (folders).
+    #[arg(long, value_name = "PNG")]
+    grid: Option<PathBuf>,
+    /// The augmentations the grid shows (a config's `augment`).
+    #[arg(long, value_enum, default_value_t = AugmentPreset::Adaface, requires = "grid")]
+    augment: AugmentPreset,
+    /// Images in the grid, one a row, spread over the dataset.
+    #[arg(long, default_value_t = 6, requires = "grid")]
+    rows: usize,
+    /// Augmented versions of each.
+    #[arg(long, default_value_t = 5, requires = "grid")]
+    draws: usize,
 }
 
 pub fn synth(args: &SynthArgs) -> Result<()> {
@@ -126,6 +141,28 @@ pub fn inspect(args: &InspectArgs) -> Result<()> {
     }
     let n = report.errors().len();
     anyhow::ensure!(n == 0, "{}: {n} problem(s) found", path.display());
+    if let Some(png) = &args.grid {
+        anyhow::ensure!(
+            path.is_dir(),
+            "{}: --grid shows a training set (a folder with train.rec)",
+            path.display()
+        );
+        let dataset = RecDataset::open(path)?;
+        let augment = args.augment.augmentations();
+        let picture = grid::augmentation_grid(&dataset, augment, args.rows, args.draws, 1)?;
+        picture
+            .save(png)
+            .with_context(|| format!("writing {}", png.display()))?;
+        if !args.json {
+            println!(
+                "{} rows of {} augmented draws ({:?}) beside the originals: {}",
+                args.rows.min(dataset.len()),
+                args.draws,
+                args.augment,
+                png.display()
+            );
+        }
+    }
     Ok(())
 }
 

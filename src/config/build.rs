@@ -15,6 +15,21 @@ use crate::model::{
 /// Each of AdaFace's augmentations in its published scripts.
 const ADAFACE_PROBABILITY: f64 = 0.2;
 
+impl AugmentPreset {
+    /// The preset's probabilities.
+    pub fn augmentations(self) -> Augmentations {
+        let p = match self {
+            AugmentPreset::None => 0.0,
+            AugmentPreset::Adaface => ADAFACE_PROBABILITY,
+        };
+        Augmentations {
+            crop: p,
+            low_res: p,
+            photometric: p,
+        }
+    }
+}
+
 impl Config {
     /// The backbone this config describes. `dropout` and `embedding_gamma_trainable` are the
     /// iresnets' (arcface_torch's MobileFaceNet and ViT have no dropout and always train the
@@ -60,14 +75,13 @@ impl Config {
 
     /// The augmentations' probabilities: the preset's, each overridden by its key if written.
     pub fn augmentations(&self) -> Augmentations {
-        let preset = match self.augment {
-            AugmentPreset::None => 0.0,
-            AugmentPreset::Adaface => ADAFACE_PROBABILITY,
-        };
+        let preset = self.augment.augmentations();
         Augmentations {
-            crop: self.crop_augmentation_prob.unwrap_or(preset),
-            low_res: self.low_res_augmentation_prob.unwrap_or(preset),
-            photometric: self.photometric_augmentation_prob.unwrap_or(preset),
+            crop: self.crop_augmentation_prob.unwrap_or(preset.crop),
+            low_res: self.low_res_augmentation_prob.unwrap_or(preset.low_res),
+            photometric: self
+                .photometric_augmentation_prob
+                .unwrap_or(preset.photometric),
         }
     }
 

@@ -3,6 +3,7 @@
 pub mod augment;
 pub mod bin;
 pub mod dataset;
+pub mod grid;
 pub mod image;
 pub mod inspect;
 pub mod irheader;

@@ -1,10 +1,11 @@
 //! ROC curves as a PNG: TPR against FPR (log scale, 1e-4 … 1), one colour per target, with a
-//! legend. Drawn with `image` and an 8×8 bitmap font: plotting crates need a font file for any
-//! text, which a fresh machine does not have.
+//! legend. Drawn with `image` and our 8×8 bitmap text (`picture`): plotting crates need a font
+//! file for any text, which a fresh machine does not have.
 
 use image::{Rgb, RgbImage};
 
 use super::embed::TargetResult;
+use crate::picture::text;
 
 const W: u32 = 720;
 const H: u32 = 540;
@@ -22,22 +23,6 @@ const COLOURS: [[u8; 3]; 6] = [
     [148, 103, 189],
     [140, 86, 75],
 ];
-
-fn text(img: &mut RgbImage, x: u32, y: u32, s: &str, colour: [u8; 3]) {
-    for (i, ch) in s.chars().enumerate() {
-        let glyph = font8x8::legacy::BASIC_LEGACY[(ch as usize).min(127)];
-        for (row, bits) in glyph.iter().enumerate() {
-            for col in 0..8 {
-                if bits >> col & 1 == 1 {
-                    let (px, py) = (x + i as u32 * 8 + col, y + row as u32);
-                    if px < W && py < H {
-                        img.put_pixel(px, py, Rgb(colour));
-                    }
-                }
-            }
-        }
-    }
-}
 
 fn line(img: &mut RgbImage, (x0, y0): (f64, f64), (x1, y1): (f64, f64), colour: [u8; 3]) {
     let steps = ((x1 - x0).abs().max((y1 - y0).abs()) * 2.0).ceil().max(1.0) as usize;

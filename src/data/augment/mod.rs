@@ -100,25 +100,6 @@ impl Drawn {
             photometric::apply(rgb, adjust);
         }
     }
-
-    /// What was applied, for a person to read (`inspect`).
-    pub fn describe(&self) -> String {
-        let mut parts = Vec::new();
-        if let Some([top, left, height, width]) = self.crop {
-            parts.push(format!("crop {width}x{height} at ({left},{top})"));
-        }
-        if let Some((small, down, up)) = self.low_res {
-            parts.push(format!("low-res {small}px {}/{}", down.name(), up.name()));
-        }
-        for adjust in self.photometric.iter().flatten() {
-            parts.push(match adjust {
-                Adjust::Brightness(f) => format!("brightness {f:.2}"),
-                Adjust::Contrast(f) => format!("contrast {f:.2}"),
-                Adjust::Saturation(f) => format!("saturation {f:.2}"),
-            });
-        }
-        parts.join(", ")
-    }
 }
 
 /// torchvision's RandomResizedCrop.get_params on a `side` square: up to ten tries of an area

@@ -1,4 +1,4 @@
-//! A Vision Transformer in opset 8's operators, for `export.rs`'s graph (inference: no masking
+//! A Vision Transformer in opset 8's operators, for `export.rs` (inference: no masking
 //! or drop path). Opset 8 has none of LayerNormalization (opset 17), Gelu or attention, so:
 //! LayerNorm as ReduceMean → Sub → Mul (square) → ReduceMean → Add ε → Sqrt → Div → Mul γ →
 //! Add β over the token width; ReLU6 as Relu → Clip(max 6) (a Clip with min 0 cannot be written:
@@ -12,7 +12,7 @@
 
 use anyhow::{Result, bail};
 
-use super::export::Graph;
+use super::graph_builder::Graph;
 use super::proto::{attr_float, attr_int, attr_ints};
 use crate::model::vit::{Attention, Block, LN_EPS, TOKENS, VisionTransformer};
 
