@@ -432,3 +432,102 @@ fn loader_batches_are_the_decoded_images_maybe_flipped() {
     }
     println!("{flips} of {} flipped", batch.len());
 }
+
+/// `rec` may name an image folder (`<identity>/<images>`, torchvision's ImageFolder layout):
+/// it gives the loader the batches that `arcface pack` of the same folder gives (the same keys,
+/// labels and pixels, AdaFace's augmentations and the flips included) when its images are
+/// 112×112 JPEGs, which pack keeps byte for byte, and trains to the same losses. Files that
+/// are not images are skipped by both; an empty folder and an identity folder without images
+/// are refused naming the folder.
+#[test]
+fn an_image_folder_gives_the_batches_of_its_pack() {
+    use arcface::data::augment::Augmentations;
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name);
+    synth(&p("rec"), 5, 5, 10, 3);
+    let source = RecDataset::open(&p("rec")).unwrap();
+    for i in 0..source.len() {
+        let sample = source.sample(i).unwrap();
+        let identity = p("folder").join(format!("person_{:03}", sample.label));
+        std::fs::create_dir_all(&identity).unwrap();
+        std::fs::write(
+            identity.join(format!("{:05}.jpg", sample.key)),
+            &sample.image,
+        )
+        .unwrap();
+    }
+    std::fs::write(p("folder/person_001/notes.txt"), b"not an image").unwrap();
+    let status = arcface()
+        .args(["pack", "--images"])
+        .arg(p("folder"))
+        .arg("--out")
+        .arg(p("packed"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let folder = Arc::new(RecDataset::open(&p("folder")).unwrap());
+    let packed = Arc::new(RecDataset::open(&p("packed")).unwrap());
+    assert_eq!(
+        (folder.len(), folder.num_classes()),
+        (packed.len(), packed.num_classes())
+    );
+    assert_eq!((folder.len(), folder.num_classes()), (25, 5));
+    let augmented = |ds: &Arc<RecDataset>| {
+        let config = LoaderConfig {
+            batch_size: 4,
+            seed: 9,
+            num_workers: 2,
+            prefetch: 2,
+            rank: 0,
+            world: 1,
+            flip: true,
+            augment: Augmentations {
+                crop: 0.5,
+                low_res: 0.5,
+                photometric: 0.5,
+            },
+        };
+        let loader = Loader::new(ds.clone(), config, Cursor::default()).unwrap();
+        (0..8)
+            .map(|_| {
+                let b = loader.next_batch().unwrap();
+                (b.images, b.labels, b.keys)
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(augmented(&folder), augmented(&packed));
+
+    // Training from either: the same losses.
+    let losses = |rec: &Path, out: &str| {
+        let mut config = arcface::config::Config::load(&root().join("configs/tiny.toml")).unwrap();
+        config.rec = rec.to_path_buf();
+        config.output = p(out);
+        config.synthetic = None;
+        config.batch_size = 4;
+        config.val_targets = Vec::new();
+        let options = arcface::train::TrainOptions {
+            max_steps: Some(3),
+            ..Default::default()
+        };
+        let device = burn::tensor::Device::flex();
+        arcface::train::train(&config, &device, &options)
+            .unwrap()
+            .losses
+    };
+    let from_folder = losses(&p("folder"), "a");
+    assert_eq!(from_folder.len(), 3, "three steps: {from_folder:?}");
+    assert_eq!(from_folder, losses(&p("packed"), "b"));
+
+    std::fs::create_dir_all(p("empty")).unwrap();
+    let e = RecDataset::open(&p("empty")).err().unwrap().to_string();
+    assert!(
+        e.contains("empty") && e.contains("no identity folders"),
+        "{e}"
+    );
+    std::fs::create_dir_all(p("folder/person_999")).unwrap();
+    let e = RecDataset::open(&p("folder")).err().unwrap().to_string();
+    assert!(
+        e.contains("person_999") && e.contains("without images"),
+        "{e}"
+    );
+}

@@ -144,7 +144,7 @@ pub fn inspect(args: &InspectArgs) -> Result<()> {
     if let Some(png) = &args.grid {
         anyhow::ensure!(
             path.is_dir(),
-            "{}: --grid shows a training set (a folder with train.rec)",
+            "{}: --grid shows a training set (a folder: train.rec or <identity>/<images>)",
             path.display()
         );
         let dataset = RecDataset::open(path)?;
@@ -176,8 +176,12 @@ fn print_report(path: &Path, report: &inspect::Report) {
             errors,
             labels,
         } => {
+            let kind = match path.join("train.rec").exists() {
+                true => "RecordIO dataset",
+                false => "image folder",
+            };
             println!(
-                "{}: RecordIO dataset, {images} images of {identities} identities, {}×{}, {decoded} decoded",
+                "{}: {kind}, {images} images of {identities} identities, {}×{}, {decoded} decoded",
                 path.display(),
                 image_size[0],
                 image_size[1]

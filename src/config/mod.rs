@@ -106,7 +106,8 @@ pub struct Config {
     pub decay_norm_and_prelu: bool,
 
     // --- data ---
-    /// Folder with train.rec, train.idx, property and the validation .bin files.
+    /// Folder with train.rec, train.idx, property and the validation .bin files; or an image
+    /// folder, `<identity>/<images>` (torchvision's ImageFolder), the .bin files beside them.
     pub rec: PathBuf,
     /// Validation sets, each `<rec>/<name>.bin`.
     pub val_targets: Vec<String>,

@@ -96,7 +96,11 @@ fn inspect_rec(
                 let sample = dataset.sample(i)?;
                 let ok = if verify {
                     decode_face(&sample.image).with_context(|| {
-                        format!("{}: key {}", dir.join("train.rec").display(), sample.key)
+                        format!(
+                            "{}: key {}",
+                            dataset.source_of(sample.key).display(),
+                            sample.key
+                        )
                     })?;
                     true
                 } else {

@@ -180,7 +180,7 @@ fn decode_into(
 ) -> Result<(u32, u64), DatasetError> {
     let sample = dataset.sample(pick.index)?;
     let mut rgb = decode_face(&sample.image).map_err(|e| DatasetError::Record {
-        path: dataset.dir().join("train.rec"),
+        path: dataset.source_of(sample.key),
         key: sample.key,
         message: e.to_string(),
     })?;

@@ -7,6 +7,7 @@ use anyhow::{Context, Result, bail, ensure};
 use rayon::prelude::*;
 
 use super::bin::PairSet;
+use super::dataset::image_folder;
 use super::image::{FACE_SIZE, decode_rgb, encode_jpeg, to_face_size};
 use super::irheader::IrHeader;
 use super::property::Property;
@@ -27,23 +28,6 @@ pub fn face_jpeg(path: &Path) -> Result<Vec<u8>> {
     Ok(encode_jpeg(&to_face_size(rgb), QUALITY))
 }
 
-fn sorted_entries(dir: &Path, want_dirs: bool) -> Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
-        let path = entry
-            .with_context(|| format!("cannot list {}", dir.display()))?
-            .path();
-        let hidden = path
-            .file_name()
-            .is_some_and(|n| n.to_string_lossy().starts_with('.'));
-        if !hidden && path.is_dir() == want_dirs {
-            out.push(path);
-        }
-    }
-    out.sort();
-    Ok(out)
-}
-
 /// Packs `images` (one folder per identity, sorted by name → labels 0, 1, …) into `out`.
 /// Writes to temporary names and renames at the end, so a failure leaves no half dataset.
 pub fn pack_folder(
@@ -51,33 +35,23 @@ pub fn pack_folder(
     out: &Path,
     progress: &indicatif::ProgressBar,
 ) -> Result<(usize, usize)> {
-    let identities = sorted_entries(images, true)?;
-    ensure!(
-        !identities.is_empty(),
-        "{}: no identity folders (expected DIR/<identity>/<images>)",
-        images.display()
-    );
-    let mut files = Vec::new();
-    for (label, folder) in identities.iter().enumerate() {
-        let list = sorted_entries(folder, false)?;
-        ensure!(
-            !list.is_empty(),
-            "{}: identity folder without images",
-            folder.display()
-        );
-        files.extend(list.into_iter().map(|f| (label, f)));
-    }
+    // The folder as training reads one (src/data/dataset.rs): the same labels and keys.
+    let files: Vec<(usize, PathBuf)> = image_folder(images)?
+        .into_iter()
+        .map(|(path, label)| (label as usize, path))
+        .collect();
+    let identities = files.last().map_or(0, |f| f.0 + 1);
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let (rec, idx) = (out.join("train.rec.tmp"), out.join("train.idx.tmp"));
     let mut writer = RecordWriter::create(&rec, &idx)?;
     let n = files.len() as u64;
-    let (a, b) = (1 + n, 1 + n + identities.len() as u64);
+    let (a, b) = (1 + n, 1 + n + identities as u64);
     writer.write(
         0,
         &IrHeader::with_labels(vec![a as f32, b as f32], 0).pack(&[]),
     )?;
     progress.set_length(n);
-    let mut ranges = vec![(u64::MAX, 0u64); identities.len()];
+    let mut ranges = vec![(u64::MAX, 0u64); identities];
     let mut key = 1u64;
     for chunk in files.chunks(512) {
         let encoded: Vec<Vec<u8>> = chunk
@@ -101,7 +75,7 @@ pub fn pack_folder(
     }
     writer.finish()?;
     let property = Property {
-        num_classes: identities.len(),
+        num_classes: identities,
         height: FACE_SIZE as usize,
         width: FACE_SIZE as usize,
     };
@@ -110,7 +84,7 @@ pub fn pack_folder(
         std::fs::rename(from, &to)
             .with_context(|| format!("renaming {} to {}", from.display(), to.display()))?;
     }
-    Ok((files.len(), identities.len()))
+    Ok((files.len(), identities))
 }
 
 /// Reads `pathA<TAB>pathB<TAB>1|0` lines (paths relative to `images`) into a pair set.

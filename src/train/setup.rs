@@ -58,6 +58,7 @@ pub fn set_up(
     let mut notes = Vec::new();
     let claim = claim_folder(config, options, group, &mut notes)?;
     let (dataset, num_classes) = open_data(config, group)?;
+    notes.extend(dataset.notes.iter().cloned());
     let targets = match group.is_main() {
         true => inputs::load_targets(config, &mut notes)?,
         false => Vec::new(),
