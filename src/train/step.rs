@@ -81,8 +81,26 @@ pub fn gradients(
     precision: Precision,
     group: &Group,
     step: usize,
-    mut times: Option<&mut PartTimes>,
+    times: Option<&mut PartTimes>,
 ) -> Result<Gradients> {
+    let (loss, grads) =
+        forward_and_backward(model, head, images, labels, precision, group, step, times)?;
+    let norm = whole_grad_norm(&model.backbone, &model.head, &grads, group)?;
+    Ok(Gradients { loss, grads, norm })
+}
+
+/// [`gradients`] without the norm (a micro-batch's: the step's norm is its sum's).
+#[allow(clippy::too_many_arguments)]
+fn forward_and_backward(
+    model: &BackboneAndHead,
+    head: &mut PartialFc,
+    images: Tensor<4>,
+    labels: &[u32],
+    precision: Precision,
+    group: &Group,
+    step: usize,
+    mut times: Option<&mut PartTimes>,
+) -> Result<(f64, GradientsParams)> {
     let start = std::time::Instant::now();
     let embeddings = model.backbone.forward_at(images, precision);
     if let Some(t) = times.as_deref_mut() {
@@ -90,7 +108,7 @@ pub fn gradients(
         t.forward += start.elapsed().as_secs_f64();
     }
     let centres = (&model.head, head);
-    backbone_and_head_gradients(
+    head_and_backbone_backward(
         &model.backbone,
         embeddings,
         centres,
@@ -112,8 +130,32 @@ pub fn backbone_and_head_gradients<M: burn::module::Module>(
     labels: &[u32],
     group: &Group,
     step: usize,
-    mut times: Option<&mut PartTimes>,
+    times: Option<&mut PartTimes>,
 ) -> Result<Gradients> {
+    let (loss, grads) = head_and_backbone_backward(
+        backbone,
+        embeddings,
+        (centres, head),
+        labels,
+        group,
+        step,
+        times,
+    )?;
+    let norm = whole_grad_norm(backbone, centres, &grads, group)?;
+    Ok(Gradients { loss, grads, norm })
+}
+
+/// The head's forward and backward, then the backbone's backward from the embeddings'
+/// gradient and DDP's averaging: the mean loss over the ranks and the gradients by parameter.
+fn head_and_backbone_backward<M: burn::module::Module>(
+    backbone: &M,
+    embeddings: Tensor<2>,
+    (centres, head): (&MarginSoftmax, &mut PartialFc),
+    labels: &[u32],
+    group: &Group,
+    step: usize,
+    mut times: Option<&mut PartTimes>,
+) -> Result<(f64, GradientsParams)> {
     let mut clock = std::time::Instant::now();
     let mut lap = |slot: Option<&mut f64>| -> Result<()> {
         if let Some(slot) = slot {
@@ -143,13 +185,8 @@ pub fn backbone_and_head_gradients<M: burn::module::Module>(
     group.average_gradients(backbone, &mut grads)?;
     lap(times.map(|t| &mut t.all_reduce))?;
     grads.register::<2>(centres.weight.id, pass.weight_grad);
-    let norm = whole_grad_norm(backbone, centres, &grads, group)?;
-    Ok(Gradients {
-        // The same on every rank: the head's cross-entropy spans them.
-        loss: pass.loss,
-        grads,
-        norm,
-    })
+    // The same on every rank: the head's cross-entropy spans them.
+    Ok((pass.loss, grads))
 }
 
 /// Forward, backward, gradient averaging and the optimiser's update at learning rate `lr` on
@@ -221,11 +258,11 @@ pub fn one_step(
     Ok((state, StepOutcome { loss, grad_norm }))
 }
 
-/// `gradient_acc` > 1: the batch's `micro_batches` slices each through [`gradients`] (its own
-/// forward, BatchNorm statistics, Partial FC sample and all-reduce, as arcface_torch's
+/// `gradient_acc` > 1: the batch's `micro_batches` slices each through a forward and backward
+/// (its own BatchNorm statistics, Partial FC sample and all-reduce, as arcface_torch's
 /// micro-steps), the gradients summed. The loss is their mean, the mean over every row of the
-/// step, and the norm is that of the mean gradient, what clipping looks at; the caller divides
-/// the sum by `micro_batches` in the update. Partial FC draws micro-batch k of step t with
+/// step, and the norm, taken once, is that of the mean gradient, what clipping looks at; the
+/// caller divides the sum by `micro_batches` in the update. Partial FC draws micro-batch k of step t with
 /// t·K + k.
 fn accumulated_gradients(
     state: &mut State,
@@ -239,7 +276,7 @@ fn accumulated_gradients(
     let mut sum = GradientsParams::new();
     let mut loss = 0.0;
     for k in 0..micro_batches {
-        let part = gradients(
+        let (part_loss, part) = forward_and_backward(
             &state.model,
             &mut state.head,
             images.clone().narrow(0, k * rows, rows),
@@ -249,8 +286,8 @@ fn accumulated_gradients(
             state.step * micro_batches + k,
             None,
         )?;
-        loss += part.loss / micro_batches as f64;
-        add_gradients(&state.model, &mut sum, part.grads);
+        loss += part_loss / micro_batches as f64;
+        add_gradients(&state.model, &mut sum, part);
     }
     let norm = whole_grad_norm(&state.model.backbone, &state.model.head, &sum, group)?
         / micro_batches as f64;
