@@ -131,7 +131,7 @@ fn adamw_resumes_with_identical_losses() {
 
 /// AdaFace's head resumes exactly: the norms' running statistics are in the checkpoint (at
 /// t_alpha 0.5 and h 1 they move enough that restarting them from head.py's (20, 100) changes
-/// the losses after the resume), with Partial FC sampling.
+/// the losses after the resume), with Partial FC sampling; and on a ViT.
 #[test]
 fn adaface_resumes_with_identical_losses() {
     let adaface = "head = \"adaface\"\nadaface_h = 1.0\nadaface_t_alpha = 0.5\n";
@@ -142,6 +142,9 @@ fn adaface_resumes_with_identical_losses() {
     );
     let combined = resume_is_exact("tiny", "num_classes = 200\nsample_rate = 0.3\n", (1, 1));
     assert_ne!(losses[0], combined[0], "the head is AdaFace's");
+    // A ViT with AdamW under AdaFace's head and augmentations, as the field trains them.
+    let vit = "optimizer = \"adamw\"\nweight_decay = 0.1\naugment = \"adaface\"\n";
+    resume_is_exact("vit_tiny", &format!("{adaface}{vit}"), (2, 1));
 }
 
 /// AdaFace's augmentations on (every one at 0.5): a resume continues exactly, every draw from
