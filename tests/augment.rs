@@ -12,14 +12,19 @@ use serde_json::json;
 
 const SIDE: usize = 112;
 
-fn face() -> Vec<u8> {
-    let path = common::root().join("models/photos/Tom_Hanks_54745.png");
+/// A photo of the packages' set (models/photos/, fetched by scripts/fetch-models.sh).
+fn photo(name: &str) -> image::RgbImage {
+    let path = common::root().join("models/photos").join(name);
     assert!(
         path.exists(),
         "{}: run scripts/fetch-models.sh (`bash .ci/run` does)",
         path.display()
     );
-    let rgb = decode_rgb(&std::fs::read(&path).unwrap()).unwrap();
+    decode_rgb(&std::fs::read(&path).unwrap()).unwrap()
+}
+
+fn face() -> Vec<u8> {
+    let rgb = photo("Tom_Hanks_54745.png");
     assert_eq!(rgb.dimensions(), (112, 112), "an aligned crop");
     rgb.into_raw()
 }
@@ -27,14 +32,7 @@ fn face() -> Vec<u8> {
 /// A 112×112 colour crop of scikit-image's astronaut.png (her face): the aligned face above is
 /// greyscale, which saturation leaves alone.
 fn colour_face() -> Vec<u8> {
-    let path = common::root().join("models/photos/astronaut.png");
-    assert!(
-        path.exists(),
-        "{}: run scripts/fetch-models.sh",
-        path.display()
-    );
-    let rgb = decode_rgb(&std::fs::read(&path).unwrap()).unwrap();
-    image::imageops::crop_imm(&rgb, 180, 70, 112, 112)
+    image::imageops::crop_imm(&photo("astronaut.png"), 180, 70, 112, 112)
         .to_image()
         .into_raw()
 }

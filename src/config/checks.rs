@@ -11,7 +11,7 @@ impl Config {
     // would be harder to check against the keys.
     pub fn validate(&self) -> Result<(), BadValue> {
         let [m1, m2, m3] = self.margin_list;
-        let checks: [(&'static str, bool, String); 25] = [
+        let checks: [(&'static str, bool, String); 28] = [
             (
                 "embedding_size",
                 self.embedding_size > 0,
@@ -59,6 +59,24 @@ impl Config {
                 "num_classes",
                 self.num_classes != Some(0),
                 "must be > 0".into(),
+            ),
+            (
+                "crop_augmentation_prob",
+                self.crop_augmentation_prob
+                    .is_none_or(|p| (0.0..=1.0).contains(&p)),
+                "must be in [0, 1]: a probability".into(),
+            ),
+            (
+                "low_res_augmentation_prob",
+                self.low_res_augmentation_prob
+                    .is_none_or(|p| (0.0..=1.0).contains(&p)),
+                "must be in [0, 1]: a probability".into(),
+            ),
+            (
+                "photometric_augmentation_prob",
+                self.photometric_augmentation_prob
+                    .is_none_or(|p| (0.0..=1.0).contains(&p)),
+                "must be in [0, 1]: a probability".into(),
             ),
             (
                 "batch_size",
@@ -135,21 +153,6 @@ impl Config {
         ];
         if let Some((key, _, message)) = checks.into_iter().find(|(_, ok, _)| !ok) {
             return Err(BadValue::new(key, message));
-        }
-        for (key, p) in [
-            ("crop_augmentation_prob", self.crop_augmentation_prob),
-            ("low_res_augmentation_prob", self.low_res_augmentation_prob),
-            (
-                "photometric_augmentation_prob",
-                self.photometric_augmentation_prob,
-            ),
-        ] {
-            if p.is_some_and(|p| !(0.0..=1.0).contains(&p)) {
-                return Err(BadValue::new(
-                    key,
-                    "must be in [0, 1]: a probability".into(),
-                ));
-            }
         }
         if let Architecture::Vit {
             width,
