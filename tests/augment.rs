@@ -1,9 +1,12 @@
-//! AdaFace's augmentations (src/data/augment/) against the libraries its augmenter.py calls
-//! (tests/reference/augment.py: cv2.resize, Pillow's ImageEnhance) on a real aligned face, and
-//! their draws against the distributions augmenter.py draws from.
+//! The augmentations (src/data/augment/) against other libraries on real faces
+//! (tests/reference/augment.py): AdaFace's against what its augmenter.py calls (cv2.resize,
+//! Pillow's ImageEnhance), arcface_torch's DALI set against the same operations in Pillow,
+//! OpenCV and scikit-image; and their draws against the distributions augmenter.py and
+//! dataset.py draw from.
 
 mod common;
 
+use arcface::data::augment::dali;
 use arcface::data::augment::photometric::{self, Adjust};
 use arcface::data::augment::resize::{Interpolation, resize};
 use arcface::data::augment::{Augmentations, Drawn};
@@ -194,6 +197,7 @@ fn draws_follow_augmenter_py() {
         crop: 0.2,
         low_res: 0.2,
         photometric: 0.2,
+        ..Augmentations::default()
     };
     let mut rng = arcface::seed::rng(7, &[]);
     let draws: Vec<Drawn> = (0..n).map(|_| p.draw(SIDE, &mut rng)).collect();
@@ -350,4 +354,152 @@ fn inspect_draws_the_augmentation_grid() {
     // 18 draws at 0.2 each of three: none changed would happen with probability 0.512^18.
     assert!(changed[0] > 0, "the preset changed no draw");
     assert_eq!(changed[1], 0, "--augment none only flips");
+}
+
+/// Runs augment.py on `image` with `request` (its other keys), returning the output folder.
+fn reference(image: &[u8], request: serde_json::Value) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("face.u8"), image).unwrap();
+    let mut query = json!({"image": dir.path().join("face.u8"), "resize": [], "adjust": [],
+                           "out": dir.path()});
+    query
+        .as_object_mut()
+        .unwrap()
+        .extend(request.as_object().unwrap().clone());
+    common::run_reference("augment.py", &query);
+    dir
+}
+
+/// arcface_torch's random resize at sizes across [56, 89): DALI's antialiased linear shrink
+/// with subpixel scale equals Pillow's BILINEAR over the same source window (the image padded
+/// by its edge, as DALI clamps) within a grey level — Pillow rounds between its two passes and
+/// uses fixed-point weights, ours rounds once — and down and back up (cv2's linear) within two.
+#[test]
+fn dali_resize_equals_pillow_then_cv2() {
+    let image = colour_face();
+    let sizes = [56.0f32, 61.37, 70.49, 70.51, 77.8, 88.9];
+    let dir = reference(&image, json!({"dali_resize": sizes}));
+    for (k, &size) in sizes.iter().enumerate() {
+        let theirs = std::fs::read(dir.path().join(format!("shrink_{k}.u8"))).unwrap();
+        let small = dali::shrink(&image, SIDE, size);
+        assert_eq!(small.len(), dali::resized_side(size).pow(2) * 3, "{size}");
+        let (worst, share) = differences(&small, &theirs);
+        assert!(
+            worst <= 1,
+            "shrink to {size}: {worst} levels ({share:.3} differ)"
+        );
+        let theirs = std::fs::read(dir.path().join(format!("dali_resize_{k}.u8"))).unwrap();
+        let mut ours = image.clone();
+        dali::resize_down_and_up(&mut ours, SIDE, size);
+        let (worst, share) = differences(&ours, &theirs);
+        assert!(
+            worst <= 2,
+            "resize {size}: {worst} levels ({share:.3} differ)"
+        );
+        assert!(
+            differences(&ours, &image).1 > 0.3,
+            "{size} changed the face"
+        );
+    }
+}
+
+/// Both of arcface_torch's blur windows equal cv2.GaussianBlur with DALI's σ and border within
+/// a grey level (OpenCV's 8-bit path uses fixed-point weights).
+#[test]
+fn dali_blur_equals_cv2() {
+    let image = colour_face();
+    let windows = [3usize, 5];
+    let dir = reference(&image, json!({"blur": windows}));
+    for (k, &window) in windows.iter().enumerate() {
+        let theirs = std::fs::read(dir.path().join(format!("blur_{k}.u8"))).unwrap();
+        let mut ours = image.clone();
+        dali::blur(&mut ours, SIDE, window);
+        let (worst, share) = differences(&ours, &theirs);
+        assert!(
+            worst <= 1,
+            "{window}x{window}: {worst} levels ({share:.3} differ)"
+        );
+        assert!(differences(&ours, &image).1 > 0.3);
+    }
+}
+
+/// fn.hsv's hue rotation and saturation, greyscale (saturation 0) and the gray op's pass at
+/// saturation 1 equal the same rotation and scaling in scikit-image's YIQ within a grey level:
+/// DALI's matrices are rounded to three decimals (their product is 1 ± 0.0014 off the
+/// identity), scikit-image's inverse is exact.
+#[test]
+fn dali_hsv_equals_scikit_image_yiq() {
+    let image = colour_face();
+    let cases = [
+        (0.0f32, 1.0f32),
+        (0.0, 0.0),
+        (7.3, 1.07),
+        (12.0, 1.0),
+        (19.9, 1.19),
+    ];
+    let dir = reference(&image, json!({"hsv": cases}));
+    for (k, &(hue, saturation)) in cases.iter().enumerate() {
+        let theirs = std::fs::read(dir.path().join(format!("hsv_{k}.u8"))).unwrap();
+        let mut ours = image.clone();
+        dali::hsv(&mut ours, hue, saturation);
+        let (worst, share) = differences(&ours, &theirs);
+        assert!(
+            worst <= 1,
+            "hue {hue} saturation {saturation}: {worst} levels ({share:.3} differ)"
+        );
+        if saturation == 0.0 {
+            assert!(ours.chunks(3).all(|p| p[0] == p[1] && p[1] == p[2]), "grey");
+        }
+    }
+}
+
+/// Over 20,000 draws with arcface_torch's preset: each augmentation's frequency (resize 0.1,
+/// blur 0.2, hsv 0.2, gray 0.1 and the gray op present on every draw), the size uniform in
+/// [56, 89), the two blur windows equally likely, hue uniform in [0, 20) and saturation in
+/// [1, 1.2) — each within 4.5 standard errors.
+#[test]
+fn draws_follow_dali_iter() {
+    let n = 20_000;
+    let p = arcface::config::AugmentPreset::ArcfaceTorch.augmentations();
+    let mut rng = arcface::seed::rng(8, &[]);
+    let draws: Vec<Drawn> = (0..n).map(|_| p.draw(SIDE, &mut rng)).collect();
+    let near = |what: &str, got: f64, mean: f64, sd: f64, count: usize| {
+        let se = sd / (count as f64).sqrt();
+        assert!(
+            (got - mean).abs() < 4.5 * se,
+            "{what}: {got} vs {mean} ± {se}"
+        );
+    };
+    let share =
+        |f: &dyn Fn(&Drawn) -> bool| draws.iter().filter(|d| f(d)).count() as f64 / n as f64;
+    for (what, got, p) in [
+        ("resize", share(&|d| d.resize.is_some()), 0.1),
+        ("blur", share(&|d| d.blur.is_some()), 0.2),
+        ("hsv", share(&|d| d.hsv.is_some()), 0.2),
+        ("gray", share(&|d| d.gray == Some(true)), 0.1),
+    ] {
+        near(what, got, p, (p * (1.0 - p)).sqrt(), n);
+    }
+    assert!(draws.iter().all(|d| d.gray.is_some() && d.crop.is_none()));
+    let sizes: Vec<f64> = draws
+        .iter()
+        .filter_map(|d| d.resize)
+        .map(f64::from)
+        .collect();
+    assert!(sizes.iter().all(|s| (56.0..89.0).contains(s)));
+    let mean = sizes.iter().sum::<f64>() / sizes.len() as f64;
+    near("size", mean, 72.5, 33.0 / 12f64.sqrt(), sizes.len());
+    let windows: Vec<usize> = draws.iter().filter_map(|d| d.blur).collect();
+    assert!(windows.iter().all(|w| *w == 3 || *w == 5));
+    let threes = windows.iter().filter(|w| **w == 3).count() as f64 / windows.len() as f64;
+    near("3x3 share", threes, 0.5, 0.5, windows.len());
+    let hsv: Vec<(f32, f32)> = draws.iter().filter_map(|d| d.hsv).collect();
+    assert!(
+        hsv.iter()
+            .all(|(h, s)| (0.0..20.0).contains(h) && (1.0..1.2).contains(s))
+    );
+    let hue = hsv.iter().map(|h| h.0 as f64).sum::<f64>() / hsv.len() as f64;
+    near("hue", hue, 10.0, 20.0 / 12f64.sqrt(), hsv.len());
+    let sat = hsv.iter().map(|h| h.1 as f64).sum::<f64>() / hsv.len() as f64;
+    near("saturation", sat, 1.1, 0.2 / 12f64.sqrt(), hsv.len());
 }

@@ -485,6 +485,10 @@ fn an_image_folder_gives_the_batches_of_its_pack() {
                 crop: 0.5,
                 low_res: 0.5,
                 photometric: 0.5,
+                resize: 0.5,
+                blur: 0.5,
+                hsv: 0.5,
+                gray: 0.5,
             },
         };
         let loader = Loader::new(ds.clone(), config, Cursor::default()).unwrap();

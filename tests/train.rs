@@ -147,13 +147,14 @@ fn adaface_resumes_with_identical_losses() {
     resume_is_exact("vit_tiny", &format!("{adaface}{vit}"), (2, 1));
 }
 
-/// AdaFace's augmentations on (every one at 0.5): a resume continues exactly, every draw from
+/// All seven augmentations on (AdaFace's and arcface_torch's, each at 0.5): a resume continues
+/// exactly, every draw from
 /// (seed, epoch, position); and they change what training sees.
 #[test]
 fn augmented_training_resumes_with_identical_losses() {
     let augmented = resume_is_exact(
         "tiny",
-        "augment = \"adaface\"\ncrop_augmentation_prob = 0.5\nlow_res_augmentation_prob = 0.5\nphotometric_augmentation_prob = 0.5\n",
+        "augment = \"adaface\"\ncrop_augmentation_prob = 0.5\nlow_res_augmentation_prob = 0.5\nphotometric_augmentation_prob = 0.5\nresize_augmentation_prob = 0.5\nblur_augmentation_prob = 0.5\nhsv_augmentation_prob = 0.5\ngray_augmentation_prob = 0.5\n",
         (3, 3),
     );
     let plain = resume_is_exact("tiny", "", (1, 1));

@@ -74,19 +74,20 @@ pub fn decoders(dir: &Path, records: usize, rounds: usize) -> Result<Vec<DecodeT
     Ok(out)
 }
 
-/// The augmentation settings `bench data` runs: the flip alone, AdaFace's preset (each 0.2), and
-/// each augmentation on every image.
+/// The augmentation settings `bench data` runs: the flip alone, each preset, and each
+/// augmentation on every image.
 pub fn augmentation_settings() -> Vec<(&'static str, Augmentations)> {
+    use crate::config::AugmentPreset;
     let off = Augmentations::default();
     vec![
         ("flip only", off),
         (
             "adaface preset (0.2 each)",
-            Augmentations {
-                crop: 0.2,
-                low_res: 0.2,
-                photometric: 0.2,
-            },
+            AugmentPreset::Adaface.augmentations(),
+        ),
+        (
+            "arcface_torch preset (dali_aug)",
+            AugmentPreset::ArcfaceTorch.augmentations(),
         ),
         ("crop always", Augmentations { crop: 1.0, ..off }),
         (
@@ -103,6 +104,10 @@ pub fn augmentation_settings() -> Vec<(&'static str, Augmentations)> {
                 ..off
             },
         ),
+        ("resize always", Augmentations { resize: 1.0, ..off }),
+        ("blur always", Augmentations { blur: 1.0, ..off }),
+        ("hsv always", Augmentations { hsv: 1.0, ..off }),
+        ("gray always", Augmentations { gray: 1.0, ..off }),
     ]
 }
 

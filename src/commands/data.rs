@@ -155,10 +155,10 @@ pub fn inspect(args: &InspectArgs) -> Result<()> {
             .with_context(|| format!("writing {}", png.display()))?;
         if !args.json {
             println!(
-                "{} rows of {} augmented draws ({:?}) beside the originals: {}",
+                "{} rows of {} augmented draws ({}) beside the originals: {}",
                 args.rows.min(dataset.len()),
                 args.draws,
-                args.augment,
+                args.augment.augmentations().describe(),
                 png.display()
             );
         }

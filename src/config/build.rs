@@ -12,20 +12,26 @@ use crate::model::{
     MarginSoftmaxConfig, MobileFaceNetConfig, VitConfig,
 };
 
-/// Each of AdaFace's augmentations in its published scripts.
-const ADAFACE_PROBABILITY: f64 = 0.2;
-
 impl AugmentPreset {
-    /// The preset's probabilities.
+    /// The preset's probabilities: AdaFace's published scripts' 0.2 each; arcface_torch's
+    /// dataset.py's coin flips for `dali_aug`.
     pub fn augmentations(self) -> Augmentations {
-        let p = match self {
-            AugmentPreset::None => 0.0,
-            AugmentPreset::Adaface => ADAFACE_PROBABILITY,
-        };
-        Augmentations {
-            crop: p,
-            low_res: p,
-            photometric: p,
+        let off = Augmentations::default();
+        match self {
+            AugmentPreset::None => off,
+            AugmentPreset::Adaface => Augmentations {
+                crop: 0.2,
+                low_res: 0.2,
+                photometric: 0.2,
+                ..off
+            },
+            AugmentPreset::ArcfaceTorch => Augmentations {
+                resize: 0.1,
+                blur: 0.2,
+                hsv: 0.2,
+                gray: 0.1,
+                ..off
+            },
         }
     }
 }
@@ -82,6 +88,10 @@ impl Config {
             photometric: self
                 .photometric_augmentation_prob
                 .unwrap_or(preset.photometric),
+            resize: self.resize_augmentation_prob.unwrap_or(preset.resize),
+            blur: self.blur_augmentation_prob.unwrap_or(preset.blur),
+            hsv: self.hsv_augmentation_prob.unwrap_or(preset.hsv),
+            gray: self.gray_augmentation_prob.unwrap_or(preset.gray),
         }
     }
 

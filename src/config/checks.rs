@@ -5,13 +5,19 @@ use super::{BadValue, Config, HeadKind, OptimizerKind};
 use crate::device::DeviceSpec;
 use crate::model::Architecture;
 
+/// A row of the table: an optional probability must be in [0, 1].
+fn probability(key: &'static str, value: Option<f64>) -> (&'static str, bool, String) {
+    let ok = value.is_none_or(|p| (0.0..=1.0).contains(&p));
+    (key, ok, "must be in [0, 1]: a probability".into())
+}
+
 impl Config {
     /// Checks values that parse but make no sense; returns the offending key and why.
     // Long because it is one table, a row per key, in the struct's order: split, the rows
     // would be harder to check against the keys.
     pub fn validate(&self) -> Result<(), BadValue> {
         let [m1, m2, m3] = self.margin_list;
-        let checks: [(&'static str, bool, String); 28] = [
+        let checks: [(&'static str, bool, String); 32] = [
             (
                 "embedding_size",
                 self.embedding_size > 0,
@@ -60,24 +66,16 @@ impl Config {
                 self.num_classes != Some(0),
                 "must be > 0".into(),
             ),
-            (
-                "crop_augmentation_prob",
-                self.crop_augmentation_prob
-                    .is_none_or(|p| (0.0..=1.0).contains(&p)),
-                "must be in [0, 1]: a probability".into(),
-            ),
-            (
-                "low_res_augmentation_prob",
-                self.low_res_augmentation_prob
-                    .is_none_or(|p| (0.0..=1.0).contains(&p)),
-                "must be in [0, 1]: a probability".into(),
-            ),
-            (
+            probability("crop_augmentation_prob", self.crop_augmentation_prob),
+            probability("low_res_augmentation_prob", self.low_res_augmentation_prob),
+            probability(
                 "photometric_augmentation_prob",
-                self.photometric_augmentation_prob
-                    .is_none_or(|p| (0.0..=1.0).contains(&p)),
-                "must be in [0, 1]: a probability".into(),
+                self.photometric_augmentation_prob,
             ),
+            probability("resize_augmentation_prob", self.resize_augmentation_prob),
+            probability("blur_augmentation_prob", self.blur_augmentation_prob),
+            probability("hsv_augmentation_prob", self.hsv_augmentation_prob),
+            probability("gray_augmentation_prob", self.gray_augmentation_prob),
             (
                 "batch_size",
                 self.batch_size >= 2,

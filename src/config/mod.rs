@@ -63,9 +63,10 @@ pub struct Config {
     pub num_classes: Option<usize>,
 
     // --- augmentation ---
-    /// "none" (insightface's horizontal flip only) or "adaface" (AdaFace's crop, low-resolution
-    /// and photometric augmentations, each with probability 0.2, before the flip); the three
-    /// keys below override its probabilities one by one.
+    /// "none" (insightface's horizontal flip only), "adaface" (AdaFace's crop, low-resolution
+    /// and photometric augmentations, each with probability 0.2) or "arcface_torch" (its
+    /// `dali_aug`: resize 0.1, blur 0.2, hsv 0.2, gray 0.1), before the flip; the seven keys
+    /// below override the preset's probabilities one by one.
     pub augment: AugmentPreset,
     /// AdaFace's crop: a RandomResizedCrop box kept in place, the rest zeroed.
     pub crop_augmentation_prob: Option<f64>,
@@ -74,6 +75,14 @@ pub struct Config {
     pub low_res_augmentation_prob: Option<f64>,
     /// AdaFace's ColorJitter: brightness, contrast, saturation factors in [0.5, 1.5].
     pub photometric_augmentation_prob: Option<f64>,
+    /// arcface_torch's random resize: DALI's antialiased linear resize to 56–89 pixels and back.
+    pub resize_augmentation_prob: Option<f64>,
+    /// arcface_torch's Gaussian blur: a 3×3 (σ 0.8) or 5×5 (σ 1.1) window.
+    pub blur_augmentation_prob: Option<f64>,
+    /// arcface_torch's hsv: hue turned 0–20° and saturation × 1–1.2 in DALI's YIQ.
+    pub hsv_augmentation_prob: Option<f64>,
+    /// arcface_torch's gray: greyscale through DALI's hsv at saturation 0.
+    pub gray_augmentation_prob: Option<f64>,
 
     // --- optimisation ---
     /// Images per device and forward pass (a micro-batch when `gradient_acc` > 1).
@@ -165,6 +174,9 @@ pub enum AugmentPreset {
     #[default]
     None,
     Adaface,
+    #[serde(rename = "arcface_torch")]
+    #[value(name = "arcface_torch")]
+    ArcfaceTorch,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -231,6 +243,10 @@ impl Default for Config {
             crop_augmentation_prob: None,
             low_res_augmentation_prob: None,
             photometric_augmentation_prob: None,
+            resize_augmentation_prob: None,
+            blur_augmentation_prob: None,
+            hsv_augmentation_prob: None,
+            gray_augmentation_prob: None,
             batch_size: 128,
             gradient_acc: 1,
             optimizer: OptimizerKind::Sgd,

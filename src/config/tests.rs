@@ -92,6 +92,19 @@ fn augmentation_presets_and_keys() {
         .unwrap()
         .augmentations();
     assert_eq!((mixed.crop, mixed.low_res), (0.2, 0.5));
+    let dali = parse("augment = \"arcface_torch\"\n")
+        .unwrap()
+        .augmentations();
+    assert_eq!(
+        (dali.resize, dali.blur, dali.hsv, dali.gray, dali.crop),
+        (0.1, 0.2, 0.2, 0.1, 0.0)
+    );
+    let both = parse(
+        "augment = \"arcface_torch\"\ncrop_augmentation_prob = 0.3\ngray_augmentation_prob = 0\n",
+    )
+    .unwrap()
+    .augmentations();
+    assert_eq!((both.crop, both.gray, both.blur), (0.3, 0.0, 0.2));
     let alone = parse("photometric_augmentation_prob = 1.0\n")
         .unwrap()
         .augmentations();
@@ -102,6 +115,8 @@ fn augmentation_presets_and_keys() {
             "low_res_augmentation_prob = -0.1\n",
             "low_res_augmentation_prob",
         ),
+        ("blur_augmentation_prob = 2\n", "blur_augmentation_prob"),
+        ("hsv_augmentation_prob = -1\n", "hsv_augmentation_prob"),
         ("augment = \"dali\"\n", "augment"),
     ] {
         let err = parse(text).unwrap_err();

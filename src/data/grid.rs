@@ -95,5 +95,17 @@ fn lines(drawn: &Drawn) -> Vec<String> {
             Adjust::Saturation(f) => format!("saturation {f:.2}"),
         });
     }
+    if let Some(size) = drawn.resize {
+        out.push(format!("resize {size:.1}px"));
+    }
+    if let Some(window) = drawn.blur {
+        out.push(format!("blur {window}x{window}"));
+    }
+    if let Some((hue, saturation)) = drawn.hsv {
+        out.push(format!("hue {hue:.1} sat {saturation:.2}"));
+    }
+    if drawn.gray == Some(true) {
+        out.push("gray".into());
+    }
     out
 }

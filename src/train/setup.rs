@@ -79,9 +79,8 @@ pub fn set_up(
     let augment = config.augmentations();
     if !augment.is_off() {
         notes.push(format!(
-            "augmentations before the flip (AdaFace's): crop {}, low resolution {}, \
-             photometric {}",
-            augment.crop, augment.low_res, augment.photometric
+            "augmentations before the flip, with their probabilities: {}",
+            augment.describe()
         ));
     }
     // After the loader's own check (a world the data cannot feed says so first).

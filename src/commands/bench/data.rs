@@ -34,12 +34,12 @@ pub fn run(args: &DataArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&both)?);
     } else {
         println!(
-            "{:<28} {:>8} {:>10} {:>12} {:>18}",
+            "{:<32} {:>8} {:>10} {:>12} {:>18}",
             "augmentations", "threads", "images", "img/s", "img/s per thread"
         );
         for r in &results {
             println!(
-                "{:<28} {:>8} {:>10} {:>12.0} {:>18.0}",
+                "{:<32} {:>8} {:>10} {:>12.0} {:>18.0}",
                 r.augment, r.threads, r.images, r.images_per_second, r.images_per_second_per_thread
             );
         }

@@ -1,5 +1,6 @@
-//! Training-time augmentations of a decoded 112×112 face, before the flip, as AdaFace applies
-//! them (mk-minchul/AdaFace dataset/augmenter.py; each with its probability, in this order):
+//! Training-time augmentations of a decoded 112×112 face, before the flip: AdaFace's and
+//! arcface_torch's, each with its probability (0: off). First AdaFace's, as its
+//! dataset/augmenter.py applies them (mk-minchul/AdaFace), in this order:
 //!
 //! - **crop**: torchvision's RandomResizedCrop parameters (scale 0.2–1, ratio 3/4–4/3) pick a
 //!   box, which stays where it is, the rest of the image zeroed (AdaFace's crop is not resized);
@@ -8,10 +9,11 @@
 //! - **photometric**: ColorJitter(brightness 0.5, contrast 0.5, saturation 0.5) on a PIL image:
 //!   the three in a random order, each factor uniform in [0.5, 1.5].
 //!
-//! Every draw comes from the loader's (seed, epoch, position) stream, so a batch is the same
-//! whatever the threads do and wherever a run resumes. arcface_torch's DALI set (blur, hue,
-//! greyscale) is not written yet.
+//! then arcface_torch's DALI set (`dali.rs`: resize, blur, hsv, gray). Every draw comes from the
+//! loader's (seed, epoch, position) stream, so a batch is the same whatever the threads do and
+//! wherever a run resumes.
 
+pub mod dali;
 pub mod photometric;
 pub mod resize;
 
@@ -22,12 +24,16 @@ use serde::{Deserialize, Serialize};
 use photometric::Adjust;
 use resize::Interpolation;
 
-/// Probabilities of AdaFace's three augmentations (0: off).
+/// Probabilities of the augmentations (0: off): AdaFace's three, then arcface_torch's four.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Augmentations {
     pub crop: f64,
     pub low_res: f64,
     pub photometric: f64,
+    pub resize: f64,
+    pub blur: f64,
+    pub hsv: f64,
+    pub gray: f64,
 }
 
 /// What was drawn for one image, applied in this order.
@@ -39,11 +45,53 @@ pub struct Drawn {
     pub low_res: Option<(usize, Interpolation, Interpolation)>,
     /// The adjustments in the order applied.
     pub photometric: Option<Vec<Adjust>>,
+    /// arcface_torch's random resize: the size asked of DALI's resize (56 to 89).
+    pub resize: Option<f32>,
+    /// arcface_torch's Gaussian blur: the window's side (3 or 5).
+    pub blur: Option<usize>,
+    /// arcface_torch's hue rotation (degrees) and saturation factor.
+    pub hsv: Option<(f32, f32)>,
+    /// arcface_torch's gray op, which every image passes when it is on: greyscale (true) or
+    /// DALI's saturation-1 matrices (false).
+    pub gray: Option<bool>,
 }
 
 impl Augmentations {
     pub fn is_off(&self) -> bool {
-        self.crop == 0.0 && self.low_res == 0.0 && self.photometric == 0.0
+        *self == Augmentations::default()
+    }
+
+    /// The ones on with their probabilities, by whose they are, in the order applied
+    /// ("none" if none).
+    pub fn describe(&self) -> String {
+        let adaface = [
+            ("crop", self.crop),
+            ("low resolution", self.low_res),
+            ("photometric", self.photometric),
+        ];
+        let arcface_torch = [
+            ("resize", self.resize),
+            ("blur", self.blur),
+            ("hsv", self.hsv),
+            ("gray", self.gray),
+        ];
+        let sets: [(&str, &[(&str, f64)]); 2] =
+            [("AdaFace's", &adaface), ("arcface_torch's", &arcface_torch)];
+        let on: Vec<String> = sets
+            .iter()
+            .filter_map(|(whose, set)| {
+                let named: Vec<String> = set
+                    .iter()
+                    .filter(|(_, p)| *p > 0.0)
+                    .map(|(name, p)| format!("{name} {p}"))
+                    .collect();
+                (!named.is_empty()).then(|| format!("{whose} {}", named.join(", ")))
+            })
+            .collect();
+        if on.is_empty() {
+            return "none".into();
+        }
+        on.join("; ")
     }
 
     /// One image's draws for a `side`-pixel square, as augmenter.py's `augment` makes them.
@@ -70,13 +118,28 @@ impl Augmentations {
             });
             drawn.photometric = Some(adjust.to_vec());
         }
+        if rng.random::<f64>() < self.resize {
+            drawn.resize = Some(rng.random_range(dali::RESIZE_RANGE));
+        }
+        if rng.random::<f64>() < self.blur {
+            // fn.random.uniform(range=(1, 2), dtype=INT32) rounds a draw from [1, 2).
+            let w = rng.random_range(1.0f32..2.0).round() as usize;
+            drawn.blur = Some(2 * w + 1);
+        }
+        if rng.random::<f64>() < self.hsv {
+            let hue = rng.random_range(dali::HUE_RANGE);
+            drawn.hsv = Some((hue, rng.random_range(dali::SATURATION_RANGE)));
+        }
+        if self.gray > 0.0 {
+            drawn.gray = Some(rng.random::<f64>() < self.gray);
+        }
         drawn
     }
 }
 
 impl Drawn {
     pub fn is_empty(&self) -> bool {
-        self.crop.is_none() && self.low_res.is_none() && self.photometric.is_none()
+        *self == Drawn::default()
     }
 
     /// Applies the draws to `rgb`, a `side`-pixel square of interleaved RGB.
@@ -98,6 +161,18 @@ impl Drawn {
         }
         for &adjust in self.photometric.iter().flatten() {
             photometric::apply(rgb, adjust);
+        }
+        if let Some(size) = self.resize {
+            dali::resize_down_and_up(rgb, side, size);
+        }
+        if let Some(window) = self.blur {
+            dali::blur(rgb, side, window);
+        }
+        if let Some((hue, saturation)) = self.hsv {
+            dali::hsv(rgb, hue, saturation);
+        }
+        if let Some(gray) = self.gray {
+            dali::hsv(rgb, 0.0, if gray { 0.0 } else { 1.0 });
         }
     }
 }
