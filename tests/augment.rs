@@ -503,3 +503,46 @@ fn draws_follow_dali_iter() {
     let sat = hsv.iter().map(|h| h.1 as f64).sum::<f64>() / hsv.len() as f64;
     near("saturation", sat, 1.1, 0.2 / 12f64.sqrt(), hsv.len());
 }
+
+/// Ranges other than the recipes' bound what is drawn: each draw inside its range, and the
+/// range's both halves reached.
+#[test]
+fn configured_ranges_bound_the_draws() {
+    use arcface::data::augment::Ranges;
+    let p = Augmentations {
+        crop: 1.0,
+        low_res: 1.0,
+        photometric: 1.0,
+        resize: 1.0,
+        blur: 1.0,
+        hsv: 1.0,
+        ranges: Ranges {
+            crop_scale: [0.9, 1.0],
+            low_res: [0.5, 0.6],
+            photometric: [0.9, 1.1],
+            resize: [30.0, 40.0],
+            blur: [2.5, 3.4],
+            hue: [-10.0, -5.0],
+            saturation: [0.0, 0.5],
+        },
+        ..Augmentations::default()
+    };
+    let mut rng = arcface::seed::rng(9, &[]);
+    let draws: Vec<Drawn> = (0..2000).map(|_| p.draw(SIDE, &mut rng)).collect();
+    for d in &draws {
+        let [_, _, h, w] = d.crop.unwrap();
+        assert!(h * w >= 10_000 || (h, w) == (SIDE, SIDE), "{h}x{w}");
+        assert!((56..=67).contains(&d.low_res.unwrap().0));
+        for a in d.photometric.as_ref().unwrap() {
+            let (Adjust::Brightness(f) | Adjust::Contrast(f) | Adjust::Saturation(f)) = a;
+            assert!((0.9..1.1).contains(f));
+        }
+        assert!((30.0..40.0).contains(&d.resize.unwrap()));
+        assert!(d.blur == Some(7), "{:?}", d.blur);
+        let (hue, saturation) = d.hsv.unwrap();
+        assert!((-10.0..-5.0).contains(&hue) && (0.0..0.5).contains(&saturation));
+    }
+    let low = |f: &dyn Fn(&Drawn) -> bool| draws.iter().filter(|d| f(d)).count();
+    assert!(low(&|d| d.resize.unwrap() < 35.0) > 800 && low(&|d| d.resize.unwrap() >= 35.0) > 800);
+    assert!(low(&|d| d.hsv.unwrap().0 < -7.5) > 800 && low(&|d| d.hsv.unwrap().0 >= -7.5) > 800);
+}

@@ -489,6 +489,7 @@ fn an_image_folder_gives_the_batches_of_its_pack() {
                 blur: 0.5,
                 hsv: 0.5,
                 gray: 0.5,
+                ..Augmentations::default()
             },
         };
         let loader = Loader::new(ds.clone(), config, Cursor::default()).unwrap();

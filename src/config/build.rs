@@ -6,7 +6,7 @@ use std::ops::Range;
 use burn::tensor::Device;
 
 use super::{AugmentPreset, Config, HeadKind};
-use crate::data::augment::Augmentations;
+use crate::data::augment::{Augmentations, Ranges};
 use crate::model::{
     AdaFaceMargin, Architecture, BackboneAndHead, BackboneConfig, IResNetConfig,
     MarginSoftmaxConfig, MobileFaceNetConfig, VitConfig,
@@ -92,6 +92,15 @@ impl Config {
             blur: self.blur_augmentation_prob.unwrap_or(preset.blur),
             hsv: self.hsv_augmentation_prob.unwrap_or(preset.hsv),
             gray: self.gray_augmentation_prob.unwrap_or(preset.gray),
+            ranges: Ranges {
+                crop_scale: self.crop_augmentation_scale,
+                low_res: self.low_res_augmentation_range,
+                photometric: self.photometric_augmentation_range,
+                resize: self.resize_augmentation_range,
+                blur: self.blur_augmentation_range,
+                hue: self.hsv_augmentation_hue,
+                saturation: self.hsv_augmentation_saturation,
+            },
         }
     }
 

@@ -11,13 +11,33 @@ fn probability(key: &'static str, value: Option<f64>) -> (&'static str, bool, St
     (key, ok, "must be in [0, 1]: a probability".into())
 }
 
+/// A row of the table: a range [low, high) drawn from must hold values, be finite and lie
+/// in [`min`, `max`].
+fn range(
+    key: &'static str,
+    [low, high]: [f64; 2],
+    min: f64,
+    max: f64,
+) -> (&'static str, bool, String) {
+    let why = if !(low.is_finite() && high.is_finite()) {
+        format!("[{low}, {high}] must be finite")
+    } else if low >= high {
+        format!("[{low}, {high}] is empty or inverted: [low, high) needs low < high")
+    } else if low < min || high > max {
+        format!("[{low}, {high}] must lie within [{min}, {max}]")
+    } else {
+        String::new()
+    };
+    (key, why.is_empty(), why)
+}
+
 impl Config {
     /// Checks values that parse but make no sense; returns the offending key and why.
     // Long because it is one table, a row per key, in the struct's order: split, the rows
     // would be harder to check against the keys.
     pub fn validate(&self) -> Result<(), BadValue> {
         let [m1, m2, m3] = self.margin_list;
-        let checks: [(&'static str, bool, String); 32] = [
+        let checks: [(&'static str, bool, String); 39] = [
             (
                 "embedding_size",
                 self.embedding_size > 0,
@@ -76,6 +96,49 @@ impl Config {
             probability("blur_augmentation_prob", self.blur_augmentation_prob),
             probability("hsv_augmentation_prob", self.hsv_augmentation_prob),
             probability("gray_augmentation_prob", self.gray_augmentation_prob),
+            range(
+                "crop_augmentation_scale",
+                self.crop_augmentation_scale,
+                0.0,
+                1.0,
+            ),
+            range(
+                "low_res_augmentation_range",
+                self.low_res_augmentation_range,
+                0.0,
+                1.0,
+            ),
+            range(
+                "photometric_augmentation_range",
+                self.photometric_augmentation_range,
+                0.0,
+                f64::INFINITY,
+            ),
+            // Sizes of the 112-pixel face; half-widths whose window fits in it.
+            range(
+                "resize_augmentation_range",
+                self.resize_augmentation_range,
+                1.0,
+                112.0,
+            ),
+            range(
+                "blur_augmentation_range",
+                self.blur_augmentation_range,
+                0.5,
+                55.0,
+            ),
+            range(
+                "hsv_augmentation_hue",
+                self.hsv_augmentation_hue,
+                -360.0,
+                360.0,
+            ),
+            range(
+                "hsv_augmentation_saturation",
+                self.hsv_augmentation_saturation,
+                0.0,
+                f64::INFINITY,
+            ),
             (
                 "batch_size",
                 self.batch_size >= 2,

@@ -83,6 +83,18 @@ pub struct Config {
     pub hsv_augmentation_prob: Option<f64>,
     /// arcface_torch's gray: greyscale through DALI's hsv at saturation 0.
     pub gray_augmentation_prob: Option<f64>,
+    /// The ranges [low, high) the augmentations draw from, the recipes' by default: the crop's
+    /// share of the area (AdaFace 0.2–1), the low resolution's side ratio (0.2–1), the
+    /// photometric factors (0.5–1.5); DALI resize's size in pixels (arcface_torch 56–89), the
+    /// blur's half-width before rounding (1–2: windows 3×3 and 5×5), hsv's hue in degrees
+    /// (0–20) and saturation (1–1.2).
+    pub crop_augmentation_scale: [f64; 2],
+    pub low_res_augmentation_range: [f64; 2],
+    pub photometric_augmentation_range: [f64; 2],
+    pub resize_augmentation_range: [f64; 2],
+    pub blur_augmentation_range: [f64; 2],
+    pub hsv_augmentation_hue: [f64; 2],
+    pub hsv_augmentation_saturation: [f64; 2],
 
     // --- optimisation ---
     /// Images per device and forward pass (a micro-batch when `gradient_acc` > 1).
@@ -223,6 +235,7 @@ pub enum LrSchedule {
 impl Default for Config {
     /// The seed recipe: LResNet100E-IR, 512-d, ArcFace (1, 0.5, 0), s = 64, SGD 0.1/0.9/5e-4.
     fn default() -> Self {
+        let ranges = crate::data::augment::Ranges::default();
         Config {
             network: Network::R100,
             embedding_size: 512,
@@ -247,6 +260,13 @@ impl Default for Config {
             blur_augmentation_prob: None,
             hsv_augmentation_prob: None,
             gray_augmentation_prob: None,
+            crop_augmentation_scale: ranges.crop_scale,
+            low_res_augmentation_range: ranges.low_res,
+            photometric_augmentation_range: ranges.photometric,
+            resize_augmentation_range: ranges.resize,
+            blur_augmentation_range: ranges.blur,
+            hsv_augmentation_hue: ranges.hue,
+            hsv_augmentation_saturation: ranges.saturation,
             batch_size: 128,
             gradient_acc: 1,
             optimizer: OptimizerKind::Sgd,

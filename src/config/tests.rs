@@ -105,6 +105,28 @@ fn augmentation_presets_and_keys() {
     .unwrap()
     .augmentations();
     assert_eq!((both.crop, both.gray, both.blur), (0.3, 0.0, 0.2));
+    let ranged = parse(
+        "low_res_augmentation_range = [0.5, 0.6]\nhsv_augmentation_saturation = [0.0, 0.5]\n",
+    )
+    .unwrap()
+    .augmentations();
+    assert_eq!(ranged.ranges.low_res, [0.5, 0.6]);
+    assert_eq!(ranged.ranges.saturation, [0.0, 0.5]);
+    assert_eq!(
+        ranged.ranges.resize,
+        [56.0, 89.0],
+        "the recipe's where not written"
+    );
+    assert!(ranged.is_off(), "a range alone turns nothing on");
+    assert_eq!(ranged.describe(), "none");
+    let both = parse("augment = \"adaface\"\nlow_res_augmentation_range = [0.5, 0.6]\nhsv_augmentation_prob = 0.3\n")
+        .unwrap()
+        .augmentations();
+    assert_eq!(
+        both.describe(),
+        "AdaFace's crop 0.2, low resolution 0.2 in [0.5, 0.6), photometric 0.2; \
+         arcface_torch's hsv 0.3"
+    );
     let alone = parse("photometric_augmentation_prob = 1.0\n")
         .unwrap()
         .augmentations();
@@ -116,6 +138,19 @@ fn augmentation_presets_and_keys() {
             "low_res_augmentation_prob",
         ),
         ("blur_augmentation_prob = 2\n", "blur_augmentation_prob"),
+        (
+            "resize_augmentation_range = [89, 56]\n",
+            "resize_augmentation_range",
+        ),
+        ("hsv_augmentation_hue = [5, 5]\n", "hsv_augmentation_hue"),
+        (
+            "crop_augmentation_scale = [0.5, 1.5]\n",
+            "crop_augmentation_scale",
+        ),
+        (
+            "blur_augmentation_range = [0, 2]\n",
+            "blur_augmentation_range",
+        ),
         ("hsv_augmentation_prob = -1\n", "hsv_augmentation_prob"),
         ("augment = \"dali\"\n", "augment"),
     ] {

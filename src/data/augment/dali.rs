@@ -26,12 +26,6 @@
 
 use super::resize::{self, Interpolation, Taps};
 
-/// dataset.py's size range for the random resize: int(112·0.5) to int(112·0.8).
-pub const RESIZE_RANGE: std::ops::Range<f32> = 56.0..89.0;
-/// fn.hsv's hue range in degrees, and its saturation range.
-pub const HUE_RANGE: std::ops::Range<f32> = 0.0..20.0;
-pub const SATURATION_RANGE: std::ops::Range<f32> = 1.0..1.2;
-
 /// DALI's RGB → YIQ matrix and its rounded inverse (hsv.h).
 const RGB_TO_YIQ: [[f32; 3]; 3] = [
     [0.299, 0.587, 0.114],

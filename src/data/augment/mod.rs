@@ -24,7 +24,8 @@ use serde::{Deserialize, Serialize};
 use photometric::Adjust;
 use resize::Interpolation;
 
-/// Probabilities of the augmentations (0: off): AdaFace's three, then arcface_torch's four.
+/// Probabilities of the augmentations (0: off): AdaFace's three, then arcface_torch's four;
+/// and the ranges they draw from.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Augmentations {
     pub crop: f64,
@@ -34,6 +35,51 @@ pub struct Augmentations {
     pub blur: f64,
     pub hsv: f64,
     pub gray: f64,
+    pub ranges: Ranges,
+}
+
+/// The ranges [low, high) the augmentations draw from: by default the recipes'.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Ranges {
+    /// RandomResizedCrop's share of the area (AdaFace: 0.2–1).
+    pub crop_scale: [f64; 2],
+    /// Low resolution's side ratio r, the small side int(r·112) (AdaFace: 0.2–1).
+    pub low_res: [f64; 2],
+    /// ColorJitter's brightness, contrast and saturation factors (AdaFace: 0.5–1.5).
+    pub photometric: [f64; 2],
+    /// The size DALI's resize is asked for, in pixels (arcface_torch: 56–89).
+    pub resize: [f64; 2],
+    /// The blur's half-width draw, rounded: the window 2·w + 1 (arcface_torch: 1–2, so 3 or 5).
+    pub blur: [f64; 2],
+    /// hsv's hue turn in degrees (arcface_torch: 0–20).
+    pub hue: [f64; 2],
+    /// hsv's saturation factor (arcface_torch: 1–1.2).
+    pub saturation: [f64; 2],
+}
+
+impl Default for Ranges {
+    fn default() -> Ranges {
+        Ranges {
+            crop_scale: [0.2, 1.0],
+            low_res: [0.2, 1.0],
+            photometric: [0.5, 1.5],
+            // dataset.py: int(112·0.5) to int(112·0.8).
+            resize: [56.0, 89.0],
+            blur: [1.0, 2.0],
+            hue: [0.0, 20.0],
+            saturation: [1.0, 1.2],
+        }
+    }
+}
+
+/// A draw uniform in [low, high).
+fn uniform(rng: &mut impl Rng, [low, high]: [f64; 2]) -> f64 {
+    rng.random_range(low..high)
+}
+
+/// A single-precision draw uniform in [low, high) (for the values the image ops take in f32).
+fn uniform_f32(rng: &mut impl Rng, [low, high]: [f64; 2]) -> f32 {
+    rng.random_range(low as f32..high as f32)
 }
 
 /// What was drawn for one image, applied in this order.
@@ -58,32 +104,69 @@ pub struct Drawn {
 
 impl Augmentations {
     pub fn is_off(&self) -> bool {
-        *self == Augmentations::default()
+        [
+            self.crop,
+            self.low_res,
+            self.photometric,
+            self.resize,
+            self.blur,
+            self.hsv,
+            self.gray,
+        ]
+        .iter()
+        .all(|p| *p == 0.0)
     }
 
     /// The ones on with their probabilities, by whose they are, in the order applied
     /// ("none" if none).
     pub fn describe(&self) -> String {
+        let (r, recipe) = (&self.ranges, Ranges::default());
+        // Each with its ranges where they are not the recipe's.
+        let ranged = |ranges: &[([f64; 2], [f64; 2])]| -> String {
+            ranges
+                .iter()
+                .filter(|(given, default)| given != default)
+                .map(|([low, high], _)| format!(" in [{low}, {high})"))
+                .collect()
+        };
         let adaface = [
-            ("crop", self.crop),
-            ("low resolution", self.low_res),
-            ("photometric", self.photometric),
+            (
+                "crop",
+                self.crop,
+                ranged(&[(r.crop_scale, recipe.crop_scale)]),
+            ),
+            (
+                "low resolution",
+                self.low_res,
+                ranged(&[(r.low_res, recipe.low_res)]),
+            ),
+            (
+                "photometric",
+                self.photometric,
+                ranged(&[(r.photometric, recipe.photometric)]),
+            ),
         ];
         let arcface_torch = [
-            ("resize", self.resize),
-            ("blur", self.blur),
-            ("hsv", self.hsv),
-            ("gray", self.gray),
+            ("resize", self.resize, ranged(&[(r.resize, recipe.resize)])),
+            ("blur", self.blur, ranged(&[(r.blur, recipe.blur)])),
+            (
+                "hsv",
+                self.hsv,
+                ranged(&[(r.hue, recipe.hue), (r.saturation, recipe.saturation)]),
+            ),
+            ("gray", self.gray, String::new()),
         ];
-        let sets: [(&str, &[(&str, f64)]); 2] =
+        // (name, probability, its ranges where not the recipe's)
+        type Named = (&'static str, f64, String);
+        let sets: [(&str, &[Named]); 2] =
             [("AdaFace's", &adaface), ("arcface_torch's", &arcface_torch)];
         let on: Vec<String> = sets
             .iter()
             .filter_map(|(whose, set)| {
                 let named: Vec<String> = set
                     .iter()
-                    .filter(|(_, p)| *p > 0.0)
-                    .map(|(name, p)| format!("{name} {p}"))
+                    .filter(|(_, p, _)| *p > 0.0)
+                    .map(|(name, p, range)| format!("{name} {p}{range}"))
                     .collect();
                 (!named.is_empty()).then(|| format!("{whose} {}", named.join(", ")))
             })
@@ -98,10 +181,10 @@ impl Augmentations {
     pub fn draw(&self, side: usize, rng: &mut impl Rng) -> Drawn {
         let mut drawn = Drawn::default();
         if rng.random::<f64>() < self.crop {
-            drawn.crop = Some(random_resized_crop(side, rng));
+            drawn.crop = Some(random_resized_crop(side, self.ranges.crop_scale, rng));
         }
         if rng.random::<f64>() < self.low_res {
-            let ratio = rng.random_range(0.2..1.0);
+            let ratio = uniform(rng, self.ranges.low_res);
             let small = ((ratio * side as f64) as usize).max(1);
             let mut pick = || Interpolation::ALL[rng.random_range(0..Interpolation::ALL.len())];
             drawn.low_res = Some((small, pick(), pick()));
@@ -110,7 +193,8 @@ impl Augmentations {
             // ColorJitter.get_params: randperm(4) (hue, the fourth, is off) and each factor.
             let mut order = [0, 1, 2];
             order.shuffle(rng);
-            let factors: [f32; 3] = std::array::from_fn(|_| rng.random_range(0.5..1.5));
+            let factors: [f32; 3] =
+                std::array::from_fn(|_| uniform_f32(rng, self.ranges.photometric));
             let adjust = order.map(|k| match k {
                 0 => Adjust::Brightness(factors[0]),
                 1 => Adjust::Contrast(factors[1]),
@@ -119,16 +203,16 @@ impl Augmentations {
             drawn.photometric = Some(adjust.to_vec());
         }
         if rng.random::<f64>() < self.resize {
-            drawn.resize = Some(rng.random_range(dali::RESIZE_RANGE));
+            drawn.resize = Some(uniform_f32(rng, self.ranges.resize));
         }
         if rng.random::<f64>() < self.blur {
             // fn.random.uniform(range=(1, 2), dtype=INT32) rounds a draw from [1, 2).
-            let w = rng.random_range(1.0f32..2.0).round() as usize;
+            let w = uniform_f32(rng, self.ranges.blur).round() as usize;
             drawn.blur = Some(2 * w + 1);
         }
         if rng.random::<f64>() < self.hsv {
-            let hue = rng.random_range(dali::HUE_RANGE);
-            drawn.hsv = Some((hue, rng.random_range(dali::SATURATION_RANGE)));
+            let hue = uniform_f32(rng, self.ranges.hue);
+            drawn.hsv = Some((hue, uniform_f32(rng, self.ranges.saturation)));
         }
         if self.gray > 0.0 {
             drawn.gray = Some(rng.random::<f64>() < self.gray);
@@ -178,14 +262,14 @@ impl Drawn {
 }
 
 /// torchvision's RandomResizedCrop.get_params on a `side` square: up to ten tries of an area
-/// share uniform in [0.2, 1) and a log-uniform aspect ratio in [3/4, 4/3], the sides rounded
+/// share uniform in `scale` and a log-uniform aspect ratio in [3/4, 4/3], the sides rounded
 /// half to even (Python's round), the corner uniform; else the whole image (its fallback for a
 /// square).
-fn random_resized_crop(side: usize, rng: &mut impl Rng) -> [usize; 4] {
+fn random_resized_crop(side: usize, scale: [f64; 2], rng: &mut impl Rng) -> [usize; 4] {
     let area = (side * side) as f64;
     let (lo, hi) = ((3.0f64 / 4.0).ln(), (4.0f64 / 3.0).ln());
     for _ in 0..10 {
-        let target = area * rng.random_range(0.2..1.0);
+        let target = area * uniform(rng, scale);
         let aspect = rng.random_range(lo..hi).exp();
         let w = (target * aspect).sqrt().round_ties_even() as usize;
         let h = (target / aspect).sqrt().round_ties_even() as usize;
