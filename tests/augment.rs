@@ -61,9 +61,7 @@ fn differences(ours: &[u8], theirs: &[u8]) -> (u8, f64) {
 /// after down-and-up with Lanczos-4, 12 % with linear, under 1 % with cubic).
 #[test]
 fn low_resolution_equals_cv2_resize() {
-    let dir = tempfile::tempdir().unwrap();
     let image = face();
-    std::fs::write(dir.path().join("face.u8"), &image).unwrap();
     let mut cases = Vec::new();
     for &small in &[22, 37, 56, 89, 111] {
         for down in Interpolation::ALL {
@@ -76,11 +74,7 @@ fn low_resolution_equals_cv2_resize() {
         .iter()
         .map(|(s, d, u)| json!([s, d.name(), u.name()]))
         .collect();
-    common::run_reference(
-        "augment.py",
-        &json!({"image": dir.path().join("face.u8"), "resize": query, "adjust": [],
-                "out": dir.path()}),
-    );
+    let dir = reference(&image, json!({ "resize": query }));
     let mut worst_share = 0.0f64;
     for (k, &(small, down, up)) in cases.iter().enumerate() {
         let theirs = std::fs::read(dir.path().join(format!("resize_{k}.u8"))).unwrap();
@@ -120,9 +114,7 @@ fn low_resolution_equals_cv2_resize() {
 /// product lands on either side of an integer.
 #[test]
 fn photometric_equals_pillow() {
-    let dir = tempfile::tempdir().unwrap();
     let image = colour_face();
-    std::fs::write(dir.path().join("face.u8"), &image).unwrap();
     let mut cases = Vec::new();
     for factor in [0.5f32, 0.77, 1.0, 1.23, 1.5] {
         cases.push(Adjust::Brightness(factor));
@@ -137,11 +129,7 @@ fn photometric_equals_pillow() {
             Adjust::Saturation(f) => json!(["saturation", f]),
         })
         .collect();
-    common::run_reference(
-        "augment.py",
-        &json!({"image": dir.path().join("face.u8"), "resize": [], "adjust": query,
-                "out": dir.path()}),
-    );
+    let dir = reference(&image, json!({ "adjust": query }));
     for (k, &adjust) in cases.iter().enumerate() {
         let theirs = std::fs::read(dir.path().join(format!("adjust_{k}.u8"))).unwrap();
         let mut ours = image.clone();
