@@ -2,7 +2,7 @@
 the same step), to set beside ours (`arcface bench train --profile`) kernel kind by kernel kind
 with scripts/profile_summary.py; on a GPU, or on LibTorch's CPU beside ours on libtorch-cpu.
 
-Usage: python3 torch_profile.py ANCHOR.py OUT_DIR [--batch 128] [--classes 85742] [--device cuda]
+Usage: python3 torch_profile.py ANCHOR.py|arcface_torch OUT_DIR [--batch 128] [--classes 85742] [--device cuda]
                                  [--units 3,13,30,3] [--widths 64,128,256,512] [--network mbf|vit_t]
                                  [--optimizer sgd|adamw]
                                  [--only train_fp32,infer_fp32,...] [--time N]
@@ -19,13 +19,19 @@ place (tests/reference/arcface_torch.py, mobilefacenet.py module for module), fo
 vit_tiny) arcface_torch's ViT (tests/reference/vit.py, vit.py module for module), masking 10 %
 of the tokens in training as vit.py does, for `--config configs/vit_t.toml`. `--optimizer
 adamw` steps with torch.optim.AdamW (weight decay 0.1, as the ViT recipes) instead of SGD.
+ANCHOR `arcface_torch` takes arcface_torch's own iresnet (tests/reference/arcface_torch.py,
+IBasicBlock for IBasicBlock) with an ArcFace head of the anchor's arithmetic instead of a file,
+so that the CPU table (scripts/bench-cpu.sh) needs nothing outside the repository;
+`--embedding` sets the embedding width (configs/tiny.toml's 128).
 """
 import argparse
 import ctypes
 import importlib.util
 import json
+import math
 import os
 import time
+import types
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -36,6 +42,49 @@ def load_anchor(path):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def reference_anchor():
+    """The anchor's three names over arcface_torch's iresnet (tests/reference/arcface_torch.py):
+    IBlock(cin, cout, stride), IResNet(layers, emb) with its stages in one `body`, and ArcFace
+    (additive angular margin, s 64, m 0.5, as the anchor's)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    ref = load_anchor(os.path.join(here, "..", "tests", "reference", "arcface_torch.py"))
+    nn, F = torch.nn, torch.nn.functional
+
+    class IBlock(ref.IBasicBlock):
+        def __init__(self, cin, cout, stride):
+            down = None
+            if stride != 1 or cin != cout:
+                down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
+                                     nn.BatchNorm2d(cout, eps=1e-5))
+            super().__init__(cin, cout, stride, down)
+
+    class IResNet(ref.IResNet):
+        def __init__(self, layers, emb=512):
+            super().__init__(layers, num_features=emb)
+            self.body = nn.Sequential(self.layer1, self.layer2, self.layer3, self.layer4)
+            del self.layer1, self.layer2, self.layer3, self.layer4
+
+        def forward(self, x):
+            x = self.bn2(self.body(self.prelu(self.bn1(self.conv1(x)))))
+            return self.features(self.fc(self.dropout(torch.flatten(x, 1))))
+
+    class ArcFace(nn.Module):
+        def __init__(self, emb, classes, s=64.0, m=0.5):
+            super().__init__()
+            self.weight = nn.Parameter(torch.randn(classes, emb) * 0.01)
+            self.s, self.cos_m, self.sin_m = s, math.cos(m), math.sin(m)
+            self.th, self.mm = math.cos(math.pi - m), math.sin(math.pi - m) * m
+
+        def forward(self, e, y):
+            cos = F.linear(F.normalize(e.float()), F.normalize(self.weight.float())).clamp(-1, 1)
+            tgt = cos.gather(1, y[:, None])
+            sin = (1 - tgt * tgt).clamp_min(0).sqrt()
+            phi = torch.where(tgt > self.th, tgt * self.cos_m - sin * self.sin_m, tgt - self.mm)
+            return F.cross_entropy(cos.scatter(1, y[:, None], phi) * self.s, y)
+
+    return types.SimpleNamespace(IBlock=IBlock, IResNet=IResNet, ArcFace=ArcFace)
 
 
 DEVICE = "cuda"
@@ -49,6 +98,7 @@ OPTIMIZER = "sgd"
 VITS = {"vit_t": (256, 12, 8, 0.1), "vit_t_dp005_mask0": (256, 12, 8, 0.0),
         "vit_s": (512, 12, 8, 0.1), "vit_s_dp005_mask_0": (512, 12, 8, 0.0),
         "vit_b": (512, 24, 8, 0.1), "vit_tiny": (64, 4, 8, 0.1)}
+EMBEDDING = 512  # --embedding: the iresnets' embedding width
 TIME = 0  # --time N: time N steps without the profiler instead of recording
 
 
@@ -107,7 +157,7 @@ def backbone(anchor):
     if NETWORK:
         reference = load_anchor(os.path.join(here, "..", "tests", "reference", "arcface_torch.py"))
         return reference.get_model(NETWORK)
-    model = anchor.IResNet(layers=UNITS)
+    model = anchor.IResNet(layers=UNITS, emb=EMBEDDING)
     if WIDTHS != (64, 128, 256, 512):
         nn = torch.nn
         model.conv1 = nn.Conv2d(3, WIDTHS[0], 3, 1, 1, bias=False)
@@ -150,7 +200,7 @@ def optimizer(params):
 def train(anchor, out, batch, classes, amp, channels_last, name):
     torch.manual_seed(0)
     model = backbone(anchor).to(DEVICE)
-    head = anchor.ArcFace(512, classes).to(DEVICE)
+    head = anchor.ArcFace(EMBEDDING if not NETWORK else 512, classes).to(DEVICE)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = optimizer(list(model.parameters()) + list(head.parameters()))
@@ -216,22 +266,24 @@ def main():
     ap.add_argument("--network", default=None, choices=["mbf", "mbf_large", *VITS],
                     help="arcface_torch's MobileFaceNet or ViT instead of the anchor's iresnet")
     ap.add_argument("--optimizer", default="sgd", choices=["sgd", "adamw"])
+    ap.add_argument("--embedding", type=int, default=512, help="the iresnet's embedding width")
     ap.add_argument("--only", default="", help="comma-separated: train_fp32, train_bf16, "
                     "train_bf16_cl, infer_fp32, infer_bf16, infer_bf16_cl (all but infer_bf16 by default: "
                     "the anchor's runs)")
     a = ap.parse_args()
-    global DEVICE, UNITS, WIDTHS, TIME, NETWORK, OPTIMIZER
+    global DEVICE, UNITS, WIDTHS, TIME, NETWORK, OPTIMIZER, EMBEDDING
     DEVICE = a.device
     NETWORK = a.network
     OPTIMIZER = a.optimizer
     TIME = a.time
+    EMBEDDING = a.embedding
     UNITS = tuple(int(u) for u in a.units.split(","))
     WIDTHS = tuple(int(w) for w in a.widths.split(","))
     if len(WIDTHS) != 4 or min(WIDTHS) < 1:
         ap.error("--widths: four positive numbers")
     track_cpu_memory()
     os.makedirs(a.out, exist_ok=True)
-    anchor = load_anchor(a.anchor)
+    anchor = reference_anchor() if a.anchor == "arcface_torch" else load_anchor(a.anchor)
     runs = {
         "train_fp32": lambda: train(anchor, a.out, a.batch, a.classes, False, False, "fp32"),
         "train_bf16": lambda: train(anchor, a.out, a.batch, a.classes, True, False, "bf16"),

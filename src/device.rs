@@ -129,6 +129,24 @@ impl DeviceSpec {
     }
 }
 
+/// Keeps host memory a process has freed for its next allocations instead of handing it back to
+/// the system (glibc's malloc: no trimming, blocks up to 32 MiB from the heap). A training step
+/// frees its activations after the backward and allocates them again in the next forward: by
+/// default glibc returned them at the first `free` that left a large top (9–23 ms inside the
+/// optimiser step of configs/tiny.toml, freeing one gradient) and the next forward paid the
+/// page faults again (docs/PERFORMANCE.md, "CPU training"). The peak is unchanged; the
+/// process keeps it until it exits. Called once at start by the binary; other allocators and
+/// platforms are left alone.
+pub fn keep_freed_host_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets allocator parameters; called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_TRIM_THRESHOLD, libc::c_int::MAX);
+        // glibc's largest (DEFAULT_MMAP_THRESHOLD_MAX on 64-bit); larger blocks are mapped.
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+    }
+}
+
 /// cuDNN's benchmark mode (LibTorch CUDA): convolution algorithms chosen by timing them on the
 /// first call of each shape. PyTorch leaves it off; for fixed 112×112 batches it only pays.
 /// Without the `tch` feature there is no cuDNN and nothing to set.

@@ -57,6 +57,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    arcface::device::keep_freed_host_memory();
     let cli = Cli::parse();
     match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
