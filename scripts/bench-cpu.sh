@@ -48,7 +48,7 @@ if [[ " $rows " == *" train "* ]]; then
         local row="$1" ours="$2" theirs="$3"
         log "$row: ours"
         # shellcheck disable=SC2086
-        "$bin" bench train $ours --json > "$work/ours.json"
+        "$bin" bench train $ours --device cpu --json > "$work/ours.json"
         record "$row" ours "$(field "d['step_ms']" < "$work/ours.json")" "ms/step"
         log "$row: PyTorch"
         # shellcheck disable=SC2086
