@@ -1,6 +1,8 @@
 //! What turns aligned 112×112 faces into embeddings: our burn backbone (a checkpoint) or an
-//! ONNX file run by tract. `eval`, `infer` and `bench` take either through `--model`, and
-//! `--device`, `--precision` and `--channels-last` say how burn computes.
+//! ONNX file run by tract. `eval`, `infer` and `bench` take either through `--model`;
+//! `--engine` says which computes (by default tract wherever it can: fp32 on the CPU, a
+//! checkpoint exported to ONNX in memory), and `--device`, `--precision` and `--channels-last`
+//! how burn computes.
 
 use std::path::Path;
 
@@ -12,6 +14,7 @@ use tract_onnx::pb;
 use crate::checkpoint::load_backbone;
 use crate::interop::onnx::import::read_file;
 use crate::interop::onnx::input::{Input, InputConvention};
+use crate::interop::onnx::{Batch, backbone_to_onnx};
 use crate::model::iresnet::INPUT_SIZE;
 use crate::model::{Backbone, Precision, memory_format};
 use crate::tract::OnnxEmbedder;
@@ -34,6 +37,20 @@ pub struct BurnOptions {
     pub channels_last: bool,
 }
 
+/// Which engine computes the embeddings (`--engine` of `eval` and `infer`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Engine {
+    /// tract where it can (fp32 on burn's CPU device: 1.2–2.2× burn's speed there, docs/
+    /// PERFORMANCE.md), burn elsewhere.
+    #[default]
+    Auto,
+    /// burn: a checkpoint's own arithmetic, as training's validation computes it; an ONNX
+    /// file's weights imported into our backbone.
+    Burn,
+    /// tract, fp32 on the CPU only; a checkpoint exported to ONNX in memory.
+    Tract,
+}
+
 // A handful exist per process; the size difference between the variants costs nothing.
 #[allow(clippy::large_enum_variant)]
 pub enum Embedder {
@@ -48,13 +65,19 @@ pub enum Embedder {
         input: Option<Input>,
     },
     Onnx(OnnxEmbedder),
+    /// A checkpoint exported to ONNX in memory and run by tract.
+    Exported {
+        onnx: OnnxEmbedder,
+        /// The checkpoint's kind of backbone, for the note.
+        network: &'static str,
+    },
 }
 
 impl Embedder {
-    /// Anything but `X.onnx` is read as an `arcface train` checkpoint. An ONNX file runs with
-    /// tract (the fastest on the CPU: docs/HISTORY.md) where tract can do what is asked,
-    /// fp32 on burn's CPU device; on a LibTorch device or in bf16 its weights are imported into
-    /// our backbone, which then runs on `device` as a checkpoint would.
+    /// Anything but `X.onnx` is read as an `arcface train` checkpoint. tract computes where
+    /// `engine` allows and it can (fp32 on burn's CPU device: the fastest there, docs/
+    /// PERFORMANCE.md), a checkpoint exported to ONNX in memory; burn otherwise, an ONNX file's
+    /// weights imported into our backbone, which then runs on `device` as a checkpoint would.
     ///
     /// `input` says what pixels an ONNX file takes (src/interop/onnx/input.rs); a checkpoint takes raw
     /// RGB 0–255, and `--onnx-input` with one is refused.
@@ -63,7 +86,16 @@ impl Embedder {
         device: &Device,
         options: BurnOptions,
         input: InputConvention,
+        engine: Engine,
     ) -> Result<Embedder> {
+        let tract_can = *device == Device::flex() && options.precision == Precision::Fp32;
+        if engine == Engine::Tract && !tract_can {
+            bail!(
+                "{}: --engine tract runs fp32 on the CPU only (`--device cpu`, no bf16)",
+                path.display()
+            );
+        }
+        let use_tract = tract_can && engine != Engine::Burn;
         if !is_onnx(path) {
             if input != InputConvention::Auto {
                 bail!(
@@ -72,9 +104,22 @@ impl Embedder {
                 );
             }
             let (model, _) = load_backbone(path, device)?;
+            if use_tract {
+                let network = match &model {
+                    Backbone::IResNet(_) => "the iresnet",
+                    Backbone::MobileFaceNet(_) => "the MobileFaceNet",
+                    Backbone::Vit(_) => "the ViT",
+                };
+                let proto = backbone_to_onnx(&model, Batch::Dynamic)
+                    .with_context(|| format!("{}: exporting it for tract", path.display()))?;
+                let onnx = OnnxEmbedder::from_proto(proto).with_context(|| {
+                    format!("{}: running its export with tract", path.display())
+                })?;
+                return Ok(Embedder::Exported { onnx, network });
+            }
             return Ok(Embedder::burn_with(model, device, options));
         }
-        if *device == Device::flex() && options.precision == Precision::Fp32 {
+        if use_tract {
             let onnx = OnnxEmbedder::load_with(path, Default::default(), input)?;
             return Ok(Embedder::Onnx(onnx));
         }
@@ -129,7 +174,7 @@ impl Embedder {
     pub fn embedding_size(&self) -> usize {
         match self {
             Embedder::Burn { model, .. } => model.embedding_size(),
-            Embedder::Onnx(onnx) => onnx.embedding_size(),
+            Embedder::Onnx(onnx) | Embedder::Exported { onnx, .. } => onnx.embedding_size(),
         }
     }
 
@@ -139,6 +184,10 @@ impl Embedder {
         match self {
             Embedder::Burn { notes, .. } => notes.clone(),
             Embedder::Onnx(onnx) => onnx.prepared.notes(),
+            Embedder::Exported { network, .. } => vec![format!(
+                "{network}, exported to ONNX in memory and run by tract, the fastest on the \
+                 CPU (`--engine burn`: burn's arithmetic, as training's validation computes it)"
+            )],
         }
     }
 
@@ -147,6 +196,7 @@ impl Embedder {
         match self {
             Embedder::Burn { input, .. } => *input,
             Embedder::Onnx(onnx) => Some(onnx.prepared.input),
+            Embedder::Exported { .. } => None,
         }
     }
 
@@ -178,7 +228,7 @@ impl Embedder {
                     .try_into_vec::<f32>()
                     .map_err(|e| anyhow::anyhow!("{e:?}"))
             }
-            Embedder::Onnx(onnx) => onnx.embed(images),
+            Embedder::Onnx(onnx) | Embedder::Exported { onnx, .. } => onnx.embed(images),
         }
     }
 }

@@ -658,8 +658,14 @@ fn libtorch_inference_equals_the_cpu_backends() {
     arcface::interop::onnx::export::write(&proto, &file).unwrap();
     for (device_name, device, slack) in libtorch_devices() {
         let options = arcface::embedder::BurnOptions::default();
-        let embedder =
-            arcface::embedder::Embedder::load(&file, &device, options, Default::default()).unwrap();
+        let embedder = arcface::embedder::Embedder::load(
+            &file,
+            &device,
+            options,
+            Default::default(),
+            arcface::embedder::Engine::Auto,
+        )
+        .unwrap();
         assert!(
             matches!(embedder, arcface::embedder::Embedder::Burn { .. }),
             "{device_name}: an ONNX file ran with tract"

@@ -616,11 +616,63 @@ fn eval_cli_reports_every_target_as_json_and_draws_the_roc() {
     for key in ["accuracy", "std", "threshold", "xnorm", "tar_at_far_1e-3"] {
         assert!(t[key].is_f64(), "{key} missing in {v}");
     }
-    // The same numbers as the validation at the end of training.
+    // By default tract computes (the checkpoint exported in memory): within a pair of the
+    // validation at the end of training (its embeddings differ from burn's by ~1e-6).
     let (_, results) = report.validations.last().unwrap();
-    assert!((t["accuracy"].as_f64().unwrap() - results[0].accuracy).abs() < 1e-9);
+    let accuracy = |v: &serde_json::Value| v["targets"][0]["accuracy"].as_f64().unwrap();
+    assert!((accuracy(&v) - results[0].accuracy).abs() <= 1.0 / 40.0 + 1e-9);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("run by tract"),
+        "says which engine: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let picture = image::open(&roc).unwrap();
     assert_eq!((picture.width(), picture.height()), (720, 540));
+    // `--engine burn`: the same numbers as the validation, to the bit.
+    let o = common::arcface()
+        .args([
+            "eval",
+            "--model",
+            ckpt.to_str().unwrap(),
+            "--engine",
+            "burn",
+        ])
+        .args(["--data", data.path().to_str().unwrap(), "--json"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!((accuracy(&v) - results[0].accuracy).abs() < 1e-9);
+    // `infer` likewise: tract's embedding of a crop (the checkpoint exported in memory) equals
+    // burn's within float rounding.
+    let crop = out.path().join("crop.png");
+    image::RgbImage::from_fn(112, 112, |x, y| {
+        image::Rgb([(x * 2) as u8, (y * 2) as u8, ((x * y) % 251) as u8])
+    })
+    .save(&crop)
+    .unwrap();
+    let embedding = |engine: &str| -> Vec<f64> {
+        let o = common::arcface()
+            .args([
+                "infer",
+                crop.to_str().unwrap(),
+                "--model",
+                ckpt.to_str().unwrap(),
+            ])
+            .args(["--no-detect", "--json", "--engine", engine])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        serde_json::from_value(v["images"][0]["faces"][0]["embedding"].clone()).unwrap()
+    };
+    let (tract, burn) = (embedding("auto"), embedding("burn"));
+    let gap = tract
+        .iter()
+        .zip(&burn)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    assert!(gap < 1e-5, "tract and burn embeddings {gap:.2e} apart");
 
     let o = common::arcface()
         .args(["eval", "--model", "x.onnx", "--bin", "a.bin"])

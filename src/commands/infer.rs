@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use serde_json::json;
 
-use arcface::embedder::BurnOptions;
+use arcface::embedder::{BurnOptions, Engine};
 use arcface::infer::{ImageResult, Mtcnn, MtcnnConfig, Pipeline, cosine};
 use arcface::interop::onnx::InputConvention;
 use arcface::progress;
@@ -22,6 +22,10 @@ pub struct InferArgs {
     model: PathBuf,
     #[command(flatten)]
     burn: BurnOptions,
+    /// Which engine computes: tract wherever it can (fp32 on the CPU; a checkpoint exported to
+    /// ONNX in memory), burn for a checkpoint's own arithmetic (as training's validation).
+    #[arg(long, value_enum, default_value_t)]
+    engine: Engine,
     /// What pixels an ONNX file takes (found as insightface finds it unless given).
     #[arg(long, value_enum, default_value_t)]
     onnx_input: InputConvention,
@@ -57,7 +61,13 @@ pub struct InferArgs {
 }
 
 fn pipeline(args: &InferArgs, cli_device: &Option<String>) -> Result<Pipeline> {
-    let embedder = super::embedder(&args.model, args.burn, args.onnx_input, cli_device)?;
+    let embedder = super::embedder(
+        &args.model,
+        args.burn,
+        args.onnx_input,
+        args.engine,
+        cli_device,
+    )?;
     let detector = if args.no_detect {
         None
     } else {

@@ -16,7 +16,7 @@ use anyhow::{Context, Result};
 use burn::tensor::Device;
 
 use arcface::device;
-use arcface::embedder::{BurnOptions, Embedder};
+use arcface::embedder::{BurnOptions, Embedder, Engine};
 use arcface::interop::onnx::InputConvention;
 
 /// The device `text` names (`--device`, or a config's `device`), the error saying which.
@@ -39,10 +39,11 @@ pub fn embedder(
     model: &Path,
     options: BurnOptions,
     input: InputConvention,
+    engine: Engine,
     cli_device: &Option<String>,
 ) -> Result<Embedder> {
     let device = device_or_cpu(cli_device)?;
-    let embedder = Embedder::load(model, &device, options, input)?;
+    let embedder = Embedder::load(model, &device, options, input, engine)?;
     for note in embedder.notes() {
         eprintln!("{}: {note}", model.display());
     }

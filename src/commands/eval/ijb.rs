@@ -56,7 +56,8 @@ pub fn run(args: &super::EvalArgs, cli_device: &Option<String>) -> Result<()> {
                 .as_ref()
                 .context("--model is needed to embed the crops (or give --features F.npy)")?;
             arcface::device::set_cudnn_benchmark(true);
-            let embedder = super::super::embedder(model, args.burn, args.onnx_input, cli_device)?;
+            let embedder =
+                super::super::embedder(model, args.burn, args.onnx_input, args.engine, cli_device)?;
             let raw = ijb::embed(&set, &embedder, args.batch_size)?;
             if let Some(path) = &a.save_features {
                 let cols = raw.len() / set.crops.len();

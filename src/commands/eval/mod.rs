@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 
 use arcface::data::bin::PairSet;
-use arcface::embedder::BurnOptions;
+use arcface::embedder::{BurnOptions, Engine};
 use arcface::eval::embed::evaluate;
 use arcface::interop::onnx::InputConvention;
 
@@ -21,6 +21,10 @@ pub struct EvalArgs {
     pub(super) model: Option<PathBuf>,
     #[command(flatten)]
     pub(super) burn: BurnOptions,
+    /// Which engine computes: tract wherever it can (fp32 on the CPU; a checkpoint exported to
+    /// ONNX in memory), burn for a checkpoint's own arithmetic (as training's validation).
+    #[arg(long, value_enum, default_value_t)]
+    pub(super) engine: Engine,
     /// What pixels an ONNX file takes (found as insightface finds it unless given).
     #[arg(long, value_enum, default_value_t)]
     pub(super) onnx_input: InputConvention,
@@ -72,7 +76,7 @@ pub fn run(args: &EvalArgs, cli_device: &Option<String>) -> Result<()> {
         .model
         .as_ref()
         .context("--model is needed to embed the .bin images")?;
-    let embedder = super::embedder(model, args.burn, args.onnx_input, cli_device)?;
+    let embedder = super::embedder(model, args.burn, args.onnx_input, args.engine, cli_device)?;
     let mut results = Vec::new();
     for file in &files {
         let name = file
