@@ -177,7 +177,8 @@ impl Augmentations {
         on.join("; ")
     }
 
-    /// One image's draws for a `side`-pixel square, as augmenter.py's `augment` makes them.
+    /// One image's draws for a `side`-pixel square, as augmenter.py's `augment` and
+    /// dataset.py's `dali_data_iter` make them.
     pub fn draw(&self, side: usize, rng: &mut impl Rng) -> Drawn {
         let mut drawn = Drawn::default();
         if rng.random::<f64>() < self.crop {
