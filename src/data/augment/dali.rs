@@ -96,7 +96,8 @@ fn triangle_taps(from: usize, to: usize, size: f32) -> Taps {
 }
 
 /// fn.gaussian_blur with a `window` × `window` kernel (odd), σ from the window as DALI derives
-/// it, separable in f32, borders reflected (101), rounded once.
+/// it, separable in f32, borders reflected (101), rounded once: the resamplers' two passes
+/// with the kernel as every pixel's taps.
 pub fn blur(rgb: &mut [u8], side: usize, window: usize) {
     debug_assert!(window % 2 == 1 && window < side);
     let radius = window / 2;
@@ -108,35 +109,22 @@ pub fn blur(rgb: &mut [u8], side: usize, window: usize) {
         })
         .collect();
     let total: f32 = raw.iter().sum();
-    let kernel: Vec<f32> = raw.iter().map(|w| w / total).collect();
     // The source index of each padded position −radius..side + radius, reflected (101).
     let last = side as isize - 1;
     let source: Vec<usize> = (-(radius as isize)..=last + radius as isize)
         .map(|i| i.abs().min(2 * last - i) as usize)
         .collect();
-    let width = side * 3;
-    let mut rows = vec![0f32; side * width];
-    for (row, line) in rows.chunks_exact_mut(width).zip(rgb.chunks_exact(width)) {
-        for (x, pixel) in row.chunks_exact_mut(3).enumerate() {
-            for (&w, &s) in kernel.iter().zip(&source[x..x + window]) {
-                for c in 0..3 {
-                    pixel[c] += w * line[s * 3 + c] as f32;
-                }
-            }
-        }
-    }
-    let mut sum = vec![0f32; width];
-    for (y, line) in rgb.chunks_exact_mut(width).enumerate() {
-        sum.fill(0.0);
-        for (&w, &s) in kernel.iter().zip(&source[y..y + window]) {
-            for (acc, v) in sum.iter_mut().zip(&rows[s * width..(s + 1) * width]) {
-                *acc += w * v;
-            }
-        }
-        for (d, v) in line.iter_mut().zip(&sum) {
-            *d = resize::to_u8(*v);
-        }
-    }
+    let taps: Taps = (0..side)
+        .map(|x| {
+            let window = &source[x..x + window];
+            window
+                .iter()
+                .zip(&raw)
+                .map(|(&s, w)| (s, w / total))
+                .collect()
+        })
+        .collect();
+    rgb.copy_from_slice(&resize::resample(rgb, side, side, &taps));
 }
 
 /// fn.hsv's matrix for `hue` degrees and `saturation` (value 1), composed in f32 as hsv.h does.

@@ -81,7 +81,7 @@ pub(super) fn resample(src: &[u8], side: usize, out: usize, taps: &Taps) -> Vec<
 
 /// A value rounded half up and saturated to a grey level (truncating v + ½ after the clamp:
 /// one instruction where `round` is a library call on baseline x86-64).
-pub(super) fn to_u8(v: f32) -> u8 {
+fn to_u8(v: f32) -> u8 {
     (v.clamp(0.0, 255.0) + 0.5) as u8
 }
 
