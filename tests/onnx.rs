@@ -177,14 +177,14 @@ fn check_export(network: Network, embedding_size: usize) {
         Network::R18 => (7, 3, 7),
         _ => (31, 59, 47),
     };
-    let w = tract.winograd;
+    let w = tract.ours.winograd;
     assert_eq!(
         (w.f4x4, w.f2x2, w.affines_fused, w.prelus_fused),
         (f4x4, f2x2, unit_convs, unit_convs),
         "Winograd convolutions in {network}"
     );
     let im2col = OnnxEmbedder::load_with(&file, ConvAlgorithm::Im2col, Default::default()).unwrap();
-    assert_eq!(im2col.winograd.total(), 0);
+    assert_eq!(im2col.ours.winograd.total(), 0);
     for n in [1, 4] {
         let batch = &images[..n * IMAGE_VALUES];
         let ours = burn_embed(&model, batch);
@@ -195,7 +195,7 @@ fn check_export(network: Network, embedding_size: usize) {
         println!(
             "{network} batch {n} vs onnxruntime: burn {b:.2e}, tract {t:.2e} (Winograd {:?}), \
              tract im2col {i:.2e}",
-            tract.winograd
+            tract.ours.winograd
         );
         assert!(b < 1e-4, "burn vs onnxruntime: {b}");
         assert!(t < 1e-4, "tract vs onnxruntime: {t}");
@@ -332,6 +332,46 @@ fn vit_export_passes_the_checker_and_runs_equal_in_onnxruntime_tract_and_burn() 
             e.contains("blocks.1.mlp.fc1.weight_t") && e.contains("`blocks.1.mlp.fc1.weight`"),
             "{e}"
         );
+    }
+}
+
+/// MobileFaceNet through tract with our convolutions (src/tract/pointwise.rs, grouped.rs) and
+/// with tract's own, against onnxruntime, a lone image (spread over the threads) and a batch.
+#[test]
+fn mbf_export_runs_equal_in_onnxruntime_and_tract_with_our_convolutions() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = randomized(Network::Mbf, 512, 5);
+    let file = dir.path().join("mbf.onnx");
+    onnx::export::write(
+        &onnx::backbone_to_onnx(&model, Batch::Dynamic).unwrap(),
+        &file,
+    )
+    .unwrap();
+    let images = random_images(4, 17);
+    let (reference, _) = onnxruntime(&file, &images, dir.path());
+    let tract = OnnxEmbedder::load(&file).unwrap();
+    // Every 1×1 convolution (each with its BatchNorm; a PReLU after the 15 expansions and
+    // conv_sep), every depthwise one and the grouped second layer (each with its BatchNorm; a
+    // PReLU after all but the global 7×7).
+    let (p, g) = (tract.ours.pointwise, tract.ours.grouped);
+    assert_eq!(
+        (p.convolutions, p.affines_fused, p.prelus_fused),
+        (31, 31, 16)
+    );
+    assert_eq!(
+        (g.convolutions, g.affines_fused, g.prelus_fused),
+        (17, 17, 16)
+    );
+    let im2col = OnnxEmbedder::load_with(&file, ConvAlgorithm::Im2col, Default::default()).unwrap();
+    assert_eq!(im2col.ours, Default::default());
+    for n in [1, 4] {
+        let batch = &images[..n * IMAGE_VALUES];
+        let want = &reference[..n * 512];
+        let t = relative(&tract.embed(batch).unwrap(), want, 512);
+        let i = relative(&im2col.embed(batch).unwrap(), want, 512);
+        println!("mbf batch {n} vs onnxruntime: tract {t:.2e}, tract's own convolutions {i:.2e}");
+        assert!(t < 1e-4, "tract vs onnxruntime: {t}");
+        assert!(i < 1e-4, "tract (its own convolutions) vs onnxruntime: {i}");
     }
 }
 

@@ -93,11 +93,14 @@ mod tests {
             .unwrap();
         let nodes = |op: &str| times.iter().find(|t| t.op == op).map(|t| t.nodes);
         // Tiny: five PReLUs (the stem's, one per unit), some taken into a Winograd
-        // convolution's output transform (src/tract/winograd/fusion.rs), the rest timed.
-        let fused = embedder.winograd.prelus_fused;
-        assert!(fused > 0, "{:?}", embedder.winograd);
+        // convolution's output transform (src/tract/fusion.rs), the rest timed.
+        let fused = embedder.ours.winograd.prelus_fused;
+        assert!(fused > 0, "{:?}", embedder.ours.winograd);
         assert_eq!(nodes("PRelu"), Some(5 - fused), "{times:?}");
-        assert_eq!(nodes("WinogradOutput"), Some(embedder.winograd.total()));
+        assert_eq!(
+            nodes("WinogradOutput"),
+            Some(embedder.ours.winograd.total())
+        );
         assert!(nodes("OptMatMul").is_some_and(|n| n >= 10), "{times:?}");
         assert!(
             times

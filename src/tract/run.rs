@@ -27,15 +27,55 @@ pub struct OnnxEmbedder {
     /// What was repaired on load (the zoo's defects) and the input convention, for the user
     /// to see.
     pub prepared: Prepared,
-    /// Convolutions computed by Winograd's algorithm, by tile size (src/tract/winograd/).
-    pub winograd: super::winograd::Rewritten,
+    /// The convolutions we compute in tract's place.
+    pub ours: Rewrites,
 }
 
-/// How tract computes the 3×3 stride-1 convolutions.
+/// The convolutions of a plan computed by our operations, not tract's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Rewrites {
+    /// 3×3 stride-1 ones by Winograd's algorithm, by tile size (src/tract/winograd/).
+    pub winograd: super::winograd::Rewritten,
+    /// 1×1 stride-1 ones as one matrix product each (src/tract/pointwise.rs).
+    pub pointwise: super::pointwise::Rewritten,
+    /// Depthwise and other grouped ones with few channels per group, directly
+    /// (src/tract/grouped.rs).
+    pub grouped: super::grouped::Rewritten,
+}
+
+/// A typed graph decluttered, with our convolutions in tract's place where they pay (with
+/// `ConvAlgorithm::Winograd`), ready for tract's optimiser.
+pub(super) fn declutter_with_ours(
+    mut typed: TypedModel,
+    convolutions: ConvAlgorithm,
+) -> Result<(TypedModel, Rewrites)> {
+    let ours = convolutions == ConvAlgorithm::Winograd;
+    // Before decluttering, which makes tract's own matrix products of them.
+    let pointwise = if ours {
+        super::pointwise::rewrite(&mut typed)?
+    } else {
+        0
+    };
+    let mut typed = typed
+        .into_decluttered()
+        .map_err(|e| anyhow::anyhow!("tract cannot type the graph: {e:#}"))?;
+    if !ours {
+        return Ok((typed, Rewrites::default()));
+    }
+    let rewrites = Rewrites {
+        winograd: super::winograd::rewrite(&mut typed)?,
+        pointwise: super::pointwise::fuse(&mut typed, pointwise)?,
+        grouped: super::grouped::rewrite(&mut typed)?,
+    };
+    Ok((typed, rewrites))
+}
+
+/// How tract computes the convolutions.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum ConvAlgorithm {
-    /// Winograd F(4×4,3×3) or F(2×2,3×3) where it pays (src/tract/winograd/), tract's im2col
-    /// elsewhere.
+    /// Ours where they pay: Winograd F(4×4,3×3) or F(2×2,3×3) for 3×3 stride-1 ones
+    /// (src/tract/winograd/), one matrix product for 1×1 stride-1 ones (src/tract/pointwise.rs);
+    /// tract's im2col elsewhere.
     #[default]
     Winograd,
     /// tract's own im2col matrix products everywhere.
@@ -75,14 +115,10 @@ impl OnnxEmbedder {
             .map_err(|e| anyhow::anyhow!("tract cannot read the graph: {e:#}"))?
             .with_input_fact(0, f32::fact([1, 3, INPUT_SIZE, INPUT_SIZE]).into())
             .map_err(|e| anyhow::anyhow!("{e:#}"))?;
-        let mut typed = inference
+        let typed = inference
             .into_typed()
-            .and_then(|typed| typed.into_decluttered())
             .map_err(|e| anyhow::anyhow!("tract cannot type the graph: {e:#}"))?;
-        let winograd = match convolutions {
-            ConvAlgorithm::Winograd => super::winograd::rewrite(&mut typed)?,
-            ConvAlgorithm::Im2col => Default::default(),
-        };
+        let (typed, ours) = declutter_with_ours(typed, convolutions)?;
         let typed = typed
             .into_optimized()
             .map_err(|e| anyhow::anyhow!("tract cannot optimise the graph: {e:#}"))?;
@@ -104,7 +140,7 @@ impl OnnxEmbedder {
             states: Mutex::new(Vec::new()),
             embedding_size,
             prepared,
-            winograd,
+            ours,
         })
     }
 

@@ -17,7 +17,6 @@
 //! convolutions where it pays on a CPU, with the tile size that pays (measured; `tile_edge`).
 //! tract does not have it.
 
-mod fusion;
 mod products;
 #[cfg(test)]
 mod tests;
@@ -29,8 +28,9 @@ use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat};
 use tract_onnx::tract_core::ops::nn::DataFormat;
 use tract_onnx::tract_hir::internal::*;
 
+use crate::tract::eval::plain;
 use products::Products;
-use transforms::{InputTransform, OutputTransform, plain};
+use transforms::{InputTransform, OutputTransform};
 
 /// How many convolutions a rewrite replaced, by tile size.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -174,24 +174,11 @@ fn plan_for(
         return None;
     }
     let kernel = model.outlet_fact(node.inputs[1]).ok()?.konst.clone()?;
-    let bias = model.outlet_fact(node.inputs[2]).ok()?.konst.clone()?;
     let (o, c) = (spec.output_channels, spec.input_channels);
     if kernel.datum_type() != f32::datum_type() || kernel.shape() != [o, c, 3, 3] {
         return None;
     }
-    let bias: Vec<f32> = bias
-        .cast_to::<f32>()
-        .ok()?
-        .to_plain_array_view::<f32>()
-        .ok()?
-        .iter()
-        .copied()
-        .collect();
-    let bias = match bias.len() {
-        1 => vec![bias[0]; o],
-        len if len == o => bias,
-        _ => return None,
-    };
+    let bias = crate::tract::fusion::constant_bias(model, node.inputs[2], o)?;
     let padding = spec.computed_padding(&shape[2..]);
     let mut geometry = Geometry {
         n: shape[0],
@@ -217,8 +204,8 @@ fn replace(model: &mut TypedModel, id: usize, plan: &Plan) -> TractResult<Fused>
     // Matched on the model as it is now: earlier replacements may have rewired the nodes.
     let node = model.node(id).clone();
     let g = plan.geometry;
-    let affine = fusion::affine_before(model, node.inputs[0], g.c);
-    let prelu = fusion::prelu_after(model, OutletId::new(id, 0), g.o);
+    let affine = crate::tract::fusion::affine_before(model, node.inputs[0], g.c);
+    let prelu = crate::tract::fusion::prelu_after(model, OutletId::new(id, 0), g.o);
     let mut patch = TypedModelPatch::default();
     let mut input =
         vec![patch.tap_model(model, affine.as_ref().map_or(node.inputs[0], |a| a.source))?];
@@ -263,7 +250,7 @@ fn replace(model: &mut TypedModel, id: usize, plan: &Plan) -> TractResult<Fused>
     })
 }
 
-/// What one replacement took in from its neighbours (fusion.rs).
+/// What one replacement took in from its neighbours (src/tract/fusion.rs).
 struct Fused {
     affine: bool,
     prelu: bool,

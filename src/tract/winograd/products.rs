@@ -14,7 +14,7 @@ use tract_onnx::tract_core::plan::SimpleState;
 use tract_onnx::tract_hir::internal::*;
 
 use super::Geometry;
-use super::transforms::spread_over_threads;
+use crate::tract::eval::spread_over_threads;
 
 #[derive(Debug, Clone)]
 pub(super) struct Products {

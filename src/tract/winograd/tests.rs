@@ -218,14 +218,14 @@ fn f4_equals_the_definition() {
 #[test]
 fn baseline_copies_equal_the_definition() {
     use std::sync::atomic::Ordering;
-    transforms::BASELINE_ONLY.store(true, Ordering::Relaxed);
+    crate::tract::eval::BASELINE_ONLY.store(true, Ordering::Relaxed);
     for case in &cases() {
         for m in [2, 4] {
             let choose = always(m);
             assert_eq!(check_by(case, choose, 1e-5), 1);
         }
     }
-    transforms::BASELINE_ONLY.store(false, Ordering::Relaxed);
+    crate::tract::eval::BASELINE_ONLY.store(false, Ordering::Relaxed);
 }
 
 /// The rule on r100's 3×3 stride-1 convolutions (output size, channels in → out).
@@ -365,7 +365,7 @@ fn fusion_model(case: &Case, extra_readers: bool) -> (TypedModel, Vec<f32>) {
 }
 
 /// The BatchNorm before and the PReLU after a Winograd convolution are taken into its
-/// transforms (fusion.rs), and the result is what the nodes computed apart.
+/// transforms (src/tract/fusion.rs), and the result is what the nodes computed apart.
 #[test]
 fn takes_in_the_batchnorm_before_and_the_prelu_after() {
     for m in [2, 4] {

@@ -4,15 +4,15 @@
 use std::ops::Range;
 
 use rayon::prelude::*;
-use tract_linalg::multithread::{Executor, current_tract_executor};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::internal::*;
 
 use super::Geometry;
+use crate::tract::eval::{plain, plain_mut, spread_over_threads, with_avx2_copy};
 
 /// [n, c, h, w] → V [α², c, n·tiles], as two halves [α²/2, c, n·tiles]: each α×α input tile
 /// (stride m, zero outside the image) as Bᵀ·d·B. With `affine`, two more inputs, scale [c] and
-/// shift [c]: the tiles are of x·scale + shift (src/tract/winograd/fusion.rs).
+/// shift [c]: the tiles are of x·scale + shift (src/tract/fusion.rs).
 #[derive(Debug, Clone, Hash, PartialEq, Eq)]
 pub(super) struct InputTransform {
     pub(super) geometry: Geometry,
@@ -115,50 +115,8 @@ fn input_f4([d0, d1, d2, d3, d4, d5]: [f32; 6]) -> [f32; 6] {
     ]
 }
 
-// The transforms are plain loops that LLVM vectorises. Built for baseline x86-64 they get
-// 4-wide SSE2; where the CPU has AVX2 and FMA they run as copies compiled for those, 8-wide
-// (measured: docs/HISTORY.md). Rust never contracts a·b + c into a fused multiply-add, so
-// both copies compute the same values. The copies are whole functions with
-// `#[target_feature]` around `#[inline(always)]` bodies (`with_avx2_copy!`): a closure handed
-// to one such function is not inlined into it and stays baseline (checked in the disassembly).
-
-#[cfg(target_arch = "x86_64")]
-fn has_avx2() -> bool {
-    #[cfg(test)]
-    if BASELINE_ONLY.load(std::sync::atomic::Ordering::Relaxed) {
-        return false;
-    }
-    is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
-}
-
-/// Tests set this to run the baseline copies on a CPU with AVX2. (Other tests running meanwhile
-/// may take the baseline copies too; they compute the same values.)
-#[cfg(test)]
-pub(super) static BASELINE_ONLY: std::sync::atomic::AtomicBool =
-    std::sync::atomic::AtomicBool::new(false);
-
-/// Defines `$name`, which runs `$body` with the same arguments as a copy compiled for AVX2 and
-/// FMA (`$avx2`) where the CPU has them, else as built. `$body` must be `#[inline(always)]`.
-macro_rules! with_avx2_copy {
-    (fn $name:ident, $avx2:ident <$(const $c:ident: usize),*> ($($arg:ident: $ty:ty),* $(,)?) => $body:ident) => {
-        #[allow(clippy::too_many_arguments)]
-        fn $name<$(const $c: usize),*>($($arg: $ty),*) {
-            #[cfg(target_arch = "x86_64")]
-            if has_avx2() {
-                // SAFETY: the CPU has AVX2 and FMA, checked just above.
-                return unsafe { $avx2($($arg),*) };
-            }
-            $body($($arg),*)
-        }
-
-        #[cfg(target_arch = "x86_64")]
-        #[target_feature(enable = "avx2,fma")]
-        #[allow(clippy::too_many_arguments)]
-        unsafe fn $avx2<$(const $c: usize),*>($($arg: $ty),*) {
-            $body($($arg),*)
-        }
-    };
-}
+// The transforms are plain loops that LLVM vectorises, each in a baseline and an AVX2 copy
+// (`with_avx2_copy!`, src/tract/eval.rs).
 
 with_avx2_copy!(fn input_channels, input_channels_avx2<const A: usize>(
     g: Geometry,
@@ -251,7 +209,7 @@ fn transform_input_channels<const A: usize>(
 
 /// M [α², o, n·tiles] as two halves [α²/2, o, n·tiles], and the bias [o] →
 /// [n, o, out_h, out_w]: each tile as Aᵀ·m·A + bias. With `prelu`, one more input, slopes [o]:
-/// then PReLU of that (src/tract/winograd/fusion.rs).
+/// then PReLU of that (src/tract/fusion.rs).
 #[derive(Debug, Clone, Hash, PartialEq, Eq)]
 pub(super) struct OutputTransform {
     pub(super) geometry: Geometry,
@@ -435,20 +393,4 @@ fn combine<const A: usize, const M: usize>(
 fn runs<const M: usize>(block: &mut [f32], n: usize) -> [&mut [f32]; M] {
     let mut runs = block.chunks_exact_mut(n);
     std::array::from_fn(|_| runs.next().expect("M runs of n"))
-}
-
-/// Whether this image may spread over rayon's threads: the runner (src/tract/run.rs) says so
-/// through tract's executor when one image is alone; a batch already runs an image per thread.
-pub(super) fn spread_over_threads() -> bool {
-    !matches!(current_tract_executor(), Executor::SingleThread)
-}
-
-pub(super) fn plain(t: &Tensor) -> TractResult<&[f32]> {
-    t.try_as_plain_ram()?.as_slice::<f32>()
-}
-
-fn plain_mut(t: &mut Tensor) -> TractResult<&mut [f32]> {
-    t.to_plain_array_view_mut::<f32>()?
-        .into_slice()
-        .context("not contiguous")
 }
