@@ -2,6 +2,7 @@
 //! margin-softmax head.
 
 pub mod adaface;
+pub mod attention;
 pub mod backbone;
 pub mod backbone_and_head;
 pub mod batch_norm;

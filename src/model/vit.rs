@@ -23,8 +23,6 @@ use burn::config::Config;
 use burn::module::{Flag, Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{BatchNorm, Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig};
-use burn::tensor::module::attention;
-use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Device, Distribution, FloatDType, Int, Tensor};
 
 use super::layers::{INPUT_MEAN, INPUT_SCALE, INPUT_SIZE, bn, linear_at};
@@ -247,12 +245,8 @@ impl Attention {
             .expect("three parts");
         // q·kᵀ and the softmax in fp32 whatever the precision, as vit.py does under autocast.
         // One backend call: libtorch's scaled dot-product attention in inference; under
-        // autodiff burn composes it from matmul and softmax.
-        let options = AttentionModuleOptions {
-            scale: Some((head_dim as f64).powf(-0.5)),
-            ..Default::default()
-        };
-        let out = attention(q, k, v, None, None, options);
+        // autodiff one operation with its own backward (attention.rs).
+        let out = super::attention::attention(q, k, v, (head_dim as f64).powf(-0.5));
         let out = out.swap_dims(1, 2).reshape([n, t, d]);
         linear_tokens(&self.proj, out, precision)
     }

@@ -1,7 +1,8 @@
-//! Our three training operations (convolution, BatchNorm, PReLU) on burn's CPU backend, Flex,
-//! the one the README's commands and the tests train on: the f32 kernels of
-//! crates/cpu-kernels, plugged into the operations that `conv.rs`, `batch_norm/` and `prelu.rs`
-//! of the parent folder define with their backwards (other types take burn's arithmetic).
+//! Our four training operations (convolution, BatchNorm, PReLU, attention) on burn's CPU
+//! backend, Flex, the one the README's commands and the tests train on: the f32 kernels of
+//! crates/cpu-kernels, plugged into the operations that `conv.rs`, `batch_norm/`, `prelu.rs`
+//! and `attention.rs` of the parent folder define with their backwards (other types take
+//! burn's arithmetic).
 //! Their effect is measured in docs/HISTORY.md, "CPU training".
 
 #[cfg(test)]
@@ -13,6 +14,7 @@ use burn::tensor::TensorData;
 use burn::tensor::ops::ConvOptions;
 use burn_flex::FlexTensor;
 
+use super::attention::{AttentionKernels, AttentionOp};
 use super::batch_norm::{
     BatchNormKernels, BatchNormOp, Saved, cast_to,
     composed_backward as batch_norm_composed_backward, composed_eval, composed_forward, train_op,
@@ -24,7 +26,7 @@ use super::prelu::{
     composed_forward as prelu_composed_forward,
 };
 use arcface_cpu_kernels::batch_norm::{self, Layout};
-use arcface_cpu_kernels::{conv, prelu};
+use arcface_cpu_kernels::{attention, conv, prelu};
 
 /// `t` contiguous when it holds f32 (a view of it when it already is; a copy otherwise).
 fn f32_contiguous(t: &FlexTensor) -> Option<FlexTensor> {
@@ -289,5 +291,72 @@ impl PReluKernels for Flex {
 impl PReluOp for Flex {
     fn prelu_op(x: FloatTensor<Self>, alpha: FloatTensor<Self>) -> FloatTensor<Self> {
         Self::prelu_forward(x, alpha)
+    }
+}
+
+/// q, k, v [N, heads, T, d] as the kernels' shape and contiguous f32 values.
+fn attention_inputs(
+    qkv: [&FlexTensor; 3],
+) -> Option<(attention::Shape, [FlexTensor; 3], Vec<usize>)> {
+    let dims = qkv[0].shape().as_slice().to_vec();
+    if dims.len() != 4 || qkv.iter().any(|t| t.shape().as_slice() != dims.as_slice()) {
+        return None;
+    }
+    let shape = attention::Shape {
+        pairs: dims[0] * dims[1],
+        tokens: dims[2],
+        width: dims[3],
+    };
+    let [q, k, v] = qkv.map(f32_contiguous);
+    Some((shape, [q?, k?, v?], dims))
+}
+
+impl AttentionKernels for Flex {
+    fn attention_forward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        scale: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let Some((shape, [qc, kc, vc], dims)) = attention_inputs([&q, &k, &v]) else {
+            return super::attention::composed_forward::<Self>(q, k, v, scale);
+        };
+        let (out, probs) =
+            attention::forward(shape, values(&qc), values(&kc), values(&vc), scale as f32);
+        let scores = [dims[0], dims[1], dims[2], dims[2]];
+        (tensor(out, &dims), tensor(probs, &scores))
+    }
+
+    fn attention_backward(
+        qkv: [FloatTensor<Self>; 3],
+        probs: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        scale: f64,
+    ) -> [FloatTensor<Self>; 3] {
+        let [q, k, v] = &qkv;
+        let prepared = attention_inputs([q, k, v])
+            .and_then(|inputs| Some((inputs, f32_contiguous(&probs)?, f32_contiguous(&grad)?)));
+        let Some(((shape, [qc, kc, vc], dims), pc, gc)) = prepared else {
+            return super::attention::composed_backward::<Self>(qkv, probs, grad, scale);
+        };
+        let (dq, dk, dv) = attention::backward(
+            shape,
+            (values(&qc), values(&kc), values(&vc)),
+            values(&pc),
+            values(&gc),
+            scale as f32,
+        );
+        [dq, dk, dv].map(|d| tensor(d, &dims))
+    }
+}
+
+impl AttentionOp for Flex {
+    fn attention_op(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        scale: f64,
+    ) -> FloatTensor<Self> {
+        super::attention::inference::<Self>(q, k, v, scale)
     }
 }

@@ -325,3 +325,90 @@ mod prelu {
         assert!(expected_da.iter().all(|&v| v != 0.0));
     }
 }
+
+mod attention {
+    use arcface_cpu_kernels::attention::*;
+
+    #[test]
+    fn exp_is_within_two_ulp_of_the_definition() {
+        let mut worst = 0u32;
+        for i in 0..=1_000_000u32 {
+            let x = -87.0 * i as f32 / 1e6;
+            let want = (x as f64).exp() as f32;
+            worst = worst.max(exp(x).to_bits().abs_diff(want.to_bits()));
+        }
+        assert!(worst <= 2, "{worst} ulp");
+        assert_eq!(exp(0.0), 1.0);
+        assert!(exp(-1000.0) > 0.0 && exp(-1000.0) < 1.3e-38);
+    }
+
+    /// (q, k, v) of a shape, deterministic, both signs.
+    fn inputs(s: Shape, salt: usize) -> Vec<f32> {
+        let n = s.pairs * s.tokens * s.width;
+        (0..n)
+            .map(|i| (((i * 7919 + salt * 104_729) % 2003) as f32 / 1001.5 - 1.0) * 1.5)
+            .collect()
+    }
+
+    /// Σ softmax(scale·q·kᵀ)·v ⊙ g over everything, in f64: the definition.
+    fn loss(s: Shape, [q, k, v]: [&[f64]; 3], g: &[f32], scale: f64) -> f64 {
+        let (t, w) = (s.tokens, s.width);
+        let mut total = 0.0;
+        for pair in 0..s.pairs {
+            let at = |x: &[f64], r: usize, c: usize| x[(pair * t + r) * w + c];
+            for i in 0..t {
+                let scores: Vec<f64> = (0..t)
+                    .map(|j| scale * (0..w).map(|c| at(q, i, c) * at(k, j, c)).sum::<f64>())
+                    .collect();
+                let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let e: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+                let sum: f64 = e.iter().sum();
+                for c in 0..w {
+                    let out: f64 = (0..t).map(|j| e[j] / sum * at(v, j, c)).sum();
+                    total += out * g[(pair * t + i) * w + c] as f64;
+                }
+            }
+        }
+        total
+    }
+
+    #[test]
+    fn forward_and_gradients_equal_the_definition() {
+        let s = Shape {
+            pairs: 3,
+            tokens: 9,
+            width: 4,
+        };
+        let scale = 0.5;
+        let (q, k, v, g) = (inputs(s, 1), inputs(s, 2), inputs(s, 3), inputs(s, 4));
+        let (out, probs) = forward(s, &q, &k, &v, scale as f32);
+        let (dq, dk, dv) = backward(s, (&q, &k, &v), &probs, &g, scale as f32);
+        let wide = |x: &[f32]| x.iter().map(|&v| v as f64).collect::<Vec<f64>>();
+        let qkv = [wide(&q), wide(&k), wide(&v)];
+        // The forward: Σ out ⊙ g is the loss.
+        let ours: f64 = out.iter().zip(&g).map(|(o, g)| *o as f64 * *g as f64).sum();
+        let want = loss(s, [&qkv[0], &qkv[1], &qkv[2]], &g, scale);
+        assert!(
+            (ours - want).abs() < 1e-5 * want.abs().max(1.0),
+            "{ours} vs {want}"
+        );
+        // Each gradient against central differences of the definition, value by value.
+        for (which, grad) in [dq, dk, dv].iter().enumerate() {
+            for i in (0..grad.len()).step_by(5) {
+                let h = 1e-5;
+                let mut shifted = qkv.clone();
+                shifted[which][i] += h;
+                let up = loss(s, [&shifted[0], &shifted[1], &shifted[2]], &g, scale);
+                shifted[which][i] -= 2.0 * h;
+                let down = loss(s, [&shifted[0], &shifted[1], &shifted[2]], &g, scale);
+                let numeric = (up - down) / (2.0 * h);
+                assert!(
+                    (grad[i] as f64 - numeric).abs() < 1e-4,
+                    "d{}[{i}]: {} vs {numeric}",
+                    ["q", "k", "v"][which],
+                    grad[i]
+                );
+            }
+        }
+    }
+}
