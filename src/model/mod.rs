@@ -14,6 +14,7 @@ pub mod layers;
 pub mod memory_format;
 pub mod mobilefacenet;
 pub mod prelu;
+pub mod relu6;
 pub mod summary;
 pub mod vit;
 

@@ -257,7 +257,7 @@ impl Block {
         let y = self.attn.forward(self.norm1.forward(x.clone()), precision);
         let x = x + drop_path(y, self.drop_path, training);
         let y = linear_tokens(&self.mlp.fc1, self.norm2.forward(x.clone()), precision);
-        let y = linear_tokens(&self.mlp.fc2, y.clamp(0.0, 6.0), precision);
+        let y = linear_tokens(&self.mlp.fc2, super::relu6::relu6(y), precision);
         x + drop_path(y, self.drop_path, training)
     }
 }

@@ -1,7 +1,7 @@
-//! Our four training operations (convolution, BatchNorm, PReLU, attention) on burn's CPU
+//! Our training operations (convolution, BatchNorm, PReLU, attention, ReLU6) on burn's CPU
 //! backend, Flex, the one the README's commands and the tests train on: the f32 kernels of
-//! crates/cpu-kernels, plugged into the operations that `conv.rs`, `batch_norm/`, `prelu.rs`
-//! and `attention.rs` of the parent folder define with their backwards (other types take
+//! crates/cpu-kernels, plugged into the operations that `conv.rs`, `batch_norm/`, `prelu.rs`,
+//! `attention.rs` and `relu6.rs` of the parent folder define with their backwards (other types take
 //! burn's arithmetic).
 //! Their effect is measured in docs/HISTORY.md, "CPU training".
 
@@ -25,8 +25,9 @@ use super::prelu::{
     PReluKernels, PReluOp, composed_backward as prelu_composed_backward,
     composed_forward as prelu_composed_forward,
 };
+use super::relu6::{Relu6Kernels, Relu6Op};
 use arcface_cpu_kernels::batch_norm::{self, Layout};
-use arcface_cpu_kernels::{attention, conv, prelu};
+use arcface_cpu_kernels::{attention, conv, prelu, relu6};
 
 /// `t` contiguous when it holds f32 (a view of it when it already is; a copy otherwise).
 fn f32_contiguous(t: &FlexTensor) -> Option<FlexTensor> {
@@ -358,5 +359,34 @@ impl AttentionOp for Flex {
         scale: f64,
     ) -> FloatTensor<Self> {
         super::attention::inference::<Self>(q, k, v, scale)
+    }
+}
+
+impl Relu6Kernels for Flex {
+    fn relu6_forward(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        match f32_contiguous(&x) {
+            Some(xc) => tensor(relu6::forward(values(&xc)), x.shape().as_slice()),
+            None => <Self as burn::backend::ops::FloatTensorOps<Self>>::float_clamp(
+                x,
+                0.0.into(),
+                6.0.into(),
+            ),
+        }
+    }
+
+    fn relu6_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
+        match (f32_contiguous(&x), f32_contiguous(&grad)) {
+            (Some(xc), Some(gc)) => tensor(
+                relu6::backward(values(&xc), values(&gc)),
+                x.shape().as_slice(),
+            ),
+            _ => super::relu6::composed_backward::<Self>(x, grad),
+        }
+    }
+}
+
+impl Relu6Op for Flex {
+    fn relu6_op(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        Self::relu6_forward(x)
     }
 }

@@ -412,3 +412,26 @@ mod attention {
         }
     }
 }
+
+mod relu6 {
+    use arcface_cpu_kernels::relu6::*;
+
+    #[test]
+    fn follows_pytorchs_relu6_and_hardtanh_backward() {
+        // Across a task boundary (chunks of 2¹⁴), with the edges 0 and 6 and a NaN.
+        let n = (1 << 14) + 37;
+        let mut x: Vec<f32> = (0..n).map(|i| (i % 97) as f32 * 0.17 - 4.0).collect();
+        x[3] = 0.0;
+        x[4] = 6.0;
+        x[5] = f32::NAN;
+        let grad: Vec<f32> = (0..n).map(|i| 1.0 + i as f32).collect();
+        let (y, dx) = (forward(&x), backward(&x, &grad));
+        for i in 0..n {
+            let want = if x[i].is_nan() { x[i] } else { x[i].clamp(0.0, 6.0) };
+            assert!(y[i] == want || (y[i].is_nan() && want.is_nan()), "y[{i}]");
+            let passes = x[i] > 0.0 && x[i] < 6.0;
+            assert_eq!(dx[i], if passes { grad[i] } else { 0.0 }, "dx[{i}]");
+        }
+        assert!(y[5].is_nan() && dx[3] == 0.0 && dx[4] == 0.0);
+    }
+}
