@@ -1,5 +1,6 @@
-//! Finding the nodes around a convolution that our convolutions take into their own passes, so
-//! that those nodes' full passes over the activations go. A Winograd convolution
+//! What our convolution rewrites read from tract's typed graph: the convolutions they can take
+//! ([`plain_conv`]), and the nodes around one that they take into their own passes, so that
+//! those nodes' full passes over the activations go. A Winograd convolution
 //! (src/tract/winograd/) applies the per-channel affine before it (each LResNet-E-IR unit opens
 //! with a BatchNorm, which tract turns into a Mul and an Add) as its input transform copies the
 //! image into its padded plane, and the PReLU after it as its output transform writes the
@@ -11,9 +12,79 @@ use std::sync::Arc;
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::ops::binary::TypedBinOp;
+use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat};
+use tract_onnx::tract_core::ops::nn::DataFormat;
 
 use crate::tract::eval::with_avx2_copy;
 use crate::tract::prelu::PRelu;
+
+/// A 2-D f32 convolution as tract types an ONNX Conv, in the form our rewrites take: NCHW,
+/// unquantised, undilated, with a concrete input shape and constant OIHW weights and bias.
+pub(crate) struct PlainConv<'a> {
+    pub(crate) conv: &'a Conv,
+    /// [n, c, h, w].
+    pub(crate) input: [usize; 4],
+    /// [o, c / group, kh, kw], row-major.
+    pub(crate) weights: Vec<f32>,
+    /// One per output channel.
+    pub(crate) bias: Vec<f32>,
+}
+
+pub(crate) fn plain_conv<'a>(model: &TypedModel, node: &'a TypedNode) -> Option<PlainConv<'a>> {
+    let conv = node.op_as::<Conv>()?;
+    let spec = &conv.pool_spec;
+    let plain = conv.q_params.is_none()
+        && conv.kernel_fmt == KernelFormat::OIHW
+        && spec.data_format == DataFormat::NCHW
+        && spec.kernel_shape.len() == 2
+        && spec.dilations().iter().all(|d| *d == 1)
+        && node.inputs.len() == 3;
+    if !plain {
+        return None;
+    }
+    let x = model.outlet_fact(node.inputs[0]).ok()?;
+    let input: [usize; 4] = x.shape.as_concrete()?.try_into().ok()?;
+    let (c, o, group) = (spec.input_channels, spec.output_channels, conv.group);
+    if x.datum_type != f32::datum_type() || input[1] != c || c % group != 0 || o % group != 0 {
+        return None;
+    }
+    let kernel = model.outlet_fact(node.inputs[1]).ok()?.konst.clone()?;
+    let shape = [o, c / group, spec.kernel_shape[0], spec.kernel_shape[1]];
+    if kernel.datum_type() != f32::datum_type() || kernel.shape() != shape {
+        return None;
+    }
+    let weights = kernel
+        .try_as_plain_ram()
+        .ok()?
+        .as_slice::<f32>()
+        .ok()?
+        .to_vec();
+    let bias = constant_bias(model, node.inputs[2], o)?;
+    Some(PlainConv {
+        conv,
+        input,
+        weights,
+        bias,
+    })
+}
+
+/// How many convolutions a rewrite replaced, and what they took in from the nodes after them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Rewritten {
+    pub convolutions: usize,
+    /// Per-channel affines (BatchNorms) after them, in their weights and shifts.
+    pub affines_fused: usize,
+    /// PReLUs after those, in their last pass.
+    pub prelus_fused: usize,
+}
+
+impl Rewritten {
+    /// Counts what one convolution took in.
+    pub(crate) fn took(&mut self, after: &After) {
+        self.affines_fused += after.affine.is_some() as usize;
+        self.prelus_fused += after.slopes.is_some() as usize;
+    }
+}
 
 /// x·scale + shift per channel, read from `source`.
 pub(crate) struct Affine {
@@ -169,11 +240,7 @@ fn per_channel(constant: &Tensor, channels: usize) -> Option<Vec<f32>> {
 
 /// A convolution's bias input as one value per output channel, when it is a constant of one
 /// value or of `channels`.
-pub(crate) fn constant_bias(
-    model: &TypedModel,
-    bias: OutletId,
-    channels: usize,
-) -> Option<Vec<f32>> {
+fn constant_bias(model: &TypedModel, bias: OutletId, channels: usize) -> Option<Vec<f32>> {
     let bias = model.outlet_fact(bias).ok()?.konst.clone()?;
     let values = bias.cast_to::<f32>().ok()?;
     let values = values.try_as_plain_ram().ok()?.as_slice::<f32>().ok()?;

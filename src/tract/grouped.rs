@@ -20,42 +20,30 @@ use std::sync::Arc;
 use anyhow::Result;
 use rayon::prelude::*;
 use tract_onnx::prelude::*;
-use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat};
-use tract_onnx::tract_core::ops::nn::DataFormat;
 use tract_onnx::tract_hir::internal::*;
 
 use super::eval::{plain, plain_mut, spread_over_threads, with_avx2_copy};
-use super::fusion::{Epilogue, after, constant_bias};
+pub use super::fusion::Rewritten;
+use super::fusion::{After, Epilogue, after, plain_conv};
 
 /// Input channels per group up to which a convolution is computed here.
 const MAX_PER_GROUP: usize = 4;
 
-/// How many convolutions a rewrite replaced, and what they took in from the nodes after them.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Rewritten {
-    pub convolutions: usize,
-    /// Per-channel affines (BatchNorms) after them, in their weights and shifts.
-    pub affines_fused: usize,
-    /// PReLUs after those, in their last pass.
-    pub prelus_fused: usize,
-}
-
 /// Replaces every grouped convolution of `model` with at most [`MAX_PER_GROUP`] input channels
 /// per group (NCHW, f32, undilated, constant weights).
 pub fn rewrite(model: &mut TypedModel) -> Result<Rewritten> {
-    let candidates: Vec<(usize, Geometry)> = model
+    let candidates: Vec<_> = model
         .nodes()
         .iter()
-        .filter_map(|node| geometry_of(model, node).map(|g| (node.id, g)))
+        .filter_map(|node| plan_for(model, node).map(|plan| (node.id, plan)))
         .collect();
     let mut rewritten = Rewritten::default();
-    for (id, geometry) in candidates {
+    for (id, plan) in candidates {
         let name = model.node(id).name.clone();
-        let (affine, prelu) = replace(model, id, geometry)
+        let after = replace(model, id, plan)
             .map_err(|e| anyhow::anyhow!("grouped convolution `{name}`: {e:#}"))?;
         rewritten.convolutions += 1;
-        rewritten.affines_fused += affine as usize;
-        rewritten.prelus_fused += prelu as usize;
+        rewritten.took(&after);
     }
     Ok(rewritten)
 }
@@ -108,71 +96,38 @@ impl Geometry {
     }
 }
 
-fn geometry_of(model: &TypedModel, node: &TypedNode) -> Option<Geometry> {
-    let conv = node.op_as::<Conv>()?;
-    let spec = &conv.pool_spec;
-    let (c, o, groups) = (spec.input_channels, spec.output_channels, conv.group);
-    let fits = conv.q_params.is_none()
-        && groups > 1
-        && c % groups == 0
-        && o % groups == 0
-        && c / groups <= MAX_PER_GROUP
-        && conv.kernel_fmt == KernelFormat::OIHW
-        && spec.data_format == DataFormat::NCHW
-        && spec.kernel_shape.len() == 2
-        && spec.dilations().iter().all(|d| *d == 1)
-        && node.inputs.len() == 3;
-    if !fits {
+fn plan_for(model: &TypedModel, node: &TypedNode) -> Option<(Geometry, Vec<f32>, Vec<f32>)> {
+    let plain = plain_conv(model, node)?;
+    let spec = &plain.conv.pool_spec;
+    let (c, groups) = (spec.input_channels, plain.conv.group);
+    if groups == 1 || c / groups > MAX_PER_GROUP {
         return None;
     }
-    let input = model.outlet_fact(node.inputs[0]).ok()?;
-    let shape = input.shape.as_concrete()?;
-    if input.datum_type != f32::datum_type() || shape.len() != 4 || shape[1] != c {
-        return None;
-    }
-    let kernel = model.outlet_fact(node.inputs[1]).ok()?.konst.clone()?;
-    let (kh, kw) = (spec.kernel_shape[0], spec.kernel_shape[1]);
-    if kernel.datum_type() != f32::datum_type() || kernel.shape() != [o, c / groups, kh, kw] {
-        return None;
-    }
-    let bias = model
-        .outlet_fact(node.inputs[2])
-        .ok()?
-        .konst
-        .as_ref()?
-        .len();
-    if bias != 1 && bias != o {
-        return None;
-    }
-    let padding = spec.computed_padding(&shape[2..]);
+    let [n, _, h, w] = plain.input;
+    let padding = spec.computed_padding(&plain.input[2..]);
     let strides = spec.strides();
     let g = Geometry {
-        n: shape[0],
+        n,
         c,
-        h: shape[2],
-        w: shape[3],
-        o,
+        h,
+        w,
+        o: spec.output_channels,
         groups,
-        kernel: (kh, kw),
+        kernel: (spec.kernel_shape[0], spec.kernel_shape[1]),
         stride: (strides[0], strides[1]),
         pad: (padding[0].pad_before, padding[1].pad_before),
         out_h: padding[0].convoluted,
         out_w: padding[1].convoluted,
     };
-    (g.out_h > 0 && g.out_w > 0).then_some(g)
+    (g.out_h > 0 && g.out_w > 0).then_some((g, plain.weights, plain.bias))
 }
 
-fn replace(model: &mut TypedModel, id: usize, g: Geometry) -> TractResult<(bool, bool)> {
+fn replace(
+    model: &mut TypedModel,
+    id: usize,
+    (g, mut weights, bias): (Geometry, Vec<f32>, Vec<f32>),
+) -> TractResult<After> {
     let node = model.node(id).clone();
-    let konst = |slot: usize| {
-        model
-            .outlet_fact(node.inputs[slot])?
-            .konst
-            .clone()
-            .context("not a constant")
-    };
-    let mut weights = plain(konst(1)?.as_ref())?.to_vec();
-    let bias = constant_bias(model, node.inputs[2], g.o).context("bias")?;
     let after = after(model, id, g.o);
     let epilogue = after.fold(&mut weights, bias);
     let op = GroupedConv {
@@ -185,7 +140,7 @@ fn replace(model: &mut TypedModel, id: usize, g: Geometry) -> TractResult<(bool,
     let y = patch.wire_node(format!("{}.grouped", node.name), op, &[input])?;
     patch.shunt_outside(model, OutletId::new(after.last, 0), y[0])?;
     patch.apply(model)?;
-    Ok((after.affine.is_some(), after.slopes.is_some()))
+    Ok(after)
 }
 
 /// The convolution, then its epilogue (shift, PReLU) per output channel.

@@ -17,22 +17,11 @@ use anyhow::Result;
 use arcface_cpu_kernels::matmul::{View, matmul};
 use rayon::prelude::*;
 use tract_onnx::prelude::*;
-use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat};
-use tract_onnx::tract_core::ops::nn::DataFormat;
 use tract_onnx::tract_hir::internal::*;
 
 use super::eval::{plain, plain_mut, spread_over_threads};
-use super::fusion::{Epilogue, after, constant_bias};
-
-/// How many convolutions a rewrite replaced, and what they took in from the nodes after them.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Rewritten {
-    pub convolutions: usize,
-    /// Per-channel affines (BatchNorms) after them, in their weights and shifts.
-    pub affines_fused: usize,
-    /// PReLUs after those, in their last pass.
-    pub prelus_fused: usize,
-}
+pub use super::fusion::Rewritten;
+use super::fusion::{After, Epilogue, after, plain_conv};
 
 /// Replaces every 1×1 stride-1 convolution of `model` (unpadded, ungrouped, NCHW, f32, with
 /// constant weights). Run before tract's decluttering, which turns these convolutions into its
@@ -68,75 +57,47 @@ pub fn fuse(model: &mut TypedModel, convolutions: usize) -> Result<Rewritten> {
     };
     for id in ids {
         let name = model.node(id).name.clone();
-        let fused = fuse_one(model, id)
+        let after = fuse_one(model, id)
             .map_err(|e| anyhow::anyhow!("pointwise fusion after `{name}`: {e:#}"))?;
-        rewritten.affines_fused += fused.affine as usize;
-        rewritten.prelus_fused += fused.prelu as usize;
+        rewritten.took(&after);
     }
     Ok(rewritten)
 }
 
 /// Our operation for `node` when it is a convolution we compute.
 fn op_for(model: &TypedModel, node: &TypedNode) -> Option<PointwiseConv> {
-    let conv = node.op_as::<Conv>()?;
-    let spec = &conv.pool_spec;
-    let plain_conv = conv.q_params.is_none()
-        && conv.group == 1
-        && conv.kernel_fmt == KernelFormat::OIHW
-        && spec.data_format == DataFormat::NCHW
+    let plain = plain_conv(model, node)?;
+    let spec = &plain.conv.pool_spec;
+    let [n, c, h, w] = plain.input;
+    // Unpadded: the output plane is the input plane.
+    let unpadded = spec
+        .computed_padding(&plain.input[2..])
+        .iter()
+        .zip(&plain.input[2..])
+        .all(|(p, d)| p.convoluted == *d);
+    let pointwise = plain.conv.group == 1
         && spec.kernel_shape.as_slice() == [1, 1]
         && spec.strides().iter().all(|s| *s == 1)
-        && spec.dilations().iter().all(|d| *d == 1)
-        && node.inputs.len() == 3;
-    if !plain_conv {
-        return None;
-    }
-    let input = model.outlet_fact(node.inputs[0]).ok()?;
-    let shape = input.shape.as_concrete()?;
-    if input.datum_type != f32::datum_type() || shape.len() != 4 {
-        return None;
-    }
-    // Unpadded: the output plane is the input plane.
-    let padding = spec.computed_padding(&shape[2..]);
-    if padding
-        .iter()
-        .zip(&shape[2..])
-        .any(|(p, d)| p.convoluted != *d)
-    {
-        return None;
-    }
-    let (o, c) = (spec.output_channels, spec.input_channels);
-    let kernel = model.outlet_fact(node.inputs[1]).ok()?.konst.clone()?;
-    if kernel.datum_type() != f32::datum_type() || kernel.shape() != [o, c, 1, 1] || shape[1] != c {
-        return None;
-    }
-    Some(PointwiseConv {
-        n: shape[0],
+        && unpadded;
+    pointwise.then(|| PointwiseConv {
+        n,
         c,
-        o,
-        pixels: shape[2] * shape[3],
-        weights: Arc::new(plain(&kernel).ok()?.to_vec()),
-        epilogue: Epilogue::bias(constant_bias(model, node.inputs[2], o)?),
+        o: spec.output_channels,
+        pixels: h * w,
+        weights: Arc::new(plain.weights),
+        epilogue: Epilogue::bias(plain.bias),
     })
 }
 
-/// What one replacement took in from the nodes after it.
-struct Fused {
-    affine: bool,
-    prelu: bool,
-}
-
-fn fuse_one(model: &mut TypedModel, id: usize) -> TractResult<Fused> {
+/// Takes into convolution `id` what it can take after it; says what that was.
+fn fuse_one(model: &mut TypedModel, id: usize) -> TractResult<After> {
     let node = model.node(id).clone();
     let conv = node
         .op_as::<PointwiseConv>()
         .context("not a pointwise convolution")?;
     let after = after(model, id, conv.o);
     if !after.takes_anything() {
-        return Ok(Fused {
-            affine: false,
-            prelu: false,
-        });
+        return Ok(after);
     }
     let mut weights = conv.weights.to_vec();
     let epilogue = after.fold(&mut weights, conv.epilogue.shift().to_vec());
@@ -150,10 +111,7 @@ fn fuse_one(model: &mut TypedModel, id: usize) -> TractResult<Fused> {
     let y = patch.wire_node(format!("{}.fused", node.name), op, &[input])?;
     patch.shunt_outside(model, OutletId::new(after.last, 0), y[0])?;
     patch.apply(model)?;
-    Ok(Fused {
-        affine: after.affine.is_some(),
-        prelu: after.slopes.is_some(),
-    })
+    Ok(after)
 }
 
 /// [n, c, h, w] → [n, o, h, w]: per image, `weights`·x, then the epilogue per output channel

@@ -44,12 +44,12 @@ pub struct Rewrites {
 }
 
 /// A typed graph decluttered, with our convolutions in tract's place where they pay (with
-/// `ConvAlgorithm::Winograd`), ready for tract's optimiser.
+/// `ConvAlgorithm::Ours`), ready for tract's optimiser.
 pub(super) fn declutter_with_ours(
     mut typed: TypedModel,
     convolutions: ConvAlgorithm,
 ) -> Result<(TypedModel, Rewrites)> {
-    let ours = convolutions == ConvAlgorithm::Winograd;
+    let ours = convolutions == ConvAlgorithm::Ours;
     // Before decluttering, which makes tract's own matrix products of them.
     let pointwise = if ours {
         super::pointwise::rewrite(&mut typed)?
@@ -74,10 +74,12 @@ pub(super) fn declutter_with_ours(
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum ConvAlgorithm {
     /// Ours where they pay: Winograd F(4×4,3×3) or F(2×2,3×3) for 3×3 stride-1 ones
-    /// (src/tract/winograd/), one matrix product for 1×1 stride-1 ones (src/tract/pointwise.rs);
-    /// tract's im2col elsewhere.
+    /// (src/tract/winograd/), one matrix product for 1×1 stride-1 ones (src/tract/pointwise.rs),
+    /// directly for depthwise and few-channel grouped ones (src/tract/grouped.rs); tract's
+    /// im2col elsewhere.
     #[default]
-    Winograd,
+    #[value(alias = "winograd")]
+    Ours,
     /// tract's own im2col matrix products everywhere.
     Im2col,
 }

@@ -33,8 +33,8 @@ pub struct InferArgs {
     /// (Python: $ARCFACE_PYTHON, else python3; needs numpy and onnxruntime).
     #[arg(long)]
     onnxruntime: bool,
-    /// How tract computes the 3×3 convolutions (Winograd where it pays, or its im2col).
-    #[arg(long, value_enum, default_value_t = ConvAlgorithm::Winograd)]
+    /// How tract computes the convolutions (ours where they pay, or its own im2col everywhere).
+    #[arg(long, value_enum, default_value_t = ConvAlgorithm::Ours)]
     conv: ConvAlgorithm,
     /// Also time tract's plan node by node on N images and print the time per operation
     /// kind: where tract's time goes. One image on one thread, as a batch runs each of its
@@ -177,7 +177,7 @@ pub(super) fn infer(
             }
             let tract = Embedder::Onnx(embedder);
             let name = match engines.tract_conv {
-                ConvAlgorithm::Winograd => "tract",
+                ConvAlgorithm::Ours => "tract",
                 ConvAlgorithm::Im2col => "tract (im2col)",
             };
             results.push(bench::infer(name, &tract, batch, seconds, None)?);

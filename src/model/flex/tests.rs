@@ -427,7 +427,11 @@ mod relu6 {
         let grad: Vec<f32> = (0..n).map(|i| 1.0 + i as f32).collect();
         let (y, dx) = (forward(&x), backward(&x, &grad));
         for i in 0..n {
-            let want = if x[i].is_nan() { x[i] } else { x[i].clamp(0.0, 6.0) };
+            let want = if x[i].is_nan() {
+                x[i]
+            } else {
+                x[i].clamp(0.0, 6.0)
+            };
             assert!(y[i] == want || (y[i].is_nan() && want.is_nan()), "y[{i}]");
             let passes = x[i] > 0.0 && x[i] < 6.0;
             assert_eq!(dx[i], if passes { grad[i] } else { 0.0 }, "dx[{i}]");

@@ -24,11 +24,8 @@ mod transforms;
 
 use anyhow::Result;
 use tract_onnx::prelude::*;
-use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat};
-use tract_onnx::tract_core::ops::nn::DataFormat;
 use tract_onnx::tract_hir::internal::*;
 
-use crate::tract::eval::plain;
 use products::Products;
 use transforms::{InputTransform, OutputTransform};
 
@@ -82,8 +79,8 @@ fn rewrite_by(model: &mut TypedModel, choose: fn(&Geometry) -> Option<usize>) ->
 #[derive(Debug, Clone)]
 struct Plan {
     geometry: Geometry,
-    /// OIHW kernel.
-    kernel: Arc<Tensor>,
+    /// OIHW kernel, row-major.
+    kernel: Vec<f32>,
     /// One bias per output channel (zeros without one).
     bias: Vec<f32>,
 }
@@ -155,30 +152,15 @@ fn plan_for(
     node: &TypedNode,
     choose: fn(&Geometry) -> Option<usize>,
 ) -> Option<Plan> {
-    let conv = node.op_as::<Conv>()?;
-    let spec = &conv.pool_spec;
-    let plain = conv.q_params.is_none()
-        && conv.group == 1
-        && conv.kernel_fmt == KernelFormat::OIHW
-        && spec.data_format == DataFormat::NCHW
+    let plain = crate::tract::fusion::plain_conv(model, node)?;
+    let spec = &plain.conv.pool_spec;
+    let fits = plain.conv.group == 1
         && spec.kernel_shape.as_slice() == [3, 3]
-        && spec.strides().iter().all(|s| *s == 1)
-        && spec.dilations().iter().all(|d| *d == 1)
-        && node.inputs.len() == 3;
-    if !plain {
+        && spec.strides().iter().all(|s| *s == 1);
+    if !fits {
         return None;
     }
-    let input = model.outlet_fact(node.inputs[0]).ok()?;
-    let shape = input.shape.as_concrete()?;
-    if input.datum_type != f32::datum_type() || shape.len() != 4 {
-        return None;
-    }
-    let kernel = model.outlet_fact(node.inputs[1]).ok()?.konst.clone()?;
-    let (o, c) = (spec.output_channels, spec.input_channels);
-    if kernel.datum_type() != f32::datum_type() || kernel.shape() != [o, c, 3, 3] {
-        return None;
-    }
-    let bias = crate::tract::fusion::constant_bias(model, node.inputs[2], o)?;
+    let (shape, o, c) = (plain.input, spec.output_channels, spec.input_channels);
     let padding = spec.computed_padding(&shape[2..]);
     let mut geometry = Geometry {
         n: shape[0],
@@ -195,8 +177,8 @@ fn plan_for(
     geometry.m = choose(&geometry)?;
     (geometry.c == c).then_some(Plan {
         geometry,
-        kernel,
-        bias,
+        kernel: plain.weights,
+        bias: plain.bias,
     })
 }
 
@@ -278,8 +260,7 @@ fn kernel_matrix(m: usize) -> &'static [[f64; 3]] {
 
 /// U = G·g·Gᵀ for every (output, input) channel pair, as [α², o, c] in two halves
 /// [α²/2, o, c]; computed in f64 so that each value rounds once.
-fn transformed_kernel(kernel: &Tensor, g: Geometry) -> TractResult<[Tensor; 2]> {
-    let k = plain(kernel)?;
+fn transformed_kernel(k: &[f32], g: Geometry) -> TractResult<[Tensor; 2]> {
     let big_g = kernel_matrix(g.m);
     let alpha = g.alpha();
     let mut u = vec![0f32; g.positions() * g.o * g.c];

@@ -2,7 +2,8 @@
 
 use super::*;
 use tract_linalg::multithread::Executor;
-use tract_onnx::tract_core::ops::cnn::{PaddingSpec, PoolSpec};
+use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat, PaddingSpec, PoolSpec};
+use tract_onnx::tract_core::ops::nn::DataFormat;
 
 struct Case {
     n: usize,
