@@ -9,7 +9,8 @@
 //! computes the 31 in 5.9 ms (8.3 on one core; same shapes, timed apart). tract's BatchNorm
 //! after each was one more pass over the activation, and its PReLU another (docs/HISTORY.md).
 //!
-//! The rewrite runs on tract's typed graph, before its optimiser, like the Winograd one.
+//! The rewrite runs on tract's typed graph before its decluttering, which would make these
+//! convolutions its own matrix products; what they take in is found after it ([`fuse`]).
 
 use std::sync::Arc;
 
