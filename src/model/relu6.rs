@@ -31,7 +31,7 @@ pub trait Relu6Op: Backend {
 /// `src/model/flex/`).
 pub trait Relu6Kernels: Backend {
     fn relu6_forward(x: FloatTensor<Self>) -> FloatTensor<Self> {
-        Self::float_clamp(x, 0.0.into(), 6.0.into())
+        composed_forward::<Self>(x)
     }
 
     /// dx for the output gradient `grad`.
@@ -40,6 +40,12 @@ pub trait Relu6Kernels: Backend {
     }
 }
 
+/// [`Relu6Kernels::relu6_forward`] by burn's clamp.
+pub(super) fn composed_forward<B: Backend>(x: FloatTensor<B>) -> FloatTensor<B> {
+    B::float_clamp(x, 0.0.into(), 6.0.into())
+}
+
+/// [`Relu6Kernels::relu6_backward`] by burn's masked fills.
 pub(super) fn composed_backward<B: Backend>(
     x: FloatTensor<B>,
     grad: FloatTensor<B>,

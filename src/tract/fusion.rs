@@ -132,7 +132,7 @@ pub(crate) fn affine_after(
     let mut last = None;
     let mut outlet = output;
     for (name, values) in [("Mul", &mut affine.scale), ("Add", &mut affine.shift)] {
-        let Some(reader) = sole_reader(model, outlet) else {
+        let Some(reader) = sole_reader(model, outlet).map(|inlet| inlet.node) else {
             break;
         };
         if let Some((x, constant)) = per_channel_bin_op(model, reader, name, channels)
@@ -146,12 +146,12 @@ pub(crate) fn affine_after(
     last.map(|last| (last, affine))
 }
 
-/// The one node reading `outlet`, when `outlet` is not also a model output.
-fn sole_reader(model: &TypedModel, outlet: OutletId) -> Option<usize> {
+/// The one input reading `outlet`, when `outlet` is not also a model output.
+fn sole_reader(model: &TypedModel, outlet: OutletId) -> Option<InletId> {
     let [reader] = model.outlet_successors(outlet) else {
         return None;
     };
-    (!model.output_outlets().ok()?.contains(&outlet)).then_some(reader.node)
+    (!model.output_outlets().ok()?.contains(&outlet)).then_some(*reader)
 }
 
 /// The PReLU with one slope per channel (or one for all) that reads `output` and is its only
@@ -161,14 +161,9 @@ pub(crate) fn prelu_after(
     output: OutletId,
     channels: usize,
 ) -> Option<(usize, Vec<f32>)> {
-    let [reader] = model.outlet_successors(output) else {
-        return None;
-    };
+    let reader = sole_reader(model, output)?;
     let node = model.node(reader.node);
-    if model.output_outlets().ok()?.contains(&output)
-        || node.op_as::<PRelu>().is_none()
-        || reader.slot != 0
-    {
+    if node.op_as::<PRelu>().is_none() || reader.slot != 0 {
         return None;
     }
     let slopes = model.outlet_fact(node.inputs[1]).ok()?.konst.clone()?;
@@ -230,7 +225,13 @@ fn per_channel(constant: &Tensor, channels: usize) -> Option<Vec<f32>> {
     if !fits {
         return None;
     }
-    let values = constant.try_as_plain_ram().ok()?.as_slice::<f32>().ok()?;
+    one_per_channel(constant, channels)
+}
+
+/// A constant of one value or of `channels` as `channels` f32 values.
+fn one_per_channel(constant: &Tensor, channels: usize) -> Option<Vec<f32>> {
+    let values = constant.cast_to::<f32>().ok()?;
+    let values = values.try_as_plain_ram().ok()?.as_slice::<f32>().ok()?;
     match values.len() {
         1 => Some(vec![values[0]; channels]),
         n if n == channels => Some(values.to_vec()),
@@ -242,13 +243,7 @@ fn per_channel(constant: &Tensor, channels: usize) -> Option<Vec<f32>> {
 /// value or of `channels`.
 fn constant_bias(model: &TypedModel, bias: OutletId, channels: usize) -> Option<Vec<f32>> {
     let bias = model.outlet_fact(bias).ok()?.konst.clone()?;
-    let values = bias.cast_to::<f32>().ok()?;
-    let values = values.try_as_plain_ram().ok()?.as_slice::<f32>().ok()?;
-    match values.len() {
-        1 => Some(vec![values[0]; channels]),
-        n if n == channels => Some(values.to_vec()),
-        _ => None,
-    }
+    one_per_channel(&bias, channels)
 }
 
 /// What a convolution takes in from the nodes after it: the per-channel affine (a BatchNorm)

@@ -27,25 +27,25 @@ use super::fusion::{After, Epilogue, after, plain_conv};
 /// Replaces every 1×1 stride-1 convolution of `model` (unpadded, ungrouped, NCHW, f32, with
 /// constant weights). Run before tract's decluttering, which turns these convolutions into its
 /// own matrix products; then [`fuse`] after it.
-pub fn rewrite(model: &mut TypedModel) -> Result<usize> {
+pub fn rewrite(model: &mut TypedModel) -> Result<()> {
     let candidates: Vec<(usize, PointwiseConv)> = model
         .nodes()
         .iter()
         .filter_map(|node| op_for(model, node).map(|op| (node.id, op)))
         .collect();
-    let count = candidates.len();
     for (id, op) in candidates {
         let node = model.node(id).clone();
         let replaced = TypedModelPatch::replace_single_op(model, &node, &node.inputs[..1], op)
             .and_then(|patch| patch.apply(model));
         replaced.map_err(|e| anyhow::anyhow!("pointwise rewrite of `{}`: {e:#}", node.name))?;
     }
-    Ok(count)
+    Ok(())
 }
 
 /// Takes into each pointwise convolution of a decluttered `model` the per-channel affine after
-/// it (a BatchNorm, which decluttering has made a Mul and an Add) and the PReLU after that.
-pub fn fuse(model: &mut TypedModel, convolutions: usize) -> Result<Rewritten> {
+/// it (a BatchNorm, which decluttering has made a Mul and an Add) and the PReLU after that;
+/// counts them and what they took in.
+pub fn fuse(model: &mut TypedModel) -> Result<Rewritten> {
     let ids: Vec<usize> = model
         .nodes()
         .iter()
@@ -53,7 +53,7 @@ pub fn fuse(model: &mut TypedModel, convolutions: usize) -> Result<Rewritten> {
         .map(|node| node.id)
         .collect();
     let mut rewritten = Rewritten {
-        convolutions,
+        convolutions: ids.len(),
         ..Default::default()
     };
     for id in ids {

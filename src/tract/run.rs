@@ -51,11 +51,9 @@ pub(super) fn declutter_with_ours(
 ) -> Result<(TypedModel, Rewrites)> {
     let ours = convolutions == ConvAlgorithm::Ours;
     // Before decluttering, which makes tract's own matrix products of them.
-    let pointwise = if ours {
-        super::pointwise::rewrite(&mut typed)?
-    } else {
-        0
-    };
+    if ours {
+        super::pointwise::rewrite(&mut typed)?;
+    }
     let mut typed = typed
         .into_decluttered()
         .map_err(|e| anyhow::anyhow!("tract cannot type the graph: {e:#}"))?;
@@ -64,7 +62,7 @@ pub(super) fn declutter_with_ours(
     }
     let rewrites = Rewrites {
         winograd: super::winograd::rewrite(&mut typed)?,
-        pointwise: super::pointwise::fuse(&mut typed, pointwise)?,
+        pointwise: super::pointwise::fuse(&mut typed)?,
         grouped: super::grouped::rewrite(&mut typed)?,
     };
     Ok((typed, rewrites))

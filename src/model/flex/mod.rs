@@ -366,11 +366,7 @@ impl Relu6Kernels for Flex {
     fn relu6_forward(x: FloatTensor<Self>) -> FloatTensor<Self> {
         match f32_contiguous(&x) {
             Some(xc) => tensor(relu6::forward(values(&xc)), x.shape().as_slice()),
-            None => <Self as burn::backend::ops::FloatTensorOps<Self>>::float_clamp(
-                x,
-                0.0.into(),
-                6.0.into(),
-            ),
+            None => super::relu6::composed_forward::<Self>(x),
         }
     }
 
