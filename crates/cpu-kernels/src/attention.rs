@@ -3,6 +3,11 @@
 //! pair while its [T, T] matrix is in cache, where burn composes them from a dozen whole-tensor
 //! operations, and exp as a polynomial that vectorises ([`exp`]) where libm's is called value by
 //! value. Each pair's sums run in an order fixed by the shapes, so runs repeat bit for bit.
+//!
+//! A row's largest value and its sums are taken over [`LANES`] running values at once (one
+//! chain of dependent additions a row was half the forward's attention time on vit_tiny: the
+//! adds and the max's compare-and-move wait on each other); the softmax runs in an AVX2 copy
+//! where the CPU has it (`with_avx2_copy!`: the same values, every sum's order fixed by `LANES`).
 
 use rayon::prelude::*;
 
@@ -37,7 +42,7 @@ pub fn forward(s: Shape, q: &[f32], k: &[f32], v: &[f32], scale: f32) -> (Vec<f3
             let (q, k, v) = (&q[pair * m..][..m], &k[pair * m..][..m], &v[pair * m..][..m]);
             let rows = |x| View::rows(x, s.width);
             matmul(p, rows(q), rows(k).t(), (t, s.width, t), false, false);
-            p.chunks_exact_mut(t).for_each(|row| softmax(row, scale));
+            softmax_rows(p, t, scale);
             matmul(out, View::rows(p, t), rows(v), (t, t, s.width), false, false);
         });
     (out, probs)
@@ -68,12 +73,7 @@ pub fn backward(
                 let rows = |x| View::rows(x, w);
                 matmul(dv, View::rows(p, t).t(), rows(dout), (t, t, w), false, false);
                 matmul(ds, rows(dout), rows(v).t(), (t, w, t), false, false);
-                for (ds, p) in ds.chunks_exact_mut(t).zip(p.chunks_exact(t)) {
-                    let dot: f32 = ds.iter().zip(p).map(|(d, p)| d * p).sum();
-                    ds.iter_mut()
-                        .zip(p)
-                        .for_each(|(d, &p)| *d = scale * (p * (*d - dot)));
-                }
+                softmax_backward_rows(ds, p, t, scale);
                 matmul(dq, View::rows(ds, t), rows(k), (t, t, w), false, false);
                 matmul(dk, View::rows(ds, t).t(), rows(q), (t, t, w), false, false);
             },
@@ -81,31 +81,123 @@ pub fn backward(
     (dq, dk, dv)
 }
 
-/// One row of scores → softmax(scale · row), in place: shifted by its largest value, as burn
-/// and PyTorch compute it.
-fn softmax(row: &mut [f32], scale: f32) {
-    let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-    // Three loops, so that the first and the last vectorise (the sum's order is kept).
-    row.iter_mut().for_each(|x| *x = exp(scale * (*x - max)));
-    let sum: f32 = row.iter().sum();
-    let inverse = 1.0 / sum;
-    row.iter_mut().for_each(|x| *x *= inverse);
+/// Running values of a row's max and sums (two AVX2 registers).
+const LANES: usize = 16;
+
+with_avx2_copy!(
+    /// Each row of `t` scores → softmax(scale · row), in place.
+    pub fn softmax_rows(scores: &mut [f32], t: usize, scale: f32) = softmax_rows_baseline
+);
+
+/// The copy without AVX2 (public for the test that both copies agree bit for bit). Plain loops
+/// in the hot paths: a closure would not be compiled into the AVX2 copy.
+#[inline(always)]
+pub fn softmax_rows_baseline(scores: &mut [f32], t: usize, scale: f32) {
+    for row in scores.chunks_exact_mut(t) {
+        // Shifted by the row's largest value, as burn and PyTorch compute it.
+        let max = lanes_max(row);
+        for x in row.iter_mut() {
+            *x = exp(scale * (*x - max));
+        }
+        let inverse = 1.0 / lanes_sum(row, None);
+        for x in row.iter_mut() {
+            *x *= inverse;
+        }
+    }
+}
+
+with_avx2_copy!(
+    /// dS = s · P ⊙ (dP − Σ_j dP·P) for each row of `t`, dP given in `ds` and replaced.
+    fn softmax_backward_rows(ds: &mut [f32], p: &[f32], t: usize, scale: f32) = softmax_backward_rows_baseline
+);
+
+#[inline(always)]
+fn softmax_backward_rows_baseline(ds: &mut [f32], p: &[f32], t: usize, scale: f32) {
+    for (ds, p) in ds.chunks_exact_mut(t).zip(p.chunks_exact(t)) {
+        let dot = lanes_sum(ds, Some(p));
+        for (d, &p) in ds.iter_mut().zip(p) {
+            *d = scale * (p * (*d - dot));
+        }
+    }
+}
+
+/// The largest value of `row` (NaN left out, as `f32::max` does: a NaN then makes its exp NaN).
+#[inline(always)]
+fn lanes_max(row: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    let chunks = row.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for chunk in chunks {
+        for (m, &x) in lanes.iter_mut().zip(chunk) {
+            // A select, which vectorises where `f32::max` does not.
+            *m = if x > *m { x } else { *m };
+        }
+    }
+    let max = halve(lanes, |a, b| if b > a { b } else { a });
+    tail.iter().fold(max, |m, &x| m.max(x))
+}
+
+/// The lanes combined by halves (lane l with lane l + 8, then + 4, …): four steps where a
+/// chain through the sixteen would take fifteen.
+#[inline(always)]
+fn halve(mut lanes: [f32; LANES], combine: impl Fn(f32, f32) -> f32) -> f32 {
+    let mut width = LANES / 2;
+    while width > 0 {
+        for l in 0..width {
+            lanes[l] = combine(lanes[l], lanes[l + width]);
+        }
+        width /= 2;
+    }
+    lanes[0]
+}
+
+/// Σ row (or Σ row ⊙ weights): lane l sums the values at l, l + LANES, …, then the lanes are
+/// added by halves and the tail in order.
+#[inline(always)]
+fn lanes_sum(row: &[f32], weights: Option<&[f32]>) -> f32 {
+    let mut lanes = [0.0f32; LANES];
+    let chunks = row.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    match weights {
+        None => {
+            for chunk in chunks {
+                for (s, &x) in lanes.iter_mut().zip(chunk) {
+                    *s += x;
+                }
+            }
+            halve(lanes, |a, b| a + b) + tail.iter().sum::<f32>()
+        }
+        Some(weights) => {
+            let weights = &weights[..row.len()];
+            let weight_chunks = weights.chunks_exact(LANES);
+            let weight_tail = weight_chunks.remainder();
+            for (chunk, w) in chunks.zip(weight_chunks) {
+                for ((s, &x), &w) in lanes.iter_mut().zip(chunk).zip(w) {
+                    *s += x * w;
+                }
+            }
+            let tail: f32 = tail.iter().zip(weight_tail).map(|(x, w)| x * w).sum();
+            halve(lanes, |a, b| a + b) + tail
+        }
+    }
 }
 
 /// eˣ for x ≤ 0 (softmax's shifted scores) within 2 ulp, branch-free so that a loop of it
 /// vectorises: x = n·ln 2 + r with |r| ≤ ln 2 / 2, eʳ by a degree-7 polynomial (Cephes'
 /// expf coefficients), 2ⁿ from the exponent bits. Below −87.3, where eˣ leaves f32's normal
-/// numbers, it gives e^−87.3 (1.2·10⁻³⁸).
+/// numbers, it gives e^−87.3 (1.2·10⁻³⁸); NaN gives NaN.
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
     const LOG2_E: f32 = std::f32::consts::LOG2_E;
     // ln 2 in two parts, so that n·ln 2 is subtracted exactly.
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
-    let x = x.max(-87.3);
+    // A select, not `f32::max`, which would turn NaN into −87.3.
+    let x = if x < -87.3 { -87.3 } else { x };
     // Rounded to the nearest integer by adding and taking away 1.5·2²³ (|x·log₂e| < 2²²).
     const ROUND: f32 = 12_582_912.0;
-    let n = (x * LOG2_E + ROUND) - ROUND;
+    let rounded = x * LOG2_E + ROUND;
+    let n = rounded - ROUND;
     let r = x - n * LN2_HI - n * LN2_LO;
     let p = 1.987_569_1e-4_f32;
     let p = p * r + 1.398_2e-3;
@@ -114,7 +206,10 @@ pub fn exp(x: f32) -> f32 {
     let p = p * r + 1.666_666_5e-1;
     let p = p * r + 5e-1;
     let er = p * r * r + r + 1.0;
-    // 2ⁿ for n in [−126, 0]: its exponent field.
-    let two_n = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    // 2ⁿ for n in [−126, 0]: its exponent field. n is also the difference of the bits of
+    // `rounded` and ROUND (one binade, unit steps), integer arithmetic that vectorises where
+    // `n as i32` (saturating, NaN to 0) runs value by value.
+    let n_bits = rounded.to_bits().wrapping_sub(ROUND.to_bits());
+    let two_n = f32::from_bits(n_bits.wrapping_add(127) << 23);
     er * two_n
 }

@@ -374,11 +374,18 @@ mod attention {
 
     #[test]
     fn forward_and_gradients_equal_the_definition() {
-        let s = Shape {
-            pairs: 3,
-            tokens: 9,
-            width: 4,
-        };
+        // 9 tokens: a row shorter than the kernel's 16 running sums; 37: two chunks and a tail.
+        for (pairs, tokens) in [(3, 9), (2, 37)] {
+            let s = Shape {
+                pairs,
+                tokens,
+                width: 4,
+            };
+            forward_and_gradients_equal_the_definition_at(s);
+        }
+    }
+
+    fn forward_and_gradients_equal_the_definition_at(s: Shape) {
         let scale = 0.5;
         let (q, k, v, g) = (inputs(s, 1), inputs(s, 2), inputs(s, 3), inputs(s, 4));
         let (out, probs) = forward(s, &q, &k, &v, scale as f32);
@@ -408,6 +415,41 @@ mod attention {
                     ["q", "k", "v"][which],
                     grad[i]
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn a_nan_score_makes_its_rows_nan_as_in_pytorch() {
+        let s = Shape {
+            pairs: 2,
+            tokens: 20,
+            width: 3,
+        };
+        let (mut q, k, v) = (inputs(s, 1), inputs(s, 2), inputs(s, 3));
+        q[3 * s.width] = f32::NAN; // pair 0, token 3: its row of scores is NaN
+        let (out, _) = forward(s, &q, &k, &v, 0.5);
+        for (row, values) in out.chunks(s.width).enumerate() {
+            let nan = values.iter().all(|x| x.is_nan());
+            assert_eq!(nan, row == 3, "row {row}: {values:?}");
+            assert!(nan || values.iter().all(|x| x.is_finite()), "row {row}");
+        }
+    }
+
+    #[test]
+    fn the_avx2_softmax_equals_the_baseline_bit_for_bit() {
+        for t in [5, 16, 144, 150] {
+            let rows: Vec<f32> = (0..7 * t)
+                .map(|i| ((i * 7919 % 2003) as f32 / 100.0) - 10.0)
+                .collect();
+            let (mut ours, mut baseline) = (rows.clone(), rows);
+            softmax_rows(&mut ours, t, 0.37);
+            softmax_rows_baseline(&mut baseline, t, 0.37);
+            let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&ours), bits(&baseline), "{t} tokens");
+            for row in ours.chunks(t) {
+                let sum: f64 = row.iter().map(|&p| p as f64).sum();
+                assert!((sum - 1.0).abs() < 1e-5, "{t} tokens: Σ = {sum}");
             }
         }
     }
