@@ -230,24 +230,13 @@ fn drop_path(x: Tensor<3>, p: f64, training: bool) -> Tensor<3> {
 
 impl Attention {
     fn forward(&self, x: Tensor<3>, precision: Precision) -> Tensor<3> {
-        let [n, t, d] = x.dims();
-        let head_dim = d / self.heads;
-        // [N, T, 3, H, d/H] → [3, N, H, T, d/H], as vit.py's permute(2, 0, 3, 1, 4).
-        let qkv = linear_tokens(&self.qkv, x, precision)
-            .reshape([n, t, 3, self.heads, head_dim])
-            .permute([2, 0, 3, 1, 4]);
-        let [q, k, v]: [Tensor<4>; 3] = qkv
-            .chunk(3, 0)
-            .into_iter()
-            .map(|part| part.reshape([n, self.heads, t, head_dim]))
-            .collect::<Vec<_>>()
-            .try_into()
-            .expect("three parts");
+        let head_dim = x.dims()[2] / self.heads;
         // q·kᵀ and the softmax in fp32 whatever the precision, as vit.py does under autocast.
-        // One backend call: libtorch's scaled dot-product attention in inference; under
-        // autodiff one operation with its own backward (attention.rs).
-        let out = super::attention::attention(q, k, v, (head_dim as f64).powf(-0.5));
-        let out = out.swap_dims(1, 2).reshape([n, t, d]);
+        // One backend call on the qkv Linear's output as it lies ([N, T, 3, heads, d/heads]):
+        // libtorch's scaled dot-product attention in inference; under autodiff one operation
+        // with its own backward (attention.rs).
+        let qkv = linear_tokens(&self.qkv, x, precision);
+        let out = super::attention::attention(qkv, self.heads, (head_dim as f64).powf(-0.5));
         linear_tokens(&self.proj, out, precision)
     }
 }

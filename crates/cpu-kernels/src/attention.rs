@@ -1,6 +1,7 @@
-//! Scaled dot-product attention, softmax(s·Q·Kᵀ)·V, forward and backward, one (image, head)
-//! pair per task on rayon's threads: the product, the softmax and the second product of each
-//! pair while its [T, T] matrix is in cache, where burn composes them from a dozen whole-tensor
+//! Scaled dot-product attention, softmax(s·Q·Kᵀ)·V, forward and backward, one image per task
+//! on rayon's threads, head by head: the product, the softmax and the second product of each
+//! (image, head) pair while its [T, T] matrix is in cache, reading q, k, v where the qkv
+//! Linear wrote them, where burn composes them from a dozen whole-tensor
 //! operations, and exp as a polynomial that vectorises ([`exp`]) where libm's is called value by
 //! value. Each pair's sums run in an order fixed by the shapes, so runs repeat bit for bit.
 //!
@@ -11,74 +12,103 @@
 
 use rayon::prelude::*;
 
-use crate::matmul::{View, matmul};
+use crate::matmul::{View, matmul, matmul_strided};
 
-/// Shapes: `pairs` (image, head) pairs of `tokens` × `width` matrices, back to back.
+/// Shapes: `images` × `tokens` rows of q, k and v for `heads` heads of `width` values each,
+/// packed as the ViT's qkv Linear writes them: row (image, token) holds [3, heads, width]
+/// (vit.py's reshape(B, N, 3, H, d/H)). The output rows hold [heads, width] (its
+/// transpose(1, 2).reshape(B, N, C)), so no permuted copies are made either way.
 #[derive(Debug, Clone, Copy)]
 pub struct Shape {
-    pub pairs: usize,
+    pub images: usize,
+    pub heads: usize,
     pub tokens: usize,
     pub width: usize,
 }
 
 impl Shape {
-    fn matrix(&self) -> usize {
-        self.tokens * self.width
+    /// Values in a token's output row: heads × width.
+    fn dim(&self) -> usize {
+        self.heads * self.width
     }
-    fn scores(&self) -> usize {
-        self.tokens * self.tokens
+    /// One image's qkv values.
+    fn image_qkv(&self) -> usize {
+        self.tokens * 3 * self.dim()
+    }
+    /// One image's output values.
+    fn image_out(&self) -> usize {
+        self.tokens * self.dim()
+    }
+    /// One image's probabilities, [heads, T, T].
+    fn image_scores(&self) -> usize {
+        self.heads * self.tokens * self.tokens
+    }
+    /// Head `h`'s q (part 0), k (1) or v (2) of one image's qkv rows.
+    fn part<'a>(&self, qkv: &'a [f32], part: usize, h: usize) -> View<'a> {
+        View {
+            data: &qkv[(part * self.heads + h) * self.width..],
+            row_stride: 3 * self.dim(),
+            col_stride: 1,
+        }
     }
 }
 
-/// (output [pairs, T, width], probabilities [pairs, T, T]) of q, k, v [pairs, T, width].
-pub fn forward(s: Shape, q: &[f32], k: &[f32], v: &[f32], scale: f32) -> (Vec<f32>, Vec<f32>) {
-    let (m, t) = (s.matrix(), s.tokens);
-    let mut out = vec![0.0; s.pairs * m];
-    let mut probs = vec![0.0; s.pairs * s.scores()];
-    out.par_chunks_mut(m.max(1))
-        .zip(probs.par_chunks_mut(s.scores().max(1)))
+/// (output [images, T, heads·width], probabilities [images, heads, T, T]) of packed qkv
+/// [images, T, 3·heads·width]; images on rayon's threads.
+pub fn forward(s: Shape, qkv: &[f32], scale: f32) -> (Vec<f32>, Vec<f32>) {
+    let (t, w, d) = (s.tokens, s.width, s.dim());
+    let mut out = vec![0.0; s.images * s.image_out()];
+    let mut probs = vec![0.0; s.images * s.image_scores()];
+    out.par_chunks_mut(s.image_out().max(1))
+        .zip(probs.par_chunks_mut(s.image_scores().max(1)))
         .enumerate()
-        .for_each(|(pair, (out, p))| {
-            let (q, k, v) = (&q[pair * m..][..m], &k[pair * m..][..m], &v[pair * m..][..m]);
-            let rows = |x| View::rows(x, s.width);
-            matmul(p, rows(q), rows(k).t(), (t, s.width, t), false, false);
-            softmax_rows(p, t, scale);
-            matmul(out, View::rows(p, t), rows(v), (t, t, s.width), false, false);
+        .for_each(|(image, (out, probs))| {
+            let qkv = &qkv[image * s.image_qkv()..][..s.image_qkv()];
+            for (h, p) in probs.chunks_exact_mut(t * t).enumerate() {
+                let (q, k, v) = (s.part(qkv, 0, h), s.part(qkv, 1, h), s.part(qkv, 2, h));
+                matmul(p, q, k.t(), (t, w, t), false, false);
+                softmax_rows(p, t, scale);
+                let out = &mut out[h * w..];
+                matmul_strided(out, d, View::rows(p, t), v, (t, t, w), false, false);
+            }
         });
     (out, probs)
 }
 
-/// (dq, dk, dv) for the output gradient `grad` [pairs, T, width], from the forward's
-/// probabilities P: dV = Pᵀ·dO, dP = dO·Vᵀ, dS = P ⊙ (dP − Σ_j dP·P), dQ = s·dS·K, dK = s·dSᵀ·Q.
-pub fn backward(
-    s: Shape,
-    (q, k, v): (&[f32], &[f32], &[f32]),
-    probs: &[f32],
-    grad: &[f32],
-    scale: f32,
-) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-    let (m, t, w) = (s.matrix(), s.tokens, s.width);
-    let mut dq = vec![0.0; s.pairs * m];
-    let mut dk = vec![0.0; s.pairs * m];
-    let mut dv = vec![0.0; s.pairs * m];
-    dq.par_chunks_mut(m.max(1))
-        .zip(dk.par_chunks_mut(m.max(1)))
-        .zip(dv.par_chunks_mut(m.max(1)))
+/// d(qkv), packed as qkv, for the output gradient `grad` [images, T, heads·width], from the
+/// forward's probabilities P: dV = Pᵀ·dO, dP = dO·Vᵀ, dS = P ⊙ (dP − Σ_j dP·P), dQ = s·dS·K,
+/// dK = s·dSᵀ·Q.
+pub fn backward(s: Shape, qkv: &[f32], probs: &[f32], grad: &[f32], scale: f32) -> Vec<f32> {
+    let (t, w, d) = (s.tokens, s.width, s.dim());
+    let mut dqkv = vec![0.0; s.images * s.image_qkv()];
+    dqkv.par_chunks_mut(s.image_qkv().max(1))
         .enumerate()
         .for_each_init(
-            || vec![0.0; s.scores()],
-            |ds, (pair, ((dq, dk), dv))| {
-                let [q, k, v, dout] = [q, k, v, grad].map(|x| &x[pair * m..][..m]);
-                let p = &probs[pair * s.scores()..][..s.scores()];
-                let rows = |x| View::rows(x, w);
-                matmul(dv, View::rows(p, t).t(), rows(dout), (t, t, w), false, false);
-                matmul(ds, rows(dout), rows(v).t(), (t, w, t), false, false);
-                softmax_backward_rows(ds, p, t, scale);
-                matmul(dq, View::rows(ds, t), rows(k), (t, t, w), false, false);
-                matmul(dk, View::rows(ds, t).t(), rows(q), (t, t, w), false, false);
+            || vec![0.0; t * t],
+            |ds, (image, dqkv)| {
+                let qkv = &qkv[image * s.image_qkv()..][..s.image_qkv()];
+                let grad = &grad[image * s.image_out()..][..s.image_out()];
+                let probs = &probs[image * s.image_scores()..][..s.image_scores()];
+                for (h, p) in probs.chunks_exact(t * t).enumerate() {
+                    let (q, k, v) = (s.part(qkv, 0, h), s.part(qkv, 1, h), s.part(qkv, 2, h));
+                    let dout = View {
+                        data: &grad[h * w..],
+                        row_stride: d,
+                        col_stride: 1,
+                    };
+                    let p = View::rows(p, t);
+                    // Head h's dQ, dK, dV columns of the packed rows.
+                    let at = |part: usize| (part * s.heads + h) * w;
+                    matmul_strided(&mut dqkv[at(2)..], 3 * d, p.t(), dout, (t, t, w), false, false);
+                    matmul(ds, dout, v.t(), (t, w, t), false, false);
+                    softmax_backward_rows(ds, p.data, t, scale);
+                    let ds_rows = View::rows(ds, t);
+                    matmul_strided(&mut dqkv[at(0)..], 3 * d, ds_rows, k, (t, t, w), false, false);
+                    matmul_strided(&mut dqkv[at(1)..], 3 * d, ds_rows.t(), q, (t, t, w), false, false);
+                }
             },
         );
-    (dq, dk, dv)
+    dqkv
 }
 
 /// Running values of a row's max and sums (two AVX2 registers).

@@ -54,7 +54,23 @@ pub fn matmul(
     accumulate: bool,
     threads: bool,
 ) {
-    assert!(dst.len() >= m * n, "matmul: destination {m}×{n} too small");
+    matmul_strided(dst, n, lhs, rhs, (m, k, n), accumulate, threads)
+}
+
+/// [`matmul`] into rows `dst_row_stride` apart (a block of columns of a wider matrix).
+pub fn matmul_strided(
+    dst: &mut [f32],
+    dst_row_stride: usize,
+    lhs: View,
+    rhs: View,
+    (m, k, n): (usize, usize, usize),
+    accumulate: bool,
+    threads: bool,
+) {
+    assert!(
+        n <= dst_row_stride && (m == 0 || dst.len() >= (m - 1) * dst_row_stride + n),
+        "matmul: destination {m}×{n} (rows {dst_row_stride} apart) too small"
+    );
     lhs.check(m, k, "left factor");
     rhs.check(k, n, "right factor");
     if m == 0 || n == 0 {
@@ -62,7 +78,9 @@ pub fn matmul(
     }
     if k == 0 {
         if !accumulate {
-            dst[..m * n].fill(0.0);
+            for row in 0..m {
+                dst[row * dst_row_stride..][..n].fill(0.0);
+            }
         }
         return;
     }
@@ -81,7 +99,7 @@ pub fn matmul(
             k,
             dst.as_mut_ptr(),
             1,
-            n as isize,
+            dst_row_stride as isize,
             accumulate,
             lhs.data.as_ptr(),
             lhs.col_stride as isize,

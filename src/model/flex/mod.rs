@@ -295,70 +295,66 @@ impl PReluOp for Flex {
     }
 }
 
-/// q, k, v [N, heads, T, d] as the kernels' shape and contiguous f32 values.
-fn attention_inputs(
-    qkv: [&FlexTensor; 3],
-) -> Option<(attention::Shape, [FlexTensor; 3], Vec<usize>)> {
-    let dims = qkv[0].shape().as_slice().to_vec();
-    if dims.len() != 4 || qkv.iter().any(|t| t.shape().as_slice() != dims.as_slice()) {
+/// qkv [N, T, 3·D] for `heads` as the kernels' shape and contiguous f32 values.
+fn attention_input(qkv: &FlexTensor, heads: usize) -> Option<(attention::Shape, FlexTensor)> {
+    let &[images, tokens, three_d] = qkv.shape().as_slice() else {
+        return None;
+    };
+    if heads == 0 || three_d % (3 * heads) != 0 {
         return None;
     }
     let shape = attention::Shape {
-        pairs: dims[0] * dims[1],
-        tokens: dims[2],
-        width: dims[3],
+        images,
+        heads,
+        tokens,
+        width: three_d / 3 / heads,
     };
-    let [q, k, v] = qkv.map(f32_contiguous);
-    Some((shape, [q?, k?, v?], dims))
+    Some((shape, f32_contiguous(qkv)?))
 }
 
 impl AttentionKernels for Flex {
     fn attention_forward(
-        q: FloatTensor<Self>,
-        k: FloatTensor<Self>,
-        v: FloatTensor<Self>,
+        qkv: FloatTensor<Self>,
+        heads: usize,
         scale: f64,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        let Some((shape, [qc, kc, vc], dims)) = attention_inputs([&q, &k, &v]) else {
-            return super::attention::composed_forward::<Self>(q, k, v, scale);
+        let Some((shape, packed)) = attention_input(&qkv, heads) else {
+            return super::attention::composed_forward::<Self>(qkv, heads, scale);
         };
-        let (out, probs) =
-            attention::forward(shape, values(&qc), values(&kc), values(&vc), scale as f32);
-        let scores = [dims[0], dims[1], dims[2], dims[2]];
-        (tensor(out, &dims), tensor(probs, &scores))
+        let (out, probs) = attention::forward(shape, values(&packed), scale as f32);
+        let (n, t) = (shape.images, shape.tokens);
+        (
+            tensor(out, &[n, t, heads * shape.width]),
+            tensor(probs, &[n, heads, t, t]),
+        )
     }
 
     fn attention_backward(
-        qkv: [FloatTensor<Self>; 3],
+        qkv: FloatTensor<Self>,
         probs: FloatTensor<Self>,
         grad: FloatTensor<Self>,
+        heads: usize,
         scale: f64,
-    ) -> [FloatTensor<Self>; 3] {
-        let [q, k, v] = &qkv;
-        let prepared = attention_inputs([q, k, v])
-            .and_then(|inputs| Some((inputs, f32_contiguous(&probs)?, f32_contiguous(&grad)?)));
-        let Some(((shape, [qc, kc, vc], dims), pc, gc)) = prepared else {
-            return super::attention::composed_backward::<Self>(qkv, probs, grad, scale);
+    ) -> FloatTensor<Self> {
+        let prepared = attention_input(&qkv, heads)
+            .and_then(|input| Some((input, f32_contiguous(&probs)?, f32_contiguous(&grad)?)));
+        let Some(((shape, packed), pc, gc)) = prepared else {
+            return super::attention::composed_backward::<Self>(qkv, probs, grad, heads, scale);
         };
-        let (dq, dk, dv) = attention::backward(
+        let dqkv = attention::backward(
             shape,
-            (values(&qc), values(&kc), values(&vc)),
+            values(&packed),
             values(&pc),
             values(&gc),
             scale as f32,
         );
-        [dq, dk, dv].map(|d| tensor(d, &dims))
+        tensor(dqkv, qkv.shape().as_slice())
     }
 }
 
 impl AttentionOp for Flex {
-    fn attention_op(
-        q: FloatTensor<Self>,
-        k: FloatTensor<Self>,
-        v: FloatTensor<Self>,
-        scale: f64,
-    ) -> FloatTensor<Self> {
-        super::attention::inference::<Self>(q, k, v, scale)
+    fn attention_op(qkv: FloatTensor<Self>, heads: usize, scale: f64) -> FloatTensor<Self> {
+        super::attention::inference::<Self>(qkv, heads, scale)
     }
 }
 

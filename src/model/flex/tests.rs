@@ -342,30 +342,39 @@ mod attention {
         assert!(exp(-1000.0) > 0.0 && exp(-1000.0) < 1.3e-38);
     }
 
-    /// (q, k, v) of a shape, deterministic, both signs.
-    fn inputs(s: Shape, salt: usize) -> Vec<f32> {
-        let n = s.pairs * s.tokens * s.width;
+    /// `n` values, deterministic, both signs.
+    fn inputs(n: usize, salt: usize) -> Vec<f32> {
         (0..n)
             .map(|i| (((i * 7919 + salt * 104_729) % 2003) as f32 / 1001.5 - 1.0) * 1.5)
             .collect()
     }
 
-    /// Σ softmax(scale·q·kᵀ)·v ⊙ g over everything, in f64: the definition.
-    fn loss(s: Shape, [q, k, v]: [&[f64]; 3], g: &[f32], scale: f64) -> f64 {
-        let (t, w) = (s.tokens, s.width);
+    /// Values in a token's output row, and in its packed qkv row.
+    fn dims(s: Shape) -> (usize, usize) {
+        (s.heads * s.width, 3 * s.heads * s.width)
+    }
+
+    /// Σ out ⊙ g over everything in f64, out the heads' softmax(scale·q·kᵀ)·v side by side,
+    /// q, k, v read from the packed rows [3, heads, width]: the definition.
+    fn loss(s: Shape, qkv: &[f64], g: &[f32], scale: f64) -> f64 {
+        let (t, w, (d, row)) = (s.tokens, s.width, dims(s));
         let mut total = 0.0;
-        for pair in 0..s.pairs {
-            let at = |x: &[f64], r: usize, c: usize| x[(pair * t + r) * w + c];
-            for i in 0..t {
-                let scores: Vec<f64> = (0..t)
-                    .map(|j| scale * (0..w).map(|c| at(q, i, c) * at(k, j, c)).sum::<f64>())
-                    .collect();
-                let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-                let e: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
-                let sum: f64 = e.iter().sum();
-                for c in 0..w {
-                    let out: f64 = (0..t).map(|j| e[j] / sum * at(v, j, c)).sum();
-                    total += out * g[(pair * t + i) * w + c] as f64;
+        for image in 0..s.images {
+            for h in 0..s.heads {
+                let at = |part: usize, r: usize, c: usize| {
+                    qkv[(image * t + r) * row + (part * s.heads + h) * w + c]
+                };
+                for i in 0..t {
+                    let scores: Vec<f64> = (0..t)
+                        .map(|j| scale * (0..w).map(|c| at(0, i, c) * at(1, j, c)).sum::<f64>())
+                        .collect();
+                    let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                    let e: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+                    let sum: f64 = e.iter().sum();
+                    for c in 0..w {
+                        let out: f64 = (0..t).map(|j| e[j] / sum * at(2, j, c)).sum();
+                        total += out * g[(image * t + i) * d + h * w + c] as f64;
+                    }
                 }
             }
         }
@@ -374,12 +383,14 @@ mod attention {
 
     #[test]
     fn forward_and_gradients_equal_the_definition() {
-        // 9 tokens: a row shorter than the kernel's 16 running sums; 37: two chunks and a tail.
-        for (pairs, tokens) in [(3, 9), (2, 37)] {
+        // 9 tokens: a row shorter than the kernel's 16 running sums; 37: two chunks and a
+        // tail; two and three heads: q, k, v and the output read and written between others.
+        for (images, heads, tokens, width) in [(3, 1, 9, 4), (2, 2, 37, 4), (1, 3, 20, 3)] {
             let s = Shape {
-                pairs,
+                images,
+                heads,
                 tokens,
-                width: 4,
+                width,
             };
             forward_and_gradients_equal_the_definition_at(s);
         }
@@ -387,52 +398,61 @@ mod attention {
 
     fn forward_and_gradients_equal_the_definition_at(s: Shape) {
         let scale = 0.5;
-        let (q, k, v, g) = (inputs(s, 1), inputs(s, 2), inputs(s, 3), inputs(s, 4));
-        let (out, probs) = forward(s, &q, &k, &v, scale as f32);
-        let (dq, dk, dv) = backward(s, (&q, &k, &v), &probs, &g, scale as f32);
-        let wide = |x: &[f32]| x.iter().map(|&v| v as f64).collect::<Vec<f64>>();
-        let qkv = [wide(&q), wide(&k), wide(&v)];
+        let (d, row) = dims(s);
+        let (qkv, g) = (
+            inputs(s.images * s.tokens * row, 1),
+            inputs(s.images * s.tokens * d, 4),
+        );
+        let (out, probs) = forward(s, &qkv, scale as f32);
+        let dqkv = backward(s, &qkv, &probs, &g, scale as f32);
+        let wide: Vec<f64> = qkv.iter().map(|&v| v as f64).collect();
         // The forward: Σ out ⊙ g is the loss.
         let ours: f64 = out.iter().zip(&g).map(|(o, g)| *o as f64 * *g as f64).sum();
-        let want = loss(s, [&qkv[0], &qkv[1], &qkv[2]], &g, scale);
+        let want = loss(s, &wide, &g, scale);
         assert!(
             (ours - want).abs() < 1e-5 * want.abs().max(1.0),
-            "{ours} vs {want}"
+            "{s:?}: {ours} vs {want}"
         );
         // Each gradient against central differences of the definition, value by value.
-        for (which, grad) in [dq, dk, dv].iter().enumerate() {
-            for i in (0..grad.len()).step_by(5) {
-                let h = 1e-5;
-                let mut shifted = qkv.clone();
-                shifted[which][i] += h;
-                let up = loss(s, [&shifted[0], &shifted[1], &shifted[2]], &g, scale);
-                shifted[which][i] -= 2.0 * h;
-                let down = loss(s, [&shifted[0], &shifted[1], &shifted[2]], &g, scale);
-                let numeric = (up - down) / (2.0 * h);
-                assert!(
-                    (grad[i] as f64 - numeric).abs() < 1e-4,
-                    "d{}[{i}]: {} vs {numeric}",
-                    ["q", "k", "v"][which],
-                    grad[i]
-                );
-            }
+        for i in (0..dqkv.len()).step_by(5) {
+            let h = 1e-5;
+            let mut shifted = wide.clone();
+            shifted[i] += h;
+            let up = loss(s, &shifted, &g, scale);
+            shifted[i] -= 2.0 * h;
+            let down = loss(s, &shifted, &g, scale);
+            let numeric = (up - down) / (2.0 * h);
+            assert!(
+                (dqkv[i] as f64 - numeric).abs() < 1e-4,
+                "{s:?}: dqkv[{i}]: {} vs {numeric}",
+                dqkv[i]
+            );
         }
     }
 
     #[test]
     fn a_nan_score_makes_its_rows_nan_as_in_pytorch() {
         let s = Shape {
-            pairs: 2,
+            images: 2,
+            heads: 2,
             tokens: 20,
             width: 3,
         };
-        let (mut q, k, v) = (inputs(s, 1), inputs(s, 2), inputs(s, 3));
-        q[3 * s.width] = f32::NAN; // pair 0, token 3: its row of scores is NaN
-        let (out, _) = forward(s, &q, &k, &v, 0.5);
-        for (row, values) in out.chunks(s.width).enumerate() {
-            let nan = values.iter().all(|x| x.is_nan());
-            assert_eq!(nan, row == 3, "row {row}: {values:?}");
-            assert!(nan || values.iter().all(|x| x.is_finite()), "row {row}");
+        let (d, row) = dims(s);
+        let mut qkv = inputs(s.images * s.tokens * row, 1);
+        // Image 0, token 3, head 1's q: that head's row of scores is NaN, nothing else.
+        qkv[3 * row + s.width] = f32::NAN;
+        let (out, _) = forward(s, &qkv, 0.5);
+        for (token, values) in out.chunks(d).enumerate() {
+            for (h, values) in values.chunks(s.width).enumerate() {
+                let nan = values.iter().all(|x| x.is_nan());
+                assert_eq!(
+                    nan,
+                    token == 3 && h == 1,
+                    "token {token} head {h}: {values:?}"
+                );
+                assert!(nan || values.iter().all(|x| x.is_finite()));
+            }
         }
     }
 
