@@ -300,12 +300,22 @@ fn pointwise_convolutions_equal_the_definition() {
         pad: [0; 4],
         ..DEPTHWISE
     };
+    // On AVX2 our kernel: 35 pixels split among the threads by output channels (tiles of 6:
+    // 40 leaves a part), 132 (9 tiles of 16, the last of 4) by pixels; 19 input channels.
+    let wide = Case {
+        c: 19,
+        h: 12,
+        w: 11,
+        ..pointwise
+    };
     for case in [
         pointwise,
         Case {
             bn_prelu: false,
             ..pointwise
         },
+        wide,
+        Case { n: 1, ..wide },
     ] {
         let p = check(&case).pointwise;
         let fused = case.bn_prelu as usize;
@@ -314,6 +324,14 @@ fn pointwise_convolutions_equal_the_definition() {
             (1, fused, fused),
             "{case:?}"
         );
+    }
+    // The `gemm` product where the CPU has no AVX2.
+    {
+        use std::sync::atomic::Ordering;
+        crate::tract::eval::BASELINE_ONLY.store(true, Ordering::Relaxed);
+        let p = check(&wide).pointwise;
+        crate::tract::eval::BASELINE_ONLY.store(false, Ordering::Relaxed);
+        assert_eq!((p.convolutions, p.prelus_fused), (1, 1));
     }
     // Strided or padded 1×1 convolutions stay tract's.
     for case in [

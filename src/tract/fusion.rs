@@ -316,6 +316,11 @@ impl Epilogue {
         &self.shift
     }
 
+    /// Channel `channel`'s PReLU slope, if a PReLU was taken in.
+    pub(crate) fn slope(&self, channel: usize) -> Option<f32> {
+        self.slopes.as_ref().map(|slopes| slopes[channel])
+    }
+
     pub(crate) fn apply(&self, channel: usize, plane: &mut [f32]) {
         let slope = self.slopes.as_ref().map(|slopes| slopes[channel]);
         shift_and_prelu(plane, self.shift[channel], slope);

@@ -10,6 +10,7 @@ mod fusion;
 pub mod grouped;
 pub mod op_profile;
 pub mod pointwise;
+mod pointwise_kernel;
 pub mod prelu;
 pub mod run;
 pub mod winograd;

@@ -1,6 +1,7 @@
 //! The 1×1 stride-1 convolutions of an embedder run by tract, as one matrix product per image
-//! by the `gemm` crate (the one burn's CPU backend and our training kernels use), with the
-//! BatchNorm and the PReLU after each taken into the product's last pass over its output.
+//! with the BatchNorm and the PReLU after each taken in: on AVX2 + FMA our own product
+//! (`pointwise_kernel.rs`: weights packed once, the epilogue applied on the registers), else
+//! the `gemm` crate's (the one burn's CPU backend and our training kernels use) and a last pass.
 //!
 //! MobileFaceNet is mostly 1×1 convolutions (0.41 of its 0.44 GMAC), and tract computed them
 //! at about half the rate `gemm` reaches on the same shapes, repacking each activation first.
@@ -8,10 +9,13 @@
 //! products (the 31 1×1 convolutions, the stem and second layer, the FC layer), where `gemm`
 //! computes the 31 in 5.9 ms (8.3 on one core; same shapes, timed apart). tract's BatchNorm
 //! after each was one more pass over the activation, and its PReLU another (docs/HISTORY.md).
+//! Our product then took the 31 from 5.1 to 4.7 ms (`bench infer --tract-ops`).
 //!
 //! The rewrite runs on tract's typed graph before its decluttering, which would make these
 //! convolutions its own matrix products; what they take in is found after it ([`fuse`]).
 
+#[cfg(target_arch = "x86_64")]
+use std::ops::Range;
 use std::sync::Arc;
 
 use anyhow::Result;
@@ -20,9 +24,14 @@ use rayon::prelude::*;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::internal::*;
 
+#[cfg(target_arch = "x86_64")]
+use super::eval::has_avx2;
 use super::eval::{plain, plain_mut, spread_over_threads};
 pub use super::fusion::Rewritten;
 use super::fusion::{After, Epilogue, after, plain_conv};
+use super::pointwise_kernel::pack_weights;
+#[cfg(target_arch = "x86_64")]
+use super::pointwise_kernel::{COLS, Output, ROWS, product};
 
 /// Replaces every 1×1 stride-1 convolution of `model` (unpadded, ungrouped, NCHW, f32, with
 /// constant weights). Run before tract's decluttering, which turns these convolutions into its
@@ -80,13 +89,12 @@ fn op_for(model: &TypedModel, node: &TypedNode) -> Option<PointwiseConv> {
         && spec.kernel_shape.as_slice() == [1, 1]
         && spec.strides().iter().all(|s| *s == 1)
         && unpadded;
-    pointwise.then(|| PointwiseConv {
-        n,
-        c,
-        o: spec.output_channels,
-        pixels: h * w,
-        weights: Arc::new(plain.weights),
-        epilogue: Epilogue::bias(plain.bias),
+    pointwise.then(|| {
+        PointwiseConv::new(
+            [n, c, spec.output_channels, h * w],
+            plain.weights,
+            Epilogue::bias(plain.bias),
+        )
     })
 }
 
@@ -102,11 +110,7 @@ fn fuse_one(model: &mut TypedModel, id: usize) -> TractResult<After> {
     }
     let mut weights = conv.weights.to_vec();
     let epilogue = after.fold(&mut weights, conv.epilogue.shift().to_vec());
-    let op = PointwiseConv {
-        weights: Arc::new(weights),
-        epilogue,
-        ..conv.clone()
-    };
+    let op = PointwiseConv::new([conv.n, conv.c, conv.o, conv.pixels], weights, epilogue);
     let mut patch = TypedModelPatch::default();
     let input = patch.tap_model(model, node.inputs[0])?;
     let y = patch.wire_node(format!("{}.fused", node.name), op, &[input])?;
@@ -125,7 +129,82 @@ pub struct PointwiseConv {
     pixels: usize,
     /// [o, c], row-major.
     weights: Arc<Vec<f32>>,
+    /// The same, in tiles for our AVX2 product (`pointwise_kernel`).
+    packed: Arc<Vec<f32>>,
     epilogue: Epilogue,
+}
+
+impl PointwiseConv {
+    /// One image through our AVX2 product (`pointwise_kernel`), the epilogue taken on the
+    /// registers. A lone image splits its pixels (tiles of 16) among the threads, each thread
+    /// all output channels, where there are 4 tiles a thread or more; its output channels
+    /// (tiles of 6) otherwise (the 7×7 planes). Each value is the same sum either way.
+    #[cfg(target_arch = "x86_64")]
+    fn ours(&self, out: &mut [f32], x: &[f32], threads: usize) {
+        let tiles = self.pixels.div_ceil(COLS);
+        let (output, shape) = (Output::new(out), (self.c, self.pixels));
+        let packed = (self.packed.as_slice(), &self.epilogue);
+        // SAFETY (each call): the CPU has AVX2 and FMA (the caller checked); the threads'
+        // parts of `out` are disjoint, and `out` is borrowed mutably for all of them.
+        let run = |rows: Range<usize>, pixel_tiles: Range<usize>| unsafe {
+            product(output, packed, x, shape, rows, pixel_tiles)
+        };
+        if threads == 1 {
+            run(0..self.o, 0..tiles);
+        } else if tiles >= 4 * threads {
+            let per = tiles.div_ceil(threads);
+            (0..threads)
+                .into_par_iter()
+                .for_each(|k| run(0..self.o, k * per..((k + 1) * per).min(tiles)));
+        } else {
+            let per = self.o.div_ceil(ROWS).div_ceil(threads) * ROWS;
+            (0..threads).into_par_iter().for_each(|k| {
+                run(k * per..((k + 1) * per).min(self.o), 0..tiles);
+            });
+        }
+    }
+
+    /// One image through `gemm` (CPUs without AVX2), then the epilogue as a pass of its own. A
+    /// lone image splits its output channels into one block per thread. `gemm`'s own threads,
+    /// called from our pool's worker, did not help (mbf's 31 products: 8.3 ms on one core,
+    /// 8.7 on two) where the blocks side by side took 5.9 ms.
+    fn gemm(&self, out: &mut [f32], x: &[f32], threads: usize) {
+        let rows = self.o.div_ceil(threads).next_multiple_of(16).min(self.o);
+        let block = |(k, out): (usize, &mut [f32])| {
+            let first = k * rows;
+            let m = out.len() / self.pixels;
+            matmul(
+                out,
+                View::rows(&self.weights[first * self.c..], self.c),
+                View::rows(x, self.pixels),
+                (m, self.c, self.pixels),
+                false,
+                false,
+            );
+            for (row, plane) in out.chunks_exact_mut(self.pixels).enumerate() {
+                self.epilogue.apply(first + row, plane);
+            }
+        };
+        if threads == 1 {
+            block((0, out));
+        } else {
+            let blocks = out.par_chunks_mut(rows * self.pixels).enumerate();
+            blocks.for_each(block);
+        }
+    }
+
+    fn new([n, c, o, pixels]: [usize; 4], weights: Vec<f32>, epilogue: Epilogue) -> Self {
+        let packed = pack_weights(&weights, o, c);
+        Self {
+            n,
+            c,
+            o,
+            pixels,
+            weights: Arc::new(weights),
+            packed: Arc::new(packed),
+            epilogue,
+        }
+    }
 }
 
 // Equal when built by the same replacement (the weights are shared, not copied).
@@ -181,42 +260,21 @@ impl EvalOp for PointwiseConv {
         let mut y =
             unsafe { Tensor::uninitialized::<f32>(&[shape[0], self.o, shape[2], shape[3]])? };
         let out = plain_mut(&mut y)?;
-        // A lone image splits its output channels into one block per thread, each block's product
-        // and last pass on one thread. `gemm`'s own threads, called from our pool's worker, did
-        // not help (mbf's 31 products: 8.3 ms on one core, 8.7 on two) where the blocks side by
-        // side take 5.9 ms (timed apart). Each output value is the same sum either way.
-        let blocks = if spread_over_threads() {
+        let threads = if spread_over_threads() {
             rayon::current_num_threads()
         } else {
             1
         };
-        let rows = self.o.div_ceil(blocks).next_multiple_of(16).min(self.o);
         for (x, out) in x
             .chunks_exact(image_in)
             .zip(out.chunks_exact_mut(image_out))
         {
-            let block = |(k, out): (usize, &mut [f32])| {
-                let first = k * rows;
-                let m = out.len() / self.pixels;
-                matmul(
-                    out,
-                    View::rows(&self.weights[first * self.c..], self.c),
-                    View::rows(x, self.pixels),
-                    (m, self.c, self.pixels),
-                    false,
-                    false,
-                );
-                for (row, plane) in out.chunks_exact_mut(self.pixels).enumerate() {
-                    self.epilogue.apply(first + row, plane);
-                }
-            };
-            if blocks > 1 {
-                out.par_chunks_mut(rows * self.pixels)
-                    .enumerate()
-                    .for_each(block);
-            } else {
-                block((0, out));
+            #[cfg(target_arch = "x86_64")]
+            if has_avx2() {
+                self.ours(out, x, threads);
+                continue;
             }
+            self.gemm(out, x, threads);
         }
         Ok(tvec!(y.into_tvalue()))
     }
