@@ -4,21 +4,24 @@
 //! the spilled sum's round trip through memory halved the rate).
 //!
 //! Why not `gemm` (the crate's product, still used on CPUs without AVX2): on mbf at batch 1 it
-//! reached ~75 GFLOP/s a core on these shapes, repacking both factors at every call (6 % of the
+//! reached ~80 GFLOP/s a core on these shapes, repacking both factors at every call (6 % of the
 //! image in packing alone), where onnxruntime's convolutions ran at ~95. Here the weights are
-//! packed once when the graph is built ([`pack_weights`]), and an activation's 24-pixel panel
+//! packed once when the graph is built ([`pack_weights`]), and an activation's 16-pixel panel
 //! once per panel. Each output value is one chain of fused multiply-adds over the input
 //! channels in order, whichever thread computes it, so runs repeat bit for bit.
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
+#[cfg(target_arch = "x86_64")]
 use std::ops::Range;
 
+#[cfg(target_arch = "x86_64")]
 use super::fusion::Epilogue;
 
 /// Output channels a tile.
 pub(super) const ROWS: usize = 6;
 /// Pixels a tile: two registers of eight.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(super) const COLS: usize = 16;
 
 /// Weights [o, c] row-major → [o/ROWS tiles][c][ROWS], the rows past `o` zero.
@@ -35,6 +38,7 @@ pub(super) fn pack_weights(weights: &[f32], o: usize, c: usize) -> Vec<f32> {
 }
 
 /// One image's output [o, pixels], shared by the threads that write its disjoint parts.
+#[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy)]
 pub(super) struct Output {
     values: *mut f32,
@@ -42,9 +46,12 @@ pub(super) struct Output {
 }
 
 // SAFETY: the threads given one `Output` write disjoint tiles of it ([`product`]'s contract).
+#[cfg(target_arch = "x86_64")]
 unsafe impl Send for Output {}
+#[cfg(target_arch = "x86_64")]
 unsafe impl Sync for Output {}
 
+#[cfg(target_arch = "x86_64")]
 impl Output {
     pub(super) fn new(values: &mut [f32]) -> Self {
         Self {
