@@ -322,8 +322,7 @@ impl Epilogue {
     }
 
     pub(crate) fn apply(&self, channel: usize, plane: &mut [f32]) {
-        let slope = self.slopes.as_ref().map(|slopes| slopes[channel]);
-        shift_and_prelu(plane, self.shift[channel], slope);
+        shift_and_prelu(plane, self.shift[channel], self.slope(channel));
     }
 }
 

@@ -1,9 +1,8 @@
 //! Scaled dot-product attention, softmax(s·Q·Kᵀ)·V, forward and backward, one image per task
 //! on rayon's threads, head by head: the product, the softmax and the second product of each
 //! (image, head) pair while its [T, T] matrix is in cache, reading q, k, v where the qkv
-//! Linear wrote them, where burn composes them from a dozen whole-tensor
-//! operations, and exp as a polynomial that vectorises ([`exp`]) where libm's is called value by
-//! value. Each pair's sums run in an order fixed by the shapes, so runs repeat bit for bit.
+//! Linear wrote them (burn composes attention from a dozen whole-tensor operations), and exp as
+//! a polynomial that vectorises ([`exp`]) where libm's is called value by value. Each pair's sums run in an order fixed by the shapes, so runs repeat bit for bit.
 //!
 //! A row's largest value and its sums are taken over [`LANES`] running values at once (one
 //! chain of dependent additions a row was half the forward's attention time on vit_tiny: the
@@ -43,10 +42,14 @@ impl Shape {
     fn image_scores(&self) -> usize {
         self.heads * self.tokens * self.tokens
     }
-    /// Head `h`'s q (part 0), k (1) or v (2) of one image's qkv rows.
+    /// Where head `h`'s q (part 0), k (1) or v (2) starts in a packed row.
+    fn column(&self, part: usize, h: usize) -> usize {
+        (part * self.heads + h) * self.width
+    }
+    /// Head `h`'s q, k or v of one image's qkv rows.
     fn part<'a>(&self, qkv: &'a [f32], part: usize, h: usize) -> View<'a> {
         View {
-            data: &qkv[(part * self.heads + h) * self.width..],
+            data: &qkv[self.column(part, h)..],
             row_stride: 3 * self.dim(),
             col_stride: 1,
         }
@@ -97,14 +100,16 @@ pub fn backward(s: Shape, qkv: &[f32], probs: &[f32], grad: &[f32], scale: f32) 
                         col_stride: 1,
                     };
                     let p = View::rows(p, t);
-                    // Head h's dQ, dK, dV columns of the packed rows.
-                    let at = |part: usize| (part * s.heads + h) * w;
-                    matmul_strided(&mut dqkv[at(2)..], 3 * d, p.t(), dout, (t, t, w), false, false);
+                    // Head h's dQ, dK, dV: its columns of the packed rows, each [T, w].
+                    let into_part = |dst: &mut [f32], lhs: View, rhs: View| {
+                        matmul_strided(dst, 3 * d, lhs, rhs, (t, t, w), false, false)
+                    };
+                    into_part(&mut dqkv[s.column(2, h)..], p.t(), dout);
                     matmul(ds, dout, v.t(), (t, w, t), false, false);
                     softmax_backward_rows(ds, p.data, t, scale);
                     let ds_rows = View::rows(ds, t);
-                    matmul_strided(&mut dqkv[at(0)..], 3 * d, ds_rows, k, (t, t, w), false, false);
-                    matmul_strided(&mut dqkv[at(1)..], 3 * d, ds_rows.t(), q, (t, t, w), false, false);
+                    into_part(&mut dqkv[s.column(0, h)..], ds_rows, k);
+                    into_part(&mut dqkv[s.column(1, h)..], ds_rows.t(), q);
                 }
             },
         );

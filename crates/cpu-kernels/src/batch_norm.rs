@@ -75,7 +75,10 @@ fn plane_squares_about_baseline(values: &[f32], mean: f64) -> f64 {
             lanes[i] += d * d;
         }
     }
-    let rest: f64 = rest.iter().map(|&v| (v as f64 - mean) * (v as f64 - mean)).sum();
+    let rest: f64 = rest
+        .iter()
+        .map(|&v| (v as f64 - mean) * (v as f64 - mean))
+        .sum();
     lanes.iter().sum::<f64>() + rest
 }
 
@@ -138,11 +141,7 @@ pub fn statistics(layout: Layout, x: &[f32]) -> (Vec<f32>, Vec<f32>) {
     (0..layout.channels)
         .into_par_iter()
         .map(|c| {
-            let mean = layout
-                .planes(x, c)
-                .map(plane_sum)
-                .sum::<f64>()
-                / count;
+            let mean = layout.planes(x, c).map(plane_sum).sum::<f64>() / count;
             let var = layout
                 .planes(x, c)
                 .map(|p| plane_squares_about(p, mean))
@@ -196,12 +195,7 @@ pub fn backward(
             layout
                 .planes(grad, c)
                 .zip(layout.planes(x, c))
-                .map(|(dy, x)| {
-                    (
-                        plane_sum(dy),
-                        plane_products_about(dy, x, mu),
-                    )
-                })
+                .map(|(dy, x)| (plane_sum(dy), plane_products_about(dy, x, mu)))
                 .fold((0.0, 0.0), |(a, b), (u, v)| (a + u, b + v))
         })
         .collect();
