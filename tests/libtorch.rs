@@ -796,6 +796,71 @@ fn libtorch_fused_sgd_equals_the_generic_sgd() {
     }
 }
 
+/// AdamW on LibTorch (libtorch's fused kernel, `_fused_adamw_`, in place) takes the steps of
+/// the generic AdamW on burn's CPU backend: both moments from the first step on, decay only
+/// where it belongs, gradient scaling (clipping), bias corrections at t = 1, 2, 3.
+#[test]
+fn libtorch_fused_adamw_equals_the_generic_adamw() {
+    let _turn = common::serial();
+    use arcface::train::optimizer::Optimizer;
+    let flex = Device::flex();
+    flex.seed(11);
+    let weights = named_tensors(&small_model(&flex), "");
+    let config = arcface::config::Config::parse(
+        "optimizer = \"adamw\"\nweight_decay = 0.05\ndecay_norm_and_prelu = false\n",
+        std::path::Path::new("adamw.toml"),
+    )
+    .unwrap();
+    let run = |device: &Device| {
+        let device = device.clone().autodiff();
+        let mut model =
+            arcface::checkpoint::load_named(small_model(&device), "", &weights).unwrap();
+        let mut adamw = Optimizer::of(&config);
+        let mut stepped_in_place = true;
+        for round in 0..3 {
+            let mut g = linear_loss(&model, round).backward();
+            let mut grads = GradientsParams::from_module(&mut g, &model);
+            let before = model.backbone.iresnet().unwrap().conv1.weight.val();
+            let scale = if round == 2 { 0.5 } else { 1.0 };
+            model = adamw.step(model, &mut grads, 0.01, scale, round as usize, "");
+            let after = model.backbone.iresnet().unwrap().conv1.weight.val();
+            stepped_in_place &= before.into_data() == after.into_data();
+        }
+        let moments: Flat = adamw
+            .state()
+            .into_iter()
+            .map(|(k, v)| (k, v.convert::<f32>().try_to_vec::<f32>().unwrap()))
+            .collect();
+        (named_tensors(&model, ""), moments, stepped_in_place)
+    };
+    let (flex_weights, flex_moments, flex_in_place) = run(&flex);
+    assert!(!flex_in_place, "burn's CPU backend steps by new tensors");
+    assert!(flex_moments.keys().any(|k| k.starts_with("exp_avg_sq.")));
+    for (device_name, device, _) in libtorch_devices() {
+        let (torch_weights, torch_moments, torch_in_place) = run(&device);
+        assert!(
+            torch_in_place,
+            "{device_name}: stepped in place (the fused kernel ran)"
+        );
+        compare_steps(
+            &weights,
+            (&flex_weights, &flex_moments),
+            (&torch_weights, &torch_moments),
+            device_name,
+        );
+    }
+}
+
+/// AdamW's ten steps against torch.optim.AdamW (tests/train.rs's, on burn's CPU backend) on
+/// LibTorch, where libtorch's fused kernel takes them.
+#[test]
+fn libtorch_fused_adamw_steps_as_torch_optim_adamw() {
+    let _turn = common::serial();
+    for (_, device, _) in libtorch_devices() {
+        common::adamw_steps_as_torch_optim_adamw(&device);
+    }
+}
+
 type Named = std::collections::BTreeMap<String, TensorData>;
 type Flat = std::collections::BTreeMap<String, Vec<f32>>;
 type Flat64 = std::collections::BTreeMap<String, Vec<f64>>;
@@ -829,7 +894,7 @@ fn compare_steps(
             );
         }
     }
-    eprintln!("{device_name}: {compared} parameters stepped as by the generic SGD");
+    eprintln!("{device_name}: {compared} parameters stepped as by the generic step");
 }
 
 /// The CUDA allocator's peak counters (`bench train`'s peak_allocated_mib, PyTorch's

@@ -5,6 +5,8 @@
 //! signal (`crate::signals`) ends the run after the step it arrives in, with a checkpoint.
 
 mod adamw;
+#[cfg(feature = "tch")]
+mod in_place;
 mod inputs;
 pub mod monitor;
 pub mod optimizer;

@@ -188,3 +188,104 @@ pub fn word_after<'a>(text: &'a str, marker: &str) -> Option<&'a str> {
 }
 
 pub mod ranks;
+
+/// Ten AdamW steps on given gradients, learning rates and clipping factors equal
+/// torch.optim.AdamW's (tests/reference/adamw.py) within 1e-6 relative, decay on every
+/// parameter as arcface_torch's, on `device` (the caller holds `serial()`).
+pub fn adamw_steps_as_torch_optim_adamw(device: &burn::tensor::Device) {
+    use arcface::config::Config;
+    use arcface::train::optimizer::Optimizer;
+    use burn::module::Module;
+    use burn::nn::LinearConfig;
+    use burn::optim::GradientsParams;
+    use burn::tensor::{Device, Distribution, Tensor};
+    // The draws from burn's CPU backend whatever the device: the same numbers for each.
+    let flex = Device::flex().autodiff();
+    flex.seed(5);
+    let device = device.clone().autodiff();
+    let mut layer = LinearConfig::new(4, 3).init(&flex).to_device(&device);
+    let draw = |shape: &[usize]| -> Vec<f32> {
+        let n: usize = shape.iter().product();
+        Tensor::<1>::random([n], Distribution::Normal(0.0, 1.0), &flex)
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap()
+    };
+    let start = (
+        layer.weight.val().into_data().try_to_vec::<f32>().unwrap(),
+        layer
+            .bias
+            .as_ref()
+            .unwrap()
+            .val()
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap(),
+    );
+    let steps = 10;
+    let grads: Vec<(Vec<f32>, Vec<f32>)> =
+        (0..steps).map(|_| (draw(&[4, 3]), draw(&[3]))).collect();
+    let lrs: Vec<f64> = (0..steps).map(|k| 1e-3 * (1.0 - k as f64 / 20.0)).collect();
+    let scales: Vec<f64> = (0..steps)
+        .map(|k| if k % 3 == 2 { 0.4 } else { 1.0 })
+        .collect();
+    let config = Config::parse(
+        "optimizer = \"adamw\"\nweight_decay = 0.1\n",
+        std::path::Path::new("adamw.toml"),
+    )
+    .unwrap();
+    let mut optimizer = Optimizer::of(&config);
+    let mut ours = Vec::new();
+    for (k, (gw, gb)) in grads.iter().enumerate() {
+        // A loss whose gradient is the given one: Σ w·G.
+        let gw_t = Tensor::<1>::from_floats(gw.as_slice(), &device).reshape([4, 3]);
+        let gb_t = Tensor::<1>::from_floats(gb.as_slice(), &device);
+        let loss =
+            (layer.weight.val() * gw_t).sum() + (layer.bias.as_ref().unwrap().val() * gb_t).sum();
+        let mut g = GradientsParams::from_grads(loss.backward(), &layer);
+        layer = optimizer.step(layer, &mut g, lrs[k], scales[k], k, "");
+        let w = layer.weight.val().into_data().try_to_vec::<f32>().unwrap();
+        let b = layer
+            .bias
+            .as_ref()
+            .unwrap()
+            .val()
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
+        ours.push((w, b));
+    }
+    // burn's Linear weight is [in, out]; PyTorch's the same numbers as one flat list here
+    // (AdamW is elementwise), named as ours.
+    let query = serde_json::json!({
+        "params": {"weight": {"shape": [4, 3], "values": start.0},
+                   "bias": {"shape": [3], "values": start.1}},
+        "grads": grads.iter().map(|(w, b)| serde_json::json!({"weight": w, "bias": b})).collect::<Vec<_>>(),
+        "lrs": lrs, "scales": scales, "weight_decay": 0.1,
+    });
+    let torch = torch_reference("adamw.py", &query);
+    for (k, (w, b)) in ours.iter().enumerate() {
+        for (name, values) in [("weight", w), ("bias", b)] {
+            let theirs: Vec<f64> = serde_json::from_value(torch[k][name].clone()).unwrap();
+            let diff: f64 = values
+                .iter()
+                .zip(&theirs)
+                .map(|(&a, b)| (a as f64 - b).powi(2))
+                .sum();
+            let norm: f64 = theirs.iter().map(|b| b * b).sum();
+            let d = (diff / norm).sqrt();
+            assert!(
+                d < 1e-6,
+                "step {k}: {name} is {d:.2e} from torch.optim.AdamW's"
+            );
+        }
+    }
+    // The parameters moved: not a test that passes standing still.
+    assert!(
+        ours[steps - 1]
+            .0
+            .iter()
+            .zip(&start.0)
+            .any(|(a, b)| (a - b).abs() > 1e-3)
+    );
+}

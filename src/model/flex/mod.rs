@@ -313,25 +313,29 @@ fn attention_input(qkv: &FlexTensor, heads: usize) -> Option<(attention::Shape, 
 }
 
 impl AttentionKernels for Flex {
+    /// qkv and the probabilities.
+    type Saved = (FloatTensor<Self>, FloatTensor<Self>);
+
     fn attention_forward(
         qkv: FloatTensor<Self>,
         heads: usize,
         scale: f64,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+    ) -> (FloatTensor<Self>, Self::Saved) {
         let Some((shape, packed)) = attention_input(&qkv, heads) else {
-            return super::attention::composed_forward::<Self>(qkv, heads, scale);
+            let (out, probs) =
+                super::attention::composed_forward::<Self>(qkv.clone(), heads, scale);
+            return (out, (qkv, probs));
         };
         let (out, probs) = attention::forward(shape, values(&packed), scale as f32);
         let (n, t) = (shape.images, shape.tokens);
         (
             tensor(out, &[n, t, heads * shape.width]),
-            tensor(probs, &[n, heads, t, t]),
+            (qkv, tensor(probs, &[n, heads, t, t])),
         )
     }
 
     fn attention_backward(
-        qkv: FloatTensor<Self>,
-        probs: FloatTensor<Self>,
+        (qkv, probs): Self::Saved,
         grad: FloatTensor<Self>,
         heads: usize,
         scale: f64,

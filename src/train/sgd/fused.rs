@@ -6,62 +6,15 @@
 #![allow(deprecated)] // burn-tch is deprecated upstream; see device.rs.
 
 use burn::backend::LibTorch;
-use burn::module::{Module, ModuleVisitor, Param};
+use burn::module::Module;
 use burn::optim::GradientsParams;
-use burn::tensor::{Device, Tensor};
+use burn::tensor::Tensor;
 use burn_tch::TchTensor;
 use burn_tch::fused::{SgdStep, sgd_in_place};
 
+use super::super::in_place::{Entry, libtorch_parameters};
 use super::super::update::is_norm_or_prelu;
 use super::{Sgd, SgdSettings};
-
-/// One parameter with a gradient, as libtorch tensors.
-struct Entry {
-    path: String,
-    weight: TchTensor,
-    grad: TchTensor,
-    numel: usize,
-    device: Device,
-}
-
-/// Collects every parameter with a gradient; `ok` turns false at the first one that is not a
-/// LibTorch tensor (the caller then takes the generic path, nothing changed).
-struct Collect<'a> {
-    grads: &'a GradientsParams,
-    prefix: &'a str,
-    path: Vec<String>,
-    entries: Vec<Entry>,
-    ok: bool,
-}
-
-impl ModuleVisitor for Collect<'_> {
-    crate::module_path::track_module_path!();
-
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        if !self.ok {
-            return;
-        }
-        let Some(grad) = self.grads.get::<D>(param.id) else {
-            return;
-        };
-        let inner = param.val().inner();
-        let numel = inner.shape().num_elements();
-        let device = inner.device();
-        match (
-            inner.try_into_primitive::<LibTorch>(),
-            grad.try_into_primitive::<LibTorch>(),
-        ) {
-            (Ok(weight), Ok(grad)) => self.entries.push(Entry {
-                path: format!("{}{}", self.prefix, self.path.join(".")),
-                weight,
-                grad,
-                numel,
-                device,
-            }),
-            _ => self.ok = false,
-        }
-    }
-}
 
 /// Steps `module` in place on LibTorch; false (and nothing changed) where a parameter is not a
 /// LibTorch tensor or libtorch's kernels are off.
@@ -77,18 +30,9 @@ pub(super) fn step_in_place<M: Module>(
     if !crate::device::libtorch_fused_kernels() {
         return false;
     }
-    let mut collect = Collect {
-        grads,
-        prefix,
-        path: Vec::new(),
-        entries: Vec::new(),
-        ok: true,
-    };
-    module.visit(&mut collect);
-    let Collect { entries, ok, .. } = collect;
-    if !ok || entries.is_empty() {
+    let Some(entries) = libtorch_parameters(module, grads, prefix) else {
         return false;
-    }
+    };
     // One fused call per (weight decay, first step) group.
     let mut groups: [[Vec<&Entry>; 2]; 2] = Default::default();
     for e in &entries {

@@ -1,5 +1,5 @@
 // arcface's addition to burn-tch: libtorch's own backward kernels for convolution and batch
-// norm, and its fused SGD, which tch 0.22 does not bind (its generator skips `convolution_backward` and
+// norm, and its fused SGD and AdamW, which tch 0.22 does not bind (its generator skips `convolution_backward` and
 // `native_batch_norm_backward`). Tensors are passed as tch passes them: `at::Tensor*`; results
 // are new `at::Tensor*` that tch::Tensor::from_ptr takes ownership of. Errors come back as a
 // strdup'ed message (freed by the caller with arcface_free_error), nullptr on success.
@@ -76,6 +76,37 @@ char* arcface_fused_sgd(const at::Tensor* const* params, const at::Tensor* const
     if (grad_scale != 1.0) g = at::_foreach_mul(g, grad_scale);
     at::_fused_sgd_(p, g, b, weight_decay, momentum, lr, 0.0, false, false, is_first_step != 0,
                     c10::nullopt, c10::nullopt);
+    return nullptr;
+  } catch (const std::exception& e) {
+    return strdup(e.what());
+  }
+}
+
+// AdamW (torch.optim.AdamW, amsgrad off) over many parameters at once, in place, by libtorch's
+// fused kernel (`torch.optim.AdamW(fused=True)`, CUDA and CPU). Moments are kept flat by the
+// caller and viewed in their parameter's shape here. `step` is t (1 for the first update), the
+// same for every parameter: one step tensor serves them all (the kernel only reads it; PyTorch's
+// optimizer increments its own before the call). `grad_scale` multiplies the gradients first
+// (gradient clipping, as clip_grad_norm_'s _foreach_mul_; the kernel's own grad_scale divides,
+// for AMP's loss scaling, and is left unset).
+char* arcface_fused_adamw(const at::Tensor* const* params, const at::Tensor* const* grads,
+                          const at::Tensor* const* exp_avgs, const at::Tensor* const* exp_avg_sqs,
+                          int64_t count, double lr, double beta1, double beta2,
+                          double weight_decay, double eps, double step, double grad_scale) {
+  try {
+    if (count == 0) return nullptr;
+    std::vector<at::Tensor> p, g, m, v, steps;
+    auto t = at::full({}, step, params[0]->options().dtype(at::kFloat));
+    for (int64_t i = 0; i < count; ++i) {
+      p.push_back(*params[i]);
+      g.push_back(grads[i]->contiguous());
+      m.push_back(exp_avgs[i]->view(params[i]->sizes()));
+      v.push_back(exp_avg_sqs[i]->view(params[i]->sizes()));
+      steps.push_back(t);
+    }
+    if (grad_scale != 1.0) g = at::_foreach_mul(g, grad_scale);
+    at::_fused_adamw_(p, g, m, v, at::TensorList(), steps, lr, beta1, beta2, weight_decay, eps, false, false,
+                      c10::nullopt, c10::nullopt);
     return nullptr;
   } catch (const std::exception& e) {
     return strdup(e.what());

@@ -13,7 +13,10 @@ use std::sync::OnceLock;
 
 pub mod composed;
 pub mod generic;
+mod optim;
 pub mod profiler;
+
+pub use optim::{AdamWStep, SgdStep, adamw_in_place, sgd_in_place};
 
 use burn_backend::ops::ConvOptions;
 
@@ -137,6 +140,20 @@ pub(crate) mod ffi {
             grad_scale: f64,
             is_first_step: c_int,
         ) -> *mut c_char;
+        pub fn arcface_fused_adamw(
+            params: *const *const C_tensor,
+            grads: *const *const C_tensor,
+            exp_avgs: *const *const C_tensor,
+            exp_avg_sqs: *const *const C_tensor,
+            count: i64,
+            lr: f64,
+            beta1: f64,
+            beta2: f64,
+            weight_decay: f64,
+            eps: f64,
+            step: f64,
+            grad_scale: f64,
+        ) -> *mut c_char;
     }
 
     /// The C++ side's result (fused_ops.cpp, profiler.cpp): Ok for a null pointer, else
@@ -157,70 +174,6 @@ pub(crate) mod ffi {
         if let Err(message) = take_error(error, what) {
             panic!("{message}");
         }
-    }
-}
-
-/// The settings of one [`sgd_in_place`] call.
-pub struct SgdStep {
-    /// λ.
-    pub weight_decay: f64,
-    /// μ (0: no buffers).
-    pub momentum: f64,
-    /// The learning rate.
-    pub lr: f64,
-    /// s, multiplying the gradients first (gradient clipping).
-    pub grad_scale: f64,
-    /// Each buffer becomes its first s·g + λ·w instead of being read.
-    pub is_first_step: bool,
-}
-
-/// One SGD step (PyTorch's: buf = μ·buf + (s·g + λ·w), w −= lr·buf; dampening 0, no Nesterov)
-/// over many parameters at once, **in place**, by libtorch's fused multi-tensor kernel. `params`
-/// are updated where they are stored, as `torch.optim.SGD` updates a module's parameters;
-/// `buffers` (flat, one per parameter, ignored when μ = 0) likewise. Err where the kernels are
-/// off or libtorch refuses the call (then nothing was written).
-pub fn sgd_in_place(
-    params: &[TchTensor],
-    grads: &[TchTensor],
-    buffers: &[TchTensor],
-    step: &SgdStep,
-) -> Result<(), String> {
-    if !enabled() {
-        return Err("libtorch's kernels are off (ARCFACE_TCH_GENERIC)".into());
-    }
-    if grads.len() != params.len() || (step.momentum != 0.0 && buffers.len() != params.len()) {
-        return Err(format!(
-            "{} parameters, {} gradients, {} momentum buffers",
-            params.len(),
-            grads.len(),
-            buffers.len()
-        ));
-    }
-    #[cfg(fused_ops)]
-    {
-        let pointers = |list: &[TchTensor]| -> Vec<*const torch_sys::C_tensor> {
-            list.iter().map(|t| t.tensor.as_ptr() as *const _).collect()
-        };
-        let (p, g, b) = (pointers(params), pointers(grads), pointers(buffers));
-        let error = unsafe {
-            ffi::arcface_fused_sgd(
-                p.as_ptr(),
-                g.as_ptr(),
-                if step.momentum != 0.0 { b.as_ptr() } else { std::ptr::null() },
-                params.len() as i64,
-                step.weight_decay,
-                step.momentum,
-                step.lr,
-                step.grad_scale,
-                step.is_first_step as c_int,
-            )
-        };
-        ffi::take_error(error, "_fused_sgd_")
-    }
-    #[cfg(not(fused_ops))]
-    {
-        let _ = (params, grads, buffers, step);
-        Err("built without the libtorch headers".into())
     }
 }
 

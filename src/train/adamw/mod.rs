@@ -11,6 +11,9 @@
 //! centres). t is the global step plus one: every step updates every parameter that has a
 //! gradient, as PyTorch's per-parameter `step` counts.
 
+#[cfg(feature = "tch")]
+mod fused;
+
 use std::collections::BTreeMap;
 
 use burn::module::Module;
@@ -55,6 +58,18 @@ impl AdamW {
         t: usize,
         prefix: &str,
     ) -> M {
+        #[cfg(feature = "tch")]
+        if fused::step_in_place(
+            self,
+            &module,
+            grads,
+            lr,
+            grad_scale,
+            t.max(1) as u64,
+            prefix,
+        ) {
+            return module;
+        }
         let (beta1, beta2) = self.settings.betas;
         let t = t.max(1) as i32;
         let (correction1, correction2_sqrt) = (1.0 - beta1.powi(t), (1.0 - beta2.powi(t)).sqrt());

@@ -7,8 +7,10 @@
 //! written once: dV = Pᵀ·dO, dP = dO·Vᵀ, dS = P ⊙ (dP − Σ_j dP·P), dQ = s·dS·K, dK = s·dSᵀ·Q,
 //! from the probabilities P the forward keeps. On burn's CPU backend both directions are our
 //! kernels (crates/cpu-kernels through `src/model/flex/`: each (image, head) pair's products
-//! and softmax while its scores are in cache); elsewhere burn's operations compose the same
-//! arithmetic. Outside autodiff it is burn's own attention (libtorch's fused one on LibTorch).
+//! and softmax while its scores are in cache); on LibTorch libtorch's fused attention forward
+//! and backward, which keeps no [N, heads, T, T] matrix (`libtorch.rs`); elsewhere burn's
+//! operations compose the same arithmetic. Outside autodiff it is burn's own attention
+//! (libtorch's fused one on LibTorch).
 //!
 //! The operation takes the qkv Linear's output as it lies and gives the heads' outputs side
 //! by side, so that the permute into q, k, v, the slices and the transposed copy back (and
@@ -44,28 +46,27 @@ pub trait AttentionOp: Backend {
     fn attention_op(qkv: FloatTensor<Self>, heads: usize, scale: f64) -> FloatTensor<Self>;
 }
 
-/// The kernels of a concrete backend: burn's arithmetic by default (burn's CPU backend: ours,
-/// `src/model/flex/`, which read q, k, v where they lie in qkv).
+/// The kernels of a concrete backend (burn's CPU backend: ours, `src/model/flex/`, which read q,
+/// k, v where they lie in qkv; LibTorch: libtorch's fused attention, `libtorch.rs`).
 pub trait AttentionKernels: Backend {
-    /// (output [N, T, D], probabilities P [N, heads, T, T]).
+    /// What the backward needs of the forward: qkv and the probabilities P [N, heads, T, T]
+    /// for [`composed_forward`] and our kernels; libtorch's graph of its fused call on LibTorch.
+    type Saved: Clone + Send + core::fmt::Debug + 'static;
+
+    /// (output [N, T, D], what the backward needs).
     fn attention_forward(
         qkv: FloatTensor<Self>,
         heads: usize,
         scale: f64,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        composed_forward::<Self>(qkv, heads, scale)
-    }
+    ) -> (FloatTensor<Self>, Self::Saved);
 
     /// d(qkv) [N, T, 3·D] for the output gradient `grad` [N, T, D].
     fn attention_backward(
-        qkv: FloatTensor<Self>,
-        probs: FloatTensor<Self>,
+        saved: Self::Saved,
         grad: FloatTensor<Self>,
         heads: usize,
         scale: f64,
-    ) -> FloatTensor<Self> {
-        composed_backward::<Self>(qkv, probs, grad, heads, scale)
-    }
+    ) -> FloatTensor<Self>;
 }
 
 /// Outside autodiff: burn's attention on the backend (libtorch's fused one on LibTorch).
@@ -159,20 +160,7 @@ pub(super) fn composed_backward<B: Backend>(
 }
 
 #[cfg(feature = "tch")]
-mod libtorch {
-    use burn::backend::LibTorch;
-    use burn::backend::tensor::FloatTensor;
-
-    use super::{AttentionKernels, AttentionOp};
-
-    impl AttentionKernels for LibTorch {}
-
-    impl AttentionOp for LibTorch {
-        fn attention_op(qkv: FloatTensor<Self>, heads: usize, scale: f64) -> FloatTensor<Self> {
-            super::inference::<Self>(qkv, heads, scale)
-        }
-    }
-}
+mod libtorch;
 
 impl<B: Backend + AttentionKernels, C: CheckpointStrategy> AttentionOp for Autodiff<B, C> {
     fn attention_op(qkv: FloatTensor<Self>, heads: usize, scale: f64) -> FloatTensor<Self> {
@@ -180,8 +168,8 @@ impl<B: Backend + AttentionKernels, C: CheckpointStrategy> AttentionOp for Autod
         struct AttentionBackward;
 
         impl<B: Backend + AttentionKernels> Backward<B, 1> for AttentionBackward {
-            /// qkv, the probabilities, the heads and the scale.
-            type State = (FloatTensor<B>, FloatTensor<B>, usize, f64);
+            /// What the forward saved, the heads and the scale.
+            type State = (B::Saved, usize, f64);
 
             fn backward(
                 self,
@@ -190,10 +178,10 @@ impl<B: Backend + AttentionKernels, C: CheckpointStrategy> AttentionOp for Autod
                 _checkpointer: &mut Checkpointer,
             ) {
                 let grad = grads.consume::<B>(&ops.node);
-                let (qkv, probs, heads, scale) = ops.state;
+                let (saved, heads, scale) = ops.state;
                 let [parent] = ops.parents;
                 if let Some(node) = parent {
-                    let gradient = B::attention_backward(qkv, probs, grad, heads, scale);
+                    let gradient = B::attention_backward(saved, grad, heads, scale);
                     grads.register::<B>(node.id, gradient);
                 }
             }
@@ -205,9 +193,8 @@ impl<B: Backend + AttentionKernels, C: CheckpointStrategy> AttentionOp for Autod
             .stateful()
         {
             OpsKind::Tracked(prep) => {
-                let packed = qkv.primitive().clone();
-                let (output, probs) = B::attention_forward(packed.clone(), heads, scale);
-                prep.finish((packed, probs, heads, scale), output)
+                let (output, saved) = B::attention_forward(qkv.primitive().clone(), heads, scale);
+                prep.finish((saved, heads, scale), output)
             }
             OpsKind::UnTracked(prep) => {
                 prep.finish(inference::<B>(qkv.into_primitive(), heads, scale))
