@@ -796,6 +796,52 @@ fn libtorch_fused_sgd_equals_the_generic_sgd() {
     }
 }
 
+/// The ViT's attention on LibTorch (libtorch's fused scaled dot-product attention forward and
+/// backward under its own autograd: flash attention on the CPU, memory-efficient on CUDA)
+/// equals our kernels on burn's CPU backend, output and d(qkv), with the output shifted and
+/// scaled first: burn-tch updates a tensor it alone holds in place, and the output libtorch saved
+/// for its backward must not be (its backward would refuse: src/model/attention/libtorch.rs).
+#[test]
+fn libtorch_fused_attention_equals_our_cpu_kernels() {
+    let _turn = common::serial();
+    let flex = Device::flex();
+    flex.seed(3);
+    let (n, tokens, heads, width) = (2, 37, 3, 8);
+    let qkv = Tensor::<3>::random(
+        [n, tokens, 3 * heads * width],
+        Distribution::Normal(0.0, 1.0),
+        &flex,
+    );
+    let upstream = Tensor::<3>::random(
+        [n, tokens, heads * width],
+        Distribution::Normal(0.0, 1.0),
+        &flex,
+    );
+    let run = |device: &Device| {
+        let device = device.clone().autodiff();
+        let x = Tensor::<3>::from_data(qkv.to_data(), &device).require_grad();
+        let g = Tensor::<3>::from_data(upstream.to_data(), &device);
+        let y = arcface::model::attention::attention(x.clone(), heads, 0.4);
+        let y = (y + 1.0) * 2.0;
+        let grads = (y.clone() * g).sum().backward();
+        let dx = x.grad(&grads).expect("qkv has a gradient");
+        let values = |t: TensorData| t.convert::<f32>().try_to_vec::<f32>().unwrap();
+        (values(y.inner().into_data()), values(dx.into_data()))
+    };
+    let (y0, dx0) = run(&flex);
+    for (name, device, factor) in libtorch_devices() {
+        let (y, dx) = run(&device);
+        let (dy, ddx) = (worst_difference(&y, &y0), worst_difference(&dx, &dx0));
+        eprintln!("{name}: output {dy:.2e}, d(qkv) {ddx:.2e}");
+        assert!(dy < 2e-6 * factor * largest(&y0), "{name}: output {dy:.2e}");
+        assert!(
+            ddx < 2e-5 * factor * largest(&dx0),
+            "{name}: d(qkv) {ddx:.2e}"
+        );
+    }
+    assert!(largest(&dx0) > 0.1, "a gradient that is there");
+}
+
 /// AdamW on LibTorch (libtorch's fused kernel, `_fused_adamw_`, in place) takes the steps of
 /// the generic AdamW on burn's CPU backend: both moments from the first step on, decay only
 /// where it belongs, gradient scaling (clipping), bias corrections at t = 1, 2, 3.
