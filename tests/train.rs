@@ -129,6 +129,21 @@ fn adamw_resumes_with_identical_losses() {
     resume_is_exact("vit_tiny", adamw, (3, 2));
 }
 
+/// `using_checkpoint = true` trains the same run: vit_tiny with drop path and masking, every
+/// step's loss equal to the plain run's, and a resume exact (the blocks recomputed in the
+/// backward from their inputs and the drop-path draws made before them).
+#[test]
+fn recomputed_vit_blocks_train_the_same_run() {
+    let vit = "optimizer = \"adamw\"\nweight_decay = 0.1\ndrop_path_rate = 0.3\nmask_ratio = 0.1\n";
+    let plain = resume_is_exact("vit_tiny", vit, (2, 2));
+    let recomputed = resume_is_exact(
+        "vit_tiny",
+        &format!("{vit}using_checkpoint = true\n"),
+        (2, 2),
+    );
+    assert_eq!(plain, recomputed);
+}
+
 /// AdaFace's head resumes exactly: the norms' running statistics are in the checkpoint (at
 /// t_alpha 0.5 and h 1 they move enough that restarting them from head.py's (20, 100) changes
 /// the losses after the resume), with Partial FC sampling; and on a ViT.

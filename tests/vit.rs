@@ -251,6 +251,75 @@ fn a_small_vit_masks_as_vit_py() {
     equals_vit_py(config, 3, true, 1e-4);
 }
 
+/// vit.py's `using_checkpoint` (each block recomputed in the backward): the step still equals
+/// vit.py's in float64, on burn's CPU backend and on LibTorch.
+#[test]
+fn a_small_vit_recomputing_its_blocks_trains_as_vit_py() {
+    let config = VitConfig::new(32, 3)
+        .with_heads(4)
+        .with_embedding_size(16)
+        .with_drop_path_rate(0.0)
+        .with_mask_ratio(0.25)
+        .with_using_checkpoint(true);
+    equals_vit_py(config, 3, true, 1e-4);
+}
+
+/// With drop path on, recomputing the blocks changes nothing: the embedding, every gradient and
+/// the statistics equal the plain step's to the bit (the drop-path draws are made before each
+/// block and replayed; both passes run the same operations), on burn's CPU backend and on
+/// LibTorch; and the draws did drop branches (the step differs from one without drop path).
+#[test]
+fn recomputed_blocks_give_the_plain_steps_values_bit_for_bit() {
+    let _turn = common::serial();
+    let flex = Device::flex();
+    flex.seed(21);
+    let n = 4;
+    let config = |checkpoint: bool, rate: f64| {
+        VitConfig::new(32, 3)
+            .with_heads(4)
+            .with_embedding_size(16)
+            .with_drop_path_rate(rate)
+            .with_mask_ratio(0.25)
+            .with_using_checkpoint(checkpoint)
+    };
+    let weights = named_tensors(&config(false, 0.5).init(&flex), "");
+    let images =
+        Tensor::<4>::random([n, 3, 112, 112], Distribution::Uniform(0.0, 255.0), &flex).into_data();
+    let direction = Tensor::<2>::random([n, 16], Distribution::Default, &flex).into_data();
+    let order = orders(n, 9);
+    #[allow(unused_mut)] // LibTorch joins with `--features tch`.
+    let mut devices = vec![("flex", flex.clone())];
+    #[cfg(feature = "tch")]
+    #[allow(deprecated)] // burn-tch (LibTorch) is deprecated upstream; see src/device.rs.
+    devices.push(("libtorch-cpu", Device::libtorch()));
+    for (name, device) in devices {
+        let device = device.autodiff();
+        let run = |checkpoint: bool, rate: f64| {
+            let model = arcface::checkpoint::load_named(
+                config(checkpoint, rate).init(&device),
+                "",
+                &weights,
+            )
+            .unwrap();
+            device.seed(5);
+            ours(model, &images, &direction, Some(&order), &device)
+        };
+        let (plain, recomputed) = (run(false, 0.5), run(true, 0.5));
+        assert_eq!(plain.len(), recomputed.len());
+        for (key, values) in &plain {
+            assert!(
+                values == &recomputed[key],
+                "{name}: {key} is {:.2e} from the plain step's",
+                distance(&recomputed[key], values)
+            );
+        }
+        assert!(
+            run(false, 0.0)["embedding"] != plain["embedding"],
+            "{name}: drop path dropped nothing"
+        );
+    }
+}
+
 #[test]
 fn vit_t_trains_as_vit_py() {
     let config = VitConfig::new(256, 12)

@@ -40,7 +40,7 @@ impl Config {
     /// The backbone this config describes. `dropout` and `embedding_gamma_trainable` are the
     /// iresnets' (arcface_torch's MobileFaceNet and ViT have no dropout and always train the
     /// embedding's γ; `Config::parse` refuses their files that ask otherwise);
-    /// `drop_path_rate` and `mask_ratio` the ViTs'.
+    /// `drop_path_rate`, `mask_ratio` and `using_checkpoint` the ViTs'.
     pub fn backbone(&self) -> BackboneConfig {
         match self.network.architecture() {
             Architecture::IResNet { units, widths } => IResNetConfig::new(units, widths)
@@ -64,6 +64,10 @@ impl Config {
                     .with_drop_path_rate(drop_path_rate)
                     .with_mask_ratio(mask_ratio)
                     .with_embedding_size(self.embedding_size)
+                    .with_using_checkpoint(
+                        self.using_checkpoint
+                            .unwrap_or_else(|| self.network.vit_checkpoints().unwrap_or(false)),
+                    )
                     .into()
             }
         }

@@ -236,8 +236,8 @@ impl Config {
         Ok(())
     }
 
-    /// `dropout` and `embedding_gamma_trainable` shape the iresnets only, `drop_path_rate` and
-    /// `mask_ratio` the ViTs only, `momentum` is SGD's, `margin_list` and `easy_margin` the
+    /// `dropout` and `embedding_gamma_trainable` shape the iresnets only, `drop_path_rate`,
+    /// `mask_ratio` and `using_checkpoint` the ViTs only, `momentum` is SGD's, `margin_list` and `easy_margin` the
     /// combined margin's, `adaface_*` AdaFace's. Written in the file of another backbone
     /// or optimiser with a value it cannot honour, they would be ignored in silence: refused. (Absent keys take the seed's
     /// defaults, dropout 0.4 among them, which only an iresnet uses; only what the user wrote is
@@ -248,7 +248,7 @@ impl Config {
         let network = self.network.name();
         let architecture = self.network.architecture();
         if !matches!(architecture, Architecture::Vit { .. }) {
-            for key in ["drop_path_rate", "mask_ratio"] {
+            for key in ["drop_path_rate", "mask_ratio", "using_checkpoint"] {
                 if written.contains_key(key) {
                     return Err(BadValue::new(
                         key,

@@ -34,6 +34,10 @@ pub struct Config {
     /// Share of a ViT's 144 tokens masked in training (vit.py's `mask_ratio`); by default the
     /// network's. ViTs only.
     pub mask_ratio: Option<f64>,
+    /// Each ViT block's activations recomputed in the backward instead of kept (vit.py's
+    /// `using_checkpoint`: one more forward per step, a block's input kept where its ~25
+    /// activations were); by default get_model's (vit_b and vit_l: true). ViTs only.
+    pub using_checkpoint: Option<bool>,
 
     // --- margin-softmax head ---
     /// "margin" (the combined margin of `margin_list`) or "adaface" (mk-minchul/AdaFace's
@@ -243,6 +247,7 @@ impl Default for Config {
             embedding_gamma_trainable: false,
             drop_path_rate: None,
             mask_ratio: None,
+            using_checkpoint: None,
             head: HeadKind::Margin,
             margin_list: [1.0, 0.5, 0.0],
             adaface_m: 0.4,

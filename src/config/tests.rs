@@ -68,6 +68,11 @@ fn vit_keys_are_checked_and_kept_to_vits() {
             "embedding_size",
             "> 0",
         ),
+        (
+            "network = \"r100\"\nusing_checkpoint = true\n",
+            "using_checkpoint",
+            "not a Vision",
+        ),
     ] {
         let err = parse(text).unwrap_err();
         assert_eq!(err.key, key, "{text}");
@@ -77,6 +82,18 @@ fn vit_keys_are_checked_and_kept_to_vits() {
     assert_eq!(config.vit_regularisation(), (0.05, 0.05));
     let config = parse("network = \"vit_t\"\nmask_ratio = 0.0\n").unwrap();
     assert_eq!(config.vit_regularisation(), (0.1, 0.0));
+    // get_model's using_checkpoint: vit_b and vit_l recompute their blocks, vit_t and vit_s
+    // not; the key overrides it.
+    let checkpoints = |text: &str| match parse(text).unwrap().backbone() {
+        crate::model::BackboneConfig::Vit(vit) => vit.using_checkpoint,
+        _ => unreachable!("a ViT"),
+    };
+    assert!(checkpoints("network = \"vit_b_dp005_mask_005\"\n"));
+    assert!(checkpoints("network = \"vit_l_dp005_mask_005\"\n"));
+    assert!(!checkpoints("network = \"vit_t_dp005_mask0\"\n"));
+    assert!(!checkpoints("network = \"vit_s\"\n"));
+    assert!(!checkpoints("network = \"vit_l\"\nusing_checkpoint = false\n"));
+    assert!(checkpoints("network = \"vit_tiny\"\nusing_checkpoint = true\n"));
 }
 
 #[test]

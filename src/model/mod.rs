@@ -14,6 +14,7 @@ pub mod layers;
 pub mod memory_format;
 pub mod mobilefacenet;
 pub mod prelu;
+pub mod recompute;
 pub mod relu6;
 pub mod summary;
 pub mod vit;
@@ -170,6 +171,16 @@ impl Network {
             Network::VitTiny => Some((0.0, 0.0)),
             _ => None,
         }
+    }
+
+    /// Whether get_model builds this ViT with `using_checkpoint` (vit_b and vit_l; our vit_l
+    /// follows them). None for the other backbones.
+    pub fn vit_checkpoints(self) -> Option<bool> {
+        self.vit_regularisation()?;
+        Some(matches!(
+            self,
+            Network::VitB | Network::VitBDp005Mask005 | Network::VitL | Network::VitLDp005Mask005
+        ))
     }
 
     pub fn is_vit(self) -> bool {

@@ -55,6 +55,10 @@ pub struct VitConfig {
     pub mask_ratio: f64,
     #[config(default = 512)]
     pub embedding_size: usize,
+    /// Each block's activations recomputed in the backward instead of kept (vit.py's
+    /// `using_checkpoint`, which get_model sets for vit_b and vit_l).
+    #[config(default = false)]
+    pub using_checkpoint: bool,
 }
 
 /// The stride-9 convolution that turns patches into tokens (vit.py's `PatchEmbed`).
@@ -108,6 +112,8 @@ pub struct VisionTransformer {
     /// [1, 1, D]: what a masked token is after the blocks.
     pub mask_token: Param<Tensor<3>>,
     pub mask_ratio: f64,
+    /// Blocks through [`super::recompute`] in training.
+    pub using_checkpoint: bool,
     /// Cleared by `freeze`, as burn's Dropout: no drop path or masking then.
     pub training: Param<Flag>,
 }
@@ -200,6 +206,7 @@ impl VitConfig {
             features: bn(self.embedding_size, device),
             mask_token: normal.init([1, 1, d], device),
             mask_ratio: self.mask_ratio,
+            using_checkpoint: self.using_checkpoint,
             training: Param::from_bool(true),
         }
     }
@@ -213,19 +220,24 @@ fn linear_tokens(fc: &Linear, x: Tensor<3>, precision: Precision) -> Tensor<3> {
     y.reshape([n, t, out])
 }
 
-/// timm's `drop_path`: each image's branch kept with probability 1 − p and then scaled by
-/// 1/(1 − p), or zeroed.
-fn drop_path(x: Tensor<3>, p: f64, training: bool) -> Tensor<3> {
+/// timm's `drop_path` for `n` images: each image's branch kept with probability 1 − p and
+/// then scaled by 1/(1 − p), or zeroed; the factors [n, 1, 1], None outside training. Drawn
+/// before the block runs, so that a recomputed block (`using_checkpoint`) drops the same.
+fn drop_path_scale(n: usize, p: f64, training: bool, device: &Device) -> Option<Tensor<3>> {
     if !training || p == 0.0 {
-        return x;
+        return None;
     }
     let keep = 1.0 - p;
-    let mask = Tensor::<3>::random(
-        [x.dims()[0], 1, 1],
-        Distribution::Bernoulli(keep),
-        &x.device(),
-    );
-    x * (mask / keep)
+    let mask = Tensor::<3>::random([n, 1, 1], Distribution::Bernoulli(keep), device);
+    Some(mask / keep)
+}
+
+/// `x` scaled image by image (drop path), or as it is.
+fn scaled(x: Tensor<3>, scale: &Option<Tensor<3>>) -> Tensor<3> {
+    match scale {
+        Some(scale) => x * scale.clone(),
+        None => x,
+    }
 }
 
 impl Attention {
@@ -242,12 +254,38 @@ impl Attention {
 }
 
 impl Block {
-    fn forward(&self, x: Tensor<3>, precision: Precision, training: bool) -> Tensor<3> {
+    /// The block with its two branches' drop-path factors given.
+    fn forward(
+        &self,
+        x: Tensor<3>,
+        precision: Precision,
+        drop: &[Option<Tensor<3>>; 2],
+    ) -> Tensor<3> {
         let y = self.attn.forward(self.norm1.forward(x.clone()), precision);
-        let x = x + drop_path(y, self.drop_path, training);
+        let x = x + scaled(y, &drop[0]);
         let y = linear_tokens(&self.mlp.fc1, self.norm2.forward(x.clone()), precision);
         let y = linear_tokens(&self.mlp.fc2, super::relu6::relu6(y), precision);
-        x + drop_path(y, self.drop_path, training)
+        x + scaled(y, &drop[1])
+    }
+
+    /// The block in a forward of `training`; with `recompute`, its activations recomputed in
+    /// the backward rather than kept.
+    fn run(
+        &self,
+        x: Tensor<3>,
+        precision: Precision,
+        training: bool,
+        recompute: bool,
+    ) -> Tensor<3> {
+        let n = x.dims()[0];
+        let drop = [0, 1].map(|_| drop_path_scale(n, self.drop_path, training, &x.device()));
+        if !(recompute && training) {
+            return self.forward(x, precision, &drop);
+        }
+        // Constants of the recomputed graph, not of this one.
+        let drop = drop.map(|scale| scale.map(Tensor::inner));
+        let forward = move |block: &Block, x: Tensor<3>| block.forward(x, precision, &drop);
+        super::recompute::checkpointed(self, x, std::sync::Arc::new(forward))
     }
 }
 
@@ -310,7 +348,7 @@ impl VisionTransformer {
             x = x.gather(1, kept.unsqueeze_dim::<3>(2).repeat_dim(2, d));
         }
         for block in &self.blocks {
-            x = block.forward(x, precision, training);
+            x = block.run(x, precision, training, self.using_checkpoint);
         }
         let mut x = self.norm.forward(x);
         if let Some(order) = order {

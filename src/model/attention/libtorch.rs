@@ -15,11 +15,23 @@
 #![allow(deprecated)]
 
 use burn::backend::LibTorch;
+use burn::backend::ops::ModuleOps;
 use burn::backend::tensor::FloatTensor;
+use burn::tensor::ops::AttentionModuleOptions;
 use burn_tch::TchTensor;
 use tch::Tensor;
 
 use super::{AttentionKernels, AttentionOp};
+
+/// Outside autodiff: burn's attention, which is libtorch's fused one on LibTorch.
+fn inference(qkv: FloatTensor<LibTorch>, heads: usize, scale: f64) -> FloatTensor<LibTorch> {
+    let options = AttentionModuleOptions {
+        scale: Some(scale),
+        ..Default::default()
+    };
+    let [q, k, v] = super::split::<LibTorch>(qkv, heads);
+    super::merge_heads::<LibTorch>(LibTorch::attention(q, k, v, None, None, options))
+}
 
 /// What the backward needs of the forward.
 #[derive(Debug, Clone)]
@@ -134,7 +146,7 @@ impl AttentionKernels for LibTorch {
 
 impl AttentionOp for LibTorch {
     fn attention_op(qkv: FloatTensor<Self>, heads: usize, scale: f64) -> FloatTensor<Self> {
-        super::inference::<Self>(qkv, heads, scale)
+        inference(qkv, heads, scale)
     }
 }
 

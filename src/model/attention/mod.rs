@@ -27,7 +27,6 @@ use burn::backend::backend_extension;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, Dispatch, Shape, Slice, TensorMetadata};
 use burn::tensor::Tensor;
-use burn::tensor::ops::AttentionModuleOptions;
 
 /// softmax(scale·q·kᵀ)·v for each head of `qkv` [N, T, 3·D], the ViT's qkv Linear output
 /// (per token [3, heads, D/heads]: vit.py's reshape(B, N, 3, H, C/H)), differentiable; the
@@ -67,20 +66,6 @@ pub trait AttentionKernels: Backend {
         heads: usize,
         scale: f64,
     ) -> FloatTensor<Self>;
-}
-
-/// Outside autodiff: burn's attention on the backend (libtorch's fused one on LibTorch).
-pub(super) fn inference<B: Backend>(
-    qkv: FloatTensor<B>,
-    heads: usize,
-    scale: f64,
-) -> FloatTensor<B> {
-    let options = AttentionModuleOptions {
-        scale: Some(scale),
-        ..Default::default()
-    };
-    let [q, k, v] = split::<B>(qkv, heads);
-    merge_heads::<B>(B::attention(q, k, v, None, None, options))
 }
 
 /// qkv [N, T, 3·D] → q, k, v [N, heads, T, D/heads] (vit.py's permute(2, 0, 3, 1, 4)).
@@ -162,7 +147,9 @@ pub(super) fn composed_backward<B: Backend>(
 #[cfg(feature = "tch")]
 mod libtorch;
 
-impl<B: Backend + AttentionKernels, C: CheckpointStrategy> AttentionOp for Autodiff<B, C> {
+impl<B: Backend + AttentionKernels + AttentionOp, C: CheckpointStrategy> AttentionOp
+    for Autodiff<B, C>
+{
     fn attention_op(qkv: FloatTensor<Self>, heads: usize, scale: f64) -> FloatTensor<Self> {
         #[derive(Debug)]
         struct AttentionBackward;
@@ -196,8 +183,10 @@ impl<B: Backend + AttentionKernels, C: CheckpointStrategy> AttentionOp for Autod
                 let (output, saved) = B::attention_forward(qkv.primitive().clone(), heads, scale);
                 prep.finish((saved, heads, scale), output)
             }
+            // The backend's own operation: the tracked forward's values (a recomputed block
+            // runs its forward untracked first: recompute.rs).
             OpsKind::UnTracked(prep) => {
-                prep.finish(inference::<B>(qkv.into_primitive(), heads, scale))
+                prep.finish(B::attention_op(qkv.into_primitive(), heads, scale))
             }
         }
     }

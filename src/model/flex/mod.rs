@@ -357,8 +357,10 @@ impl AttentionKernels for Flex {
 }
 
 impl AttentionOp for Flex {
+    /// Our kernel outside autodiff too (its probabilities dropped): the values of the training
+    /// forward, which a recomputed block (`using_checkpoint`) must reproduce exactly.
     fn attention_op(qkv: FloatTensor<Self>, heads: usize, scale: f64) -> FloatTensor<Self> {
-        super::attention::inference::<Self>(qkv, heads, scale)
+        <Self as AttentionKernels>::attention_forward(qkv, heads, scale).0
     }
 }
 
