@@ -737,63 +737,76 @@ fn linear_loss(model: &BackboneAndHead, round: u64) -> Tensor<1> {
     sum.total.unwrap()
 }
 
-/// SGD on LibTorch (libtorch's fused multi-tensor kernel, in place) takes exactly the steps of
-/// the generic SGD on burn's CPU backend: momentum from the first step on, weight decay only
-/// where it belongs, gradient scaling (clipping).
-#[test]
-fn libtorch_fused_sgd_equals_the_generic_sgd() {
-    // Seeded draws from the CPU backend's one generator: one test at a time.
-    let _turn = common::serial();
-    use arcface::train::sgd::{Sgd, SgdSettings};
+/// The optimiser of `config` on LibTorch (libtorch's fused multi-tensor kernel, in place) takes
+/// the steps of the generic one on burn's CPU backend: three steps at `lr` on gradients any
+/// backend computes exactly ([`linear_loss`]), the last with its gradients scaled (clipping);
+/// weights and every buffer compared.
+fn fused_steps_equal_the_generic_ones(config: &str, lr: f64) {
+    use arcface::train::optimizer::Optimizer;
     let flex = Device::flex();
     flex.seed(11);
     let weights = named_tensors(&small_model(&flex), "");
+    let config =
+        arcface::config::Config::parse(config, std::path::Path::new("fused.toml")).unwrap();
     let run = |device: &Device| {
         let device = device.clone().autodiff();
         let mut model =
             arcface::checkpoint::load_named(small_model(&device), "", &weights).unwrap();
-        let mut sgd = Sgd::new(SgdSettings {
-            momentum: 0.9,
-            weight_decay: 0.05,
-            no_decay_on_norm_and_prelu: true,
-        });
+        let mut optimizer = Optimizer::of(&config);
         let mut stepped_in_place = true;
         for round in 0..3 {
             let mut g = linear_loss(&model, round).backward();
             let mut grads = GradientsParams::from_module(&mut g, &model);
             let before = model.backbone.iresnet().unwrap().conv1.weight.val();
             let scale = if round == 2 { 0.5 } else { 1.0 };
-            model = sgd.step(model, &mut grads, 0.1, scale, "");
+            model = optimizer.step(model, &mut grads, lr, scale, round as usize, "");
             let after = model.backbone.iresnet().unwrap().conv1.weight.val();
             stepped_in_place &= before.into_data() == after.into_data();
         }
-        let momentum: std::collections::BTreeMap<String, Vec<f32>> = sgd
-            .momentum
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.clone(),
-                    v.to_data().convert::<f32>().try_to_vec::<f32>().unwrap(),
-                )
-            })
+        let buffers: Flat = optimizer
+            .state()
+            .into_iter()
+            .map(|(k, v)| (k, v.convert::<f32>().try_to_vec::<f32>().unwrap()))
             .collect();
-        (named_tensors(&model, ""), momentum, stepped_in_place)
+        (named_tensors(&model, ""), buffers, stepped_in_place)
     };
-    let (flex_weights, flex_momentum, flex_in_place) = run(&flex);
+    let (flex_weights, flex_buffers, flex_in_place) = run(&flex);
     assert!(!flex_in_place, "burn's CPU backend steps by new tensors");
+    assert!(!flex_buffers.is_empty(), "the optimiser keeps buffers");
     for (device_name, device, _) in libtorch_devices() {
-        let (torch_weights, torch_momentum, torch_in_place) = run(&device);
+        let (torch_weights, torch_buffers, torch_in_place) = run(&device);
         assert!(
             torch_in_place,
             "{device_name}: stepped in place (the fused kernel ran)"
         );
         compare_steps(
             &weights,
-            (&flex_weights, &flex_momentum),
-            (&torch_weights, &torch_momentum),
+            (&flex_weights, &flex_buffers),
+            (&torch_weights, &torch_buffers),
             device_name,
         );
     }
+}
+
+/// SGD (`_fused_sgd_`): momentum from the first step on, weight decay only where it belongs.
+#[test]
+fn libtorch_fused_sgd_equals_the_generic_sgd() {
+    let _turn = common::serial();
+    fused_steps_equal_the_generic_ones(
+        "momentum = 0.9\nweight_decay = 0.05\ndecay_norm_and_prelu = false\n",
+        0.1,
+    );
+}
+
+/// AdamW (`_fused_adamw_`): both moments from the first step on, decay only where it belongs,
+/// the bias corrections at t = 1, 2, 3.
+#[test]
+fn libtorch_fused_adamw_equals_the_generic_adamw() {
+    let _turn = common::serial();
+    fused_steps_equal_the_generic_ones(
+        "optimizer = \"adamw\"\nweight_decay = 0.05\ndecay_norm_and_prelu = false\n",
+        0.01,
+    );
 }
 
 /// The ViT's attention on LibTorch (libtorch's fused scaled dot-product attention forward and
@@ -842,61 +855,6 @@ fn libtorch_fused_attention_equals_our_cpu_kernels() {
     assert!(largest(&dx0) > 0.1, "a gradient that is there");
 }
 
-/// AdamW on LibTorch (libtorch's fused kernel, `_fused_adamw_`, in place) takes the steps of
-/// the generic AdamW on burn's CPU backend: both moments from the first step on, decay only
-/// where it belongs, gradient scaling (clipping), bias corrections at t = 1, 2, 3.
-#[test]
-fn libtorch_fused_adamw_equals_the_generic_adamw() {
-    let _turn = common::serial();
-    use arcface::train::optimizer::Optimizer;
-    let flex = Device::flex();
-    flex.seed(11);
-    let weights = named_tensors(&small_model(&flex), "");
-    let config = arcface::config::Config::parse(
-        "optimizer = \"adamw\"\nweight_decay = 0.05\ndecay_norm_and_prelu = false\n",
-        std::path::Path::new("adamw.toml"),
-    )
-    .unwrap();
-    let run = |device: &Device| {
-        let device = device.clone().autodiff();
-        let mut model =
-            arcface::checkpoint::load_named(small_model(&device), "", &weights).unwrap();
-        let mut adamw = Optimizer::of(&config);
-        let mut stepped_in_place = true;
-        for round in 0..3 {
-            let mut g = linear_loss(&model, round).backward();
-            let mut grads = GradientsParams::from_module(&mut g, &model);
-            let before = model.backbone.iresnet().unwrap().conv1.weight.val();
-            let scale = if round == 2 { 0.5 } else { 1.0 };
-            model = adamw.step(model, &mut grads, 0.01, scale, round as usize, "");
-            let after = model.backbone.iresnet().unwrap().conv1.weight.val();
-            stepped_in_place &= before.into_data() == after.into_data();
-        }
-        let moments: Flat = adamw
-            .state()
-            .into_iter()
-            .map(|(k, v)| (k, v.convert::<f32>().try_to_vec::<f32>().unwrap()))
-            .collect();
-        (named_tensors(&model, ""), moments, stepped_in_place)
-    };
-    let (flex_weights, flex_moments, flex_in_place) = run(&flex);
-    assert!(!flex_in_place, "burn's CPU backend steps by new tensors");
-    assert!(flex_moments.keys().any(|k| k.starts_with("exp_avg_sq.")));
-    for (device_name, device, _) in libtorch_devices() {
-        let (torch_weights, torch_moments, torch_in_place) = run(&device);
-        assert!(
-            torch_in_place,
-            "{device_name}: stepped in place (the fused kernel ran)"
-        );
-        compare_steps(
-            &weights,
-            (&flex_weights, &flex_moments),
-            (&torch_weights, &torch_moments),
-            device_name,
-        );
-    }
-}
-
 /// AdamW's ten steps against torch.optim.AdamW (tests/train.rs's, on burn's CPU backend) on
 /// LibTorch, where libtorch's fused kernel takes them.
 #[test]
@@ -913,11 +871,11 @@ type Flat64 = std::collections::BTreeMap<String, Vec<f64>>;
 
 fn compare_steps(
     weights: &Named,
-    (flex_weights, flex_momentum): (&Named, &Flat),
-    (torch_weights, torch_momentum): (&Named, &Flat),
+    (flex_weights, flex_buffers): (&Named, &Flat),
+    (torch_weights, torch_buffers): (&Named, &Flat),
     device_name: &str,
 ) {
-    assert_eq!(flex_momentum.len(), torch_momentum.len());
+    assert_eq!(flex_buffers.len(), torch_buffers.len());
     let mut compared = 0;
     for (name, a) in flex_weights {
         let a = a.try_to_vec::<f32>().unwrap();
@@ -932,11 +890,11 @@ fn compare_steps(
         compared += usize::from(a != start);
     }
     assert!(compared > 20, "the steps moved {compared} parameters");
-    for (name, a) in flex_momentum {
-        for (x, y) in a.iter().zip(&torch_momentum[name]) {
+    for (name, a) in flex_buffers {
+        for (x, y) in a.iter().zip(&torch_buffers[name]) {
             assert!(
                 (x - y).abs() <= 1e-5 * (1.0 + x.abs()),
-                "{device_name} momentum {name}: {x} vs {y}"
+                "{device_name} {name}: {x} vs {y}"
             );
         }
     }

@@ -55,6 +55,16 @@ fn f64s(data: &TensorData) -> Vec<f64> {
     data.clone().convert::<f64>().try_to_vec::<f64>().unwrap()
 }
 
+/// burn's CPU backend (`flex`), and LibTorch's CPU with `--features tch`.
+fn backends(flex: &Device) -> Vec<(&'static str, Device)> {
+    #[allow(unused_mut)] // LibTorch joins with `--features tch`.
+    let mut devices = vec![("flex", flex.clone())];
+    #[cfg(feature = "tch")]
+    #[allow(deprecated)] // burn-tch (LibTorch) is deprecated upstream; see src/device.rs.
+    devices.push(("libtorch-cpu", Device::libtorch()));
+    devices
+}
+
 /// One image order per row: a permutation of the 144 tokens (vit.py's `ids_shuffle`).
 fn orders(n: usize, seed: u64) -> Vec<Vec<i64>> {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
@@ -185,11 +195,7 @@ fn equals_vit_py(config: VitConfig, n: usize, masked: bool, flex_floor: f64) {
         order.as_ref(),
         dir.path(),
     );
-    #[allow(unused_mut)] // LibTorch joins with `--features tch`.
-    let mut devices = vec![("flex", flex.clone())];
-    #[cfg(feature = "tch")]
-    #[allow(deprecated)] // burn-tch (LibTorch) is deprecated upstream; see src/device.rs.
-    devices.push(("libtorch-cpu", Device::libtorch()));
+    let devices = backends(&flex);
     let mut failures = Vec::new();
     for (name, device) in devices {
         let device = device.autodiff();
@@ -287,11 +293,7 @@ fn recomputed_blocks_give_the_plain_steps_values_bit_for_bit() {
         Tensor::<4>::random([n, 3, 112, 112], Distribution::Uniform(0.0, 255.0), &flex).into_data();
     let direction = Tensor::<2>::random([n, 16], Distribution::Default, &flex).into_data();
     let order = orders(n, 9);
-    #[allow(unused_mut)] // LibTorch joins with `--features tch`.
-    let mut devices = vec![("flex", flex.clone())];
-    #[cfg(feature = "tch")]
-    #[allow(deprecated)] // burn-tch (LibTorch) is deprecated upstream; see src/device.rs.
-    devices.push(("libtorch-cpu", Device::libtorch()));
+    let devices = backends(&flex);
     for (name, device) in devices {
         let device = device.autodiff();
         let run = |checkpoint: bool, rate: f64| {
@@ -496,11 +498,7 @@ fn bf16_stays_near_fp32() {
     let weights = named_tensors(&config.init(&flex), "");
     let images =
         Tensor::<4>::random([4, 3, 112, 112], Distribution::Uniform(0.0, 255.0), &flex).into_data();
-    #[allow(unused_mut)] // LibTorch joins with `--features tch`.
-    let mut devices = vec![("flex", flex.clone())];
-    #[cfg(feature = "tch")]
-    #[allow(deprecated)] // burn-tch (LibTorch) is deprecated upstream; see src/device.rs.
-    devices.push(("libtorch-cpu", Device::libtorch()));
+    let devices = backends(&flex);
     for (name, device) in devices {
         let model = arcface::checkpoint::load_named(config.init(&device), "", &weights).unwrap();
         let embed = |precision| {

@@ -92,8 +92,12 @@ fn vit_keys_are_checked_and_kept_to_vits() {
     assert!(checkpoints("network = \"vit_l_dp005_mask_005\"\n"));
     assert!(!checkpoints("network = \"vit_t_dp005_mask0\"\n"));
     assert!(!checkpoints("network = \"vit_s\"\n"));
-    assert!(!checkpoints("network = \"vit_l\"\nusing_checkpoint = false\n"));
-    assert!(checkpoints("network = \"vit_tiny\"\nusing_checkpoint = true\n"));
+    assert!(!checkpoints(
+        "network = \"vit_l\"\nusing_checkpoint = false\n"
+    ));
+    assert!(checkpoints(
+        "network = \"vit_tiny\"\nusing_checkpoint = true\n"
+    ));
 }
 
 #[test]

@@ -75,3 +75,22 @@ pub(super) fn libtorch_parameters<M: Module>(
     let Collect { entries, ok, .. } = collect;
     (ok && !entries.is_empty()).then_some(entries)
 }
+
+/// The weights and gradients of a group of parameters, as the fused kernels take them.
+pub(super) fn weights_and_grads(group: &[&Entry]) -> (Vec<TchTensor>, Vec<TchTensor>) {
+    group
+        .iter()
+        .map(|e| (e.weight.clone(), e.grad.clone()))
+        .unzip()
+}
+
+/// A fused call of `optimizer` refused up front (its buffers, shapes or devices: nothing of
+/// that group written). Before any group was written the generic path can still take the
+/// step: false, with a warning. After, it would step those groups twice: a panic.
+pub(super) fn refused(written: bool, optimizer: &str, message: &str) -> bool {
+    assert!(!written, "{optimizer} step: {message}");
+    eprintln!(
+        "warning: libtorch's fused {optimizer} refused ({message}); generic {optimizer} instead"
+    );
+    false
+}

@@ -211,17 +211,13 @@ pub fn adamw_steps_as_torch_optim_adamw(device: &burn::tensor::Device) {
             .try_to_vec::<f32>()
             .unwrap()
     };
-    let start = (
-        layer.weight.val().into_data().try_to_vec::<f32>().unwrap(),
-        layer
-            .bias
-            .as_ref()
-            .unwrap()
-            .val()
-            .into_data()
-            .try_to_vec::<f32>()
-            .unwrap(),
-    );
+    // The layer's (weight, bias) values.
+    let values = |layer: &burn::nn::Linear| {
+        let of = |t: Tensor<2>| t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
+        let bias = layer.bias.as_ref().unwrap().val().unsqueeze::<2>();
+        (of(layer.weight.val()), of(bias))
+    };
+    let start = values(&layer);
     let steps = 10;
     let grads: Vec<(Vec<f32>, Vec<f32>)> =
         (0..steps).map(|_| (draw(&[4, 3]), draw(&[3]))).collect();
@@ -244,16 +240,7 @@ pub fn adamw_steps_as_torch_optim_adamw(device: &burn::tensor::Device) {
             (layer.weight.val() * gw_t).sum() + (layer.bias.as_ref().unwrap().val() * gb_t).sum();
         let mut g = GradientsParams::from_grads(loss.backward(), &layer);
         layer = optimizer.step(layer, &mut g, lrs[k], scales[k], k, "");
-        let w = layer.weight.val().into_data().try_to_vec::<f32>().unwrap();
-        let b = layer
-            .bias
-            .as_ref()
-            .unwrap()
-            .val()
-            .into_data()
-            .try_to_vec::<f32>()
-            .unwrap();
-        ours.push((w, b));
+        ours.push(values(&layer));
     }
     // burn's Linear weight is [in, out]; PyTorch's the same numbers as one flat list here
     // (AdamW is elementwise), named as ours.

@@ -12,7 +12,7 @@ use burn::tensor::Tensor;
 use burn_tch::TchTensor;
 use burn_tch::fused::{AdamWStep, adamw_in_place};
 
-use super::super::in_place::{Entry, libtorch_parameters};
+use super::super::in_place::{Entry, libtorch_parameters, refused, weights_and_grads};
 use super::super::update::is_norm_or_prelu;
 use super::AdamW;
 
@@ -83,17 +83,12 @@ pub(super) fn step_in_place<M: Module>(
         };
         let outcome = moments.and_then(|moments| {
             let (exp_avgs, exp_avg_sqs): (Vec<_>, Vec<_>) = moments.into_iter().unzip();
-            let params: Vec<TchTensor> = group.iter().map(|e| e.weight.clone()).collect();
-            let grads_of: Vec<TchTensor> = group.iter().map(|e| e.grad.clone()).collect();
+            let (params, grads_of) = weights_and_grads(group);
             adamw_in_place(&params, &grads_of, &exp_avgs, &exp_avg_sqs, &step)
         });
         if let Err(message) = outcome {
-            // Refused up front (moments, shapes, devices): nothing of this group was written.
-            // Before any group was, the generic path can still take the step (the zero moments
-            // just added are the same as none); after, it would step those groups twice.
-            assert!(!written, "AdamW step: {message}");
-            eprintln!("warning: libtorch's fused AdamW refused ({message}); generic AdamW instead");
-            return false;
+            // The zero moments just added are the same as none for the generic step.
+            return refused(written, "AdamW", &message);
         }
         written = true;
     }

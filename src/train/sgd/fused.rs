@@ -9,10 +9,9 @@ use burn::backend::LibTorch;
 use burn::module::Module;
 use burn::optim::GradientsParams;
 use burn::tensor::Tensor;
-use burn_tch::TchTensor;
 use burn_tch::fused::{SgdStep, sgd_in_place};
 
-use super::super::in_place::{Entry, libtorch_parameters};
+use super::super::in_place::{Entry, libtorch_parameters, refused, weights_and_grads};
 use super::super::update::is_norm_or_prelu;
 use super::{Sgd, SgdSettings};
 
@@ -47,7 +46,7 @@ pub(super) fn step_in_place<M: Module>(
                 continue;
             }
             let mut buffers = Vec::new();
-            let mut refused = None;
+            let mut refused_buffer = None;
             if settings.momentum != 0.0 {
                 for e in group {
                     let buffer = sgd.momentum.entry(e.path.clone()).or_insert_with(|| {
@@ -57,7 +56,7 @@ pub(super) fn step_in_place<M: Module>(
                     match buffer.clone().try_into_primitive::<LibTorch>() {
                         Ok(b) => buffers.push(b),
                         Err(error) => {
-                            refused =
+                            refused_buffer =
                                 Some(format!("momentum of {} off LibTorch: {error:?}", e.path))
                         }
                     }
@@ -74,19 +73,13 @@ pub(super) fn step_in_place<M: Module>(
                 grad_scale,
                 is_first_step: first == 1,
             };
-            let params: Vec<TchTensor> = group.iter().map(|e| e.weight.clone()).collect();
-            let grads_of: Vec<TchTensor> = group.iter().map(|e| e.grad.clone()).collect();
-            let outcome = match refused {
+            let (params, grads_of) = weights_and_grads(group);
+            let outcome = match refused_buffer {
                 Some(message) => Err(message),
                 None => sgd_in_place(&params, &grads_of, &buffers, &step),
             };
             if let Err(message) = outcome {
-                // Refused up front (buffers, shapes, devices): nothing of this group was written. Before
-                // any group was, the generic path can still take the step; after, it would step
-                // those groups twice.
-                assert!(!written, "SGD step: {message}");
-                eprintln!("warning: libtorch's fused SGD refused ({message}); generic SGD instead");
-                return false;
+                return refused(written, "SGD", &message);
             }
             written = true;
         }
