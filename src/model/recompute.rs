@@ -31,12 +31,13 @@ use burn::tensor::Tensor;
 pub type Forward<M> = Arc<dyn Fn(&M, Tensor<3>) -> Tensor<3> + Send + Sync>;
 
 /// `forward(module, x)`, its activations recomputed in the backward rather than kept. Outside
-/// autodiff, or on a backend other than burn's CPU backend and LibTorch, the plain forward.
+/// autodiff, for a module without parameters, or on a backend other than burn's CPU backend
+/// and LibTorch, the plain forward.
 pub fn checkpointed<M>(module: &M, x: Tensor<3>, forward: Forward<M>) -> Tensor<3>
 where
     M: Module + 'static,
 {
-    if !x.is_autodiff() {
+    if !x.is_autodiff() || module.num_params() == 0 {
         return forward(module, x);
     }
     let params = flat_parameters(module, None);
