@@ -35,8 +35,8 @@ pub struct Config {
     /// network's. ViTs only.
     pub mask_ratio: Option<f64>,
     /// Each ViT block's activations recomputed in the backward instead of kept (vit.py's
-    /// `using_checkpoint`: one more forward per step, a block's input kept where its ~25
-    /// activations were); by default get_model's (vit_b and vit_l: true). ViTs only.
+    /// `using_checkpoint`: one more forward per step, a block's input kept instead of all its
+    /// activations); by default get_model's (vit_b and vit_l: true). ViTs only.
     pub using_checkpoint: Option<bool>,
 
     // --- margin-softmax head ---
