@@ -57,13 +57,16 @@ impl ModuleVisitor for Collect<'_> {
 }
 
 /// Every parameter of `module` with a gradient in `grads`, its path prefixed with `prefix`;
-/// None where there is none or one is not a LibTorch tensor (the caller then takes the generic
-/// path, nothing changed).
+/// None where libtorch's kernels are off, there is none, or one is not a LibTorch tensor (the
+/// caller then takes the generic path, nothing changed).
 pub(super) fn libtorch_parameters<M: Module>(
     module: &M,
     grads: &GradientsParams,
     prefix: &str,
 ) -> Option<Vec<Entry>> {
+    if !crate::device::libtorch_fused_kernels() {
+        return None;
+    }
     let mut collect = Collect {
         grads,
         prefix,

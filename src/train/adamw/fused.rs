@@ -42,9 +42,6 @@ pub(super) fn step_in_place<M: Module>(
     t: u64,
     prefix: &str,
 ) -> bool {
-    if !crate::device::libtorch_fused_kernels() {
-        return false;
-    }
     let Some(entries) = libtorch_parameters(module, grads, prefix) else {
         return false;
     };
