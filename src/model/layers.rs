@@ -11,6 +11,7 @@ use burn::tensor::{DType, Device, FloatDType, Tensor};
 
 use super::Precision;
 use super::conv;
+use super::linear;
 use super::memory_format::conv_weight;
 
 /// BatchNorm epsilon of the seed (MXNet `bn_eps`).
@@ -66,24 +67,24 @@ pub fn prelu(channels: usize, device: &Device) -> PRelu {
 /// `conv.forward(x)` through [`conv::conv2d`] (both gradients by one backend call); under
 /// [`Precision::Bf16`] in bf16 (input, weight and output), as PyTorch's autocast runs it: the
 /// activations stay bf16 through BatchNorm, PReLU and the residual sums to the next
-/// convolution, and only the fp32 weight is cast (its gradient back to fp32).
+/// convolution, and only the fp32 weight is cast (its gradient back to fp32). A bias (the ViTs'
+/// patch embedding) is added to the output after, in the output's precision, as autocast's
+/// convolution adds it: burn's own convolution with bias ran ~4× slower on its CPU backend
+/// (4–5 % of a vit_tiny step) and always in fp32.
 pub(crate) fn conv_at(conv: &Conv2d, x: Tensor<4>, precision: Precision) -> Tensor<4> {
-    // Our convolutions all have explicit padding and no bias (burn computes `Same` privately).
+    // Our convolutions all have explicit padding (burn computes `Same` privately).
     let (top, left, bottom, right) = match conv.padding {
         PaddingConfig2d::Explicit(top, left, bottom, right) => (top, left, bottom, right),
         PaddingConfig2d::Valid => (0, 0, 0, 0),
         PaddingConfig2d::Same => return conv.forward(x),
     };
-    if conv.bias.is_some() {
-        return conv.forward(x);
-    }
     let options = ConvOptions::new_with_padding(
         conv.stride,
         [(top, bottom), (left, right)],
         conv.dilation,
         conv.groups,
     );
-    match precision {
+    let y = match precision {
         Precision::Fp32 => conv::conv2d(x, conv.weight.val(), options),
         Precision::Bf16 => {
             let x = bf16(x);
@@ -91,6 +92,17 @@ pub(crate) fn conv_at(conv: &Conv2d, x: Tensor<4>, precision: Precision) -> Tens
             let weight = conv_weight(conv.weight.val(), FloatDType::BF16, &x);
             conv::conv2d(x, weight, options)
         }
+    };
+    match &conv.bias {
+        Some(bias) => {
+            let [channels] = bias.dims();
+            let bias = bias.val().reshape([1, channels, 1, 1]);
+            match y.dtype() {
+                DType::BF16 => y + bias.cast(FloatDType::BF16),
+                _ => y + bias,
+            }
+        }
+        None => y,
     }
 }
 
@@ -103,10 +115,11 @@ pub(crate) fn bf16<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     }
 }
 
-/// `fc.forward(x)`, the product in bf16 under [`Precision::Bf16`] (output fp32).
+/// `fc.forward(x)` (through [`linear::linear`]), the product in bf16 under
+/// [`Precision::Bf16`] (output fp32).
 pub(crate) fn linear_at(fc: &Linear, x: Tensor<2>, precision: Precision) -> Tensor<2> {
     if precision == Precision::Fp32 {
-        return fc.forward(x);
+        return linear::linear(fc, x);
     }
     let y = bf16(x)
         .matmul(fc.weight.val().cast(FloatDType::BF16))

@@ -11,6 +11,7 @@ mod flex;
 pub mod head;
 pub mod iresnet;
 pub mod layers;
+pub mod linear;
 pub mod memory_format;
 pub mod mobilefacenet;
 pub mod prelu;

@@ -9,8 +9,7 @@
 //! adds and the max's compare-and-move wait on each other); the softmax runs in an AVX2 copy
 //! where the CPU has it (`with_avx2_copy!`: the same values, every sum's order fixed by `LANES`).
 
-use rayon::prelude::*;
-
+use crate::buffers::zeroed_by_tasks;
 use crate::matmul::{View, matmul, matmul_strided};
 
 /// Shapes: `images` × `tokens` rows of q, k and v for `heads` heads of `width` values each,
@@ -60,21 +59,18 @@ impl Shape {
 /// [images, T, 3·heads·width]; images on rayon's threads.
 pub fn forward(s: Shape, qkv: &[f32], scale: f32) -> (Vec<f32>, Vec<f32>) {
     let (t, w, d) = (s.tokens, s.width, s.dim());
-    let mut out = vec![0.0; s.images * s.image_out()];
-    let mut probs = vec![0.0; s.images * s.image_scores()];
-    out.par_chunks_mut(s.image_out().max(1))
-        .zip(probs.par_chunks_mut(s.image_scores().max(1)))
-        .enumerate()
-        .for_each(|(image, (out, probs))| {
-            let qkv = &qkv[image * s.image_qkv()..][..s.image_qkv()];
-            for (h, p) in probs.chunks_exact_mut(t * t).enumerate() {
-                let (q, k, v) = (s.part(qkv, 0, h), s.part(qkv, 1, h), s.part(qkv, 2, h));
-                matmul(p, q, k.t(), (t, w, t), false, false);
-                softmax_rows(p, t, scale);
-                let out = &mut out[h * w..];
-                matmul_strided(out, d, View::rows(p, t), v, (t, t, w), false, false);
-            }
-        });
+    let lens = [s.image_out(), s.image_scores()].map(|len| s.images * len);
+    let chunks = [s.image_out(), s.image_scores()].map(|len| len.max(1));
+    let [out, probs] = zeroed_by_tasks(s.images, lens, chunks, |image, [out, probs]| {
+        let qkv = &qkv[image * s.image_qkv()..][..s.image_qkv()];
+        for (h, p) in probs.chunks_exact_mut(t * t).enumerate() {
+            let (q, k, v) = (s.part(qkv, 0, h), s.part(qkv, 1, h), s.part(qkv, 2, h));
+            matmul(p, q, k.t(), (t, w, t), false, false);
+            softmax_rows(p, t, scale);
+            let out = &mut out[h * w..];
+            matmul_strided(out, d, View::rows(p, t), v, (t, t, w), false, false);
+        }
+    });
     (out, probs)
 }
 
@@ -83,36 +79,32 @@ pub fn forward(s: Shape, qkv: &[f32], scale: f32) -> (Vec<f32>, Vec<f32>) {
 /// dK = s·dSᵀ·Q.
 pub fn backward(s: Shape, qkv: &[f32], probs: &[f32], grad: &[f32], scale: f32) -> Vec<f32> {
     let (t, w, d) = (s.tokens, s.width, s.dim());
-    let mut dqkv = vec![0.0; s.images * s.image_qkv()];
-    dqkv.par_chunks_mut(s.image_qkv().max(1))
-        .enumerate()
-        .for_each_init(
-            || vec![0.0; t * t],
-            |ds, (image, dqkv)| {
-                let qkv = &qkv[image * s.image_qkv()..][..s.image_qkv()];
-                let grad = &grad[image * s.image_out()..][..s.image_out()];
-                let probs = &probs[image * s.image_scores()..][..s.image_scores()];
-                for (h, p) in probs.chunks_exact(t * t).enumerate() {
-                    let (q, k, v) = (s.part(qkv, 0, h), s.part(qkv, 1, h), s.part(qkv, 2, h));
-                    let dout = View {
-                        data: &grad[h * w..],
-                        row_stride: d,
-                        col_stride: 1,
-                    };
-                    let p = View::rows(p, t);
-                    // Head h's dQ, dK, dV: its columns of the packed rows, each [T, w].
-                    let into_part = |dst: &mut [f32], lhs: View, rhs: View| {
-                        matmul_strided(dst, 3 * d, lhs, rhs, (t, t, w), false, false)
-                    };
-                    into_part(&mut dqkv[s.column(2, h)..], p.t(), dout);
-                    matmul(ds, dout, v.t(), (t, w, t), false, false);
-                    softmax_backward_rows(ds, p.data, t, scale);
-                    let ds_rows = View::rows(ds, t);
-                    into_part(&mut dqkv[s.column(0, h)..], ds_rows, k);
-                    into_part(&mut dqkv[s.column(1, h)..], ds_rows.t(), q);
-                }
-            },
-        );
+    let len = s.images * s.image_qkv();
+    let [dqkv] = zeroed_by_tasks(s.images, [len], [s.image_qkv().max(1)], |image, [dqkv]| {
+        let qkv = &qkv[image * s.image_qkv()..][..s.image_qkv()];
+        let grad = &grad[image * s.image_out()..][..s.image_out()];
+        let probs = &probs[image * s.image_scores()..][..s.image_scores()];
+        let mut ds = vec![0.0; t * t];
+        for (h, p) in probs.chunks_exact(t * t).enumerate() {
+            let (q, k, v) = (s.part(qkv, 0, h), s.part(qkv, 1, h), s.part(qkv, 2, h));
+            let dout = View {
+                data: &grad[h * w..],
+                row_stride: d,
+                col_stride: 1,
+            };
+            let p = View::rows(p, t);
+            // Head h's dQ, dK, dV: its columns of the packed rows, each [T, w].
+            let into_part = |dst: &mut [f32], lhs: View, rhs: View| {
+                matmul_strided(dst, 3 * d, lhs, rhs, (t, t, w), false, false)
+            };
+            into_part(&mut dqkv[s.column(2, h)..], p.t(), dout);
+            matmul(&mut ds, dout, v.t(), (t, w, t), false, false);
+            softmax_backward_rows(&mut ds, p.data, t, scale);
+            let ds_rows = View::rows(&ds, t);
+            into_part(&mut dqkv[s.column(0, h)..], ds_rows, k);
+            into_part(&mut dqkv[s.column(1, h)..], ds_rows.t(), q);
+        }
+    });
     dqkv
 }
 

@@ -34,8 +34,10 @@ macro_rules! with_avx2_copy {
 
 pub mod attention;
 pub mod batch_norm;
+pub mod buffers;
 pub mod conv;
 pub mod depthwise;
+pub mod linear;
 pub mod matmul;
 pub mod prelu;
 pub mod relu6;

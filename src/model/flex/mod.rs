@@ -5,6 +5,7 @@
 //! burn's arithmetic).
 //! Their effect is measured in docs/HISTORY.md, "CPU training".
 
+mod linear;
 #[cfg(test)]
 mod tests;
 

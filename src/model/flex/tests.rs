@@ -2,6 +2,29 @@
 //! crate's tests and not that crate's: against the operations' definitions, written out
 //! element by element in f64.
 
+mod buffers {
+    use arcface_cpu_kernels::buffers::zeroed_by_tasks;
+
+    #[test]
+    fn every_value_is_zeroed_and_then_written_by_its_chunk_s_task() {
+        // Adding to the chunks proves they arrive zeroed; the uneven lengths, that the last
+        // chunk is cut short and a task past a buffer's end gets an empty part.
+        let [a, b] = zeroed_by_tasks(4, [10, 5], [3, 2], |i, [a, b]| {
+            assert_eq!((a.len(), b.len()), ([3, 3, 3, 1][i], [2, 2, 1, 0][i]));
+            a.iter_mut().for_each(|v| *v += i as f32);
+            b.iter_mut().for_each(|v| *v += 10.0 * i as f32);
+        });
+        assert_eq!(a, [0., 0., 0., 1., 1., 1., 2., 2., 2., 3.]);
+        assert_eq!(b, [0., 0., 10., 10., 20.]);
+    }
+
+    #[test]
+    #[should_panic(expected = "do not cover")]
+    fn tasks_that_leave_values_unwritten_are_refused() {
+        zeroed_by_tasks(2, [7], [3], |_, _| {});
+    }
+}
+
 mod matmul {
     use arcface_cpu_kernels::matmul::*;
 
@@ -499,5 +522,78 @@ mod relu6 {
             assert_eq!(dx[i], if passes { grad[i] } else { 0.0 }, "dx[{i}]");
         }
         assert!(y[5].is_nan() && dx[3] == 0.0 && dx[4] == 0.0);
+    }
+}
+
+mod linear {
+    use arcface_cpu_kernels::linear::*;
+
+    fn values(len: usize, seed: f32) -> Vec<f32> {
+        (0..len)
+            .map(|i| ((i as f32 + seed) * 0.618_034).fract() * 2.0 - 1.0)
+            .collect()
+    }
+
+    fn close(ours: &[f32], reference: &[f64], what: &str) {
+        assert_eq!(ours.len(), reference.len(), "{what}: length");
+        for (i, (a, b)) in ours.iter().zip(reference).enumerate() {
+            assert!(
+                (*a as f64 - b).abs() < 1e-4 * (1.0 + b.abs()),
+                "{what}[{i}]: {a} against {b}"
+            );
+        }
+    }
+
+    /// y = x·W + b, dx = dy·Wᵀ, dW = xᵀ·dy, db = Σ_rows dy written out in f64, for row counts
+    /// inside one block, across the forward's blocks of 256 rows and across the sums' blocks of
+    /// 1,024 (vit_tiny's 4,160 rows), with and without a bias.
+    #[test]
+    fn forward_and_gradients_match_the_definition() {
+        for (m, k, n, with_bias) in [(3, 5, 4, true), (300, 7, 6, false), (2100, 9, 5, true)] {
+            let (x, w, b, dy) = (
+                values(m * k, 1.0),
+                values(k * n, 2.0),
+                values(n, 3.0),
+                values(m * n, 4.0),
+            );
+            let bias = with_bias.then_some(&b[..]);
+            let y = forward(&x, &w, bias, (m, k, n));
+            let (dx, dw, db) = backward(&x, &w, &dy, (m, k, n), with_bias);
+            let at = |v: &[f32], i: usize| v[i] as f64;
+            let want_y: Vec<f64> = (0..m * n)
+                .map(|i| {
+                    let (r, c) = (i / n, i % n);
+                    let b = if with_bias { at(&b, c) } else { 0.0 };
+                    b + (0..k)
+                        .map(|j| at(&x, r * k + j) * at(&w, j * n + c))
+                        .sum::<f64>()
+                })
+                .collect();
+            let want_dx: Vec<f64> = (0..m * k)
+                .map(|i| {
+                    (0..n)
+                        .map(|c| at(&dy, i / k * n + c) * at(&w, i % k * n + c))
+                        .sum()
+                })
+                .collect();
+            let want_dw: Vec<f64> = (0..k * n)
+                .map(|i| {
+                    (0..m)
+                        .map(|r| at(&x, r * k + i / n) * at(&dy, r * n + i % n))
+                        .sum()
+                })
+                .collect();
+            let want_db: Vec<f64> = (0..n)
+                .map(|c| (0..m).map(|r| at(&dy, r * n + c)).sum())
+                .collect();
+            let case = format!("m {m}, k {k}, n {n}, bias {with_bias}");
+            close(&y, &want_y, &format!("y ({case})"));
+            close(&dx, &want_dx, &format!("dx ({case})"));
+            close(&dw, &want_dw, &format!("dW ({case})"));
+            assert_eq!(db.is_some(), with_bias, "db ({case})");
+            if let Some(db) = db {
+                close(&db, &want_db, &format!("db ({case})"));
+            }
+        }
     }
 }
