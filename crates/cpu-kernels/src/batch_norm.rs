@@ -10,6 +10,8 @@
 
 use rayon::prelude::*;
 
+use crate::buffers::zeroed_by_tasks;
+
 /// [N, C, values per image and channel] of an NCHW (or NC…) tensor.
 #[derive(Clone, Copy, Debug)]
 pub struct Layout {
@@ -108,31 +110,30 @@ fn plane_products_about_baseline(dy: &[f32], x: &[f32], mean: f64) -> f64 {
 /// Writes `out` = a·x + b·y + c plane by plane with per-channel (a, b, c), `y` optional.
 fn per_channel_affine(
     layout: Layout,
-    out: &mut [f32],
     x: &[f32],
     y: Option<&[f32]>,
     coefficients: &[(f32, f32, f32)],
-) {
+) -> Vec<f32> {
     let plane = layout.plane.max(1);
-    out.par_chunks_mut(plane)
-        .enumerate()
-        .for_each(|(index, out)| {
-            let (a, b, c) = coefficients[index % layout.channels];
-            let x = &x[index * plane..][..out.len()];
-            match y {
-                Some(y) => {
-                    let y = &y[index * plane..][..out.len()];
-                    for ((o, &u), &v) in out.iter_mut().zip(x).zip(y) {
-                        *o = a * u + b * v + c;
-                    }
-                }
-                None => {
-                    for (o, &u) in out.iter_mut().zip(x) {
-                        *o = a * u + c;
-                    }
+    let tasks = x.len().div_ceil(plane);
+    let [out] = zeroed_by_tasks(tasks, [x.len()], [plane], |index, [out]| {
+        let (a, b, c) = coefficients[index % layout.channels];
+        let x = &x[index * plane..][..out.len()];
+        match y {
+            Some(y) => {
+                let y = &y[index * plane..][..out.len()];
+                for ((o, &u), &v) in out.iter_mut().zip(x).zip(y) {
+                    *o = a * u + b * v + c;
                 }
             }
-        });
+            None => {
+                for (o, &u) in out.iter_mut().zip(x) {
+                    *o = a * u + c;
+                }
+            }
+        }
+    });
+    out
 }
 
 /// The batch's per-channel mean and biased variance of `x`.
@@ -171,9 +172,7 @@ pub fn normalize(
             )
         })
         .collect();
-    let mut out = vec![0.0; x.len()];
-    per_channel_affine(layout, &mut out, x, None, &coefficients);
-    out
+    per_channel_affine(layout, x, None, &coefficients)
 }
 
 /// (dx, dγ, dβ) for the output gradient `grad` of [`normalize`] by the batch's own
@@ -212,7 +211,6 @@ pub fn backward(
         grad_gamma.push((sum_dy_centred * inv_std) as f32);
         grad_beta.push(sum_dy as f32);
     }
-    let mut dx = vec![0.0; x.len()];
-    per_channel_affine(layout, &mut dx, grad, Some(x), &coefficients);
+    let dx = per_channel_affine(layout, grad, Some(x), &coefficients);
     (dx, grad_gamma, grad_beta)
 }

@@ -26,6 +26,16 @@ pub fn zeroed_by_tasks<const B: usize>(
     chunks: [usize; B],
     task: impl Fn(usize, [&mut [f32]; B]) + Sync + Send,
 ) -> [Vec<f32>; B] {
+    zeroed_by_tasks_with(tasks, lens, chunks, task).0
+}
+
+/// [`zeroed_by_tasks`] with what each task returns, in task order.
+pub fn zeroed_by_tasks_with<const B: usize, R: Send>(
+    tasks: usize,
+    lens: [usize; B],
+    chunks: [usize; B],
+    task: impl Fn(usize, [&mut [f32]; B]) -> R + Sync + Send,
+) -> ([Vec<f32>; B], Vec<R>) {
     for (len, chunk) in lens.iter().zip(&chunks) {
         assert!(
             tasks.saturating_mul(*chunk) >= *len,
@@ -36,24 +46,35 @@ pub fn zeroed_by_tasks<const B: usize>(
     let starts = buffers
         .each_mut()
         .map(|buffer| Start(buffer.spare_capacity_mut().as_mut_ptr()));
-    (0..tasks).into_par_iter().for_each(|i| {
-        let parts = std::array::from_fn(|j| {
-            let begin = (i * chunks[j]).min(lens[j]);
-            let end = ((i + 1) * chunks[j]).min(lens[j]);
-            // SAFETY: begin..end lies inside buffer j's capacity (lens[j]), and chunk i is
-            // this task's alone.
-            let part =
-                unsafe { std::slice::from_raw_parts_mut(starts[j].0.add(begin), end - begin) };
-            part.fill(MaybeUninit::new(0.0));
-            // SAFETY: every value of `part` was initialised just above.
-            unsafe { &mut *(part as *mut [MaybeUninit<f32>] as *mut [f32]) }
-        });
-        task(i, parts);
-    });
+    let results = (0..tasks)
+        .into_par_iter()
+        .map(|i| {
+            let parts = std::array::from_fn(|j| {
+                let begin = (i * chunks[j]).min(lens[j]);
+                let end = ((i + 1) * chunks[j]).min(lens[j]);
+                // SAFETY: begin..end lies inside buffer j's capacity (lens[j]), and chunk i is
+                // this task's alone.
+                let part =
+                    unsafe { std::slice::from_raw_parts_mut(starts[j].0.add(begin), end - begin) };
+                part.fill(MaybeUninit::new(0.0));
+                // SAFETY: every value of `part` was initialised just above.
+                unsafe { &mut *(part as *mut [MaybeUninit<f32>] as *mut [f32]) }
+            });
+            task(i, parts)
+        })
+        .collect();
     for (buffer, len) in buffers.iter_mut().zip(lens) {
         // SAFETY: the tasks' chunks cover 0..len (asserted above) and every task has run (a
-        // panicking one unwinds through for_each, before this line).
+        // panicking one unwinds through the collect, before this line).
         unsafe { buffer.set_len(len) };
     }
-    buffers
+    (buffers, results)
+}
+
+/// `len` zeros, written in parallel chunks: for outputs whose writers are not one task per
+/// chunk (a matrix product spread over the threads by gemm).
+pub fn zeroed(len: usize) -> Vec<f32> {
+    const CHUNK: usize = 1 << 16;
+    let [zeros] = zeroed_by_tasks(len.div_ceil(CHUNK), [len], [CHUNK], |_, _| {});
+    zeros
 }

@@ -20,6 +20,7 @@
 
 use rayon::prelude::*;
 
+use crate::buffers::zeroed;
 use crate::matmul::{View, matmul};
 
 /// A convolution's options, as burn's `ConvOptions<2>` and PyTorch's `conv2d` take them.
@@ -272,7 +273,7 @@ pub fn forward(g: &Geometry, x: &[f32], weight: &[f32]) -> Vec<f32> {
     }
     let (k, p) = (g.k(), g.p());
     let (kg, cog) = (g.group_k(), g.group_out());
-    let mut out = vec![0.0; g.batch * g.output_len()];
+    let mut out = zeroed(g.batch * g.output_len());
     let one = |cols: &mut Vec<f32>, x: &[f32], out: &mut [f32], threads: bool| {
         let cols = if g.is_pointwise() {
             x
@@ -330,7 +331,7 @@ pub fn gradients(
     let (k, p, co) = (g.k(), g.p(), g.channels_out);
     let (kg, cog) = (g.group_k(), g.group_out());
     let per_group = images_per_group(g.batch);
-    let mut dx = want_x.then(|| vec![0.0; g.batch * g.input_len()]);
+    let mut dx = want_x.then(|| zeroed(g.batch * g.input_len()));
     // One job per group of images: its slice of dx and, for dW, a partial sum of its own.
     let groups: Vec<(usize, Option<&mut [f32]>)> = match dx.as_mut() {
         Some(dx) => dx

@@ -8,6 +8,7 @@
 
 use rayon::prelude::*;
 
+use crate::buffers::zeroed_by_tasks;
 use crate::conv::Geometry;
 
 /// Whether `g` is depthwise: as many groups as input and output channels.
@@ -55,29 +56,27 @@ pub fn forward(g: &Geometry, x: &[f32], weight: &[f32]) -> Vec<f32> {
         g.kernel[0] * g.kernel[1],
     );
     let offsets = offsets(g);
-    let mut out = vec![0.0; g.batch * g.output_len()];
     let stride = g.stride[1];
-    out.par_chunks_exact_mut(p.max(1))
-        .enumerate()
-        .for_each(|(plane, out)| {
-            let c = plane % g.channels_in;
-            let x = &x[plane * hw..][..hw];
-            for &(index, i, j, rows, cols) in &offsets {
-                let w = weight[c * k + index];
-                each_row(g, (i, j), rows, cols, |oh, ih, ows, w0| {
-                    let line = &mut out[oh * g.out_width..][ows.clone()];
-                    let source = &x[ih * g.width..][..g.width];
-                    if stride == 1 {
-                        let source = &source[w0..w0 + line.len()];
-                        line.iter_mut().zip(source).for_each(|(o, &v)| *o += w * v);
-                    } else {
-                        for (o, s) in line.iter_mut().zip((w0..).step_by(stride)) {
-                            *o += w * source[s];
-                        }
+    let len = g.batch * g.output_len();
+    let [out] = zeroed_by_tasks(len.div_ceil(p.max(1)), [len], [p.max(1)], |plane, [out]| {
+        let c = plane % g.channels_in;
+        let x = &x[plane * hw..][..hw];
+        for &(index, i, j, rows, cols) in &offsets {
+            let w = weight[c * k + index];
+            each_row(g, (i, j), rows, cols, |oh, ih, ows, w0| {
+                let line = &mut out[oh * g.out_width..][ows.clone()];
+                let source = &x[ih * g.width..][..g.width];
+                if stride == 1 {
+                    let source = &source[w0..w0 + line.len()];
+                    line.iter_mut().zip(source).for_each(|(o, &v)| *o += w * v);
+                } else {
+                    for (o, s) in line.iter_mut().zip((w0..).step_by(stride)) {
+                        *o += w * source[s];
                     }
-                });
-            }
-        });
+                }
+            });
+        }
+    });
     out
 }
 
@@ -99,10 +98,12 @@ pub fn gradients(
     let offsets = offsets(g);
     let stride = g.stride[1];
     let dx = want_x.then(|| {
-        let mut dx = vec![0.0; g.batch * g.input_len()];
-        dx.par_chunks_exact_mut(hw.max(1))
-            .enumerate()
-            .for_each(|(plane, dx)| {
+        let len = g.batch * g.input_len();
+        let [dx] = zeroed_by_tasks(
+            len.div_ceil(hw.max(1)),
+            [len],
+            [hw.max(1)],
+            |plane, [dx]| {
                 let c = plane % g.channels_in;
                 let grad = &grad[plane * p..][..p];
                 for &(index, i, j, rows, cols) in &offsets {
@@ -120,7 +121,8 @@ pub fn gradients(
                         }
                     });
                 }
-            });
+            },
+        );
         dx
     });
     let dw = want_weight.then(|| {

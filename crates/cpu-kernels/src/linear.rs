@@ -13,7 +13,8 @@
 use crate::buffers::zeroed_by_tasks;
 use crate::matmul::{View, matmul};
 
-/// Rows a block of the forward and of dx.
+/// Rows a block of the forward and of dx. A single block (few rows: the flat layers of a
+/// batch) is one product spread over the threads by gemm.
 const ROWS: usize = 256;
 
 /// Rows summed by one task of dW and db.

@@ -3,16 +3,15 @@
 //! two products, two selects, a negation, a transposed copy and a sum, eight passes over the
 //! activations.
 
-use rayon::prelude::*;
-
 use crate::batch_norm::Layout;
+use crate::buffers::{zeroed_by_tasks, zeroed_by_tasks_with};
 
 /// y = x (x ≥ 0), α_c·x (x < 0), plane by plane (burn-flex's PReLU broadcasts α element by
 /// element).
 pub fn forward(layout: Layout, x: &[f32], alpha: &[f32]) -> Vec<f32> {
     let plane = layout.plane.max(1);
-    let mut y = vec![0.0; x.len()];
-    y.par_chunks_mut(plane).enumerate().for_each(|(index, y)| {
+    let tasks = x.len().div_ceil(plane);
+    let [y] = zeroed_by_tasks(tasks, [x.len()], [plane], |index, [y]| {
         let a = alpha[index % layout.channels];
         plane_forward(y, &x[index * plane..][..y.len()], a);
     });
@@ -31,19 +30,15 @@ fn plane_forward_baseline(y: &mut [f32], x: &[f32], a: f32) {
 /// (dx, dα) of y = x (x ≥ 0), α_c·x (x < 0) for the output gradient `grad`.
 pub fn backward(layout: Layout, x: &[f32], alpha: &[f32], grad: &[f32]) -> (Vec<f32>, Vec<f32>) {
     let plane = layout.plane.max(1);
-    let mut dx = vec![0.0; x.len()];
     // Each plane's Σ dy·x over x < 0, summed per channel below in plane order: the same
     // result whichever thread finishes first.
-    let shares: Vec<f64> = dx
-        .par_chunks_mut(plane)
-        .enumerate()
-        .map(|(index, dx)| {
-            let a = alpha[index % layout.channels];
-            let x = &x[index * plane..][..dx.len()];
-            let grad = &grad[index * plane..][..dx.len()];
-            plane_backward(dx, x, grad, a)
-        })
-        .collect();
+    let tasks = x.len().div_ceil(plane);
+    let ([dx], shares) = zeroed_by_tasks_with(tasks, [x.len()], [plane], |index, [dx]| {
+        let a = alpha[index % layout.channels];
+        let x = &x[index * plane..][..dx.len()];
+        let grad = &grad[index * plane..][..dx.len()];
+        plane_backward(dx, x, grad, a)
+    });
     let mut grad_alpha = vec![0.0f64; layout.channels];
     for (index, share) in shares.into_iter().enumerate() {
         grad_alpha[index % layout.channels] += share;
