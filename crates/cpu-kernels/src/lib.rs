@@ -1,8 +1,9 @@
 //! f32 kernels of arcface's training operations on the CPU, over NCHW data in plain slices:
 //! the bias-free 2-D convolution as im2col and one matrix product per image ([`conv`]; the
 //! depthwise one directly, [`depthwise`]),
-//! BatchNorm in training ([`batch_norm`]), PReLU ([`prelu`]), ReLU6 ([`relu6`]) and scaled
-//! dot-product attention ([`attention`]), each with its backward.
+//! BatchNorm in training ([`batch_norm`]), PReLU ([`prelu`]), ReLU6 ([`relu6`]), scaled
+//! dot-product attention ([`attention`]) and the fully connected layer ([`linear`]), each with
+//! its backward; their outputs zeroed by the tasks that write them ([`buffers`]).
 //!
 //! burn's CPU backend (Flex) composes these from generic tensor operations; arcface plugs these
 //! kernels in instead (src/model/flex/). Every reduction is summed in an order fixed by the

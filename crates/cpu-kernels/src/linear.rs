@@ -49,13 +49,14 @@ pub fn forward(
                 .for_each(|row| row.copy_from_slice(bias));
         }
         let x = &x[task * ROWS * k..][..rows * k];
+        let threads = tasks == 1;
         matmul(
             y,
             View::rows(x, k),
             View::rows(w, n),
             (rows, k, n),
             true,
-            false,
+            threads,
         );
     });
     y
@@ -80,13 +81,14 @@ pub fn backward(
     let [dx] = zeroed_by_tasks(tasks, [m * k], [ROWS * k], |task, [dx]| {
         let rows = dx.len() / k.max(1);
         let dy = &dy[task * ROWS * n..][..rows * n];
+        let threads = tasks == 1;
         matmul(
             dx,
             View::rows(dy, n),
             View::rows(w, n).t(),
             (rows, n, k),
             false,
-            false,
+            threads,
         );
     });
     let (dw, db) = parameter_gradients(x, dy, (m, k, n), bias);

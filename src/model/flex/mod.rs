@@ -1,8 +1,8 @@
-//! Our training operations (convolution, BatchNorm, PReLU, attention, ReLU6) on burn's CPU
-//! backend, Flex, the one the README's commands and the tests train on: the f32 kernels of
-//! crates/cpu-kernels, plugged into the operations that `conv.rs`, `batch_norm/`, `prelu.rs`,
-//! `attention.rs` and `relu6.rs` of the parent folder define with their backwards (other types take
-//! burn's arithmetic).
+//! Our training operations (convolution, BatchNorm, PReLU, attention, ReLU6, the Linear layer)
+//! on burn's CPU backend, Flex, the one the README's commands and the tests train on: the f32
+//! kernels of crates/cpu-kernels, plugged into the operations that `conv.rs`, `batch_norm/`,
+//! `prelu.rs`, `attention.rs`, `relu6.rs` and `linear.rs` of the parent folder define with their
+//! backwards (other types take burn's arithmetic; the Linear layer's are in `linear.rs` here).
 //! Their effect is measured in docs/HISTORY.md, "CPU training".
 
 mod linear;

@@ -132,13 +132,13 @@ mod conv {
         out
     }
 
-    fn values(len: usize, seed: f32) -> Vec<f32> {
+    pub(super) fn values(len: usize, seed: f32) -> Vec<f32> {
         (0..len)
             .map(|i| ((i as f32 + seed) * 0.618_034).fract() * 2.0 - 1.0)
             .collect()
     }
 
-    fn close(ours: &[f32], reference: &[f64], what: &str) {
+    pub(super) fn close(ours: &[f32], reference: &[f64], what: &str) {
         assert_eq!(ours.len(), reference.len(), "{what}: length");
         for (i, (a, b)) in ours.iter().zip(reference).enumerate() {
             assert!(
@@ -526,23 +526,8 @@ mod relu6 {
 }
 
 mod linear {
+    use super::conv::{close, values};
     use arcface_cpu_kernels::linear::*;
-
-    fn values(len: usize, seed: f32) -> Vec<f32> {
-        (0..len)
-            .map(|i| ((i as f32 + seed) * 0.618_034).fract() * 2.0 - 1.0)
-            .collect()
-    }
-
-    fn close(ours: &[f32], reference: &[f64], what: &str) {
-        assert_eq!(ours.len(), reference.len(), "{what}: length");
-        for (i, (a, b)) in ours.iter().zip(reference).enumerate() {
-            assert!(
-                (*a as f64 - b).abs() < 1e-4 * (1.0 + b.abs()),
-                "{what}[{i}]: {a} against {b}"
-            );
-        }
-    }
 
     /// y = x·W + b, dx = dy·Wᵀ, dW = xᵀ·dy, db = Σ_rows dy written out in f64, for row counts
     /// inside one block, across the forward's blocks of 256 rows and across the sums' blocks of
