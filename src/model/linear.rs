@@ -9,7 +9,6 @@
 // burn-tch (LibTorch) is deprecated upstream; see device.rs.
 #![cfg_attr(feature = "tch", allow(deprecated))]
 
-use burn::backend::autodiff::NodeId;
 use burn::backend::autodiff::checkpoint::{base::Checkpointer, strategy::CheckpointStrategy};
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
@@ -120,58 +119,31 @@ mod libtorch {
     }
 }
 
-/// Registers the gradients of the parents that want one.
-fn register<B: Backend + LinearKernels>(
-    parents: &[Option<NodeId>],
-    (x, weight): (FloatTensor<B>, FloatTensor<B>),
-    grad: FloatTensor<B>,
-    grads: &mut Gradients,
-) {
-    let (dx, dw, db) = B::linear_backward(x, weight, grad, parents.len() == 3);
-    for (parent, gradient) in parents.iter().zip([Some(dx), Some(dw), db]) {
-        if let (Some(node), Some(gradient)) = (parent, gradient) {
-            grads.register::<B>(*node, gradient);
+/// The backward of a layer with `PARENTS` inputs: x and the weight (2), and the bias (3).
+#[derive(Debug)]
+struct LinearBackward<const PARENTS: usize>;
+
+impl<B: Backend + LinearKernels, const PARENTS: usize> Backward<B, PARENTS>
+    for LinearBackward<PARENTS>
+{
+    /// The input and the weight.
+    type State = (FloatTensor<B>, FloatTensor<B>);
+
+    fn backward(self, ops: Ops<Self::State, PARENTS>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let grad = grads.consume::<B>(&ops.node);
+        let (x, weight) = ops.state;
+        let (dx, dw, db) = B::linear_backward(x, weight, grad, PARENTS == 3);
+        for (parent, gradient) in ops.parents.into_iter().zip([Some(dx), Some(dw), db]) {
+            if let (Some(node), Some(gradient)) = (parent, gradient) {
+                grads.register::<B>(node.id, gradient);
+            }
         }
-    }
-}
-
-#[derive(Debug)]
-struct LinearBackward;
-
-impl<B: Backend + LinearKernels> Backward<B, 2> for LinearBackward {
-    type State = (FloatTensor<B>, FloatTensor<B>);
-
-    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let grad = grads.consume::<B>(&ops.node);
-        register::<B>(
-            &ops.parents.map(|p| p.map(|node| node.id)),
-            ops.state,
-            grad,
-            grads,
-        );
-    }
-}
-
-#[derive(Debug)]
-struct LinearBiasBackward;
-
-impl<B: Backend + LinearKernels> Backward<B, 3> for LinearBiasBackward {
-    type State = (FloatTensor<B>, FloatTensor<B>);
-
-    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let grad = grads.consume::<B>(&ops.node);
-        register::<B>(
-            &ops.parents.map(|p| p.map(|node| node.id)),
-            ops.state,
-            grad,
-            grads,
-        );
     }
 }
 
 impl<B: Backend + LinearKernels, C: CheckpointStrategy> LinearOp for Autodiff<B, C> {
     fn linear_op(x: FloatTensor<Self>, weight: FloatTensor<Self>) -> FloatTensor<Self> {
-        match LinearBackward
+        match LinearBackward::<2>
             .prepare::<C>([x.node(), weight.node()])
             .compute_bound()
             .stateful()
@@ -194,7 +166,7 @@ impl<B: Backend + LinearKernels, C: CheckpointStrategy> LinearOp for Autodiff<B,
         weight: FloatTensor<Self>,
         bias: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
-        match LinearBiasBackward
+        match LinearBackward::<3>
             .prepare::<C>([x.node(), weight.node(), bias.node()])
             .compute_bound()
             .stateful()
