@@ -17,6 +17,8 @@
 //! convolutions where it pays on a CPU, with the tile size that pays (measured; `tile_edge`).
 //! tract does not have it.
 
+#[cfg(target_arch = "x86_64")]
+mod kernel;
 mod products;
 #[cfg(test)]
 mod tests;
@@ -206,7 +208,7 @@ fn replace(model: &mut TypedModel, id: usize, plan: &Plan) -> TractResult<Fused>
     )?;
     let products = patch.wire_node(
         format!("{}.winograd_products", node.name),
-        Products::new(g, transformed_kernel(&plan.kernel, g)?)?,
+        Products::new(g, &transformed_kernel(&plan.kernel, g))?,
         &tiles,
     )?;
     let bias = patch.add_const(format!("{}.winograd_bias", node.name), tensor1(&plan.bias))?;
@@ -258,9 +260,9 @@ fn kernel_matrix(m: usize) -> &'static [[f64; 3]] {
     if m == 2 { &F2 } else { &F4 }
 }
 
-/// U = G·g·Gᵀ for every (output, input) channel pair, as [α², o, c] in two halves
-/// [α²/2, o, c]; computed in f64 so that each value rounds once.
-fn transformed_kernel(k: &[f32], g: Geometry) -> TractResult<[Tensor; 2]> {
+/// U = G·g·Gᵀ for every (output, input) channel pair, as [α², o, c]; computed in f64 so that
+/// each value rounds once.
+fn transformed_kernel(k: &[f32], g: Geometry) -> Vec<f32> {
     let big_g = kernel_matrix(g.m);
     let alpha = g.alpha();
     let mut u = vec![0f32; g.positions() * g.o * g.c];
@@ -281,10 +283,5 @@ fn transformed_kernel(k: &[f32], g: Geometry) -> TractResult<[Tensor; 2]> {
             }
         }
     }
-    let half = g.half();
-    let (low, high) = u.split_at(half * g.o * g.c);
-    Ok([
-        Tensor::from_shape(&[half, g.o, g.c], low)?,
-        Tensor::from_shape(&[half, g.o, g.c], high)?,
-    ])
+    u
 }

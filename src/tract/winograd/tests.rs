@@ -403,3 +403,61 @@ fn takes_in_the_batchnorm_before_and_the_prelu_after() {
         }
     }
 }
+
+/// Our AVX2 product (kernel.rs) against tract's on the same transformed kernel and tiles: equal
+/// bit for bit (each value the same chain of fused multiply-adds), on shapes with partial
+/// blocks of 16 output channels and partial panels of 5 columns, one thread and spread.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn our_products_equal_tracts_bit_for_bit() {
+    if !crate::tract::eval::has_avx2() {
+        eprintln!("skipped: this CPU has no AVX2 + FMA, where our product runs");
+        return;
+    }
+    // (channels in, out, output size, F(m×m)): 49 and 9 tiles, 16 and 36 positions.
+    for (c, o, size, m) in [(16, 24, 14, 2), (20, 48, 12, 4), (64, 32, 5, 2)] {
+        let g = Geometry {
+            n: 1,
+            c,
+            h: size,
+            w: size,
+            o,
+            out_h: size,
+            out_w: size,
+            pad_top: 1,
+            pad_left: 1,
+            m,
+        };
+        let u = values(g.positions() * o * c, 5);
+        let columns = g.n * g.tiles();
+        let v = |salt| {
+            let v = values(g.half() * c * columns, salt);
+            Tensor::from_shape(&[g.half(), c, columns], &v)
+                .unwrap()
+                .into_tvalue()
+        };
+        let inputs = tvec![v(6), v(7)];
+        let run = |products: &products::Products| {
+            let single =
+                tract_linalg::multithread::multithread_tract_scope(Executor::SingleThread, || {
+                    products.compute(inputs.clone())
+                });
+            let spread = multithread_tract_scope_rayon(|| products.compute(inputs.clone()));
+            [single.unwrap(), spread.unwrap()]
+        };
+        let theirs = run(&products::Products::tract(g, &u).unwrap());
+        let ours = run(&products::Products::ours(g, &u).unwrap());
+        for (ours, theirs) in ours.iter().zip(&theirs) {
+            for (half, (a, b)) in ours.iter().zip(theirs).enumerate() {
+                let a = a.to_plain_array_view::<f32>().unwrap();
+                let b = b.to_plain_array_view::<f32>().unwrap();
+                assert_eq!(a.shape(), b.shape());
+                let differ = a
+                    .iter()
+                    .zip(b.iter())
+                    .filter(|(a, b)| a.to_bits() != b.to_bits());
+                assert_eq!(differ.count(), 0, "c {c} o {o} {size}² F({m}) half {half}");
+            }
+        }
+    }
+}
