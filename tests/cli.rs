@@ -530,6 +530,59 @@ fn bench_infer_shows_where_tracts_time_goes() {
     assert!(nodes("OptMatMul").is_some_and(|n| n >= 10), "{ops:?}");
 }
 
+/// `bench infer --onnxruntime` alternates rounds of tract and of onnxruntime (kept running
+/// between its rounds) and sums them, keeping each round's rate; an onnxruntime that cannot
+/// start is a clear error, not a hang.
+#[test]
+fn bench_infer_alternates_tract_and_onnxruntime() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = export_tiny(dir.path());
+    let args = [
+        "bench",
+        "infer",
+        "--model",
+        file.to_str().unwrap(),
+        "--batch",
+        "2",
+        "--seconds",
+        "0",
+        "--onnxruntime",
+        "--json",
+    ];
+    let out = arcface()
+        .args(args)
+        .env("ARCFACE_PYTHON", common::python())
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let names = engines(&rows);
+    assert_eq!(names[..2], ["burn (cpu)", "tract"]);
+    assert!(names[2].starts_with("onnxruntime "), "{names:?}");
+    for row in &rows.as_array().unwrap()[1..] {
+        let rounds = row["rounds"].as_array().unwrap();
+        assert_eq!(rounds.len(), 4, "{row}");
+        // Each round at least two batches: the sum at least eight.
+        let images = row["images"].as_u64().unwrap();
+        assert!(images >= 16 && images.is_multiple_of(2), "{row}");
+        assert!(rounds.iter().all(|r| r.as_f64().unwrap() > 0.0), "{row}");
+    }
+    // A Python without the script's imports: its error, named, and a non-zero exit.
+    let out = arcface()
+        .args(args)
+        .env("ARCFACE_PYTHON", "/bin/false")
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("bench_onnxruntime.py failed") && err.contains("/bin/false"),
+        "{err}"
+    );
+}
+
 /// The engine of each row of `bench infer --json`'s throughput table.
 fn engines(rows: &serde_json::Value) -> Vec<&str> {
     rows.as_array()

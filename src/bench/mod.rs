@@ -18,7 +18,7 @@ mod references;
 mod train;
 
 pub use head::{HeadBenchOptions, HeadThroughput, head};
-pub use references::{TorchHead, onnxruntime, pytorch_head};
+pub use references::{OnnxRuntime, TorchHead, alternate_with_onnxruntime, pytorch_head};
 pub use train::{TrainBenchOptions, TrainThroughput, train};
 
 #[derive(Debug, Serialize)]
@@ -188,6 +188,9 @@ pub struct InferThroughput {
     pub images: usize,
     pub seconds: f64,
     pub images_per_second: f64,
+    /// Round by round, where rounds alternated with another engine's: each round's rate.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rounds: Vec<f64>,
 }
 
 impl InferThroughput {
@@ -199,6 +202,20 @@ impl InferThroughput {
             images,
             seconds,
             images_per_second: images as f64 / seconds,
+            rounds: Vec::new(),
+        }
+    }
+
+    /// Rounds of one engine as one throughput, keeping each round's rate.
+    fn summed(rounds: &[InferThroughput]) -> InferThroughput {
+        let images = rounds.iter().map(|r| r.images).sum();
+        let seconds = rounds.iter().map(|r| r.seconds).sum();
+        let (engine, batch) = rounds
+            .first()
+            .map_or(("", 0), |r| (r.engine.as_str(), r.batch));
+        InferThroughput {
+            rounds: rounds.iter().map(|r| r.images_per_second).collect(),
+            ..InferThroughput::new(engine, batch, images, seconds)
         }
     }
 }

@@ -115,6 +115,9 @@ pub(super) struct Engines {
     pub(super) onnx_input: onnx::InputConvention,
 }
 
+/// Rounds of tract and onnxruntime alternated, when both run (`--seconds` in all for each).
+const ROUNDS: usize = 4;
+
 pub(super) fn infer(
     model: &Path,
     batch: usize,
@@ -180,10 +183,15 @@ pub(super) fn infer(
                 ConvAlgorithm::Ours => "tract",
                 ConvAlgorithm::Im2col => "tract (im2col)",
             };
-            results.push(bench::infer(name, &tract, batch, seconds, None)?);
-        }
-        if engines.onnxruntime {
-            results.push(bench::onnxruntime(&onnx_file, batch, seconds)?);
+            if engines.onnxruntime {
+                let shape = (batch, seconds, ROUNDS);
+                let both = bench::alternate_with_onnxruntime(name, &tract, &onnx_file, shape)?;
+                results.extend(both);
+            } else {
+                results.push(bench::infer(name, &tract, batch, seconds, None)?);
+            }
+        } else if engines.onnxruntime {
+            results.push(bench::OnnxRuntime::start(&onnx_file, batch)?.time(seconds)?);
         }
         Ok((results, op_times))
     })();
@@ -222,6 +230,18 @@ fn print_results(results: &[InferThroughput], op_times: &[OpTime], tract_ops: bo
             r.images,
             r.images_per_second,
             r.images_per_second / reference
+        );
+    }
+    let alternated: Vec<&InferThroughput> =
+        results.iter().filter(|r| !r.rounds.is_empty()).collect();
+    if let [ours, theirs] = alternated[..] {
+        let ratios: Vec<String> = (ours.rounds.iter().zip(&theirs.rounds))
+            .map(|(a, b)| format!("{:.2}", a / b))
+            .collect();
+        let (a, b) = (short(&ours.engine), short(&theirs.engine));
+        println!(
+            "{a} ÷ {b}, round by round (alternated): {}",
+            ratios.join(" ")
         );
     }
     if tract_ops {
