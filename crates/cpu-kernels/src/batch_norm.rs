@@ -10,7 +10,7 @@
 
 use rayon::prelude::*;
 
-use crate::buffers::zeroed_by_tasks;
+use crate::buffers::zeroed_chunks;
 
 /// [N, C, values per image and channel] of an NCHW (or NC…) tensor.
 #[derive(Clone, Copy, Debug)]
@@ -115,8 +115,7 @@ fn per_channel_affine(
     coefficients: &[(f32, f32, f32)],
 ) -> Vec<f32> {
     let plane = layout.plane.max(1);
-    let tasks = x.len().div_ceil(plane);
-    let [out] = zeroed_by_tasks(tasks, [x.len()], [plane], |index, [out]| {
+    zeroed_chunks(x.len(), plane, |index, out| {
         let (a, b, c) = coefficients[index % layout.channels];
         let x = &x[index * plane..][..out.len()];
         match y {
@@ -132,8 +131,7 @@ fn per_channel_affine(
                 }
             }
         }
-    });
-    out
+    })
 }
 
 /// The batch's per-channel mean and biased variance of `x`.

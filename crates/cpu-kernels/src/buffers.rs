@@ -71,10 +71,22 @@ pub fn zeroed_by_tasks_with<const B: usize, R: Send>(
     (buffers, results)
 }
 
+/// One buffer of `len` values in chunks of `chunk` (at least 1; the last one shorter where
+/// they do not divide), one task each: `task(i, chunk i)` on rayon's threads, zero-filled.
+pub fn zeroed_chunks(
+    len: usize,
+    chunk: usize,
+    task: impl Fn(usize, &mut [f32]) + Sync + Send,
+) -> Vec<f32> {
+    let chunk = chunk.max(1);
+    let [out] = zeroed_by_tasks(len.div_ceil(chunk), [len], [chunk], |i, [part]| {
+        task(i, part)
+    });
+    out
+}
+
 /// `len` zeros, written in parallel chunks: for outputs whose writers are not one task per
 /// chunk (a matrix product spread over the threads by gemm).
 pub fn zeroed(len: usize) -> Vec<f32> {
-    const CHUNK: usize = 1 << 16;
-    let [zeros] = zeroed_by_tasks(len.div_ceil(CHUNK), [len], [CHUNK], |_, _| {});
-    zeros
+    zeroed_chunks(len, 1 << 16, |_, _| {})
 }

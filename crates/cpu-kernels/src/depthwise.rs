@@ -8,7 +8,7 @@
 
 use rayon::prelude::*;
 
-use crate::buffers::zeroed_by_tasks;
+use crate::buffers::zeroed_chunks;
 use crate::conv::Geometry;
 
 /// Whether `g` is depthwise: as many groups as input and output channels.
@@ -58,7 +58,7 @@ pub fn forward(g: &Geometry, x: &[f32], weight: &[f32]) -> Vec<f32> {
     let offsets = offsets(g);
     let stride = g.stride[1];
     let len = g.batch * g.output_len();
-    let [out] = zeroed_by_tasks(len.div_ceil(p.max(1)), [len], [p.max(1)], |plane, [out]| {
+    zeroed_chunks(len, p, |plane, out| {
         let c = plane % g.channels_in;
         let x = &x[plane * hw..][..hw];
         for &(index, i, j, rows, cols) in &offsets {
@@ -76,8 +76,7 @@ pub fn forward(g: &Geometry, x: &[f32], weight: &[f32]) -> Vec<f32> {
                 }
             });
         }
-    });
-    out
+    })
 }
 
 /// (dx [N, C, H, W] if `want_x`, dW [C, 1, kh, kw] if `want_weight`) for the output gradient
@@ -99,31 +98,25 @@ pub fn gradients(
     let stride = g.stride[1];
     let dx = want_x.then(|| {
         let len = g.batch * g.input_len();
-        let [dx] = zeroed_by_tasks(
-            len.div_ceil(hw.max(1)),
-            [len],
-            [hw.max(1)],
-            |plane, [dx]| {
-                let c = plane % g.channels_in;
-                let grad = &grad[plane * p..][..p];
-                for &(index, i, j, rows, cols) in &offsets {
-                    let w = weight[c * k + index];
-                    each_row(g, (i, j), rows, cols, |oh, ih, ows, w0| {
-                        let line = &grad[oh * g.out_width..][ows.clone()];
-                        let target = &mut dx[ih * g.width..][..g.width];
-                        if stride == 1 {
-                            let target = &mut target[w0..w0 + line.len()];
-                            target.iter_mut().zip(line).for_each(|(t, &v)| *t += w * v);
-                        } else {
-                            for (&v, s) in line.iter().zip((w0..).step_by(stride)) {
-                                target[s] += w * v;
-                            }
+        zeroed_chunks(len, hw, |plane, dx| {
+            let c = plane % g.channels_in;
+            let grad = &grad[plane * p..][..p];
+            for &(index, i, j, rows, cols) in &offsets {
+                let w = weight[c * k + index];
+                each_row(g, (i, j), rows, cols, |oh, ih, ows, w0| {
+                    let line = &grad[oh * g.out_width..][ows.clone()];
+                    let target = &mut dx[ih * g.width..][..g.width];
+                    if stride == 1 {
+                        let target = &mut target[w0..w0 + line.len()];
+                        target.iter_mut().zip(line).for_each(|(t, &v)| *t += w * v);
+                    } else {
+                        for (&v, s) in line.iter().zip((w0..).step_by(stride)) {
+                            target[s] += w * v;
                         }
-                    });
-                }
-            },
-        );
-        dx
+                    }
+                });
+            }
+        })
     });
     let dw = want_weight.then(|| {
         let mut dw = vec![0.0; g.channels_out * k];

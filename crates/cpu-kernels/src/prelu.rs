@@ -4,18 +4,16 @@
 //! activations.
 
 use crate::batch_norm::Layout;
-use crate::buffers::{zeroed_by_tasks, zeroed_by_tasks_with};
+use crate::buffers::{zeroed_by_tasks_with, zeroed_chunks};
 
 /// y = x (x ≥ 0), α_c·x (x < 0), plane by plane (burn-flex's PReLU broadcasts α element by
 /// element).
 pub fn forward(layout: Layout, x: &[f32], alpha: &[f32]) -> Vec<f32> {
     let plane = layout.plane.max(1);
-    let tasks = x.len().div_ceil(plane);
-    let [y] = zeroed_by_tasks(tasks, [x.len()], [plane], |index, [y]| {
+    zeroed_chunks(x.len(), plane, |index, y| {
         let a = alpha[index % layout.channels];
         plane_forward(y, &x[index * plane..][..y.len()], a);
-    });
-    y
+    })
 }
 
 with_avx2_copy!(fn plane_forward(y: &mut [f32], x: &[f32], a: f32) = plane_forward_baseline);

@@ -2,14 +2,13 @@
 //! `hardtanh_backward` computes it: the gradient passes where 0 < x < 6. One pass each way,
 //! in chunks on rayon's threads, where burn composes a clamp from two masked fills each way.
 
-use crate::buffers::zeroed_by_tasks;
+use crate::buffers::zeroed_chunks;
 
 /// Values per task.
 const CHUNK: usize = 1 << 14;
 
 pub fn forward(x: &[f32]) -> Vec<f32> {
-    let tasks = x.len().div_ceil(CHUNK);
-    let [y] = zeroed_by_tasks(tasks, [x.len()], [CHUNK], |i, [y]| {
+    zeroed_chunks(x.len(), CHUNK, |i, y| {
         for (y, &x) in y.iter_mut().zip(&x[i * CHUNK..]) {
             // Selects, not max/min: NaN stays NaN, as in PyTorch.
             *y = if x < 0.0 {
@@ -20,8 +19,7 @@ pub fn forward(x: &[f32]) -> Vec<f32> {
                 x
             };
         }
-    });
-    y
+    })
 }
 
 /// dx for the output gradient `grad` at the input `x`.
@@ -31,12 +29,10 @@ pub fn backward(x: &[f32], grad: &[f32]) -> Vec<f32> {
         grad.len(),
         "relu6: input and gradient differ in length"
     );
-    let tasks = x.len().div_ceil(CHUNK);
-    let [dx] = zeroed_by_tasks(tasks, [x.len()], [CHUNK], |i, [dx]| {
+    zeroed_chunks(x.len(), CHUNK, |i, dx| {
         let values = x[i * CHUNK..].iter().zip(&grad[i * CHUNK..]);
         for (dx, (&x, &g)) in dx.iter_mut().zip(values) {
             *dx = if x > 0.0 && x < 6.0 { g } else { 0.0 };
         }
-    });
-    dx
+    })
 }

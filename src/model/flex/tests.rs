@@ -3,7 +3,7 @@
 //! element by element in f64.
 
 mod buffers {
-    use arcface_cpu_kernels::buffers::zeroed_by_tasks;
+    use arcface_cpu_kernels::buffers::{zeroed, zeroed_by_tasks, zeroed_chunks};
 
     #[test]
     fn every_value_is_zeroed_and_then_written_by_its_chunk_s_task() {
@@ -22,6 +22,19 @@ mod buffers {
     #[should_panic(expected = "do not cover")]
     fn tasks_that_leave_values_unwritten_are_refused() {
         zeroed_by_tasks(2, [7], [3], |_, _| {});
+    }
+
+    #[test]
+    fn one_buffer_has_one_task_per_chunk_and_a_zero_chunk_means_one() {
+        let a = zeroed_chunks(7, 3, |i, a| {
+            assert_eq!(a.len(), [3, 3, 1][i]);
+            a.iter_mut().for_each(|v| *v += i as f32 + 1.0);
+        });
+        assert_eq!(a, [1., 1., 1., 2., 2., 2., 3.]);
+        let b = zeroed_chunks(2, 0, |i, b| b[0] = i as f32 + 1.0);
+        assert_eq!(b, [1., 2.]);
+        assert!(zeroed_chunks(0, 4, |_, _| unreachable!("no chunk")).is_empty());
+        assert_eq!(zeroed(70_000), vec![0.0; 70_000]);
     }
 }
 
