@@ -30,7 +30,8 @@ pub struct InferArgs {
     #[arg(long, default_value = "models/mtcnn")]
     mtcnn: PathBuf,
     /// Also time onnxruntime on the same ONNX file with scripts/bench_onnxruntime.py
-    /// (Python: $ARCFACE_PYTHON, else python3; needs numpy and onnxruntime).
+    /// (Python: $ARCFACE_PYTHON, else python3; needs numpy and onnxruntime), in four rounds
+    /// alternated with tract's.
     #[arg(long)]
     onnxruntime: bool,
     /// How tract computes the convolutions (ours where they pay, or its own im2col everywhere).
