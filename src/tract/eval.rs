@@ -1,6 +1,7 @@
 //! What our tract operations (src/tract/winograd/, src/tract/pointwise.rs) share when they
-//! evaluate: a tensor's f32 values as a slice, whether this image may use every thread, and
-//! loops compiled twice, for baseline x86-64 and for AVX2.
+//! evaluate: a tensor's f32 values as a slice, weights packed in blocks of rows for our AVX2
+//! products, whether this image may use every thread, and loops compiled twice, for baseline
+//! x86-64 and for AVX2.
 
 use tract_linalg::multithread::{Executor, current_tract_executor};
 use tract_onnx::prelude::*;
@@ -10,6 +11,20 @@ use tract_onnx::tract_hir::internal::*;
 /// through tract's executor when one image is alone; a batch already runs an image per thread.
 pub(crate) fn spread_over_threads() -> bool {
     !matches!(current_tract_executor(), Executor::SingleThread)
+}
+
+/// Weights [o, c] row-major → [o/ROWS blocks][c][ROWS], the rows past `o` zero: the layout our
+/// AVX2 products read, ROWS output channels' weights side by side for each input channel
+/// (src/tract/pointwise_kernel.rs, winograd/kernel.rs).
+pub(crate) fn pack_row_blocks<const ROWS: usize>(weights: &[f32], o: usize, c: usize) -> Vec<f32> {
+    let mut packed = vec![0.0; o.div_ceil(ROWS) * c * ROWS];
+    for (row, w) in weights.chunks_exact(c).enumerate().take(o) {
+        let (block, r) = (row / ROWS, row % ROWS);
+        for (ci, &v) in w.iter().enumerate() {
+            packed[(block * c + ci) * ROWS + r] = v;
+        }
+    }
+    packed
 }
 
 pub(crate) fn plain(t: &Tensor) -> TractResult<&[f32]> {

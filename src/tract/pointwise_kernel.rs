@@ -26,15 +26,7 @@ pub(super) const COLS: usize = 16;
 
 /// Weights [o, c] row-major → [o/ROWS tiles][c][ROWS], the rows past `o` zero.
 pub(super) fn pack_weights(weights: &[f32], o: usize, c: usize) -> Vec<f32> {
-    let tiles = o.div_ceil(ROWS);
-    let mut packed = vec![0.0; tiles * c * ROWS];
-    for (row, w) in weights.chunks_exact(c).enumerate().take(o) {
-        let (tile, r) = (row / ROWS, row % ROWS);
-        for (ci, &v) in w.iter().enumerate() {
-            packed[(tile * c + ci) * ROWS + r] = v;
-        }
-    }
-    packed
+    super::eval::pack_row_blocks::<ROWS>(weights, o, c)
 }
 
 /// One image's output [o, pixels], shared by the threads that write its disjoint parts.

@@ -5,13 +5,16 @@
 //! Why not tract's product (which products.rs keeps for CPUs without AVX2): at batch 1 these
 //! products are short and narrow (r100's 14×14 stage: 49 columns, 256 channels) and their
 //! weights come from memory, not from a cache: the 58 convolutions of that stage stream 240 MB
-//! of transformed weights per image. tract repacks V at every call (`pack_t`, 7 % of an r100
-//! image) and reads each block of U cold. Here U is packed once when the graph is built, V's
-//! 5-column panels once per product, and the next 16 rows of U are prefetched while the current
-//! ones are multiplied with the second panel. The 16 × 5 shape is tract's own choice for these
-//! products (49 columns: ten panels, one column of padding). Each output is one chain of fused
-//! multiply-adds over the input channels in order, as in tract's kernel: the products equal
-//! tract's bit for bit (tested), and runs repeat.
+//! of transformed weights per image. tract ran them at ~50 GFLOP/s a core, each call repacking
+//! V (`pack_t`, 7 % of an r100 image) and reading U cold, and a lone image's products went to
+//! the two cores as two tract plans. Here U is packed once when the graph is built, V's
+//! 5-column panels are copied as fixed-size moves, the next 16 rows of U are prefetched while
+//! the current ones meet the second panel, and a lone image's tile positions are spread over
+//! the threads one by one (products.rs). r100's products at batch 1 went from 98–127 to 72–90
+//! ms an image in alternated runs (docs/HISTORY.md). The 16 × 5 shape is tract's own choice for
+//! these products (49 columns: ten panels, one column of padding). Each output is one chain of
+//! fused multiply-adds over the input channels in order, as in tract's kernel: the products
+//! equal tract's bit for bit (tested), and runs repeat.
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
@@ -23,14 +26,7 @@ pub(super) const COLS: usize = 5;
 
 /// U [o, c] row-major → [o/ROWS blocks][c][ROWS], the rows past `o` zero.
 pub(super) fn pack_kernel(u: &[f32], o: usize, c: usize) -> Vec<f32> {
-    let mut packed = vec![0.0; o.div_ceil(ROWS) * c * ROWS];
-    for (row, values) in u.chunks_exact(c).enumerate().take(o) {
-        let (block, r) = (row / ROWS, row % ROWS);
-        for (ci, &v) in values.iter().enumerate() {
-            packed[(block * c + ci) * ROWS + r] = v;
-        }
-    }
-    packed
+    crate::tract::eval::pack_row_blocks::<ROWS>(u, o, c)
 }
 
 /// out [o, columns] = U·v for v [c, columns] and U packed by [`pack_kernel`]; `panels` is

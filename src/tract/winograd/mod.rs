@@ -6,8 +6,9 @@
 //! Neural Networks", 2015; what cuDNN, NNPACK and oneDNN offer) computes each m×m output tile
 //! from an α×α input tile (α = m + 2) with α² multiplications per input channel instead of
 //! 9m²: 16 instead of 36 for F(2×2), 36 instead of 144 for F(4×4). The input tiles and the
-//! kernels are transformed, multiplied as α² independent matrix products (tract's own kernels,
-//! through `EinSum`s: products.rs), and the products transformed back. The arithmetic is exact
+//! kernels are transformed, multiplied as α² independent matrix products (our AVX2 kernel,
+//! kernel.rs, else tract's own through `EinSum`s: products.rs), and the products transformed
+//! back. The arithmetic is exact
 //! in real numbers; in f32 it differs from im2col by rounding: little for F(2×2), whose
 //! transforms' coefficients are 0, ±1 and ±½, more for F(4×4) (coefficients up to 8; its
 //! kernel transform divides by 6 and 24), which the tests bound against a direct f64

@@ -229,23 +229,26 @@ fn baseline_copies_equal_the_definition() {
     crate::tract::eval::BASELINE_ONLY.store(false, Ordering::Relaxed);
 }
 
+/// One image's "same" convolution of a square plane, `size` on a side, with F(m×m).
+fn same_size(c: usize, o: usize, size: usize, m: usize) -> Geometry {
+    Geometry {
+        n: 1,
+        c,
+        h: size,
+        w: size,
+        o,
+        out_h: size,
+        out_w: size,
+        pad_top: 1,
+        pad_left: 1,
+        m,
+    }
+}
+
 /// The rule on r100's 3×3 stride-1 convolutions (output size, channels in → out).
 #[test]
 fn picks_the_tile_size_that_was_measured_to_pay() {
-    let edge = |size: usize, c: usize, o: usize| {
-        tile_edge(&Geometry {
-            n: 1,
-            c,
-            h: size,
-            w: size,
-            o,
-            out_h: size,
-            out_w: size,
-            pad_top: 1,
-            pad_left: 1,
-            m: 2,
-        })
-    };
+    let edge = |size: usize, c: usize, o: usize| tile_edge(&same_size(c, o, size, 2));
     assert_eq!(edge(112, 64, 64), Some(4));
     assert_eq!(edge(56, 64, 128), Some(4));
     assert_eq!(edge(28, 128, 128), Some(4));
@@ -416,18 +419,7 @@ fn our_products_equal_tracts_bit_for_bit() {
     }
     // (channels in, out, output size, F(m×m)): 49 and 9 tiles, 16 and 36 positions.
     for (c, o, size, m) in [(16, 24, 14, 2), (20, 48, 12, 4), (64, 32, 5, 2)] {
-        let g = Geometry {
-            n: 1,
-            c,
-            h: size,
-            w: size,
-            o,
-            out_h: size,
-            out_w: size,
-            pad_top: 1,
-            pad_left: 1,
-            m,
-        };
+        let g = same_size(c, o, size, m);
         let u = values(g.positions() * o * c, 5);
         let columns = g.n * g.tiles();
         let v = |salt| {
