@@ -6,7 +6,8 @@
 #                    threads, optimiser: tiny (configs/tiny.toml), mbf, vit_tiny (AdamW)
 #   inference        `arcface bench infer --onnxruntime` on trained-like r100 and mbf ONNX files
 #                    (fresh weights with per-channel BatchNorm statistics and PReLU slopes), batch
-#                    1 and 8: tract and burn against onnxruntime
+#                    1 and 8: tract and burn against onnxruntime (tract's and onnxruntime's
+#                    time in four rounds alternated within the call)
 #   loader           `arcface bench data`'s flip-only row on one thread against PIL + numpy on
 #                    the same JPEGs (scripts/bench_pil_loader.py)
 # Usage: bash scripts/bench-cpu.sh [OUT.md]
