@@ -67,8 +67,8 @@ pub(super) unsafe fn product(
     for block in 0..blocks {
         let u = &packed[block * c * ROWS..][..c * ROWS];
         let next = packed.get((block + 1) * c * ROWS..(block + 2) * c * ROWS);
-        let rows = out.chunks_exact_mut(columns).skip(block * ROWS).take(ROWS);
-        let mut rows: Vec<&mut [f32]> = rows.collect();
+        // This block's output rows (the last block's stop at `o`).
+        let rows = &mut out[block * ROWS * columns..o.min((block + 1) * ROWS) * columns];
         for (p, panel) in panels.chunks_exact(c * COLS).enumerate() {
             // The next block's rows, fetched from memory meanwhile (while this block is
             // multiplied with its second panel, once the first has brought it in).
@@ -76,7 +76,7 @@ pub(super) unsafe fn product(
             // SAFETY: AVX2 and FMA, this function's contract.
             let sums = unsafe { tile_sums(u, panel, ahead) };
             let (first, width) = (p * COLS, COLS.min(columns - p * COLS));
-            for (r, row) in rows.iter_mut().enumerate() {
+            for (r, row) in rows.chunks_exact_mut(columns).enumerate() {
                 let column = |j: usize| sums[j][r];
                 match <&mut [f32; COLS]>::try_from(&mut row[first..first + width]) {
                     Ok(whole) => *whole = std::array::from_fn(column),
